@@ -1,0 +1,1 @@
+"""Backends: where a bottle runs. Shared code reaches them only through `registry`."""

@@ -1,0 +1,169 @@
+"""The abstract interface every backend implements, and the launch request they share.
+
+Shared code (CLI, plans, bundle) talks only to these types; backend
+subpackages implement them and register themselves in `registry`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from claude_bottle.config.model import Config
+from claude_bottle.plan import PlanSection, Printable
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchRequest:
+    """Everything `run`/`plan` know before a backend turns it into a plan."""
+
+    name: str
+    workspace: Path
+    config: Config
+    command: tuple[str, ...]
+    detach: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BottlePlan(Printable):
+    """Backend-neutral part of a plan; backends subclass it with their own fields."""
+
+    backend: str
+    name: str
+    workspace: str
+    command: tuple[str, ...]
+    state_dir: str
+    runtime_dir: str
+    egress_allow: tuple[str, ...]
+    egress_deny: tuple[str, ...]
+    egress_mode: str
+    egress_pins: tuple[tuple[str, str, int | None], ...]
+    env: dict[str, str]
+    relay_port: int
+    config_sources: tuple[str, ...]
+
+    def common_sections(self) -> list[PlanSection]:
+        allow = ", ".join(self.egress_allow) or "(nothing)"
+        return [
+            PlanSection(
+                f"bottle {self.name} ({self.backend})",
+                (
+                    ("workspace", f"{self.workspace} (read-write)"),
+                    ("command", " ".join(self.command)),
+                    ("state", self.state_dir),
+                    ("runtime", self.runtime_dir),
+                    ("config", ", ".join(self.config_sources) or "built-in defaults"),
+                ),
+            ),
+            PlanSection(
+                "egress (the bottle's only way out)",
+                (
+                    ("relay", f"127.0.0.1:{self.relay_port} inside the bottle -> bundle proxy"),
+                    ("mode", self.egress_mode),
+                    ("allow", allow),
+                    ("deny", ", ".join(self.egress_deny) or "-"),
+                    *(
+                        ("pinned", f"{host} -> {addr}" + (f":{port}" if port else ""))
+                        for host, addr, port in self.egress_pins
+                    ),
+                    ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
+                ),
+            ),
+            PlanSection(
+                "environment (built from an allowlist)",
+                tuple((k, v) for k, v in sorted(self.env.items())),
+            ),
+        ]
+
+    def sections(self) -> Sequence[PlanSection]:
+        return self.common_sections()
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanupPlan(Printable):
+    """What `cleanup` would remove: one line per leftover, named so a person can check it."""
+
+    backend: str
+    items: tuple[tuple[str, str], ...]  # (kind, description)
+
+    def sections(self) -> Sequence[PlanSection]:
+        rows = self.items or (("-", "nothing to clean up"),)
+        return [PlanSection(f"cleanup ({self.backend})", rows)]
+
+
+class Bottle(abc.ABC):
+    """A running bottle: run commands in it, copy files in, close it."""
+
+    name: str
+
+    @abc.abstractmethod
+    def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
+        """Run the agent attached to this terminal; return its exit status."""
+
+    @abc.abstractmethod
+    def exec(self, script: str, timeout: float | None = None) -> ExecResult:
+        """Run a shell script inside the bottle, capturing its output."""
+
+    @abc.abstractmethod
+    def cp_in(self, src: Path, dest: str) -> None:
+        """Copy a host file into the bottle at `dest`."""
+
+    @abc.abstractmethod
+    def start_detached(self, argv: Sequence[str], log: Path) -> None:
+        """Start the command with its output in `log`, and keep the bottle when launch exits."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Stop the bottle at once (fail closed); the running command ends with it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this handle; a launched bottle is torn down by its launch context."""
+
+    @abc.abstractmethod
+    def alive(self) -> str | None:
+        """None while healthy, else a one-line reason (e.g. the bundle died)."""
+
+
+class BottleBackend(abc.ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @abc.abstractmethod
+    def preflight(self) -> list[str]:
+        """Every missing dependency at once, each with its fix; empty when ready."""
+
+    @abc.abstractmethod
+    def plan(self, request: LaunchRequest) -> BottlePlan:
+        """Resolve the request into a plan without side effects."""
+
+    @abc.abstractmethod
+    def launch(self, plan: BottlePlan) -> AbstractContextManager[Bottle]:
+        """Create every resource (all-or-nothing) and yield the running bottle."""
+
+    @abc.abstractmethod
+    def attach(self, record: dict[str, Any]) -> Bottle:
+        """A handle on a bottle that another process launched (for `resume`)."""
+
+    @abc.abstractmethod
+    def stop(self, record: dict[str, Any]) -> None:
+        """Stop a bottle from its state record (it may have been launched by another process)."""
+
+    @abc.abstractmethod
+    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+        """Leftovers of bottles that are not in `live_names`."""
+
+    @abc.abstractmethod
+    def cleanup(self, plan: CleanupPlan) -> list[str]:
+        """Remove what the plan lists; return problems (empty when all went)."""

@@ -1,0 +1,376 @@
+"""namespace backend: the bottle is a bubblewrap sandbox, the bundle a host process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from claude_bottle import paths, state
+from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, CleanupPlan, LaunchRequest
+from claude_bottle.backend.namespace.bottle import NamespaceBottle
+from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
+from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
+from claude_bottle.backend.namespace.toolchain import exposes_secret, masked_roots, resolve_binds
+from claude_bottle.bottle_env import RELAY_PORT, build_env
+from claude_bottle.bundle.launcher import start_bundle, stop_process
+from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
+
+RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
+RESOLV_CONF = "# claude-bottle: the bottle has no DNS; only the bundle resolves names.\n"
+EXEC_READY_TIMEOUT = 10.0
+
+
+def _python() -> tuple[str, Path]:
+    """The interpreter running claude-bottle (real file, not a venv shim) and its stdlib prefix."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    return os.path.realpath(base), Path(sys.base_prefix).resolve()
+
+
+class NamespaceBackend(BottleBackend):
+    name = "namespace"
+    description = "bubblewrap namespaces on this Linux host (no daemon)"
+
+    # --- preflight ------------------------------------------------------------
+
+    def preflight(self) -> list[str]:
+        if not sys.platform.startswith("linux"):
+            return ["the namespace backend needs Linux; use --backend docker"]
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return ["bubblewrap (bwrap) is not installed; fix: sudo apt-get install bubblewrap"]
+        probe = subprocess.run(
+            [
+                bwrap,
+                "--unshare-user",
+                "--unshare-net",
+                "--unshare-pid",
+                "--ro-bind",
+                "/",
+                "/",
+                "--proc",
+                "/proc",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+        if probe.returncode != 0:
+            detail = probe.stderr.strip().splitlines()[-1:] or ["no output"]
+            return [
+                f"bubblewrap cannot create user namespaces here ({detail[0]}); fix: "
+                "sudo sysctl -w kernel.unprivileged_userns_clone=1 "
+                "(Ubuntu 24.04+: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)"
+            ]
+        return []
+
+    def _require(self) -> None:
+        problems = self.preflight()
+        if problems:
+            raise MissingDependency("; ".join(problems))
+
+    # --- plan -----------------------------------------------------------------
+
+    def plan(self, request: LaunchRequest) -> NamespaceBottlePlan:
+        config = request.config
+        home = Path(os.path.expanduser("~")).resolve()
+        host_path = os.environ.get("PATH", "")
+        if not request.command:
+            raise ConfigError(
+                "no command to run", "give one after --, e.g. claude-bottle run -- bash"
+            )
+        program = request.command[0]
+        if os.sep not in program and shutil.which(program, path=host_path) is None:
+            hint = (
+                "install Claude Code: npm install -g @anthropic-ai/claude-code "
+                "(or run another command: claude-bottle run -- bash)"
+                if program == "claude"
+                else f"install {program}, or give its full path"
+            )
+            raise MissingDependency(f"{program} is not installed (not found on PATH)", hint)
+        python, prefix = _python()
+        toolchain = resolve_binds(
+            [program, python], home=home, path_env=host_path, python_prefix=prefix
+        )
+        read_only = []
+        for raw in config.bottle.read_only:
+            granted = Path(os.path.expanduser(raw)).resolve()
+            secret = exposes_secret(granted, home)
+            if secret is not None:
+                raise ConfigError(
+                    f"bottle.read_only: {raw} would expose {secret} to the bottle",
+                    "grant a narrower path that holds no credentials",
+                )
+            if not granted.exists():
+                raise ConfigError(
+                    f"bottle.read_only: {raw} does not exist", "fix or remove the path"
+                )
+            read_only.append(str(granted))
+        state_dir = paths.state_dir(request.name)
+        runtime_dir = paths.runtime_dir(request.name)
+        workspace = str(request.workspace.resolve())
+        masked = tuple(str(p) for p in masked_roots(home))
+        spec = BwrapSpec(
+            hostname=request.name[:63],
+            workspace=workspace,
+            home=str(home),
+            home_source=str(state_dir / "home"),
+            bundle_dir=str(runtime_dir / "bundle"),
+            exec_dir=str(runtime_dir / "exec"),
+            relay_script=str(RELAY_SCRIPT),
+            python=python,
+            relay_port=RELAY_PORT,
+            masked=masked,
+            toolchain=tuple(str(p) for p in toolchain),
+            read_only=tuple(read_only),
+            resolv_conf=str(runtime_dir / "resolv.conf"),
+            die_with_parent=not request.detach,
+        )
+        env = build_env(
+            os.environ, bottle=request.name, home=str(home), extra_names=config.bottle.env
+        )
+        return NamespaceBottlePlan(
+            backend=self.name,
+            name=request.name,
+            workspace=workspace,
+            command=request.command,
+            state_dir=str(state_dir),
+            runtime_dir=str(runtime_dir),
+            egress_allow=config.egress.allow,
+            egress_deny=config.egress.deny,
+            egress_mode=config.egress.mode,
+            egress_pins=tuple((p.host, p.address, p.port) for p in config.egress.resolve),
+            env=env,
+            relay_port=RELAY_PORT,
+            config_sources=config.sources,
+            bwrap=spec,
+        )
+
+    # --- launch ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+        assert isinstance(plan, NamespaceBottlePlan)
+        self._require()
+        with contextlib.ExitStack() as stack:
+            bottle = self._start(plan, stack)
+            try:
+                yield bottle
+            finally:
+                if bottle.detached:
+                    stack.pop_all()  # a detached bottle outlives this process
+                else:
+                    state.update_record(plan.name, processes={})
+
+    def _start(self, plan: NamespaceBottlePlan, stack: contextlib.ExitStack) -> NamespaceBottle:
+        state_dir = paths.make_private_dir(Path(plan.state_dir))
+        paths.make_private_dir(Path(plan.bwrap.home_source))
+        runtime = Path(plan.runtime_dir)
+        if runtime.exists():
+            raise LaunchError(
+                f"bottle {plan.name} already has runtime files in {runtime}",
+                "it may be running (claude-bottle ls); otherwise: claude-bottle cleanup",
+            )
+        paths.make_private_dir(runtime.parent)
+        paths.make_private_dir(runtime)
+        stack.callback(shutil.rmtree, runtime, True)
+        for sub in ("bundle", "exec"):
+            (runtime / sub).mkdir(mode=0o755)
+        (runtime / "resolv.conf").write_text(RESOLV_CONF)
+        (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+
+        settings = BundleSettings(
+            bottle=plan.name,
+            proxy_socket=str(runtime / "bundle" / "proxy.sock"),
+            control_socket=str(runtime / "control.sock"),
+            audit_log=str(state_dir / "audit.jsonl"),
+            allow=plan.egress_allow,
+            deny=plan.egress_deny,
+            mode=plan.egress_mode,
+            pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
+        )
+        settings_file = runtime / "bundle.json"
+        settings.dump(settings_file)
+        detach = not plan.bwrap.die_with_parent
+        bundle = start_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not detach)
+        stack.callback(stop_process, bundle)
+
+        info_r, info_w = os.pipe()
+        argv = bwrap_argv(plan.bwrap)
+        argv.insert(1, "--info-fd")
+        argv.insert(2, str(info_w))
+        with (state_dir / "bottle.log").open("ab") as log:
+            sandbox = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(info_w,),
+                start_new_session=True,
+            )
+        os.close(info_w)
+        relay: list[int] = []
+        stack.callback(lambda: _stop_sandbox(sandbox, relay[0] if relay else None))
+        relay_pid = _read_child_pid(info_r, sandbox, state_dir / "bottle.log")
+        relay.append(relay_pid)
+        exec_socket = runtime / "exec" / "exec.sock"
+        _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
+
+        processes = {
+            "bundle": state.process_ref(bundle.pid),
+            "bottle": state.process_ref(relay_pid),
+        }
+        state.write_record(
+            plan.name,
+            {
+                "name": plan.name,
+                "backend": self.name,
+                "workspace": plan.workspace,
+                "created": time.time(),
+                "status": "running",
+                "detached": detach,
+                "processes": processes,
+                "runtime_dir": str(runtime),
+                "control_socket": settings.control_socket,
+                "exec_socket": str(exec_socket),
+                "env": plan.env,
+                "command": list(plan.command),
+            },
+        )
+        return NamespaceBottle(
+            plan.name,
+            exec_socket=exec_socket,
+            env=plan.env,
+            workspace=plan.workspace,
+            processes=processes,
+        )
+
+    def attach(self, record: dict[str, Any]) -> Bottle:
+        return NamespaceBottle(
+            record["name"],
+            exec_socket=Path(record["exec_socket"]),
+            env=record["env"],
+            workspace=record["workspace"],
+            processes=record["processes"],
+        )
+
+    def stop(self, record: dict[str, Any]) -> None:
+        procs = record.get("processes", {})
+        # The bottle dies at once; the bundle gets SIGTERM so it can write its final record.
+        for role, signum in (("bottle", signal.SIGKILL), ("bundle", signal.SIGTERM)):
+            ref = procs.get(role)
+            if state.process_alive(ref):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(ref["pid"]), signum)
+        deadline = time.monotonic() + 5
+        while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        runtime = record.get("runtime_dir")
+        if runtime and Path(runtime).parent == paths.runtime_root():
+            shutil.rmtree(runtime, ignore_errors=True)
+
+    # --- cleanup --------------------------------------------------------------
+
+    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+        items: list[tuple[str, str]] = []
+        root = paths.runtime_root()
+        stale_dirs = (
+            [d for d in sorted(root.iterdir()) if d.name not in live_names] if root.is_dir() else []
+        )
+        for directory in stale_dirs:
+            items.append(("runtime", str(directory)))
+            for pid in _processes_using(directory):
+                items.append(("process", f"{pid} {_cmdline(pid)[:120]}"))
+        return CleanupPlan(self.name, tuple(items))
+
+    def cleanup(self, plan: CleanupPlan) -> list[str]:
+        problems = []
+        for kind, what in plan.items:
+            if kind == "process":
+                pid = int(what.split()[0])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for kind, what in plan.items:
+            if kind == "runtime":
+                shutil.rmtree(what, ignore_errors=True)
+                if Path(what).exists():
+                    problems.append(f"could not remove {what}")
+        return problems
+
+
+def _read_child_pid(info_fd: int, sandbox: subprocess.Popen[bytes], log: Path) -> int:
+    with os.fdopen(info_fd, "rb") as info:
+        data = info.read()
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        sandbox.wait(5)
+        raise LaunchError(
+            f"bubblewrap failed to start the bottle: {_tail(log)}", f"see {log}"
+        ) from None
+
+
+def _wait_for_socket(path: Path, sandbox: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + EXEC_READY_TIMEOUT
+    while not path.exists():
+        if sandbox.poll() is not None:
+            raise LaunchError(f"the bottle exited while starting: {_tail(log)}", f"see {log}")
+        if time.monotonic() > deadline:
+            raise LaunchError("the bottle did not become ready in time", f"see {log}")
+        time.sleep(0.005)
+
+
+def _stop_sandbox(sandbox: subprocess.Popen[bytes], relay_pid: int | None) -> None:
+    """Stop process 1 of the bottle (the whole pid namespace dies with it), then bwrap."""
+    if sandbox.poll() is not None:
+        return
+    if relay_pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(relay_pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            sandbox.wait(5)
+    if sandbox.poll() is None:
+        sandbox.kill()
+        sandbox.wait()
+
+
+def _tail(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return " | ".join(lines[-3:]) or "no output"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _processes_using(directory: Path) -> list[int]:
+    """Processes whose command line names this runtime dir (the bundle and bwrap do)."""
+    marker = str(directory)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if (
+            entry.name.isdigit()
+            and int(entry.name) != os.getpid()
+            and marker in _cmdline(int(entry.name))
+        ):
+            pids.append(int(entry.name))
+    return pids

@@ -1,0 +1,176 @@
+"""A running namespace bottle: process 1 (the relay) inside bubblewrap, the bundle beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from claude_bottle.backend.base import Bottle, ExecResult
+from claude_bottle.errors import BottleError
+from claude_bottle.execproto import ExecSession
+from claude_bottle.state import process_alive
+from claude_bottle.terminal import run_in_pty
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class NamespaceBottle(Bottle):
+    def __init__(
+        self,
+        name: str,
+        *,
+        exec_socket: Path,
+        env: Mapping[str, str],
+        workspace: str,
+        processes: Mapping[str, dict[str, int]],
+    ) -> None:
+        self.name = name
+        self.exec_socket = exec_socket
+        self.env = dict(env)
+        self.workspace = workspace
+        self.processes = dict(processes)
+        self.detached = False
+
+    def alive(self) -> str | None:
+        for role, ref in self.processes.items():
+            if not process_alive(ref):
+                what = "the bundle (its only way out)" if role == "bundle" else "the bottle"
+                return f"{what} stopped"
+        return None
+
+    def _session(self, argv: Sequence[str], fds: tuple[int, int, int], tty: bool) -> ExecSession:
+        return ExecSession(self.exec_socket, argv, self.env, self.workspace, fds, tty)
+
+    def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
+        if tty:
+            holder: list[ExecSession] = []
+
+            def start(slave: int) -> ExecSession:
+                holder.append(self._session(argv, (slave, slave, slave), True))
+                return holder[0]
+
+            with _forward_signals(lambda n: holder and holder[0].signal(n), tty=True):
+                return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
+        session = self._session(argv, (0, 1, 2), False)
+        with _forward_signals(session.signal, tty=False):
+            return session.wait()
+
+    def exec(self, script: str, timeout: float | None = None) -> ExecResult:
+        return self.exec_argv(["/bin/sh", "-c", script], timeout=timeout)
+
+    def exec_argv(
+        self, argv: Sequence[str], timeout: float | None = None, stdin_fd: int | None = None
+    ) -> ExecResult:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd
+        try:
+            session = self._session(argv, (null, out_w, err_w), False)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+            if stdin_fd is None:
+                os.close(null)
+        chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        open_fds = [out_r, err_r]
+        try:
+            while open_fds:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                readable, _, _ = select.select(open_fds, [], [], wait)
+                if not readable:
+                    session.signal(signal.SIGKILL)
+                    raise BottleError(f"command in bottle {self.name} timed out after {timeout}s")
+                for fd in readable:
+                    data = os.read(fd, 65536)
+                    if data:
+                        chunks[fd].append(data)
+                    else:
+                        open_fds.remove(fd)
+            status = session.wait()
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        return ExecResult(
+            status,
+            b"".join(chunks[out_r]).decode(errors="replace"),
+            b"".join(chunks[err_r]).decode(errors="replace"),
+        )
+
+    def cp_in(self, src: Path, dest: str) -> None:
+        with src.open("rb") as handle:
+            result = self.exec_argv(
+                ["/bin/sh", "-c", 'cat > "$1"', "sh", dest], timeout=60, stdin_fd=handle.fileno()
+            )
+        if result.returncode != 0:
+            raise BottleError(
+                f"cannot copy {src} to {dest} in bottle {self.name}: {result.stderr.strip()}"
+            )
+
+    def start_detached(self, argv: Sequence[str], log: Path) -> None:
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            session = ExecSession(
+                self.exec_socket,
+                argv,
+                self.env,
+                self.workspace,
+                (null, out, out),
+                False,
+                detach=True,
+            )
+        finally:
+            os.close(null)
+            os.close(out)
+        session.close()
+        self.detached = True
+
+    def kill(self) -> None:
+        ref = self.processes.get("bottle")
+        if ref and process_alive(ref):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(ref["pid"]), signal.SIGKILL)
+
+    def close(self) -> None:
+        """A handle holds no resources; launch's context tears the bottle down."""
+
+
+class _forward_signals:
+    """While active, signals sent to the CLI go to the command in the bottle instead."""
+
+    def __init__(self, forward: Callable[[int], object], tty: bool) -> None:
+        self._forward = forward
+        # In a pty session Ctrl-C arrives as a byte and reaches the command through its own tty.
+        self._signals = [s for s in FORWARDED if not (tty and s == signal.SIGINT)]
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> None:
+        for signum in self._signals:
+            self._previous[signum] = signal.signal(signum, lambda n, _f: self._forward(n))
+
+    def __exit__(self, *_: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def stop_bwrap(process: subprocess.Popen[bytes] | None, pid: int | None = None) -> None:
+    target = process.pid if process is not None else pid
+    if target is None:
+        return
+    try:
+        os.kill(target, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if process is not None:
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

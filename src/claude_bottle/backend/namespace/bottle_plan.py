@@ -1,0 +1,27 @@
+"""The namespace backend's plan: the common fields plus exactly what bubblewrap will mount."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from claude_bottle.backend.base import BottlePlan
+from claude_bottle.backend.namespace.bwrap import BwrapSpec
+from claude_bottle.plan import PlanSection
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceBottlePlan(BottlePlan):
+    bwrap: BwrapSpec
+
+    def sections(self) -> Sequence[PlanSection]:
+        spec = self.bwrap
+        rows: list[tuple[str, str]] = [
+            ("namespaces", "user, pid, ipc, uts, cgroup, net (loopback only)"),
+            ("root", "host / read-only; fresh /tmp, /proc, /dev, /run"),
+            ("hidden", ", ".join(spec.masked)),
+            ("home", f"{spec.home} <- {spec.home_source} (bottle's own, writable)"),
+        ]
+        rows += [("toolchain", p) for p in spec.toolchain]
+        rows += [("read-only", p) for p in spec.read_only]
+        return [*self.common_sections(), PlanSection("sandbox (bubblewrap)", tuple(rows))]

@@ -1,0 +1,98 @@
+"""Render the bubblewrap command line for a bottle. Pure: data in, argv out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
+
+
+@dataclasses.dataclass(frozen=True)
+class BwrapSpec:
+    hostname: str
+    workspace: str
+    home: str  # the path the bottle sees as $HOME
+    home_source: str  # host dir backing it (per-bottle, writable)
+    bundle_dir: str  # host dir with the bundle's sockets (read-only inside)
+    exec_dir: str  # host dir where process 1 creates its exec socket
+    relay_script: str
+    python: str
+    relay_port: int
+    masked: tuple[str, ...]  # host dirs hidden behind an empty tmpfs
+    toolchain: tuple[str, ...]  # host paths bound read-only at the same path
+    read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
+    resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
+    die_with_parent: bool = True
+
+
+def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
+    argv = [
+        bwrap,
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--unshare-net",
+        "--as-pid-1",
+        "--hostname",
+        spec.hostname,
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/var/tmp",
+        "--tmpfs",
+        "/run",
+    ]
+    if spec.die_with_parent:
+        argv.insert(1, "--die-with-parent")
+    for path in spec.masked:
+        argv += ["--tmpfs", path]
+    if spec.resolv_conf:
+        argv += ["--ro-bind", spec.resolv_conf, "/etc/resolv.conf"]
+    for path in (*spec.toolchain, *spec.read_only):
+        argv += ["--ro-bind", path, path]
+    argv += ["--bind", spec.home_source, spec.home]
+    argv += ["--bind", spec.workspace, spec.workspace]
+    argv += [
+        "--ro-bind",
+        spec.bundle_dir,
+        f"{BOTTLE_RUN}/bundle",
+        "--bind",
+        spec.exec_dir,
+        f"{BOTTLE_RUN}/exec",
+        "--ro-bind",
+        spec.relay_script,
+        f"{BOTTLE_RUN}/relay.py",
+        "--chdir",
+        spec.workspace,
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+    ]
+    argv += relay_argv(spec.python, spec.relay_port)
+    return argv
+
+
+def relay_argv(python: str, relay_port: int) -> Sequence[str]:
+    return [
+        "--",
+        python,
+        "-I",
+        "-S",
+        f"{BOTTLE_RUN}/relay.py",
+        "--listen",
+        f"{relay_port}={BOTTLE_RUN}/bundle/proxy.sock",
+        "--exec-socket",
+        f"{BOTTLE_RUN}/exec/exec.sock",
+        "--hold",
+    ]

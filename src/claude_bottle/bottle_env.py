@@ -1,0 +1,50 @@
+"""The bottle's environment: built from an allowlist, never inherited wholesale."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+RELAY_PORT = 3128  # inside the bottle's own network namespace, so any port is free
+
+_PASS_THROUGH = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "PATH", "USER", "LOGNAME")
+SECRET_NAME = re.compile(
+    r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.IGNORECASE
+)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def proxy_env(port: int) -> dict[str, str]:
+    url = f"http://127.0.0.1:{port}"
+    env: dict[str, str] = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        env[name] = env[name.lower()] = url
+    env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1"
+    return env
+
+
+def build_env(
+    host_env: Mapping[str, str],
+    *,
+    bottle: str,
+    home: str,
+    extra_names: Iterable[str] = (),
+    relay_port: int = RELAY_PORT,
+) -> dict[str, str]:
+    env: dict[str, str] = {}
+    names = [*_PASS_THROUGH, *(n for n in host_env if n.startswith("LC_")), *extra_names]
+    for name in names:
+        value = host_env.get(name)
+        # Defence in depth: config validation already refuses secret-looking names.
+        if value is not None and not SECRET_NAME.search(name):
+            env[name] = value
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("TERM", "xterm-256color")
+    env.setdefault("LANG", "C.UTF-8")
+    env["HOME"] = home
+    env["TMPDIR"] = "/tmp"
+    env["SHELL"] = "/bin/bash"
+    env["CLAUDE_BOTTLE"] = "1"
+    env["CLAUDE_BOTTLE_NAME"] = bottle
+    env.update(proxy_env(relay_port))
+    return env

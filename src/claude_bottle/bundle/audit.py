@@ -1,0 +1,600 @@
+"""The bottle's audit log: append-only JSON Lines with a SHA-256 hash chain (SPEC: Audit log).
+
+One record per line, fields in this order::
+
+    ts, bottle, seq, kind, decision, rule, method, host, port, path,
+    bytes_up, bytes_down, [detail], prev, hash
+
+`hash` is the SHA-256 (hex) of `canonical_json(record without "hash")`; `prev` is the
+previous record's `hash` (`GENESIS` for the first). The bundle is the only writer;
+every record is fsync'd before `AuditLog.record` returns. Paths are redacted
+(`redact_path`) before they are written, so query values and token-looking path
+segments never reach the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from claude_bottle.errors import BottleError
+
+GENESIS = "0" * 64
+
+FIELDS = (
+    "ts",
+    "bottle",
+    "seq",
+    "kind",
+    "decision",
+    "rule",
+    "method",
+    "host",
+    "port",
+    "path",
+    "bytes_up",
+    "bytes_down",
+)
+"""Fields every record carries, in write order (then optional `detail`, `prev`, `hash`)."""
+
+REQUIRED = (*FIELDS, "prev", "hash")
+
+MAX_PATH = 2048
+"""Longest `path` written, "…" marker included."""
+
+MAX_TEXT = 4096
+"""Longest string written in any other field (and inside `detail`)."""
+
+_MAX_PATH_INPUT = 8 * MAX_PATH  # look at no more than this much of a hostile path
+_MAX_ITEMS = 1000  # per list/dict inside `detail`
+_MAX_DEPTH = 8  # nesting inside `detail`
+_ELLIPSIS = "…"
+_REDACTED = "REDACTED"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+# Characters that must never reach a terminal or a log line raw: C0/C1 controls, DEL,
+# lone surrogates (undecodable bytes), line/paragraph separators and bidi overrides.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_URL_HEAD = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*:)?//(?P<authority>[^/?#]*)")
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_\-+=.]{32,}")
+_LETTER = re.compile(r"[A-Za-z]")
+_DIGIT = re.compile(r"[0-9]")
+
+
+class AuditError(BottleError):
+    """The audit log cannot be written, or its chain cannot be resumed safely."""
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of `verify`: `bad_line` is 1-based; `problem` is "" when `ok`."""
+
+    ok: bool
+    records: int
+    bad_line: int | None
+    problem: str
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _escape_unsafe(text: str) -> str:
+    """Replace control, separator, bidi and surrogate characters by visible escapes."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+
+
+def _clean(text: str, limit: int = MAX_TEXT) -> str:
+    """A string that is safe to encode as UTF-8 (surrogates escaped) and bounded in length."""
+    return _cap(_SURROGATE.sub(_escape, text), limit)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    try:
+        return str(value)
+    except Exception:
+        return "<unprintable>"
+
+
+def _jsonable(value: object, depth: int = 0) -> object:
+    """`value` as plain JSON data that survives a dump/load round trip unchanged."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 256 else "<integer too large>"
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, str):
+        return _clean(value)
+    if depth >= _MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(value, Mapping):
+        return {
+            _clean(_as_text(k), 256): _jsonable(v, depth + 1)
+            for k, v in list(value.items())[:_MAX_ITEMS]
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
+    return _clean(_as_text(value))
+
+
+# --------------------------------------------------------------------------- public helpers
+
+
+def canonical_json(record: Mapping[str, object]) -> bytes:
+    """The bytes the hash is computed over: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        dict(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def _hash_of(record: Mapping[str, object]) -> str:
+    return hashlib.sha256(
+        canonical_json({k: v for k, v in record.items() if k != "hash"})
+    ).hexdigest()
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    run = match.group()
+    if _LETTER.search(run) and _DIGIT.search(run):
+        return _REDACTED
+    return run
+
+
+def _redact_tokens(text: str) -> str:
+    """Replace long opaque runs (>= 32 chars, letters and digits mixed) by REDACTED.
+
+    Runs stop at "/", so ordinary multi-segment paths are kept; each segment (or the
+    token-looking part of one, e.g. after "%20") is judged on its own.
+    """
+    return _TOKEN_RUN.sub(_redact_token, text)
+
+
+def _redact_query(query: str) -> str:
+    params = []
+    for param in query.split("&"):
+        key, eq, value = param.partition("=")
+        key = _redact_tokens(key)
+        params.append(f"{key}={_REDACTED}" if eq and value else f"{key}{eq}")
+    return "&".join(params)
+
+
+def redact_path(path: str) -> str:
+    """`path` (origin-form or absolute URL) with anything secret-looking removed.
+
+    Every query value becomes REDACTED (keys are kept), the fragment is dropped,
+    userinfo of an absolute URL is stripped, long opaque token-looking runs in the
+    path become REDACTED, control characters are escaped, and the result is capped
+    at MAX_PATH characters (ending in "…" when cut). Never raises.
+    """
+    try:
+        text = _as_text(path)[:_MAX_PATH_INPUT]
+        text = _escape_unsafe(text).partition("#")[0]
+        head = ""
+        match = _URL_HEAD.match(text)
+        if match:
+            authority = match.group("authority").rpartition("@")[2]
+            head = f"{match.group('scheme') or ''}//{authority}"
+            text = text[match.end() :]
+        rest, question, query = text.partition("?")
+        redacted = head + _redact_tokens(rest)
+        if question:
+            redacted += "?" + _redact_query(query)
+        return _cap(redacted, MAX_PATH)
+    except Exception:  # pragma: no cover - defensive: a log line must never crash the proxy
+        return _REDACTED
+
+
+def format_record(record: Mapping[str, object]) -> str:
+    """One human-readable line, e.g.
+    `10:00:00.123  deny         egress     GET evil.test:80/path  rule=deny:not-allowlisted`.
+
+    Tolerates missing or oddly typed fields; control characters are escaped so a
+    hostile host name or path cannot drive the terminal.
+    """
+
+    def text(key: str) -> str:
+        value = record.get(key)
+        return "" if value is None else _escape_unsafe(_cap(_as_text(value), MAX_TEXT))
+
+    ts = text("ts")
+    when = ts[11:23] if len(ts) >= 23 and ts[10:11] == "T" else ts
+    parts = [f"{when:<12}", f"{text('decision'):<11}", f"{text('kind'):<9}"]
+    target = text("host")
+    port = text("port")
+    if target and port not in ("", "0"):
+        target = f"{target}:{port}"
+    path = text("path")
+    if path:
+        target = path if (not target or "//" in path.partition("?")[0]) else target + path
+    method = text("method")
+    if method:
+        target = f"{method} {target}" if target else method
+    if target:
+        parts.append(target)
+    rule = text("rule")
+    if rule:
+        parts.append(f"rule={rule}")
+    up, down = text("bytes_up"), text("bytes_down")
+    if up not in ("", "0") or down not in ("", "0"):
+        parts.append(f"up={up or 0} down={down or 0}")
+    detail = record.get("detail")
+    if isinstance(detail, Mapping) and detail:
+        shown = " ".join(
+            f"{_as_text(k)}={json.dumps(v, ensure_ascii=False, default=str)}"
+            for k, v in detail.items()
+        )
+        parts.append(_escape_unsafe(_cap(shown, 300)))
+    return "  ".join(parts).rstrip()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"duplicate key {_escape_unsafe(_cap(key, 64))!r}")
+        out[key] = value
+    return out
+
+
+def _check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Parse and self-check one line (without its newline): (record, "") or (None, problem)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not valid UTF-8"
+    try:
+        record = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except _DuplicateKey as exc:
+        return None, f"not a valid record: {exc}"
+    except (ValueError, RecursionError):
+        return None, "not valid JSON" + (" (blank line)" if not text.strip() else "")
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    missing = [f for f in REQUIRED if f not in record]
+    if missing:
+        return None, "missing field(s): " + ", ".join(missing)
+    seq = record["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return None, "field seq is not a non-negative integer"
+    for key in ("prev", "hash"):
+        value = record[key]
+        if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            return None, f"field {key} is not a SHA-256 hex digest"
+    if not isinstance(record["bottle"], str):
+        return None, "field bottle is not a string"
+    try:
+        expected = _hash_of(record)
+    except (ValueError, RecursionError):  # e.g. an escaped lone surrogate cannot be hashed
+        return None, "not a valid record: it cannot be canonicalised"
+    if expected != record["hash"]:
+        return None, "hash mismatch: the record was edited after it was written"
+    return record, ""
+
+
+def _count_lines(fd: int, size: int) -> int:
+    """Number of the line that starts after the last newline found before `size` (1-based)."""
+    count, offset = 1, 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        offset += len(chunk)
+    return count
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class AuditLog:
+    """Appends chained, fsync'd records to one bottle's log. Thread-safe.
+
+    Opening an existing log resumes its chain from the last line, whose own hash is
+    checked; a torn or corrupt tail raises AuditError rather than starting a new
+    chain. The file is created 0600 and held under an exclusive `flock`, so a second
+    writer fails instead of forking the chain.
+    """
+
+    def __init__(self, path: Path, bottle: str) -> None:
+        self.path = Path(path)
+        self.bottle = _clean(bottle, 256)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = self.path.exists()
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            raise AuditError(
+                f"cannot open audit log {self.path}: {exc.strerror}",
+                "check the permissions of the bottle's state directory",
+            ) from exc
+        self._fd: int | None = fd
+        try:
+            self._lock_file(fd)
+            os.fchmod(fd, 0o600)
+            self._size = os.fstat(fd).st_size
+            self._seq, self._prev = self._resume(fd, self._size)
+            if not existed:
+                self._sync_dir()
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            raise
+
+    def _lock_file(self, fd: int) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise AuditError(
+                f"audit log {self.path} is already being written by another process",
+                "only the bottle's bundle writes its audit log; stop the other writer",
+            ) from exc
+
+    def _sync_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _resume(self, fd: int, size: int) -> tuple[int, str]:
+        """(next seq, hash of the last record) from the file's last line."""
+        if size == 0:
+            return 0, GENESIS
+        hint = (
+            f"run `claude-bottle audit verify {self.path}`; keep the file as evidence "
+            "and move it aside to start a new log"
+        )
+        if os.pread(fd, 1, size - 1) != b"\n":
+            line = _count_lines(fd, size)
+            raise AuditError(
+                f"{self.path}: line {line}: the last record is incomplete (torn write); "
+                "refusing to restart the hash chain",
+                hint,
+            )
+        start = size - 1  # the last line is [start, size - 1)
+        chunks: list[bytes] = []
+        while start > 0:
+            step = min(1 << 16, start)
+            chunk = os.pread(fd, step, start - step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                chunks.append(chunk[cut + 1 :])
+                start = start - step + cut + 1
+                break
+            chunks.append(chunk)
+            start -= step
+        last = b"".join(reversed(chunks))
+        record, problem = _check_line(last)
+        if record is not None and record["bottle"] != self.bottle:
+            problem = f"the log belongs to bottle {record['bottle']!r}, not {self.bottle!r}"
+            record = None
+        if record is None:
+            line = _count_lines(fd, start)
+            raise AuditError(
+                f"{self.path}: line {line}: {problem}; refusing to restart the hash chain",
+                hint,
+            )
+        return int(record["seq"]) + 1, str(record["hash"])
+
+    def record(
+        self,
+        kind: str,
+        decision: str,
+        *,
+        rule: str = "",
+        method: str = "",
+        host: str = "",
+        port: int = 0,
+        path: str = "",
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+        detail: Mapping[str, object] | None = None,
+    ) -> dict[str, object]:
+        """Append one record (path redacted), fsync it, and return it (with `hash`)."""
+        fields: dict[str, object] = {
+            "kind": _clean(_as_text(kind), 64),
+            "decision": _clean(_as_text(decision), 64),
+            "rule": _clean(_as_text(rule)),
+            "method": _clean(_as_text(method), 64),
+            "host": _clean(_as_text(host), 512),
+            "port": int(port),
+            "path": redact_path(path),
+            "bytes_up": int(bytes_up),
+            "bytes_down": int(bytes_down),
+        }
+        extra = _jsonable(detail) if detail is not None else None
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise AuditError(f"audit log {self.path} is closed")
+            record: dict[str, object] = {
+                "ts": _now(),
+                "bottle": self.bottle,
+                "seq": self._seq,
+                **fields,
+            }
+            if extra is not None:
+                record["detail"] = extra
+            record["prev"] = self._prev
+            record["hash"] = _hash_of(record)
+            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            self._append(fd, line)
+            self._seq += 1
+            self._prev = str(record["hash"])
+            return dict(record)
+
+    def _append(self, fd: int, line: bytes) -> None:
+        try:
+            view = memoryview(line)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError as exc:
+            # Do not leave a torn line behind: the next record would be unreadable.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)
+            raise AuditError(
+                f"cannot write audit log {self.path}: {exc.strerror}",
+                "free disk space or fix the state directory; the bottle cannot run unaudited",
+            ) from exc
+        self._size += len(line)
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _now() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def verify(path: Path) -> VerifyResult:
+    """Check the whole hash chain of the log at `path`.
+
+    Detects, and reports at the first affected (1-based) line: a line that is not a
+    JSON record or misses fields, an edited record (hash mismatch), a dropped,
+    inserted or reordered line (`prev` differs from the previous line's hash), a
+    `seq` that is not the previous one plus one, a different bottle name mid-file,
+    and a torn last line (no final newline). An empty file is ok with 0 records.
+
+    It cannot detect that lines were cut off the END of the file: a shorter chain is
+    still a valid chain. That is covered by the bundle's final "lifecycle"
+    `bundle-stop` record (whose `detail` carries the counts) — a log of a finished
+    bottle that does not end with it was truncated or the bundle was killed.
+    Raises AuditError if the file cannot be read.
+    """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise AuditError(f"cannot read audit log {path}: {exc.strerror}") from exc
+    good = 0
+    prev = GENESIS
+    bottle: str | None = None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                return VerifyResult(
+                    False, good, number, "torn last line (no newline: the write was cut short)"
+                )
+            record, problem = _check_line(raw[:-1])
+            if record is None:
+                return VerifyResult(False, good, number, problem)
+            if record["prev"] != prev:
+                problem = (
+                    "prev is not the genesis value: the start of the log is missing"
+                    if number == 1
+                    else f"prev does not match the hash of line {number - 1}: "
+                    "a line was dropped, inserted or reordered"
+                )
+                return VerifyResult(False, good, number, problem)
+            if record["seq"] != good:
+                return VerifyResult(False, good, number, f"seq {record['seq']}, expected {good}")
+            if bottle is None:
+                bottle = record["bottle"]
+            elif record["bottle"] != bottle:
+                return VerifyResult(
+                    False,
+                    good,
+                    number,
+                    f"bottle {record['bottle']!r} differs from {bottle!r} of line 1",
+                )
+            prev = record["hash"]
+            good += 1
+    return VerifyResult(True, good, None, "")
+
+
+def _parse(raw: bytes) -> dict[str, object] | None:
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def iter_records(
+    path: Path,
+    follow: bool = False,
+    poll_interval: float = 0.2,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[dict[str, object]]:
+    """Yield the records of the log at `path` (lines that do not parse are skipped).
+
+    Only complete (newline-terminated) lines are yielded. With `follow`, keep
+    tailing the file, polling every `poll_interval` seconds, until `stop()` returns
+    True; records appended before that are still yielded. Chain integrity is
+    `verify`'s job, not this function's.
+    """
+    buffer = b""
+    draining = False
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(1 << 16)
+            if chunk:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for raw in lines:
+                    record = _parse(raw)
+                    if record is not None:
+                        yield record
+                continue
+            if not follow or draining:
+                return
+            if stop is not None and stop():
+                draining = True  # one last read for what was written before stop
+                continue
+            time.sleep(poll_interval)

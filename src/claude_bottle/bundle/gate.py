@@ -1,0 +1,168 @@
+"""Egress policy as the proxy applies it: may this request leave, and to which address?
+
+Two checks, in order. The host name is matched against the allowlist
+(before any DNS, so a denied name is never even resolved). Then the name is
+resolved by the bundle, never by the bottle, and every address it resolves
+to must be a public unicast address; the connection goes to exactly the
+address that was checked, so a DNS answer that changes between check and
+connect (rebinding) cannot redirect it. `[egress.resolve]` pins skip DNS
+and the range check: that is how tests build a fake internet on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+
+from claude_bottle.policy.allowlist import Allowlist, Decision, normalize_host
+from claude_bottle.policy.netguard import forbidden_range
+
+from claude_bottle.bundle.settings import Pin
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class Blocked(Exception):
+    """A request the policy refuses; `rule` goes into X-Claude-Bottle-Block."""
+
+    def __init__(self, rule: str, reason: str, status: int = 403) -> None:
+        super().__init__(reason)
+        self.rule = rule
+        self.reason = reason
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Destination:
+    host: str  # normalised name as checked
+    port: int  # as requested (what the Host header says)
+    address: str  # the address the connection must go to
+    connect_port: int  # the port it must go to (differs only when pinned)
+    rule: str  # the allow rule that let it through
+    audited_only: bool  # True when mode=audit let a denied host through
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class EgressGate:
+    def __init__(
+        self,
+        allow: Iterable[str],
+        deny: Iterable[str] = (),
+        *,
+        mode: str = "enforce",
+        pins: Iterable[Pin] = (),
+        resolver: Resolver = system_resolver,
+        ask_timeout: float = 60.0,
+    ) -> None:
+        self.allowlist = Allowlist(allow, deny)
+        self.mode = mode
+        self.pins = {normalize_host(p.host): p for p in pins}
+        self._resolver = resolver
+        self._ask_timeout = ask_timeout
+        self._changed = asyncio.Condition()
+        self.on_pending: Callable[[str, int], None] | None = None
+
+    async def allow(self, pattern: str) -> str:
+        """Add a pattern at run time (`claude-bottle allow`); wakes held requests."""
+        normalised = self.allowlist.add(pattern)
+        async with self._changed:
+            self._changed.notify_all()
+        return normalised
+
+    async def check(self, host: str, port: int) -> Destination:
+        if not 0 < port < 65536:
+            raise Blocked("deny:bad-port", f"port {port} is not a valid TCP port", 400)
+        decision = self.allowlist.check(host)
+        audited_only = False
+        if not decision.allowed:
+            decision, audited_only = await self._on_denied(host, port, decision)
+        name = normalize_host(host)
+        address = await self._resolve(name, port)
+        pin = self.pins.get(name)
+        connect_port = pin.port if pin is not None and pin.port is not None else port
+        return Destination(name, port, address, connect_port, decision.rule, audited_only)
+
+    async def _on_denied(self, host: str, port: int, decision: Decision) -> tuple[Decision, bool]:
+        not_listed = decision.rule == "deny:not-allowlisted"
+        if self.mode == "audit" and not_listed:
+            return decision, True
+        if self.mode == "ask" and not_listed:
+            if self.on_pending is not None:
+                self.on_pending(host, port)
+            decision = await self._wait_for_approval(host, decision)
+            if decision.allowed:
+                return decision, False
+        raise Blocked(decision.rule, decision.reason)
+
+    async def _wait_for_approval(self, host: str, decision: Decision) -> Decision:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ask_timeout
+        async with self._changed:
+            while not decision.allowed:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    break
+                decision = self.allowlist.check(host)
+        return decision
+
+    async def _resolve(self, name: str, port: int) -> str:
+        pin = self.pins.get(name)
+        if pin is not None:
+            return pin.address
+        try:
+            addresses = await asyncio.wait_for(self._resolver(name, port), 10)
+        except (OSError, TimeoutError, UnicodeError) as exc:
+            raise Blocked("error:dns", f"could not resolve {name}: {exc}", 502) from exc
+        if not addresses:
+            raise Blocked("error:dns", f"{name} has no addresses", 502)
+        for address in addresses:
+            scope = forbidden_range(ipaddress.ip_address(address.split("%")[0]))
+            if scope is not None:
+                raise Blocked(
+                    f"deny:ssrf-{scope}",
+                    f"{name} resolves to a {scope} address; internal networks are never reachable",
+                )
+        return addresses[0]
+
+
+def parse_authority(authority: str, default_port: int) -> tuple[str, int]:
+    """Split host[:port] (IPv6 in brackets); raise Blocked on anything odd."""
+    if "@" in authority:
+        raise Blocked("deny:userinfo", "credentials in the URL authority are not allowed", 400)
+    host, port = authority, default_port
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise Blocked("deny:bad-host", "unterminated IPv6 literal", 400)
+        host, rest = authority[1:end], authority[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise Blocked("deny:bad-host", "junk after IPv6 literal", 400)
+            port = _port(rest[1:])
+    elif authority.count(":") == 1:
+        host, _, port_text = authority.partition(":")
+        port = _port(port_text)
+    elif authority.count(":") > 1:
+        # A bare IPv6 literal; the allowlist refuses IP literals anyway.
+        host = authority
+    if not host:
+        raise Blocked("deny:bad-host", "empty host name", 400)
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or len(text) > 5:
+        raise Blocked("deny:bad-port", "port must be a number from 1 to 65535", 400)
+    return int(text)

@@ -1,0 +1,448 @@
+"""HTTP/1.1 forward proxy: absolute-form requests with keep-alive, and CONNECT tunnels.
+
+Layers, one concern each: h11 parses and frames HTTP (we never hand-parse
+it); `EgressGate` decides where a request may go; this module moves bytes
+and records one audit event per decision. Everything arriving here comes
+from the bottle and is treated as hostile: header sizes are bounded by h11,
+every read has a timeout, and a parse error closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
+
+MAX_HEADER_BYTES = 64 * 1024
+READ_SIZE = 256 * 1024
+HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
+IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
+CONNECT_TIMEOUT = 10.0
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"expect",
+    }
+)
+
+Recorder = Callable[..., Any]
+
+
+@dataclasses.dataclass
+class Stats:
+    connections: int = 0
+    requests: int = 0
+    tunnels: int = 0
+    blocked: int = 0
+
+
+class ProxyError(Exception):
+    def __init__(self, status: int, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.rule = rule
+        self.reason = reason
+
+
+def block_body(bottle: str, host: str, rule: str, reason: str) -> bytes:
+    """The one-line body of a refusal: what, why, and the command that would allow it."""
+    line = f"claude-bottle: blocked {host}: {reason} (rule {rule})."
+    if rule == "deny:not-allowlisted":
+        line += f" To allow it: claude-bottle allow {bottle} {host}"
+    return (line.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+
+
+def _filtered_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop headers; keep chunked framing, which h11 re-applies on the next hop."""
+    connection_tokens = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    kept = [
+        (name, value)
+        for name, value in headers
+        if name not in HOP_BY_HOP and name not in connection_tokens
+    ]
+    if any(name == b"transfer-encoding" for name, _ in headers):
+        kept.append((b"transfer-encoding", b"chunked"))  # h11 accepts no other coding
+    return kept
+
+
+class Upstream:
+    """One keep-alive connection to an origin server, reused while the destination is the same."""
+
+    def __init__(
+        self, dest: Destination, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.dest = dest
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
+            self.conn.receive_data(data)
+
+    async def send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+class ProxyConnection:
+    """Serves one client connection from the bottle until it closes."""
+
+    def __init__(
+        self,
+        gate: EgressGate,
+        record: Recorder,
+        bottle: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stats: Stats,
+    ) -> None:
+        self.gate = gate
+        self.record = record
+        self.bottle = bottle
+        self.reader = reader
+        self.writer = writer
+        self.stats = stats
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.upstream: Upstream | None = None
+
+    async def serve(self) -> None:
+        self.stats.connections += 1
+        try:
+            while True:
+                request = await self._next_request()
+                if request is None:
+                    return
+                self.stats.requests += 1
+                if request.method == b"CONNECT":
+                    await self._tunnel(request)
+                    return
+                if not await self._forward(request):
+                    return
+                if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
+                    return
+                self.conn.start_next_cycle()
+        except (
+            ConnectionError,
+            TimeoutError,
+            OSError,
+            h11.ProtocolError,
+            asyncio.IncompleteReadError,
+        ):
+            pass
+        finally:
+            if self.upstream is not None:
+                self.upstream.close()
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def _client_event(self, timeout: float) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            self.conn.receive_data(data)
+
+    async def _next_request(self) -> h11.Request | None:
+        try:
+            event = await self._client_event(IDLE_TIMEOUT)
+        except h11.RemoteProtocolError as exc:
+            await self._refuse_raw(exc.error_status_hint, "error:bad-request", str(exc))
+            return None
+        if isinstance(event, h11.Request):
+            return event
+        return None  # ConnectionClosed or garbage after a response
+
+    async def _send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _respond(self, status: int, rule: str, body: bytes, close: bool = False) -> None:
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-claude-bottle-block", rule.encode("ascii", "replace")),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await self._send(h11.Response(status_code=status, headers=headers))
+        await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
+    async def _refuse_raw(self, status: int, rule: str, reason: str) -> None:
+        """Answer a request h11 could not parse, then close."""
+        body = block_body(self.bottle, "-", rule, reason[:200])
+        with contextlib.suppress(Exception):
+            self.writer.write(
+                b"HTTP/1.1 %d Bad Request\r\nconnection: close\r\ncontent-length: %d\r\n"
+                b"x-claude-bottle-block: %s\r\n\r\n%s" % (status, len(body), rule.encode(), body)
+            )
+            await self.writer.drain()
+        self.record("egress", "deny", rule=rule)
+
+    async def _deny(self, method: str, host: str, port: int, path: str, exc: Blocked) -> None:
+        self.stats.blocked += 1
+        decision = "deny" if exc.status == 403 else "error"
+        self.record(
+            "egress",
+            decision,
+            rule=exc.rule,
+            method=method,
+            host=host,
+            port=port,
+            path=path,
+            detail={"status": exc.status, "reason": exc.reason},
+        )
+        body = block_body(self.bottle, host, exc.rule, exc.reason)
+        await self._respond(exc.status, exc.rule, body, close=True)
+
+    async def _drain_request_body(self) -> None:
+        """Read and discard the rest of a refused request, bounded, so the reply is seen."""
+        budget = 1024 * 1024
+        while budget > 0:
+            event = await self._client_event(HEADER_TIMEOUT)
+            if isinstance(event, h11.Data):
+                budget -= len(event.data)
+            else:
+                return
+
+    # --- CONNECT -------------------------------------------------------------
+
+    async def _tunnel(self, request: h11.Request) -> None:
+        authority = request.target.decode("ascii", "replace")
+        started = time.monotonic()
+        try:
+            host, port = parse_authority(authority, 443)
+            dest = await self.gate.check(host, port)
+            up_reader, up_writer = await self._open(dest)
+        except Blocked as exc:
+            await self._deny("CONNECT", authority[:253], 0, "", exc)
+            return
+        self.stats.tunnels += 1
+        await self._send(
+            h11.Response(status_code=200, headers=[], reason=b"Connection established")
+        )
+        leftover, _ = self.conn.trailing_data
+        if leftover:
+            up_writer.write(leftover)
+        up, down = await _splice(self.reader, self.writer, up_reader, up_writer)
+        self.record(
+            "egress",
+            "audit-allow" if dest.audited_only else "allow",
+            rule=dest.rule,
+            method="CONNECT",
+            host=dest.host,
+            port=dest.port,
+            bytes_up=up + len(leftover),
+            bytes_down=down,
+            detail={"ms": round((time.monotonic() - started) * 1000)},
+        )
+
+    async def _open(self, dest: Destination) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE), CONNECT_TIMEOUT
+            )
+        except TimeoutError as exc:
+            raise Blocked(
+                "error:connect-timeout", f"{dest.host}:{dest.port} did not answer", 504
+            ) from exc
+        except OSError as exc:
+            raise Blocked(
+                "error:connect", f"cannot connect to {dest.host}:{dest.port}: {exc.strerror}", 502
+            ) from exc
+
+    # --- absolute-form forwarding -------------------------------------------
+
+    async def _forward(self, request: h11.Request) -> bool:
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        started = time.monotonic()
+        try:
+            dest, origin_target = await self._route(target)
+        except Blocked as exc:
+            host = urlsplit(target).netloc[:253] if "://" in target else "-"
+            await self._drain_request_body()
+            await self._deny(method, host, 0, target, exc)
+            return False
+        try:
+            upstream = await self._upstream_for(dest)
+            status, up_bytes, down_bytes = await self._exchange(request, upstream, origin_target)
+        except Blocked as exc:
+            await self._deny(method, dest.host, dest.port, origin_target, exc)
+            return False
+        self.record(
+            "egress",
+            "audit-allow" if dest.audited_only else "allow",
+            rule=dest.rule,
+            method=method,
+            host=dest.host,
+            port=dest.port,
+            path=origin_target,
+            bytes_up=up_bytes,
+            bytes_down=down_bytes,
+            detail={"status": status, "ms": round((time.monotonic() - started) * 1000)},
+        )
+        return True
+
+    async def _route(self, target: str) -> tuple[Destination, str]:
+        if not target.startswith("http://"):
+            if target.startswith("https://"):
+                raise Blocked("error:https-absolute", "use CONNECT for https:// URLs", 400)
+            raise Blocked(
+                "error:not-a-proxy-request",
+                "requests must use an absolute http:// URL (this is a forward proxy)",
+                400,
+            )
+        rest = target[len("http://") :]
+        cut = min(
+            (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+            default=len(rest),
+        )
+        authority, path = rest[:cut], rest[cut:]
+        host, port = parse_authority(authority, 80)
+        dest = await self.gate.check(host, port)
+        path = path.split("#", 1)[0]
+        if not path.startswith("/"):
+            path = "/" + path
+        return dest, path
+
+    async def _upstream_for(self, dest: Destination) -> Upstream:
+        current = self.upstream
+        if current is not None:
+            reusable = (
+                current.dest.address == dest.address
+                and current.dest.connect_port == dest.connect_port
+                and current.dest.host == dest.host
+                and current.conn.our_state is h11.IDLE
+            )
+            if reusable:
+                return current
+            current.close()
+            self.upstream = None
+        reader, writer = await self._open(dest)
+        self.upstream = Upstream(dest, reader, writer)
+        return self.upstream
+
+    async def _exchange(
+        self, request: h11.Request, upstream: Upstream, origin_target: str
+    ) -> tuple[int, int, int]:
+        dest = upstream.dest
+        host_header = dest.host if dest.port == 80 else f"{dest.host}:{dest.port}"
+        headers = [(b"host", host_header.encode("ascii"))]
+        headers += _filtered_headers(list(request.headers))
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        await upstream.send(
+            h11.Request(
+                method=request.method, target=origin_target.encode("ascii"), headers=headers
+            )
+        )
+        up_bytes = 0
+        while True:
+            event = await self._client_event(IDLE_TIMEOUT)
+            if isinstance(event, h11.Data):
+                up_bytes += len(event.data)
+                await upstream.send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                await upstream.send(h11.EndOfMessage(headers=event.headers))
+                break
+            else:
+                raise ConnectionError("client went away mid-request")
+        response = await upstream.next_event()
+        while isinstance(response, h11.InformationalResponse):
+            response = await upstream.next_event()
+        if not isinstance(response, h11.Response):
+            raise Blocked("error:upstream", f"{dest.host} closed the connection", 502)
+        await self._send(
+            h11.Response(
+                status_code=response.status_code,
+                headers=_filtered_headers(list(response.headers)),
+                reason=response.reason,
+            )
+        )
+        down_bytes = 0
+        while True:
+            event = await upstream.next_event()
+            if isinstance(event, h11.Data):
+                down_bytes += len(event.data)
+                await self._send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send(h11.EndOfMessage(headers=event.headers))
+                break
+            else:
+                raise ConnectionError("upstream went away mid-response")
+        if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
+            upstream.conn.start_next_cycle()
+        else:
+            upstream.close()
+            self.upstream = None
+        return response.status_code, up_bytes, down_bytes
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    total = 0
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), IDLE_TIMEOUT)
+            if not data:
+                break
+            total += len(data)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, TimeoutError, OSError):
+        writer.close()
+    return total
+
+
+async def _splice(
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> tuple[int, int]:
+    try:
+        up, down = await asyncio.gather(
+            _pipe(client_reader, up_writer), _pipe(up_reader, client_writer)
+        )
+    finally:
+        up_writer.close()
+    return up, down

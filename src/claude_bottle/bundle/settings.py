@@ -1,0 +1,39 @@
+"""The bundle's settings: written by the CLI as bundle.json, read by the bundle process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Pin:
+    host: str
+    address: str
+    port: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleSettings:
+    bottle: str
+    proxy_socket: str
+    control_socket: str
+    audit_log: str
+    allow: tuple[str, ...]
+    deny: tuple[str, ...] = ()
+    mode: str = "enforce"
+    pins: tuple[Pin, ...] = ()
+    ask_timeout: float = 60.0
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> BundleSettings:
+        raw: dict[str, Any] = json.loads(path.read_text())
+        raw["allow"] = tuple(raw.get("allow", ()))
+        raw["deny"] = tuple(raw.get("deny", ()))
+        raw["pins"] = tuple(Pin(**p) for p in raw.get("pins", ()))
+        return cls(**raw)

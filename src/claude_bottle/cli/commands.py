@@ -1,0 +1,320 @@
+"""What each CLI command does. Kept apart from main.py so `--help` imports nothing heavy."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from claude_bottle import paths, state
+from claude_bottle.backend import registry
+from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
+from claude_bottle.config import load_config
+from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError
+
+WATCH_INTERVAL = 0.25
+
+
+def _say(message: str) -> None:
+    click.echo(f"claude-bottle: {message}", err=True)
+
+
+def default_name(workspace: Path) -> str:
+    base = "".join(c if c.isalnum() or c in "._-" else "-" for c in workspace.name.lower())
+    base = base.strip("-._")[:50] or "bottle"
+    return f"{base}-{secrets.token_hex(3)[:5]}"
+
+
+def _prepare(
+    command: tuple[str, ...],
+    *,
+    backend: str | None,
+    allow: Sequence[str],
+    name: str | None,
+    workspace: str | None,
+    config_file: str | None,
+    detach: bool = False,
+) -> tuple[BottleBackend, BottlePlan]:
+    ws = Path(workspace or os.getcwd()).resolve()
+    config = load_config(
+        workspace=ws,
+        extra_file=Path(config_file) if config_file else None,
+        allow=allow,
+        backend=backend,
+        known_backends=registry.names(),
+        warn=_say,
+    )
+    bottle_name = paths.validate_name(name) if name else default_name(ws)
+    request = LaunchRequest(
+        name=bottle_name,
+        workspace=ws,
+        config=config,
+        command=command or config.bottle.command,
+        detach=detach,
+    )
+    chosen = registry.get(config.backend)
+    return chosen, chosen.plan(request)
+
+
+def show_plan(command: tuple[str, ...], *, as_json: bool, **options: Any) -> None:
+    _, plan = _prepare(command, **options)
+    if as_json:
+        click.echo(plan.to_json())
+    else:
+        plan.print()
+
+
+def _is_tty() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
+    backend, plan = _prepare(command, detach=detach, **options)
+    existing = state.read_record(plan.name)
+    if existing is not None and state.is_live(existing):
+        raise ConfigError(
+            f"a bottle named {plan.name} is already running",
+            f"attach to it with `claude-bottle resume {plan.name}` or choose another --name",
+        )
+    return _launch_and_run(backend, plan, detach=detach)
+
+
+def _launch_and_run(backend: BottleBackend, plan: BottlePlan, *, detach: bool) -> int:
+    with backend.launch(plan) as bottle:
+        state.update_record(plan.name, owner=state.process_ref(os.getpid()))
+        if detach:
+            bottle.start_detached(plan.command, Path(plan.state_dir) / "output.log")
+            state.update_record(plan.name, owner=None)
+            click.echo(plan.name)
+            _say(f"bottle {plan.name} is running; attach with `claude-bottle resume {plan.name}`")
+            return 0
+        status = _run_watched(bottle, plan.command)
+    return status
+
+
+def _run_watched(bottle: Bottle, command: Sequence[str]) -> int:
+    """Run the command; if the bundle or the bottle dies meanwhile, stop it all (fail closed)."""
+    failure: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(WATCH_INTERVAL):
+            reason = bottle.alive()
+            if reason is not None:
+                failure.append(reason)
+                bottle.kill()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        status = bottle.exec_claude(command, tty=_is_tty())
+    except BottleError:
+        if not failure:
+            raise
+        status = EXIT_LAUNCH_FAILED
+    finally:
+        done.set()
+        watcher.join()
+    state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+    if failure:
+        _say(f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped")
+        return EXIT_LAUNCH_FAILED
+    return status
+
+
+def _record(name: str) -> dict[str, Any]:
+    record = state.read_record(paths.validate_name(name))
+    if record is None:
+        raise ConfigError(f"no bottle named {name}", "see `claude-bottle ls`")
+    return record
+
+
+def resume(name: str) -> int:
+    record = _record(name)
+    backend = registry.get(record.get("backend", ""))
+    if state.is_live(record):
+        bottle = backend.attach(record)
+        return _run_watched(bottle, record.get("command") or ["claude"])
+    _say(f"bottle {name} is not running; starting it again with the same name and resources")
+    backend, plan = _prepare(
+        tuple(record.get("command") or ()),
+        backend=record.get("backend"),
+        allow=(),
+        name=name,
+        workspace=record.get("workspace"),
+        config_file=None,
+    )
+    _cleanup_one(record)
+    return _launch_and_run(backend, plan, detach=False)
+
+
+def _cleanup_one(record: dict[str, Any]) -> None:
+    backend = registry.get(record.get("backend", ""))
+    backend.stop(record)
+
+
+def stop(name: str | None, stop_all: bool) -> None:
+    records = state.all_records() if stop_all else [_record(name or "")]
+    for record in records:
+        if not state.is_live(record) and not stop_all:
+            _say(f"bottle {record['name']} is not running ({state.live_state(record)})")
+        if not state.is_live(record):
+            continue
+        owner = record.get("owner")
+        if owner and state.process_alive(owner):
+            os.kill(int(owner["pid"]), signal.SIGTERM)
+        registry.get(record.get("backend", "")).stop(record)
+        state.update_record(record["name"], status="stopped", ended=time.time())
+        _say(f"stopped {record['name']}")
+
+
+def list_bottles(as_json: bool) -> None:
+    rows = []
+    for record in state.all_records():
+        rows.append(
+            {
+                "name": record.get("name"),
+                "state": state.live_state(record),
+                "backend": record.get("backend", "?"),
+                "age": state.age(record),
+                "workspace": record.get("workspace", ""),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no bottles")
+        return
+    header = ("NAME", "STATE", "BACKEND", "AGE", "WORKSPACE")
+    table = [
+        header,
+        *[(str(r["name"]), r["state"], r["backend"], r["age"], r["workspace"]) for r in rows],
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo(
+            "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def cleanup(dry_run: bool, records: bool) -> None:
+    all_records = state.all_records()
+    live = {str(r["name"]) for r in all_records if state.is_live(r)}
+    problems: list[str] = []
+    found = False
+    for name in registry.names():
+        backend = registry.get(name)
+        plan = backend.cleanup_plan(live)
+        if plan.items:
+            found = True
+            plan.print()
+            if not dry_run:
+                problems += backend.cleanup(plan)
+    for record in all_records:
+        if str(record["name"]) in live:
+            continue
+        if record.get("status") == "running":
+            found = True
+            click.echo(f"record {record['name']}: marked crashed (its processes are gone)")
+            if not dry_run:
+                state.update_record(str(record["name"]), status="crashed", ended=time.time())
+        if records:
+            found = True
+            click.echo(f"records of {record['name']}: {paths.state_dir(str(record['name']))}")
+            if not dry_run:
+                shutil.rmtree(paths.state_dir(str(record["name"])), ignore_errors=True)
+    if not found:
+        click.echo("nothing to clean up")
+    elif dry_run:
+        click.echo("(dry run: nothing was removed)")
+    if problems:
+        raise BottleError("; ".join(problems))
+
+
+def logs(name: str, follow: bool, as_json: bool) -> None:
+    from claude_bottle.bundle.audit import format_record, iter_records
+
+    record = _record(name)
+    log = paths.state_dir(str(record["name"])) / "audit.jsonl"
+    if not log.exists():
+        raise BottleError(f"bottle {name} has no audit log yet ({log})")
+
+    def stopped() -> bool:
+        fresh = state.read_record(str(record["name"]))
+        return fresh is None or not state.is_live(fresh)
+
+    try:
+        for event in iter_records(log, follow=follow, stop=stopped):
+            click.echo(json.dumps(event, ensure_ascii=False) if as_json else format_record(event))
+    except BrokenPipeError:
+        pass
+
+
+def allow(name: str, host: str) -> None:
+    from claude_bottle.bundle import control
+
+    record = _record(name)
+    if not state.is_live(record):
+        raise BottleError(
+            f"bottle {name} is not running", "start it, or add the host to your config"
+        )
+    answer = control.call(Path(record["control_socket"]), "allow", host=host)
+    if not answer.get("ok"):
+        raise ConfigError(f"cannot allow {host!r}: {answer.get('error')}")
+    _say(f"bottle {name} may now reach {answer['pattern']}")
+
+
+def audit_verify(file: str) -> int:
+    from claude_bottle.bundle.audit import verify
+
+    result = verify(Path(file))
+    if result.ok:
+        click.echo(f"{file}: ok, {result.records} records, hash chain intact")
+        return 0
+    click.echo(f"{file}: line {result.bad_line}: {result.problem}", err=True)
+    return 1
+
+
+def trust(workspace: str | None, revoke: bool) -> None:
+    from claude_bottle.config.trust import TrustStore
+
+    file = Path(workspace or os.getcwd()).resolve() / ".claude-bottle.toml"
+    if not file.is_file():
+        raise ConfigError(f"{file} does not exist", "nothing to trust")
+    store = TrustStore()
+    if revoke:
+        store.revoke(file)
+        _say(f"{file} is no longer trusted")
+        return
+    digest = store.trust(file)
+    _say(f"trusted {file} (sha256 {digest[:16]}…); any change to it must be trusted again")
+
+
+def doctor() -> int:
+    default = registry.default_name()
+    worst = 0
+    for name in registry.names():
+        backend = registry.get(name)
+        problems = backend.preflight()
+        mark = "ok" if not problems else "missing"
+        suffix = " (default)" if name == default else ""
+        click.echo(f"{name}{suffix}: {mark} — {backend.description}")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+        if problems and name == default:
+            worst = 3
+    claude = shutil.which("claude")
+    click.echo(f"claude: {claude or 'not installed — npm install -g @anthropic-ai/claude-code'}")
+    return worst

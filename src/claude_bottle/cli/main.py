@@ -1,0 +1,198 @@
+"""Entry point: parse the command line; a BottleError becomes one clear message and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from claude_bottle.errors import EXIT_USAGE, BottleError
+
+_RUN_OPTIONS = [
+    click.option("--backend", help="namespace | docker | smolmachines (default from config)"),
+    click.option(
+        "--allow",
+        "allow",
+        multiple=True,
+        metavar="HOST",
+        help="add a host pattern to the egress allowlist (repeatable)",
+    ),
+    click.option("--name", help="bottle name (default: <workspace-basename>-<5 hex>)"),
+    click.option(
+        "--workspace",
+        type=click.Path(file_okay=False, exists=True),
+        help="default: current directory",
+    ),
+    click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False), help="extra config file"
+    ),
+]
+
+
+def run_options(func: Any) -> Any:
+    for option in reversed(_RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show tracebacks")
+@click.version_option(package_name="claude-bottle")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Run a coding agent in a bottle whose only way out is a policy bundle."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@run_options
+@click.option("--detach", is_flag=True, help="leave it running; attach later with `resume`")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(command: Sequence[str], detach: bool, **options: Any) -> None:
+    """Start a bottle in the workspace and run COMMAND (default: claude); exit with its status."""
+    from claude_bottle.cli import commands
+
+    sys.exit(commands.run(tuple(command), detach=detach, **options))
+
+
+@cli.command()
+@run_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def plan(command: Sequence[str], as_json: bool, **options: Any) -> None:
+    """Print what `run` would do, and do nothing."""
+    from claude_bottle.cli import commands
+
+    commands.show_plan(tuple(command), as_json=as_json, **options)
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+def list_bottles(as_json: bool) -> None:
+    """Bottles, their state, backend and age."""
+    from claude_bottle.cli import commands
+
+    commands.list_bottles(as_json)
+
+
+@cli.command()
+@click.argument("name")
+def resume(name: str) -> None:
+    """Re-attach to a bottle (same name, same resources)."""
+    from claude_bottle.cli import commands
+
+    sys.exit(commands.resume(name))
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "stop_all", is_flag=True, help="stop every running bottle")
+def stop(name: str | None, stop_all: bool) -> None:
+    """Stop a bottle (or all of them)."""
+    from claude_bottle.cli import commands
+
+    if bool(name) == stop_all:
+        raise click.UsageError("give a bottle NAME or --all")
+    commands.stop(name, stop_all)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="only list what would be removed")
+@click.option(
+    "--records", is_flag=True, help="also delete the records (plan, audit log) of finished bottles"
+)
+def cleanup(dry_run: bool, records: bool) -> None:
+    """Remove leftovers of bottles that are not running."""
+    from claude_bottle.cli import commands
+
+    commands.cleanup(dry_run, records)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events")
+@click.option("--json", "as_json", is_flag=True, help="raw JSON lines")
+def logs(name: str, follow: bool, as_json: bool) -> None:
+    """The bottle's audit events."""
+    from claude_bottle.cli import commands
+
+    commands.logs(name, follow, as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("host")
+def allow(name: str, host: str) -> None:
+    """Approve HOST for a running bottle."""
+    from claude_bottle.cli import commands
+
+    commands.allow(name, host)
+
+
+@cli.group()
+def audit() -> None:
+    """Audit log tools."""
+
+
+@audit.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+def verify(file: str) -> None:
+    """Check an audit log's hash chain."""
+    from claude_bottle.cli import commands
+
+    sys.exit(commands.audit_verify(file))
+
+
+@cli.command()
+@click.option("--workspace", type=click.Path(file_okay=False, exists=True))
+@click.option("--revoke", is_flag=True, help="stop trusting it")
+def trust(workspace: str | None, revoke: bool) -> None:
+    """Trust the workspace's .claude-bottle.toml (its exact current content)."""
+    from claude_bottle.cli import commands
+
+    commands.trust(workspace, revoke)
+
+
+@cli.command()
+def doctor() -> None:
+    """Preflight every backend: say what is missing and how to install it."""
+    from claude_bottle.cli import commands
+
+    sys.exit(commands.doctor())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="claude-bottle",
+            standalone_mode=False,
+        )
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except BottleError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"claude-bottle: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:
+        if debug or os.environ.get("CLAUDE_BOTTLE_DEBUG"):
+            raise
+        print(
+            f"claude-bottle: internal error: {sys.exc_info()[1]!r}\n  run again with --debug "
+            "for the traceback",
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from claude_bottle.bottle_env import build_env
+
+
+def test_env_is_an_allowlist() -> None:
+    host = {
+        "PATH": "/usr/bin",
+        "TERM": "xterm",
+        "LC_ALL": "C",
+        "HOME": "/home/a",
+        "ANTHROPIC_API_KEY": "sk-x",
+        "GITHUB_TOKEN": "t",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "SSH_AUTH_SOCK": "/run/ssh",
+        "DOCKER_HOST": "unix:///x",
+        "RANDOM_VAR": "1",
+    }
+    env = build_env(host, bottle="b", home="/home/a", extra_names=["RANDOM_VAR", "MY_TOKEN"])
+    assert env["PATH"] == "/usr/bin" and env["TERM"] == "xterm" and env["LC_ALL"] == "C"
+    assert env["RANDOM_VAR"] == "1"
+    for leaked in (
+        "ANTHROPIC_API_KEY",
+        "GITHUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "SSH_AUTH_SOCK",
+        "DOCKER_HOST",
+        "MY_TOKEN",
+    ):
+        assert leaked not in env
+
+
+def test_proxy_variables_point_at_the_relay() -> None:
+    env = build_env({}, bottle="b", home="/h", relay_port=3128)
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
+        assert env[name] == "http://127.0.0.1:3128"
+    assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1"
+    assert env["HOME"] == "/h" and env["CLAUDE_BOTTLE_NAME"] == "b"

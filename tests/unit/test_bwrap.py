@@ -1,0 +1,130 @@
+"""The bwrap command line is the namespace bottle's whole security boundary: pin it."""
+
+from __future__ import annotations
+
+from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
+
+SPEC = BwrapSpec(
+    hostname="proj-abcde",
+    workspace="/work/proj",
+    home="/home/alice",
+    home_source="/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home",
+    bundle_dir="/run/user/1000/claude-bottle/proj-abcde/bundle",
+    exec_dir="/run/user/1000/claude-bottle/proj-abcde/exec",
+    relay_script="/opt/cb/relay.py",
+    python="/usr/bin/python3.11",
+    relay_port=3128,
+    masked=("/home", "/root"),
+    toolchain=("/home/alice/.nvm/versions/node/v20.1.0",),
+    read_only=("/home/alice/src/lib",),
+    resolv_conf="/run/user/1000/claude-bottle/proj-abcde/resolv.conf",
+)
+
+
+def test_argv_is_pinned() -> None:
+    assert bwrap_argv(SPEC) == [
+        "bwrap",
+        "--die-with-parent",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--unshare-net",
+        "--as-pid-1",
+        "--hostname",
+        "proj-abcde",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/var/tmp",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/home",
+        "--tmpfs",
+        "/root",
+        "--ro-bind",
+        "/run/user/1000/claude-bottle/proj-abcde/resolv.conf",
+        "/etc/resolv.conf",
+        "--ro-bind",
+        "/home/alice/.nvm/versions/node/v20.1.0",
+        "/home/alice/.nvm/versions/node/v20.1.0",
+        "--ro-bind",
+        "/home/alice/src/lib",
+        "/home/alice/src/lib",
+        "--bind",
+        "/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home",
+        "/home/alice",
+        "--bind",
+        "/work/proj",
+        "/work/proj",
+        "--ro-bind",
+        "/run/user/1000/claude-bottle/proj-abcde/bundle",
+        "/run/claude-bottle/bundle",
+        "--bind",
+        "/run/user/1000/claude-bottle/proj-abcde/exec",
+        "/run/claude-bottle/exec",
+        "--ro-bind",
+        "/opt/cb/relay.py",
+        "/run/claude-bottle/relay.py",
+        "--chdir",
+        "/work/proj",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--",
+        "/usr/bin/python3.11",
+        "-I",
+        "-S",
+        "/run/claude-bottle/relay.py",
+        "--listen",
+        "3128=/run/claude-bottle/bundle/proxy.sock",
+        "--exec-socket",
+        "/run/claude-bottle/exec/exec.sock",
+        "--hold",
+    ]
+
+
+def test_every_namespace_is_unshared() -> None:
+    argv = bwrap_argv(SPEC)
+    for flag in (
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--unshare-net",
+    ):
+        assert flag in argv
+    assert "--share-net" not in argv
+
+
+def test_masks_come_before_the_binds_that_punch_through_them() -> None:
+    argv = bwrap_argv(SPEC)
+    mask = argv.index("/home")
+    toolchain = argv.index("/home/alice/.nvm/versions/node/v20.1.0")
+    home = argv.index("/home/alice")
+    assert mask < toolchain < home
+
+
+def test_detached_bottle_does_not_die_with_the_cli() -> None:
+    import dataclasses
+
+    argv = bwrap_argv(dataclasses.replace(SPEC, die_with_parent=False))
+    assert "--die-with-parent" not in argv
+
+
+def test_no_resolv_conf_override_when_none() -> None:
+    import dataclasses
+
+    argv = bwrap_argv(dataclasses.replace(SPEC, resolv_conf=None))
+    assert "/etc/resolv.conf" not in argv

@@ -1,0 +1,195 @@
+"""The egress proxy, driven over its unix socket with raw bytes (no bottle needed).
+
+A recording upstream on loopback stands in for the internet, pinned with
+the same mechanism as [egress.resolve].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from claude_bottle.bundle.audit import verify
+
+from claude_bottle.bundle.server import Bundle
+from claude_bottle.bundle.settings import BundleSettings, Pin
+from tests.integration.upstream import RecordingHTTPServer
+
+
+class RunningBundle:
+    def __init__(self, settings: BundleSettings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.bundle: Bundle | None = None
+        ready = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(self.loop)
+
+            async def start() -> None:
+                self.bundle = Bundle(settings)
+                task = asyncio.ensure_future(self.bundle.run(None))
+                while not Path(settings.control_socket).exists():
+                    await asyncio.sleep(0.005)
+                ready.set()
+                await task
+
+            self.loop.run_until_complete(start())
+
+        self.thread = threading.Thread(target=main, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def request(self, data: bytes, timeout: float = 10) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(self.settings.proxy_socket)
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def stop(self) -> None:
+        assert self.bundle is not None
+        self.loop.call_soon_threadsafe(self.bundle._stopping.set)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingHTTPServer]:
+    server = RecordingHTTPServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, upstream: RecordingHTTPServer) -> Iterator[RunningBundle]:
+    settings = BundleSettings(
+        bottle="unit",
+        proxy_socket=str(tmp_path / "proxy.sock"),
+        control_socket=str(tmp_path / "control.sock"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+        allow=("allowed.test", "*.wild.test"),
+        pins=(
+            Pin("allowed.test", "127.0.0.1", upstream.port),
+            Pin("x.wild.test", "127.0.0.1", upstream.port),
+            Pin("denied.test", "127.0.0.1", upstream.port),
+        ),
+    )
+    running = RunningBundle(settings)
+    yield running
+    running.stop()
+
+
+def _events(bundle: RunningBundle) -> list[dict[str, object]]:
+    lines = Path(bundle.settings.audit_log).read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["kind"] == "egress"]
+
+
+def test_forwards_allowed_request(bundle: RunningBundle, upstream: RecordingHTTPServer) -> None:
+    reply = bundle.request(b"GET http://allowed.test/a?b=1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert b"hello from upstream /a?b=1" in reply
+    assert upstream.requests[0].path == "/a?b=1"
+    assert upstream.requests[0].headers["host"] == "allowed.test"
+
+
+def test_keep_alive_serves_several_requests(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    two = (
+        b"GET http://allowed.test/1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+        b"GET http://x.wild.test/2 HTTP/1.1\r\nHost: x.wild.test\r\n\r\n"
+    )
+    reply = bundle.request(two)
+    assert reply.count(b"HTTP/1.1 200") == 2
+    assert [r.path for r in upstream.requests] == ["/1", "/2"]
+
+
+def test_chunked_request_body_is_forwarded(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    body = gzip.compress(b"x" * 1000)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    reply = bundle.request(
+        b"POST http://allowed.test/up HTTP/1.1\r\nHost: allowed.test\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+    )
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[0].body == body
+
+
+def test_denied_host_gets_403_and_nothing_reaches_upstream(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    reply = bundle.request(b"GET http://denied.test/x HTTP/1.1\r\nHost: denied.test\r\n\r\n")
+    head = reply.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 403")
+    assert b"x-claude-bottle-block: deny:not-allowlisted" in head
+    assert b"claude-bottle allow unit denied.test" in reply
+    assert upstream.requests == []
+    assert [(e["host"], e["decision"]) for e in _events(bundle)] == [("denied.test", "deny")]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x01\x02\r\n\r\n",
+        b"GET http://allowed.test/ HTTP/1.1\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n",
+        b"CONNECT \r\n\r\n",
+        b"GET http://allowed.test:99999/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST http://allowed.test/ HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ],
+)
+def test_garbage_is_refused_without_crashing(
+    bundle: RunningBundle, upstream: RecordingHTTPServer, garbage: bytes
+) -> None:
+    reply = bundle.request(garbage)
+    assert reply == b"" or reply.split(b" ")[1][:1] == b"4"
+    # The bundle still serves afterwards.
+    assert bundle.request(
+        b"GET http://allowed.test/ok HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    ).startswith(b"HTTP/1.1 200")
+
+
+def test_ssrf_guard_refuses_private_resolution(tmp_path: Path) -> None:
+    from claude_bottle.bundle.gate import Blocked, EgressGate
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["10.1.2.3"]
+
+    async def check() -> None:
+        gate = EgressGate(["rebind.test"], resolver=resolver)
+        with pytest.raises(Blocked) as caught:
+            await gate.check("rebind.test", 80)
+        assert caught.value.rule == "deny:ssrf-private"
+
+    asyncio.run(check())
+
+
+def test_connect_to_allowed_host_tunnels(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    reply = bundle.request(
+        b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n"
+        b"GET /inner HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert b"hello from upstream /inner" in reply
+
+
+def test_audit_log_verifies_after_traffic(bundle: RunningBundle) -> None:
+    bundle.request(b"GET http://allowed.test/1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    bundle.request(b"GET http://denied.test/2 HTTP/1.1\r\nHost: denied.test\r\n\r\n")
+    result = verify(Path(bundle.settings.audit_log))
+    assert result.ok, result.problem
+    assert result.records >= 3
