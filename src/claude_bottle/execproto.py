@@ -51,7 +51,8 @@ class ExecSession:
                 "the bottle has stopped; see `claude-bottle ls`",
             ) from exc
         self._buffer = b""
-        self.pid = int(self._read_message().get("pid", 0))
+        pid = self._read_message().get("pid")
+        self.pid = pid if isinstance(pid, int) else 0
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from claude_bottle.bundle.audit import verify
 
+from claude_bottle.bundle.audit import verify
 from claude_bottle.bundle.server import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from tests.integration.upstream import RecordingHTTPServer

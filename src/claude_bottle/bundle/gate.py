@@ -17,10 +17,9 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 
+from claude_bottle.bundle.settings import Pin
 from claude_bottle.policy.allowlist import Allowlist, Decision, normalize_host
 from claude_bottle.policy.netguard import forbidden_range
-
-from claude_bottle.bundle.settings import Pin
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 

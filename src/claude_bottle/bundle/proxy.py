@@ -277,7 +277,8 @@ class ProxyConnection:
     async def _open(self, dest: Destination) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             return await asyncio.wait_for(
-                asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE), CONNECT_TIMEOUT
+                asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE),
+                CONNECT_TIMEOUT,
             )
         except TimeoutError as exc:
             raise Blocked(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from claude_bottle.bundle.audit import AuditLog
-
 from claude_bottle.bundle.control import MAX_LINE
 from claude_bottle.bundle.gate import EgressGate
 from claude_bottle.bundle.proxy import ProxyConnection, Stats

@@ -55,7 +55,11 @@ class NamespaceBottle(Bottle):
                 holder.append(self._session(argv, (slave, slave, slave), True))
                 return holder[0]
 
-            with _forward_signals(lambda n: holder and holder[0].signal(n), tty=True):
+            def forward(signum: int) -> None:
+                if holder:
+                    holder[0].signal(signum)
+
+            with _forward_signals(forward, tty=True):
                 return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
         session = self._session(argv, (0, 1, 2), False)
         with _forward_signals(session.signal, tty=False):

@@ -1,0 +1,751 @@
+"""Load, validate and merge claude-bottle configuration (SPEC: Policy and configuration).
+
+Layers, later wins for scalars:
+
+1. built-in defaults (`claude_bottle.config.model`);
+2. the user config (`$CLAUDE_BOTTLE_CONFIG`, else
+   `<user config dir>/claude-bottle/config.toml`; a missing default file is fine);
+3. the workspace's `.claude-bottle.toml`, only if the user trusted its exact bytes;
+4. `extra_file` (`--config`), which must exist;
+5. command-line flags (`--allow`, `--backend`).
+
+`egress.allow`, `egress.deny`, `egress.resolve`, `dlp.patterns`,
+`bottle.read_only` and `bottle.env` accumulate across layers (duplicates
+dropped, first position kept; a pin or DLP pattern redefined under the same
+host or name takes the later value). `git.remotes` merge by remote name,
+key by key.
+
+Every problem is a `ConfigError` whose message reads
+`<file>: <dotted.key>: <problem>`. Values that could be secrets (the
+credential reference, git URLs) are never echoed back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TypeAlias
+from urllib.parse import urlsplit
+
+# SECRET_NAME: the same rule the bottle environment builder applies as a last line of defence.
+from claude_bottle.bottle_env import SECRET_NAME
+from claude_bottle.config.model import (
+    DEFAULT_ALLOW,
+    DEFAULT_ANTHROPIC_CREDENTIAL,
+    DEFAULT_BACKEND,
+    DEFAULT_COMMAND,
+    EGRESS_MODES,
+    BottleSection,
+    Config,
+    CredentialsConfig,
+    DlpConfig,
+    DlpPattern,
+    EgressConfig,
+    GitRemote,
+    ResolvePin,
+)
+from claude_bottle.config.trust import TrustStore, display_path, read_config_file
+from claude_bottle.errors import ConfigError
+
+PROJECT_FILE: Final = ".claude-bottle.toml"
+CONFIG_ENV: Final = "CLAUDE_BOTTLE_CONFIG"
+
+
+# -- schema: the one place that lists every key ---------------------------------
+
+
+@dataclass(frozen=True)
+class _Scalar:
+    kind: type
+    what: str
+    plural: str
+
+
+@dataclass(frozen=True)
+class _ListOf:
+    item: _Spec
+
+
+@dataclass(frozen=True)
+class _Table:
+    fields: Mapping[str, _Spec]
+    required: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _MapOf:
+    """A table whose keys are chosen by the user (host names, remote names)."""
+
+    value: _Spec
+
+
+_Spec: TypeAlias = _Scalar | _ListOf | _Table | _MapOf
+
+_STR: Final = _Scalar(str, "a string", "strings")
+_BOOL: Final = _Scalar(bool, "a boolean (true or false)", "booleans")
+_STRS: Final = _ListOf(_STR)
+
+SCHEMA: Final = _Table(
+    {
+        "backend": _STR,
+        "egress": _Table({"allow": _STRS, "deny": _STRS, "mode": _STR, "resolve": _MapOf(_STR)}),
+        "dlp": _Table(
+            {
+                "enabled": _BOOL,
+                "block": _BOOL,
+                "patterns": _ListOf(
+                    _Table({"name": _STR, "regex": _STR}, frozenset({"name", "regex"}))
+                ),
+            }
+        ),
+        "credentials": _Table({"anthropic": _STR}),
+        "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
+        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
+    }
+)
+
+# -- value rules -------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_DLP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCP_URL = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!//).+")
+_URL_SCHEMES = ("https", "http", "ssh", "git", "file")
+_BAD_BRANCH_CHARS = frozenset("~^:\\")
+_TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+_PATTERN_HINT = "fix the pattern or remove it"
+
+
+def print_to_stderr(message: str) -> None:
+    print(f"claude-bottle: warning: {message}", file=sys.stderr)
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return json.dumps(text)
+
+
+def _key(prefix: str, name: str) -> str:
+    part = name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+    return f"{prefix}.{part}" if prefix else part
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _expected(spec: _Spec) -> str:
+    if isinstance(spec, _Scalar):
+        return spec.what
+    if isinstance(spec, _ListOf):
+        if isinstance(spec.item, _Scalar):
+            return f"an array of {spec.item.plural}"
+        return "an array of tables"
+    return "a table"
+
+
+def _type_hint(spec: _Spec, key: str) -> str:
+    """How to write a value of `spec` in TOML, for the error's hint."""
+    if isinstance(spec, _Scalar):
+        return "write true or false, without quotes" if spec.kind is bool else 'quote it: "…"'
+    if isinstance(spec, _ListOf):
+        if isinstance(spec.item, _Scalar) and spec.item.kind is str:
+            return 'write an array, e.g. ["a", "b"]'
+        return 'write an array of inline tables, e.g. [{name = "…", regex = "…"}]'
+    return f"write it as a table: [{key}] on its own line, then its keys"
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a layer came from: a file (shown as the user would type it) or a flag."""
+
+    label: str
+
+    def error(self, key: str, problem: str, hint: str = "") -> ConfigError:
+        where = f"{self.label}: {key}" if key else self.label
+        return ConfigError(f"{where}: {problem}", hint)
+
+
+# -- type checking against SCHEMA ---------------------------------------------------
+
+
+def _check(value: object, spec: _Spec, key: str, src: _Source) -> None:
+    if isinstance(spec, _Scalar):
+        if type(value) is not spec.kind:
+            raise src.error(
+                key, f"expected {spec.what}, got {_toml_type(value)}", _type_hint(spec, key)
+            )
+        if isinstance(value, str) and "\x00" in value:
+            raise src.error(key, "contains a NUL character", "remove it")
+        return
+    if isinstance(spec, _ListOf):
+        if not isinstance(value, list):
+            raise src.error(
+                key, f"expected {_expected(spec)}, got {_toml_type(value)}", _type_hint(spec, key)
+            )
+        for index, item in enumerate(value):
+            _check(item, spec.item, f"{key}[{index}]", src)
+        return
+    if not isinstance(value, dict):
+        raise src.error(key, f"expected a table, got {_toml_type(value)}", _type_hint(spec, key))
+    if isinstance(spec, _MapOf):
+        for name, item in value.items():
+            _check(item, spec.value, _key(key, name), src)
+        return
+    for name, item in value.items():
+        sub = spec.fields.get(name)
+        if sub is None:
+            raise _unknown_key(name, spec, key, src)
+        _check(item, sub, _key(key, name), src)
+    missing = sorted(spec.required - value.keys())
+    if missing:
+        raise src.error(
+            _key(key, missing[0]),
+            "missing; it is required here",
+            f"add {missing[0]} = … to this entry",
+        )
+
+
+def _unknown_key(name: str, spec: _Table, key: str, src: _Source) -> ConfigError:
+    allowed = list(spec.fields)
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    if not close:
+        close = [a for a in allowed if a.lower() == name.lower()]
+    problem = "unknown key"
+    if close:
+        problem += f"; did you mean {_key(key, close[0])}?"
+    where = f"[{key}]" if key else "the top level"
+    return src.error(_key(key, name), problem, f"keys allowed in {where}: {', '.join(allowed)}")
+
+
+# -- reading files ------------------------------------------------------------------
+
+
+def _parse_toml(content: bytes, src: _Source) -> dict[str, object]:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise src.error(
+            "", f"not valid UTF-8 (byte {exc.start})", "save the file as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        detail = str(exc)
+        match = _TOML_POSITION.search(detail)
+        if match is None:
+            position = ""
+        elif match.group(1):
+            position = f"line {match.group(1)}, column {match.group(2)}: "
+        else:
+            position = f"line {max(1, len(text.splitlines()))} (end of file): "
+        if match is not None:
+            detail = detail[: match.start()]
+        raise src.error(
+            "", f"{position}invalid TOML: {detail}", "fix the syntax (see https://toml.io)"
+        ) from None
+    return data
+
+
+def _default_user_config() -> tuple[Path, bool]:
+    """The user config path and whether the user named it explicitly (then it must exist)."""
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser(), True
+    import platformdirs
+
+    return platformdirs.user_config_path("claude-bottle") / "config.toml", False
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(directory.resolve())
+    except OSError:
+        return False
+
+
+# -- merging ------------------------------------------------------------------------
+
+
+@dataclass
+class _RemoteDraft:
+    source: _Source
+    url: str | None = None
+    push: tuple[str, ...] = ()
+    force: bool = False
+
+
+def _ordered(items: Iterable[str]) -> dict[str, None]:
+    return dict.fromkeys(items)
+
+
+@dataclass
+class _Merged:
+    known_backends: tuple[str, ...]
+    backend: str = DEFAULT_BACKEND
+    allow: dict[str, None] = field(default_factory=lambda: _ordered(DEFAULT_ALLOW))
+    deny: dict[str, None] = field(default_factory=dict)
+    mode: str = "enforce"
+    resolve: dict[str, ResolvePin] = field(default_factory=dict)
+    dlp_enabled: bool = True
+    dlp_block: bool = True
+    patterns: dict[str, DlpPattern] = field(default_factory=dict)
+    anthropic: str = DEFAULT_ANTHROPIC_CREDENTIAL
+    remotes: dict[str, _RemoteDraft] = field(default_factory=dict)
+    command: tuple[str, ...] = DEFAULT_COMMAND
+    read_only: dict[str, None] = field(default_factory=dict)
+    env: dict[str, None] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    # -- a whole file
+
+    def apply_file(self, path: Path, content: bytes, src: _Source) -> None:
+        data = _parse_toml(content, src)
+        _check(data, SCHEMA, "", src)
+        if "backend" in data:
+            self.backend = self.check_backend(_str(data["backend"]), "backend", src)
+        self.apply_egress(_table(data.get("egress")), src)
+        self.apply_dlp(_table(data.get("dlp")), src)
+        credentials = _table(data.get("credentials"))
+        if "anthropic" in credentials:
+            self.anthropic = _check_credential(
+                _str(credentials["anthropic"]), "credentials.anthropic", src
+            )
+        remotes = _table(_table(data.get("git")).get("remotes"))
+        for name, remote in remotes.items():
+            self.apply_remote(name, _table(remote), src)
+        self.apply_bottle(_table(data.get("bottle")), src)
+        self.sources.append(str(path))
+
+    def check_backend(self, name: str, key: str, src: _Source) -> str:
+        if name in self.known_backends:
+            return name
+        known = ", ".join(self.known_backends) or "(none)"
+        problem = f"unknown backend {_quote(name)}"
+        close = difflib.get_close_matches(name, self.known_backends, n=1)
+        if close:
+            problem += f"; did you mean {_quote(close[0])}?"
+        raise src.error(key, f"{problem} (known: {known})", f"choose one of: {known}")
+
+    def apply_egress(self, egress: Mapping[str, object], src: _Source) -> None:
+        for name, target in (("allow", self.allow), ("deny", self.deny)):
+            for index, pattern in enumerate(_strs(egress.get(name))):
+                target.setdefault(_host_pattern(pattern, f"egress.{name}[{index}]", src))
+        if "mode" in egress:
+            mode = _str(egress["mode"])
+            if mode not in EGRESS_MODES:
+                raise src.error(
+                    "egress.mode",
+                    f"expected one of {', '.join(EGRESS_MODES)}, got {_quote(mode)}",
+                    "enforce blocks, audit only logs, ask holds each new host for approval",
+                )
+            self.mode = mode
+        for host, target_value in _table(egress.get("resolve")).items():
+            pin = _resolve_pin(host, _str(target_value), _key("egress.resolve", host), src)
+            self.resolve.pop(pin.host, None)
+            self.resolve[pin.host] = pin
+
+    def apply_dlp(self, dlp: Mapping[str, object], src: _Source) -> None:
+        if "enabled" in dlp:
+            self.dlp_enabled = _bool(dlp["enabled"])
+        if "block" in dlp:
+            self.dlp_block = _bool(dlp["block"])
+        seen: set[str] = set()
+        for index, entry in enumerate(_tables(dlp.get("patterns"))):
+            key = f"dlp.patterns[{index}]"
+            pattern = _dlp_pattern(_str(entry["name"]), _str(entry["regex"]), key, src)
+            if pattern.name in seen:
+                raise src.error(
+                    f"{key}.name",
+                    f"{_quote(pattern.name)} is defined twice in this file",
+                    "give each pattern its own name",
+                )
+            seen.add(pattern.name)
+            if self.patterns.get(pattern.name) != pattern:
+                self.patterns.pop(pattern.name, None)
+                self.patterns[pattern.name] = pattern
+
+    def apply_remote(self, name: str, remote: Mapping[str, object], src: _Source) -> None:
+        key = _key("git.remotes", name)
+        if not _REMOTE_NAME.fullmatch(name):
+            raise src.error(
+                key,
+                "a remote name must be 1-63 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit",
+                "rename the remote, e.g. [git.remotes.origin]",
+            )
+        draft = self.remotes.setdefault(name, _RemoteDraft(src))
+        draft.source = src
+        if "url" in remote:
+            draft.url = _check_git_url(_str(remote["url"]), f"{key}.url", src)
+        if "push" in remote:
+            draft.push = tuple(
+                _ordered(
+                    _branch_pattern(item, f"{key}.push[{index}]", src)
+                    for index, item in enumerate(_strs(remote["push"]))
+                )
+            )
+        if "force" in remote:
+            draft.force = _bool(remote["force"])
+
+    def apply_bottle(self, bottle: Mapping[str, object], src: _Source) -> None:
+        if "command" in bottle:
+            command = tuple(_strs(bottle["command"]))
+            if not command or not command[0]:
+                raise src.error(
+                    "bottle.command",
+                    "must name a program to run",
+                    'e.g. command = ["claude", "--dangerously-skip-permissions"]',
+                )
+            self.command = command
+        for index, raw in enumerate(_strs(bottle.get("read_only"))):
+            self.read_only.setdefault(_read_only_path(raw, f"bottle.read_only[{index}]", src))
+        for index, name in enumerate(_strs(bottle.get("env"))):
+            self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
+
+    # -- the result
+
+    def build(self) -> Config:
+        remotes = []
+        for name, draft in self.remotes.items():
+            if draft.url is None:
+                raise draft.source.error(
+                    f"{_key('git.remotes', name)}.url",
+                    "missing; every remote needs a url",
+                    'add url = "https://…" to the remote',
+                )
+            remotes.append(GitRemote(name=name, url=draft.url, push=draft.push, force=draft.force))
+        return Config(
+            backend=self.backend,
+            egress=EgressConfig(
+                allow=tuple(self.allow),
+                deny=tuple(self.deny),
+                mode=self.mode,
+                resolve=tuple(self.resolve.values()),
+            ),
+            dlp=DlpConfig(
+                enabled=self.dlp_enabled,
+                block=self.dlp_block,
+                patterns=tuple(self.patterns.values()),
+            ),
+            credentials=CredentialsConfig(anthropic=self.anthropic),
+            git_remotes=tuple(remotes),
+            bottle=BottleSection(
+                command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)
+            ),
+            sources=tuple(self.sources),
+        )
+
+
+# -- typed access to values _check has already vetted ---------------------------------
+
+
+def _str(value: object) -> str:
+    assert isinstance(value, str)
+    return value
+
+
+def _bool(value: object) -> bool:
+    assert isinstance(value, bool)
+    return value
+
+
+def _strs(value: object) -> list[str]:
+    if value is None:
+        return []
+    assert isinstance(value, list)
+    return [_str(item) for item in value]
+
+
+def _table(value: object) -> Mapping[str, object]:
+    if value is None:
+        return {}
+    assert isinstance(value, dict)
+    return value
+
+
+def _tables(value: object) -> list[Mapping[str, object]]:
+    if value is None:
+        return []
+    assert isinstance(value, list)
+    return [_table(item) for item in value]
+
+
+# -- per-value rules --------------------------------------------------------------------
+
+
+def _host_pattern(pattern: str, key: str, src: _Source) -> str:
+    from claude_bottle.policy.allowlist import validate_pattern
+
+    try:
+        return validate_pattern(pattern)
+    except ValueError as exc:
+        raise src.error(key, str(exc), _PATTERN_HINT) from None
+
+
+def _resolve_pin(host: str, target: str, key: str, src: _Source) -> ResolvePin:
+    hint = 'write it as "ADDRESS[:PORT]", e.g. "api.test" = "127.0.0.1:8443" or "[::1]:8443"'
+    normalised = _host_pattern(host, key, src)
+    is_ip = True
+    try:
+        ipaddress.ip_address(normalised.strip("[]"))
+    except ValueError:
+        is_ip = False
+    if normalised.startswith("*.") or "/" in normalised or is_ip:
+        raise src.error(key, "expected a host name, not a wildcard or an IP address", hint)
+    address, port_text = _split_address(target)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise src.error(
+            key, f"expected an IP address with an optional port, got {_quote(target)}", hint
+        ) from None
+    if ip.version == 6 and port_text is not None and not target.startswith("["):
+        raise src.error(key, "an IPv6 address with a port must be in brackets", hint)
+    port: int | None = None
+    if port_text is not None:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+            raise src.error(key, f"port {_quote(port_text)} is not a number from 1 to 65535", hint)
+        port = int(port_text)
+    return ResolvePin(host=normalised, address=str(ip), port=port)
+
+
+def _split_address(target: str) -> tuple[str, str | None]:
+    if target.startswith("["):
+        end = target.find("]")
+        if end < 0:
+            return target, None
+        rest = target[end + 1 :]
+        if not rest:
+            return target[1:end], None
+        if rest.startswith(":"):
+            return target[1:end], rest[1:]
+        return target, None
+    if target.count(":") == 1:
+        address, port = target.split(":")
+        return address, port
+    return target, None
+
+
+def _dlp_pattern(name: str, regex: str, key: str, src: _Source) -> DlpPattern:
+    if not _DLP_NAME.fullmatch(name):
+        raise src.error(
+            f"{key}.name",
+            f"{_quote(name)} is not a valid pattern name",
+            "use 1-64 letters, digits, '.', '_' or '-' (it appears in audit records)",
+        )
+    try:
+        compiled = re.compile(regex)
+    except re.error as exc:
+        raise src.error(
+            f"{key}.regex", f"not a valid regular expression: {exc}", "fix the regex (Python re)"
+        ) from None
+    except (RecursionError, OverflowError):
+        raise src.error(
+            f"{key}.regex", "regular expression is too complex", "simplify the regex"
+        ) from None
+    if compiled.search("") is not None:
+        raise src.error(
+            f"{key}.regex",
+            "matches the empty string, so it would flag every request",
+            "make the pattern require at least one character",
+        )
+    return DlpPattern(name=name, regex=regex)
+
+
+def _check_credential(spec: str, key: str, src: _Source) -> str:
+    # The value is never echoed: a user may have pasted the key itself here.
+    hint = "use env:NAME (an environment variable), file:PATH (absolute or ~/…) or keychain"
+    if spec == "keychain":
+        return spec
+    kind, sep, rest = spec.partition(":")
+    if sep and kind == "env" and _ENV_NAME.fullmatch(rest):
+        return spec
+    if sep and kind == "file" and (rest.startswith("/") or rest.startswith("~/")):
+        return spec
+    if sep and kind in ("env", "file"):
+        problem = (
+            "env: needs a variable name like ANTHROPIC_API_KEY"
+            if kind == "env"
+            else "file: needs an absolute path or one starting with ~/"
+        )
+        raise src.error(key, problem, hint)
+    raise src.error(key, "expected env:NAME, file:PATH or keychain (value not shown)", hint)
+
+
+def _check_git_url(url: str, key: str, src: _Source) -> str:
+    # URLs are not echoed: they may embed a token.
+    hint = "use https://host/owner/repo.git, ssh://host/path or git@host:owner/repo.git"
+    if not url or any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise src.error(key, "must be a non-empty URL without spaces or control characters", hint)
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+            hostname, password, username = parts.hostname, parts.password, parts.username
+        except ValueError:
+            raise src.error(key, "is not a valid URL (value not shown)", hint) from None
+        scheme = parts.scheme.lower()
+        if scheme not in _URL_SCHEMES:
+            raise src.error(
+                key,
+                f"unsupported scheme {_quote(scheme)}; use one of {', '.join(_URL_SCHEMES)}",
+                hint,
+            )
+        if password is not None or (username is not None and scheme in ("http", "https")):
+            raise src.error(
+                key,
+                "embeds credentials (value not shown); they would appear in plans and logs",
+                "remove them from the URL; the git gate uses the host's git credentials",
+            )
+        if scheme != "file" and not hostname:
+            raise src.error(key, "has no host name (value not shown)", hint)
+        return url
+    if url.startswith("/") or _SCP_URL.fullmatch(url):
+        return url
+    raise src.error(key, "is not a URL, an scp-style address or an absolute path", hint)
+
+
+def _branch_pattern(pattern: str, key: str, src: _Source) -> str:
+    if (
+        not pattern
+        or pattern.startswith(("-", "/"))
+        or ".." in pattern
+        or "@{" in pattern
+        or any(ch.isspace() or not ch.isprintable() or ch in _BAD_BRANCH_CHARS for ch in pattern)
+    ):
+        raise src.error(
+            key,
+            f"{_quote(pattern)} is not a valid branch pattern",
+            'use branch names with * wildcards, e.g. push = ["claude/*"]',
+        )
+    return pattern
+
+
+def _read_only_path(raw: str, key: str, src: _Source) -> str:
+    if not (raw.startswith("/") or raw == "~" or raw.startswith("~/")):
+        raise src.error(
+            key,
+            f"{_quote(raw)} must be an absolute path or start with ~/",
+            "relative paths are ambiguous; write the full path",
+        )
+    return raw
+
+
+def _env_name(name: str, key: str, src: _Source) -> str:
+    if not _ENV_NAME.fullmatch(name):
+        raise src.error(
+            key,
+            f"{_quote(name)} is not an environment variable name",
+            "use letters, digits and '_', not starting with a digit",
+        )
+    found = SECRET_NAME.search(name)
+    if found is not None:
+        raise src.error(
+            key,
+            f"{_quote(name)} looks like a secret (its name contains "
+            f"{found.group(0).upper()}); the bottle never receives credentials",
+            "remove it: credentials stay host-side, where the api gateway and git gate "
+            "use them for the agent",
+        )
+    return name
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def load_config(
+    *,
+    workspace: Path,
+    extra_file: Path | None = None,
+    allow: Sequence[str] = (),
+    backend: str | None = None,
+    known_backends: Iterable[str],
+    user_config: Path | None = None,
+    trust_store: TrustStore | None = None,
+    warn: Callable[[str], None] = print_to_stderr,
+) -> Config:
+    """The configuration for a bottle on `workspace`; ConfigError on any problem."""
+    merged = _Merged(known_backends=tuple(known_backends))
+    workspace = workspace.absolute()
+
+    if user_config is not None:
+        user_path, must_exist = user_config, False
+    else:
+        user_path, must_exist = _default_user_config()
+    user_path = user_path.absolute()
+    content = read_config_file(user_path)
+    if content is None and must_exist:
+        raise ConfigError(
+            f"{display_path(user_path)}: no such file (named by ${CONFIG_ENV})",
+            f"create it, or unset {CONFIG_ENV} to use the default user config",
+        )
+    if content is not None:
+        _warn_if_in_workspace(user_path, workspace, "user config", warn)
+        merged.apply_file(user_path, content, _Source(display_path(user_path)))
+
+    project = workspace / PROJECT_FILE
+    content = read_config_file(project)
+    if content is not None:
+        store = trust_store if trust_store is not None else TrustStore()
+        shown = display_path(project)
+        status = store.status(project, content)
+        if status == "trusted":
+            merged.apply_file(project, content, _Source(shown))
+        elif status == "changed":
+            warn(
+                f"{shown} is ignored: it changed since you trusted it. "
+                "Review it, then run `claude-bottle trust` again."
+            )
+        else:
+            warn(
+                f"{shown} is ignored: it is not trusted. Review it, then run `claude-bottle trust`."
+            )
+
+    if extra_file is not None:
+        extra = extra_file.absolute()
+        content = read_config_file(extra)
+        if content is None:
+            raise ConfigError(
+                f"{display_path(extra)}: no such file (given with --config)",
+                "check the path passed to --config",
+            )
+        _warn_if_in_workspace(extra, workspace, "--config file", warn)
+        merged.apply_file(extra, content, _Source(display_path(extra)))
+
+    for pattern in allow:
+        merged.allow.setdefault(_host_pattern(pattern, "", _Source("--allow")))
+    if backend is not None:
+        merged.backend = merged.check_backend(backend, "", _Source("--backend"))
+    return merged.build()
+
+
+def _warn_if_in_workspace(
+    path: Path, workspace: Path, what: str, warn: Callable[[str], None]
+) -> None:
+    if _inside(path, workspace):
+        warn(
+            f"{display_path(path)} ({what}) is inside the workspace, where the agent can edit "
+            "it; it is honoured, but policy files belong outside the workspace."
+        )

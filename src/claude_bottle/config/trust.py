@@ -1,0 +1,232 @@
+"""Trust records for project config files (direnv-style).
+
+The agent can write `.claude-bottle.toml` in its workspace, so that file is
+honoured only once the user has trusted its exact bytes. The store maps the
+path of each trusted file to the SHA-256 of its content and lives in the
+user data directory, outside every workspace, where the agent cannot reach.
+
+A file is keyed by its directory (resolved) plus its own name, not by the
+target of a symlink: a link the agent swaps in does not inherit the trust
+of whatever it points at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from claude_bottle.errors import ConfigError
+
+TrustStatus = Literal["trusted", "untrusted", "changed"]
+
+MAX_CONFIG_BYTES = 1 << 20
+_STORE_VERSION = 1
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def display_path(path: Path) -> str:
+    """`path` as the user would type it: under the home directory it starts with `~/`."""
+    text = str(path)
+    try:
+        home = str(Path.home())
+    except RuntimeError:
+        return text
+    if home not in ("", "/") and text.startswith(home + os.sep):
+        return "~" + text[len(home) :]
+    return text
+
+
+def read_config_file(path: Path) -> bytes | None:
+    """The bytes of a config file, or None if there is none.
+
+    Refuses anything but a regular file of at most `MAX_CONFIG_BYTES`: the
+    project file is agent-writable, and a FIFO or a huge file there must not
+    hang or exhaust the launcher.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(
+            f"{display_path(path)}: cannot be read ({exc.strerror})",
+            "check the file's permissions",
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"{display_path(path)}: not a regular file", "replace it with a TOML file"
+            )
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{display_path(path)}: larger than {MAX_CONFIG_BYTES} bytes",
+                "a config file this large is not plausible; check what wrote it",
+            )
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"{display_path(path)}: cannot be read ({exc.strerror})",
+            "check the file's permissions",
+        ) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{display_path(path)}: larger than {MAX_CONFIG_BYTES} bytes",
+            "a config file this large is not plausible; check what wrote it",
+        )
+    return data
+
+
+def digest_of(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _key(file: Path) -> str:
+    absolute = file.absolute()
+    return str(absolute.parent.resolve() / absolute.name)
+
+
+def _default_store_path() -> Path:
+    import platformdirs
+
+    return platformdirs.user_data_path("claude-bottle") / "trusted.json"
+
+
+class TrustStore:
+    """Records which project config files the user trusts, by path and content hash."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path if path is not None else _default_store_path()
+
+    def status(self, file: Path, content: bytes | None = None) -> TrustStatus:
+        """Whether `file` (or `content`, the bytes already read from it) is trusted.
+
+        Pass `content` to judge exactly the bytes you are about to use.
+        """
+        if content is None:
+            content = self._read_subject(file)
+        recorded = self._load().get(_key(file))
+        if recorded is None:
+            return "untrusted"
+        return "trusted" if recorded == digest_of(content) else "changed"
+
+    def trust(self, file: Path) -> str:
+        """Record the current content of `file` as trusted; returns its SHA-256 (hex)."""
+        digest = digest_of(self._read_subject(file))
+        with self._locked():
+            entries = self._load()
+            entries[_key(file)] = digest
+            self._save(entries)
+        return digest
+
+    def revoke(self, file: Path) -> bool:
+        """Forget `file`; True if it had been trusted (whatever its content)."""
+        with self._locked():
+            entries = self._load()
+            if entries.pop(_key(file), None) is None:
+                return False
+            self._save(entries)
+        return True
+
+    def trusted_files(self) -> dict[str, str]:
+        """Every recorded path and the hash it was trusted with."""
+        return dict(self._load())
+
+    # -- storage ---------------------------------------------------------
+
+    def _read_subject(self, file: Path) -> bytes:
+        content = read_config_file(file)
+        if content is None:
+            raise ConfigError(
+                f"{display_path(file)}: no such file", "check the path of the project config"
+            )
+        return content
+
+    def _corrupt(self, problem: str) -> ConfigError:
+        shown = display_path(self.path)
+        return ConfigError(
+            f"{shown}: trust store is corrupt ({problem})",
+            f"delete {shown}, then run `claude-bottle trust` again in each project you trust",
+        )
+
+    def _load(self) -> dict[str, str]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(
+                f"{display_path(self.path)}: trust store cannot be read ({exc.strerror})",
+                "check the file's permissions",
+            ) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("version") != _STORE_VERSION:
+            raise self._corrupt(f"expected a JSON object with version {_STORE_VERSION}")
+        files = data.get("files")
+        if not isinstance(files, dict):
+            raise self._corrupt('"files" is not a JSON object')
+        for key, value in files.items():
+            if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+                raise self._corrupt(f"the entry for {key} is not a SHA-256 hex digest")
+        return dict(files)
+
+    def _save(self, entries: dict[str, str]) -> None:
+        directory = self.path.parent
+        self._ensure_dir(directory)
+        body = json.dumps(
+            {"version": _STORE_VERSION, "files": dict(sorted(entries.items()))}, indent=2
+        )
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(body + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    @staticmethod
+    def _ensure_dir(directory: Path) -> None:
+        if directory.is_dir():
+            return
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise read-modify-write cycles of concurrent `trust`/`revoke` calls."""
+        import fcntl
+
+        self._ensure_dir(self.path.parent)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
