@@ -19,12 +19,15 @@ from claude_bottle import paths
 
 
 def process_start_time(pid: int) -> int | None:
+    """Start time of a running process; None if it is gone or a zombie (dead, not yet reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
     return int(fields[19])
 
 

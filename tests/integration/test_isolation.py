@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from claude_bottle.state import process_alive
 from tests.integration.conftest import BottleEnv
 from tests.integration.upstream import UDPSink
 
@@ -153,7 +154,8 @@ print(raw(req + b"Connection: close\\r\\n\\r\\n"))
 def test_no_network_but_loopback(bottle_env: BottleEnv) -> None:
     result = bottle_env.py("""
 import os, socket
-print("ifaces", sorted(os.listdir("/sys/class/net")))
+devs = open("/proc/net/dev").read().splitlines()[2:]  # per network namespace
+print("ifaces", sorted(line.split(":")[0].strip() for line in devs))
 routes = [l for l in open("/proc/net/route").read().splitlines()[1:] if l.strip()]
 print("v4routes", len(routes))
 v6 = [l for l in open("/proc/net/ipv6_route").read().splitlines() if not l.split()[-1] == "lo"]
@@ -434,8 +436,10 @@ def test_cleanup_after_kill_9_leaves_nothing(bottle_env: BottleEnv) -> None:
     cleaned = bottle_env.cli("cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
     assert not any(runtime.iterdir()) if runtime.exists() else True
-    for ref in record["processes"].values():
-        assert not Path(f"/proc/{ref['pid']}").exists()
+    deadline = time.monotonic() + 5
+    while any(process_alive(ref) for ref in record["processes"].values()):
+        assert time.monotonic() < deadline, "bottle processes survived cleanup"
+        time.sleep(0.05)
     leftovers = subprocess.run(["pgrep", "-f", str(runtime)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     assert (bottle_env.state_dir() / "audit.jsonl").exists()  # records stay for review

@@ -54,15 +54,15 @@ def test_argv_is_pinned() -> None:
         "--ro-bind",
         "/run/user/1000/claude-bottle/proj-abcde/resolv.conf",
         "/etc/resolv.conf",
-        "--ro-bind",
-        "/home/alice/.nvm/versions/node/v20.1.0",
-        "/home/alice/.nvm/versions/node/v20.1.0",
-        "--ro-bind",
-        "/home/alice/src/lib",
-        "/home/alice/src/lib",
         "--bind",
         "/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home",
         "/home/alice",
+        "--ro-bind",
+        "/home/alice/.nvm/versions/node/v20.1.0",
+        "/home/alice/.nvm/versions/node/v20.1.0",
+        "--ro-bind",
+        "/home/alice/src/lib",
+        "/home/alice/src/lib",
         "--bind",
         "/work/proj",
         "/work/proj",
@@ -108,12 +108,12 @@ def test_every_namespace_is_unshared() -> None:
     assert "--share-net" not in argv
 
 
-def test_masks_come_before_the_binds_that_punch_through_them() -> None:
+def test_home_and_toolchains_are_mounted_over_the_masks_in_order() -> None:
     argv = bwrap_argv(SPEC)
     mask = argv.index("/home")
-    toolchain = argv.index("/home/alice/.nvm/versions/node/v20.1.0")
     home = argv.index("/home/alice")
-    assert mask < toolchain < home
+    toolchain = argv.index("/home/alice/.nvm/versions/node/v20.1.0")
+    assert mask < home < toolchain
 
 
 def test_detached_bottle_does_not_die_with_the_cli() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import http
 import time
 from collections.abc import Callable
 from typing import Any
@@ -201,7 +202,8 @@ class ProxyConnection:
         ]
         if close:
             headers.append((b"connection", b"close"))
-        await self._send(h11.Response(status_code=status, headers=headers))
+        phrase = http.HTTPStatus(status).phrase.encode()
+        await self._send(h11.Response(status_code=status, headers=headers, reason=phrase))
         await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 

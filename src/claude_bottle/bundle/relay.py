@@ -3,7 +3,7 @@
 Usage (inside the bottle; standalone, stdlib only, run as ``python3 -I -S relay.py``)::
 
     relay.py --listen PORT=SOCKET_PATH [--listen PORT=SOCKET_PATH ...]
-             [--ready-file PATH] -- CMD [ARGS...]
+             [--ready-file PATH] [--exec-socket PATH] (--hold | -- CMD [ARGS...])
 
 The relay binds every listener on 127.0.0.1:PORT, optionally writes "ready" to the
 ready file, then forks CMD (default signal dispositions, looked up on PATH). Each
@@ -13,6 +13,14 @@ reached the client is simply closed. As process 1 it reaps every child (orphans 
 forwards SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 (and SIGINT unless the terminal already
 delivers it to the command) and exits with the command's status (128+N when a signal
 killed it). It never writes to stdout; stderr carries only fatal errors.
+
+With --exec-socket it also serves the host's exec protocol on that unix socket: the
+host sends one JSON line {"argv", "env", "cwd", "tty", "detach"} with three stdio file
+descriptors attached (SCM_RIGHTS); the relay forks the command in a new session (the
+pty, when tty is set, becomes its controlling terminal), answers {"pid": N}, delivers
+{"signal": N} lines to it, and sends {"exit": STATUS} when it ends. A session whose host
+side hangs up gets SIGHUP (then SIGKILL), unless it was started detached. With --hold
+there is no main command: the relay serves until SIGTERM, SIGHUP or SIGINT.
 
 Exit codes of the relay itself: 125 for usage or listen errors, 126/127 when the command
 cannot be executed (like a shell).
@@ -24,15 +32,19 @@ bottle, where claude_bottle is not installed.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import dataclasses
 import errno
+import fcntl
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import termios
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -47,6 +59,8 @@ WRITE_HIGH_WATER = 1024 * 1024  # pause the other side when this much is queued
 WRITE_LOW_WATER = 256 * 1024
 BUSY_RETRY_SECONDS = 10.0  # how long to keep retrying a unix socket whose backlog is full
 FD_LIMIT_TARGET = 65536
+EXEC_REQUEST_MAX = 1024 * 1024  # one exec request line (argv + env)
+EXEC_HANGUP_GRACE = 3.0  # SIGHUP, then SIGKILL this much later
 
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -71,7 +85,8 @@ class Listener:
 class Options:
     listeners: tuple[Listener, ...]
     ready_file: str | None
-    command: tuple[str, ...]
+    command: tuple[str, ...]  # empty with --hold
+    exec_socket: str | None = None
 
 
 # --- pure helpers ---------------------------------------------------------------------
@@ -96,23 +111,30 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="relay.py",
         add_help=False,
-        usage="relay.py --listen PORT=SOCKET_PATH [...] [--ready-file PATH] -- CMD [ARGS...]",
+        usage="relay.py --listen PORT=SOCKET_PATH [...] [--ready-file PATH] "
+        "[--exec-socket PATH] (--hold | -- CMD [ARGS...])",
     )
     parser.add_argument("--listen", action="append", default=[], metavar="PORT=SOCKET_PATH")
     parser.add_argument("--ready-file", default=None, metavar="PATH")
+    parser.add_argument("--exec-socket", default=None, metavar="PATH")
+    parser.add_argument("--hold", action="store_true")
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> Options:
     """Parse the relay's arguments (without argv[0]); everything after the first ``--`` is CMD."""
     args = list(argv)
-    if "--" not in args:
-        raise UsageError("missing '--' before the command")
-    split = args.index("--")
+    split = args.index("--") if "--" in args else len(args)
     own, command = args[:split], args[split + 1 :]
-    if not command:
-        raise UsageError("no command given after '--'")
     ns = _parser().parse_args(own)
+    if ns.hold and command:
+        raise UsageError("--hold takes no command")
+    if not ns.hold and split == len(args):
+        raise UsageError("missing '--' before the command")
+    if not ns.hold and not command:
+        raise UsageError("no command given after '--'")
+    if ns.exec_socket == "":
+        raise UsageError("--exec-socket must not be empty")
     listeners = tuple(parse_listen(spec) for spec in ns.listen)
     if not listeners:
         raise UsageError("at least one --listen PORT=SOCKET_PATH is required")
@@ -122,7 +144,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     ready_file: str | None = ns.ready_file
     if ready_file == "":
         raise UsageError("--ready-file must not be empty")
-    return Options(listeners, ready_file, tuple(command))
+    return Options(listeners, ready_file, tuple(command), ns.exec_socket)
 
 
 def exit_status(wait_status: int) -> int:
@@ -219,9 +241,13 @@ def _raise_fd_limit() -> tuple[int, int] | None:
 
 
 def _exec_child(
-    command: Sequence[str], old_mask: set[int | signal.Signals], fd_limit: tuple[int, int] | None
+    command: Sequence[str],
+    old_mask: set[int | signal.Signals],
+    fd_limit: tuple[int, int] | None,
+    setup: Callable[[], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> NoReturn:
-    """In the forked child: restore a pristine signal state and exec the command."""
+    """In the forked child: restore a pristine signal state, run `setup`, exec the command."""
     code = EXIT_CANNOT_EXECUTE
     try:
         signal.set_wakeup_fd(-1)
@@ -233,9 +259,14 @@ def _exec_child(
 
             with contextlib.suppress(OSError, ValueError):
                 resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit)
+        if setup is not None:
+            setup()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         try:
-            os.execvp(command[0], list(command))
+            if env is None:
+                os.execvp(command[0], list(command))
+            else:
+                os.execvpe(command[0], list(command), env)
         except OSError as err:
             code = exec_failure_code(err)
             reason = err.strerror or str(err)
@@ -381,6 +412,9 @@ class _Init:
         self.child: int | None = None
         self.done: asyncio.Future[int] = loop.create_future()
 
+        self.hold = False
+        self.sessions: dict[int, _ExecConnection] = {}
+
     def reap(self) -> None:
         while True:
             try:
@@ -393,14 +427,205 @@ class _Init:
                 return
             if pid == self.child and not self.done.done():
                 self.done.set_result(exit_status(status))
+            session = self.sessions.pop(pid, None)
+            if session is not None:
+                session.exited(exit_status(status))
 
     def forward(self, sig: signal.Signals) -> None:
+        if self.hold:
+            if sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) and not self.done.done():
+                self.done.set_result(0)
+            return
         if sig == signal.SIGINT and sigint_reaches_command():
             return
         if self.child is None or self.done.done():
             return
         with contextlib.suppress(OSError):
             os.kill(self.child, sig)
+
+
+# --- exec server ---------------------------------------------------------------------
+
+
+class _ExecServer:
+    """Starts commands for the host inside this bottle (see the module docstring)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        init: _Init,
+        path: str,
+        old_mask: set[int | signal.Signals],
+        fd_limit: tuple[int, int] | None,
+    ) -> None:
+        self.loop = loop
+        self.init = init
+        self.old_mask = old_mask
+        self.fd_limit = fd_limit
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        _ExecConnection(self, conn)
+
+    def spawn(self, request: dict[str, object], fds: list[int]) -> int:
+        argv, env, cwd, tty = _validate_exec_request(request, fds)
+
+        def setup() -> None:
+            os.setsid()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            if tty:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            os.closerange(3, FD_LIMIT_TARGET)
+            os.chdir(cwd)
+
+        handled = (*FORWARDED_SIGNALS, signal.SIGINT, signal.SIGCHLD)
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _exec_child(argv, self.old_mask, self.fd_limit, setup, env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+        return pid
+
+
+def _validate_exec_request(
+    request: dict[str, object], fds: list[int]
+) -> tuple[list[str], dict[str, str], str, bool]:
+    argv = request.get("argv")
+    env = request.get("env", {})
+    cwd = request.get("cwd") or "/"
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError("argv must be a non-empty list of strings")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError("env must map strings to strings")
+    if not isinstance(cwd, str):
+        raise ValueError("cwd must be a string")
+    if len(fds) != 3:
+        raise ValueError("expected exactly three file descriptors (stdin, stdout, stderr)")
+    return argv, env, cwd, bool(request.get("tty"))
+
+
+class _ExecConnection:
+    """One host connection: a request line (with fds), then signal lines; exit status back."""
+
+    def __init__(self, server: _ExecServer, conn: socket.socket) -> None:
+        self.server = server
+        self.conn: socket.socket | None = conn
+        self.buffer = b""
+        self.fds: list[int] = []
+        self.pid: int | None = None
+        self.detach = False
+        self.finished = False
+        server.loop.add_reader(conn.fileno(), self._readable)
+
+    def _send(self, message: dict[str, object]) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.send(json.dumps(message).encode() + b"\n")
+
+    def _close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.server.loop.remove_reader(conn.fileno())
+            conn.close()
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+    def _readable(self) -> None:
+        assert self.conn is not None
+        try:
+            data, ancdata, _flags, _addr = self.conn.recvmsg(
+                65536, socket.CMSG_SPACE(4 * array.array("i").itemsize)
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, ancdata = b"", []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % array.array("i").itemsize
+                self.fds.extend(array.array("i", payload[:usable]))
+        if not data:
+            self._hangup()
+            return
+        self.buffer += data
+        if self.pid is None and b"\n" not in self.buffer:
+            if len(self.buffer) > EXEC_REQUEST_MAX:
+                self._send({"error": "request too large"})
+                self._close()
+            return
+        while b"\n" in self.buffer and self.conn is not None:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError("expected a JSON object")
+            if self.pid is None:
+                self._start(message)
+            elif isinstance(message.get("signal"), int) and not self.finished:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, message["signal"])
+        except (ValueError, OSError) as err:
+            self._send({"error": str(err)[:300]})
+            self._close()
+
+    def _start(self, request: dict[str, object]) -> None:
+        fds, self.fds = self.fds, []
+        try:
+            pid = self.server.spawn(request, fds)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.pid = pid
+        self.detach = bool(request.get("detach"))
+        self.server.init.sessions[pid] = self
+        self._send({"pid": pid})
+        self.server.init.reap()  # it may already have exited
+
+    def exited(self, status: int) -> None:
+        self.finished = True
+        self._send({"exit": status})
+        self._close()
+
+    def _hangup(self) -> None:
+        self._close()
+        pid = self.pid
+        if pid is None or self.finished or self.detach:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGHUP)
+
+        def kill() -> None:
+            if not self.finished:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+
+        self.server.loop.call_later(EXEC_HANGUP_GRACE, kill)
 
 
 def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -442,10 +667,18 @@ def run(options: Options) -> int:
     loop.add_signal_handler(signal.SIGCHLD, init.reap)
     signal.signal(signal.SIGWINCH, signal.SIG_IGN)
 
-    pid = os.fork()
-    if pid == 0:
-        _exec_child(options.command, old_mask, fd_limit)
-    init.child = pid
+    if options.exec_socket is not None:
+        try:
+            _ExecServer(loop, init, options.exec_socket, old_mask, fd_limit)
+        except OSError as err:
+            _fail(f"relay cannot serve {options.exec_socket}: {err.strerror or err}")
+    if options.command:
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(options.command, old_mask, fd_limit)
+        init.child = pid
+    else:
+        init.hold = True
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     init.reap()  # in case SIGCHLD was already consumed
 

@@ -58,9 +58,10 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
         argv += ["--tmpfs", path]
     if spec.resolv_conf:
         argv += ["--ro-bind", spec.resolv_conf, "/etc/resolv.conf"]
+    # Home first: toolchains under $HOME are bound on top of the bottle's own home.
+    argv += ["--bind", spec.home_source, spec.home]
     for path in (*spec.toolchain, *spec.read_only):
         argv += ["--ro-bind", path, path]
-    argv += ["--bind", spec.home_source, spec.home]
     argv += ["--bind", spec.workspace, spec.workspace]
     argv += [
         "--ro-bind",
