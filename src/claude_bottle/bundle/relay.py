@@ -462,15 +462,20 @@ class _ExecServer:
         self.init = init
         self.old_mask = old_mask
         self.fd_limit = fd_limit
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        # Bind and listen under a temporary name, then rename: the host waits for `path`
+        # to appear, and must never find it before it accepts connections.
+        staging = f"{path}.{os.getpid()}.tmp"
+        for stale in (path, staging):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o077)
         try:
-            self.sock.bind(path)
+            self.sock.bind(staging)
         finally:
             os.umask(old_umask)
         self.sock.listen(64)
+        os.rename(staging, path)
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._accept)
 

@@ -102,7 +102,7 @@ def _launch_and_run(backend: BottleBackend, plan: BottlePlan, *, detach: bool) -
     return status
 
 
-def _run_watched(bottle: Bottle, command: Sequence[str]) -> int:
+def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = True) -> int:
     """Run the command; if the bundle or the bottle dies meanwhile, stop it all (fail closed)."""
     failure: list[str] = []
     done = threading.Event()
@@ -126,7 +126,8 @@ def _run_watched(bottle: Bottle, command: Sequence[str]) -> int:
     finally:
         done.set()
         watcher.join()
-    state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+    if owns_bottle:
+        state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
     if failure:
         _say(f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped")
         return EXIT_LAUNCH_FAILED
@@ -145,7 +146,8 @@ def resume(name: str) -> int:
     backend = registry.get(record.get("backend", ""))
     if state.is_live(record):
         bottle = backend.attach(record)
-        return _run_watched(bottle, record.get("command") or ["claude"])
+        # The bottle outlives this session: it keeps running until `stop`.
+        return _run_watched(bottle, record.get("command") or ["claude"], owns_bottle=False)
     _say(f"bottle {name} is not running; starting it again with the same name and resources")
     backend, plan = _prepare(
         tuple(record.get("command") or ()),

@@ -1,0 +1,212 @@
+"""Interactive use through a real terminal, and the detach / resume / stop lifecycle."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import sys
+import termios
+import time
+
+import pytest
+
+from tests.integration.conftest import BottleEnv
+
+pytestmark = pytest.mark.integration
+
+
+class Terminal:
+    """The CLI on the slave side of a pty we control, like a person's terminal."""
+
+    def __init__(self, be: BottleEnv, *args: str, rows: int = 40, cols: int = 100) -> None:
+        pid, fd = pty.fork()
+        if pid == 0:  # child: become the CLI
+            os.chdir(be.workspace)
+            os.execve(sys.executable, [sys.executable, "-m", "claude_bottle", *args], be.env)
+        self.pid, self.fd = pid, fd
+        self.resize(rows, cols)
+        self.output = b""
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def read_until(self, needle: bytes, timeout: float = 15) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out waiting for {needle!r}; got {self.output!r}"
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"terminal closed before {needle!r}; got {self.output!r}"
+                self.output += chunk
+        return self.output
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout: float = 15) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    self.output += os.read(self.fd, 4096)
+                except OSError:
+                    pass
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError(f"CLI did not exit; output {self.output!r}")
+
+
+def test_interactive_terminal_size_input_resize_and_ctrl_c(bottle_env: BottleEnv) -> None:
+    script = (
+        "stty size; [ -t 0 ] && echo stdin-is-tty; read a; echo got:$a; "
+        "stty size; echo waiting; sleep 30"
+    )
+    term = Terminal(
+        bottle_env,
+        "run",
+        "--backend",
+        bottle_env.backend,
+        "--name",
+        "t",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    )
+    term.read_until(b"40 100")
+    term.read_until(b"stdin-is-tty")
+    term.resize(50, 120)
+    os.kill(term.pid, signal.SIGWINCH)  # what the terminal emulator's kernel would send
+    time.sleep(0.3)
+    term.write(b"hello\r")
+    term.read_until(b"got:hello")
+    term.read_until(b"50 120")
+    term.read_until(b"waiting")
+    term.write(b"\x03")  # Ctrl-C reaches the command through its own terminal
+    assert term.wait() == 128 + signal.SIGINT
+
+
+def test_detach_resume_stop(bottle_env: BottleEnv) -> None:
+    started = bottle_env.cli(
+        "run",
+        "--backend",
+        bottle_env.backend,
+        "--name",
+        "d",
+        "--detach",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo detached-output; sleep 300",
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "d"
+    rows = json.loads(bottle_env.cli("ls", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [("d", "running")]
+    deadline = time.monotonic() + 10
+    output = bottle_env.state_dir("d") / "output.log"
+    while "detached-output" not in (output.read_text() if output.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # The detached bottle still has its way out.
+    probe = bottle_env.root / "probe.sh"
+    probe.write_text("curl -sS --max-time 10 http://allowed.test/resumed\n")
+    record = json.loads((bottle_env.state_dir("d") / "bottle.json").read_text())
+    record["command"] = ["/bin/sh", str(bottle_env.workspace / "resume.sh")]
+    (bottle_env.workspace / "resume.sh").write_text(
+        "curl -sS --max-time 10 http://allowed.test/resumed; exit 5\n"
+    )
+    (bottle_env.state_dir("d") / "bottle.json").write_text(json.dumps(record))
+    resumed = bottle_env.cli("resume", "d")
+    assert resumed.returncode == 5, resumed.stderr
+    assert "hello from upstream /resumed" in resumed.stdout
+    stopped = bottle_env.cli("stop", "d")
+    assert stopped.returncode == 0, stopped.stderr
+    rows = json.loads(bottle_env.cli("ls", "--json").stdout)
+    assert rows[0]["state"] == "stopped"
+    runtime = (
+        os.environ.get("CLAUDE_BOTTLE_RUNTIME_DIR") or bottle_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"]
+    )
+    assert not os.path.exists(os.path.join(runtime, "d"))
+    for ref in record["processes"].values():
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{ref['pid']}/stat"):
+            stat = open(f"/proc/{ref['pid']}/stat").read()
+            if stat[stat.rfind(")") + 2] == "Z":
+                break
+            assert time.monotonic() < deadline, "detached bottle survived stop"
+            time.sleep(0.05)
+    assert bottle_env.cli("logs", "d").returncode == 0
+
+
+def test_second_bottle_with_same_name_is_refused(bottle_env: BottleEnv) -> None:
+    started = bottle_env.cli(
+        "run",
+        "--backend",
+        bottle_env.backend,
+        "--name",
+        "dup",
+        "--detach",
+        "--",
+        "/bin/sh",
+        "-c",
+        "sleep 300",
+    )
+    assert started.returncode == 0, started.stderr
+    again = bottle_env.run("true", name="dup")
+    assert again.returncode == 2
+    assert "already running" in again.stderr
+    bottle_env.cli("stop", "dup")
+
+
+def test_ask_mode_holds_until_allowed(bottle_env: BottleEnv) -> None:
+    import subprocess
+
+    bottle_env.config.write_text(
+        bottle_env.config.read_text().replace("[egress]", '[egress]\nmode = "ask"')
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "claude_bottle",
+            "run",
+            "--backend",
+            bottle_env.backend,
+            "--name",
+            "t",
+            "--",
+            "/bin/sh",
+            "-c",
+            "curl -sS --max-time 20 http://denied.test/held",
+        ],
+        env=bottle_env.env,
+        cwd=bottle_env.workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    log = bottle_env.state_dir() / "audit.jsonl"
+    deadline = time.monotonic() + 15
+    while '"pending"' not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "no pending event"
+        time.sleep(0.05)
+    allowed = bottle_env.cli("allow", "t", "denied.test")
+    assert allowed.returncode == 0, allowed.stderr
+    out, err = proc.communicate(timeout=30)
+    assert "hello from upstream /held" in out, err
