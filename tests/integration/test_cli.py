@@ -1,4 +1,4 @@
-"""The command line's contract: exit codes, messages that name the problem, plans that do nothing."""
+"""The command line's contract: exit codes, messages naming the problem, plans doing nothing."""
 
 from __future__ import annotations
 

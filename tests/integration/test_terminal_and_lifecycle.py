@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -62,10 +63,8 @@ class Terminal:
                 return os.waitstatus_to_exitcode(status)
             ready, _, _ = select.select([self.fd], [], [], 0.1)
             if ready:
-                try:
+                with contextlib.suppress(OSError):
                     self.output += os.read(self.fd, 4096)
-                except OSError:
-                    pass
         os.kill(self.pid, signal.SIGKILL)
         raise AssertionError(f"CLI did not exit; output {self.output!r}")
 

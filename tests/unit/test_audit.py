@@ -444,12 +444,15 @@ def test_follow_yields_record_appended_later(tmp_path: Path) -> None:
     while len(seen) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(seen) == 2
-    # Write a record in two pieces: the half line must not be yielded.
-    with AuditLog(log_path, "b1") as log:
+    # Make the next record in a copy, then append it in two pieces: the half line must not
+    # be yielded. (Writing it in place first would race with the reader.)
+    scratch = tmp_path / "scratch.jsonl"
+    scratch.write_bytes(log_path.read_bytes())
+    with AuditLog(scratch, "b1") as log:
         expected = log.record("egress", "deny", host="late.test")
-    data = log_path.read_bytes()
-    last = lines_of(log_path)[-1]
-    log_path.write_bytes(data[: -len(last)] + last[:10])
+    last = lines_of(scratch)[-1]
+    with log_path.open("ab") as handle:
+        handle.write(last[:10])
     time.sleep(0.1)
     assert len(seen) == 2
     with log_path.open("ab") as handle:
