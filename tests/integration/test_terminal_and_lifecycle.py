@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from claude_bottle.state import process_alive
 from tests.integration.conftest import BottleEnv
 
 pytestmark = pytest.mark.integration
@@ -141,14 +142,10 @@ def test_detach_resume_stop(bottle_env: BottleEnv) -> None:
         os.environ.get("CLAUDE_BOTTLE_RUNTIME_DIR") or bottle_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"]
     )
     assert not os.path.exists(os.path.join(runtime, "d"))
-    for ref in record["processes"].values():
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{ref['pid']}/stat"):
-            stat = open(f"/proc/{ref['pid']}/stat").read()
-            if stat[stat.rfind(")") + 2] == "Z":
-                break
-            assert time.monotonic() < deadline, "detached bottle survived stop"
-            time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while any(process_alive(ref) for ref in record["processes"].values()):
+        assert time.monotonic() < deadline, "detached bottle survived stop"
+        time.sleep(0.05)
     assert bottle_env.cli("logs", "d").returncode == 0
 
 
