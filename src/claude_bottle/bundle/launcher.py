@@ -13,9 +13,32 @@ from claude_bottle.errors import LaunchError
 READY_TIMEOUT = 15.0
 
 
-def start_bundle(
-    settings_file: Path, log_file: Path, *, die_with_parent: bool
-) -> subprocess.Popen[bytes]:
+class PendingBundle:
+    """A bundle process that has been started but may not serve yet."""
+
+    def __init__(self, process: subprocess.Popen[bytes], ready_fd: int, log_file: Path) -> None:
+        self.process = process
+        self._ready_fd = ready_fd
+        self._log_file = log_file
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> subprocess.Popen[bytes]:
+        try:
+            ready, _, _ = select.select([self._ready_fd], [], [], timeout)
+            answer = os.read(self._ready_fd, 64) if ready else b""
+        finally:
+            os.close(self._ready_fd)
+        if answer.startswith(b"ready"):
+            return self.process
+        stop_process(self.process)
+        tail = self._log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        raise LaunchError(
+            "the bundle (egress proxy) did not start" + (": " + " | ".join(tail) if tail else ""),
+            f"see {self._log_file}",
+        )
+
+
+def spawn_bundle(settings_file: Path, log_file: Path, *, die_with_parent: bool) -> PendingBundle:
+    """Start the bundle process; call `.wait_ready()` before the bottle's command runs."""
     read_fd, write_fd = os.pipe()
     argv = [
         sys.executable,
@@ -37,20 +60,13 @@ def start_bundle(
             start_new_session=True,
         )
     os.close(write_fd)
-    try:
-        ready, _, _ = select.select([read_fd], [], [], READY_TIMEOUT)
-        answer = os.read(read_fd, 64) if ready else b""
-    finally:
-        os.close(read_fd)
-    if answer.startswith(b"ready"):
-        return process
-    process.kill()
-    process.wait()
-    tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
-    raise LaunchError(
-        "the bundle (egress proxy) did not start" + (": " + " | ".join(tail) if tail else ""),
-        f"see {log_file}",
-    )
+    return PendingBundle(process, read_fd, log_file)
+
+
+def start_bundle(
+    settings_file: Path, log_file: Path, *, die_with_parent: bool
+) -> subprocess.Popen[bytes]:
+    return spawn_bundle(settings_file, log_file, die_with_parent=die_with_parent).wait_ready()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

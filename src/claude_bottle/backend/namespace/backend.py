@@ -21,7 +21,7 @@ from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
 from claude_bottle.backend.namespace.toolchain import exposes_secret, masked_roots, resolve_binds
 from claude_bottle.bottle_env import RELAY_PORT, build_env
-from claude_bottle.bundle.launcher import start_bundle, stop_process
+from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 
@@ -203,8 +203,10 @@ class NamespaceBackend(BottleBackend):
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)
         detach = not plan.bwrap.die_with_parent
-        bundle = start_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not detach)
-        stack.callback(stop_process, bundle)
+        # The bundle's interpreter start-up overlaps with the sandbox's; both must be ready
+        # before any command runs.
+        pending = spawn_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not detach)
+        stack.callback(stop_process, pending.process)
 
         info_r, info_w = os.pipe()
         argv = bwrap_argv(plan.bwrap)
@@ -226,6 +228,7 @@ class NamespaceBackend(BottleBackend):
         relay.append(relay_pid)
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
+        bundle = pending.wait_ready()
 
         processes = {
             "bundle": state.process_ref(bundle.pid),
