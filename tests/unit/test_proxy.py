@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -193,3 +194,40 @@ def test_audit_log_verifies_after_traffic(bundle: RunningBundle) -> None:
     result = verify(Path(bundle.settings.audit_log))
     assert result.ok, result.problem
     assert result.records >= 3
+
+
+SEEDS = [
+    b"GET http://allowed.test/a?b=1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n",
+    b"POST http://allowed.test/p HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST http://allowed.test/p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+]
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        op = rng.randrange(4)
+        pos = rng.randrange(len(buf) + 1)
+        if op == 0 and buf:
+            del buf[min(pos, len(buf) - 1)]
+        elif op == 1:
+            buf[pos:pos] = bytes([rng.randrange(256)])
+        elif op == 2 and buf:
+            buf[min(pos, len(buf) - 1)] = rng.choice(b" :\r\n\x00@/%[]")
+        else:
+            buf[pos:pos] = rng.choice([b"\r\n", b"Host: denied.test\r\n", b"a" * 300, b"@", b"%00"])
+    return bytes(buf)
+
+
+def test_mutated_requests_never_crash_or_reach_denied_hosts(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    rng = random.Random(1234)
+    for _ in range(300):
+        reply = bundle.request(_mutate(rng, rng.choice(SEEDS)), timeout=5)
+        assert reply == b"" or reply.startswith(b"HTTP/1.1 ")
+    # Whatever got through went to the one allowed upstream, never with a denied Host.
+    assert all(r.headers.get("host", "").startswith("allowed.test") for r in upstream.requests)
+    assert bundle.request(SEEDS[0]).startswith(b"HTTP/1.1 200")
