@@ -23,6 +23,20 @@ def proxy_env(port: int) -> dict[str, str]:
     return env
 
 
+CA_DIR = "/run/claude-bottle/bundle"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def ca_env() -> dict[str, str]:
+    """Point every common TLS client at the trust store that includes the bottle's CA."""
+    env = {
+        name: SYSTEM_CA_BUNDLE
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
+    }
+    env["NODE_EXTRA_CA_CERTS"] = f"{CA_DIR}/ca.pem"
+    return env
+
+
 def build_env(
     host_env: Mapping[str, str],
     *,
@@ -30,6 +44,7 @@ def build_env(
     home: str,
     extra_names: Iterable[str] = (),
     relay_port: int = RELAY_PORT,
+    intercept: bool = False,
 ) -> dict[str, str]:
     env: dict[str, str] = {}
     names = [*_PASS_THROUGH, *(n for n in host_env if n.startswith("LC_")), *extra_names]
@@ -47,4 +62,6 @@ def build_env(
     env["CLAUDE_BOTTLE"] = "1"
     env["CLAUDE_BOTTLE_NAME"] = bottle
     env.update(proxy_env(relay_port))
+    if intercept:
+        env.update(ca_env())
     return env

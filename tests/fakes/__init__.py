@@ -1,1 +1,1 @@
-"""Fakes of outside services, for tests. Each one is named as a fake and listens on loopback only."""
+"""Fakes of outside services, for tests: each is named as a fake and listens on loopback."""

@@ -87,6 +87,8 @@ class FakeAnthropic:
 
             def setup(self) -> None:
                 super().setup()
+                if self.connection.family in (socket.AF_INET, socket.AF_INET6):
+                    self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with fake._lock:
                     fake.connections += 1
 
@@ -108,7 +110,9 @@ class FakeAnthropic:
         self.host = host
         self.port: int = self.server.server_address[1]
         self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -164,7 +168,12 @@ class FakeAnthropic:
             _send_json(
                 h,
                 200,
-                {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]},
+                {
+                    "data": [model],
+                    "has_more": False,
+                    "first_id": model["id"],
+                    "last_id": model["id"],
+                },
             )
         else:
             _send_error(h, 404, "not_found_error", f"Not found: {h.command} {path}")
@@ -189,7 +198,8 @@ class FakeAnthropic:
         if not isinstance(params, dict):
             _send_error(h, 400, "invalid_request_error", "body must be an object")
             return
-        model = params.get("model") if isinstance(params.get("model"), str) else DEFAULT_MODEL
+        requested = params.get("model")
+        model = requested if isinstance(requested, str) else DEFAULT_MODEL
         with self._lock:
             self._message_seq += 1
             message_id = f"msg_fake{self._message_seq:020d}"
@@ -225,7 +235,7 @@ class FakeAnthropic:
         per = max(1, -(-len(words) // self.deltas))
         pieces = [" ".join(words[i : i + per]) for i in range(0, len(words), per)]
         pieces = [p if i == 0 else " " + p for i, p in enumerate(pieces)]
-        start = {
+        start: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "role": "assistant",
@@ -239,7 +249,11 @@ class FakeAnthropic:
             ("message_start", {"type": "message_start", "message": start}),
             (
                 "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
             ),
             ("ping", {"type": "ping"}),
         ]

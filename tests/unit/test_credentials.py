@@ -71,7 +71,9 @@ def test_env_api_key(tmp_path: Path) -> None:
 
 
 def test_env_oauth_token_becomes_bearer(tmp_path: Path) -> None:
-    cred = load_credential("env:CLAUDE_CODE_OAUTH_TOKEN", {"CLAUDE_CODE_OAUTH_TOKEN": ACCESS}, tmp_path)
+    cred = load_credential(
+        "env:CLAUDE_CODE_OAUTH_TOKEN", {"CLAUDE_CODE_OAUTH_TOKEN": ACCESS}, tmp_path
+    )
     assert cred.kind == "oauth"
     assert cred.header() == (b"authorization", b"Bearer " + ACCESS.encode())
 
@@ -390,7 +392,11 @@ def test_http_refresher_posts_json_grant(endpoint: TokenEndpoint) -> None:
     refresh = http_refresher(endpoint.url, clock=lambda: NOW)
     assert refresh(REFRESH) == (NEW_ACCESS, NEW_REFRESH, NOW + 28800)
     assert endpoint.bodies == [
-        {"grant_type": "refresh_token", "refresh_token": REFRESH, "client_id": CLAUDE_CODE_CLIENT_ID}
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": REFRESH,
+            "client_id": CLAUDE_CODE_CLIENT_ID,
+        }
     ]
     assert endpoint.headers[0]["content-type"] == "application/json"
 

@@ -67,6 +67,7 @@ class GatewayThread:
         self.audit = audit
         self.budget = budget
         self.records: list[dict[str, Any]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self.port = 0
         ready = threading.Event()
@@ -86,9 +87,17 @@ class GatewayThread:
         assert ready.wait(10)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await AnthropicGateway(
-            self.upstream, self.credentials, self.record, reader, writer, budget=self.budget
-        ).serve()
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await AnthropicGateway(
+                self.upstream, self.credentials, self.record, reader, writer, budget=self.budget
+            ).serve()
+        except asyncio.CancelledError:
+            pass  # test teardown
+        finally:
+            self.tasks.discard(task)
 
     def record(self, kind: str, decision: str, **fields: Any) -> None:
         self.records.append(self.audit.record(kind, decision, **fields))
@@ -103,6 +112,11 @@ class GatewayThread:
     def close(self) -> None:
         async def stop() -> None:
             self.server.close()
+            if self.tasks:
+                await asyncio.wait(set(self.tasks), timeout=2)
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -273,7 +287,10 @@ def test_oauth_credential_sends_bearer_and_beta(audit: AuditLog) -> None:
     with FakeAnthropic(oauth_token=OAUTH_TOKEN) as fake:
         gw = start_gateway(fake, audit, OAUTH_CRED)
         try:
-            headers = {**BOTTLE_HEADERS, "anthropic-beta": "claude-code-20250219, fine-grained-tool-streaming-2025-05-14"}
+            headers = {
+                **BOTTLE_HEADERS,
+                "anthropic-beta": "claude-code-20250219, fine-grained-tool-streaming-2025-05-14",
+            }
             reply = call(gw.port, raw_request("POST", "/v1/messages", messages_body(), headers))
         finally:
             gw.close()
@@ -308,7 +325,9 @@ def test_wrong_key_reaches_fake_as_401_not_placeholder(audit: AuditLog) -> None:
     with FakeAnthropic(api_key="sk-ant-api03-some-other-key-000000000000") as fake:
         gw = start_gateway(fake, audit)
         try:
-            reply = call(gw.port, raw_request("POST", "/v1/messages", messages_body(), BOTTLE_HEADERS))
+            reply = call(
+                gw.port, raw_request("POST", "/v1/messages", messages_body(), BOTTLE_HEADERS)
+            )
         finally:
             gw.close()
     assert reply.status == 401
@@ -345,8 +364,9 @@ def test_head_and_get_root_answered_locally(gateway: GatewayThread, fake: FakeAn
 # --- path tricks: the key goes to the configured upstream and nowhere else -----------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def evil() -> Iterator[RecordingHTTPServer]:
+    """A listener the bottle would love to reach; shared: every test asserts it heard nothing."""
     server = RecordingHTTPServer()
     yield server
     server.close()
@@ -404,7 +424,9 @@ def test_path_tricks_never_leave_the_configured_upstream(
 
 
 def test_raw_nul_in_target_is_refused(gateway: GatewayThread, fake: FakeAnthropic) -> None:
-    reply = call(gateway.port, b"POST /v1/mess\x00ages HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+    reply = call(
+        gateway.port, b"POST /v1/mess\x00ages HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+    )
     assert reply.status == 400
     assert fake.requests == []
 
@@ -425,9 +447,9 @@ def test_host_header_is_ignored(
 def test_every_forwarded_path_is_under_v1(
     gateway: GatewayThread, fake: FakeAnthropic, evil: RecordingHTTPServer
 ) -> None:
-    for _, target, _ in TRICKS:
-        raw = raw_request("POST", target.replace("{evil}", f"127.0.0.1:{evil.port}"), b"{}")
-        call(gateway.port, raw)
+    for method, target, _ in TRICKS:
+        raw = raw_request(method, target.replace("{evil}", f"127.0.0.1:{evil.port}"), b"{}")
+        assert call(gateway.port, raw, method.encode()).status >= 400
     call(gateway.port, raw_request("POST", "/v1/messages/count_tokens", messages_body()))
     assert [r.path for r in fake.requests] == ["/v1/messages/count_tokens"]
     assert evil.requests == []
@@ -441,7 +463,9 @@ def test_streaming_is_incremental(audit: AuditLog) -> None:
         gw = start_gateway(fake, audit)
         try:
             sent = time.monotonic()
-            reply = call(gw.port, raw_request("POST", "/v1/messages", messages_body(True), BOTTLE_HEADERS))
+            reply = call(
+                gw.port, raw_request("POST", "/v1/messages", messages_body(True), BOTTLE_HEADERS)
+            )
             records = gw.wait_records(1)
         finally:
             gw.close()
@@ -472,7 +496,7 @@ def test_streaming_is_incremental(audit: AuditLog) -> None:
 
 
 def test_client_disconnect_mid_stream_closes_upstream(audit: AuditLog) -> None:
-    with FakeAnthropic(api_key=REAL_KEY, event_delay=0.3, deltas=10) as fake:
+    with FakeAnthropic(api_key=REAL_KEY, event_delay=0.6, deltas=5) as fake:
         gw = start_gateway(fake, audit)
         try:
             sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
@@ -487,11 +511,13 @@ def test_client_disconnect_mid_stream_closes_upstream(audit: AuditLog) -> None:
             [record] = gw.wait_records(1)
         finally:
             gw.close()
-    assert noticed < 0.25  # not left to stream the remaining ~3 s of events
+    # well within one event gap: the gateway closed upstream on the client's EOF, it did
+    # not wait to fail writing the next event (nor leave the API streaming ~4 more seconds)
+    assert noticed < 0.3
     assert fake.disconnects == 1
     assert record["detail"]["aborted"] is True
     assert record["detail"]["input_tokens"] == 12
-    assert record["detail"]["output_tokens"] is None  # message_delta never came
+    assert record["detail"]["output_tokens"] == 1  # message_start's count; no message_delta came
 
 
 class SlowBodyUpstream:
@@ -510,18 +536,22 @@ class SlowBodyUpstream:
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
             head, _, body = data.partition(b"\r\n\r\n")
-            length = int(next(
-                line.split(b":")[1] for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            ))
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
             got = len(body)
             self.arrivals.append((time.monotonic(), got))
             while got < length:
                 chunk = conn.recv(65536)
                 got += len(chunk)
                 self.arrivals.append((time.monotonic(), got))
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         b"content-length: 2\r\n\r\n{}")
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+            )
             time.sleep(0.2)
 
     def close(self) -> None:
@@ -530,7 +560,9 @@ class SlowBodyUpstream:
 
 def test_request_body_is_streamed_upstream(audit: AuditLog) -> None:
     upstream = SlowBodyUpstream()
-    gw = GatewayThread(GatewayUpstream(f"http://127.0.0.1:{upstream.port}"), lambda: API_KEY_CRED, audit)
+    gw = GatewayThread(
+        GatewayUpstream(f"http://127.0.0.1:{upstream.port}"), lambda: API_KEY_CRED, audit
+    )
     try:
         body = messages_body()
         half = len(body) // 2
@@ -543,8 +575,10 @@ def test_request_body_is_streamed_upstream(audit: AuditLog) -> None:
     finally:
         gw.close()
         upstream.close()
-    assert upstream.arrivals[0][0] < second_half_sent  # first half arrived before the rest left
-    assert upstream.arrivals[0][1] == half
+    # the first half reached the API before the client had even sent the rest
+    first_half_at = min(at for at, got in upstream.arrivals if got >= half)
+    assert first_half_at < second_half_sent
+    assert max(got for at, got in upstream.arrivals if at < second_half_sent) == half
     assert upstream.arrivals[-1][1] == len(body)
 
 
@@ -554,10 +588,14 @@ def test_large_chunked_body_is_forwarded_and_model_found(
     big = json.dumps(
         {"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "x" * 3_000_000}]}
     ).encode()
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(big[i : i + 65536]), big[i : i + 65536]) for i in range(0, len(big), 65536))
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(big[i : i + 65536]), big[i : i + 65536])
+        for i in range(0, len(big), 65536)
+    )
     raw = (
         b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-        + chunks + b"0\r\n\r\n"
+        + chunks
+        + b"0\r\n\r\n"
     )
     reply = call(gateway.port, raw)
     assert reply.status == 200
@@ -608,20 +646,60 @@ def test_upstream_down_gives_502(audit: AuditLog) -> None:
     assert record["detail"]["status"] == 502
 
 
+def test_credential_failure_gives_503_without_calling_upstream(
+    fake: FakeAnthropic, audit: AuditLog
+) -> None:
+    from claude_bottle.errors import MissingDependency
+
+    def provider() -> Credential:
+        raise MissingDependency("Anthropic credential from env:K: $K is not set", "export K")
+
+    gw = GatewayThread(GatewayUpstream(fake.url), provider, audit)
+    try:
+        reply = call(gw.port, raw_request("POST", "/v1/messages", messages_body()))
+        [record] = gw.wait_records(1)
+    finally:
+        gw.close()
+    assert reply.status == 503
+    assert reply.headers[b"x-claude-bottle-block"] == b"gateway:credential"
+    assert b"env:K" in reply.body
+    assert fake.requests == []
+    assert record["decision"] == "error"
+    assert record["rule"] == "gateway:credential"
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_https_upstream_with_extra_ca_and_pinned_address(tmp_path: Path, audit: AuditLog) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=api.fake.test",
-         "-addext", "subjectAltName=DNS:api.fake.test"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=api.fake.test",
+            "-addext",
+            "subjectAltName=DNS:api.fake.test",
+        ],
+        check=True,
+        capture_output=True,
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     with FakeAnthropic(api_key=REAL_KEY, tls=context) as fake:
         upstream = GatewayUpstream(
-            f"https://api.fake.test:{fake.port}", ca_file=str(cert), connect_to=("127.0.0.1", fake.port)
+            f"https://api.fake.test:{fake.port}",
+            ca_file=str(cert),
+            connect_to=("127.0.0.1", fake.port),
         )
         gw = GatewayThread(upstream, lambda: API_KEY_CRED, audit)
         try:
@@ -664,8 +742,13 @@ def test_first_byte_latency_close_to_direct(fake: FakeAnthropic, audit: AuditLog
 
 @pytest.mark.parametrize(
     "target",
-    ["/v1/messages", "/v1/messages?beta=true", "/v1/models/claude-3@2024", "/v1/models/",
-     "/v1/messages/batches/msgbatch_01?after_id=a%20b"],
+    [
+        "/v1/messages",
+        "/v1/messages?beta=true",
+        "/v1/models/claude-3@2024",
+        "/v1/models/",
+        "/v1/messages/batches/msgbatch_01?after_id=a%20b",
+    ],
 )
 def test_api_target_accepts_api_paths(target: str) -> None:
     assert api_target(target.encode()) == target
@@ -693,8 +776,15 @@ def test_upstream_headers_strip_and_inject() -> None:
     assert names.count(b"host") == 1
     assert (b"authorization", b"Bearer " + OAUTH_TOKEN.encode()) in out
     assert names.count(b"authorization") == 1
-    for gone in (b"x-api-key", b"cookie", b"anthropic-api-key", b"proxy-authorization",
-                 b"connection", b"x-custom-hop", b"accept-encoding"):
+    for gone in (
+        b"x-api-key",
+        b"cookie",
+        b"anthropic-api-key",
+        b"proxy-authorization",
+        b"connection",
+        b"x-custom-hop",
+        b"accept-encoding",
+    ):
         assert gone not in names
     assert (b"anthropic-beta", b"a-1,b-2,oauth-2025-04-20") in out
     assert (b"transfer-encoding", b"chunked") in out
@@ -713,7 +803,9 @@ def test_model_of() -> None:
     truncated = b'{"model":"claude-z","messages":[{"role":"user","content":"' + b"x" * 100
     assert model_of(truncated, complete=False) == "claude-z"
     # a tool input mentioning a model, before the top-level key, is not taken for it
-    nested_first = b'{"max_tokens": 5, "tools": [{"input": {"model": "haiku"}}], "model": "claude-w", "m'
+    nested_first = (
+        b'{"max_tokens": 5, "tools": [{"input": {"model": "haiku"}}], "model": "claude-w", "m'
+    )
     assert model_of(nested_first, complete=False) == "claude-w"
     # when the top level cannot be walked, the first unescaped "model" key is used
     assert model_of(b'{"messages":[{"content":"' + b"y" * 10 + b'", "model": "m-1"', False) == "m-1"
@@ -748,7 +840,9 @@ def test_usage_meter_skips_oversized_events_and_keeps_going() -> None:
 
 def test_usage_meter_json_and_other_types() -> None:
     meter = UsageMeter(b"application/json", b"")
-    payload = json.dumps({"usage": {"input_tokens": 5, "output_tokens": 6, "cache_read_input_tokens": 2}})
+    payload = json.dumps(
+        {"usage": {"input_tokens": 5, "output_tokens": 6, "cache_read_input_tokens": 2}}
+    )
     meter.feed(payload[:10].encode())
     meter.feed(payload[10:].encode())
     meter.finish()

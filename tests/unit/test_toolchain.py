@@ -64,8 +64,47 @@ def test_secret_dirs_are_never_bound(tmp_path: Path) -> None:
 
 def test_masked_roots_include_an_unusual_home(tmp_path: Path) -> None:
     assert tmp_path in masked_roots(tmp_path)
-    assert masked_roots(Path("/home/alice")) == (Path("/home"), Path("/root"))
+    assert masked_roots(Path("/home/alice"))[:2] == (Path("/home"), Path("/root"))
+    assert Path("/home/alice") not in masked_roots(Path("/home/alice"))  # inside /home already
 
 
 def test_missing_executable_binds_nothing(tmp_path: Path) -> None:
     assert resolve_binds(["definitely-not-a-program"], home=tmp_path, path_env=os.defpath) == ()
+
+
+def test_host_sockets_lists_only_visible_bound_sockets(tmp_path: Path) -> None:
+    import socket
+
+    from claude_bottle.backend.namespace.toolchain import host_sockets
+
+    visible = tmp_path / "visible.sock"
+    masked_dir = tmp_path / "masked"
+    masked_dir.mkdir()
+    hidden = masked_dir / "hidden.sock"
+    socks = []
+    for path in (visible, hidden):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        socks.append(sock)
+    table = tmp_path / "unix"
+    table.write_text(
+        "Num RefCount Protocol Flags Type St Inode Path\n"
+        f"0000: 00000002 00000000 00010000 0001 01 1 {visible}\n"
+        f"0000: 00000002 00000000 00010000 0001 01 2 {hidden}\n"
+        "0000: 00000002 00000000 00010000 0001 01 3 @abstract\n"
+        "0000: 00000002 00000000 00010000 0001 01 4\n"
+        f"0000: 00000002 00000000 00010000 0001 01 5 {tmp_path}/gone.sock\n"
+    )
+    try:
+        # tmp_path lives under /tmp, which bwrap replaces; pretend it does not for this test.
+        import claude_bottle.backend.namespace.toolchain as toolchain
+
+        fresh = toolchain._FRESH_MOUNTS
+        toolchain._FRESH_MOUNTS = ()
+        try:
+            assert host_sockets([masked_dir], table) == (str(visible),)
+        finally:
+            toolchain._FRESH_MOUNTS = fresh
+    finally:
+        for sock in socks:
+            sock.close()

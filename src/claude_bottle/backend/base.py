@@ -52,6 +52,9 @@ class BottlePlan(Printable):
     env: dict[str, str]
     relay_port: int
     config_sources: tuple[str, ...]
+    egress_intercept: bool
+    intercept_exclude: tuple[str, ...]
+    upstream_ca_file: str | None
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -76,6 +79,17 @@ class BottlePlan(Printable):
                     *(
                         ("pinned", f"{host} -> {addr}" + (f":{port}" if port else ""))
                         for host, addr, port in self.egress_pins
+                    ),
+                    (
+                        "https",
+                        "intercepted with a per-bottle CA, so secret scanning sees HTTPS"
+                        + (
+                            f" (except {', '.join(self.intercept_exclude)})"
+                            if self.intercept_exclude
+                            else ""
+                        )
+                        if self.egress_intercept
+                        else "not intercepted: only CONNECT targets are scanned",
                     ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
                 ),

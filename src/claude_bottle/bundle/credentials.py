@@ -71,7 +71,10 @@ class Credential:
     def __repr__(self) -> str:
         expiry = "" if self.expires_at is None else f", expires_at={self.expires_at:.0f}"
         refresh = ", refresh_token=<hidden>" if self.refresh_token else ""
-        return f"Credential(kind={self.kind!r}, source={self.source!r}, value=<hidden>{expiry}{refresh})"
+        return (
+            f"Credential(kind={self.kind!r}, source={self.source!r}, value=<hidden>"
+            f"{expiry}{refresh})"
+        )
 
     __str__ = __repr__
 
@@ -115,7 +118,8 @@ def _kind_of(token: str) -> Literal["api-key", "oauth"]:
 def load_credential(
     spec: str, env: Mapping[str, str], home: Path, *, platform: str = sys.platform
 ) -> Credential:
-    """Load the credential `spec` names; raise `MissingDependency` (exit 3) naming where it looked."""
+    """Load the credential `spec` names, or raise `MissingDependency` (exit 3) saying where
+    it looked and what to do."""
     if spec == "keychain":
         return _load_store(env, home, platform)
     kind, _, rest = spec.partition(":")
@@ -211,7 +215,7 @@ def parse_store(raw: bytes, source: str, store: Path | None) -> Credential:
             source,
             f"malformed (no {STORE_KEY} object; content not shown)",
             "log in on the host with `claude` using a Claude.ai account, or use an API key: "
-            "[credentials] anthropic = \"env:ANTHROPIC_API_KEY\"",
+            '[credentials] anthropic = "env:ANTHROPIC_API_KEY"',
         )
     access = check_token(oauth.get("accessToken"), f"{source} ({STORE_KEY}.accessToken)")
     refresh = oauth.get("refreshToken")
@@ -264,10 +268,11 @@ def refresh_if_needed(
     Before refreshing, the file is re-read in case the host's Claude Code already did it.
     The new tokens are written back atomically with mode 0600, other fields kept.
     """
-    if cred.kind != "oauth" or not cred.expiring(now, margin) or cred.store is None:
+    store = cred.store
+    if cred.kind != "oauth" or not cred.expiring(now, margin) or store is None:
         return cred
     with contextlib.suppress(MissingDependency, OSError):
-        on_disk = parse_store(_read_bounded(cred.store), cred.source, cred.store)
+        on_disk = parse_store(_read_bounded(store), cred.source, store)
         if on_disk.value != cred.value and not on_disk.expiring(now, margin):
             return on_disk
         if on_disk.refresh_token:
@@ -288,7 +293,7 @@ def refresh_if_needed(
     access = check_token(access, f"{cred.source} (refreshed access token)")
     refresh = check_token(refresh or cred.refresh_token, f"{cred.source} (refreshed token)")
     fresh = dataclasses.replace(cred, value=access, refresh_token=refresh, expires_at=expires_at)
-    write_store(cred.store, fresh)
+    write_store(store, fresh)
     return fresh
 
 

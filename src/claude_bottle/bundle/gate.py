@@ -42,6 +42,7 @@ class Destination:
     connect_port: int  # the port it must go to (differs only when pinned)
     rule: str  # the allow rule that let it through
     audited_only: bool  # True when mode=audit let a denied host through
+    tls: bool = False  # the bundle speaks TLS to the upstream (intercepted CONNECT)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:

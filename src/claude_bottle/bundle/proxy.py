@@ -13,20 +13,26 @@ import asyncio
 import contextlib
 import dataclasses
 import http
+import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import h11
 
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
+from claude_bottle.policy.allowlist import Allowlist
+
+if TYPE_CHECKING:  # cryptography is imported only when interception is on
+    from claude_bottle.bundle.tls import CertificateAuthority
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 256 * 1024
 HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
 IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
 CONNECT_TIMEOUT = 10.0
+TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry plain HTTP
 
 HOP_BY_HOP = frozenset(
     {
@@ -45,6 +51,18 @@ HOP_BY_HOP = frozenset(
 )
 
 Recorder = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Interception:
+    """TLS interception of CONNECT tunnels: the bottle's CA, and how upstreams are verified."""
+
+    authority: CertificateAuthority
+    upstream: ssl.SSLContext
+    exclude: Allowlist  # hosts tunnelled as opaque bytes
+
+    def applies_to(self, host: str) -> bool:
+        return not self.exclude.check(host).allowed
 
 
 @dataclasses.dataclass
@@ -129,7 +147,10 @@ class ProxyConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         stats: Stats,
+        interception: Interception | None = None,
     ) -> None:
+        self.interception = interception
+        self.intercepted: Destination | None = None  # set once a CONNECT is intercepted
         self.gate = gate
         self.record = record
         self.bottle = bottle
@@ -148,8 +169,9 @@ class ProxyConnection:
                     return
                 self.stats.requests += 1
                 if request.method == b"CONNECT":
-                    await self._tunnel(request)
-                    return
+                    if self.intercepted is not None or not await self._tunnel(request):
+                        return
+                    continue  # now serving requests inside the intercepted TLS session
                 if not await self._forward(request):
                     return
                 if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
@@ -246,16 +268,19 @@ class ProxyConnection:
 
     # --- CONNECT -------------------------------------------------------------
 
-    async def _tunnel(self, request: h11.Request) -> None:
+    async def _tunnel(self, request: h11.Request) -> bool:
+        """Open a tunnel; True when it was intercepted and requests follow inside TLS."""
         authority = request.target.decode("ascii", "replace")
         started = time.monotonic()
         try:
             host, port = parse_authority(authority, 443)
             dest = await self.gate.check(host, port)
+            if self.interception is not None and self.interception.applies_to(dest.host):
+                return await self._intercept(dest)
             up_reader, up_writer = await self._open(dest)
         except Blocked as exc:
             await self._deny("CONNECT", authority[:253], 0, "", exc)
-            return
+            return False
         self.stats.tunnels += 1
         await self._send(
             h11.Response(status_code=200, headers=[], reason=b"Connection established")
@@ -275,16 +300,79 @@ class ProxyConnection:
             bytes_down=down,
             detail={"ms": round((time.monotonic() - started) * 1000)},
         )
+        return False
+
+    async def _intercept(self, dest: Destination) -> bool:
+        """Answer the CONNECT, then serve the requests inside it ourselves.
+
+        On port 443 we are the TLS server for `dest`, with a leaf our CA signed; on any
+        other port the tunnel must carry plain HTTP. Either way the destination stays the
+        one checked at CONNECT time, and every request inside is seen (and scanned).
+        """
+        assert self.interception is not None
+        self.stats.tunnels += 1
+        if dest.port != TLS_PORT:
+            leftover, _ = self.conn.trailing_data
+            await self._send(
+                h11.Response(status_code=200, headers=[], reason=b"Connection established")
+            )
+            self.intercepted = dest
+            self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+            if leftover:  # receive_data(b"") would mean end of stream to h11
+                self.conn.receive_data(leftover)
+            self._record_intercepted(dest)
+            return True
+        # Mint the leaf first: once the client reads our 200 it sends its ClientHello, which
+        # must reach the TLS layer, not the plain-text reader.
+        context = await asyncio.get_running_loop().run_in_executor(
+            None, self.interception.authority.server_context, dest.host
+        )
+        leftover, _ = self.conn.trailing_data
+        if leftover:
+            return False  # a client that does not wait for our answer cannot be intercepted
+        established = h11.Response(status_code=200, headers=[], reason=b"Connection established")
+        self.writer.write(self.conn.send(established) or b"")
+        # No await between the write and start_tls: nothing can be read in between.
+        await asyncio.wait_for(self.writer.start_tls(context), HEADER_TIMEOUT)
+        self.intercepted = dataclasses.replace(dest, tls=True)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self._record_intercepted(dest)
+        return True
+
+    def _record_intercepted(self, dest: Destination) -> None:
+        self.record(
+            "egress",
+            "audit-allow" if dest.audited_only else "allow",
+            rule=dest.rule,
+            method="CONNECT",
+            host=dest.host,
+            port=dest.port,
+            detail={"intercepted": True},
+        )
 
     async def _open(self, dest: Destination) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE),
-                CONNECT_TIMEOUT,
-            )
+            if dest.tls:
+                assert self.interception is not None
+                opening = asyncio.open_connection(
+                    dest.address,
+                    dest.connect_port,
+                    limit=READ_SIZE,
+                    ssl=self.interception.upstream,
+                    server_hostname=dest.host,
+                )
+            else:
+                opening = asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE)
+            return await asyncio.wait_for(opening, CONNECT_TIMEOUT)
         except TimeoutError as exc:
             raise Blocked(
                 "error:connect-timeout", f"{dest.host}:{dest.port} did not answer", 504
+            ) from exc
+        except ssl.SSLError as exc:
+            raise Blocked(
+                "error:upstream-tls",
+                f"{dest.host}:{dest.port} failed TLS verification: {exc.reason or exc}",
+                502,
             ) from exc
         except OSError as exc:
             raise Blocked(
@@ -325,6 +413,12 @@ class ProxyConnection:
         return True
 
     async def _route(self, target: str) -> tuple[Destination, str]:
+        if self.intercepted is not None:
+            # Inside an intercepted tunnel the destination was checked at CONNECT time and
+            # cannot change: only origin-form targets are accepted.
+            if not target.startswith("/"):
+                raise Blocked("error:not-origin-form", "send origin-form requests in a tunnel", 400)
+            return self.intercepted, target
         if not target.startswith("http://"):
             if target.startswith("https://"):
                 raise Blocked("error:https-absolute", "use CONNECT for https:// URLs", 400)
@@ -352,6 +446,7 @@ class ProxyConnection:
             reusable = (
                 current.dest.address == dest.address
                 and current.dest.connect_port == dest.connect_port
+                and current.dest.tls == dest.tls
                 and current.dest.host == dest.host
                 and current.conn.our_state is h11.IDLE
             )
@@ -367,7 +462,8 @@ class ProxyConnection:
         self, request: h11.Request, upstream: Upstream, origin_target: str
     ) -> tuple[int, int, int]:
         dest = upstream.dest
-        host_header = dest.host if dest.port == 80 else f"{dest.host}:{dest.port}"
+        default_port = 443 if dest.tls else 80
+        host_header = dest.host if dest.port == default_port else f"{dest.host}:{dest.port}"
         headers = [(b"host", host_header.encode("ascii"))]
         headers += _filtered_headers(list(request.headers))
         if self.conn.they_are_waiting_for_100_continue:

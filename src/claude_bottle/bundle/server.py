@@ -22,7 +22,7 @@ from typing import Any
 from claude_bottle.bundle.audit import AuditLog
 from claude_bottle.bundle.control import MAX_LINE
 from claude_bottle.bundle.gate import EgressGate
-from claude_bottle.bundle.proxy import ProxyConnection, Stats
+from claude_bottle.bundle.proxy import Interception, ProxyConnection, Stats
 from claude_bottle.bundle.settings import BundleSettings
 
 MAX_CLIENTS = 1024
@@ -40,6 +40,7 @@ class Bundle:
             ask_timeout=settings.ask_timeout,
         )
         self.gate.on_pending = self._on_pending
+        self.interception = _interception(settings)
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         self._stopping = asyncio.Event()
@@ -62,7 +63,13 @@ class Bundle:
     ) -> None:
         async with self._slots:
             await ProxyConnection(
-                self.gate, self.record, self.settings.bottle, reader, writer, self.stats
+                self.gate,
+                self.record,
+                self.settings.bottle,
+                reader,
+                writer,
+                self.stats,
+                self.interception,
             ).serve()
 
     async def _control_client(
@@ -144,6 +151,23 @@ class Bundle:
             await self._stopping.wait()
         self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
         self.audit.close()
+
+
+def _interception(settings: BundleSettings) -> Interception | None:
+    if not (settings.intercept and settings.ca_cert):
+        return None
+    from claude_bottle.bundle.tls import CertificateAuthority, upstream_context
+    from claude_bottle.policy.allowlist import Allowlist
+
+    authority = CertificateAuthority(settings.bottle)
+    authority.publish(
+        Path(settings.ca_cert), Path(settings.ca_bundle) if settings.ca_bundle else None
+    )
+    return Interception(
+        authority,
+        upstream_context(settings.upstream_ca_file),
+        Allowlist(settings.intercept_exclude),
+    )
 
 
 def _die_with_parent() -> None:

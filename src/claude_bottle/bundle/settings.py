@@ -26,6 +26,11 @@ class BundleSettings:
     mode: str = "enforce"
     pins: tuple[Pin, ...] = ()
     ask_timeout: float = 60.0
+    intercept: bool = False
+    intercept_exclude: tuple[str, ...] = ()
+    ca_cert: str | None = None  # where the bundle publishes its CA certificate
+    ca_bundle: str | None = None  # host trust store + our CA, written in place
+    upstream_ca_file: str | None = None
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -36,4 +41,5 @@ class BundleSettings:
         raw["allow"] = tuple(raw.get("allow", ()))
         raw["deny"] = tuple(raw.get("deny", ()))
         raw["pins"] = tuple(Pin(**p) for p in raw.get("pins", ()))
+        raw["intercept_exclude"] = tuple(raw.get("intercept_exclude", ()))
         return cls(**raw)

@@ -96,7 +96,17 @@ _STRS: Final = _ListOf(_STR)
 SCHEMA: Final = _Table(
     {
         "backend": _STR,
-        "egress": _Table({"allow": _STRS, "deny": _STRS, "mode": _STR, "resolve": _MapOf(_STR)}),
+        "egress": _Table(
+            {
+                "allow": _STRS,
+                "deny": _STRS,
+                "mode": _STR,
+                "resolve": _MapOf(_STR),
+                "intercept": _BOOL,
+                "intercept_exclude": _STRS,
+                "upstream_ca_file": _STR,
+            }
+        ),
         "dlp": _Table(
             {
                 "enabled": _BOOL,
@@ -309,6 +319,9 @@ class _Merged:
     deny: dict[str, None] = field(default_factory=dict)
     mode: str = "enforce"
     resolve: dict[str, ResolvePin] = field(default_factory=dict)
+    intercept: bool = True
+    intercept_exclude: dict[str, None] = field(default_factory=dict)
+    upstream_ca_file: str | None = None
     dlp_enabled: bool = True
     dlp_block: bool = True
     patterns: dict[str, DlpPattern] = field(default_factory=dict)
@@ -362,6 +375,20 @@ class _Merged:
                     "enforce blocks, audit only logs, ask holds each new host for approval",
                 )
             self.mode = mode
+        if "intercept" in egress:
+            self.intercept = _bool(egress["intercept"])
+        for index, pattern in enumerate(_strs(egress.get("intercept_exclude"))):
+            key = f"egress.intercept_exclude[{index}]"
+            self.intercept_exclude.setdefault(_host_pattern(pattern, key, src))
+        if "upstream_ca_file" in egress:
+            ca_file = Path(_str(egress["upstream_ca_file"])).expanduser()
+            if not ca_file.is_file():
+                raise src.error(
+                    "egress.upstream_ca_file",
+                    f"{ca_file} is not a file",
+                    "point it at a PEM file of CA certificates, or remove the key",
+                )
+            self.upstream_ca_file = str(ca_file.resolve())
         for host, target_value in _table(egress.get("resolve")).items():
             pin = _resolve_pin(host, _str(target_value), _key("egress.resolve", host), src)
             self.resolve.pop(pin.host, None)
@@ -444,6 +471,9 @@ class _Merged:
                 deny=tuple(self.deny),
                 mode=self.mode,
                 resolve=tuple(self.resolve.values()),
+                intercept=self.intercept,
+                intercept_exclude=tuple(self.intercept_exclude),
+                upstream_ca_file=self.upstream_ca_file,
             ),
             dlp=DlpConfig(
                 enabled=self.dlp_enabled,

@@ -31,6 +31,9 @@ class EgressConfig:
     deny: tuple[str, ...] = ()
     mode: str = "enforce"  # enforce | audit | ask
     resolve: tuple[ResolvePin, ...] = ()
+    intercept: bool = True  # TLS interception of allowed hosts, so DLP sees HTTPS too
+    intercept_exclude: tuple[str, ...] = ()  # host patterns tunnelled without interception
+    upstream_ca_file: str | None = None  # extra CA for verifying upstreams (tests)
 
 
 @dataclass(frozen=True)

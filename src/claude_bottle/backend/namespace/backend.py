@@ -19,7 +19,12 @@ from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, Cleanu
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
-from claude_bottle.backend.namespace.toolchain import exposes_secret, masked_roots, resolve_binds
+from claude_bottle.backend.namespace.toolchain import (
+    exposes_secret,
+    host_sockets,
+    masked_roots,
+    resolve_binds,
+)
 from claude_bottle.bottle_env import RELAY_PORT, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
@@ -120,7 +125,8 @@ class NamespaceBackend(BottleBackend):
         state_dir = paths.state_dir(request.name)
         runtime_dir = paths.runtime_dir(request.name)
         workspace = str(request.workspace.resolve())
-        masked = tuple(str(p) for p in masked_roots(home))
+        masked_paths = masked_roots(home)
+        masked = tuple(str(p) for p in masked_paths)
         spec = BwrapSpec(
             hostname=request.name[:63],
             workspace=workspace,
@@ -132,13 +138,21 @@ class NamespaceBackend(BottleBackend):
             python=python,
             relay_port=RELAY_PORT,
             masked=masked,
+            hidden_sockets=host_sockets(masked_paths),
             toolchain=tuple(str(p) for p in toolchain),
             read_only=tuple(read_only),
             resolv_conf=str(runtime_dir / "resolv.conf"),
+            ca_bundle=str(runtime_dir / "bundle" / "ca-bundle.pem")
+            if config.egress.intercept
+            else None,
             die_with_parent=not request.detach,
         )
         env = build_env(
-            os.environ, bottle=request.name, home=str(home), extra_names=config.bottle.env
+            os.environ,
+            bottle=request.name,
+            home=str(home),
+            extra_names=config.bottle.env,
+            intercept=config.egress.intercept,
         )
         return NamespaceBottlePlan(
             backend=self.name,
@@ -154,6 +168,9 @@ class NamespaceBackend(BottleBackend):
             env=env,
             relay_port=RELAY_PORT,
             config_sources=config.sources,
+            egress_intercept=config.egress.intercept,
+            intercept_exclude=config.egress.intercept_exclude,
+            upstream_ca_file=config.egress.upstream_ca_file,
             bwrap=spec,
         )
 
@@ -188,6 +205,9 @@ class NamespaceBackend(BottleBackend):
         for sub in ("bundle", "exec"):
             (runtime / sub).mkdir(mode=0o755)
         (runtime / "resolv.conf").write_text(RESOLV_CONF)
+        if plan.bwrap.ca_bundle:
+            # Exists before bwrap binds it; the bundle fills it in place before it is ready.
+            Path(plan.bwrap.ca_bundle).touch(mode=0o644)
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
 
         settings = BundleSettings(
@@ -199,6 +219,11 @@ class NamespaceBackend(BottleBackend):
             deny=plan.egress_deny,
             mode=plan.egress_mode,
             pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
+            intercept=plan.egress_intercept,
+            intercept_exclude=plan.intercept_exclude,
+            ca_cert=str(runtime / "bundle" / "ca.pem"),
+            ca_bundle=plan.bwrap.ca_bundle,
+            upstream_ca_file=plan.upstream_ca_file,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

@@ -20,6 +20,7 @@ class NamespaceBottlePlan(BottlePlan):
             ("namespaces", "user, pid, ipc, uts, cgroup, net (loopback only)"),
             ("root", "host / read-only; fresh /tmp, /proc, /dev, /run"),
             ("hidden", ", ".join(spec.masked)),
+            ("sockets", f"{len(spec.hidden_sockets)} other host unix sockets covered"),
             ("home", f"{spec.home} <- {spec.home_source} (bottle's own, writable)"),
         ]
         rows += [("toolchain", p) for p in spec.toolchain]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from claude_bottle.bottle_env import SYSTEM_CA_BUNDLE
+
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
 
 
@@ -20,9 +22,11 @@ class BwrapSpec:
     python: str
     relay_port: int
     masked: tuple[str, ...]  # host dirs hidden behind an empty tmpfs
+    hidden_sockets: tuple[str, ...]  # host unix sockets covered with /dev/null
     toolchain: tuple[str, ...]  # host paths bound read-only at the same path
     read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
     resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
+    ca_bundle: str | None = None  # host file shown as the system trust store (interception)
     die_with_parent: bool = True
 
 
@@ -56,8 +60,12 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
         argv.insert(1, "--die-with-parent")
     for path in spec.masked:
         argv += ["--tmpfs", path]
+    for path in spec.hidden_sockets:
+        argv += ["--ro-bind", "/dev/null", path]
     if spec.resolv_conf:
         argv += ["--ro-bind", spec.resolv_conf, "/etc/resolv.conf"]
+    if spec.ca_bundle:
+        argv += ["--ro-bind", spec.ca_bundle, SYSTEM_CA_BUNDLE]
     # Home first: toolchains under $HOME are bound on top of the bottle's own home.
     argv += ["--bind", spec.home_source, spec.home]
     for path in (*spec.toolchain, *spec.read_only):

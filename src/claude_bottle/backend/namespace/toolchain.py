@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -41,11 +42,43 @@ SECRET_PATHS = (
 _MIN_PREFIX_DEPTH = 2
 
 
+# Container engines keep sockets (their own and other bottles') in their state dirs.
+ENGINE_STATE = (Path("/var/lib/docker"), Path("/var/lib/containerd"))
+# bwrap mounts fresh ones over these, so sockets below them are already out of sight.
+_FRESH_MOUNTS = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/dev"), Path("/proc"))
+
+
 def masked_roots(home: Path) -> tuple[Path, ...]:
     roots = [Path("/home"), Path("/root")]
     if not any(_is_within(home, r) for r in roots):
         roots.append(home)
+    roots += [p for p in ENGINE_STATE if p.is_dir()]
     return tuple(roots)
+
+
+def host_sockets(
+    masked: Sequence[Path], proc_net_unix: Path = Path("/proc/net/unix")
+) -> tuple[str, ...]:
+    """Bound unix sockets of the host that the bottle would still see, to be hidden one by one."""
+    try:
+        lines = proc_net_unix.read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return ()
+    hidden = (*_FRESH_MOUNTS, *masked)
+    found: set[str] = set()
+    for line in lines:
+        fields = line.split(maxsplit=7)
+        if len(fields) < 8 or not fields[7].startswith("/"):
+            continue  # unnamed or abstract (abstract ones stay in the host's network namespace)
+        path = Path(fields[7])
+        if any(_is_within(path, root) for root in hidden):
+            continue
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                found.add(str(path))
+        except OSError:
+            continue
+    return tuple(sorted(found))
 
 
 def _is_within(path: Path, root: Path) -> bool:

@@ -1,0 +1,137 @@
+"""smolmachines backend: the bottle is a smolvm microVM with no network device; the bundle
+is a host process whose socket is mounted into the guest over vsock."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from claude_bottle import paths, state
+from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, CleanupPlan, LaunchRequest
+from claude_bottle.backend.smolmachines import smolvm, util
+from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle
+from claude_bottle.backend.smolmachines.bottle_cleanup_plan import (
+    MACHINE,
+    SmolmachinesCleanupPlan,
+    cleanup_items,
+    machine_of_item,
+    orphans,
+)
+from claude_bottle.backend.smolmachines.bottle_plan import SmolmachinesBottlePlan
+from claude_bottle.backend.smolmachines.launch import (
+    PackImage,
+    StartBundle,
+    launch_bottle,
+    teardown,
+)
+from claude_bottle.backend.smolmachines.prepare import resolve_plan
+from claude_bottle.bundle.launcher import start_bundle
+from claude_bottle.errors import MissingDependency
+
+
+class SmolmachinesBackend(BottleBackend):
+    name = "smolmachines"
+    description = "smolvm microVM with no network device (KVM or Hypervisor.framework)"
+
+    def __init__(
+        self,
+        *,
+        checks: Callable[[], list[str]] | None = None,
+        find: Callable[[], util.SmolvmBinary | None] = util.find_smolvm,
+        pack_image: PackImage | None = None,
+        bundle_starter: StartBundle = start_bundle,
+    ) -> None:
+        self._checks = checks or util.preflight
+        self._find = find
+        self._pack_image = pack_image
+        self._bundle_starter = bundle_starter
+
+    def preflight(self) -> list[str]:
+        return self._checks()
+
+    def _require(self) -> util.SmolvmBinary:
+        problems = self.preflight()
+        binary = self._find()
+        if problems or binary is None:
+            raise MissingDependency(
+                "; ".join(problems) or "smolvm is not installed", util.INSTALL_HINT
+            )
+        return binary
+
+    def plan(self, request: LaunchRequest) -> SmolmachinesBottlePlan:
+        return resolve_plan(self.name, request)
+
+    @contextlib.contextmanager
+    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+        assert isinstance(plan, SmolmachinesBottlePlan)
+        binary = self._require()
+        with contextlib.ExitStack() as stack:
+            bottle = launch_bottle(
+                plan,
+                stack,
+                binary,
+                backend=self.name,
+                pack_image=self._pack_image,
+                bundle_starter=self._bundle_starter,
+            )
+            try:
+                yield bottle
+            finally:
+                if bottle.detached:
+                    stack.pop_all()  # a detached bottle outlives this process
+                else:
+                    state.update_record(plan.name, processes={})
+
+    def _binary_of(self, record: dict[str, Any]) -> str | None:
+        recorded = record.get("smolvm")
+        if isinstance(recorded, str) and Path(recorded).exists():
+            return recorded
+        found = self._find()
+        return found.path if found else None
+
+    def attach(self, record: dict[str, Any]) -> Bottle:
+        exe = self._binary_of(record)
+        if exe is None:
+            raise MissingDependency("smolvm is not installed", util.INSTALL_HINT)
+        return SmolmachinesBottle(
+            record["name"],
+            machine=record.get("machine") or util.machine_name(record["name"]),
+            smolvm_path=exe,
+            env=record.get("env", {}),
+            workspace=record.get("workspace", "/"),
+            processes=record.get("processes", {}),
+            user=record.get("user"),
+            filter_stderr=record.get("smolvm_source", "PATH") != "PATH",
+        )
+
+    def stop(self, record: dict[str, Any]) -> None:
+        machine = record.get("machine") or util.machine_name(str(record["name"]))
+        teardown(self._binary_of(record), machine, record.get("processes", {}))
+        runtime = record.get("runtime_dir")
+        if runtime and Path(runtime).parent == paths.runtime_root():
+            shutil.rmtree(runtime, ignore_errors=True)
+
+    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+        found = self._find()
+        if found is None:
+            return SmolmachinesCleanupPlan(self.name, (), "")
+        try:
+            machines = smolvm.machine_ls(found.path)
+        except smolvm.SmolvmError:
+            return SmolmachinesCleanupPlan(self.name, (), found.path)
+        return SmolmachinesCleanupPlan(
+            self.name, cleanup_items(orphans(machines, live_names)), found.path
+        )
+
+    def cleanup(self, plan: CleanupPlan) -> list[str]:
+        assert isinstance(plan, SmolmachinesCleanupPlan)
+        problems = []
+        for kind, what in plan.items:
+            if kind != MACHINE:
+                continue
+            machine = machine_of_item(what)
+            problems += teardown(plan.smolvm, machine, {})
+        return problems
