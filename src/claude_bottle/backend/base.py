@@ -53,6 +53,9 @@ class BottlePlan(Printable):
     relay_port: int
     config_sources: tuple[str, ...]
     egress_intercept: bool
+    dlp_enabled: bool
+    dlp_block: bool
+    dlp_patterns: tuple[tuple[str, str], ...]
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
 
@@ -90,6 +93,20 @@ class BottlePlan(Printable):
                         )
                         if self.egress_intercept
                         else "not intercepted: only CONNECT targets are scanned",
+                    ),
+                    (
+                        "secrets",
+                        (
+                            ("blocked" if self.dlp_block else "logged only")
+                            + " when found in URLs, headers, bodies or host names"
+                            + (
+                                f" (+{len(self.dlp_patterns)} own patterns)"
+                                if self.dlp_patterns
+                                else ""
+                            )
+                        )
+                        if self.dlp_enabled
+                        else "not scanned ([dlp] enabled = false)",
                     ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
                 ),

@@ -19,20 +19,21 @@ name *where* we looked and what to do, never what we found.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from claude_bottle.errors import MissingDependency
+
+if TYPE_CHECKING:
+    import asyncio
 
 CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 """The OAuth client id Claude Code uses (public; found in its bundle and in tools that refresh
@@ -323,6 +324,8 @@ def write_store(path: Path, cred: Credential) -> None:
         oauth["expiresAt"] = int(cred.expires_at * 1000)
     data[STORE_KEY] = oauth
     payload = json.dumps(data, indent=2).encode()
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=".credentials.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
@@ -430,6 +433,8 @@ class CredentialProvider:
         self._quiet_until = 0.0
 
     async def __call__(self) -> Credential:
+        import asyncio
+
         now = self.clock()
         cred = self.credential
         if self.refresher is None or not cred.expiring(now) or now < self._quiet_until:

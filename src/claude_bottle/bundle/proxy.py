@@ -24,7 +24,8 @@ import h11
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
 from claude_bottle.policy.allowlist import Allowlist
 
-if TYPE_CHECKING:  # cryptography is imported only when interception is on
+if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
+    from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.tls import CertificateAuthority
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -148,7 +149,9 @@ class ProxyConnection:
         writer: asyncio.StreamWriter,
         stats: Stats,
         interception: Interception | None = None,
+        inspector: DlpInspector | None = None,
     ) -> None:
+        self.inspector = inspector
         self.interception = interception
         self.intercepted: Destination | None = None  # set once a CONNECT is intercepted
         self.gate = gate
@@ -274,6 +277,8 @@ class ProxyConnection:
         started = time.monotonic()
         try:
             host, port = parse_authority(authority, 443)
+            if self.inspector is not None:
+                self.inspector.check_host("CONNECT", host[:253], port)
             dest = await self.gate.check(host, port)
             if self.interception is not None and self.interception.applies_to(dest.host):
                 return await self._intercept(dest)
@@ -387,6 +392,10 @@ class ProxyConnection:
         started = time.monotonic()
         try:
             dest, origin_target = await self._route(target)
+            if self.inspector is not None:
+                self.inspector.check_head(
+                    method, dest.host, dest.port, origin_target, request.headers
+                )
         except Blocked as exc:
             host = urlsplit(target).netloc[:253] if "://" in target else "-"
             await self._drain_request_body()
@@ -434,6 +443,9 @@ class ProxyConnection:
         )
         authority, path = rest[:cut], rest[cut:]
         host, port = parse_authority(authority, 80)
+        if self.inspector is not None:
+            # Before the gate resolves it: resolving an encoded label is itself the leak.
+            self.inspector.check_host("HTTP", host[:253], port)
         dest = await self.gate.check(host, port)
         path = path.split("#", 1)[0]
         if not path.startswith("/"):
@@ -468,22 +480,51 @@ class ProxyConnection:
         headers += _filtered_headers(list(request.headers))
         if self.conn.they_are_waiting_for_100_continue:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        await upstream.send(
-            h11.Request(
-                method=request.method, target=origin_target.encode("ascii"), headers=headers
-            )
+        head = h11.Request(
+            method=request.method, target=origin_target.encode("ascii"), headers=headers
         )
+        head_sent = False
+
+        async def send_upstream(event: Any) -> None:
+            # The head goes out with the first scanned body bytes (or at the end), so a
+            # request whose body is refused never reaches the upstream at all.
+            nonlocal head_sent
+            if not head_sent:
+                head_sent = True
+                await upstream.send(head)
+            await upstream.send(event)
+
+        guard = None
+        if self.inspector is not None:
+            guard = self.inspector.body(
+                request.headers,
+                request.method.decode("ascii", "replace"),
+                dest.host,
+                dest.port,
+                origin_target,
+            )
         up_bytes = 0
-        while True:
-            event = await self._client_event(IDLE_TIMEOUT)
-            if isinstance(event, h11.Data):
-                up_bytes += len(event.data)
-                await upstream.send(event)
-            elif isinstance(event, h11.EndOfMessage):
-                await upstream.send(h11.EndOfMessage(headers=event.headers))
-                break
-            else:
-                raise ConnectionError("client went away mid-request")
+        try:
+            while True:
+                event = await self._client_event(IDLE_TIMEOUT)
+                if isinstance(event, h11.Data):
+                    up_bytes += len(event.data)
+                    data = event.data if guard is None else guard.feed(event.data)
+                    if data:
+                        await send_upstream(h11.Data(data=data))
+                elif isinstance(event, h11.EndOfMessage):
+                    rest = b"" if guard is None else guard.finish()
+                    if rest:
+                        await send_upstream(h11.Data(data=rest))
+                    await send_upstream(h11.EndOfMessage(headers=event.headers))
+                    break
+                else:
+                    raise ConnectionError("client went away mid-request")
+        except Blocked:
+            # The upstream saw a request that never completes; it must not be reused.
+            upstream.close()
+            self.upstream = None
+            raise
         response = await upstream.next_event()
         while isinstance(response, h11.InformationalResponse):
             response = await upstream.next_event()

@@ -17,13 +17,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_bottle.bundle.audit import AuditLog
 from claude_bottle.bundle.control import MAX_LINE
 from claude_bottle.bundle.gate import EgressGate
 from claude_bottle.bundle.proxy import Interception, ProxyConnection, Stats
 from claude_bottle.bundle.settings import BundleSettings
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.scanning import DlpInspector
 
 MAX_CLIENTS = 1024
 
@@ -41,6 +44,9 @@ class Bundle:
         )
         self.gate.on_pending = self._on_pending
         self.interception = _interception(settings)
+        # Compiling the DLP engine takes a while: it happens in a thread once the bundle
+        # serves, and every proxy connection waits for it, so nothing leaves unscanned.
+        self._inspector: asyncio.Future[DlpInspector | None] | None = None
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         self._stopping = asyncio.Event()
@@ -61,6 +67,8 @@ class Bundle:
     async def _proxy_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        assert self._inspector is not None
+        inspector = await asyncio.shield(self._inspector)
         async with self._slots:
             await ProxyConnection(
                 self.gate,
@@ -70,6 +78,7 @@ class Bundle:
                 writer,
                 self.stats,
                 self.interception,
+                inspector,
             ).serve()
 
     async def _control_client(
@@ -116,6 +125,7 @@ class Bundle:
 
     async def run(self, ready_fd: int | None) -> None:
         loop = asyncio.get_running_loop()
+        self._inspector = loop.run_in_executor(None, _inspector, self.settings, self.record)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._stopping.set)
@@ -168,6 +178,14 @@ def _interception(settings: BundleSettings) -> Interception | None:
         upstream_context(settings.upstream_ca_file),
         Allowlist(settings.intercept_exclude),
     )
+
+
+def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
+    if not settings.dlp_enabled:
+        return None
+    from claude_bottle.bundle.scanning import default_inspector
+
+    return default_inspector(settings.dlp_patterns, block=settings.dlp_block, record=record)
 
 
 def _die_with_parent() -> None:

@@ -31,6 +31,9 @@ class BundleSettings:
     ca_cert: str | None = None  # where the bundle publishes its CA certificate
     ca_bundle: str | None = None  # host trust store + our CA, written in place
     upstream_ca_file: str | None = None
+    dlp_enabled: bool = False
+    dlp_block: bool = True
+    dlp_patterns: tuple[tuple[str, str], ...] = ()
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -42,4 +45,5 @@ class BundleSettings:
         raw["deny"] = tuple(raw.get("deny", ()))
         raw["pins"] = tuple(Pin(**p) for p in raw.get("pins", ()))
         raw["intercept_exclude"] = tuple(raw.get("intercept_exclude", ()))
+        raw["dlp_patterns"] = tuple(tuple(p) for p in raw.get("dlp_patterns", ()))
         return cls(**raw)

@@ -416,12 +416,14 @@ class _Re2Engine:
                 raise _pattern_problem(rule, f"RE2 cannot compile it ({exc})") from None
             if added != index:
                 raise _pattern_problem(rule, "RE2 cannot compile it")
-        if self._set.Compile() is False:
-            raise DlpPatternError("the DLP patterns are too large for RE2 together")
+        try:
+            self._set.Compile()
+        except re2.error:
+            raise DlpPatternError("the DLP patterns are too large for RE2 together") from None
         self._finders: dict[int, Any] = {}
 
     def hits(self, data: bytes) -> dict[int, list[int] | None]:
-        return dict.fromkeys(self._set.Match(data))
+        return dict.fromkeys(self._set.Match(data) or ())
 
     def confirm(
         self, rule: _Rule, index: int, data: bytes, hints: list[int] | None
@@ -437,16 +439,30 @@ class _Re2Engine:
 
 
 class _ReEngine:
+    """One Python alternation of every filter; slow (a few MiB/s), the last resort.
+
+    Each alternative ends in an empty capturing group, so `lastindex` names
+    the rule without wrapping alternatives in groups (which would defeat
+    the first-character check `re` does on each alternative).
+    """
+
     name = "re"
 
     def __init__(self, rules: Sequence[_Rule]) -> None:
-        parts = [
-            b"(?P<r%d>%s)" % (index, rule.wrapped(rule.filter)) for index, rule in enumerate(rules)
-        ]
-        try:
-            self._combined = re.compile(b"|".join(parts))
-        except re.error as exc:
-            raise _culprit(rules, lambda rule: rule.compiled(), str(exc)) from None
+        parts: list[bytes] = []
+        self._rule_of_group: dict[int, int] = {}
+        groups = 0
+        for index, rule in enumerate(rules):
+            body = rule.wrapped(rule.filter)
+            if not rule.caseless and any(atom == b"|" for atom, _ in _atoms(body)):
+                body = b"(?:" + body + b")"
+            try:
+                groups += re.compile(body).groups + 1
+            except re.error as exc:
+                raise _pattern_problem(rule, f"Python re cannot compile it ({exc})") from None
+            self._rule_of_group[groups] = index
+            parts.append(body + b"()")
+        self._combined = re.compile(b"|".join(parts))
 
     def hits(self, data: bytes) -> dict[int, list[int] | None]:
         found: dict[int, list[int] | None] = {}
@@ -458,8 +474,7 @@ class _ReEngine:
             if match is None:
                 break
             start = match.start()
-            group = match.lastgroup or "r0"
-            bucket = found.setdefault(int(group[1:]), [])
+            bucket = found.setdefault(self._rule_of_group[match.lastindex or 0], [])
             assert bucket is not None
             bucket.append(start)
             position = start + 1  # overlapping: a long hit must not hide another pattern
@@ -782,11 +797,6 @@ _VOWELS = frozenset("aeiouAEIOU")
 def _encoded_kind(run: str) -> str | None:
     """Why a run of letters and digits inside a host label looks like encoded data, or None."""
     size = len(run)
-    if size >= MIXED_CASE_RUN and run.lower() != run and run.upper() != run:
-        uppers = sum(char.isupper() for char in run)
-        lowers = sum(char.islower() for char in run)
-        if uppers >= 2 and lowers >= 2 and shannon_entropy(run) >= MIXED_CASE_ENTROPY:
-            return "base64"
     if size < HOST_RUN:
         return None
     entropy = shannon_entropy(run.lower())
@@ -802,6 +812,15 @@ def _encoded_kind(run: str) -> str | None:
     return None
 
 
+def _mixed_case_label(label: str) -> bool:
+    """A base64url-looking label: long, upper and lower case mixed, high entropy."""
+    if len(label) < MIXED_CASE_RUN or label.lower() == label or label.upper() == label:
+        return False
+    uppers = sum(char.isupper() for char in label)
+    lowers = sum(char.islower() for char in label)
+    return uppers >= 2 and lowers >= 2 and shannon_entropy(label) >= MIXED_CASE_ENTROPY
+
+
 def host_label_findings(host: str) -> list[Finding]:
     """Runs of letters and digits in the labels of `host` that look like encoded data.
 
@@ -809,15 +828,19 @@ def host_label_findings(host: str) -> list[Finding]:
     hex runs of 24+ symbols with entropy >= 3.0 bits (a whole label of 32+
     hex digits, dashes ignored, too: a UUID label carries 16 bytes);
     base32/base36 runs of 24+ mixing letters and digits with entropy >= 3.5;
-    24+ letters with few vowels and entropy >= 3.8; mixed-case runs of 20+
-    with entropy >= 4.0 (base64). Ordinary labels (www, api, cdn-123,
+    24+ letters with few vowels and entropy >= 3.8; labels of 20+ mixing
+    upper and lower case with entropy >= 4.0 (base64url). Payloads under
+    about 12 bytes per label pass: this catches bulk encoding, not a
+    patient attacker spreading data over many short labels. Ordinary labels (www, api, cdn-123,
     us-east-1, a 12-digit git SHA prefix, words joined by dashes) pass.
     """
     findings: list[Finding] = []
     offset = 0
     for label in host.split("."):
-        flagged = False
-        for match in _HOST_RUN.finditer(label):
+        flagged = _mixed_case_label(label)
+        if flagged:
+            findings.append(Finding("dns-exfil-base64", "host", offset, offset + len(label)))
+        for match in [] if flagged else _HOST_RUN.finditer(label):
             kind = _encoded_kind(match.group())
             if kind is not None:
                 flagged = True

@@ -59,9 +59,16 @@ def _all(*checks: Validator) -> Validator:
 
 
 def _not_example(data: bytes, start: int, end: int) -> bool:
-    """AWS documentation keys end in EXAMPLE / EXAMPLEKEY; they are nobody's credentials."""
-    token = data[start:end]
-    return not token.endswith((b"EXAMPLE", b"EXAMPLEKEY"))
+    """AWS documentation keys contain EXAMPLE (AKIAIOSFODNN7EXAMPLE, ...EXAMPLEKEY)."""
+    return b"EXAMPLE" not in data[start : end + 12]
+
+
+_BASE64_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _ends_token(data: bytes, start: int, end: int) -> bool:
+    """Nothing base64-like follows: an AWS secret key is exactly 40 characters."""
+    return end >= len(data) or data[end] not in _BASE64_BYTES
 
 
 def _mixed_case(skip: int) -> Validator:
@@ -72,11 +79,19 @@ def _mixed_case(skip: int) -> Validator:
     return check
 
 
+_CODE_BEFORE = frozenset(b"([{,*+-")
+_CODE_AFTER = frozenset(b"*/)]}")
+
+
 def _card(data: bytes, start: int, end: int) -> bool:
-    if start > 0 and data[start - 1 : start] == b".":
-        return False  # the digits of a decimal fraction: 0.4532...
-    if data[end : end + 1] == b"." and data[end + 1 : end + 2].isdigit():
-        return False  # the integer part of a decimal number
+    before = data[max(0, start - 2) : start].rstrip(b" ")
+    after = data[end : end + 2].lstrip(b" ")
+    if before[-1:] == b"." or (after[:1] == b"." and after[1:2].isdigit()):
+        return False  # the digits of a decimal number: 0.4532..., 4532...5.25
+    if (before and before[-1] in _CODE_BEFORE) or (after and after[0] in _CODE_AFTER):
+        return False  # a numeric literal in code: f(4532...), [..., 4532...], 4532...*x
+    if before[-1:].isdigit() or after[:1].isdigit():
+        return False  # one group of a longer run of digit groups
     return card_ok(data[start:end].decode("ascii"))
 
 
@@ -159,13 +174,15 @@ PATTERNS: tuple[PatternSpec, ...] = (
         r"(?i:aws[_.-]?secret[_.-]?(?:access[_.-]?)?key|secret[_.-]?access[_.-]?key)"
         + _ASSIGN
         + r"[A-Za-z0-9/+]{40}",
-        _all(_not_example, _random(14, tail=40)),
+        _all(_not_example, _ends_token, _random(14, tail=40)),
         "AWS secret access key (next to its name)",
     ),
     PatternSpec(
         "aws-session-token",
-        r"(?i:aws[_.-]?session[_.-]?token|sessiontoken)" + _ASSIGN + r"[A-Za-z0-9/+=%]{100,1000}",
-        _random(20, tail=100),
+        r"(?:(?i:aws[_.-]?session[_.-]?token)|SessionToken)"
+        + _ASSIGN
+        + r"[A-Za-z0-9/+=%]{100,1000}",
+        _all(_not_example, _random(20, tail=100)),
         "AWS session token (next to its name)",
     ),
     PatternSpec("google-api-key", r"AIza[0-9A-Za-z_-]{35}", _random(14, skip=4), "Google API key"),
@@ -514,7 +531,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
         "pem-private-key",
         rf"-----BEGIN{_SP}(?:(?:RSA|EC|DSA|ENCRYPTED|ED25519|PGP){_SP})?PRIVATE{_SP}KEY"
         rf"(?:{_SP}BLOCK)?-----{_NL}{_PEM_HEADERS}[A-Za-z0-9+/=]{{40}}",
-        None,
+        _not_example,
         "PEM private key",
     ),
     PatternSpec(

@@ -72,12 +72,16 @@ def luhn_ok(digits: str) -> bool:
 
 
 def card_brand(digits: str) -> str | None:
-    """The card scheme whose IIN range and length `digits` fits, or None."""
+    """The card scheme whose IIN range and length `digits` fits, or None.
+
+    Only current lengths: 13-digit Visa numbers are long retired, Diners
+    cards are 14 or 16 digits.
+    """
     size = len(digits)
-    head2 = int(digits[:2]) if size >= 2 else -1
-    head3 = int(digits[:3]) if size >= 3 else -1
-    head4 = int(digits[:4]) if size >= 4 else -1
-    if digits.startswith("4") and size in (13, 16, 19):
+    if size < 14:
+        return None
+    head2, head3, head4 = int(digits[:2]), int(digits[:3]), int(digits[:4])
+    if digits.startswith("4") and size in (16, 19):
         return "visa"
     if (51 <= head2 <= 55 or 2221 <= head4 <= 2720) and size == 16:
         return "mastercard"
@@ -85,7 +89,7 @@ def card_brand(digits: str) -> str | None:
         return "amex"
     if (head4 == 6011 or 644 <= head3 <= 649 or head2 == 65) and 16 <= size <= 19:
         return "discover"
-    if (300 <= head3 <= 305 or head2 in (36, 38, 39)) and 14 <= size <= 19:
+    if (300 <= head3 <= 305 or head2 in (36, 38, 39)) and size in (14, 16):
         return "diners"
     if 3528 <= head4 <= 3589 and 16 <= size <= 19:
         return "jcb"
@@ -97,13 +101,26 @@ def card_brand(digits: str) -> str | None:
 _CARD_GROUPINGS = ((4, 6, 5), (4, 6, 4))
 
 
+def longest_run(text: str) -> int:
+    """Length of the longest run of one repeated character."""
+    best = run = 0
+    previous = ""
+    for char in text:
+        run = run + 1 if char == previous else 1
+        previous = char
+        best = max(best, run)
+    return best
+
+
 def card_ok(text: str) -> bool:
-    """A payment card number: known scheme and length, Luhn, plausible grouping.
+    """A payment card number: known scheme and length, Luhn, plausible layout.
 
     Separators (one space or one dash) must be used consistently: in groups
     of four (the last group may be shorter) or the 4-6-5 / 4-6-4 layout of
-    Amex and Diners. Published test cards and numbers made of fewer than
-    five different digits are rejected.
+    Amex and Diners. Numbers of 17-19 digits count only when grouped (bare
+    ones are mostly 64-bit integers: seeds, ids, nonces). Published test
+    cards, numbers of fewer than five different digits and numbers with a
+    digit repeated five times in a row are rejected.
     """
     separators = {char for char in text if char in " -"}
     if len(separators) > 1:
@@ -111,15 +128,15 @@ def card_ok(text: str) -> bool:
     digits = text.replace(" ", "").replace("-", "")
     if card_brand(digits) is None or not luhn_ok(digits):
         return False
-    if digits in TEST_CARDS or distinct(digits) < 5:
+    if digits in TEST_CARDS or distinct(digits) < 5 or longest_run(digits) >= 5:
         return False
-    if separators:
-        groups = tuple(len(part) for part in text.split(separators.pop()))
-        if groups not in _CARD_GROUPINGS:
-            *head, last = groups
-            if any(size != 4 for size in head) or not 1 <= last <= 4:
-                return False
-    return True
+    if not separators:
+        return len(digits) <= 16
+    groups = tuple(len(part) for part in text.split(separators.pop()))
+    if groups in _CARD_GROUPINGS:
+        return True
+    *head, last = groups
+    return all(size == 4 for size in head) and 1 <= last <= 4
 
 
 def iban_checksum(text: str) -> int:

@@ -169,6 +169,9 @@ class NamespaceBackend(BottleBackend):
             relay_port=RELAY_PORT,
             config_sources=config.sources,
             egress_intercept=config.egress.intercept,
+            dlp_enabled=config.dlp.enabled,
+            dlp_block=config.dlp.block,
+            dlp_patterns=tuple((p.name, p.regex) for p in config.dlp.patterns),
             intercept_exclude=config.egress.intercept_exclude,
             upstream_ca_file=config.egress.upstream_ca_file,
             bwrap=spec,
@@ -224,6 +227,9 @@ class NamespaceBackend(BottleBackend):
             ca_cert=str(runtime / "bundle" / "ca.pem"),
             ca_bundle=plan.bwrap.ca_bundle,
             upstream_ca_file=plan.upstream_ca_file,
+            dlp_enabled=plan.dlp_enabled,
+            dlp_block=plan.dlp_block,
+            dlp_patterns=plan.dlp_patterns,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

@@ -70,7 +70,8 @@ def host_sockets(
         fields = line.split(maxsplit=7)
         if len(fields) < 8 or not fields[7].startswith("/"):
             continue  # unnamed or abstract (abstract ones stay in the host's network namespace)
-        path = Path(fields[7])
+        # Judge (and cover) the real path: /var/run/x.sock is /run/x.sock, already hidden.
+        path = Path(os.path.realpath(fields[7]))
         if any(_is_within(path, root) for root in hidden):
             continue
         try:
