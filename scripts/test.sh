@@ -7,6 +7,11 @@ sudo_cmd=""
 [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 
 bash scripts/install-system-deps.sh
+# The real Claude Code CLI runs inside bottles in the end-to-end tests.
+if ! command -v claude >/dev/null 2>&1; then
+    command -v npm >/dev/null 2>&1 || $sudo_cmd apt-get install -y -qq nodejs npm
+    $sudo_cmd npm install -g --silent @anthropic-ai/claude-code
+fi
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     $sudo_cmd apt-get install -y -qq python3-venv
 fi

@@ -6,6 +6,16 @@ import re
 from collections.abc import Iterable, Mapping
 
 RELAY_PORT = 3128  # inside the bottle's own network namespace, so any port is free
+GATEWAY_PORT = 3129
+# What the bottle holds instead of a key: the gateway swaps in the real credential.
+PLACEHOLDER_API_KEY = "sk-ant-claude-bottle-placeholder-the-real-key-stays-on-the-host"
+# Claude Code's own switches for traffic the bottle would refuse anyway.
+CLAUDE_CODE_QUIET = {
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+}
 
 _PASS_THROUGH = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "PATH", "USER", "LOGNAME")
 SECRET_NAME = re.compile(
@@ -62,6 +72,9 @@ def build_env(
     env["CLAUDE_BOTTLE"] = "1"
     env["CLAUDE_BOTTLE_NAME"] = bottle
     env.update(proxy_env(relay_port))
+    env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{GATEWAY_PORT}"
+    env["ANTHROPIC_API_KEY"] = PLACEHOLDER_API_KEY
+    env.update(CLAUDE_CODE_QUIET)
     if intercept:
         env.update(ca_env())
     return env

@@ -28,7 +28,7 @@ def test_unknown_backend_exits_2(bottle_env: BottleEnv) -> None:
 
 
 def test_missing_claude_exits_3_with_install_hint(bottle_env: BottleEnv) -> None:
-    bottle_env.env["PATH"] = "/usr/bin:/bin"
+    bottle_env.env["PATH"] = str(bottle_env.root / "empty-bin")  # no claude on it
     result = bottle_env.cli("run", "--backend", bottle_env.backend, "--name", "t")
     assert result.returncode == 3
     assert "npm install -g @anthropic-ai/claude-code" in result.stderr

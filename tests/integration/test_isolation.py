@@ -245,6 +245,7 @@ def test_no_host_unix_sockets_visible(bottle_env: BottleEnv) -> None:
     sockets = set(result.stdout.split())
     assert sockets <= {
         "/run/claude-bottle/bundle/proxy.sock",
+        "/run/claude-bottle/bundle/gateway.sock",
         "/run/claude-bottle/exec/exec.sock",
     }, sockets
 

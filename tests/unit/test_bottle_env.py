@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from claude_bottle.bottle_env import build_env
+from claude_bottle.bottle_env import PLACEHOLDER_API_KEY, build_env
 
 
 def test_env_is_an_allowlist() -> None:
@@ -20,7 +20,6 @@ def test_env_is_an_allowlist() -> None:
     assert env["PATH"] == "/usr/bin" and env["TERM"] == "xterm" and env["LC_ALL"] == "C"
     assert env["RANDOM_VAR"] == "1"
     for leaked in (
-        "ANTHROPIC_API_KEY",
         "GITHUB_TOKEN",
         "AWS_SECRET_ACCESS_KEY",
         "SSH_AUTH_SOCK",
@@ -28,6 +27,9 @@ def test_env_is_an_allowlist() -> None:
         "MY_TOKEN",
     ):
         assert leaked not in env
+    # The bottle gets a placeholder key, never the host's.
+    assert env["ANTHROPIC_API_KEY"] == PLACEHOLDER_API_KEY != host["ANTHROPIC_API_KEY"]
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:3129"
 
 
 def test_proxy_variables_point_at_the_relay() -> None:

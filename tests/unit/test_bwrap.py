@@ -92,6 +92,8 @@ def test_argv_is_pinned() -> None:
         "/run/claude-bottle/relay.py",
         "--listen",
         "3128=/run/claude-bottle/bundle/proxy.sock",
+        "--listen",
+        "3129=/run/claude-bottle/bundle/gateway.sock",
         "--exec-socket",
         "/run/claude-bottle/exec/exec.sock",
         "--hold",

@@ -56,6 +56,11 @@ class BottlePlan(Printable):
     dlp_enabled: bool
     dlp_block: bool
     dlp_patterns: tuple[tuple[str, str], ...]
+    anthropic_credential: str  # where the bundle reads it (env:NAME, file:PATH, keychain)
+    anthropic_upstream: str
+    gateway_ca_file: str | None
+    max_tokens_total: int | None
+    oauth_token_url: str | None
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
 
@@ -109,6 +114,16 @@ class BottlePlan(Printable):
                         else "not scanned ([dlp] enabled = false)",
                     ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
+                ),
+            ),
+            PlanSection(
+                "anthropic api (through the gateway)",
+                (
+                    ("gateway", "127.0.0.1:3129 inside the bottle -> bundle gateway"),
+                    ("upstream", self.anthropic_upstream),
+                    ("credential", f"{self.anthropic_credential}, injected host-side"),
+                    ("bottle holds", "a placeholder key only"),
+                    ("token budget", str(self.max_tokens_total or "unlimited")),
                 ),
             ),
             PlanSection(

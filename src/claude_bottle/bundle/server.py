@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditLog
 from claude_bottle.bundle.control import MAX_LINE
@@ -49,6 +50,7 @@ class Bundle:
         self._inspector: asyncio.Future[DlpInspector | None] | None = None
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
+        self.gateway = _gateway(settings, self.record)
         self._stopping = asyncio.Event()
 
     def record(self, kind: str, decision: str, **fields: Any) -> None:
@@ -81,6 +83,18 @@ class Bundle:
                 inspector,
             ).serve()
 
+    async def _gateway_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        from claude_bottle.bundle.gateway import AnthropicGateway
+
+        assert self.gateway is not None
+        upstream, credentials, budget = self.gateway
+        async with self._slots:
+            await AnthropicGateway(
+                upstream, credentials, self.record, reader, writer, budget=budget
+            ).serve()
+
     async def _control_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -99,7 +113,19 @@ class Bundle:
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "stats":
-            return {"ok": True, **self.stats.__dict__, "allow": list(self.gate.allowlist.patterns)}
+            tokens = {}
+            if self.gateway is not None:
+                budget = self.gateway[2]
+                tokens = {
+                    "input_tokens": budget.input_tokens,
+                    "output_tokens": budget.output_tokens,
+                }
+            return {
+                "ok": True,
+                **self.stats.__dict__,
+                **tokens,
+                "allow": list(self.gate.allowlist.patterns),
+            }
         if op == "allow":
             try:
                 pattern = await self.gate.allow(str(request.get("host", "")))
@@ -129,7 +155,10 @@ class Bundle:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._stopping.set)
-        for path in (self.settings.proxy_socket, self.settings.control_socket):
+        sockets = [self.settings.proxy_socket, self.settings.control_socket]
+        if self.settings.gateway_socket:
+            sockets.append(self.settings.gateway_socket)
+        for path in sockets:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         old_umask = os.umask(0o077)
@@ -140,6 +169,12 @@ class Bundle:
             control = await asyncio.start_unix_server(
                 self._control_client, self.settings.control_socket
             )
+            gateway = None
+            if self.settings.gateway_socket and self.gateway is not None:
+                gateway = await asyncio.start_unix_server(
+                    self._gateway_client, self.settings.gateway_socket, limit=256 * 1024
+                )
+                os.chmod(self.settings.gateway_socket, 0o666)
         finally:
             os.umask(old_umask)
         # The bottle may run as another uid (docker); the proxy socket must stay connectable.
@@ -159,6 +194,8 @@ class Bundle:
             os.close(ready_fd)
         async with proxy, control:
             await self._stopping.wait()
+        if gateway is not None:
+            gateway.close()
         self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
         self.audit.close()
 
@@ -178,6 +215,53 @@ def _interception(settings: BundleSettings) -> Interception | None:
         upstream_context(settings.upstream_ca_file),
         Allowlist(settings.intercept_exclude),
     )
+
+
+def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any] | None:
+    """Upstream, credential provider and token budget, or None without a gateway socket.
+
+    The credential is read here, in the bundle, from the host: it never passes through
+    a file the bottle can see, nor through the CLI's arguments.
+    """
+    if not settings.gateway_socket:
+        return None
+    from claude_bottle.bundle.credentials import (
+        CredentialProvider,
+        http_refresher,
+        load_credential,
+    )
+    from claude_bottle.bundle.gateway import GatewayUpstream, TokenBudget
+    from claude_bottle.errors import BottleError
+
+    upstream_host = urlsplit(settings.anthropic_upstream).hostname or ""
+    pin = next((p for p in settings.pins if p.host == upstream_host), None)
+    upstream = GatewayUpstream(
+        settings.anthropic_upstream,
+        ca_file=settings.gateway_ca_file,
+        connect_to=(pin.address, pin.port or 443) if pin is not None else None,
+    )
+    try:
+        credential = load_credential(settings.anthropic_credential, os.environ, Path.home())
+    except BottleError as exc:
+        message = exc.message
+
+        async def unavailable() -> Any:
+            raise BottleError(message)
+
+        return upstream, unavailable, TokenBudget(settings.max_tokens_total)
+    refresher = None
+    if credential.kind == "oauth" and credential.refresh_token:
+        refresher = (
+            http_refresher(settings.oauth_token_url)
+            if settings.oauth_token_url
+            else http_refresher()
+        )
+
+    def on_error(message: str) -> None:
+        record("gateway", "error", rule="gateway:refresh", detail={"reason": message[:300]})
+
+    provider = CredentialProvider(credential, refresher, on_error=on_error)
+    return upstream, provider, TokenBudget(settings.max_tokens_total)
 
 
 def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:

@@ -34,6 +34,12 @@ class BundleSettings:
     dlp_enabled: bool = False
     dlp_block: bool = True
     dlp_patterns: tuple[tuple[str, str], ...] = ()
+    gateway_socket: str | None = None
+    anthropic_credential: str = "env:ANTHROPIC_API_KEY"  # a spec, never the value
+    anthropic_upstream: str = "https://api.anthropic.com"
+    gateway_ca_file: str | None = None
+    max_tokens_total: int | None = None
+    oauth_token_url: str | None = None
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

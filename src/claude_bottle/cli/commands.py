@@ -78,8 +78,18 @@ def _is_tty() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
+def _check_credential(plan: BottlePlan) -> None:
+    """Claude Code without a usable credential would only fail inside: say so before launch."""
+    if not plan.command or os.path.basename(plan.command[0]) != "claude":
+        return
+    from claude_bottle.bundle.credentials import load_credential
+
+    load_credential(plan.anthropic_credential, os.environ, Path.home())  # raises, exit 3
+
+
 def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
     backend, plan = _prepare(command, detach=detach, **options)
+    _check_credential(plan)
     existing = state.read_record(plan.name)
     if existing is not None and state.is_live(existing):
         raise ConfigError(
@@ -157,6 +167,7 @@ def resume(name: str) -> int:
         workspace=record.get("workspace"),
         config_file=None,
     )
+    _check_credential(plan)
     _cleanup_one(record)
     return _launch_and_run(backend, plan, detach=False)
 

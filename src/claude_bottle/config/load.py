@@ -49,6 +49,7 @@ from claude_bottle.config.model import (
     DlpConfig,
     DlpPattern,
     EgressConfig,
+    GatewayConfig,
     GitRemote,
     ResolvePin,
 )
@@ -92,6 +93,7 @@ _Spec: TypeAlias = _Scalar | _ListOf | _Table | _MapOf
 _STR: Final = _Scalar(str, "a string", "strings")
 _BOOL: Final = _Scalar(bool, "a boolean (true or false)", "booleans")
 _STRS: Final = _ListOf(_STR)
+_INT: Final = _Scalar(int, "an integer", "integers")
 
 SCHEMA: Final = _Table(
     {
@@ -117,6 +119,14 @@ SCHEMA: Final = _Table(
             }
         ),
         "credentials": _Table({"anthropic": _STR}),
+        "gateway": _Table(
+            {
+                "anthropic_upstream": _STR,
+                "upstream_ca_file": _STR,
+                "max_tokens_total": _INT,
+                "oauth_token_url": _STR,
+            }
+        ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
         "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
     }
@@ -326,6 +336,7 @@ class _Merged:
     dlp_block: bool = True
     patterns: dict[str, DlpPattern] = field(default_factory=dict)
     anthropic: str = DEFAULT_ANTHROPIC_CREDENTIAL
+    gateway: dict[str, object] = field(default_factory=dict)
     remotes: dict[str, _RemoteDraft] = field(default_factory=dict)
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
@@ -346,6 +357,7 @@ class _Merged:
             self.anthropic = _check_credential(
                 _str(credentials["anthropic"]), "credentials.anthropic", src
             )
+        self.apply_gateway(_table(data.get("gateway")), src)
         remotes = _table(_table(data.get("git")).get("remotes"))
         for name, remote in remotes.items():
             self.apply_remote(name, _table(remote), src)
@@ -414,6 +426,37 @@ class _Merged:
                 self.patterns.pop(pattern.name, None)
                 self.patterns[pattern.name] = pattern
 
+    def apply_gateway(self, gateway: Mapping[str, object], src: _Source) -> None:
+        for key in ("anthropic_upstream", "oauth_token_url"):
+            if key in gateway:
+                url = _str(gateway[key])
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+                    raise src.error(
+                        f"gateway.{key}",
+                        f"expected an http(s):// URL, got {_quote(url)}",
+                        'e.g. "https://api.anthropic.com"',
+                    )
+                self.gateway[key] = url
+        if "upstream_ca_file" in gateway:
+            ca_file = Path(_str(gateway["upstream_ca_file"])).expanduser()
+            if not ca_file.is_file():
+                raise src.error(
+                    "gateway.upstream_ca_file",
+                    f"{ca_file} is not a file",
+                    "point it at a PEM file of CA certificates, or remove the key",
+                )
+            self.gateway["upstream_ca_file"] = str(ca_file.resolve())
+        if "max_tokens_total" in gateway:
+            limit = gateway["max_tokens_total"]
+            if not isinstance(limit, int) or limit <= 0:
+                raise src.error(
+                    "gateway.max_tokens_total",
+                    "expected a positive integer",
+                    "e.g. max_tokens_total = 2000000",
+                )
+            self.gateway["max_tokens_total"] = limit
+
     def apply_remote(self, name: str, remote: Mapping[str, object], src: _Source) -> None:
         key = _key("git.remotes", name)
         if not _REMOTE_NAME.fullmatch(name):
@@ -481,6 +524,7 @@ class _Merged:
                 patterns=tuple(self.patterns.values()),
             ),
             credentials=CredentialsConfig(anthropic=self.anthropic),
+            gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(
                 command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)

@@ -55,6 +55,14 @@ class CredentialsConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    anthropic_upstream: str = "https://api.anthropic.com"
+    upstream_ca_file: str | None = None  # extra CA for the upstream (tests)
+    max_tokens_total: int | None = None  # stop a runaway bottle
+    oauth_token_url: str | None = None  # where host-side OAuth refresh goes
+
+
+@dataclass(frozen=True)
 class GitRemote:
     name: str
     url: str
@@ -75,6 +83,7 @@ class Config:
     egress: EgressConfig = field(default_factory=EgressConfig)
     dlp: DlpConfig = field(default_factory=DlpConfig)
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     git_remotes: tuple[GitRemote, ...] = ()
     bottle: BottleSection = field(default_factory=BottleSection)
     sources: tuple[str, ...] = ()  # config files that were honoured, in order

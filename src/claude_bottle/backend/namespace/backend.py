@@ -28,6 +28,7 @@ from claude_bottle.backend.namespace.toolchain import (
 from claude_bottle.bottle_env import RELAY_PORT, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
@@ -172,6 +173,11 @@ class NamespaceBackend(BottleBackend):
             dlp_enabled=config.dlp.enabled,
             dlp_block=config.dlp.block,
             dlp_patterns=tuple((p.name, p.regex) for p in config.dlp.patterns),
+            anthropic_credential=config.credentials.anthropic,
+            anthropic_upstream=config.gateway.anthropic_upstream,
+            gateway_ca_file=config.gateway.upstream_ca_file,
+            max_tokens_total=config.gateway.max_tokens_total,
+            oauth_token_url=config.gateway.oauth_token_url,
             intercept_exclude=config.egress.intercept_exclude,
             upstream_ca_file=config.egress.upstream_ca_file,
             bwrap=spec,
@@ -212,6 +218,7 @@ class NamespaceBackend(BottleBackend):
             # Exists before bwrap binds it; the bundle fills it in place before it is ready.
             Path(plan.bwrap.ca_bundle).touch(mode=0o644)
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+        seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home))
 
         settings = BundleSettings(
             bottle=plan.name,
@@ -230,6 +237,12 @@ class NamespaceBackend(BottleBackend):
             dlp_enabled=plan.dlp_enabled,
             dlp_block=plan.dlp_block,
             dlp_patterns=plan.dlp_patterns,
+            gateway_socket=str(runtime / "bundle" / "gateway.sock"),
+            anthropic_credential=plan.anthropic_credential,
+            anthropic_upstream=plan.anthropic_upstream,
+            gateway_ca_file=plan.gateway_ca_file,
+            max_tokens_total=plan.max_tokens_total,
+            oauth_token_url=plan.oauth_token_url,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from claude_bottle.bottle_env import SYSTEM_CA_BUNDLE
+from claude_bottle.bottle_env import GATEWAY_PORT, SYSTEM_CA_BUNDLE
 
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
 
@@ -101,6 +101,8 @@ def relay_argv(python: str, relay_port: int) -> Sequence[str]:
         f"{BOTTLE_RUN}/relay.py",
         "--listen",
         f"{relay_port}={BOTTLE_RUN}/bundle/proxy.sock",
+        "--listen",
+        f"{GATEWAY_PORT}={BOTTLE_RUN}/bundle/gateway.sock",
         "--exec-socket",
         f"{BOTTLE_RUN}/exec/exec.sock",
         "--hold",

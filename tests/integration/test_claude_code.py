@@ -1,0 +1,78 @@
+"""The real Claude Code CLI in a real bottle, talking to a fake Anthropic API through the gateway.
+
+The fake (tests/fakes/fake_anthropic.py) stands in for api.anthropic.com, which this
+machine cannot reach; it answers only calls that carry the real key.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.integration.conftest import BottleEnv
+
+pytestmark = pytest.mark.integration
+
+REAL_KEY = "sk-ant-api03-" + "TestOnlyRealKey" * 6 + "-AbCdEfAA"
+CANNED = "Hello from the fake Anthropic API, through the bottle's gateway."
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(CANNED, api_key=REAL_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def claude_env(bottle_env: BottleEnv, fake_api: FakeAnthropic) -> BottleEnv:
+    if shutil.which("claude", path=bottle_env.env["PATH"]) is None:
+        pytest.skip("Claude Code is not installed: npm install -g @anthropic-ai/claude-code")
+    bottle_env.env["ANTHROPIC_API_KEY"] = REAL_KEY  # on the host only
+    bottle_env.write_config(f"""
+[gateway]
+anthropic_upstream = "{fake_api.url}"
+[dlp]
+enabled = true
+""")
+    return bottle_env
+
+
+def test_claude_print_mode_gets_the_canned_reply(
+    claude_env: BottleEnv, fake_api: FakeAnthropic
+) -> None:
+    result = claude_env.run("claude", "-p", "Say hello", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert CANNED in result.stdout
+    calls = [r for r in fake_api.requests if r.path.startswith("/v1/messages")]
+    assert calls, [r.path for r in fake_api.requests]
+    assert all(r.headers.get("x-api-key") == REAL_KEY for r in calls)  # injected host-side
+    events = [json.loads(line) for line in (claude_env.state_dir() / "audit.jsonl").open()]
+    gateway = [e for e in events if e["kind"] == "gateway" and "/v1/messages" in str(e["path"])]
+    assert gateway and all(e["decision"] == "allow" for e in gateway)
+    assert REAL_KEY not in (claude_env.state_dir() / "audit.jsonl").read_text()
+
+
+def test_the_key_is_nowhere_in_the_bottle(claude_env: BottleEnv) -> None:
+    ws = claude_env.workspace
+    result = claude_env.sh(
+        "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; cat /proc/*/cmdline 2>/dev/null; "
+        # The pattern is assembled at run time so this script's own text does not match.
+        f'k=TestOnly; grep -rs "${{k}}RealKey" $HOME {ws} /run/claude-bottle /tmp '
+        "&& echo found-in-$((40+2)); "
+        "echo scanned"
+    )
+    assert "scanned" in result.stdout, result.stderr
+    assert "TestOnlyRealKey" not in result.stdout + result.stderr
+    assert "found-in-42" not in result.stdout
+
+
+def test_missing_credential_fails_before_the_bottle_starts(claude_env: BottleEnv) -> None:
+    del claude_env.env["ANTHROPIC_API_KEY"]
+    result = claude_env.run("claude", "-p", "hi")
+    assert result.returncode == 3, result.stderr
+    assert "ANTHROPIC_API_KEY" in result.stderr
+    assert not (claude_env.state_dir() / "bottle.json").exists()
