@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.upstream import RecordingHTTPServer
 
-BACKENDS = ["namespace"]
+BACKENDS = ["namespace", "smolmachines"]
 
 
 def backend_unavailable(name: str) -> str | None:

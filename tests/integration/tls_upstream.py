@@ -15,8 +15,13 @@ from tests.integration.upstream import RecordingHTTPServer
 
 
 def _cert(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
-    issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool, san: str | None = None,
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    san: str | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -50,7 +55,8 @@ class TLSUpstream(RecordingHTTPServer):
         chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
         key_file.write_bytes(
             key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
         )

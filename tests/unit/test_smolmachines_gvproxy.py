@@ -10,12 +10,18 @@ pkg/services/dns (`addLocalAnswers`).
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse the rendered config")
+
+def load(text: str) -> Any:
+    """Parse YAML the way gvproxy's yaml.v3 would for this subset (needs PyYAML)."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse the rendered config")
+    return yaml.safe_load(text)
+
 
 TOP_LEVEL_KEYS = {
     "listen", "log-level", "stack", "interfaces", "forwards", "pid-file", "log-file",
@@ -68,7 +74,7 @@ def test_same_input_same_bytes() -> None:
 
 
 def test_uses_only_gvproxy_keys() -> None:
-    config = yaml.safe_load(render())
+    config = load(render())
     assert set(config) <= TOP_LEVEL_KEYS
     stack = config["stack"]
     assert set(stack) <= STACK_KEYS
@@ -83,7 +89,7 @@ def test_uses_only_gvproxy_keys() -> None:
 
 
 def test_ip_rules_gvproxy_validates() -> None:
-    stack = yaml.safe_load(render())["stack"]
+    stack = load(render())["stack"]
     subnet = ipaddress.ip_network(stack["subnet"])
     ips = [ipaddress.ip_address(stack[k]) for k in ("gatewayIP", "deviceIP", "hostIP")]
     assert len(set(ips)) == 3
@@ -106,7 +112,7 @@ def _lookup(config: dict[str, object], name: str) -> str:
 
 
 def test_only_proxy_internal_is_in_the_zone() -> None:
-    config = yaml.safe_load(render())
+    config = load(render())
     assert _lookup(config, "proxy.internal.") == "192.168.50.254"
     assert _lookup(config, "api.internal.") == "NXDOMAIN"
     assert _lookup(config, "host.containers.internal.") == "NXDOMAIN"
@@ -116,7 +122,7 @@ def test_only_proxy_internal_is_in_the_zone() -> None:
 
 
 def test_proxy_internal_reaches_host_loopback_and_nothing_else_is_natted() -> None:
-    stack = yaml.safe_load(render())["stack"]
+    stack = load(render())["stack"]
     assert stack["nat"] == {"192.168.50.254": "127.0.0.1"}
     assert stack["gatewayVirtualIPs"] == ["192.168.50.254"]
     # No host->guest port forwards and no gvproxy-default zones or ssh forward.

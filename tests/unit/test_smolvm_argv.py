@@ -22,6 +22,7 @@ from claude_bottle.backend.smolmachines.prepare import Stage, relay_command
 from claude_bottle.backend.smolmachines.util import wheel_binary
 
 EXE = "/usr/local/bin/smolvm"
+RUN = "claude_bottle.backend.smolmachines.smolvm.subprocess.run"
 SPEC = smolvm.MachineSpec(
     name="cb-proj-abcde",
     from_path="/home/alice/.cache/claude-bottle/smolmachines/0f1e.smolmachine",
@@ -158,6 +159,7 @@ def test_machine_create_argv_has_no_network_flag() -> None:
         "--",
         "python3", "-I", "-S", "/opt/claude-bottle/relay.py",
         "--listen", "3128=/run/claude-bottle/proxy.sock",
+        "--listen", "3129=/run/claude-bottle/gateway.sock",
         "--ready-file", "/run/claude-bottle/state/ready",
         "--hold",
     ]  # fmt: skip
@@ -182,6 +184,7 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
     spec = machine_spec(plan, stage, Path("/cache/x.smolmachine"))
     assert spec.mount_sockets == (
         (str(tmp_path / "bundle" / "proxy.sock"), "/run/claude-bottle/proxy.sock"),
+        (str(tmp_path / "bundle" / "gateway.sock"), "/run/claude-bottle/gateway.sock"),
     )
     assert spec.volumes == (
         (str(tmp_path / "lib"), "/opt/claude-bottle", True),
@@ -253,9 +256,7 @@ def _completed(rc: int, out: str = "", err: str = "") -> subprocess.CompletedPro
 
 
 def test_exec_returns_the_commands_failure_as_a_result() -> None:
-    with mock.patch.object(
-        smolvm.subprocess, "run", return_value=_completed(42, "o", "e\n")
-    ) as run:
+    with mock.patch(RUN, return_value=_completed(42, "o", "e\n")) as run:
         result = smolvm.machine_exec(EXE, "cb-x", ["false"])
     assert result == smolvm.SmolvmResult(42, "o", "e\n")
     assert run.call_args.args[0] == [EXE, "machine", "exec", "--name", "cb-x", "--", "false"]
@@ -264,7 +265,7 @@ def test_exec_returns_the_commands_failure_as_a_result() -> None:
 def test_other_subcommands_raise_with_returncode_and_stderr() -> None:
     err = "note: no packed assets found for 'smol-vmm' (...)\nError: vm not found: cb-x\n"
     with (
-        mock.patch.object(smolvm.subprocess, "run", return_value=_completed(1, "", err)),
+        mock.patch(RUN, return_value=_completed(1, "", err)),
         pytest.raises(smolvm.SmolvmError) as caught,
     ):
         smolvm.machine_start(EXE, "cb-x")

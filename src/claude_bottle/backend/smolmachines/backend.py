@@ -23,13 +23,13 @@ from claude_bottle.backend.smolmachines.bottle_cleanup_plan import (
 from claude_bottle.backend.smolmachines.bottle_plan import SmolmachinesBottlePlan
 from claude_bottle.backend.smolmachines.launch import (
     PackImage,
-    StartBundle,
+    SpawnBundle,
     launch_bottle,
     teardown,
 )
 from claude_bottle.backend.smolmachines.prepare import resolve_plan
-from claude_bottle.bundle.launcher import start_bundle
-from claude_bottle.errors import MissingDependency
+from claude_bottle.bundle.launcher import spawn_bundle
+from claude_bottle.errors import BottleError, MissingDependency
 
 
 class SmolmachinesBackend(BottleBackend):
@@ -42,12 +42,12 @@ class SmolmachinesBackend(BottleBackend):
         checks: Callable[[], list[str]] | None = None,
         find: Callable[[], util.SmolvmBinary | None] = util.find_smolvm,
         pack_image: PackImage | None = None,
-        bundle_starter: StartBundle = start_bundle,
+        bundle_spawner: SpawnBundle = spawn_bundle,
     ) -> None:
         self._checks = checks or util.preflight
         self._find = find
         self._pack_image = pack_image
-        self._bundle_starter = bundle_starter
+        self._bundle_spawner = bundle_spawner
 
     def preflight(self) -> list[str]:
         return self._checks()
@@ -75,7 +75,7 @@ class SmolmachinesBackend(BottleBackend):
                 binary,
                 backend=self.name,
                 pack_image=self._pack_image,
-                bundle_starter=self._bundle_starter,
+                bundle_spawner=self._bundle_spawner,
             )
             try:
                 yield bottle
@@ -109,10 +109,15 @@ class SmolmachinesBackend(BottleBackend):
 
     def stop(self, record: dict[str, Any]) -> None:
         machine = record.get("machine") or util.machine_name(str(record["name"]))
-        teardown(self._binary_of(record), machine, record.get("processes", {}))
+        problems = teardown(self._binary_of(record), machine, record.get("processes", {}))
         runtime = record.get("runtime_dir")
         if runtime and Path(runtime).parent == paths.runtime_root():
             shutil.rmtree(runtime, ignore_errors=True)
+        if problems:
+            raise BottleError(
+                f"bottle {record['name']}: the microVM {machine} may be left: {problems[0]}",
+                "claude-bottle cleanup, or: smolvm machine delete --name " + machine + " --force",
+            )
 
     def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
         found = self._find()

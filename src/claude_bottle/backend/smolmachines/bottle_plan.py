@@ -12,6 +12,7 @@ from claude_bottle.plan import PlanSection
 GUEST_RUN = "/run/claude-bottle"
 GUEST_BUNDLE = f"{GUEST_RUN}/bundle"  # host-backed, read-only: the bundle's CA files
 GUEST_PROXY_SOCKET = f"{GUEST_RUN}/proxy.sock"  # --mount-socket of the bundle's proxy.sock
+GUEST_GATEWAY_SOCKET = f"{GUEST_RUN}/gateway.sock"  # --mount-socket of its gateway.sock
 GUEST_STATE = f"{GUEST_RUN}/state"  # host-backed, read-write: the relay's ready file
 GUEST_READY_FILE = f"{GUEST_STATE}/ready"
 GUEST_LIB = "/opt/claude-bottle"  # host-backed, read-only: relay.py
@@ -41,6 +42,7 @@ class SmolmachinesBottlePlan(BottlePlan):
             ("image", f"{self.image} (docker save -> smolvm pack, cached by digest)"),
             ("network", network),
             ("bundle", f"{GUEST_PROXY_SOCKET} <- bundle proxy.sock (--mount-socket, vsock)"),
+            ("gateway", f"{GUEST_GATEWAY_SOCKET} <- bundle gateway.sock (--mount-socket, vsock)"),
             ("relay", " ".join(self.relay_command)),
             ("workspace", f"{self.workspace} (virtiofs, read-write)"),
             ("home", f"{self.home} <- {self.home_source} (bottle's own, writable)"),

@@ -22,6 +22,7 @@ from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
 from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
+    GUEST_GATEWAY_SOCKET,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_STATE,
@@ -29,13 +30,14 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack, write_stage
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
-from claude_bottle.bundle.launcher import start_bundle, stop_process
+from claude_bottle.bundle.launcher import PendingBundle, spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
 
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
-StartBundle = Callable[..., "subprocess.Popen[bytes]"]
+SpawnBundle = Callable[..., PendingBundle]
 PackImage = Callable[[str, str], Path]
 
 
@@ -44,7 +46,10 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
         name=plan.machine,
         from_path=str(pack),
         command=plan.relay_command,
-        mount_sockets=((str(stage.proxy_socket), GUEST_PROXY_SOCKET),),
+        mount_sockets=(
+            (str(stage.proxy_socket), GUEST_PROXY_SOCKET),
+            (str(stage.gateway_socket), GUEST_GATEWAY_SOCKET),
+        ),
         volumes=(
             (str(stage.lib), GUEST_LIB, True),
             (str(stage.proxy_socket.parent), GUEST_BUNDLE, True),
@@ -64,7 +69,7 @@ def launch_bottle(
     *,
     backend: str = "smolmachines",
     pack_image: PackImage | None = None,
-    bundle_starter: StartBundle = start_bundle,
+    bundle_spawner: SpawnBundle = spawn_bundle,
 ) -> SmolmachinesBottle:
     if plan.network != "none":
         raise ConfigError(
@@ -91,8 +96,9 @@ def launch_bottle(
     stack.callback(shutil.rmtree, runtime, True)
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+    seed_claude_home(Path(plan.home_source), Path.home())
 
-    pack = (pack_image or (lambda image, path: ensure_agent_pack(image, path)))(plan.image, exe)
+    pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 
     bundle_dir = stage.proxy_socket.parent
     settings = BundleSettings(
@@ -109,18 +115,29 @@ def launch_bottle(
         ca_cert=str(bundle_dir / "ca.pem"),
         ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
         upstream_ca_file=plan.upstream_ca_file,
+        dlp_enabled=plan.dlp_enabled,
+        dlp_block=plan.dlp_block,
+        dlp_patterns=plan.dlp_patterns,
+        gateway_socket=str(stage.gateway_socket),
+        anthropic_credential=plan.anthropic_credential,
+        anthropic_upstream=plan.anthropic_upstream,
+        gateway_ca_file=plan.gateway_ca_file,
+        max_tokens_total=plan.max_tokens_total,
+        oauth_token_url=plan.oauth_token_url,
     )
     settings.dump(stage.settings)
-    bundle = bundle_starter(
+    # The bundle starts while smolvm creates the machine; both are needed before `start`.
+    pending = bundle_spawner(
         stage.settings, state_dir / "bundle.log", die_with_parent=not plan.detach
     )
-    stack.callback(stop_process, bundle)
+    stack.callback(stop_process, pending.process)
 
     try:
         smolvm.machine_create(exe, machine_spec(plan, stage, pack))
     except smolvm.SmolvmError as exc:
         raise LaunchError(f"cannot create the microVM: {exc.message}", exc.hint) from exc
     stack.callback(_delete_quietly, exe, plan.machine)
+    bundle = pending.wait_ready()
     try:
         smolvm.machine_start(exe, plan.machine)
     except smolvm.SmolvmError as exc:

@@ -23,6 +23,7 @@ from claude_bottle.backend.base import LaunchRequest
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
+    GUEST_GATEWAY_SOCKET,
     GUEST_HOME,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
@@ -31,7 +32,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
-from claude_bottle.bottle_env import DEFAULT_PATH, RELAY_PORT, build_env
+from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
 from claude_bottle.errors import ConfigError, LaunchError
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
@@ -45,7 +46,7 @@ PACK_SUFFIX = ".smolmachine"
 
 
 def relay_command(python: str = "python3") -> tuple[str, ...]:
-    """The machine's workload: the relay, serving 127.0.0.1:RELAY_PORT until stopped."""
+    """The machine's workload: the relay, serving the proxy and gateway ports until stopped."""
     return (
         python,
         "-I",
@@ -53,6 +54,8 @@ def relay_command(python: str = "python3") -> tuple[str, ...]:
         f"{GUEST_LIB}/relay.py",
         "--listen",
         f"{RELAY_PORT}={GUEST_PROXY_SOCKET}",
+        "--listen",
+        f"{GATEWAY_PORT}={GUEST_GATEWAY_SOCKET}",
         "--ready-file",
         GUEST_READY_FILE,
         "--hold",
@@ -104,6 +107,14 @@ def resolve_plan(
         relay_port=RELAY_PORT,
         config_sources=config.sources,
         egress_intercept=intercept,
+        dlp_enabled=config.dlp.enabled,
+        dlp_block=config.dlp.block,
+        dlp_patterns=tuple((p.name, p.regex) for p in config.dlp.patterns),
+        anthropic_credential=config.credentials.anthropic,
+        anthropic_upstream=config.gateway.anthropic_upstream,
+        gateway_ca_file=config.gateway.upstream_ca_file,
+        max_tokens_total=config.gateway.max_tokens_total,
+        oauth_token_url=config.gateway.oauth_token_url,
         intercept_exclude=config.egress.intercept_exclude,
         upstream_ca_file=config.egress.upstream_ca_file,
         machine=machine_name(request.name),
@@ -125,6 +136,7 @@ class Stage:
 
     root: Path
     proxy_socket: Path  # the bundle listens here; mounted into the guest
+    gateway_socket: Path  # the bundle's API gateway; mounted into the guest
     control_socket: Path
     settings: Path  # bundle.json
     lib: Path  # mounted read-only at GUEST_LIB (relay.py)
@@ -140,6 +152,7 @@ class Stage:
         return cls(
             root=root,
             proxy_socket=root / "bundle" / "proxy.sock",
+            gateway_socket=root / "bundle" / "gateway.sock",
             control_socket=root / "control.sock",
             settings=root / "bundle.json",
             lib=root / "lib",
@@ -157,7 +170,11 @@ def write_stage(plan: SmolmachinesBottlePlan, root: Path) -> Stage:
     os.chmod(stage.lib / "relay.py", 0o644)
     if stage.gvproxy_config is not None:
         stage.gvproxy_config.write_text(
-            render_gvproxy_config(plan.subnet, plan.gateway, {plan.relay_port: "egress proxy"})
+            render_gvproxy_config(
+                plan.subnet,
+                plan.gateway,
+                {plan.relay_port: "egress proxy", GATEWAY_PORT: "api gateway"},
+            )
         )
     return stage
 
