@@ -80,6 +80,19 @@ class BottleEnv:
             timeout=timeout,
         )
 
+    def start(self, script: str, name: str = "t") -> subprocess.Popen[str]:
+        """`run -- /bin/sh -c script` in the background, with text pipes for stdout/stderr."""
+        argv = [sys.executable, "-m", "claude_bottle", "run", "--backend", self.backend]
+        return subprocess.Popen(
+            [*argv, "--name", name, "--", "/bin/sh", "-c", script],
+            env=self.env,
+            cwd=self.workspace,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
     def sh(
         self, script: str, name: str = "t", timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -262,27 +261,8 @@ def test_missing_command_fails_like_a_shell(bottle_env: BottleEnv) -> None:
 
 
 def test_sigterm_is_forwarded(bottle_env: BottleEnv) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            bottle_env.backend,
-            "--name",
-            "t",
-            "--",
-            "/bin/sh",
-            "-c",
-            "trap 'echo got-term; exit 42' TERM; echo started; while :; do sleep 0.1; done",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
+    proc = bottle_env.start(
+        "trap 'echo got-term; exit 42' TERM; echo started; while :; do sleep 0.1; done"
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
@@ -331,28 +311,9 @@ def test_audit_mode_logs_without_blocking(bottle_env: BottleEnv) -> None:
 
 def test_allow_command_opens_a_host_for_a_running_bottle(bottle_env: BottleEnv) -> None:
     flag = bottle_env.workspace / "go"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            bottle_env.backend,
-            "--name",
-            "t",
-            "--",
-            "/bin/sh",
-            "-c",
-            f"curl -s -o /dev/null -w '%{{http_code}}\\n' http://denied.test/1; "
-            f"while [ ! -e {flag} ]; do sleep 0.05; done; curl -s http://denied.test/2",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
+    proc = bottle_env.start(
+        f"curl -s -o /dev/null -w '%{{http_code}}\\n' http://denied.test/1; "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done; curl -s http://denied.test/2"
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "403"
@@ -364,28 +325,7 @@ def test_allow_command_opens_a_host_for_a_running_bottle(bottle_env: BottleEnv) 
 
 
 def test_bundle_death_stops_the_bottle(bottle_env: BottleEnv) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            bottle_env.backend,
-            "--name",
-            "t",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo started; sleep 60",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = bottle_env.start("echo started; sleep 60")
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     record = json.loads((bottle_env.state_dir() / "bottle.json").read_text())
@@ -397,28 +337,7 @@ def test_bundle_death_stops_the_bottle(bottle_env: BottleEnv) -> None:
 
 def test_cleanup_after_kill_9_leaves_nothing(bottle_env: BottleEnv) -> None:
     runtime = Path(bottle_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"])
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            bottle_env.backend,
-            "--name",
-            "t",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo started; sleep 60",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = bottle_env.start("echo started; sleep 60")
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     record = json.loads((bottle_env.state_dir() / "bottle.json").read_text())

@@ -170,33 +170,11 @@ def test_second_bottle_with_same_name_is_refused(bottle_env: BottleEnv) -> None:
 
 
 def test_ask_mode_holds_until_allowed(bottle_env: BottleEnv) -> None:
-    import subprocess
 
     bottle_env.config.write_text(
         bottle_env.config.read_text().replace("[egress]", '[egress]\nmode = "ask"')
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            bottle_env.backend,
-            "--name",
-            "t",
-            "--",
-            "/bin/sh",
-            "-c",
-            "curl -sS --max-time 20 http://denied.test/held",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = bottle_env.start("curl -sS --max-time 20 http://denied.test/held")
     log = bottle_env.state_dir() / "audit.jsonl"
     deadline = time.monotonic() + 15
     while '"pending"' not in (log.read_text() if log.exists() else ""):

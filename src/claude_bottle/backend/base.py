@@ -148,6 +148,49 @@ class CleanupPlan(Printable):
         return [PlanSection(f"cleanup ({self.backend})", rows)]
 
 
+def common_plan_fields(
+    backend: str,
+    request: LaunchRequest,
+    *,
+    state_dir: str,
+    runtime_dir: str,
+    env: dict[str, str],
+    relay_port: int,
+) -> dict[str, Any]:
+    """Every BottlePlan field that comes straight from the request and its config.
+
+    Backends pass these with `**` and add only their own, so a new shared field is
+    added in one place.
+    """
+    config = request.config
+    return {
+        "backend": backend,
+        "name": request.name,
+        "workspace": str(request.workspace.resolve()),
+        "command": request.command,
+        "state_dir": state_dir,
+        "runtime_dir": runtime_dir,
+        "egress_allow": config.egress.allow,
+        "egress_deny": config.egress.deny,
+        "egress_mode": config.egress.mode,
+        "egress_pins": tuple((p.host, p.address, p.port) for p in config.egress.resolve),
+        "env": env,
+        "relay_port": relay_port,
+        "config_sources": config.sources,
+        "egress_intercept": config.egress.intercept,
+        "intercept_exclude": config.egress.intercept_exclude,
+        "upstream_ca_file": config.egress.upstream_ca_file,
+        "dlp_enabled": config.dlp.enabled,
+        "dlp_block": config.dlp.block,
+        "dlp_patterns": tuple((p.name, p.regex) for p in config.dlp.patterns),
+        "anthropic_credential": config.credentials.anthropic,
+        "anthropic_upstream": config.gateway.anthropic_upstream,
+        "gateway_ca_file": config.gateway.upstream_ca_file,
+        "max_tokens_total": config.gateway.max_tokens_total,
+        "oauth_token_url": config.gateway.oauth_token_url,
+    }
+
+
 class Bottle(abc.ABC):
     """A running bottle: run commands in it, copy files in, close it."""
 

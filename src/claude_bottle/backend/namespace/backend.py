@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from claude_bottle import paths, state
-from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, CleanupPlan, LaunchRequest
+from claude_bottle.backend.base import (
+    Bottle,
+    BottleBackend,
+    BottlePlan,
+    CleanupPlan,
+    LaunchRequest,
+    common_plan_fields,
+)
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
@@ -155,31 +162,16 @@ class NamespaceBackend(BottleBackend):
             extra_names=config.bottle.env,
             intercept=config.egress.intercept,
         )
-        return NamespaceBottlePlan(
-            backend=self.name,
-            name=request.name,
-            workspace=workspace,
-            command=request.command,
+        common = common_plan_fields(
+            self.name,
+            request,
             state_dir=str(state_dir),
             runtime_dir=str(runtime_dir),
-            egress_allow=config.egress.allow,
-            egress_deny=config.egress.deny,
-            egress_mode=config.egress.mode,
-            egress_pins=tuple((p.host, p.address, p.port) for p in config.egress.resolve),
             env=env,
             relay_port=RELAY_PORT,
-            config_sources=config.sources,
-            egress_intercept=config.egress.intercept,
-            dlp_enabled=config.dlp.enabled,
-            dlp_block=config.dlp.block,
-            dlp_patterns=tuple((p.name, p.regex) for p in config.dlp.patterns),
-            anthropic_credential=config.credentials.anthropic,
-            anthropic_upstream=config.gateway.anthropic_upstream,
-            gateway_ca_file=config.gateway.upstream_ca_file,
-            max_tokens_total=config.gateway.max_tokens_total,
-            oauth_token_url=config.gateway.oauth_token_url,
-            intercept_exclude=config.egress.intercept_exclude,
-            upstream_ca_file=config.egress.upstream_ca_file,
+        )
+        return NamespaceBottlePlan(
+            **common,
             bwrap=spec,
         )
 

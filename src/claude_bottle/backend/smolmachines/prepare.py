@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_bottle import paths
-from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend.base import LaunchRequest, common_plan_fields
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
@@ -92,31 +92,16 @@ def resolve_plan(
         env.update({name: f"{GUEST_BUNDLE}/ca-bundle.pem" for name in CA_VARIABLES})
         env["NODE_EXTRA_CA_CERTS"] = f"{GUEST_BUNDLE}/ca.pem"
     subnet, gateway = bottle_subnet(request.name)
-    return SmolmachinesBottlePlan(
-        backend=backend,
-        name=request.name,
-        workspace=str(request.workspace.resolve()),
-        command=request.command,
+    common = common_plan_fields(
+        backend,
+        request,
         state_dir=str(state_dir),
         runtime_dir=str(runtime_dir),
-        egress_allow=config.egress.allow,
-        egress_deny=config.egress.deny,
-        egress_mode=config.egress.mode,
-        egress_pins=tuple((p.host, p.address, p.port) for p in config.egress.resolve),
         env=env,
         relay_port=RELAY_PORT,
-        config_sources=config.sources,
-        egress_intercept=intercept,
-        dlp_enabled=config.dlp.enabled,
-        dlp_block=config.dlp.block,
-        dlp_patterns=tuple((p.name, p.regex) for p in config.dlp.patterns),
-        anthropic_credential=config.credentials.anthropic,
-        anthropic_upstream=config.gateway.anthropic_upstream,
-        gateway_ca_file=config.gateway.upstream_ca_file,
-        max_tokens_total=config.gateway.max_tokens_total,
-        oauth_token_url=config.gateway.oauth_token_url,
-        intercept_exclude=config.egress.intercept_exclude,
-        upstream_ca_file=config.egress.upstream_ca_file,
+    )
+    return SmolmachinesBottlePlan(
+        **common,
         machine=machine_name(request.name),
         image=environ.get(IMAGE_ENV) or agent_image_tag(),
         network=network,
