@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -76,3 +77,29 @@ def test_missing_credential_fails_before_the_bottle_starts(claude_env: BottleEnv
     assert result.returncode == 3, result.stderr
     assert "ANTHROPIC_API_KEY" in result.stderr
     assert not (claude_env.state_dir() / "bottle.json").exists()
+
+
+def test_ls_shows_tokens_of_a_running_bottle(claude_env: BottleEnv) -> None:
+    started = claude_env.cli(
+        "run",
+        "--backend",
+        claude_env.backend,
+        "--name",
+        "tok",
+        "--detach",
+        "--",
+        "/bin/sh",
+        "-c",
+        "claude -p 'count me' > /dev/null; sleep 300",
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        (row,) = json.loads(claude_env.cli("ls", "--json").stdout)
+        if row["tokens"]:
+            break
+        assert time.monotonic() < deadline, row
+        time.sleep(0.2)
+    assert row["tokens"] > 0 and row["state"] == "running"
+    assert "TOKENS" in claude_env.cli("ls").stdout
+    claude_env.cli("stop", "tok")

@@ -192,15 +192,31 @@ def stop(name: str | None, stop_all: bool) -> None:
         _say(f"stopped {record['name']}")
 
 
+def _tokens(record: dict[str, Any]) -> int | None:
+    """Tokens the bottle's gateway has counted, if it is running and answers."""
+    from claude_bottle.bundle import control
+
+    socket_path = record.get("control_socket")
+    if not socket_path or not state.is_live(record):
+        return None
+    try:
+        stats = control.call(Path(socket_path), "stats", timeout=1.0)
+    except BottleError:
+        return None
+    return int(stats.get("input_tokens", 0)) + int(stats.get("output_tokens", 0))
+
+
 def list_bottles(as_json: bool) -> None:
     rows = []
     for record in state.all_records():
+        tokens = _tokens(record)
         rows.append(
             {
                 "name": record.get("name"),
                 "state": state.live_state(record),
                 "backend": record.get("backend", "?"),
                 "age": state.age(record),
+                "tokens": tokens,
                 "workspace": record.get("workspace", ""),
             }
         )
@@ -210,10 +226,20 @@ def list_bottles(as_json: bool) -> None:
     if not rows:
         click.echo("no bottles")
         return
-    header = ("NAME", "STATE", "BACKEND", "AGE", "WORKSPACE")
+    header = ("NAME", "STATE", "BACKEND", "AGE", "TOKENS", "WORKSPACE")
     table = [
         header,
-        *[(str(r["name"]), r["state"], r["backend"], r["age"], r["workspace"]) for r in rows],
+        *[
+            (
+                str(r["name"]),
+                r["state"],
+                r["backend"],
+                r["age"],
+                "-" if r["tokens"] is None else str(r["tokens"]),
+                r["workspace"],
+            )
+            for r in rows
+        ],
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
