@@ -25,7 +25,6 @@ from claude_bottle.policy.dlp import (
     Scanner,
     StreamScan,
     decoded_stream,
-    scan_host_labels,
 )
 
 MAX_ENCODED_BODY = 32 * 1024 * 1024  # raw bytes held while an encoded body is scanned
@@ -35,8 +34,16 @@ Recorder = Callable[..., Any]
 
 
 def host_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """The user's own secret values: host variables whose names say they are secrets."""
-    return {name: value for name, value in env.items() if SECRET_NAME.search(name) and value}
+    """The user's own secret values: host variables whose names say they are secrets.
+
+    Values that are paths or socket addresses (SSH_AUTH_SOCK, DBUS_SESSION_BUS_ADDRESS)
+    are not secrets, and fingerprinting them would block any request mentioning them.
+    """
+    return {
+        name: value
+        for name, value in env.items()
+        if SECRET_NAME.search(name) and value and not value.startswith(("/", "unix:"))
+    }
 
 
 class DlpInspector:
@@ -69,7 +76,7 @@ class DlpInspector:
 
     def check_host(self, method: str, host: str, port: int) -> None:
         """Scan host name labels; call it before the name is resolved."""
-        self._hit(scan_host_labels(host), method, host, port, "")
+        self._hit(self.scanner.scan_host(host), method, host, port, "")
 
     def check_head(
         self,

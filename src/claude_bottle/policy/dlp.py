@@ -7,10 +7,11 @@ about every URL, header, body chunk and host name leaving the bottle.
   extra patterns and the fingerprints of the user's secret values) are
   compiled into ONE multi-pattern engine and the data is scanned in one
   pass: Hyperscan if importable, else RE2 (`re2.Set`), else one combined
-  Python `re` alternation. `Scanner.engine` says which. The engine only
-  says which pattern hit where; that single pattern's regex is then run on
-  a small window around the hit to get exact bounds, and its validator
-  (Luhn, mod-97, JWT header, not-a-placeholder) decides.
+  Python `re` alternation. `Scanner.engine` says which. The engine looks
+  for each pattern's filter (its distinctive prefix, cheap to compile) and
+  only says which pattern hit where; that one pattern's full regex then
+  runs on a small window around the hit for exact bounds, and its
+  validator (Luhn, mod-97, JWT header, not-a-placeholder) decides.
 * A `Finding` names the pattern, the location the caller gave and the
   offsets; it never carries the matched text.
 * `Scanner.stream` scans a body chunk by chunk, keeping an overlap window
@@ -107,13 +108,16 @@ class _Rule:
         caseless: bool = False,
         validator: Validator | None = None,
         width: int,
+        prefilter: bytes | None = None,
     ) -> None:
         self.name = name
         self.regex = regex
         self.caseless = caseless
         self.validator = validator
         self.width = width
-        self.filter = prefix_filter(regex)
+        # What the engine looks for: a cheaper regex whose hits lie at most
+        # `filter_width` bytes after the start of a real match.
+        self.filter = prefix_filter(regex) if prefilter is None else prefilter
         self.filter_width = width if self.filter == regex else _regex_width(self.filter)[1]
         self._compiled: re.Pattern[bytes] | None = None
 
@@ -240,8 +244,8 @@ def prefix_filter(regex: bytes, repeat: int = FILTER_REPEAT) -> bytes:
             if high > repeat:
                 kept[-1] = (atom, b"{%d}" % min(low, repeat))
             break
-        if kept[:-1] == branch[: len(kept) - 1] and kept[-1] == branch[len(kept) - 1]:
-            kept = branch  # nothing but a final \b or optional part would go: keep it whole
+        if kept == branch[: len(kept)] and all(atom == b"\\b" for atom, _ in branch[len(kept) :]):
+            kept = branch  # only a final \b would go: nothing to gain, keep it
         out.append(b"".join(atom + quantifier for atom, quantifier in kept))
     return b"|".join(out)
 
@@ -278,7 +282,9 @@ def secret_forms(value: bytes) -> list[tuple[str, bytes, bool]]:
     forms.append(("url", quote_plus(value, safe="").encode("ascii"), False))
     forms.append(("url", "".join(f"%{byte:02X}" for byte in value).encode("ascii"), True))
     text = value.decode("utf-8", "surrogateescape")
-    forms.append(("json", json.dumps(text)[1:-1].encode("utf-8", "surrogateescape"), False))
+    escaped = json.dumps(text)[1:-1]
+    forms.append(("json", escaped.encode("utf-8", "surrogateescape"), False))
+    forms.append(("json", escaped.replace("/", "\\/").encode("utf-8", "surrogateescape"), False))
     unique: list[tuple[str, bytes, bool]] = []
     seen: set[tuple[bytes, bool]] = set()
     for encoding, literal, caseless in forms:
@@ -428,14 +434,14 @@ class _Re2Engine:
     def confirm(
         self, rule: _Rule, index: int, data: bytes, hints: list[int] | None
     ) -> list[tuple[int, int]]:
+        # The set says only *that* the filter hit: find where with RE2, then run
+        # the full regex around each hit as the other engines do.
         finder = self._finders.get(index)
         if finder is None:
-            try:
-                finder = self._re2.compile(rule.wrapped(rule.regex), self._options)
-            except self._re2.error:  # too large for RE2 on its own: Python's re will do
-                finder = rule.compiled()
-            self._finders[index] = finder
-        return [match.span() for match in finder.finditer(data)]
+            finder = self._finders[index] = self._re2.compile(
+                rule.wrapped(rule.filter), self._options
+            )
+        return _confirm_windows(rule, data, [match.end() for match in finder.finditer(data)])
 
 
 class _ReEngine:
@@ -473,23 +479,16 @@ class _ReEngine:
             match = search(data, position)
             if match is None:
                 break
-            start = match.start()
             bucket = found.setdefault(self._rule_of_group[match.lastindex or 0], [])
             assert bucket is not None
-            bucket.append(start)
-            position = start + 1  # overlapping: a long hit must not hide another pattern
+            bucket.append(match.end())
+            position = match.start() + 1  # overlapping: a long hit must not hide another
         return found
 
     def confirm(
         self, rule: _Rule, index: int, data: bytes, hints: list[int] | None
     ) -> list[tuple[int, int]]:
-        pattern = rule.compiled()
-        spans: list[tuple[int, int]] = []
-        for start in hints or []:
-            match = pattern.match(data, start)
-            if match is not None:
-                spans.append(match.span())
-        return spans
+        return _confirm_windows(rule, data, sorted(hints or []))
 
 
 def _pattern_problem(rule: _Rule, problem: str) -> DlpPatternError:
@@ -549,8 +548,10 @@ def _builtin_rules() -> list[_Rule]:
     rules: list[_Rule] = []
     for spec in PATTERNS:
         regex = spec.regex.encode("ascii")
+        prefilter = spec.prefilter.encode("ascii") if spec.prefilter else None
+        width = _regex_width(regex)[1]
         rules.append(
-            _Rule(spec.name, regex, validator=spec.validator, width=_regex_width(regex)[1])
+            _Rule(spec.name, regex, validator=spec.validator, width=width, prefilter=prefilter)
         )
     return rules
 
@@ -706,7 +707,7 @@ class Scanner:
         findings.sort(key=lambda finding: (finding.start, finding.end, finding.pattern))
         return findings
 
-    def rule_name(self, index: int) -> str:
+    def _rule_name(self, index: int) -> str:
         return self._rules[index].name
 
 
@@ -770,7 +771,7 @@ class StreamScan:
             ):
                 continue
             self._reported.append((index, begin, stop))
-            found.append(Finding(self._scanner.rule_name(index), self._location, begin, stop))
+            found.append(Finding(self._scanner._rule_name(index), self._location, begin, stop))
         return found
 
 
@@ -784,8 +785,8 @@ def default_scanner() -> Scanner:
 # Host labels: DNS exfiltration through an allowed wildcard
 
 HOST_RUN = 24  # shortest run of encoded-looking characters that is flagged
-HEX_ENTROPY = 3.0  # bits/symbol; random hex of 24+ symbols scores ~3.5-4.0
-BASE32_ENTROPY = 3.5  # random base32/base36 of 24+ symbols scores ~4.0-4.6
+HEX_ENTROPY = 2.5  # bits/symbol; 24 random hex digits score 2.6-3.9 (1e5 draws)
+BASE32_ENTROPY = 3.0  # 15 random bytes in base32 (24 symbols) score 3.1-4.4
 LETTERS_ENTROPY = 3.8
 MIXED_CASE_RUN = 20
 MIXED_CASE_ENTROPY = 4.0
@@ -825,14 +826,15 @@ def host_label_findings(host: str) -> list[Finding]:
     """Runs of letters and digits in the labels of `host` that look like encoded data.
 
     Flags (pattern `dns-exfil-<kind>`, location "host", offsets into `host`):
-    hex runs of 24+ symbols with entropy >= 3.0 bits (a whole label of 32+
+    hex runs of 24+ symbols with entropy >= 2.5 bits (a whole label of 32+
     hex digits, dashes ignored, too: a UUID label carries 16 bytes);
-    base32/base36 runs of 24+ mixing letters and digits with entropy >= 3.5;
+    base32/base36 runs of 24+ mixing letters and digits with entropy >= 3.0;
     24+ letters with few vowels and entropy >= 3.8; labels of 20+ mixing
     upper and lower case with entropy >= 4.0 (base64url). Payloads under
     about 12 bytes per label pass: this catches bulk encoding, not a
-    patient attacker spreading data over many short labels. Ordinary labels (www, api, cdn-123,
-    us-east-1, a 12-digit git SHA prefix, words joined by dashes) pass.
+    patient attacker spreading data over many short labels. Ordinary
+    labels (www, api, cdn-123, us-east-1, a 12-digit git SHA prefix, words
+    joined by dashes) pass.
     """
     findings: list[Finding] = []
     offset = 0

@@ -4,7 +4,10 @@ Every regex is written in the subset that Hyperscan, RE2 and Python `re`
 all accept with the same meaning: no look-around, no back-references,
 ASCII classes, bounded repetition (a match is never longer than
 `MAX_PATTERN_WIDTH` bytes, which bounds the stream overlap window).
-Case-insensitive parts use a scoped `(?i:...)` group.
+Case-insensitive parts use a scoped `(?i:...)` group. The one exception
+is a pattern with an explicit `prefilter`: the engines look for the
+prefilter (common subset) and only Python `re` runs the regex itself, near
+each hit, so that regex may use look-behind.
 
 Validators take `(data, start, end)` and cut false positives: checksums
 (Luhn, mod-97), structure (JWT header, Discord snowflake), and "not a
@@ -39,6 +42,10 @@ class PatternSpec:
     regex: str
     validator: Validator | None = None
     description: str = ""
+    # What the multi-pattern engine searches for instead of `regex` (default:
+    # a prefix of `regex`). Contract: every match of `regex` starting at s
+    # has a prefilter match ending at some e with e - max_width(prefilter) <= s <= e.
+    prefilter: str | None = None
 
 
 def _random(min_distinct: int, skip: int = 0, tail: int = 0) -> Validator:
@@ -245,7 +252,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "digitalocean-token",
         r"do[opr]_v1_[a-f0-9]{64}",
-        _random(10, skip=6),
+        _random(8, skip=6),
         "DigitalOcean token",
     ),
     PatternSpec(
@@ -258,7 +265,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
         "heroku-api-key",
         r"HRKU-AA[A-Za-z0-9_-]{58}"
         r"|(?i:heroku[_.-]?(?:api[_.-]?)?(?:key|token))" + _ASSIGN + _UUID,
-        _random(10, tail=36),
+        _random(8, tail=36),
         "Heroku API key",
     ),
     PatternSpec(
@@ -267,7 +274,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
         _random(16),
         "Terraform Cloud / Enterprise token",
     ),
-    PatternSpec("pulumi-token", r"pul-[a-f0-9]{40}", _random(10, skip=4), "Pulumi access token"),
+    PatternSpec("pulumi-token", r"pul-[a-f0-9]{40}", _random(8, skip=4), "Pulumi access token"),
     PatternSpec(
         "vault-token",
         r"hv[sbr]\.[A-Za-z0-9_-]{24,300}",
@@ -345,9 +352,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
         _random(16, skip=24),
         "PyPI API token",
     ),
-    PatternSpec(
-        "rubygems-token", r"rubygems_[a-f0-9]{48}", _random(10, skip=9), "RubyGems API key"
-    ),
+    PatternSpec("rubygems-token", r"rubygems_[a-f0-9]{48}", _random(8, skip=9), "RubyGems API key"),
     PatternSpec(
         "docker-hub-pat", r"dckr_pat_[A-Za-z0-9_-]{27}", _random(12, skip=9), "Docker Hub PAT"
     ),
@@ -362,7 +367,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "slack-app-token",
         r"xapp-\d-[A-Z0-9]{9,12}-\d{9,16}-[A-Za-z0-9]{32,80}",
-        _random(12, tail=32),
+        _random(8, tail=32),
         "Slack app-level token",
     ),
     PatternSpec(
@@ -373,7 +378,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "discord-bot-token",
-        r"\b[MNO][A-Za-z0-9_-]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,38}\b",
+        r"\b[MNO][A-Za-z0-9_-]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,38}",
         _discord,
         "Discord bot token",
     ),
@@ -385,11 +390,11 @@ PATTERNS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "telegram-bot-token",
-        r"\b\d{8,10}:AA[A-Za-z0-9_-]{33}\b",
+        r"\b\d{8,10}:AA[A-Za-z0-9_-]{33}",
         _random(14, tail=33),
         "Telegram bot token",
     ),
-    PatternSpec("twilio-api-key", r"\bSK[0-9a-f]{32}\b", _random(10, skip=2), "Twilio API key SID"),
+    PatternSpec("twilio-api-key", r"\bSK[0-9a-f]{32}\b", _random(8, skip=2), "Twilio API key SID"),
     PatternSpec(
         "sendgrid-api-key",
         r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",
@@ -400,13 +405,13 @@ PATTERNS: tuple[PatternSpec, ...] = (
         "mailgun-api-key",
         r"(?i:mailgun)[^\r\n]{0,60}\b(?:key-[0-9a-f]{32}|[0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{8})\b"
         r"|api:key-[0-9a-f]{32}\b",
-        _random(10, tail=32),
+        _random(8, tail=32),
         "Mailgun API key",
     ),
     PatternSpec(
         "mailchimp-api-key",
         r"\b[0-9a-f]{32}-us\d{1,2}\b",
-        _random(10),
+        _random(8),
         "Mailchimp API key",
     ),
     PatternSpec(
@@ -429,9 +434,11 @@ PATTERNS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "square-access-token",
-        r"\bEAAA[A-Za-z0-9_-]{60}\b|sq0atp-[A-Za-z0-9_-]{22}",
+        r"(?<![A-Za-z0-9+/=_-])EAAA[A-Za-z0-9_-]{60}|sq0atp-[A-Za-z0-9_-]{22}",
         _random(14, skip=4),
         "Square access token",
+        # EAAA is common inside base64 of binary data (runs of zero bytes): not after base64.
+        prefilter=r"(?:^|[^A-Za-z0-9+/=_-])EAAA[A-Za-z0-9_-]{16}|sq0atp-[A-Za-z0-9_-]{16}",
     ),
     PatternSpec(
         "square-oauth-secret",
@@ -442,13 +449,13 @@ PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "shopify-token",
         r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}",
-        _random(10, skip=6),
+        _random(8, skip=6),
         "Shopify access token / shared secret",
     ),
     PatternSpec(
         "databricks-token",
         r"\bdapi[a-f0-9]{32}(?:-\d)?\b",
-        _random(10, skip=4),
+        _random(8, skip=4),
         "Databricks token",
     ),
     PatternSpec(
@@ -463,7 +470,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "postman-api-key",
         r"PMAK-[a-f0-9]{24}-[a-f0-9]{34}",
-        _random(10, skip=5),
+        _random(8, skip=5),
         "Postman API key",
     ),
     PatternSpec(
@@ -502,7 +509,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "supabase-token",
         r"sbp_[a-f0-9]{40}|sb_secret_[A-Za-z0-9_-]{31,64}",
-        _random(10, tail=30),
+        _random(8, tail=30),
         "Supabase access token / secret key",
     ),
     PatternSpec(
@@ -523,9 +530,7 @@ PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "netlify-token", r"nfp_[A-Za-z0-9]{36}", _random(14, skip=4), "Netlify access token"
     ),
-    PatternSpec(
-        "buildkite-token", r"bkua_[a-f0-9]{40}", _random(10, skip=5), "Buildkite API token"
-    ),
+    PatternSpec("buildkite-token", r"bkua_[a-f0-9]{40}", _random(8, skip=5), "Buildkite API token"),
     # --- Keys and structured secrets ----------------------------------------------------
     PatternSpec(
         "pem-private-key",
@@ -560,9 +565,11 @@ PATTERNS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "credit-card",
-        r"\b[2-6](?:\d[ -]?){11,17}\d\b",
+        r"(?<![0-9A-Za-z_.])[2-6](?:\d[ -]?){11,17}\d\b",
         _card,
         "payment card number (Luhn-valid)",
+        # Not after a '.': the digits of a decimal fraction are the most common near miss.
+        prefilter=r"(?:^|[^0-9A-Za-z_.])[2-6](?:\d[ -]?){11,17}\d\b",
     ),
     PatternSpec(
         "iban",
