@@ -37,12 +37,12 @@ from urllib.parse import unquote, urlsplit
 import h11
 
 from claude_bottle.bundle.credentials import Credential
+from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
 from claude_bottle.bundle.proxy import (
     CONNECT_TIMEOUT,
     HOP_BY_HOP,
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
-    READ_SIZE,
 )
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -484,12 +484,7 @@ class _Upstream:
 
     async def next_event(self) -> Any:
         try:
-            while True:
-                event = self.conn.next_event()
-                if event is not h11.NEED_DATA:
-                    return event
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), UPSTREAM_TIMEOUT)
-                self.conn.receive_data(data)
+            return await next_event(self.conn, self.reader, UPSTREAM_TIMEOUT)
         except TimeoutError:
             raise _UpstreamGone(f"the API sent nothing for {UPSTREAM_TIMEOUT:.0f} s", 504) from None
         except (OSError, h11.ProtocolError) as exc:
@@ -497,10 +492,7 @@ class _Upstream:
 
     async def send(self, event: Any) -> None:
         try:
-            data = self.conn.send(event)
-            if data:
-                self.writer.write(data)
-                await self.writer.drain()
+            await send_event(self.conn, self.writer, event)
         except (OSError, h11.ProtocolError) as exc:
             raise _UpstreamGone(f"the API connection failed ({type(exc).__name__})") from None
 
@@ -572,12 +564,7 @@ class AnthropicGateway:
     # --- client side -------------------------------------------------------------
 
     async def _client_event(self, timeout: float) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-            self.conn.receive_data(data)
+        return await next_event(self.conn, self.reader, timeout)
 
     async def _next_request(self) -> h11.Request | None:
         try:
@@ -597,10 +584,7 @@ class AnthropicGateway:
         return event if isinstance(event, h11.Request) else None
 
     async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+        await send_event(self.conn, self.writer, event)
 
     async def _respond(
         self,

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import h11
 
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
+from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
 from claude_bottle.policy.allowlist import Allowlist
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enab
     from claude_bottle.bundle.tls import CertificateAuthority
 
 MAX_HEADER_BYTES = 64 * 1024
-READ_SIZE = 256 * 1024
 HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
 IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
 CONNECT_TIMEOUT = 10.0
@@ -123,18 +123,10 @@ class Upstream:
         self.writer.close()
 
     async def next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
-            self.conn.receive_data(data)
+        return await next_event(self.conn, self.reader, IDLE_TIMEOUT)
 
     async def send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+        await send_event(self.conn, self.writer, event)
 
 
 class ProxyConnection:
@@ -196,12 +188,7 @@ class ProxyConnection:
                 await self.writer.wait_closed()
 
     async def _client_event(self, timeout: float) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-            self.conn.receive_data(data)
+        return await next_event(self.conn, self.reader, timeout)
 
     async def _next_request(self) -> h11.Request | None:
         try:
@@ -214,10 +201,7 @@ class ProxyConnection:
         return None  # ConnectionClosed or garbage after a response
 
     async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+        await send_event(self.conn, self.writer, event)
 
     async def _respond(self, status: int, rule: str, body: bytes, close: bool = False) -> None:
         headers = [
