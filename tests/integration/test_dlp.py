@@ -145,3 +145,58 @@ def test_log_only_mode_lets_it_through_but_records(dlp_env: BottleEnv, tmp_path:
     assert codes == ["200"]
     events = [json.loads(line) for line in (dlp_env.state_dir() / "audit.jsonl").open()]
     assert [e["decision"] for e in events if e["kind"] == "dlp"] == ["log"]
+
+
+FAMILIES = [
+    "anthropic-api-key",
+    "openai-api-key",
+    "aws-access-key-id",
+    "github-pat",
+    "gitlab-pat",
+    "slack-token",
+    "slack-webhook",
+    "stripe-secret-key",
+    "google-api-key",
+    "huggingface-token",
+    "npm-token",
+    "pypi-token",
+    "pem-private-key",
+    "jwt",
+    "credit-card",
+]
+
+
+@pytest.mark.parametrize("scheme", ["http://allowed.test", "https://tls.test"])
+def test_every_pattern_family_is_blocked_in_url_header_and_body(
+    dlp_env: BottleEnv, tls_upstream: TLSUpstream, scheme: str, tmp_path: Path
+) -> None:
+    import random
+    import urllib.parse
+
+    from tests.unit.test_dlp import EXAMPLES
+
+    rnd = random.Random(7)
+    w = "-s -o /dev/null -w '%{http_code}\\n' --max-time 10"
+    lines, expected, secrets = [], [], []
+    for index, family in enumerate(FAMILIES):
+        secret = EXAMPLES[family][0][0](rnd)
+        secrets.append(secret)
+        body = dlp_env.workspace / f"body-{index}.txt"
+        body.write_text(f"data={secret}\n")
+        lines.append(f"curl {w} --data-binary @{body} {scheme}/body-{index}")
+        expected.append(f"{family} body 403")
+        if "\n" not in secret:
+            quoted = urllib.parse.quote(secret, safe="")
+            header = dlp_env.workspace / f"header-{index}.txt"
+            header.write_text(f"X-Data: {secret}\n")
+            lines.append(f"curl {w} '{scheme}/url-{index}?v={quoted}'")
+            lines.append(f"curl {w} -H @{header} {scheme}/header-{index}")
+            expected += [f"{family} url 403", f"{family} header 403"]
+    codes = _curl(dlp_env, "\n".join(lines) + "\n", tmp_path)
+    got = [f"{e.rsplit(' ', 1)[0]} {c}" for e, c in zip(expected, codes, strict=True)]
+    assert got == expected
+    received = tls_upstream.requests if scheme.startswith("https") else dlp_env.upstream.requests
+    assert received == []
+    log = (dlp_env.state_dir() / "audit.jsonl").read_text()
+    for secret in secrets:
+        assert secret not in log

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from claude_bottle.bottle_env import SECRET_NAME
 from claude_bottle.bundle.gate import Blocked
@@ -86,7 +87,12 @@ class DlpInspector:
         target: str,
         headers: Iterable[tuple[bytes, bytes]],
     ) -> None:
-        findings = self.scanner.scan(target.encode("latin-1", "replace"), "URL")
+        raw = target.encode("latin-1", "replace")
+        findings = self.scanner.scan(raw, "URL")
+        # Query strings carry percent-encoded values (a webhook URL inside a parameter).
+        decoded = unquote_to_bytes(raw.replace(b"+", b" "))
+        if decoded != raw:
+            findings += self.scanner.scan(decoded, "URL (decoded)")
         for name, value in headers:
             label = name.decode("latin-1")[:64]
             findings += self.scanner.scan(value, f"{label} header")
