@@ -15,6 +15,9 @@ CLAUDE_CODE_QUIET = {
     "DISABLE_TELEMETRY": "1",
     "DISABLE_ERROR_REPORTING": "1",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    # Claude Code refuses --dangerously-skip-permissions as root outside a sandbox; a
+    # bottle is that sandbox (root inside is the host user, without capabilities).
+    "IS_SANDBOX": "1",
 }
 
 _PASS_THROUGH = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "PATH", "USER", "LOGNAME")

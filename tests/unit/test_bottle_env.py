@@ -30,6 +30,8 @@ def test_env_is_an_allowlist() -> None:
     # The bottle gets a placeholder key, never the host's.
     assert env["ANTHROPIC_API_KEY"] == PLACEHOLDER_API_KEY != host["ANTHROPIC_API_KEY"]
     assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:3129"
+    # Claude Code accepts --dangerously-skip-permissions as root only inside a sandbox.
+    assert env["IS_SANDBOX"] == "1"
 
 
 def test_proxy_variables_point_at_the_relay() -> None:
