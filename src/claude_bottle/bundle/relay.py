@@ -347,12 +347,28 @@ class _Client(_Half):
         self._loop = loop
         self._socket_path = socket_path
         self._task: asyncio.Task[None] | None = None
+        # Python < 3.11.3 reads even when connection_made() paused the transport: keep
+        # what arrives before the unix-socket peer exists, and hand it over once it does.
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         assert self.transport is not None
         self.transport.pause_reading()
         self._task = self._loop.create_task(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self._early.append(data)
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is None:
+            self._early_eof = True
+            return True
+        return super().eof_received()
 
     async def _connect(self) -> None:
         transport = self.transport
@@ -378,6 +394,12 @@ class _Client(_Half):
             return
         upstream.peer = self
         self.peer = upstream
+        early, self._early = self._early, []
+        if early and upstream.transport is not None:
+            upstream.transport.write(b"".join(early))
+        if self._early_eof:
+            self.eof_received()
+            return
         transport.resume_reading()
 
     async def _connect_unix(self) -> socket.socket:
