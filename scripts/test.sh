@@ -18,6 +18,11 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# The docker backend's tests need a running engine and its images (built once, cached).
+bash scripts/install-docker.sh
+.venv/bin/python -c 'from claude_bottle.backend.docker.backend import image_build; image_build()' \
+    >.venv/image-build.log 2>&1 || { tail -40 .venv/image-build.log; exit 1; }
+
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.upstream import RecordingHTTPServer
 
-BACKENDS = ["namespace", "smolmachines"]
+BACKENDS = os.environ.get("CLAUDE_BOTTLE_TEST_BACKENDS", "namespace,docker,smolmachines").split(",")
 
 
 def backend_unavailable(name: str) -> str | None:
@@ -104,7 +104,8 @@ class BottleEnv:
         """Run Python inside the bottle (the interpreter claude-bottle itself runs on)."""
         probe = self.workspace / f"probe_{name}.py"
         probe.write_text(textwrap.dedent(code))
-        return self.run(real_python(), "-I", "-S", str(probe), name=name, timeout=timeout)
+        python = "python3" if self.backend == "docker" else real_python()  # the image has its own
+        return self.run(python, "-I", "-S", str(probe), name=name, timeout=timeout)
 
     def state_dir(self, name: str = "t") -> Path:
         return self.root / "state" / "bottles" / name

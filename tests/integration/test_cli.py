@@ -28,6 +28,8 @@ def test_unknown_backend_exits_2(bottle_env: BottleEnv) -> None:
 
 
 def test_missing_claude_exits_3_with_install_hint(bottle_env: BottleEnv) -> None:
+    if bottle_env.backend == "docker":
+        pytest.skip("Claude Code ships in the docker agent image")
     bottle_env.env["PATH"] = str(bottle_env.root / "empty-bin")  # no claude on it
     result = bottle_env.cli("run", "--backend", bottle_env.backend, "--name", "t")
     assert result.returncode == 3

@@ -11,6 +11,7 @@ from claude_bottle.errors import ConfigError
 # name -> "module:Class"; importing a backend is deferred until it is used.
 _BACKENDS: dict[str, str] = {
     "namespace": "claude_bottle.backend.namespace:NamespaceBackend",
+    "docker": "claude_bottle.backend.docker:DockerBackend",
     "smolmachines": "claude_bottle.backend.smolmachines:SmolmachinesBackend",
 }
 

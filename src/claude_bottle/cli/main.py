@@ -157,6 +157,23 @@ def trust(workspace: str | None, revoke: bool) -> None:
     commands.trust(workspace, revoke)
 
 
+@cli.group()
+def image() -> None:
+    """Container images of the docker backend."""
+
+
+@image.command(name="build")
+@click.option(
+    "--rebuild", is_flag=True, help="build without the cache: newest packages and Claude Code"
+)
+def image_build(rebuild: bool) -> None:
+    """Build the agent and bundle images (`run` also builds them when missing)."""
+    from claude_bottle.backend.docker.backend import image_build as build
+
+    for tag in build(rebuild=rebuild):
+        click.echo(tag)
+
+
 @cli.command()
 def doctor() -> None:
     """Preflight every backend: say what is missing and how to install it."""

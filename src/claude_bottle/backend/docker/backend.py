@@ -1,0 +1,455 @@
+"""docker backend: the agent in a network-less container, the bundle in a container beside it.
+
+The agent container has no network but loopback (`--network none`), a
+read-only root, no capabilities, no-new-privileges and pids/memory limits.
+Its only way out is the relay (process 1) to the bundle's proxy socket in a
+per-bottle tmpfs volume. The bundle container has outbound access on its own
+bridge network (or the host's network when a pin names a loopback address:
+only there is the host's loopback reachable) and writes the audit log into
+the bottle's host state dir. Every resource is labelled with the bottle's
+name, the state root and the launch, so `stop` and `cleanup` find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from claude_bottle import paths, state
+from claude_bottle.backend.base import (
+    Bottle,
+    BottleBackend,
+    BottlePlan,
+    CleanupPlan,
+    LaunchRequest,
+    common_plan_fields,
+)
+from claude_bottle.backend.docker import docker, images
+from claude_bottle.backend.docker.bottle_plan import (
+    CA_BUNDLE,
+    CA_CERT,
+    GATEWAY_CA,
+    LABEL_BOTTLE,
+    LABEL_INSTANCE,
+    LABEL_ROLE,
+    LABEL_STATE,
+    ROLE_AGENT,
+    ROLE_BUNDLE,
+    UPSTREAM_CA,
+    AgentSpec,
+    BundleSpec,
+    DockerBottlePlan,
+    Mount,
+)
+from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
+from claude_bottle.config.model import Config
+from claude_bottle.errors import ConfigError, MissingDependency
+
+PIDS_LIMIT = 4096
+MEMORY = "8g"
+IMAGE_CA_STORE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's + the host's extra CAs
+MIN_API = (1, 41)  # Docker Engine 20.10
+
+
+def state_label() -> str:
+    """Names the state root, so one user's cleanup never touches another's bottles."""
+    root = str(paths.state_root().resolve())
+    return hashlib.sha256(root.encode()).hexdigest()[:12]
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def needs_host_network(config: Config) -> bool:
+    """Whether the bundle must share the host's network: only there is the host's loopback.
+
+    True when an `[egress.resolve]` pin or the gateway's upstream names a loopback
+    address (local test servers, a local model gateway); the agent container is on
+    `--network none` either way.
+    """
+    upstream = urlsplit(config.gateway.anthropic_upstream).hostname or ""
+    return (
+        upstream == "localhost"
+        or _loopback(upstream)
+        or any(_loopback(p.address) for p in config.egress.resolve)
+    )
+
+
+def _api(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return (0,)
+
+
+def _image_env(intercept: bool) -> dict[str, str]:
+    """What differs from the host's environment because the bottle runs the image's files.
+
+    PATH names the image's directories. With TLS interception the trust store that holds
+    the bottle's CA is published by the bundle in the sockets volume (the image's own store
+    cannot be replaced in a read-only root), so every TLS client is pointed there.
+    """
+    env = {"PATH": DEFAULT_PATH, "NODE_EXTRA_CA_CERTS": IMAGE_CA_STORE}
+    if intercept:
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
+            env[name] = CA_BUNDLE
+        env["NODE_EXTRA_CA_CERTS"] = CA_CERT
+    return env
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialAccess:
+    """How the bundle container reaches the credential `[credentials] anthropic` names."""
+
+    spec: str  # the spec as the bundle sees it
+    mounts: tuple[Mount, ...]
+    env: tuple[tuple[str, str], ...]  # plain settings for the bundle's environment
+    copy: tuple[str, ...]  # host variables copied into the bundle's environment file
+
+
+def credential_access(spec: str, home: str, host_env: Mapping[str, str]) -> CredentialAccess:
+    """A host-process bundle reads the credential where it is; a container needs it shown.
+
+    env:NAME  the variable is copied into the bundle's 0600 environment file;
+    file:PATH the file is bound read-only at its own (absolute) path;
+    keychain  Claude Code's credential dir is bound read-write (refreshed tokens are
+              written back) and named by CLAUDE_CONFIG_DIR.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "env" and rest:
+        return CredentialAccess(spec, (), (), (rest,))
+    if kind == "file" and rest:
+        path = Path(home) / rest[2:] if rest == "~" or rest.startswith("~/") else Path(rest)
+        path = Path(os.path.abspath(os.path.expanduser(path)))
+        mounts = (Mount("bind", str(path), str(path), readonly=True),) if path.exists() else ()
+        return CredentialAccess(f"file:{path}", mounts, (), ())
+    if spec == "keychain":
+        configured = host_env.get("CLAUDE_CONFIG_DIR")
+        directory = Path(configured) if configured else Path(home) / ".claude"
+        directory = Path(os.path.abspath(os.path.expanduser(directory)))
+        mounts = (Mount("bind", str(directory), str(directory)),) if directory.is_dir() else ()
+        return CredentialAccess(spec, mounts, (("CLAUDE_CONFIG_DIR", str(directory)),), ())
+    return CredentialAccess(spec, (), (), ())  # the bundle reports the bad spec itself
+
+
+class DockerBackend(BottleBackend):
+    name = "docker"
+    description = "Docker containers: agent with --network none, bundle on its own network"
+
+    # --- preflight ------------------------------------------------------------
+
+    def preflight(self) -> list[str]:
+        """A missing client, a stopped daemon and an unusable engine, each with its fix."""
+        if shutil.which(docker.DOCKER) is None:
+            return [f"the docker client is not installed; fix: {docker.HINT_NOT_INSTALLED}"]
+        try:
+            info = docker.version()
+        except docker.DockerError as exc:
+            reason = exc.hint or docker.HINT_DAEMON
+            if reason == docker.HINT_PERMISSION:
+                return [f"no permission to use the Docker daemon ({exc.message}); fix: {reason}"]
+            return [f"the Docker daemon is not reachable ({exc.message}); fix: {reason}"]
+        server = info.get("Server") or {}
+        problems = []
+        if server.get("Os", "linux") != "linux":
+            problems.append(
+                f"the Docker engine runs {server.get('Os')} containers; fix: switch it to "
+                "Linux containers"
+            )
+        api = str(server.get("ApiVersion") or server.get("APIVersion") or "0")
+        if _api(api) < MIN_API:
+            problems.append(
+                f"the Docker engine is too old (API {api}, need 1.41 / Engine 20.10); fix: "
+                "upgrade Docker"
+            )
+        host = os.environ.get("DOCKER_HOST", "")
+        platform = str((server.get("Platform") or {}).get("Name", ""))
+        if host and not host.startswith("unix://"):
+            problems.append(
+                f"the Docker engine is remote (DOCKER_HOST={host}); the bottle's sockets must "
+                "be on this host; fix: use a local engine (unset DOCKER_HOST)"
+            )
+        elif "desktop" in platform.lower():
+            problems.append(
+                f"{platform} runs containers in a VM, where this host's unix sockets are not "
+                "reachable; fix: use a native engine (docker.io / docker-ce) for now"
+            )
+        return problems
+
+    def _require(self) -> None:
+        problems = self.preflight()
+        if problems:
+            raise MissingDependency("; ".join(problems))
+
+    # --- plan -----------------------------------------------------------------
+
+    def plan(self, request: LaunchRequest) -> DockerBottlePlan:
+        from claude_bottle.backend.namespace.toolchain import exposes_secret
+
+        config = request.config
+        if not request.command:
+            raise ConfigError(
+                "no command to run", "give one after --, e.g. claude-bottle run -- bash"
+            )
+        home = str(Path(os.path.expanduser("~")).resolve())
+        workspace = str(request.workspace.resolve())
+        for what, path in (("home", home), ("workspace", workspace)):
+            if any(c in path for c in ":\n"):
+                raise ConfigError(
+                    f"the {what} path {path!r} contains ':' or a newline; docker cannot mount it",
+                    "use a path without them",
+                )
+        read_only = []
+        for raw in config.bottle.read_only:
+            granted = Path(os.path.expanduser(raw)).resolve()
+            secret = exposes_secret(granted, Path(home))
+            if secret is not None:
+                raise ConfigError(
+                    f"bottle.read_only: {raw} would expose {secret} to the bottle",
+                    "grant a narrower path that holds no credentials",
+                )
+            if not granted.exists():
+                raise ConfigError(
+                    f"bottle.read_only: {raw} does not exist", "fix or remove the path"
+                )
+            read_only.append(str(granted))
+        try:
+            agent_image, bundle_image = images.agent_image(), images.bundle_image()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the image build inputs: {exc}",
+                "check CLAUDE_BOTTLE_EXTRA_CA (a PEM file) and the installation",
+            ) from exc
+
+        credential = credential_access(config.credentials.anthropic, home, os.environ)
+        ca_mounts = tuple(
+            Mount("bind", source, target, readonly=True)
+            for source, target in (
+                (config.egress.upstream_ca_file, UPSTREAM_CA),
+                (config.gateway.upstream_ca_file, GATEWAY_CA),
+            )
+            if source
+        )
+        uid, gid = os.getuid(), os.getgid()
+        instance = secrets.token_hex(3)
+        prefix = f"claude-bottle-{request.name}-{instance}"
+        volume = f"{prefix}-sockets"
+        host_network = needs_host_network(config)
+        network = None if host_network else prefix
+        label = state_label()
+        labels = (
+            (LABEL_BOTTLE, request.name),
+            (LABEL_INSTANCE, instance),
+            (LABEL_STATE, label),
+        )
+        state_dir = paths.state_dir(request.name)
+        runtime_dir = paths.runtime_dir(request.name)
+        intercept = config.egress.intercept
+        env = build_env(
+            os.environ,
+            bottle=request.name,
+            home=home,
+            extra_names=config.bottle.env,
+            intercept=intercept,
+        )
+        env.update(_image_env(intercept))
+        agent = AgentSpec(
+            container=f"{prefix}-agent",
+            image=agent_image.tag,
+            hostname=request.name[:63],
+            user=f"{uid}:{gid}",
+            uid=uid,
+            gid=gid,
+            workspace=workspace,
+            home=home,
+            home_source=str(state_dir / "home"),
+            volume=volume,
+            exec_dir=str(runtime_dir / "exec"),
+            read_only=tuple(read_only),
+            relay_port=RELAY_PORT,
+            pids_limit=PIDS_LIMIT,
+            memory=MEMORY,
+            labels=(*labels, (LABEL_ROLE, ROLE_AGENT)),
+        )
+        bundle = BundleSpec(
+            container=f"{prefix}-bundle",
+            image=bundle_image.tag,
+            user=f"{uid}:{gid}",
+            network=network or "host",
+            volume=volume,
+            control_dir=str(runtime_dir / "control"),
+            settings_file=str(runtime_dir / "bundle.json"),
+            env_file=str(runtime_dir / "bundle-env.json"),
+            state_dir=str(state_dir),
+            mounts=(*ca_mounts, *credential.mounts),
+            labels=(*labels, (LABEL_ROLE, ROLE_BUNDLE)),
+        )
+        return DockerBottlePlan(
+            **common_plan_fields(
+                self.name,
+                request,
+                state_dir=str(state_dir),
+                runtime_dir=str(runtime_dir),
+                env=env,
+                relay_port=RELAY_PORT,
+            ),
+            detach=request.detach,
+            gateway_port=GATEWAY_PORT,
+            bundle_credential=credential.spec,
+            bundle_env=(("HOME", home), *credential.env),
+            bundle_env_copy=credential.copy,
+            instance=instance,
+            state_label=label,
+            network=network,
+            volume=volume,
+            agent=agent,
+            bundle=bundle,
+        )
+
+    # --- launch ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+        from claude_bottle.backend.docker import launch
+
+        assert isinstance(plan, DockerBottlePlan)
+        with contextlib.ExitStack() as stack:
+            bottle, watchdog = launch.start(plan, stack, preflight=self.preflight)
+            try:
+                yield bottle
+            finally:
+                if bottle.detached:
+                    stack.pop_all()  # a detached bottle outlives this process
+                    watchdog.release("detach")
+                else:
+                    state.update_record(plan.name, processes={})
+
+    def attach(self, record: dict[str, Any]) -> Bottle:
+        from claude_bottle.backend.docker.bottle import DockerBottle
+
+        return DockerBottle(
+            record["name"],
+            exec_socket=Path(record["exec_socket"]),
+            env=record["env"],
+            workspace=record["workspace"],
+            processes=record.get("processes", {}),
+            containers=record.get("containers", {}),
+        )
+
+    def stop(self, record: dict[str, Any]) -> None:
+        name = str(record["name"])
+        from claude_bottle.backend.docker import launch
+
+        problems = launch.remove_by_labels({LABEL_BOTTLE: name, LABEL_STATE: state_label()})
+        runtime = record.get("runtime_dir")
+        if runtime and Path(runtime).parent == paths.runtime_root():
+            shutil.rmtree(runtime, ignore_errors=True)
+        if problems:
+            print(f"claude-bottle: {'; '.join(problems)}", file=sys.stderr)
+
+    # --- cleanup --------------------------------------------------------------
+
+    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+        if shutil.which(docker.DOCKER) is None:
+            return CleanupPlan(self.name, ())
+        labels = {LABEL_STATE: state_label()}
+        try:
+            containers = docker.ps(labels)
+            networks = docker.network_ls(labels)
+            volumes = docker.volume_ls(labels)
+        except docker.DockerError:
+            return CleanupPlan(self.name, ())  # no engine: nothing of ours can be running
+        live_instances = {}
+        for name in live_names:
+            record = state.read_record(name) or {}
+            live_instances[name] = (record.get("labels") or {}).get(LABEL_INSTANCE)
+
+        def orphan(row: dict[str, Any]) -> str | None:
+            row_labels = docker.parse_labels(row.get("Labels"))
+            bottle = row_labels.get(LABEL_BOTTLE, "?")
+            if bottle in live_names and row_labels.get(LABEL_INSTANCE) == live_instances[bottle]:
+                return None
+            return bottle
+
+        items: list[tuple[str, str]] = []
+        items += _stale_images()
+        for row in containers:
+            bottle = orphan(row)
+            if bottle is not None:
+                state_text = row.get("State")
+                items.append(("container", f"{row.get('Names')} (bottle {bottle}, {state_text})"))
+        for kind, rows in (("network", networks), ("volume", volumes)):
+            for row in rows:
+                bottle = orphan(row)
+                if bottle is not None:
+                    items.append((kind, f"{row.get('Name')} (bottle {bottle})"))
+        return CleanupPlan(self.name, tuple(items))
+
+    def cleanup(self, plan: CleanupPlan) -> list[str]:
+        found: dict[str, list[str]] = {
+            "agents": [],
+            "bundles": [],
+            "networks": [],
+            "volumes": [],
+            "images": [],
+        }
+        for kind, what in plan.items:
+            name = what.split()[0]
+            if kind == "container":
+                found["bundles" if name.endswith("-bundle") else "agents"].append(name)
+            elif kind in ("network", "volume", "image"):
+                found[f"{kind}s"].append(name)
+        from claude_bottle.backend.docker import launch
+
+        problems = launch.teardown(
+            agents=found["agents"],
+            bundles=found["bundles"],
+            networks=found["networks"],
+            volumes=found["volumes"],
+        )
+        for ref in found["images"]:
+            try:
+                docker.image_rm([ref])
+            except docker.DockerError as exc:
+                if not exc.missing:
+                    problems.append(f"could not remove image {ref}: {exc.message}")
+        return problems
+
+
+def _stale_images() -> list[tuple[str, str]]:
+    """Our images built from older inputs that no container (anyone's) uses any more."""
+    try:
+        current = {images.agent_image().tag, images.bundle_image().tag}
+        rows = docker.image_ls({})
+        used = {str(row.get("Image")) for row in docker.ps({})}
+    except (OSError, docker.DockerError):
+        return []
+    stale = []
+    for row in rows:
+        repo, tag = str(row.get("Repository")), str(row.get("Tag"))
+        ref = f"{repo}:{tag}"
+        if repo not in (images.AGENT_REPO, images.BUNDLE_REPO) or tag == "<none>":
+            continue
+        if ref not in current and ref not in used:
+            stale.append(("image", f"{ref} ({row.get('Size')}, built from older inputs)"))
+    return stale
+
+
+def image_build(rebuild: bool = False) -> list[str]:
+    """`claude-bottle image build`: build (or refresh) the agent and bundle images; their tags."""
+    DockerBackend()._require()
+    return images.build_images(rebuild=rebuild)

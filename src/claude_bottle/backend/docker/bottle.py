@@ -1,0 +1,69 @@
+"""A running docker bottle: the relay is process 1 of the agent container.
+
+Commands enter the bottle through the relay's exec protocol (execproto) on a
+unix socket the agent container creates in a host directory bound into it,
+exactly as in the namespace backend: stdio file descriptors are passed over
+the socket, so TTYs, signals and exit statuses behave the same, and a command
+needs no `docker exec` round trip. That exec-protocol handle is shared with
+the namespace backend; only liveness and the kill switch are docker's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from claude_bottle.backend.docker import docker
+from claude_bottle.backend.namespace.bottle import NamespaceBottle
+from claude_bottle.state import process_alive
+
+
+class DockerBottle(NamespaceBottle):
+    def __init__(
+        self,
+        name: str,
+        *,
+        exec_socket: Path,
+        env: Mapping[str, str],
+        workspace: str,
+        processes: Mapping[str, dict[str, int]],
+        containers: Mapping[str, str],
+    ) -> None:
+        super().__init__(
+            name, exec_socket=exec_socket, env=env, workspace=workspace, processes=processes
+        )
+        self.containers = dict(containers)
+
+    def alive(self) -> str | None:
+        """Cheap when the engine is local: the containers' process 1 are host processes."""
+        if self.processes:
+            for role, ref in self.processes.items():
+                if not process_alive(ref):
+                    return _reason(role)
+            return None
+        for role, container in self.containers.items():
+            info = docker.inspect(container)
+            if info is None or not info.get("State", {}).get("Running"):
+                return _reason(role)
+        return None
+
+    def kill(self) -> None:
+        """Fail closed: the agent container dies at once, and every command with it."""
+        ref = self.processes.get("bottle")
+        if ref and process_alive(ref):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(ref["pid"]), signal.SIGKILL)
+                return
+        container = self.containers.get("bottle")
+        if container:
+            with contextlib.suppress(docker.DockerError):
+                docker.kill(container)
+
+
+def _reason(role: str) -> str:
+    if role == "bundle":
+        return "the bundle container stopped (it was the bottle's only way out)"
+    return "the agent container stopped"

@@ -1,0 +1,280 @@
+"""The docker backend's plan, and the pure renderers of its `docker run` options.
+
+Data in, argv out: `agent_run_args` and `bundle_run_args` are the whole
+security boundary of a docker bottle, pinned by unit tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from claude_bottle.backend.base import BottlePlan
+from claude_bottle.plan import PlanSection
+
+BOTTLE_RUN = "/run/claude-bottle"  # inside the containers
+SOCKETS_DIR = f"{BOTTLE_RUN}/bundle"  # the sockets volume
+EXEC_DIR = f"{BOTTLE_RUN}/exec"  # host runtime dir, bound into the agent
+CONTROL_DIR = f"{BOTTLE_RUN}/control"  # host runtime dir, bound into the bundle only
+SETTINGS_FILE = f"{BOTTLE_RUN}/bundle.json"
+UPSTREAM_CA = f"{BOTTLE_RUN}/upstream-ca.pem"
+GATEWAY_CA = f"{BOTTLE_RUN}/gateway-ca.pem"
+ENV_FILE = f"{BOTTLE_RUN}/bundle-env.json"  # the host's secret values, for DLP
+CA_CERT = f"{SOCKETS_DIR}/ca.pem"  # the bottle's interception CA, published by the bundle
+CA_BUNDLE = f"{SOCKETS_DIR}/ca-bundle.pem"  # the image's trust store plus that CA
+BUNDLE_STATE = "/var/lib/claude-bottle"  # the bottle's host state dir, in the bundle
+RELAY = "/usr/local/lib/claude-bottle/relay.py"
+BUNDLE_PYTHON = "/opt/claude-bottle/venv/bin/python3"
+
+LABEL_BOTTLE = "claude-bottle.bottle"
+LABEL_STATE = "claude-bottle.state"  # which state root (user/config) owns the resource
+LABEL_INSTANCE = "claude-bottle.instance"  # one launch of the bottle
+LABEL_ROLE = "claude-bottle.role"
+ROLE_AGENT = "agent"
+ROLE_BUNDLE = "bundle"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    kind: str  # bind | volume
+    source: str
+    target: str
+    readonly: bool = False
+
+    def arg(self) -> str:
+        fields = [f"type={self.kind}", f"source={self.source}", f"target={self.target}"]
+        if self.readonly:
+            fields.append("readonly")
+        return ",".join(_csv_field(f) for f in fields)
+
+
+def _csv_field(field: str) -> str:
+    """--mount is parsed as one CSV record: quote a field holding a comma or a quote."""
+    if "," in field or '"' in field:
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """The agent container: no network, read-only root, no capabilities."""
+
+    container: str
+    image: str
+    hostname: str
+    user: str  # uid:gid of the host user, so workspace files stay theirs
+    uid: int
+    gid: int
+    workspace: str
+    home: str  # the host home's path, backed by the bottle's own home dir
+    home_source: str  # host dir: per-bottle, writable, seeded for Claude Code
+    volume: str  # the bundle's sockets (read-only here)
+    exec_dir: str  # host dir where the relay creates its exec socket
+    read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
+    relay_port: int
+    pids_limit: int
+    memory: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleSpec:
+    """The bundle container: policy daemons with outbound access, listening on unix sockets."""
+
+    container: str
+    image: str
+    user: str
+    network: str  # a per-bottle bridge network's name, or "host"
+    volume: str
+    control_dir: str  # host dir for the control socket (never shown to the agent)
+    settings_file: str  # host path of bundle.json
+    env_file: str  # host path of the bundle's environment (0600)
+    state_dir: str  # host state dir: the audit log is written here
+    mounts: tuple[Mount, ...]  # CA files and the credential source the bundle reads
+    labels: tuple[tuple[str, str], ...]
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    args: list[str] = []
+    for key, value in pairs:
+        args += ["--label", f"{key}={value}"]
+    return args
+
+
+def agent_run_args(spec: AgentSpec) -> list[str]:
+    """Options for `docker run --detach` of the agent container."""
+    args = [
+        "--name",
+        spec.container,
+        "--hostname",
+        spec.hostname,
+        *_labels(spec.labels),
+        "--network",
+        "none",
+        "--dns",
+        "127.0.0.1",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--pids-limit",
+        str(spec.pids_limit),
+        "--memory",
+        spec.memory,
+        "--user",
+        spec.user,
+        "--workdir",
+        spec.workspace,
+        "--tmpfs",
+        "/tmp:exec,mode=1777",
+        "--tmpfs",
+        "/var/tmp:exec,mode=1777",
+        "--mount",
+        Mount("bind", spec.home_source, spec.home).arg(),
+        "--mount",
+        Mount("bind", spec.workspace, spec.workspace).arg(),
+    ]
+    for path in spec.read_only:
+        args += ["--mount", Mount("bind", path, path, readonly=True).arg()]
+    args += [
+        "--mount",
+        Mount("volume", spec.volume, SOCKETS_DIR, readonly=True).arg(),
+        "--mount",
+        Mount("bind", spec.exec_dir, EXEC_DIR).arg(),
+    ]
+    return args
+
+
+def agent_command(relay_port: int, gateway_port: int) -> list[str]:
+    return [
+        "python3",
+        "-I",
+        "-S",
+        RELAY,
+        "--listen",
+        f"{relay_port}={SOCKETS_DIR}/proxy.sock",
+        "--listen",
+        f"{gateway_port}={SOCKETS_DIR}/gateway.sock",
+        "--exec-socket",
+        f"{EXEC_DIR}/exec.sock",
+        "--hold",
+    ]
+
+
+def bundle_run_args(spec: BundleSpec) -> list[str]:
+    """Options for `docker run --detach` of the bundle container."""
+    args = [
+        "--name",
+        spec.container,
+        *_labels(spec.labels),
+        "--network",
+        spec.network,
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        spec.user,
+        "--entrypoint",
+        BUNDLE_PYTHON,
+        "--tmpfs",
+        "/tmp",
+        "--mount",
+        Mount("volume", spec.volume, SOCKETS_DIR).arg(),
+        "--mount",
+        Mount("bind", spec.control_dir, CONTROL_DIR).arg(),
+        "--mount",
+        Mount("bind", spec.settings_file, SETTINGS_FILE, readonly=True).arg(),
+        "--mount",
+        Mount("bind", spec.env_file, ENV_FILE, readonly=True).arg(),
+        "--mount",
+        Mount("bind", spec.state_dir, BUNDLE_STATE).arg(),
+    ]
+    for mount in spec.mounts:
+        args += ["--mount", mount.arg()]
+    return args
+
+
+BUNDLE_BOOT = (
+    "import json, os, runpy, sys\n"
+    "with open(sys.argv[1]) as f:\n"
+    "    os.environ.update(json.load(f))\n"
+    "sys.argv = ['claude-bottle-bundle', sys.argv[2]]\n"
+    "runpy.run_module('claude_bottle.bundle.server', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def bundle_command() -> list[str]:
+    """Load the user's secret values (for DLP) from the env file, then serve."""
+    return ["-c", BUNDLE_BOOT, ENV_FILE, SETTINGS_FILE]
+
+
+def sockets_volume_options(uid: int, gid: int) -> dict[str, str]:
+    """A tmpfs-backed volume owned by the host user: the bundle's sockets and CA files."""
+    return {"type": "tmpfs", "device": "tmpfs", "o": f"size=8m,uid={uid},gid={gid},mode=0755"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerBottlePlan(BottlePlan):
+    detach: bool
+    gateway_port: int
+    bundle_credential: str  # the credential spec as the bundle container sees it
+    bundle_env: tuple[tuple[str, str], ...]  # plain settings for the bundle's environment
+    bundle_env_copy: tuple[str, ...]  # host variables it needs besides the secret-named
+    instance: str
+    state_label: str
+    network: str | None  # per-bottle bridge network to create; None when the bundle uses host
+    volume: str
+    agent: AgentSpec
+    bundle: BundleSpec
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_BOTTLE: self.name,
+            LABEL_STATE: self.state_label,
+            LABEL_INSTANCE: self.instance,
+        }
+
+    def sections(self) -> Sequence[PlanSection]:
+        agent, bundle = self.agent, self.bundle
+        network = (
+            f"{bundle.network} (per-bottle bridge, outbound access)"
+            if self.network
+            else "host (a pin or the gateway's upstream is on the host's loopback)"
+        )
+        agent_rows: list[tuple[str, str]] = [
+            ("container", f"{agent.container} from {agent.image}"),
+            ("network", "none (loopback only)"),
+            ("root", "image, read-only; tmpfs /tmp, /var/tmp"),
+            ("home", f"{agent.home} <- {agent.home_source} (bottle's own, writable)"),
+            ("user", f"{agent.user} (the host user)"),
+            ("privileges", "all capabilities dropped, no-new-privileges"),
+            ("limits", f"pids {agent.pids_limit}, memory {agent.memory}"),
+            ("sockets", f"volume {self.volume} at {SOCKETS_DIR} (read-only)"),
+        ]
+        agent_rows += [("read-only", p) for p in agent.read_only]
+        return [
+            *self.common_sections(),
+            PlanSection("agent container (docker)", tuple(agent_rows)),
+            PlanSection(
+                "bundle container (docker)",
+                (
+                    ("container", f"{bundle.container} from {bundle.image}"),
+                    ("network", network),
+                    ("sockets", f"volume {self.volume} (tmpfs) at {SOCKETS_DIR}"),
+                    ("audit", f"{bundle.state_dir}/audit.jsonl"),
+                    *(
+                        ("reads", f"{m.source}" + (" (read-only)" if m.readonly else ""))
+                        for m in bundle.mounts
+                    ),
+                ),
+            ),
+            PlanSection(
+                "docker resources",
+                tuple(
+                    (f"label {k}", v) for k, v in sorted(self.labels().items()) if k != LABEL_STATE
+                ),
+            ),
+        ]

@@ -1,0 +1,201 @@
+"""The docker backend's two images, tagged by a content hash of everything they are built from.
+
+agent  (Dockerfile.agent): Debian, Node.js, Claude Code, git, python3, curl, relay.py
+bundle (Dockerfile.bundle): Debian, python3 + h11, the claude_bottle package
+
+A tag is `<repo>:<16 hex of sha256(build inputs)>`, so an image is built
+once per distinct input and reused from the engine's cache afterwards;
+`claude-bottle image build --rebuild` refreshes what the inputs do not pin
+(the Debian packages, the latest Claude Code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO
+
+from claude_bottle.backend.docker import docker
+
+HERE = Path(__file__).resolve().parent
+PACKAGE_ROOT = HERE.parents[1]  # src/claude_bottle
+RELAY_SCRIPT = PACKAGE_ROOT / "bundle" / "relay.py"
+AGENT_REPO = "claude-bottle-agent"
+BUNDLE_REPO = "claude-bottle-bundle"
+BASE_IMAGE = "debian:bookworm-slim"
+IMAGE_LABEL = "claude-bottle.image"
+# Debian's place for locally added CAs: a TLS-inspecting proxy's root lives here, and the
+# image needs it both to build (npm) and at run time. Extra PEM file: $CLAUDE_BOTTLE_EXTRA_CA.
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+CA_PLACEHOLDER = b"# certificates the host trusts beyond Debian's are copied next to this file\n"
+BUNDLE_SUBPACKAGES = ("bundle", "policy")
+DISTRIBUTION = "claude-bottle"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """An image as its build inputs: context files (path -> bytes) and build args."""
+
+    role: str  # agent | bundle
+    repo: str
+    files: Mapping[str, bytes]
+    build_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(b"claude-bottle-image-v1\0")
+        for name in sorted(self.files):
+            data = self.files[name]
+            h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+        for key in sorted(self.build_args):
+            h.update(b"arg\0" + key.encode() + b"\0" + self.build_args[key].encode() + b"\0")
+        return h.hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{self.repo}:{self.digest[:16]}"
+
+    def write_context(self, directory: Path) -> None:
+        for name, data in self.files.items():
+            target = directory / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
+def _package_files(root: Path = PACKAGE_ROOT) -> dict[str, bytes]:
+    """What the bundle imports, as `claude_bottle/<relative path>`: the top-level modules
+    and the bundle and policy subpackages (not the CLI, config or backends)."""
+    paths = [p for p in root.glob("*.py")]
+    for sub in BUNDLE_SUBPACKAGES:
+        paths += [p for p in (root / sub).rglob("*.py") if "__pycache__" not in p.parts]
+    return {
+        f"claude_bottle/{path.relative_to(root).as_posix()}": path.read_bytes()
+        for path in sorted(paths)
+    }
+
+
+def extra_ca_files(ca_dir: Path = HOST_CA_DIR, extra: str | None = None) -> dict[str, bytes]:
+    """`ca/<name>.crt` per CA the host added to its trust store (and $CLAUDE_BOTTLE_EXTRA_CA)."""
+    files = {"ca/README": CA_PLACEHOLDER}
+    if ca_dir.is_dir():
+        for path in sorted(ca_dir.rglob("*.crt")):
+            if path.is_file():
+                name = path.relative_to(ca_dir).as_posix().replace("/", "_")
+                files[f"ca/{name}"] = path.read_bytes()
+    extra = os.environ.get("CLAUDE_BOTTLE_EXTRA_CA") if extra is None else extra
+    if extra:
+        files["ca/claude-bottle-extra.crt"] = Path(extra).read_bytes()
+    return files
+
+
+def agent_image(claude_code_version: str = "latest") -> ImageSpec:
+    return ImageSpec(
+        role="agent",
+        repo=AGENT_REPO,
+        files={
+            "Dockerfile": (HERE / "Dockerfile.agent").read_bytes(),
+            "relay.py": RELAY_SCRIPT.read_bytes(),
+            **extra_ca_files(),
+        },
+        build_args={"CLAUDE_CODE_VERSION": claude_code_version},
+    )
+
+
+def declared_requirements() -> list[str]:
+    """The package's runtime requirements (no extras), from its metadata or pyproject.toml."""
+    try:
+        from importlib import metadata
+
+        found = metadata.requires(DISTRIBUTION)
+    except Exception:  # not installed (run from a source tree)
+        found = None
+    if found is None:
+        import tomllib
+
+        pyproject = PACKAGE_ROOT.parents[1] / "pyproject.toml"
+        with pyproject.open("rb") as handle:
+            found = list(tomllib.load(handle)["project"]["dependencies"])
+    return [r for r in found if "extra ==" not in r.replace('"', " ").replace("'", " ")]
+
+
+def pinned_requirements(
+    requirements: list[str], installed: Callable[[str], str | None]
+) -> list[str]:
+    """Each requirement pinned to the version `installed` reports (the host's), marker kept.
+
+    The bundle then runs the dependency versions the host-process bundle runs and the
+    tests ran with, and the image's tag changes when they change.
+    """
+    pinned = []
+    for requirement in requirements:
+        spec, sep, marker = requirement.partition(";")
+        match = _NAME.match(spec.strip())
+        if match is None:
+            continue
+        name = match.group(0)
+        version = installed(name)
+        line = f"{name}=={version}" if version else spec.strip()
+        pinned.append(f"{line}; {marker.strip()}" if sep else line)
+    return pinned
+
+
+def _installed_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bundle_image() -> ImageSpec:
+    requirements = pinned_requirements(declared_requirements(), _installed_version)
+    return ImageSpec(
+        role="bundle",
+        repo=BUNDLE_REPO,
+        files={
+            "Dockerfile": (HERE / "Dockerfile.bundle").read_bytes(),
+            "requirements.txt": "".join(f"{r}\n" for r in requirements).encode(),
+            **extra_ca_files(),
+            **_package_files(),
+        },
+    )
+
+
+def ensure(spec: ImageSpec, *, rebuild: bool = False, output: IO[str] | None = None) -> bool:
+    """Build the image unless the engine already has its tag; True when it was built."""
+    if not rebuild and docker.image_inspect(spec.tag) is not None:
+        return False
+    stream = output if output is not None else sys.stderr
+    stream.write(f"claude-bottle: building image {spec.tag} (once per change of its inputs)\n")
+    stream.flush()
+    with tempfile.TemporaryDirectory(prefix="claude-bottle-build-") as tmp:
+        context = Path(tmp)
+        spec.write_context(context)
+        docker.build(
+            context,
+            spec.tag,
+            build_args=spec.build_args,
+            labels={IMAGE_LABEL: spec.role},
+            no_cache=rebuild,
+            output=stream,
+        )
+    return True
+
+
+def build_images(*, rebuild: bool = False, output: IO[str] | None = None) -> list[str]:
+    """What `claude-bottle image build` does: make sure both images exist; their tags."""
+    specs = [agent_image(), bundle_image()]
+    stream = output if output is not None else sys.stderr
+    for spec in specs:
+        if not ensure(spec, rebuild=rebuild, output=stream):
+            stream.write(f"claude-bottle: image {spec.tag} is up to date\n")
+    return [spec.tag for spec in specs]

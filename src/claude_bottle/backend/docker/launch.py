@@ -1,0 +1,528 @@
+"""Launch and tear down a docker bottle: all-or-nothing, every resource labelled.
+
+Order: runtime dir → watchdog → at once: preflight ‖ sockets volume → bridge
+network → bundle container ‖ (once the volume exists) agent container, a
+missing image built on the way → both ready. Whatever was created is removed
+in one teardown (agent killed, bundle stopped gracefully so its audit log ends
+with `bundle-stop`, then network and volume), both when launch fails half-way
+and when the bottle ends.
+
+The watchdog covers the one case an ExitStack cannot: the CLI killed with
+SIGKILL. It is a `sh` blocked reading a pipe whose only writer is the CLI;
+the CLI writes `done` after its own teardown or `detach` when the bottle is
+meant to outlive it. EOF without either word means the CLI died, and the
+watchdog removes every resource carrying the launch's labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from claude_bottle import paths, state
+from claude_bottle.backend.docker import docker, images
+from claude_bottle.backend.docker.bottle import DockerBottle
+from claude_bottle.backend.docker.bottle_plan import (
+    BUNDLE_STATE,
+    CA_BUNDLE,
+    CA_CERT,
+    CONTROL_DIR,
+    GATEWAY_CA,
+    LABEL_ROLE,
+    ROLE_BUNDLE,
+    SOCKETS_DIR,
+    UPSTREAM_CA,
+    DockerBottlePlan,
+    agent_command,
+    agent_run_args,
+    bundle_command,
+    bundle_run_args,
+    sockets_volume_options,
+)
+from claude_bottle.bottle_env import SECRET_NAME
+from claude_bottle.bundle import control
+from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.claude_home import seed_claude_home
+from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+
+READY_TIMEOUT = 30.0
+BUNDLE_STOP_TIMEOUT = 5
+
+
+# --- running things side by side ------------------------------------------------------
+
+
+def parallel(*calls: Callable[[], object]) -> list[BaseException]:
+    """Run the calls in threads; the exceptions they raised (empty when all succeeded)."""
+    errors: list[BaseException] = []
+
+    def wrap(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrap, args=(c,), daemon=True) for c in calls[1:]]
+    for thread in threads:
+        thread.start()
+    if calls:
+        wrap(calls[0])
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+# --- teardown -------------------------------------------------------------------------
+
+
+def _tolerant(call: Callable[[], None], what: str, problems: list[str]) -> None:
+    try:
+        call()
+    except docker.DockerError as exc:
+        if not exc.missing and "in progress" not in exc.stderr:
+            problems.append(f"could not remove {what}: {exc.message}")
+
+
+def teardown(
+    *,
+    agents: Iterable[str] = (),
+    bundles: Iterable[str] = (),
+    stopped: Iterable[str] = (),
+    networks: Iterable[str] = (),
+    volumes: Iterable[str] = (),
+) -> list[str]:
+    """Remove containers, then networks and volumes; the problems (empty when all went).
+
+    Agents are killed at once. A bundle gets SIGTERM so its audit log ends with its
+    `bundle-stop` record, unless it is in `stopped` (it already wrote it). Networks go
+    once the bundles are gone, in parallel with the agents; volumes last. Anything
+    already gone counts as removed.
+    """
+    problems: list[str] = []
+    agent_list, stopped_list = list(agents), list(stopped)
+
+    def bundle_side() -> None:
+        for name in bundles:
+            graceful = functools.partial(docker.stop, [name], timeout=BUNDLE_STOP_TIMEOUT)
+            _tolerant(graceful, f"container {name}", problems)
+            _tolerant(functools.partial(docker.rm, [name]), f"container {name}", problems)
+        if stopped_list:
+            what = f"container {', '.join(stopped_list)}"
+            _tolerant(functools.partial(docker.rm, stopped_list), what, problems)
+        for name in networks:
+            _tolerant(functools.partial(docker.network_rm, [name]), f"network {name}", problems)
+
+    def agent_side() -> None:
+        if agent_list:
+            what = f"container {', '.join(agent_list)}"
+            _tolerant(functools.partial(docker.rm, agent_list), what, problems)
+
+    parallel(bundle_side, agent_side)
+    for name in volumes:
+        _tolerant(functools.partial(docker.volume_rm, [name]), f"volume {name}", problems)
+    return problems
+
+
+def find_resources(labels: Mapping[str, str]) -> dict[str, list[str]]:
+    """Every container, network and volume carrying all these labels, by kind."""
+    found: dict[str, list[str]] = {"agents": [], "bundles": [], "networks": [], "volumes": []}
+    for row in docker.ps(labels):
+        role = docker.parse_labels(row.get("Labels")).get(LABEL_ROLE)
+        found["bundles" if role == ROLE_BUNDLE else "agents"].append(str(row.get("Names")))
+    found["networks"] = [str(row.get("Name")) for row in docker.network_ls(labels)]
+    found["volumes"] = [str(row.get("Name")) for row in docker.volume_ls(labels)]
+    return found
+
+
+def remove_by_labels(labels: Mapping[str, str]) -> list[str]:
+    found = find_resources(labels)
+    return teardown(
+        agents=found["agents"],
+        bundles=found["bundles"],
+        networks=found["networks"],
+        volumes=found["volumes"],
+    )
+
+
+class Watchdog:
+    """Removes the launch's resources if the CLI dies without saying `done` or `detach`."""
+
+    SCRIPT = (
+        'read -r word; case "$word" in done|detach) exit 0;; esac; '
+        'exec "$0" -m claude_bottle.backend.docker.launch --teardown "$1"'
+    )
+
+    def __init__(self, process: subprocess.Popen[bytes] | None) -> None:
+        self.process = process
+
+    @classmethod
+    def spawn(cls, labels: Mapping[str, str], log: Path, python: str = sys.executable) -> Watchdog:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", cls.SCRIPT, python, json.dumps(dict(labels))],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        return cls(process)
+
+    def release(self, word: str = "done") -> None:
+        process, self.process = self.process, None
+        if process is None or process.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            process.stdin.write(word.encode() + b"\n")
+            process.stdin.flush()
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(1)
+
+
+# --- launch ---------------------------------------------------------------------------
+
+
+class _Created:
+    """What this launch has created so far, for one teardown in reverse order."""
+
+    def __init__(self) -> None:
+        self.agents: list[str] = []
+        self.bundles: list[str] = []
+        self.networks: list[str] = []
+        self.volumes: list[str] = []
+        self.control_socket: Path | None = None  # set once the bundle answers
+        self.audit_log: Path | None = None
+
+    def _stop_bundle(self) -> bool:
+        """Ask the bundle to stop; True once its last audit record (`bundle-stop`) is written."""
+        if self.control_socket is None or self.audit_log is None:
+            return False
+        try:
+            control.call(self.control_socket, "stop", timeout=2)
+        except BottleError:
+            return False
+        deadline = time.monotonic() + BUNDLE_STOP_TIMEOUT
+        while not _ends_with_bundle_stop(self.audit_log):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def remove(self) -> None:
+        stopped = self._stop_bundle()
+        problems = teardown(
+            agents=self.agents,
+            bundles=[] if stopped else self.bundles,
+            stopped=self.bundles if stopped else [],
+            networks=self.networks,
+            volumes=self.volumes,
+        )
+        if problems:
+            print(f"claude-bottle: {'; '.join(problems)}", file=sys.stderr)
+
+
+def _ends_with_bundle_stop(audit_log: Path) -> bool:
+    try:
+        with audit_log.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            tail = handle.read()
+    except OSError:
+        return False
+    if not tail.endswith(b"\n"):
+        return False  # a record is being written
+    try:
+        last = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    except ValueError:
+        return False
+    return isinstance(last, dict) and last.get("rule") == "bundle-stop"
+
+
+def _build(tag: str) -> None:
+    """Build the image `tag` names (agent or bundle), from the inputs it was tagged by."""
+    for spec in (images.agent_image(), images.bundle_image()):
+        if spec.repo == tag.partition(":")[0]:
+            if spec.tag != tag:
+                raise LaunchError(
+                    f"the image inputs changed since this plan was made ({tag} -> {spec.tag})",
+                    "run the command again",
+                )
+            images.ensure(spec)
+            return
+    raise LaunchError(f"no recipe for image {tag}")
+
+
+def _host_pid(info: Mapping[str, Any] | None, marker: str) -> dict[str, int] | None:
+    """The container's process 1 as a host process ref, when the engine runs on this host."""
+    if not info:
+        return None
+    pid = int(info.get("State", {}).get("Pid") or 0)
+    if pid <= 0:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if marker.encode() not in cmdline:
+        return None  # a remote engine or a VM: that pid is not ours
+    return state.process_ref(pid)
+
+
+def _settings(plan: DockerBottlePlan) -> BundleSettings:
+    return BundleSettings(
+        bottle=plan.name,
+        proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
+        control_socket=f"{CONTROL_DIR}/control.sock",
+        audit_log=f"{BUNDLE_STATE}/audit.jsonl",
+        allow=plan.egress_allow,
+        deny=plan.egress_deny,
+        mode=plan.egress_mode,
+        pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
+        intercept=plan.egress_intercept,
+        intercept_exclude=plan.intercept_exclude,
+        ca_cert=CA_CERT,
+        ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
+        upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
+        gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
+        anthropic_credential=plan.bundle_credential,
+        anthropic_upstream=plan.anthropic_upstream,
+        gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
+        max_tokens_total=plan.max_tokens_total,
+        oauth_token_url=plan.oauth_token_url,
+        dlp_enabled=plan.dlp_enabled,
+        dlp_block=plan.dlp_block,
+        dlp_patterns=plan.dlp_patterns,
+    )
+
+
+def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> dict[str, str]:
+    """What the bundle reads from its environment: the user's secret values (for DLP) and
+    the variable holding the Anthropic credential, plus where to find Claude Code's store.
+
+    A host-process bundle inherits them; a container does not, and they must not go into
+    the container's configuration (`docker inspect` shows it). They go into a 0600 file
+    in the runtime dir instead, bound read-only into the bundle container alone.
+    """
+    env = {name: value for name, value in host_env.items() if SECRET_NAME.search(name) and value}
+    for name in plan.bundle_env_copy:
+        if name in host_env:
+            env[name] = host_env[name]
+    env.update(plan.bundle_env)
+    return env
+
+
+def start(
+    plan: DockerBottlePlan,
+    stack: contextlib.ExitStack,
+    preflight: Callable[[], list[str]] = list,
+) -> tuple[DockerBottle, Watchdog]:
+    state_dir = paths.make_private_dir(Path(plan.state_dir))
+    runtime = Path(plan.runtime_dir)
+    if runtime.exists():
+        raise LaunchError(
+            f"bottle {plan.name} already has runtime files in {runtime}",
+            "it may be running (claude-bottle ls); otherwise: claude-bottle cleanup",
+        )
+    paths.make_private_dir(runtime.parent)
+    paths.make_private_dir(runtime)
+    stack.callback(shutil.rmtree, runtime, True)
+    for sub in ("exec", "control"):
+        (runtime / sub).mkdir(mode=0o700)
+    home = paths.make_private_dir(Path(plan.agent.home_source))
+    seed_claude_home(home, Path(plan.agent.home))
+    _settings(plan).dump(runtime / "bundle.json")
+    env_file = runtime / "bundle-env.json"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(bundle_environment(plan, os.environ), handle)
+    (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+
+    labels = plan.labels()
+    watchdog = Watchdog.spawn(labels, state_dir / "docker.log")
+    stack.callback(watchdog.release, "done")  # last out: after the teardown below
+    created = _Created()
+    stack.callback(created.remove)
+
+    # Everything at once: the engine check, and per container its chain of steps (the
+    # agent waits only for the volume). A run whose image is missing fails at once
+    # (--pull never); the image is built, and the run tried again.
+    problems: list[str] = []
+    volume_done = threading.Event()
+    building = threading.Lock()
+    containers = {"bundle": plan.bundle.container, "bottle": plan.agent.container}
+    infos: dict[str, dict[str, Any] | None] = {}
+
+    def run(role: str) -> None:
+        if role == "bundle":
+            image, args, command = plan.bundle.image, bundle_run_args(plan.bundle), bundle_command()
+        else:
+            image, args = plan.agent.image, agent_run_args(plan.agent)
+            command = agent_command(plan.relay_port, plan.gateway_port)
+        try:
+            docker.run(args, image, command)
+        except docker.DockerError as exc:
+            if "no such image" not in exc.stderr.lower():
+                raise
+            with building:
+                _build(image)
+            docker.run(args, image, command)
+        (created.bundles if role == "bundle" else created.agents).append(containers[role])
+        infos[role] = docker.inspect(containers[role])
+
+    def bundle_chain() -> None:
+        try:
+            docker.volume_create(
+                plan.volume,
+                labels={**labels, LABEL_ROLE: "sockets"},
+                options=sockets_volume_options(plan.agent.uid, plan.agent.gid),
+            )
+            created.volumes.append(plan.volume)
+        finally:
+            volume_done.set()
+        if plan.network:
+            docker.network_create(plan.network, labels={**labels, LABEL_ROLE: "network"})
+            created.networks.append(plan.network)
+        run("bundle")
+
+    def agent_chain() -> None:
+        volume_done.wait()
+        if plan.volume in created.volumes:  # otherwise the bundle's chain says why
+            run("bottle")
+
+    errors = parallel(lambda: problems.extend(preflight()), bundle_chain, agent_chain)
+    if problems:
+        raise MissingDependency("; ".join(problems))
+    _raise_first(errors)
+    processes = {
+        role: ref
+        for role, ref in (
+            ("bundle", _host_pid(infos.get("bundle"), "claude_bottle.bundle.server")),
+            ("bottle", _host_pid(infos.get("bottle"), "relay.py")),
+        )
+        if ref is not None
+    }
+    exec_socket = runtime / "exec" / "exec.sock"
+    control_socket = runtime / "control" / "control.sock"
+    _wait_ready(exec_socket, control_socket, containers, processes)
+    created.control_socket = control_socket
+    created.audit_log = state_dir / "audit.jsonl"
+    env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
+
+    state.write_record(
+        plan.name,
+        {
+            "name": plan.name,
+            "backend": plan.backend,
+            "workspace": plan.workspace,
+            "created": time.time(),
+            "status": "running",
+            "detached": plan.detach,
+            "processes": processes,
+            "containers": containers,
+            "network": plan.network,
+            "volume": plan.volume,
+            "labels": labels,
+            "runtime_dir": str(runtime),
+            "control_socket": str(control_socket),
+            "exec_socket": str(exec_socket),
+            "env": plan.env,
+            "command": list(plan.command),
+        },
+    )
+    bottle = DockerBottle(
+        plan.name,
+        exec_socket=exec_socket,
+        env=plan.env,
+        workspace=plan.workspace,
+        processes=processes,
+        containers=containers,
+    )
+    return bottle, watchdog
+
+
+def _raise_first(errors: list[BaseException]) -> None:
+    if not errors:
+        return
+    error = errors[0]
+    if isinstance(error, MissingDependency):
+        raise error
+    if isinstance(error, BottleError):
+        raise LaunchError(f"the bottle did not start: {error.message}", error.hint) from error
+    raise error
+
+
+def _wait_ready(
+    exec_socket: Path,
+    control_socket: Path,
+    containers: Mapping[str, str],
+    processes: Mapping[str, dict[str, int]],
+) -> None:
+    """Until the relay serves exec and the bundle answers; fail fast if a container died."""
+    started = time.monotonic()
+    deadline = started + READY_TIMEOUT
+    next_engine_check = started + 0.5
+    bundle_ready = False
+    while True:
+        if not bundle_ready and control_socket.exists():
+            with contextlib.suppress(BottleError):
+                bundle_ready = bool(control.call(control_socket, "ping", timeout=2).get("ok"))
+        if bundle_ready and exec_socket.exists():
+            return
+        now = time.monotonic()
+        for role, ref in processes.items():
+            if not state.process_alive(ref):
+                _died(role, containers[role])
+        if now >= next_engine_check and len(processes) < len(containers):
+            next_engine_check = now + 0.5
+            for role, container in containers.items():
+                info = docker.inspect(container)
+                if info is None or not info.get("State", {}).get("Running"):
+                    _died(role, container)
+        if now > deadline:
+            missing = "the bundle" if not bundle_ready else "the agent container's relay"
+            raise LaunchError(
+                f"the bottle did not become ready within {READY_TIMEOUT:.0f}s ({missing})",
+                "the docker backend needs an engine on this host that shares its file system "
+                "(unix sockets in bind mounts); see docker logs of the bottle's containers",
+            )
+        time.sleep(0.005)
+
+
+def _died(role: str, container: str) -> None:
+    what = "bundle" if role == "bundle" else "agent"
+    output = docker.logs(container, tail=5).replace("\n", " | ") or "no output"
+    raise LaunchError(
+        f"the {what} container exited while starting: {output}",
+        f"see `docker logs {container}`",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m claude_bottle.backend.docker.launch --teardown LABELS_JSON` (the watchdog)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--teardown":
+        print("usage: launch.py --teardown LABELS_JSON", file=sys.stderr)
+        return 2
+    labels = json.loads(args[1])
+    if not isinstance(labels, dict) or not labels:
+        print("launch.py: refusing to tear down without labels", file=sys.stderr)
+        return 2
+    problems = remove_by_labels({str(k): str(v) for k, v in labels.items()})
+    for problem in problems:
+        print(f"claude-bottle watchdog: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

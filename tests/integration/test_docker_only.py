@@ -1,0 +1,322 @@
+"""What only the docker backend has to prove: its containers, networks and volumes.
+
+The shared suite (test_isolation.py and friends) proves the bottle's guarantees for every
+backend. These tests look at the docker resources themselves: the agent container's
+hardening as the engine reports it, that it cannot reach the bundle's network or the
+engine's socket, that the bundle's own bridge network gives it a way out, that killing
+the bundle container cuts egress, and that nothing labelled with the bottle survives
+`stop`, `cleanup` or a CLI killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import BottleEnv, backend_unavailable
+from tests.integration.upstream import RecordingHTTPServer
+
+pytestmark = pytest.mark.integration
+
+LABEL = "claude-bottle.bottle"
+
+
+@pytest.fixture
+def backend() -> str:
+    """Every test here runs the docker backend (this overrides conftest's parametrized one)."""
+    try:
+        reason = backend_unavailable("docker")
+    except Exception as exc:  # not registered yet
+        pytest.skip(f"docker backend unavailable: {exc}")
+    if reason:
+        pytest.skip(f"docker backend unavailable here: {reason}")
+    return "docker"
+
+
+@pytest.fixture(autouse=True)
+def _remove_what_a_failed_test_left(bottle_env: BottleEnv) -> Iterator[None]:
+    """Tests must not leak into each other: after each, remove what carries its state label."""
+    yield
+    root = str((bottle_env.root / "state").resolve())
+    label = f"claude-bottle.state={hashlib.sha256(root.encode()).hexdigest()[:12]}"
+    for ls, rm in (
+        (["ps", "--all", "--quiet"], ["rm", "--force"]),
+        (["network", "ls", "--quiet"], ["network", "rm"]),
+        (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
+    ):
+        found = _docker(*ls, "--filter", f"label={label}").split()
+        if found:
+            subprocess.run(["docker", *rm, *found], capture_output=True, timeout=60)
+
+
+def _docker(*args: str) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _labelled(kind: str, name: str) -> list[str]:
+    """Names of every container / network / volume labelled with this bottle's name."""
+    fmt = {"container": "{{.Names}}", "network": "{{.Name}}", "volume": "{{.Name}}"}[kind]
+    args = {
+        "container": ["ps", "--all"],
+        "network": ["network", "ls"],
+        "volume": ["volume", "ls"],
+    }[kind]
+    out = _docker(*args, "--filter", f"label={LABEL}={name}", "--format", fmt)
+    return out.split()
+
+
+def _leftovers(name: str) -> dict[str, list[str]]:
+    return {kind: _labelled(kind, name) for kind in ("container", "network", "volume")}
+
+
+def _wait_for_no_leftovers(name: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    left = _leftovers(name)
+    while any(left.values()):
+        assert time.monotonic() < deadline, f"left behind: {left}"
+        time.sleep(0.2)
+        left = _leftovers(name)
+
+
+def _inspect(container: str) -> dict[str, Any]:
+    data = json.loads(_docker("container", "inspect", container))
+    assert isinstance(data, list) and data
+    result: dict[str, Any] = data[0]
+    return result
+
+
+def _record(be: BottleEnv, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((be.state_dir(name) / "bottle.json").read_text())
+    return data
+
+
+def _detach(be: BottleEnv, name: str, script: str = "sleep 300") -> dict[str, Any]:
+    started = be.cli(
+        "run", "--backend", "docker", "--name", name, "--detach", "--", "/bin/sh", "-c", script
+    )
+    assert started.returncode == 0, started.stderr
+    return _record(be, name)
+
+
+def _bridge_config(be: BottleEnv, upstream: RecordingHTTPServer, host_ip: str) -> None:
+    """No loopback pin: the bundle gets its own bridge network."""
+    be.write_config(f"""
+        [egress]
+        allow = ["allowed.test"]
+        [egress.resolve]
+        "allowed.test" = "{host_ip}:{upstream.port}"
+        [gateway]
+        anthropic_upstream = "https://api.anthropic.com"
+    """)
+
+
+def _host_ip() -> str:
+    """This host's address on its default route (reachable from a bridge network)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.123", 9))  # no packet is sent for UDP connect
+        address = str(probe.getsockname()[0])
+    if address.startswith("127."):
+        pytest.skip("this host has no non-loopback address")
+    return address
+
+
+@pytest.fixture
+def open_upstream() -> Iterator[RecordingHTTPServer]:
+    server = RecordingHTTPServer(host="0.0.0.0")
+    yield server
+    server.close()
+
+
+def test_agent_container_is_hardened_and_labelled(bottle_env: BottleEnv) -> None:
+    secret = "hostsecret-" + "Q7xV9" * 6
+    bottle_env.env["MY_API_KEY"] = secret
+    record = _detach(bottle_env, "h")
+    agent = _inspect(record["containers"]["bottle"])
+    host = agent["HostConfig"]
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["PidsLimit"] > 0 and host["Memory"] > 0
+    assert host["Privileged"] is False
+    assert agent["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    assert agent["Config"]["Labels"][LABEL] == "h"
+    mounts = {m["Destination"]: m for m in agent["Mounts"]}
+    assert mounts["/run/claude-bottle/bundle"]["RW"] is False  # the sockets, read-only
+    assert mounts[str(bottle_env.workspace)]["RW"] is True
+    assert not any("docker.sock" in m["Source"] for m in agent["Mounts"])
+    bundle = _inspect(record["containers"]["bundle"])
+    assert bundle["HostConfig"]["ReadonlyRootfs"] is True
+    assert bundle["HostConfig"]["CapDrop"] == ["ALL"]
+    # The user's secret values reach the bundle (for DLP) through a file that is gone once
+    # it has started, never through the containers' configuration.
+    assert secret not in json.dumps(bundle) and secret not in json.dumps(agent)
+    assert not (Path(record["runtime_dir"]) / "bundle-env.json").exists()
+    kinds = _leftovers("h")
+    assert len(kinds["container"]) == 2 and len(kinds["volume"]) == 1
+    assert bottle_env.cli("stop", "h").returncode == 0
+    _wait_for_no_leftovers("h")
+
+
+def test_bridge_network_is_the_bundle_s_way_out_and_the_agent_cannot_reach_it(
+    bottle_env: BottleEnv, open_upstream: RecordingHTTPServer
+) -> None:
+    _bridge_config(bottle_env, open_upstream, _host_ip())
+    record = _detach(bottle_env, "b")
+    bundle = _inspect(record["containers"]["bundle"])
+    (network,) = bundle["NetworkSettings"]["Networks"]
+    assert network == record["network"] and network.startswith("claude-bottle-b-")
+    bundle_ip = bundle["NetworkSettings"]["Networks"][network]["IPAddress"]
+    gateway_ip = bundle["NetworkSettings"]["Networks"][network]["Gateway"]
+    assert bundle_ip and gateway_ip
+    (bottle_env.workspace / "reach.sh").write_text(
+        "curl -sS --max-time 10 http://allowed.test/bridged\n"
+        f"for target in {bundle_ip}:3128 {bundle_ip}:80 {gateway_ip}:2375 "
+        f"{gateway_ip}:{open_upstream.port}; do\n"
+        '  if curl -sS --noproxy "*" --max-time 3 -o /dev/null "http://$target/" 2>/dev/null;'
+        ' then echo "REACHED $target"; else echo "unreachable $target"; fi\n'
+        "done\n"
+        "ls -la /var/run/docker.sock /run/docker.sock 2>&1 | grep -c 'No such file'\n"
+        "find / -xdev -name 'docker*.sock' 2>/dev/null | wc -l\n"
+    )
+    record["command"] = ["/bin/sh", str(bottle_env.workspace / "reach.sh")]
+    (bottle_env.state_dir("b") / "bottle.json").write_text(json.dumps(record))
+    result = bottle_env.cli("resume", "b")
+    out = result.stdout
+    assert "hello from upstream /bridged" in out, result.stderr  # out through the bridge
+    assert "REACHED" not in out, out
+    assert out.count("unreachable") == 4
+    assert out.strip().splitlines()[-2:] == ["2", "0"]  # no engine socket anywhere
+    assert [r.path for r in open_upstream.requests] == ["/bridged"]
+    assert bottle_env.cli("stop", "b").returncode == 0
+    _wait_for_no_leftovers("b")
+
+
+def test_killing_the_bundle_container_cuts_egress_and_stops_the_run(
+    bottle_env: BottleEnv,
+) -> None:
+    flag = bottle_env.workspace / "go"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "claude_bottle",
+            "run",
+            "--backend",
+            "docker",
+            "--name",
+            "k",
+            "--",
+            "/bin/sh",
+            "-c",
+            "curl -sS --max-time 5 http://allowed.test/before; echo started; "
+            f"while [ ! -e {flag} ]; do sleep 0.05; done; "
+            "curl -sS --max-time 5 http://allowed.test/after; sleep 30",
+        ],
+        env=bottle_env.env,
+        cwd=bottle_env.workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "hello from upstream /before" in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "started"
+    record = _record(bottle_env, "k")
+    _docker("kill", record["containers"]["bundle"])
+    flag.write_text("")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 125, (out, err)
+    assert "bundle container stopped" in err
+    assert "/after" not in out
+    assert [r.path for r in bottle_env.upstream.requests] == ["/before"]
+    _wait_for_no_leftovers("k")
+
+
+def test_sigkilled_cli_leaves_nothing_behind(bottle_env: BottleEnv) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "claude_bottle",
+            "run",
+            "--backend",
+            "docker",
+            "--name",
+            "z",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo started; sleep 300",
+        ],
+        env=bottle_env.env,
+        cwd=bottle_env.workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    assert len(_labelled("container", "z")) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _wait_for_no_leftovers("z")  # the watchdog tore it down
+    cleaned = bottle_env.cli("cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (bottle_env.state_dir("z") / "audit.jsonl").exists()
+
+
+def test_cleanup_removes_what_a_crash_left(
+    bottle_env: BottleEnv, open_upstream: RecordingHTTPServer
+) -> None:
+    _bridge_config(bottle_env, open_upstream, _host_ip())
+    record = _detach(bottle_env, "c")
+    assert record["network"]
+    # An engine restart (or anything else) takes the containers down behind our back.
+    for container in record["containers"].values():
+        _docker("kill", container)
+    deadline = time.monotonic() + 10
+    state = ""
+    while state != "crashed":
+        assert time.monotonic() < deadline, state
+        rows = json.loads(bottle_env.cli("ls", "--json").stdout)
+        state = {r["name"]: r["state"] for r in rows}["c"]
+        time.sleep(0.1)
+    listed = bottle_env.cli("cleanup", "--dry-run")
+    assert listed.returncode == 0, listed.stderr
+    for name in (*record["containers"].values(), record["network"], record["volume"]):
+        assert name in listed.stdout
+    assert len(_labelled("container", "c")) == 2  # a dry run removes nothing
+    cleaned = bottle_env.cli("cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    _wait_for_no_leftovers("c", timeout=5)
+    assert "nothing to clean up" in bottle_env.cli("cleanup").stdout
+
+
+def test_a_normal_run_removes_everything_before_it_returns(bottle_env: BottleEnv) -> None:
+    result = bottle_env.sh("echo inside")
+    assert result.returncode == 0 and result.stdout.strip() == "inside", result.stderr
+    assert _leftovers("t") == {"container": [], "network": [], "volume": []}
+
+
+def test_files_written_in_the_workspace_belong_to_the_user(bottle_env: BottleEnv) -> None:
+    result = bottle_env.sh("echo made > made-in-bottle; mkdir -p sub && touch sub/f")
+    assert result.returncode == 0, result.stderr
+    for path in (bottle_env.workspace / "made-in-bottle", bottle_env.workspace / "sub" / "f"):
+        assert path.stat().st_uid == os.getuid()
+        assert path.stat().st_gid == os.getgid()

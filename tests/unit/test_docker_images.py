@@ -1,0 +1,145 @@
+"""Images are tagged by what they are built from: same inputs, same tag; any change, a new one."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_bottle.backend.docker import docker, images
+from claude_bottle.backend.docker.images import ImageSpec, pinned_requirements
+
+
+def _spec(**changes: Any) -> ImageSpec:
+    base: dict[str, Any] = {
+        "role": "agent",
+        "repo": "claude-bottle-agent",
+        "files": {"Dockerfile": b"FROM debian:bookworm-slim\n", "relay.py": b"print()\n"},
+        "build_args": {"CLAUDE_CODE_VERSION": "latest"},
+    }
+    base.update(changes)
+    return ImageSpec(**base)
+
+
+def test_tag_is_repo_and_sixteen_hex_of_the_inputs() -> None:
+    tag = _spec().tag
+    repo, _, digest = tag.partition(":")
+    assert repo == "claude-bottle-agent"
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert _spec().tag == tag  # deterministic
+    files = dict(reversed(list(_spec().files.items())))
+    assert _spec(files=files).tag == tag  # order of the inputs does not matter
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"files": {"Dockerfile": b"FROM debian:bookworm-slim\n", "relay.py": b"print(1)\n"}},
+        {"files": {"Dockerfile": b"FROM debian:bookworm-slim\n", "relay2.py": b"print()\n"}},
+        {"build_args": {"CLAUDE_CODE_VERSION": "2.1.0"}},
+        {"files": {"Dockerfile": b"FROM debian:bookworm-slim\nrelay.py", "": b"print()\n"}},
+    ],
+)
+def test_any_change_of_the_inputs_changes_the_tag(change: dict[str, Any]) -> None:
+    assert _spec(**change).tag != _spec().tag
+
+
+def test_write_context_materialises_every_file(tmp_path: Path) -> None:
+    spec = _spec(files={"Dockerfile": b"x", "claude_bottle/bundle/a.py": b"y"})
+    spec.write_context(tmp_path)
+    assert (tmp_path / "Dockerfile").read_bytes() == b"x"
+    assert (tmp_path / "claude_bottle" / "bundle" / "a.py").read_bytes() == b"y"
+
+
+def test_agent_image_is_built_from_the_shipped_dockerfile_and_relay() -> None:
+    spec = images.agent_image()
+    assert spec.files["Dockerfile"] == (images.HERE / "Dockerfile.agent").read_bytes()
+    assert spec.files["relay.py"] == images.RELAY_SCRIPT.read_bytes()
+    text = spec.files["Dockerfile"].decode()
+    assert text.startswith("#") and "FROM debian:bookworm-slim" in text
+    for needed in ("nodejs", "git", "python3", "ca-certificates", "curl"):
+        assert needed in text
+    assert "@anthropic-ai/claude-code" in text
+    assert "useradd" in text and "COPY relay.py /usr/local/lib/claude-bottle/relay.py" in text
+    assert images.agent_image("2.0.0").tag != spec.tag
+
+
+def test_bundle_image_carries_only_what_the_bundle_imports() -> None:
+    spec = images.bundle_image()
+    names = set(spec.files)
+    assert "claude_bottle/bundle/server.py" in names
+    assert "claude_bottle/policy/allowlist.py" in names
+    assert "claude_bottle/errors.py" in names and "claude_bottle/__init__.py" in names
+    assert not any(n.startswith(("claude_bottle/cli/", "claude_bottle/backend/")) for n in names)
+    assert not any("__pycache__" in n for n in names)
+    requirements = spec.files["requirements.txt"].decode().splitlines()
+    assert any(r.startswith("h11==") for r in requirements)
+    assert any(r.startswith("cryptography==") for r in requirements)
+    assert not any("pytest" in r for r in requirements)  # no test extras
+
+
+def test_requirements_are_pinned_to_the_host_s_versions_markers_kept() -> None:
+    installed = {"h11": "0.16.0", "hyperscan": "0.9.1"}
+    pinned = pinned_requirements(
+        [
+            "h11>=0.14",
+            'hyperscan>=0.7; sys_platform == "linux"',
+            "brotli>=1.0",
+            "",
+        ],
+        installed.get,
+    )
+    assert pinned == ["h11==0.16.0", 'hyperscan==0.9.1; sys_platform == "linux"', "brotli>=1.0"]
+
+
+def test_declared_requirements_drop_extras() -> None:
+    declared = images.declared_requirements()
+    assert declared and not any("extra" in r for r in declared)
+
+
+def test_extra_ca_files(tmp_path: Path) -> None:
+    cas = tmp_path / "cas"
+    (cas / "corp").mkdir(parents=True)
+    (cas / "proxy.crt").write_bytes(b"PEM-1")
+    (cas / "corp" / "root.crt").write_bytes(b"PEM-2")
+    (cas / "ignored.txt").write_bytes(b"not a cert")
+    extra = tmp_path / "extra.pem"
+    extra.write_bytes(b"PEM-3")
+    files = images.extra_ca_files(cas, str(extra))
+    assert files == {
+        "ca/README": images.CA_PLACEHOLDER,
+        "ca/corp_root.crt": b"PEM-2",
+        "ca/proxy.crt": b"PEM-1",
+        "ca/claude-bottle-extra.crt": b"PEM-3",
+    }
+    assert images.extra_ca_files(tmp_path / "none", "") == {"ca/README": images.CA_PLACEHOLDER}
+
+
+def test_ensure_builds_only_when_the_tag_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    present: set[str] = set()
+    builds: list[tuple[str, dict[str, str], bool, list[str]]] = []
+
+    def inspect(ref: str) -> dict[str, str] | None:
+        return {"Id": "x"} if ref in present else None
+
+    def build(context: Path, tag: str, **kwargs: Any) -> None:
+        files = sorted(p.name for p in context.iterdir())
+        builds.append((tag, kwargs["labels"], kwargs["no_cache"], files))
+        present.add(tag)
+
+    monkeypatch.setattr(docker, "image_inspect", inspect)
+    monkeypatch.setattr(docker, "build", build)
+    spec = _spec()
+    out = io.StringIO()
+    assert images.ensure(spec, output=out) is True
+    assert "building image " + spec.tag in out.getvalue()
+    assert builds == [
+        (spec.tag, {"claude-bottle.image": "agent"}, False, ["Dockerfile", "relay.py"])
+    ]
+    assert images.ensure(spec, output=out) is False  # cached: nothing to do
+    assert images.ensure(spec, rebuild=True, output=out) is True
+    assert builds[-1][2] is True  # --no-cache: refresh what the inputs do not pin

@@ -1,0 +1,549 @@
+"""Teardown, cleanup, the watchdog, preflight and what the bundle container is given.
+
+The docker CLI is replaced by recording fakes: these tests pin the order of removal,
+which leftovers count as orphans, and how engine problems are reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_bottle import state
+from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend.docker import backend as docker_backend
+from claude_bottle.backend.docker import docker, images, launch
+from claude_bottle.backend.docker.backend import (
+    DockerBackend,
+    credential_access,
+    needs_host_network,
+    state_label,
+)
+from claude_bottle.backend.docker.bottle_plan import Mount
+from claude_bottle.config.model import (
+    Config,
+    CredentialsConfig,
+    EgressConfig,
+    GatewayConfig,
+    ResolvePin,
+)
+from claude_bottle.errors import LaunchError
+
+
+@dataclass
+class FakeEngine:
+    """The docker wrapper's functions, recording calls; names in `gone` do not exist."""
+
+    calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)
+    broken: set[str] = field(default_factory=set)
+    containers: list[dict[str, Any]] = field(default_factory=list)
+    networks: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)
+
+    def _act(self, what: str, names: list[str]) -> None:
+        self.calls.append((what, tuple(names)))
+        for name in names:
+            if name in self.gone:
+                raise docker.DockerError("x", stderr=f"Error: No such container: {name}")
+            if name in self.broken:
+                raise docker.DockerError(
+                    f"docker {what} failed: device busy", stderr="device or resource busy"
+                )
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(docker, "rm", lambda names, force=True: self._act("rm", list(names)))
+        monkeypatch.setattr(docker, "stop", lambda names, timeout=5: self._act("stop", list(names)))
+        monkeypatch.setattr(docker, "network_rm", lambda names: self._act("network_rm", names))
+        monkeypatch.setattr(docker, "volume_rm", lambda names: self._act("volume_rm", names))
+        monkeypatch.setattr(docker, "ps", lambda labels: self._matching(self.containers, labels))
+        monkeypatch.setattr(
+            docker, "network_ls", lambda labels: self._matching(self.networks, labels)
+        )
+        monkeypatch.setattr(
+            docker, "volume_ls", lambda labels: self._matching(self.volumes, labels)
+        )
+        monkeypatch.setattr(docker, "image_ls", lambda labels: list(self.images))
+        monkeypatch.setattr(docker, "image_rm", lambda refs: self._act("image_rm", list(refs)))
+
+    @staticmethod
+    def _matching(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+        def has(row: dict[str, Any]) -> bool:
+            found = docker.parse_labels(row["Labels"])
+            return all(found.get(k) == v for k, v in labels.items())
+
+        return [row for row in rows if has(row)]
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    fake = FakeEngine()
+    fake.install(monkeypatch)
+    return fake
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
+    return tmp_path
+
+
+# --- teardown ------------------------------------------------------------------------
+
+
+def test_teardown_order_bundle_stopped_gracefully_then_networks_and_volumes(
+    engine: FakeEngine,
+) -> None:
+    problems = launch.teardown(agents=["a"], bundles=["b"], networks=["n"], volumes=["v"])
+    assert problems == []
+    containers = [c for c in engine.calls if c[0] in ("rm", "stop")]
+    assert ("rm", ("a",)) in containers
+    assert containers.index(("stop", ("b",))) < containers.index(("rm", ("b",)))
+    last_container = max(engine.calls.index(c) for c in containers)
+    assert engine.calls.index(("network_rm", ("n",))) > last_container
+    assert engine.calls.index(("volume_rm", ("v",))) > last_container
+
+
+def test_teardown_counts_what_is_already_gone_as_removed(engine: FakeEngine) -> None:
+    engine.gone = {"a", "n"}
+    assert launch.teardown(agents=["a"], networks=["n"], volumes=["v"]) == []
+    assert ("volume_rm", ("v",)) in engine.calls
+
+
+def test_teardown_reports_what_it_could_not_remove_and_goes_on(engine: FakeEngine) -> None:
+    engine.broken = {"v"}
+    problems = launch.teardown(agents=["a"], networks=["n"], volumes=["v"])
+    assert problems == ["could not remove volume v: docker volume_rm failed: device busy"]
+    assert ("network_rm", ("n",)) in engine.calls
+
+
+def _row(name: str, bottle: str, instance: str, role: str = "", label: str = "") -> dict[str, Any]:
+    labels = {
+        "claude-bottle.bottle": bottle,
+        "claude-bottle.instance": instance,
+        "claude-bottle.state": label,
+    }
+    if role:
+        labels["claude-bottle.role"] = role
+    text = ",".join(f"{k}={v}" for k, v in labels.items())
+    return {"Names": name, "Name": name, "Labels": text, "State": "exited"}
+
+
+def test_remove_by_labels_finds_every_kind(engine: FakeEngine) -> None:
+    engine.containers = [
+        _row("x-agent", "x", "i1", "agent", "s"),
+        _row("x-bundle", "x", "i1", "bundle", "s"),
+        _row("y-agent", "y", "i2", "agent", "s"),
+    ]
+    engine.networks = [_row("x-net", "x", "i1", label="s")]
+    engine.volumes = [_row("x-vol", "x", "i1", label="s")]
+    assert launch.remove_by_labels({"claude-bottle.bottle": "x"}) == []
+    removed = {name for _, names in engine.calls for name in names}
+    assert removed == {"x-agent", "x-bundle", "x-net", "x-vol"}
+    assert ("stop", ("x-bundle",)) in engine.calls  # the bundle writes its last record
+
+
+def test_watchdog_main_refuses_to_tear_down_without_labels(engine: FakeEngine) -> None:
+    assert launch.main(["--teardown", "{}"]) == 2
+    assert launch.main(["--bogus"]) == 2
+    assert engine.calls == []
+    engine.volumes = [_row("x-vol", "x", "i1", label="s")]
+    assert launch.main(["--teardown", json.dumps({"claude-bottle.instance": "i1"})]) == 0
+    assert engine.calls == [("volume_rm", ("x-vol",))]
+
+
+# --- the watchdog --------------------------------------------------------------------
+
+
+def _recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in for python that writes the arguments it was run with."""
+    out = tmp_path / "ran"
+    script = tmp_path / "fake-python"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {out}\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script, out
+
+
+def _wait_exit(dog: launch.Watchdog) -> None:
+    assert dog.process is not None
+    dog.process.wait(10)
+
+
+@pytest.mark.parametrize("word", ["done", "detach"])
+def test_watchdog_stands_down_when_told(tmp_path: Path, word: str) -> None:
+    python, ran = _recorder(tmp_path)
+    dog = launch.Watchdog.spawn({"k": "v"}, tmp_path / "log", python=str(python))
+    process = dog.process
+    dog.release(word)
+    assert process is not None and process.wait(10) == 0
+    assert not ran.exists()
+
+
+def test_watchdog_tears_down_when_the_cli_vanishes(tmp_path: Path) -> None:
+    python, ran = _recorder(tmp_path)
+    labels = {"claude-bottle.bottle": "t", "claude-bottle.instance": "abc123"}
+    dog = launch.Watchdog.spawn(labels, tmp_path / "log", python=str(python))
+    assert dog.process is not None and dog.process.stdin is not None
+    dog.process.stdin.close()  # what the kernel does when the CLI is killed
+    _wait_exit(dog)
+    args = ran.read_text().splitlines()
+    assert args[:3] == ["-m", "claude_bottle.backend.docker.launch", "--teardown"]
+    assert json.loads(args[3]) == labels
+
+
+# --- the launch's own teardown ---------------------------------------------------------
+
+
+def test_created_stops_a_bundle_that_answers_then_removes_all_at_once(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    asked: list[str] = []
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text('{"rule": "bundle-start"}\n')
+
+    def stop(path: Path, op: str, timeout: float = 5) -> None:
+        asked.append(op)
+        with audit.open("a") as handle:
+            handle.write('{"kind": "lifecycle", "rule": "bundle-stop"}\n')
+
+    monkeypatch.setattr(launch.control, "call", stop)
+    created = launch._Created()
+    created.agents, created.bundles = ["a"], ["b"]
+    created.networks, created.volumes = ["n"], ["v"]
+    created.control_socket = tmp_path / "control.sock"
+    created.audit_log = audit
+    created.remove()
+    assert asked == ["stop"]
+    assert ("stop", ("b",)) not in engine.calls  # it already stopped itself
+    assert ("rm", ("a",)) in engine.calls and ("rm", ("b",)) in engine.calls
+    assert engine.calls.index(("network_rm", ("n",))) > engine.calls.index(("rm", ("b",)))
+    assert engine.calls[-1] == ("volume_rm", ("v",))
+
+
+def test_bundle_stop_is_recognised_only_as_a_complete_last_record(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    assert not launch._ends_with_bundle_stop(audit)
+    audit.write_text('{"rule": "bundle-start"}\n')
+    assert not launch._ends_with_bundle_stop(audit)
+    audit.write_text('{"rule": "bundle-start"}\n{"rule": "bundle-stop"')
+    assert not launch._ends_with_bundle_stop(audit)  # still being written
+    audit.write_text('{"rule": "bundle-start"}\n{"rule": "bundle-stop"}\n')
+    assert launch._ends_with_bundle_stop(audit)
+
+
+def test_created_falls_back_to_docker_stop_before_the_bundle_answered(
+    engine: FakeEngine,
+) -> None:
+    created = launch._Created()
+    created.bundles = ["b"]
+    created.remove()
+    assert engine.calls[:2] == [("stop", ("b",)), ("rm", ("b",))]
+
+
+# --- cleanup -------------------------------------------------------------------------
+
+
+def test_cleanup_plan_lists_orphans_and_stale_launches_of_live_bottles(
+    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    label = state_label()
+    engine.containers = [
+        _row("dead-agent", "dead", "d1", "agent", label),
+        _row("live-agent", "live", "l2", "agent", label),
+        _row("live-old-agent", "live", "l1", "agent", label),
+        _row("other-users-agent", "dead", "d1", "agent", "someone-else"),
+    ]
+    engine.networks = [_row("dead-net", "dead", "d1", label=label)]
+    engine.volumes = [_row("live-vol", "live", "l2", label=label)]
+    state.write_record("live", {"name": "live", "labels": {"claude-bottle.instance": "l2"}})
+    plan = DockerBackend().cleanup_plan({"live"})
+    assert plan.items == (
+        ("container", "dead-agent (bottle dead, exited)"),
+        ("container", "live-old-agent (bottle live, exited)"),
+        ("network", "dead-net (bottle dead)"),
+    )
+    assert DockerBackend().cleanup(plan) == []
+    assert ("rm", ("dead-agent", "live-old-agent")) in engine.calls
+    assert ("network_rm", ("dead-net",)) in engine.calls
+    assert all("other-users-agent" not in names for _, names in engine.calls)
+
+
+def test_cleanup_lists_our_images_built_from_older_inputs(
+    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    agent, bundle = images.agent_image().tag, images.bundle_image().tag
+
+    def image(ref: str) -> dict[str, Any]:
+        repo, _, tag = ref.partition(":")
+        return {"Repository": repo, "Tag": tag, "Size": "1GB"}
+
+    engine.images = [
+        image(agent),
+        image(bundle),
+        image("claude-bottle-agent:0000000000000000"),
+        image("claude-bottle-bundle:1111111111111111"),
+        image("claude-bottle-bundle:<none>"),
+        image("debian:bookworm-slim"),
+    ]
+    engine.containers = [
+        {"Names": "someone", "Image": "claude-bottle-bundle:1111111111111111", "Labels": ""}
+    ]
+    plan = DockerBackend().cleanup_plan(set())
+    assert plan.items == (
+        ("image", "claude-bottle-agent:0000000000000000 (1GB, built from older inputs)"),
+    )
+    assert DockerBackend().cleanup(plan) == []
+    assert engine.calls == [("image_rm", ("claude-bottle-agent:0000000000000000",))]
+
+
+def test_cleanup_plan_without_docker_is_empty(dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: None)
+    assert DockerBackend().cleanup_plan(set()).items == ()
+
+    def down(labels: dict[str, str]) -> list[dict[str, Any]]:
+        raise docker.DockerError("daemon down", stderr="Cannot connect to the Docker daemon")
+
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    monkeypatch.setattr(docker, "ps", down)
+    assert DockerBackend().cleanup_plan(set()).items == ()
+
+
+def test_stop_removes_every_launch_of_the_bottle_and_its_runtime_dir(
+    engine: FakeEngine, dirs: Path
+) -> None:
+    label = state_label()
+    engine.containers = [_row("s-bundle", "s", "i9", "bundle", label)]
+    runtime = dirs / "rt" / "s"
+    runtime.mkdir(parents=True)
+    DockerBackend().stop({"name": "s", "runtime_dir": str(runtime)})
+    assert engine.calls[:2] == [("stop", ("s-bundle",)), ("rm", ("s-bundle",))]
+    assert not runtime.exists()
+
+
+# --- preflight -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    answer: dict[str, Any] = {"Server": {"Os": "linux", "ApiVersion": "1.41"}}
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    monkeypatch.setattr(docker, "version", lambda: answer)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    yield answer
+
+
+def test_preflight_ok(client: dict[str, Any]) -> None:
+    assert DockerBackend().preflight() == []
+
+
+def test_preflight_missing_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: None)
+    (problem,) = DockerBackend().preflight()
+    assert problem.startswith("the docker client is not installed; fix: ")
+    assert "apt-get install docker.io" in problem
+
+
+@pytest.mark.parametrize(
+    ("stderr", "start", "fix"),
+    [
+        (
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+            "Is the docker daemon running?",
+            "the Docker daemon is not reachable",
+            "systemctl start docker",
+        ),
+        (
+            "permission denied while trying to connect to the Docker daemon socket at "
+            "unix:///var/run/docker.sock",
+            "no permission to use the Docker daemon",
+            "usermod -aG docker",
+        ),
+    ],
+)
+def test_preflight_daemon_problems_are_told_apart(
+    client: dict[str, Any], monkeypatch: pytest.MonkeyPatch, stderr: str, start: str, fix: str
+) -> None:
+    def failing() -> dict[str, Any]:
+        raise docker.DockerError(
+            f"docker version failed: {stderr}", docker.hint_for(stderr), stderr=stderr
+        )
+
+    monkeypatch.setattr(docker, "version", failing)
+    (problem,) = DockerBackend().preflight()
+    assert problem.startswith(start) and fix in problem
+
+
+@pytest.mark.parametrize(
+    ("server", "env", "expected"),
+    [
+        ({"Os": "windows", "ApiVersion": "1.41"}, None, "runs windows containers"),
+        ({"Os": "linux", "ApiVersion": "1.39"}, None, "too old (API 1.39"),
+        ({"Os": "linux", "ApiVersion": "1.41"}, "tcp://10.0.0.5:2376", "engine is remote"),
+        (
+            {"Os": "linux", "ApiVersion": "1.43", "Platform": {"Name": "Docker Desktop 4.2"}},
+            None,
+            "Docker Desktop 4.2 runs containers in a VM",
+        ),
+    ],
+)
+def test_preflight_unusable_engines(
+    client: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    server: dict[str, Any],
+    env: str | None,
+    expected: str,
+) -> None:
+    client["Server"] = server
+    if env:
+        monkeypatch.setenv("DOCKER_HOST", env)
+    (problem,) = DockerBackend().preflight()
+    assert expected in problem and "fix:" in problem
+
+
+# --- what the bundle container is given ------------------------------------------------
+
+
+def test_credential_from_env_is_copied_into_the_bundle_environment() -> None:
+    access = credential_access("env:MY_CLAUDE", "/home/alice", {})
+    assert access.spec == "env:MY_CLAUDE" and access.copy == ("MY_CLAUDE",)
+    assert access.mounts == ()
+
+
+def test_credential_file_is_bound_read_only_at_its_absolute_path(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    key = tmp_path / "keys" / "anthropic"
+    key.write_text("sk-ant-api03-x\n")
+    access = credential_access("file:~/keys/anthropic", str(tmp_path), {})
+    assert access.spec == f"file:{key}"
+    assert access.mounts == (Mount("bind", str(key), str(key), readonly=True),)
+    missing = credential_access("file:/nope/key", str(tmp_path), {})
+    assert missing.spec == "file:/nope/key" and missing.mounts == ()  # the bundle says so
+
+
+def test_keychain_binds_claude_code_s_store_writable(tmp_path: Path) -> None:
+    store = tmp_path / ".claude"
+    store.mkdir()
+    access = credential_access("keychain", str(tmp_path), {})
+    assert access.mounts == (Mount("bind", str(store), str(store)),)
+    assert access.env == (("CLAUDE_CONFIG_DIR", str(store)),)
+    other = tmp_path / "cfg"
+    other.mkdir()
+    chosen = credential_access("keychain", str(tmp_path), {"CLAUDE_CONFIG_DIR": str(other)})
+    assert chosen.mounts == (Mount("bind", str(other), str(other)),)
+
+
+def test_bundle_environment_holds_secrets_and_the_credential_variable(dirs: Path) -> None:
+    (dirs / "ws").mkdir()
+    config = Config(credentials=CredentialsConfig(anthropic="env:CLAUDE_CREDS"))
+    plan = DockerBackend().plan(LaunchRequest("b", dirs / "ws", config, ("true",)))
+    env = launch.bundle_environment(
+        plan,
+        {"MY_API_KEY": "s1", "GITHUB_TOKEN": "s2", "CLAUDE_CREDS": "s3", "EDITOR": "vi"},
+    )
+    assert env["MY_API_KEY"] == "s1" and env["GITHUB_TOKEN"] == "s2"
+    assert env["CLAUDE_CREDS"] == "s3"
+    assert "EDITOR" not in env
+    assert env["HOME"] == plan.agent.home
+
+
+@pytest.mark.parametrize(
+    ("config", "host"),
+    [
+        (Config(), False),
+        (Config(egress=EgressConfig(resolve=(ResolvePin("a.test", "127.0.0.1", 80),))), True),
+        (Config(egress=EgressConfig(resolve=(ResolvePin("a.test", "::1", 80),))), True),
+        (Config(egress=EgressConfig(resolve=(ResolvePin("a.test", "10.0.0.1", 80),))), False),
+        (Config(gateway=GatewayConfig(anthropic_upstream="http://127.0.0.1:9999")), True),
+        (Config(gateway=GatewayConfig(anthropic_upstream="http://localhost:9999")), True),
+    ],
+)
+def test_host_network_only_for_loopback_destinations(config: Config, host: bool) -> None:
+    assert needs_host_network(config) is host
+
+
+def test_launch_writes_the_environment_file_private(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything before the engine is touched: runtime dir, settings, env file, home."""
+    (dirs / "ws").mkdir()
+    monkeypatch.setenv("HOME", str(dirs / "home"))
+    monkeypatch.setenv("SOME_SECRET", "v")
+    plan = DockerBackend().plan(LaunchRequest("e", dirs / "ws", Config(), ("true",)))
+
+    class Stop(Exception):
+        pass
+
+    seen: dict[str, Any] = {}
+
+    def look_then_stop(*_: object) -> None:
+        runtime = Path(plan.runtime_dir)
+        env_file = runtime / "bundle-env.json"
+        seen["mode"] = stat.S_IMODE(env_file.stat().st_mode)
+        seen["env"] = json.loads(env_file.read_text())
+        seen["settings"] = json.loads((runtime / "bundle.json").read_text())
+        seen["seeded"] = Path(plan.agent.home_source, ".claude.json").exists()
+        raise Stop
+
+    monkeypatch.setattr(launch.Watchdog, "spawn", look_then_stop)
+    with pytest.raises(Stop), contextlib.ExitStack() as stack:
+        launch.start(plan, stack)
+    assert seen["mode"] == 0o600
+    assert seen["env"]["SOME_SECRET"] == "v"
+    settings = seen["settings"]
+    assert settings["proxy_socket"] == "/run/claude-bottle/bundle/proxy.sock"
+    assert settings["gateway_socket"] == "/run/claude-bottle/bundle/gateway.sock"
+    assert settings["audit_log"] == "/var/lib/claude-bottle/audit.jsonl"
+    assert settings["control_socket"] == "/run/claude-bottle/control/control.sock"
+    assert seen["seeded"]
+    assert not Path(plan.runtime_dir).exists()  # all-or-nothing: the stack removed it
+
+
+def test_launch_fails_closed_when_runtime_files_exist(dirs: Path) -> None:
+    (dirs / "ws").mkdir()
+    plan = DockerBackend().plan(LaunchRequest("r", dirs / "ws", Config(), ("true",)))
+    Path(plan.runtime_dir).mkdir(parents=True)
+    with (
+        pytest.raises(LaunchError, match="already has runtime files"),
+        contextlib.ExitStack() as stack,
+    ):
+        launch.start(plan, stack)
+
+
+def test_host_pid_only_trusts_a_process_it_can_see(monkeypatch: pytest.MonkeyPatch) -> None:
+    me = os.getpid()
+    info = {"State": {"Pid": me}}
+    assert launch._host_pid(info, "no-such-marker-in-my-cmdline") is None
+    assert launch._host_pid({"State": {"Pid": 0}}, "x") is None
+    assert launch._host_pid(None, "x") is None
+    cmdline = Path(f"/proc/{me}/cmdline").read_bytes().split(b"\0")[0].decode()
+    ref = launch._host_pid(info, cmdline)
+    assert ref is not None and ref["pid"] == me and state.process_alive(ref)
+
+
+def test_parallel_runs_concurrently_and_collects_errors() -> None:
+    started: list[float] = []
+
+    def slow() -> None:
+        started.append(time.monotonic())
+        time.sleep(0.2)
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    begin = time.monotonic()
+    errors = launch.parallel(slow, slow, boom)
+    assert time.monotonic() - begin < 0.35
+    assert [type(e) for e in errors] == [ValueError]

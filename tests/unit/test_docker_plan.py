@@ -1,0 +1,377 @@
+"""The docker bottle's `docker run` options are its security boundary: pin them, and the plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend.docker import bottle_plan
+from claude_bottle.backend.docker.backend import DockerBackend, state_label
+from claude_bottle.backend.docker.bottle_plan import (
+    AgentSpec,
+    BundleSpec,
+    Mount,
+    agent_command,
+    agent_run_args,
+    bundle_command,
+    bundle_run_args,
+    sockets_volume_options,
+)
+from claude_bottle.config.model import BottleSection, Config, EgressConfig, ResolvePin
+from claude_bottle.errors import ConfigError
+
+LABELS = (
+    ("claude-bottle.bottle", "proj-abcde"),
+    ("claude-bottle.instance", "0a1b2c"),
+    ("claude-bottle.state", "5e5e5e5e5e5e"),
+)
+
+AGENT = AgentSpec(
+    container="claude-bottle-proj-abcde-0a1b2c-agent",
+    image="claude-bottle-agent:0123456789abcdef",
+    hostname="proj-abcde",
+    user="1000:1000",
+    uid=1000,
+    gid=1000,
+    workspace="/home/alice/proj",
+    home="/home/alice",
+    home_source="/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home",
+    volume="claude-bottle-proj-abcde-0a1b2c-sockets",
+    exec_dir="/run/user/1000/claude-bottle/proj-abcde/exec",
+    read_only=("/home/alice/src/lib",),
+    relay_port=3128,
+    pids_limit=4096,
+    memory="8g",
+    labels=(*LABELS, ("claude-bottle.role", "agent")),
+)
+
+BUNDLE = BundleSpec(
+    container="claude-bottle-proj-abcde-0a1b2c-bundle",
+    image="claude-bottle-bundle:fedcba9876543210",
+    user="1000:1000",
+    network="claude-bottle-proj-abcde-0a1b2c",
+    volume="claude-bottle-proj-abcde-0a1b2c-sockets",
+    control_dir="/run/user/1000/claude-bottle/proj-abcde/control",
+    settings_file="/run/user/1000/claude-bottle/proj-abcde/bundle.json",
+    env_file="/run/user/1000/claude-bottle/proj-abcde/bundle-env.json",
+    state_dir="/home/alice/.local/state/claude-bottle/bottles/proj-abcde",
+    mounts=(),
+    labels=(*LABELS, ("claude-bottle.role", "bundle")),
+)
+
+
+def test_agent_run_args_are_pinned() -> None:
+    assert agent_run_args(AGENT) == [
+        "--name",
+        "claude-bottle-proj-abcde-0a1b2c-agent",
+        "--hostname",
+        "proj-abcde",
+        "--label",
+        "claude-bottle.bottle=proj-abcde",
+        "--label",
+        "claude-bottle.instance=0a1b2c",
+        "--label",
+        "claude-bottle.state=5e5e5e5e5e5e",
+        "--label",
+        "claude-bottle.role=agent",
+        "--network",
+        "none",
+        "--dns",
+        "127.0.0.1",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--pids-limit",
+        "4096",
+        "--memory",
+        "8g",
+        "--user",
+        "1000:1000",
+        "--workdir",
+        "/home/alice/proj",
+        "--tmpfs",
+        "/tmp:exec,mode=1777",
+        "--tmpfs",
+        "/var/tmp:exec,mode=1777",
+        "--mount",
+        "type=bind,source=/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home,"
+        "target=/home/alice",
+        "--mount",
+        "type=bind,source=/home/alice/proj,target=/home/alice/proj",
+        "--mount",
+        "type=bind,source=/home/alice/src/lib,target=/home/alice/src/lib,readonly",
+        "--mount",
+        "type=volume,source=claude-bottle-proj-abcde-0a1b2c-sockets,"
+        "target=/run/claude-bottle/bundle,readonly",
+        "--mount",
+        "type=bind,source=/run/user/1000/claude-bottle/proj-abcde/exec,"
+        "target=/run/claude-bottle/exec",
+    ]
+
+
+def test_agent_command_is_the_relay_holding_the_bottle_open() -> None:
+    assert agent_command(3128, 3129) == [
+        "python3",
+        "-I",
+        "-S",
+        "/usr/local/lib/claude-bottle/relay.py",
+        "--listen",
+        "3128=/run/claude-bottle/bundle/proxy.sock",
+        "--listen",
+        "3129=/run/claude-bottle/bundle/gateway.sock",
+        "--exec-socket",
+        "/run/claude-bottle/exec/exec.sock",
+        "--hold",
+    ]
+
+
+def test_bundle_run_args_are_pinned() -> None:
+    assert bundle_run_args(BUNDLE) == [
+        "--name",
+        "claude-bottle-proj-abcde-0a1b2c-bundle",
+        "--label",
+        "claude-bottle.bottle=proj-abcde",
+        "--label",
+        "claude-bottle.instance=0a1b2c",
+        "--label",
+        "claude-bottle.state=5e5e5e5e5e5e",
+        "--label",
+        "claude-bottle.role=bundle",
+        "--network",
+        "claude-bottle-proj-abcde-0a1b2c",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "1000:1000",
+        "--entrypoint",
+        "/opt/claude-bottle/venv/bin/python3",
+        "--tmpfs",
+        "/tmp",
+        "--mount",
+        "type=volume,source=claude-bottle-proj-abcde-0a1b2c-sockets,"
+        "target=/run/claude-bottle/bundle",
+        "--mount",
+        "type=bind,source=/run/user/1000/claude-bottle/proj-abcde/control,"
+        "target=/run/claude-bottle/control",
+        "--mount",
+        "type=bind,source=/run/user/1000/claude-bottle/proj-abcde/bundle.json,"
+        "target=/run/claude-bottle/bundle.json,readonly",
+        "--mount",
+        "type=bind,source=/run/user/1000/claude-bottle/proj-abcde/bundle-env.json,"
+        "target=/run/claude-bottle/bundle-env.json,readonly",
+        "--mount",
+        "type=bind,source=/home/alice/.local/state/claude-bottle/bottles/proj-abcde,"
+        "target=/var/lib/claude-bottle",
+    ]
+
+
+def test_bundle_extra_mounts_come_last() -> None:
+    spec = dataclasses.replace(
+        BUNDLE,
+        mounts=(
+            Mount("bind", "/home/alice/test-ca.pem", "/run/claude-bottle/upstream-ca.pem", True),
+            Mount("bind", "/home/alice/.claude", "/home/alice/.claude"),
+        ),
+    )
+    assert bundle_run_args(spec)[-4:] == [
+        "--mount",
+        "type=bind,source=/home/alice/test-ca.pem,target=/run/claude-bottle/upstream-ca.pem,"
+        "readonly",
+        "--mount",
+        "type=bind,source=/home/alice/.claude,target=/home/alice/.claude",
+    ]
+
+
+def test_bundle_command_loads_its_environment_file_then_serves() -> None:
+    command = bundle_command()
+    assert command[0] == "-c"
+    assert command[2:] == ["/run/claude-bottle/bundle-env.json", "/run/claude-bottle/bundle.json"]
+    assert "runpy.run_module('claude_bottle.bundle.server'" in command[1]
+    compile(command[1], "<boot>", "exec")  # it is valid Python
+
+
+def test_bundle_boot_sets_the_environment_and_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / "env.json"
+    env_file.write_text(json.dumps({"MY_TOKEN": "s3cret"}))
+    seen: dict[str, object] = {}
+
+    def fake_run_module(name: str, run_name: str, alter_sys: bool) -> None:
+        seen.update(name=name, argv=list(sys.argv), token=os.environ.get("MY_TOKEN"))
+
+    monkeypatch.setattr(runpy, "run_module", fake_run_module)
+    monkeypatch.setattr(sys, "argv", ["-c", str(env_file), "/settings.json"])
+    monkeypatch.delenv("MY_TOKEN", raising=False)
+    exec(compile(bottle_plan.BUNDLE_BOOT, "<boot>", "exec"), {})
+    assert seen == {
+        "name": "claude_bottle.bundle.server",
+        "argv": ["claude-bottle-bundle", "/settings.json"],
+        "token": "s3cret",
+    }
+
+
+def test_mount_fields_with_commas_are_quoted() -> None:
+    mount = Mount("bind", "/work/a,b", "/work/a,b", readonly=True)
+    assert mount.arg() == 'type=bind,"source=/work/a,b","target=/work/a,b",readonly'
+    assert Mount("bind", '/x"y', "/z").arg() == 'type=bind,"source=/x""y",target=/z'
+
+
+def test_sockets_volume_is_a_small_tmpfs_owned_by_the_user() -> None:
+    assert sockets_volume_options(1000, 100) == {
+        "type": "tmpfs",
+        "device": "tmpfs",
+        "o": "size=8m,uid=1000,gid=100,mode=0755",
+    }
+
+
+# --- the plan ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PATH", "/opt/host-only/bin:/usr/bin")
+    monkeypatch.setenv("MY_API_KEY", "not-for-the-bottle")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "ws").mkdir()
+    return tmp_path
+
+
+def _request(root: Path, config: Config, detach: bool = False) -> LaunchRequest:
+    return LaunchRequest(
+        name="proj-abcde",
+        workspace=root / "ws",
+        config=config,
+        command=("claude",),
+        detach=detach,
+    )
+
+
+def test_plan_names_labels_and_bridge_network(dirs: Path) -> None:
+    plan = DockerBackend().plan(_request(dirs, Config()))
+    prefix = f"claude-bottle-proj-abcde-{plan.instance}"
+    assert len(plan.instance) == 6
+    assert plan.agent.container == f"{prefix}-agent"
+    assert plan.bundle.container == f"{prefix}-bundle"
+    assert plan.volume == f"{prefix}-sockets"
+    assert plan.network == prefix and plan.bundle.network == prefix
+    assert plan.labels() == {
+        "claude-bottle.bottle": "proj-abcde",
+        "claude-bottle.state": state_label(),
+        "claude-bottle.instance": plan.instance,
+    }
+    assert plan.agent.workspace == str((dirs / "ws").resolve())
+    assert plan.agent.home == str((dirs / "home").resolve())
+    assert plan.agent.exec_dir == str(dirs / "rt" / "proj-abcde" / "exec")
+    assert plan.bundle.state_dir == str(dirs / "state" / "bottles" / "proj-abcde")
+    assert plan.agent.image.startswith("claude-bottle-agent:")
+    assert plan.bundle.image.startswith("claude-bottle-bundle:")
+
+
+def test_a_second_plan_is_a_new_launch(dirs: Path) -> None:
+    one = DockerBackend().plan(_request(dirs, Config()))
+    two = DockerBackend().plan(_request(dirs, Config()))
+    assert one.instance != two.instance
+    assert one.agent.container != two.agent.container
+
+
+def test_loopback_pin_puts_the_bundle_on_the_host_network(dirs: Path) -> None:
+    config = Config(
+        egress=EgressConfig(
+            allow=("api.test",), resolve=(ResolvePin("api.test", "127.0.0.1", 8443),)
+        )
+    )
+    plan = DockerBackend().plan(_request(dirs, config))
+    assert plan.network is None
+    assert plan.bundle.network == "host"
+    args = agent_run_args(plan.agent)
+    assert args[args.index("--network") + 1] == "none"  # the agent never leaves none
+    rendered = plan.render()
+    assert "host (a pin or the gateway's upstream is on the host's loopback)" in rendered
+
+
+def test_non_loopback_pin_keeps_the_bridge(dirs: Path) -> None:
+    config = Config(egress=EgressConfig(resolve=(ResolvePin("api.test", "10.1.2.3", None),)))
+    plan = DockerBackend().plan(_request(dirs, config))
+    assert plan.network is not None and plan.bundle.network == plan.network
+
+
+def test_environment_is_the_image_s_not_the_host_s(dirs: Path) -> None:
+    plan = DockerBackend().plan(_request(dirs, Config(egress=EgressConfig(intercept=True))))
+    env = plan.env
+    assert "/opt/host-only/bin" not in env["PATH"]
+    assert env["PATH"].startswith("/usr/local/sbin:/usr/local/bin")
+    assert env["HOME"] == plan.agent.home
+    assert env["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+    assert "MY_API_KEY" not in env
+    assert env["SSL_CERT_FILE"] == "/run/claude-bottle/bundle/ca-bundle.pem"
+    assert env["GIT_SSL_CAINFO"] == "/run/claude-bottle/bundle/ca-bundle.pem"
+    assert env["NODE_EXTRA_CA_CERTS"] == "/run/claude-bottle/bundle/ca.pem"
+
+
+def test_without_interception_tools_use_the_image_trust_store(dirs: Path) -> None:
+    plan = DockerBackend().plan(_request(dirs, Config(egress=EgressConfig(intercept=False))))
+    assert plan.env["NODE_EXTRA_CA_CERTS"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert "SSL_CERT_FILE" not in plan.env
+
+
+def test_read_only_grants_are_checked(dirs: Path) -> None:
+    (dirs / "home" / ".ssh").mkdir()
+    (dirs / "lib").mkdir()
+    ok = Config(bottle=BottleSection(read_only=(str(dirs / "lib"),)))
+    assert DockerBackend().plan(_request(dirs, ok)).agent.read_only == (str(dirs / "lib"),)
+    with pytest.raises(ConfigError, match=r"\.ssh"):
+        DockerBackend().plan(_request(dirs, Config(bottle=BottleSection(read_only=("~",)))))
+    with pytest.raises(ConfigError, match="does not exist"):
+        DockerBackend().plan(
+            _request(dirs, Config(bottle=BottleSection(read_only=(str(dirs / "nope"),))))
+        )
+
+
+def test_workspace_docker_cannot_mount_is_refused(dirs: Path) -> None:
+    odd = dirs / "a:b"
+    odd.mkdir()
+    request = dataclasses.replace(_request(dirs, Config()), workspace=odd)
+    with pytest.raises(ConfigError, match="docker cannot mount"):
+        DockerBackend().plan(request)
+
+
+def test_plan_prints_what_a_person_needs_to_judge_it(dirs: Path) -> None:
+    plan = DockerBackend().plan(_request(dirs, Config(), detach=True))
+    text = plan.render()
+    for expected in (
+        "agent container (docker)",
+        "none (loopback only)",
+        "all capabilities dropped, no-new-privileges",
+        "pids 4096, memory 8g",
+        f"{plan.network} (per-bottle bridge, outbound access)",
+        f"volume {plan.volume}",
+        "audit.jsonl",
+    ):
+        assert expected in text, expected
+    data = json.loads(plan.to_json())
+    assert data["backend"] == "docker" and data["detach"] is True
+    assert data["agent"]["container"] == plan.agent.container
+
+
+def test_state_label_names_the_state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "a"))
+    first = state_label()
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "b"))
+    assert state_label() != first
+    assert len(first) == 12
