@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from claude_bottle.config.model import Config
+from claude_bottle.errors import MissingDependency
 from claude_bottle.plan import PlanSection, Printable
 
 
@@ -232,6 +233,12 @@ class BottleBackend(abc.ABC):
     @abc.abstractmethod
     def preflight(self) -> list[str]:
         """Every missing dependency at once, each with its fix; empty when ready."""
+
+    def require(self) -> None:
+        """Raise MissingDependency (exit 3) naming every missing piece at once."""
+        problems = self.preflight()
+        if problems:
+            raise MissingDependency("; ".join(problems))
 
     @abc.abstractmethod
     def plan(self, request: LaunchRequest) -> BottlePlan:

@@ -53,7 +53,7 @@ from claude_bottle.backend.docker.bottle_plan import (
 )
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
 from claude_bottle.config.model import Config
-from claude_bottle.errors import ConfigError, MissingDependency
+from claude_bottle.errors import ConfigError
 
 PIDS_LIMIT = 4096
 MEMORY = "8g"
@@ -189,11 +189,6 @@ class DockerBackend(BottleBackend):
                 "reachable; fix: use a native engine (docker.io / docker-ce) for now"
             )
         return problems
-
-    def _require(self) -> None:
-        problems = self.preflight()
-        if problems:
-            raise MissingDependency("; ".join(problems))
 
     # --- plan -----------------------------------------------------------------
 
@@ -451,5 +446,5 @@ def _stale_images() -> list[tuple[str, str]]:
 
 def image_build(rebuild: bool = False) -> list[str]:
     """`claude-bottle image build`: build (or refresh) the agent and bundle images; their tags."""
-    DockerBackend()._require()
+    DockerBackend().require()
     return images.build_images(rebuild=rebuild)

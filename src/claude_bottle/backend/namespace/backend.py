@@ -88,11 +88,6 @@ class NamespaceBackend(BottleBackend):
             ]
         return []
 
-    def _require(self) -> None:
-        problems = self.preflight()
-        if problems:
-            raise MissingDependency("; ".join(problems))
-
     # --- plan -----------------------------------------------------------------
 
     def plan(self, request: LaunchRequest) -> NamespaceBottlePlan:
@@ -180,7 +175,7 @@ class NamespaceBackend(BottleBackend):
     @contextlib.contextmanager
     def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
         assert isinstance(plan, NamespaceBottlePlan)
-        self._require()
+        self.require()
         with contextlib.ExitStack() as stack:
             bottle = self._start(plan, stack)
             try:
