@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from claude_bottle.errors import ConfigError
+from claude_bottle.errors import ConfigError, LaunchError
 
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -62,6 +62,18 @@ def runtime_dir(name: str) -> Path:
             "set CLAUDE_BOTTLE_RUNTIME_DIR to a shorter path, or use a shorter --name",
         )
     return path
+
+
+def claim_runtime_dir(name: str, path: Path) -> Path:
+    """Create a bottle's runtime dir; one that exists means the bottle runs or crashed."""
+
+    if path.exists():
+        raise LaunchError(
+            f"bottle {name} already has runtime files in {path}",
+            "it may be running (claude-bottle ls); otherwise: claude-bottle cleanup",
+        )
+    make_private_dir(path.parent)
+    return make_private_dir(path)
 
 
 def make_private_dir(path: Path) -> Path:

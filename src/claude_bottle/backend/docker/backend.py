@@ -193,7 +193,7 @@ class DockerBackend(BottleBackend):
     # --- plan -----------------------------------------------------------------
 
     def plan(self, request: LaunchRequest) -> DockerBottlePlan:
-        from claude_bottle.backend.namespace.toolchain import exposes_secret
+        from claude_bottle.backend.namespace.toolchain import grant_read_only
 
         config = request.config
         if not request.command:
@@ -208,20 +208,7 @@ class DockerBackend(BottleBackend):
                     f"the {what} path {path!r} contains ':' or a newline; docker cannot mount it",
                     "use a path without them",
                 )
-        read_only = []
-        for raw in config.bottle.read_only:
-            granted = Path(os.path.expanduser(raw)).resolve()
-            secret = exposes_secret(granted, Path(home))
-            if secret is not None:
-                raise ConfigError(
-                    f"bottle.read_only: {raw} would expose {secret} to the bottle",
-                    "grant a narrower path that holds no credentials",
-                )
-            if not granted.exists():
-                raise ConfigError(
-                    f"bottle.read_only: {raw} does not exist", "fix or remove the path"
-                )
-            read_only.append(str(granted))
+        read_only = grant_read_only(config.bottle.read_only, Path(home))
         try:
             agent_image, bundle_image = images.agent_image(), images.bundle_image()
         except OSError as exc:

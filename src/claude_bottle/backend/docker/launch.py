@@ -328,14 +328,7 @@ def start(
     preflight: Callable[[], list[str]] = list,
 ) -> tuple[DockerBottle, Watchdog]:
     state_dir = paths.make_private_dir(Path(plan.state_dir))
-    runtime = Path(plan.runtime_dir)
-    if runtime.exists():
-        raise LaunchError(
-            f"bottle {plan.name} already has runtime files in {runtime}",
-            "it may be running (claude-bottle ls); otherwise: claude-bottle cleanup",
-        )
-    paths.make_private_dir(runtime.parent)
-    paths.make_private_dir(runtime)
+    runtime = paths.claim_runtime_dir(plan.name, Path(plan.runtime_dir))
     stack.callback(shutil.rmtree, runtime, True)
     for sub in ("exec", "control"):
         (runtime / sub).mkdir(mode=0o700)

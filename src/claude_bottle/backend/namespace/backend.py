@@ -27,7 +27,7 @@ from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
 from claude_bottle.backend.namespace.toolchain import (
-    exposes_secret,
+    grant_read_only,
     host_sockets,
     masked_roots,
     resolve_binds,
@@ -111,20 +111,7 @@ class NamespaceBackend(BottleBackend):
         toolchain = resolve_binds(
             [program, python], home=home, path_env=host_path, python_prefix=prefix
         )
-        read_only = []
-        for raw in config.bottle.read_only:
-            granted = Path(os.path.expanduser(raw)).resolve()
-            secret = exposes_secret(granted, home)
-            if secret is not None:
-                raise ConfigError(
-                    f"bottle.read_only: {raw} would expose {secret} to the bottle",
-                    "grant a narrower path that holds no credentials",
-                )
-            if not granted.exists():
-                raise ConfigError(
-                    f"bottle.read_only: {raw} does not exist", "fix or remove the path"
-                )
-            read_only.append(str(granted))
+        read_only = grant_read_only(config.bottle.read_only, home)
         state_dir = paths.state_dir(request.name)
         runtime_dir = paths.runtime_dir(request.name)
         workspace = str(request.workspace.resolve())
@@ -189,14 +176,7 @@ class NamespaceBackend(BottleBackend):
     def _start(self, plan: NamespaceBottlePlan, stack: contextlib.ExitStack) -> NamespaceBottle:
         state_dir = paths.make_private_dir(Path(plan.state_dir))
         paths.make_private_dir(Path(plan.bwrap.home_source))
-        runtime = Path(plan.runtime_dir)
-        if runtime.exists():
-            raise LaunchError(
-                f"bottle {plan.name} already has runtime files in {runtime}",
-                "it may be running (claude-bottle ls); otherwise: claude-bottle cleanup",
-            )
-        paths.make_private_dir(runtime.parent)
-        paths.make_private_dir(runtime)
+        runtime = paths.claim_runtime_dir(plan.name, Path(plan.runtime_dir))
         stack.callback(shutil.rmtree, runtime, True)
         for sub in ("bundle", "exec"):
             (runtime / sub).mkdir(mode=0o755)

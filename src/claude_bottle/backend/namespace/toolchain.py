@@ -95,6 +95,25 @@ def exposes_secret(path: Path, home: Path) -> str | None:
     return None
 
 
+def grant_read_only(raw_paths: Iterable[str], home: Path) -> list[str]:
+    """Resolve `bottle.read_only` grants; refuse any that would reveal a credential."""
+    from claude_bottle.errors import ConfigError
+
+    granted_paths = []
+    for raw in raw_paths:
+        granted = Path(os.path.expanduser(raw)).resolve()
+        secret = exposes_secret(granted, home)
+        if secret is not None:
+            raise ConfigError(
+                f"bottle.read_only: {raw} would expose {secret} to the bottle",
+                "grant a narrower path that holds no credentials",
+            )
+        if not granted.exists():
+            raise ConfigError(f"bottle.read_only: {raw} does not exist", "fix or remove the path")
+        granted_paths.append(str(granted))
+    return granted_paths
+
+
 def _interpreter(executable: Path) -> str | None:
     try:
         with executable.open("rb") as handle:
