@@ -71,9 +71,12 @@ class Terminal:
 
 
 def test_interactive_terminal_size_input_resize_and_ctrl_c(bottle_env: BottleEnv) -> None:
+    # The trap is set before "waiting" is printed: a Ctrl-C that lands while dash is between
+    # commands (it defers SIGINT while forking, so a bare `sleep` forked then would miss it)
+    # is still acted on, and only SIGINT can produce the 130.
     script = (
-        "stty size; [ -t 0 ] && echo stdin-is-tty; read a; echo got:$a; "
-        "stty size; echo waiting; sleep 30"
+        "stty size; [ -t 0 ] && echo stdin-is-tty; read a; echo got:$a; stty size; "
+        "trap 'exit 130' INT; echo waiting; while :; do sleep 1; done"
     )
     term = Terminal(
         bottle_env,
