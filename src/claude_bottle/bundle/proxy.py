@@ -23,6 +23,7 @@ import h11
 
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
 from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
+from claude_bottle.bundle.tunnel import relay
 from claude_bottle.policy.allowlist import Allowlist
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -275,9 +276,12 @@ class ProxyConnection:
             h11.Response(status_code=200, headers=[], reason=b"Connection established")
         )
         leftover, _ = self.conn.trailing_data
-        if leftover:
-            up_writer.write(leftover)
-        up, down = await _splice(self.reader, self.writer, up_reader, up_writer)
+        try:
+            up, down = await relay(
+                (self.reader, self.writer), (up_reader, up_writer), IDLE_TIMEOUT, leftover
+            )
+        finally:
+            up_writer.close()
         self.record(
             "egress",
             "audit-allow" if dest.audited_only else "allow",
@@ -285,7 +289,7 @@ class ProxyConnection:
             method="CONNECT",
             host=dest.host,
             port=dest.port,
-            bytes_up=up + len(leftover),
+            bytes_up=up,
             bytes_down=down,
             detail={"ms": round((time.monotonic() - started) * 1000)},
         )
@@ -538,35 +542,3 @@ class ProxyConnection:
             upstream.close()
             self.upstream = None
         return response.status_code, up_bytes, down_bytes
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    total = 0
-    try:
-        while True:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), IDLE_TIMEOUT)
-            if not data:
-                break
-            total += len(data)
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, TimeoutError, OSError):
-        writer.close()
-    return total
-
-
-async def _splice(
-    client_reader: asyncio.StreamReader,
-    client_writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-) -> tuple[int, int]:
-    try:
-        up, down = await asyncio.gather(
-            _pipe(client_reader, up_writer), _pipe(up_reader, client_writer)
-        )
-    finally:
-        up_writer.close()
-    return up, down
