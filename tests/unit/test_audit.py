@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -308,22 +309,44 @@ def test_existing_wide_file_is_tightened(tmp_path: Path) -> None:
     assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
 
 
-def test_fsync_called_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_record_is_fsynced_without_the_writer_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log_path = tmp_path / "audit.jsonl"
-    calls: list[int] = []
+    synced_sizes: list[int] = []
+    disk_may_finish = threading.Event()
     real = os.fsync
 
-    def counting(fd: int) -> None:
-        calls.append(fd)
+    def slow_fsync(fd: int) -> None:
+        assert disk_may_finish.wait(10)
         real(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
 
     with AuditLog(log_path, "b1") as log:
-        monkeypatch.setattr(os, "fsync", counting)
+        monkeypatch.setattr(os, "fsync", slow_fsync)
         for _ in range(3):
-            log.record("egress", "deny")
-        assert len(calls) == 3
+            log.record("egress", "deny")  # returns although the disk is stuck
+        assert len(log_path.read_bytes().splitlines()) == 3  # written, visible to readers
+        assert synced_sizes == []
+        disk_may_finish.set()
+        log.sync()
+        assert synced_sizes and synced_sizes[-1] == log_path.stat().st_size
+        assert len(synced_sizes) <= 3  # group commit: never more fsyncs than records
         log.record("egress", "deny")
-        assert len(calls) == 4
+    assert synced_sizes[-1] == log_path.stat().st_size  # close() waited for the last one
+
+
+def test_failed_fsync_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with AuditLog(tmp_path / "audit.jsonl", "b1") as log:
+        monkeypatch.setattr(os, "fsync", broken_fsync)
+        log.record("egress", "deny")
+        with pytest.raises(AuditError, match="Input/output error"):
+            log.sync()
+        with pytest.raises(AuditError, match="cannot write audit log"):
+            log.record("egress", "allow")
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ the same mechanism as [egress.resolve].
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import json
+import os
 import random
 import socket
 import threading
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.bundle.audit import verify
+from claude_bottle.bundle.audit import AuditError, verify
 from claude_bottle.bundle.server import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from tests.integration.upstream import RecordingHTTPServer
@@ -28,6 +30,7 @@ class RunningBundle:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.bundle: Bundle | None = None
+        self.error: Exception | None = None
         ready = threading.Event()
 
         def main() -> None:
@@ -39,7 +42,10 @@ class RunningBundle:
                 while not Path(settings.control_socket).exists():
                     await asyncio.sleep(0.005)
                 ready.set()
-                await task
+                try:
+                    await task
+                except Exception as exc:  # the test looks at it
+                    self.error = exc
 
             self.loop.run_until_complete(start())
 
@@ -231,3 +237,18 @@ def test_mutated_requests_never_crash_or_reach_denied_hosts(
     # Whatever got through went to the one allowed upstream, never with a denied Host.
     assert all(r.headers.get("host", "").startswith("allowed.test") for r in upstream.requests)
     assert bundle.request(SEEDS[0]).startswith(b"HTTP/1.1 200")
+
+
+def test_bundle_stops_when_the_audit_log_cannot_be_synced(
+    bundle: RunningBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    bundle.request(b"GET http://allowed.test/1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    bundle.thread.join(10)  # fail closed: the bundle stops serving on its own
+    assert not bundle.thread.is_alive()
+    assert isinstance(bundle.error, AuditError)
+    with pytest.raises(ConnectionRefusedError):
+        bundle.request(b"GET http://allowed.test/2 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")

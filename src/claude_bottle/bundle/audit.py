@@ -7,7 +7,10 @@ One record per line, fields in this order::
 
 `hash` is the SHA-256 (hex) of `canonical_json(record without "hash")`; `prev` is the
 previous record's `hash` (`GENESIS` for the first). The bundle is the only writer;
-every record is fsync'd before `AuditLog.record` returns. Paths are redacted
+every record is written before `AuditLog.record` returns (readers see it at once) and
+fsync'd by a background syncer right after (group commit: one fsync covers every record
+written while the previous one ran, so the proxy never waits for the disk); `sync()`
+waits for it, `close()` does too. Paths are redacted
 (`redact_path`) before they are written, so query values and token-looking path
 segments never reach the disk.
 """
@@ -321,14 +324,20 @@ def _count_lines(fd: int, size: int) -> int:
 class AuditLog:
     """Appends chained, fsync'd records to one bottle's log. Thread-safe.
 
+    A failed write or fsync fails closed: every later `record` raises AuditError.
+
     Opening an existing log resumes its chain from the last line, whose own hash is
     checked; a torn or corrupt tail raises AuditError rather than starting a new
     chain. The file is created 0600 and held under an exclusive `flock`, so a second
     writer fails instead of forking the chain.
     """
 
-    def __init__(self, path: Path, bottle: str) -> None:
+    def __init__(
+        self, path: Path, bottle: str, on_failure: Callable[[AuditError], None] | None = None
+    ) -> None:
+        """`on_failure` is called (from the syncer thread) when an fsync fails."""
         self.path = Path(path)
+        self._on_failure = on_failure
         self.bottle = _clean(bottle, 256)
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -353,6 +362,13 @@ class AuditLog:
             self._fd = None
             os.close(fd)
             raise
+        self._failure: AuditError | None = None
+        self._written = 0  # records written so far
+        self._synced = 0  # of which fsync'd
+        self._closing = False
+        self._syncing = threading.Condition(self._lock)
+        self._syncer = threading.Thread(target=self._sync_loop, name="audit-fsync", daemon=True)
+        self._syncer.start()
 
     def _lock_file(self, fd: int) -> None:
         import fcntl
@@ -427,7 +443,7 @@ class AuditLog:
         bytes_down: int = 0,
         detail: Mapping[str, object] | None = None,
     ) -> dict[str, object]:
-        """Append one record (path redacted), fsync it, and return it (with `hash`)."""
+        """Append one record (path redacted) and return it (with `hash`); fsync follows."""
         fields: dict[str, object] = {
             "kind": _clean(_as_text(kind), 64),
             "decision": _clean(_as_text(decision), 64),
@@ -442,7 +458,9 @@ class AuditLog:
         extra = _jsonable(detail) if detail is not None else None
         with self._lock:
             fd = self._fd
-            if fd is None:
+            if self._failure is not None:
+                raise self._failure
+            if fd is None or self._closing:
                 raise AuditError(f"audit log {self.path} is closed")
             record: dict[str, object] = {
                 "ts": _now(),
@@ -458,6 +476,8 @@ class AuditLog:
             self._append(fd, line)
             self._seq += 1
             self._prev = str(record["hash"])
+            self._written += 1
+            self._syncing.notify_all()
             return dict(record)
 
     def _append(self, fd: int, line: bytes) -> None:
@@ -466,18 +486,63 @@ class AuditLog:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
         except OSError as exc:
             # Do not leave a torn line behind: the next record would be unreadable.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._size)
-            raise AuditError(
-                f"cannot write audit log {self.path}: {exc.strerror}",
-                "free disk space or fix the state directory; the bottle cannot run unaudited",
-            ) from exc
+            self._failure = self._write_error(exc)
+            raise self._failure from exc
         self._size += len(line)
 
+    def _write_error(self, exc: OSError) -> AuditError:
+        return AuditError(
+            f"cannot write audit log {self.path}: {exc.strerror}",
+            "free disk space or fix the state directory; the bottle cannot run unaudited",
+        )
+
+    def _sync_loop(self) -> None:
+        """fsync whatever was written since the last fsync, until closed (then once more)."""
+        with self._lock:
+            while True:
+                while self._synced == self._written and not self._closing:
+                    self._syncing.wait()
+                if self._synced == self._written or self._failure is not None:
+                    return  # closing with nothing left, or failed for good
+                target, fd = self._written, self._fd
+                assert fd is not None
+                self._lock.release()
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    failure: AuditError | None = self._write_error(exc)
+                else:
+                    failure = None
+                finally:
+                    self._lock.acquire()
+                if failure is not None:
+                    self._failure = failure
+                    if self._on_failure is not None:
+                        self._on_failure(failure)
+                else:
+                    self._synced = target
+                self._syncing.notify_all()
+
+    def sync(self) -> None:
+        """Wait until every record written so far is fsync'd; AuditError if that failed."""
+        with self._lock:
+            target = self._written
+            while self._synced < target and self._failure is None and self._syncer.is_alive():
+                self._syncing.wait(1.0)
+            if self._failure is not None:
+                raise self._failure
+
     def close(self) -> None:
+        """Stop the syncer after its last fsync, then close the file."""
+        with self._lock:
+            self._closing = True
+            self._syncing.notify_all()
+        if self._syncer.is_alive() and self._syncer is not threading.current_thread():
+            self._syncer.join()
         with self._lock:
             fd, self._fd = self._fd, None
         if fd is not None:

@@ -16,7 +16,8 @@ async def next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+        async with asyncio.timeout(timeout):  # a timer, not a task per read as wait_for costs
+            data = await reader.read(READ_SIZE)
         conn.receive_data(data)
 
 

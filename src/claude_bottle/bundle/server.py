@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from claude_bottle.bundle.audit import AuditLog
+from claude_bottle.bundle.audit import AuditError, AuditLog
 from claude_bottle.bundle.control import MAX_LINE
 from claude_bottle.bundle.gate import EgressGate
 from claude_bottle.bundle.proxy import Interception, ProxyConnection, Stats
@@ -35,7 +35,9 @@ MAX_CLIENTS = 1024
 class Bundle:
     def __init__(self, settings: BundleSettings) -> None:
         self.settings = settings
-        self.audit = AuditLog(Path(settings.audit_log), settings.bottle)
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.audit = AuditLog(Path(settings.audit_log), settings.bottle, self._audit_failed)
         self.gate = EgressGate(
             settings.allow,
             settings.deny,
@@ -51,10 +53,18 @@ class Bundle:
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         self.gateway = _gateway(settings, self.record)
-        self._stopping = asyncio.Event()
+
+    def _audit_failed(self, failure: AuditError) -> None:
+        """From the audit log's syncer thread: fail closed, nothing leaves unaudited."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
 
     def record(self, kind: str, decision: str, **fields: Any) -> None:
-        self.audit.record(kind, decision, **fields)
+        try:
+            self.audit.record(kind, decision, **fields)
+        except AuditError:
+            self._stopping.set()  # fail closed: nothing leaves this bottle unaudited
+            raise
 
     def _on_pending(self, host: str, port: int) -> None:
         self.record(
@@ -150,7 +160,7 @@ class Bundle:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def run(self, ready_fd: int | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._inspector = loop.run_in_executor(None, _inspector, self.settings, self.record)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -294,7 +304,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.getppid() != args.parent_pid:
             sys.exit(1)  # the parent died before we could watch it
     settings = BundleSettings.load(args.settings)
-    asyncio.run(Bundle(settings).run(args.ready_fd))
+    try:
+        asyncio.run(Bundle(settings).run(args.ready_fd))
+    except AuditError as exc:
+        sys.exit(f"claude-bottle bundle stopped: {exc}")
 
 
 if __name__ == "__main__":
