@@ -16,8 +16,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditError, AuditLog
@@ -25,6 +26,8 @@ from claude_bottle.bundle.control import MAX_LINE
 from claude_bottle.bundle.gate import EgressGate
 from claude_bottle.bundle.proxy import Interception, ProxyConnection, Stats
 from claude_bottle.bundle.settings import BundleSettings
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.scanning import DlpInspector
@@ -161,7 +164,7 @@ class Bundle:
 
     async def run(self, ready_fd: int | None) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        self._inspector = loop.run_in_executor(None, _inspector, self.settings, self.record)
+        self._inspector = _in_daemon_thread(loop, _inspector, self.settings, self.record)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._stopping.set)
@@ -272,6 +275,34 @@ def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any] | No
 
     provider = CredentialProvider(credential, refresher, on_error=on_error)
     return upstream, provider, TokenBudget(settings.max_tokens_total)
+
+
+def _in_daemon_thread(
+    loop: asyncio.AbstractEventLoop, work: Callable[..., T], *args: Any
+) -> asyncio.Future[T]:
+    """`work(*args)` in a daemon thread: unlike the default executor, a bundle that is
+    asked to stop never waits for it (the DLP engine compiles for a third of a second)."""
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = work(*args)
+        except BaseException as exc:  # handed to whoever awaits the future
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
+    return future
 
 
 def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
