@@ -31,14 +31,21 @@ def _create(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def seed_claude_home(bottle_home: Path, host_home: Path) -> None:
-    """Prepare the bottle's home so `claude` starts without prompts or credentials."""
+def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> None:
+    """Prepare the bottle's home so `claude` starts without prompts or credentials.
+
+    `workspace` is the workspace's path inside the bottle (every backend mounts it at
+    its host path).
+    """
     state = {
         "hasCompletedOnboarding": True,
         "bypassPermissionsModeAccepted": True,
         # Claude Code asks before using an API key from the environment; the placeholder
         # is pre-approved (it stores the last 20 characters).
         "customApiKeyResponses": {"approved": [PLACEHOLDER_API_KEY[-20:]], "rejected": []},
+        # Claude Code asks whether to trust the folder it starts in; the user chose this
+        # workspace for the bottle, which is the sandbox that question guards against.
+        "projects": {str(workspace): {"hasTrustDialogAccepted": True}},
     }
     _create(bottle_home / ".claude.json", (json.dumps(state, indent=2) + "\n").encode())
     target = bottle_home / ".claude"

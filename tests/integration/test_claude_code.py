@@ -7,14 +7,17 @@ machine cannot reach; it answers only calls that carry the real key.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from claude_bottle.state import process_alive
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import BottleEnv
+from tests.integration.terminal import Terminal, squeezed
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +58,55 @@ def test_claude_print_mode_gets_the_canned_reply(
     gateway = [e for e in events if e["kind"] == "gateway" and "/v1/messages" in str(e["path"])]
     assert gateway and all(e["decision"] == "allow" for e in gateway)
     assert REAL_KEY not in (claude_env.state_dir() / "audit.jsonl").read_text()
+
+
+def test_interactive_claude_code_answers_a_typed_prompt(
+    claude_env: BottleEnv, fake_api: FakeAnthropic
+) -> None:
+    # `run` with no command starts the default, `claude --dangerously-skip-permissions`,
+    # as a person would. Wide enough that Ink never wraps the reply.
+    term = Terminal(claude_env, "run", "--backend", claude_env.backend, "--name", "tui", cols=200)
+    # The input box and its footer: the bottle's seeded home skips onboarding, the trust
+    # dialog and the API key approval, so anything else here fails the test.
+    term.read_until_text("bypass permissions on", timeout=60)
+    term.read_until_text("❯", timeout=10)
+    assert "trustthisfolder" not in squeezed(term.output)
+    term.settle(1.0)  # let Ink switch the tty to raw mode and attach its key handler
+    # Text, then Enter ("\r", as a terminal sends it) on its own: a chunk ending in "\r"
+    # could be taken for a paste.
+    typed = len(term.output)
+    term.write(b"Say hello")
+    term.read_until_text("Say hello", since=typed, timeout=15)
+    term.settle(0.3)
+    term.write(b"\r")
+    term.read_until_text(CANNED, since=typed, timeout=60)
+    calls = [r for r in fake_api.requests if r.path.startswith("/v1/messages")]
+    assert calls, [r.path for r in fake_api.requests]
+    assert all(r.headers.get("x-api-key") == REAL_KEY for r in calls)  # injected host-side
+    assert any("Say hello" in json.dumps(r.json().get("messages")) for r in calls)
+
+    term.settle(0.5)
+    exiting = len(term.output)
+    term.write(b"/exit")
+    term.read_until_text("/exit", since=exiting, timeout=15)
+    term.settle(0.3)
+    term.write(b"\r")
+    assert term.wait(timeout=60) == 0, squeezed(term.output)[-2000:]
+
+    # The bottle is gone with its command: recorded as exited, no process, no runtime dir.
+    (row,) = json.loads(claude_env.cli("ls", "--json").stdout)
+    assert (row["name"], row["state"]) == ("tui", "exited (0)")
+    record = json.loads((claude_env.state_dir("tui") / "bottle.json").read_text())
+    deadline = time.monotonic() + 10
+    while any(process_alive(ref) for ref in record["processes"].values()):
+        assert time.monotonic() < deadline, f"bottle outlived its command: {record['processes']}"
+        time.sleep(0.05)
+    assert not os.path.exists(os.path.join(claude_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"], "tui"))
+    audit = claude_env.state_dir("tui") / "audit.jsonl"
+    events = [json.loads(line) for line in audit.open()]
+    gateway = [e for e in events if e["kind"] == "gateway" and "/v1/messages" in str(e["path"])]
+    assert gateway and all(e["decision"] == "allow" for e in gateway)
+    assert REAL_KEY not in audit.read_text()
 
 
 def test_the_key_is_nowhere_in_the_bottle(claude_env: BottleEnv) -> None:

@@ -2,72 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import pty
-import select
 import signal
-import struct
-import sys
-import termios
 import time
 
 import pytest
 
 from claude_bottle.state import process_alive
 from tests.integration.conftest import BottleEnv
+from tests.integration.terminal import Terminal
 
 pytestmark = pytest.mark.integration
-
-
-class Terminal:
-    """The CLI on the slave side of a pty we control, like a person's terminal."""
-
-    def __init__(self, be: BottleEnv, *args: str, rows: int = 40, cols: int = 100) -> None:
-        pid, fd = pty.fork()
-        if pid == 0:  # child: become the CLI
-            os.chdir(be.workspace)
-            os.execve(sys.executable, [sys.executable, "-m", "claude_bottle", *args], be.env)
-        self.pid, self.fd = pid, fd
-        self.resize(rows, cols)
-        self.output = b""
-
-    def resize(self, rows: int, cols: int) -> None:
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    def read_until(self, needle: bytes, timeout: float = 15) -> bytes:
-        deadline = time.monotonic() + timeout
-        while needle not in self.output:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"timed out waiting for {needle!r}; got {self.output!r}"
-            ready, _, _ = select.select([self.fd], [], [], remaining)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except OSError:
-                    chunk = b""
-                assert chunk, f"terminal closed before {needle!r}; got {self.output!r}"
-                self.output += chunk
-        return self.output
-
-    def write(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def wait(self, timeout: float = 15) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                os.close(self.fd)
-                return os.waitstatus_to_exitcode(status)
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if ready:
-                with contextlib.suppress(OSError):
-                    self.output += os.read(self.fd, 4096)
-        os.kill(self.pid, signal.SIGKILL)
-        raise AssertionError(f"CLI did not exit; output {self.output!r}")
 
 
 def test_interactive_terminal_size_input_resize_and_ctrl_c(bottle_env: BottleEnv) -> None:

@@ -13,9 +13,11 @@ def test_seeds_onboarding_and_copies_only_settings(tmp_path: Path) -> None:
     (host / ".claude" / "commands" / "x.md").write_text("cmd")
     (host / ".claude" / ".credentials.json").write_text("SECRET")
     bottle.mkdir()
-    seed_claude_home(bottle, host)
+    seed_claude_home(bottle, host, Path("/work/project"))
     state = json.loads((bottle / ".claude.json").read_text())
     assert state["hasCompletedOnboarding"] is True
+    # No trust dialog for the workspace, and trust for nothing else.
+    assert state["projects"] == {"/work/project": {"hasTrustDialogAccepted": True}}
     assert (bottle / ".claude" / "settings.json").read_text() == '{"theme": "dark"}'
     assert (bottle / ".claude" / "commands" / "x.md").read_text() == "cmd"
     assert not (bottle / ".claude" / ".credentials.json").exists()
@@ -30,10 +32,10 @@ def test_planted_symlinks_are_never_followed(tmp_path: Path) -> None:
     # What an agent could leave in its home for the next launch:
     (bottle / ".claude.json").symlink_to(outside / "victim.json")
     (bottle / ".claude").symlink_to(outside)
-    seed_claude_home(bottle, host)
+    seed_claude_home(bottle, host, Path("/work/project"))
     assert list(outside.iterdir()) == []
     (bottle / ".claude").unlink()
     (bottle / ".claude").mkdir()
     (bottle / ".claude" / "settings.json").symlink_to(outside / "victim2.json")
-    seed_claude_home(bottle, host)
+    seed_claude_home(bottle, host, Path("/work/project"))
     assert list(outside.iterdir()) == []

@@ -333,7 +333,7 @@ def start(
     for sub in ("exec", "control"):
         (runtime / sub).mkdir(mode=0o700)
     home = paths.make_private_dir(Path(plan.agent.home_source))
-    seed_claude_home(home, Path(plan.agent.home))
+    seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
     _settings(plan).dump(runtime / "bundle.json")
     env_file = runtime / "bundle-env.json"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

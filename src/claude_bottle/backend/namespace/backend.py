@@ -185,7 +185,7 @@ class NamespaceBackend(BottleBackend):
             # Exists before bwrap binds it; the bundle fills it in place before it is ready.
             Path(plan.bwrap.ca_bundle).touch(mode=0o644)
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
-        seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home))
+        seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
 
         settings = BundleSettings(
             bottle=plan.name,

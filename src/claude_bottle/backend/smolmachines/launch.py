@@ -96,7 +96,7 @@ def launch_bottle(
     stack.callback(shutil.rmtree, runtime, True)
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
-    seed_claude_home(Path(plan.home_source), Path.home())
+    seed_claude_home(Path(plan.home_source), Path.home(), Path(plan.workspace))
 
     pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 
