@@ -35,6 +35,16 @@ def state_root() -> Path:
     return Path(platformdirs.user_state_dir("claude-bottle"))
 
 
+def cache_root() -> Path:
+    """Derived data that is safe to lose (compiled DLP databases)."""
+    override = os.environ.get("CLAUDE_BOTTLE_CACHE_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("claude-bottle"))
+
+
 def runtime_root() -> Path:
     override = os.environ.get("CLAUDE_BOTTLE_RUNTIME_DIR")
     if override:

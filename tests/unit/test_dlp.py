@@ -1052,3 +1052,50 @@ def test_scanner_scan_host_checks_secrets() -> None:
     found = names(scanner.scan_host(label + ".evil.example.com"))
     assert "secret:DB_PASSWORD:base32" in found
     assert scanner.scan_host("www.example.com") == []
+
+
+class MemoryCache:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.stores = 0
+
+    def load(self, key: str) -> bytes | None:
+        return self.blobs.get(key)
+
+    def store(self, key: str, blob: bytes) -> None:
+        self.stores += 1
+        self.blobs[key] = blob
+
+
+def test_hyperscan_reuses_its_cached_patterns_but_never_stores_secrets() -> None:
+    if "hyperscan" not in dlp.available_engines():
+        pytest.skip("hyperscan is not installed")
+    value = "Zq8wY3" + uuid.uuid4().hex  # the user's own secret
+    cache = MemoryCache()
+    first = Scanner(secrets={"MY_TOKEN": value}, engine="hyperscan", cache=cache)
+    second = Scanner(secrets={"MY_TOKEN": value}, engine="hyperscan", cache=cache)
+    assert (cache.stores, len(cache.blobs)) == (1, 1)  # compiled once, then loaded
+    token = "gh" + "p_" + rand(random.Random(7), 36)
+    body = f"key={token} and {value} and {base64.b64encode(value.encode()).decode()}"
+    for scanner in (first, second):
+        assert {f.pattern for f in scanner.scan(body.encode(), "body")} >= {
+            "github-pat",
+            "secret:MY_TOKEN:raw",
+            "secret:MY_TOKEN:base64",
+        }
+    (blob,) = cache.blobs.values()
+    for _, literal, _ in dlp.secret_forms(value.encode()):
+        assert literal not in blob
+
+
+def test_hyperscan_recompiles_over_a_damaged_cache_entry() -> None:
+    if "hyperscan" not in dlp.available_engines():
+        pytest.skip("hyperscan is not installed")
+    cache = MemoryCache()
+    Scanner(engine="hyperscan", cache=cache)
+    (key,) = cache.blobs
+    cache.blobs[key] = b"not a database"
+    scanner = Scanner(engine="hyperscan", cache=cache)
+    assert cache.stores == 2
+    token = "gh" + "p_" + rand(random.Random(7), 36)
+    assert [f.pattern for f in scanner.scan(f"token {token}".encode(), "body")] == ["github-pat"]

@@ -12,13 +12,17 @@ location, never the matched bytes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from claude_bottle.bottle_env import SECRET_NAME
 from claude_bottle.bundle.gate import Blocked
+from claude_bottle.paths import cache_root
 from claude_bottle.policy.dlp import (
     DecodeError,
     DecompressionBomb,
@@ -30,6 +34,7 @@ from claude_bottle.policy.dlp import (
 
 MAX_ENCODED_BODY = 32 * 1024 * 1024  # raw bytes held while an encoded body is scanned
 MAX_DECODED_BODY = 64 * 1024 * 1024
+_CACHE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 Recorder = Callable[..., Any]
 
@@ -160,8 +165,47 @@ class BodyGuard:
             raise Blocked("dlp:undecodable-body", f"cannot inspect the body: {exc}", 415) from exc
 
 
+class DirectoryCache:
+    """Compiled DLP databases kept in a private directory, each written atomically.
+
+    Every failure is a cache miss: a read-only or full disk costs a compile, nothing more.
+    """
+
+    MAX_BYTES = 64 << 20
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        if not _CACHE_KEY.fullmatch(key):
+            raise ValueError(f"bad cache key {key!r}")
+        return self.root / key
+
+    def load(self, key: str) -> bytes | None:
+        try:
+            with self._path(key).open("rb") as handle:
+                blob = handle.read(self.MAX_BYTES + 1)
+        except OSError:
+            return None
+        return blob if len(blob) <= self.MAX_BYTES else None
+
+    def store(self, key: str, blob: bytes) -> None:
+        final = self._path(key)
+        staging = final.with_name(f".{key}.{os.getpid()}.tmp")
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+            os.replace(staging, final)
+        except OSError:
+            with contextlib.suppress(OSError):
+                staging.unlink()
+
+
 def default_inspector(
     patterns: Iterable[tuple[str, str]], *, block: bool, record: Recorder
 ) -> DlpInspector:
-    scanner = Scanner(tuple(patterns), host_secrets(os.environ))
+    cache = DirectoryCache(cache_root() / "dlp")
+    scanner = Scanner(tuple(patterns), host_secrets(os.environ), cache=cache)
     return DlpInspector(scanner, block=block, record=record)
