@@ -72,9 +72,31 @@ def start_bundle(
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     if process.poll() is not None:
         return
-    process.terminate()
+    exited = _exit_notifier(process.pid)
     try:
+        process.terminate()
+        if exited is not None:
+            select.select([exited], [], [], timeout)
         process.wait(timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    finally:
+        if exited is not None:
+            os.close(exited)
+
+
+def _exit_notifier(pid: int) -> int | None:
+    """A pidfd that turns readable when `pid` exits (Linux 5.3+), else None.
+
+    Popen.wait(timeout) polls with sleeps growing to 50 ms: a bundle that exits in
+    5 ms would cost up to 50 more on every teardown.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    return fd

@@ -183,6 +183,29 @@ def doctor() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The console entry point: run the command, then leave at once.
+
+    Every command has finished its work (and its teardown) when `_main` returns;
+    freeing every imported module on the way out would only add ~50 ms.
+    """
+    try:
+        _main(argv)
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            code = 1
+        else:
+            code = exc.code or 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            code = code or 1
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(
