@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,31 @@ def test_missing_claude_exits_3_with_install_hint(bottle_env: BottleEnv) -> None
     result = bottle_env.cli("run", "--backend", bottle_env.backend, "--name", "t")
     assert result.returncode == 3
     assert "npm install -g @anthropic-ai/claude-code" in result.stderr
+
+
+def test_no_user_namespaces_exits_3_with_the_sysctl_fix(bottle_env: BottleEnv) -> None:
+    if bottle_env.backend != "namespace":
+        pytest.skip("user namespaces are the namespace backend's dependency")
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    # A user namespace of our own whose limit is 0: bubblewrap cannot nest one, as on a
+    # host with unprivileged user namespaces switched off. The host is untouched.
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    cli = (sys.executable, "-m", "claude_bottle", "run", "--backend", "namespace", "--", "true")
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh", *cli],
+        env=bottle_env.env,
+        cwd=bottle_env.workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "bubblewrap cannot create user namespaces" in result.stderr
+    assert "sysctl" in result.stderr
+    assert "Traceback" not in result.stderr
+    runtime = Path(bottle_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"])
+    assert not runtime.exists() or not any(runtime.iterdir())  # nothing left behind
 
 
 def test_plan_does_nothing_and_prints_json(bottle_env: BottleEnv) -> None:

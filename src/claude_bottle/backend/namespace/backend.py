@@ -56,37 +56,11 @@ class NamespaceBackend(BottleBackend):
     # --- preflight ------------------------------------------------------------
 
     def preflight(self) -> list[str]:
-        if not sys.platform.startswith("linux"):
-            return ["the namespace backend needs Linux; use --backend docker"]
-        bwrap = shutil.which("bwrap")
-        if bwrap is None:
-            return ["bubblewrap (bwrap) is not installed; fix: sudo apt-get install bubblewrap"]
-        probe = subprocess.run(
-            [
-                bwrap,
-                "--unshare-user",
-                "--unshare-net",
-                "--unshare-pid",
-                "--ro-bind",
-                "/",
-                "/",
-                "--proc",
-                "/proc",
-                "true",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
-        if probe.returncode != 0:
-            detail = probe.stderr.strip().splitlines()[-1:] or ["no output"]
-            return [
-                f"bubblewrap cannot create user namespaces here ({detail[0]}); fix: "
-                "sudo sysctl -w kernel.unprivileged_userns_clone=1 "
-                "(Ubuntu 24.04+: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)"
-            ]
-        return []
+        problems = _installation_problems()
+        if problems:
+            return problems
+        problem = _userns_problem()
+        return [problem] if problem else []
 
     # --- plan -----------------------------------------------------------------
 
@@ -162,7 +136,11 @@ class NamespaceBackend(BottleBackend):
     @contextlib.contextmanager
     def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
         assert isinstance(plan, NamespaceBottlePlan)
-        self.require()
+        # Whether user namespaces work is learnt from the launch itself (a probe would cost
+        # a bwrap run on every start); `_start` explains a failure with the probe.
+        problems = _installation_problems()
+        if problems:
+            raise MissingDependency("; ".join(problems))
         with contextlib.ExitStack() as stack:
             bottle = self._start(plan, stack)
             try:
@@ -235,7 +213,13 @@ class NamespaceBackend(BottleBackend):
         os.close(info_w)
         relay: list[int] = []
         stack.callback(lambda: _stop_sandbox(sandbox, relay[0] if relay else None))
-        relay_pid = _read_child_pid(info_r, sandbox, state_dir / "bottle.log")
+        try:
+            relay_pid = _read_child_pid(info_r, sandbox, state_dir / "bottle.log")
+        except LaunchError:
+            problem = _userns_problem()
+            if problem:
+                raise MissingDependency(problem) from None
+            raise
         relay.append(relay_pid)
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
@@ -321,6 +305,39 @@ class NamespaceBackend(BottleBackend):
                 if Path(what).exists():
                     problems.append(f"could not remove {what}")
         return problems
+
+
+USERNS_PROBE = (
+    *("bwrap", "--unshare-user", "--unshare-net", "--unshare-pid"),
+    *("--ro-bind", "/", "/", "--proc", "/proc", "true"),
+)
+
+
+def _installation_problems() -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return ["the namespace backend needs Linux; use --backend docker"]
+    if shutil.which("bwrap") is None:
+        return ["bubblewrap (bwrap) is not installed; fix: sudo apt-get install bubblewrap"]
+    return []
+
+
+def _userns_problem() -> str | None:
+    """Why bubblewrap cannot make the namespaces a bottle needs here, if it cannot."""
+    probe = subprocess.run(
+        USERNS_PROBE,
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+    if probe.returncode == 0:
+        return None
+    detail = probe.stderr.strip().splitlines()[-1:] or ["no output"]
+    return (
+        f"bubblewrap cannot create user namespaces here ({detail[0]}); fix: "
+        "sudo sysctl -w kernel.unprivileged_userns_clone=1 "
+        "(Ubuntu 24.04+: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)"
+    )
 
 
 def _read_child_pid(info_fd: int, sandbox: subprocess.Popen[bytes], log: Path) -> int:
