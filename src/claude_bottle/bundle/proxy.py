@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import http
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -55,13 +56,35 @@ HOP_BY_HOP = frozenset(
 Recorder = Callable[..., Any]
 
 
-@dataclasses.dataclass(frozen=True)
 class Interception:
-    """TLS interception of CONNECT tunnels: the bottle's CA, and how upstreams are verified."""
+    """TLS interception of CONNECT tunnels: the bottle's CA, and how upstreams are verified.
 
-    authority: CertificateAuthority
-    upstream: ssl.SSLContext
-    exclude: Allowlist  # hosts tunnelled as opaque bytes
+    Loading the host's trust store takes ~30 ms, so the upstream context is made on
+    first use (or ahead of it by `warm`, off the event loop), not before the bundle
+    is ready.
+    """
+
+    def __init__(
+        self,
+        authority: CertificateAuthority,
+        make_upstream: Callable[[], ssl.SSLContext],
+        exclude: Allowlist,
+    ) -> None:
+        self.authority = authority
+        self.exclude = exclude  # hosts tunnelled as opaque bytes
+        self._make_upstream = make_upstream
+        self._upstream: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def upstream(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._upstream is None:
+                self._upstream = self._make_upstream()
+            return self._upstream
+
+    def warm(self) -> None:
+        self.upstream  # noqa: B018 - made and kept for the first connection
 
     def applies_to(self, host: str) -> bool:
         return not self.exclude.check(host).allowed

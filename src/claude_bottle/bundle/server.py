@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -56,6 +57,18 @@ class Bundle:
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         self.gateway = _gateway(settings, self.record)
+
+    def _prepare_inspection(self) -> DlpInspector | None:
+        """The upstream trust store (~30 ms) and the DLP engine, off the event loop."""
+        if self.interception is not None:
+            self.interception.warm()
+        return _inspector(self.settings, self.record)
+
+    def _inspection_prepared(self, future: asyncio.Future[DlpInspector | None]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:  # nothing can be inspected: stop, and say why in bundle.log
+            print(f"claude-bottle bundle: cannot inspect traffic: {error}", file=sys.stderr)
+            self._stopping.set()
 
     def _audit_failed(self, failure: AuditError) -> None:
         """From the audit log's syncer thread: fail closed, nothing leaves unaudited."""
@@ -164,7 +177,8 @@ class Bundle:
 
     async def run(self, ready_fd: int | None) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        self._inspector = _in_daemon_thread(loop, _inspector, self.settings, self.record)
+        inspector: asyncio.Future[DlpInspector | None] = loop.create_future()
+        self._inspector = inspector  # proxy connections wait for it
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._stopping.set)
@@ -205,6 +219,9 @@ class Bundle:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
+        # What only traffic needs is prepared after the bottle's start-up, not before it.
+        inspector.add_done_callback(self._inspection_prepared)
+        _in_daemon_thread(loop, inspector, self._prepare_inspection)
         async with proxy, control:
             await self._stopping.wait()
         if gateway is not None:
@@ -225,7 +242,7 @@ def _interception(settings: BundleSettings) -> Interception | None:
     )
     return Interception(
         authority,
-        upstream_context(settings.upstream_ca_file),
+        functools.partial(upstream_context, settings.upstream_ca_file),
         Allowlist(settings.intercept_exclude),
     )
 
@@ -278,11 +295,10 @@ def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any] | No
 
 
 def _in_daemon_thread(
-    loop: asyncio.AbstractEventLoop, work: Callable[..., T], *args: Any
-) -> asyncio.Future[T]:
-    """`work(*args)` in a daemon thread: unlike the default executor, a bundle that is
-    asked to stop never waits for it (the DLP engine compiles for a third of a second)."""
-    future: asyncio.Future[T] = loop.create_future()
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], work: Callable[[], T]
+) -> None:
+    """Settle `future` with `work()` from a daemon thread: unlike the default executor,
+    a bundle that is asked to stop never waits for it."""
 
     def settle(result: T | None, error: BaseException | None) -> None:
         if future.done():
@@ -295,14 +311,13 @@ def _in_daemon_thread(
     def run() -> None:
         result, error = None, None
         try:
-            result = work(*args)
+            result = work()
         except BaseException as exc:  # handed to whoever awaits the future
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
-    return future
 
 
 def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
