@@ -1,0 +1,884 @@
+# ruff: noqa: E501  (markdown table rows are long lines)
+"""The cost of TLS interception in the bundle, against a plain CONNECT tunnel and direct TLS.
+
+Run: python benchmarks/tls_intercept.py [--quick] [--profile DIR]
+
+Three bundle processes (interception off; on; on with DLP) front one TLS
+upstream on 127.0.0.1, signed by a throwaway CA. The client is Python's
+ssl module over the bundle's unix socket: CONNECT, then TLS to the
+upstream itself (tunnel: verified with the test CA) or to the bundle
+(intercepted: verified with the bundle's published CA). Direct TLS to the
+upstream is the floor. Bulk runs are interleaved across cases; each row
+reports the median and (min–max). Writes benchmarks/results-tls.json and
+docs/benchmarks-tls.md (benchmarks/run.py rewrites docs/benchmarks.md
+whole, so this report lives in its own file). With --profile, py-spy
+samples the intercepted bundle during extra downloads and uploads and the
+report gains a "where the time goes" table. A benchmark is not a test:
+nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results-tls.json"
+DOC = ROOT / "docs" / "benchmarks-tls.md"
+MIB = 1 << 20
+HOST = "bench.test"
+WARMUP = 20
+CASES = ("direct", "tunnel", "intercept", "intercept+dlp")
+LABELS = {
+    "direct": "direct TLS (floor)",
+    "tunnel": "CONNECT tunnel (intercept off)",
+    "intercept": "intercepted",
+    "intercept+dlp": "intercepted + DLP",
+}
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _cert(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    sans: list[str],
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_upstream_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a leaf for HOST and *.HOST: (ca file, chain file, key file)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("bench test CA", ca_key, None, ca_key, [])
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _cert(HOST, key, ca, ca_key, [HOST, f"*.{HOST}"])
+    ca_file, chain, key_file = directory / "ca.pem", directory / "leaf.pem", directory / "leaf.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, chain, key_file
+
+
+# ---------------------------------------------------------------- upstream
+
+# Blocking ssl sockets, one thread per connection: OpenSSL does the work with the GIL
+# released, so the floor is as high as this machine allows. /bytes/N sends N bytes,
+# any request body is read and dropped, everything else gets 1 KiB; keep-alive always.
+UPSTREAM_CODE = r"""
+import socket, ssl, sys, threading
+SMALL = b"x" * 1024
+CHUNK = b"\0" * (1 << 20)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+ctx.set_alpn_protocols(["http/1.1"])
+def serve(raw):
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        conn = ctx.wrap_socket(raw, server_side=True)
+    except OSError:
+        raw.close()
+        return
+    buf = bytearray()
+    sink = bytearray(1 << 20)
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+            buf = bytearray(rest)
+            lines = head.split(b"\r\n")
+            path = lines[0].split(b" ", 2)[1]
+            length = 0
+            for line in lines[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            take = min(length, len(buf))
+            del buf[:take]
+            length -= take
+            while length > 0:
+                n = conn.recv_into(sink, min(len(sink), length))
+                if not n:
+                    return
+                length -= n
+            if path.startswith(b"/bytes/"):
+                n = int(path[7:])
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+                while n > 0:
+                    piece = CHUNK if n >= len(CHUNK) else CHUNK[:n]
+                    conn.sendall(piece)
+                    n -= len(piece)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + SMALL)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", 0))
+listener.listen(1024)
+print(listener.getsockname()[1], flush=True)
+while True:
+    raw, _ = listener.accept()
+    threading.Thread(target=serve, args=(raw,), daemon=True).start()
+"""
+
+
+@contextmanager
+def upstream(chain: Path, key: Path) -> Iterator[int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UPSTREAM_CODE, str(chain), str(key)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+# ---------------------------------------------------------------- bundles and clients
+
+
+@dataclass
+class Route:
+    """How a client reaches HOST over TLS for one case."""
+
+    name: str
+    context: ssl.SSLContext  # verifies whoever terminates the client's TLS
+    proxy_socket: str | None = None  # None: straight to the upstream
+    up_port: int = 0
+    pid: int = 0  # the bundle's pid (0 for direct)
+
+    def open(self, host: str = HOST) -> ssl.SSLSocket:
+        if self.proxy_socket is None:
+            sock = socket.create_connection(("127.0.0.1", self.up_port), timeout=30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(self.proxy_socket)
+            sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+            head, rest = read_head(sock, bytearray())
+            if b" 200" not in head.split(b"\r\n")[0] or rest:
+                raise ConnectionError(f"CONNECT refused: {head[:120]!r}")
+        return self.context.wrap_socket(sock, server_hostname=host)
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+@contextmanager
+def bundle(
+    up_port: int, ca_file: Path, hosts: list[str], *, intercept: bool, dlp: bool, name: str
+) -> Iterator[Route]:
+    from claude_bottle.bundle.launcher import start_bundle, stop_process
+    from claude_bottle.bundle.settings import BundleSettings, Pin
+
+    with tempfile.TemporaryDirectory(prefix="cbbench-tls-") as tmp:
+        settings = BundleSettings(
+            bottle="bench",
+            proxy_socket=f"{tmp}/proxy.sock",
+            control_socket=f"{tmp}/control.sock",
+            audit_log=f"{tmp}/audit.jsonl",
+            allow=tuple(hosts),
+            pins=tuple(Pin(h, "127.0.0.1", up_port) for h in hosts),
+            intercept=intercept,
+            ca_cert=f"{tmp}/ca.pem" if intercept else None,
+            upstream_ca_file=str(ca_file),
+            dlp_enabled=dlp,
+        )
+        settings.dump(Path(tmp) / "bundle.json")
+        proc = start_bundle(
+            Path(tmp) / "bundle.json", Path(tmp) / "bundle.log", die_with_parent=True
+        )
+        try:
+            trusted = Path(settings.ca_cert) if settings.ca_cert else ca_file
+            yield Route(name, client_context(trusted), settings.proxy_socket, pid=proc.pid)
+        finally:
+            stop_process(proc)
+
+
+def fs_type(path: str) -> str:
+    """The filesystem type holding `path` (from /proc/mounts), e.g. ext4 or tmpfs."""
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    real = os.path.realpath(path)
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3 or len(parts[1]) <= len(best):
+            continue
+        if real == parts[1] or real.startswith(parts[1].rstrip("/") + "/"):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
+def git_state() -> dict[str, Any] | None:
+    """The commit measured, and which product files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"head": head[:80], "dirty": [line[3:] for line in status.splitlines()]}
+
+
+def read_head(sock: socket.socket, buf: bytearray) -> tuple[bytes, bytearray]:
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before head")
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    return head, bytearray(rest)
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytearray]:
+    head, buf = read_head(sock, buf)
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(buf) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        buf += chunk
+    return status, buf[length:]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def download(route: Route, size: int) -> tuple[float, float]:
+    """MiB/s for one GET of `size` bytes (connection set up before the clock starts),
+    and the bundle's CPU use over the transfer as a fraction of one core."""
+    with route.open() as sock:
+        cpu0, t0 = cpu_seconds(route.pid), time.perf_counter()
+        sock.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        _head, buf = read_head(sock, bytearray())
+        got = len(buf)
+        view = memoryview(bytearray(4 * MIB))
+        while got < size:
+            n = sock.recv_into(view)
+            if not n:
+                raise ConnectionError("short body")
+            got += n
+        dt = time.perf_counter() - t0
+        return size / MIB / dt, (cpu_seconds(route.pid) - cpu0) / dt
+
+
+def upload(route: Route, size: int) -> tuple[float, float]:
+    """MiB/s for one POST of `size` bytes until its response arrives, and bundle CPU."""
+    block = memoryview(b"a" * MIB)  # plain text: the DLP engine scans every byte
+    with route.open() as sock:
+        cpu0, t0 = cpu_seconds(route.pid), time.perf_counter()
+        sock.sendall(
+            f"POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {size}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        left = size
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            sock.sendall(piece)
+            left -= len(piece)
+        status, _ = read_response(sock, bytearray())
+        dt = time.perf_counter() - t0
+        if status != 200:
+            raise ConnectionError(f"upload status {status}")
+        return size / MIB / dt, (cpu_seconds(route.pid) - cpu0) / dt
+
+
+SMALL_REQUEST = f"GET /small HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+
+def keepalive_latencies(route: Route, count: int) -> list[float]:
+    lat: list[float] = []
+    with route.open() as sock:
+        buf = bytearray()
+        for i in range(count + WARMUP):
+            t0 = time.perf_counter()
+            sock.sendall(SMALL_REQUEST)
+            status, buf = read_response(sock, buf)
+            dt = time.perf_counter() - t0
+            if status != 200:
+                raise ConnectionError(f"status {status}")
+            if i >= WARMUP:
+                lat.append(dt * 1000)
+    return lat
+
+
+def one_new_connection(route: Route, host: str) -> tuple[float, float]:
+    """ms for connect + CONNECT + TLS handshake + one 1 KiB GET, and ms until the handshake is done."""
+    t0 = time.perf_counter()
+    sock = route.open(host)  # wrap_socket handshakes at once (do_handshake_on_connect)
+    t1 = time.perf_counter()
+    with sock:
+        sock.sendall(f"GET /small HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        status, _ = read_response(sock, bytearray())
+    t2 = time.perf_counter()
+    if status != 200:
+        raise ConnectionError(f"status {status}")
+    return (t2 - t0) * 1000, (t1 - t0) * 1000
+
+
+def newconn_latencies(route: Route, count: int) -> tuple[list[float], list[float]]:
+    total: list[float] = []
+    opening: list[float] = []
+    for i in range(count + WARMUP):
+        t, o = one_new_connection(route, HOST)
+        if i >= WARMUP:
+            total.append(t)
+            opening.append(o)
+    return total, opening
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def stats(values: list[float], digits: int = 4) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "n": len(values),
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def latency_row(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(pct(values, 0.5), 4),
+        "p99_ms": round(pct(values, 0.99), 4),
+        "min_ms": round(min(values), 4),
+        "max_ms": round(max(values), 4),
+        "n": len(values),
+    }
+
+
+# ---------------------------------------------------------------- cases
+
+
+def case_transfer(routes: dict[str, Route], kind: str, size: int, runs: int) -> dict[str, Any]:
+    fn: Callable[[Route, int], tuple[float, float]] = download if kind == "download" else upload
+    speeds: dict[str, list[float]] = {name: [] for name in routes}
+    cpu: dict[str, list[float]] = {name: [] for name in routes}
+    errors: dict[str, str] = {}
+    for _ in range(runs):  # interleaved, so background load hits every case alike
+        for name, route in routes.items():
+            if name in errors:
+                continue
+            try:
+                mib_s, busy = fn(route, size)
+            except Exception as exc:
+                errors[name] = repr(exc)
+                print(f"  {kind} {name}: FAILED {exc!r}")
+                continue
+            speeds[name].append(mib_s)
+            cpu[name].append(busy)
+    out: dict[str, Any] = {}
+    for name in routes:
+        if name in errors:
+            out[name + "_error"] = errors[name]
+            continue
+        out[name] = stats(speeds[name], 1)
+        if routes[name].pid:
+            out[name]["bundle_cpu_cores"] = round(statistics.median(cpu[name]), 3)
+        print(
+            f"  {kind} {name}: {out[name]['median']:.0f} MiB/s "
+            f"({out[name]['min']:.0f}–{out[name]['max']:.0f})"
+            + (
+                f", bundle CPU {out[name]['bundle_cpu_cores']:.2f} cores"
+                if routes[name].pid
+                else ""
+            )
+        )
+    return out
+
+
+def case_small(routes: dict[str, Route], count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, route in routes.items():
+        try:
+            cpu0 = cpu_seconds(route.pid)
+            out[f"keepalive/{name}"] = latency_row(keepalive_latencies(route, count))
+            if route.pid:
+                per = (cpu_seconds(route.pid) - cpu0) / (count + WARMUP) * 1000
+                out[f"keepalive/{name}"]["bundle_cpu_ms_per_request"] = round(per, 4)
+            total, opening = newconn_latencies(route, count)
+            out[f"newconn/{name}"] = latency_row(total)
+            out[f"newconn/{name}"]["open_p50_ms"] = round(pct(opening, 0.5), 4)
+        except Exception as exc:
+            out[f"{name}_error"] = repr(exc)
+            print(f"  small {name}: FAILED {exc!r}")
+            continue
+        k, n = out[f"keepalive/{name}"], out[f"newconn/{name}"]
+        print(
+            f"  small {name}: keep-alive p50 {k['p50_ms']:.3f} p99 {k['p99_ms']:.3f} ms; "
+            f"new conn p50 {n['p50_ms']:.3f} p99 {n['p99_ms']:.3f} ms"
+        )
+    return out
+
+
+def case_cold(route: Route, names: list[str]) -> dict[str, Any]:
+    """First connection to names the bundle has never seen: each mints a leaf certificate."""
+    total: list[float] = []
+    opening: list[float] = []
+    for host in names:
+        t, o = one_new_connection(route, host)
+        total.append(t)
+        opening.append(o)
+    row: dict[str, Any] = latency_row(total)
+    row["open_p50_ms"] = round(pct(opening, 0.5), 4)
+    row["first_ever_ms"] = round(total[0], 4)  # also the bundle's first executor job
+    print(
+        f"  cold leaf: p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} ms, first {total[0]:.1f} ms"
+    )
+    return row
+
+
+def case_mint(count: int) -> dict[str, Any]:
+    """Leaf minting alone, in this process: CertificateAuthority.server_context for new names."""
+    from claude_bottle.bundle.tls import CertificateAuthority
+
+    authority = CertificateAuthority("bench")
+    times: list[float] = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        authority.server_context(f"mint-{i}.{HOST}")
+        times.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    authority.server_context(f"mint-0.{HOST}")
+    cached = (time.perf_counter() - t0) * 1000
+    row: dict[str, Any] = stats(times)
+    row["cached_ms"] = round(cached, 4)
+    print(f"  leaf mint in-process: {row['median']:.3f} ms (cached {cached:.4f} ms)")
+    return row
+
+
+# ---------------------------------------------------------------- profile
+
+# A sample is charged to the innermost frame that matches a rule (first matching rule wins).
+CATEGORIES: list[tuple[str, Callable[[str], bool]]] = [
+    ("DLP scan", lambda f: "bundle/scanning.py" in f or "policy/dlp.py" in f),
+    ("audit record (JSON, hash chain, write)", lambda f: "bundle/audit.py" in f),
+    ("OpenSSL encrypt/decrypt (SSLObject.read/write)", lambda f: "(ssl.py" in f),
+    ("asyncio sslproto (TLS transport in Python)", lambda f: "(asyncio/sslproto.py" in f),
+    ("h11 parse/frame", lambda f: "(h11/" in f),
+    ("socket send/recv syscalls (selector transport)", lambda f: "selector_events.py" in f),
+    ("asyncio streams", lambda f: "(asyncio/streams.py" in f),
+    ("asyncio loop, tasks, timeouts", lambda f: "(asyncio/" in f),
+    ("bundle proxy code", lambda f: "claude_bottle/" in f),
+]
+PROFILE_RATE = 250
+
+
+def categorize(raw: Path) -> dict[str, Any]:
+    """Bucket py-spy raw (collapsed) stacks.
+
+    Recorded with --threads: the event loop's thread (MainThread) is bucketed; other
+    threads (audit syncer, executor) only counted, as py-spy's idle detection in
+    --nonblocking mode is loose for them. py-spy drops samples of a thread it sees idle;
+    a loop thread inside `epoll_wait` that it still counts is reported apart, not as work.
+    """
+    buckets: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    others: collections.Counter[str] = collections.Counter()
+    total = polling = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        thread, _, rest = stack.partition(";")
+        if "MainThread" not in thread:
+            others[thread.split(": ", 1)[-1]] += count
+            continue
+        frames = rest.split(";")
+        total += count
+        if "(selectors.py" in frames[-1]:
+            polling += count
+            continue
+        leaves[frames[-1]] += count
+        for frame in reversed(frames):
+            label = next((name for name, match in CATEGORIES if match(frame)), None)
+            if label:
+                buckets[label] += count
+                break
+        else:
+            buckets["other"] += count
+    busy = max(1, total - polling)
+    return {
+        "samples": total,
+        "other_thread_samples": dict(others.most_common()),
+        "epoll_share": round(polling / max(1, total), 3),
+        "busy_share_by_category": {k: round(v / busy, 3) for k, v in buckets.most_common()},
+        "top_leaf_frames": [
+            {"frame": k, "busy_share": round(v / busy, 3)} for k, v in leaves.most_common(12)
+        ],
+    }
+
+
+def _small_burst(route: Route, size: int) -> tuple[float, float]:
+    keepalive_latencies(route, 500)
+    return 0.0, 0.0
+
+
+def profile(route: Route, out_dir: Path, size: int, seconds: int) -> dict[str, Any]:
+    """py-spy the bundle while the client repeats one kind of work for `seconds`."""
+    exe = shutil.which("py-spy")
+    if not exe:
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    work: dict[str, Callable[[Route, int], tuple[float, float]]] = {
+        "download": download,
+        "upload": upload,
+        "small keep-alive": _small_burst,
+    }
+    for kind, fn in work.items():
+        stem = out_dir / f"{route.name.replace('+', '-')}-{kind.replace(' ', '-')}"
+        argv = [exe, "record", "--pid", str(route.pid), "--rate", str(PROFILE_RATE)]
+        argv += ["--nonblocking", "--threads", "--duration", str(seconds), "--format", "raw"]
+        argv += ["-o", f"{stem}.txt"]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # let py-spy attach
+        end = time.monotonic() + seconds - 1.5
+        while time.monotonic() < end:
+            fn(route, size)
+        _, err = proc.communicate(timeout=seconds + 30)
+        if proc.returncode != 0 or not Path(f"{stem}.txt").exists():
+            result[kind] = {"error": err.strip()[-300:]}
+            continue
+        result[kind] = categorize(Path(f"{stem}.txt"))
+        result[kind]["raw_file"] = f"{stem}.txt"
+        top = list(result[kind]["busy_share_by_category"].items())[:4]
+        print(f"  profile {route.name} {kind}: {top}")
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(d: dict[str, Any] | None, unit: str = "MiB/s") -> str:
+    if not d:
+        return "n/a"
+    return f"{d['median']:.0f} {unit} ({d['min']:.0f}–{d['max']:.0f})"
+
+
+def lat(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "n/a"
+    return f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f}"
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    m = res["machine"]
+    size = res["size_mib"]
+    L = [
+        "# Benchmarks: TLS interception",
+        "",
+        f"Command: `{command}` (writes `benchmarks/results-tls.json` and this file).",
+        f"Machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, {m['openssl']}; run {res['when']}.",
+        f"Load average (1 min) at start / end: {res['loadavg'][0]:.2f} / {res['loadavg'][1]:.2f} (other work on the machine",
+        "shows here; the cases interleave so it hits them alike, but spreads widen).",
+        "",
+        "What interception costs on top of a plain CONNECT tunnel: the bundle terminates the client's TLS",
+        "with a leaf certificate minted by its per-bottle CA, parses every request and response with h11",
+        "(and with DLP on scans every request body), and speaks TLS to the upstream itself. Direct TLS",
+        "from the client to the upstream is the floor. Throughput: median MiB/s (min–max) over",
+        f"{res['runs']} runs; latency: p50 / p99 ms over {res['count']} requests after {WARMUP} warm-ups.",
+        "",
+    ]
+    head = "| case | " + " | ".join(LABELS[c] for c in CASES) + " | intercepted ÷ tunnel |"
+    L += [head, "|---" * (len(CASES) + 2) + "|"]
+    for kind, label in (
+        ("download", f"bulk download {size} MiB (GET), MiB/s"),
+        ("upload", f"bulk upload {size} MiB (POST), MiB/s"),
+    ):
+        row = res[kind]
+        t, i = row.get("tunnel"), row.get("intercept")
+        ratio = f"{i['median'] / t['median']:.2f}×" if t and i else "n/a"
+        cells = [fmt(row.get(c)) for c in CASES]
+        L.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+        cpu = [
+            f"{row[c]['bundle_cpu_cores']:.2f}"
+            if row.get(c) and "bundle_cpu_cores" in row[c]
+            else "–"
+            for c in CASES
+        ]
+        L.append("| … bundle CPU during it, cores | " + " | ".join(cpu) + " | |")
+    small = res["small"]
+    for mode, label in (
+        ("keepalive", "1 KiB GET, one kept-alive TLS connection, p50 / p99 ms"),
+        ("newconn", "1 KiB GET, new connection + TLS handshake each (warm leaf), p50 / p99 ms"),
+    ):
+        cells = [lat(small.get(f"{mode}/{c}")) for c in CASES]
+        t, i = small.get(f"{mode}/tunnel"), small.get(f"{mode}/intercept")
+        added = (
+            f"{i['p50_ms'] - t['p50_ms']:+.3f} / {i['p99_ms'] - t['p99_ms']:+.3f} ms"
+            if t and i
+            else "n/a"
+        )
+        L.append(f"| {label} | " + " | ".join(cells) + f" | {added} |")
+    cpu = [
+        f"{small[f'keepalive/{c}']['bundle_cpu_ms_per_request']:.3f}"
+        if "bundle_cpu_ms_per_request" in small.get(f"keepalive/{c}", {})
+        else "–"
+        for c in CASES
+    ]
+    L.insert(
+        -1,
+        "| … bundle CPU per kept-alive request (all its threads), ms | " + " | ".join(cpu) + " | |",
+    )
+    cold = res.get("cold")
+    warm = small.get("newconn/intercept")
+    if cold:
+        extra = (
+            f"{cold['p50_ms'] - warm['p50_ms']:+.3f} / {cold['p99_ms'] - warm['p99_ms']:+.3f} ms over warm"
+            if warm
+            else ""
+        )
+        L.append(
+            f"| 1 KiB GET, new connection to a name never seen (cold leaf, {cold['n']} names), p50 / p99 ms | – | – | "
+            f"{lat(cold)} (first after start {cold['first_ever_ms']:.1f}) | – | {extra} |"
+        )
+    mint = res.get("mint")
+    if mint:
+        L.append(
+            f"| leaf mint alone (`CertificateAuthority.server_context`, in-process), ms | – | – | "
+            f"{mint['median']:.2f} ({mint['min']:.2f}–{mint['max']:.2f}); cached {mint['cached_ms']:.4f} | – | |"
+        )
+    if res.get("git"):
+        g = res["git"]
+        dirty = f"; uncommitted changes in {', '.join(g['dirty'])}" if g["dirty"] else ""
+        L.insert(4, f"Code: commit {g['head'].split()[0]}{dirty}.")
+    prof = res.get("profile")
+    if prof:
+        L += ["", "## Where the time goes (intercepted bundle, py-spy)", ""]
+        L += [
+            "py-spy `record --nonblocking --threads --rate 250` on the intercepted bundles while they serve",
+            "back-to-back work; each sample of the event loop's thread is charged to the innermost frame in",
+            "one of these buckets, as a share of its busy samples (py-spy drops most samples of a thread",
+            "waiting in `epoll`; the rest are shown apart). OpenSSL's work shows as the `SSLObject.read` /",
+            "`write` calls, the kernel's copies as the transport's `send` / `recv_into` calls; 'asyncio",
+            "streams' is mostly copying into and out of `StreamReader`'s buffer. 'small keep-alive' is the",
+            "1 KiB GET loop of the latency case. Raw stacks: `--profile DIR`.",
+            "",
+        ]
+        for name, p in prof.items():
+            for kind, r in p.items():
+                if not isinstance(r, dict) or "busy_share_by_category" not in r:
+                    L.append(
+                        f"- {name} {kind}: {r.get('error', 'n/a') if isinstance(r, dict) else r}"
+                    )
+                    continue
+                parts = ", ".join(
+                    f"{k} {v * 100:.0f}%"
+                    for k, v in r["busy_share_by_category"].items()
+                    if v >= 0.01
+                )
+                L.append(
+                    f"- **{name}, {kind}**: {parts} (plus {r['epoll_share'] * 100:.0f}% of all"
+                    " samples in `epoll_wait`)."
+                )
+    L += [
+        "",
+        "## Method",
+        "",
+        "- Upstream: its own process, blocking `ssl` sockets, a thread per connection (OpenSSL works with the",
+        "  GIL released), a throwaway EC P-256 CA and a leaf for `bench.test` and `*.bench.test`; TLS 1.3,",
+        "  ALPN http/1.1, 127.0.0.1 only. It serves `/bytes/N`, reads and drops any request body, and answers",
+        "  anything else with 1 KiB.",
+        "- Bundles: real bundle processes (`python -m claude_bottle.bundle.server`), reached over their unix",
+        "  proxy socket as inside a bottle; `bench.test` (and the cold names) pinned to the upstream as with",
+        "  `[egress.resolve]`; `upstream_ca_file` is the test CA. Three run side by side (interception off;",
+        "  on; on with `dlp_enabled`, built-in patterns, hyperscan engine) and are idle when not measured.",
+        "- Client: Python `ssl` with ALPN http/1.1; CONNECT `bench.test:443` on the bundle socket, then TLS",
+        "  verified with the test CA (tunnel: end-to-end with the upstream) or with the CA the bundle",
+        "  publishes (`ca_cert`; intercepted: the bundle terminates it). No TLS session resumption.",
+        "- Bulk: the connection and handshake happen before the clock starts; download = one `GET` read with",
+        "  `recv_into` a 4 MiB buffer; upload = one `POST` with `Content-Length` sent in 1 MiB writes of",
+        "  plain text, until the response arrives. Runs interleave the cases. Bundle CPU = its utime + stime",
+        "  over the transfer ÷ wall time (1.00 = one core saturated; the bundle's proxy is single-threaded).",
+        "- Small: 20 warm-ups dropped. New connection = unix connect + CONNECT + TLS handshake + GET + close,",
+        "  per request; the bundle opens a new upstream TLS connection for each, so intercepted pays two",
+        "  handshakes. Cold leaf: the first connection to each of several names the bundle has never seen",
+        "  (pinned and allowlisted), so each mints a leaf in the bundle's executor.",
+        f"- Audit logs (written per record, `fsync`'d) in the system temp directory, on {m['audit_log_fs']}.",
+        "- Client, bundle and upstream share the machine's cores; with 2 cores the intercepted case has three",
+        "  busy processes doing crypto, so the absolute numbers are lower bounds for a bigger host.",
+        "",
+    ]
+    return "\n".join(L) + NOTES
+
+
+NOTES = """
+## Reading the numbers
+
+- DLP scans what leaves the bottle: request heads and request bodies, not responses. A download
+  with DLP on differs from one without only by the head scan (noise); the upload row carries the
+  streaming body scan.
+- Inside an intercepted tunnel every request is parsed and re-framed by h11 twice (client side and
+  upstream side) and is an egress decision with its own audit record; a plain tunnel relays opaque
+  bytes and writes one record when it closes. The bundles' audit logs live in the system temp
+  directory (its filesystem type is in the Method section).
+- A new intercepted connection pays two TLS handshakes (client to bundle with the minted leaf,
+  bundle to upstream with verification) and two audit records (the CONNECT and the request).
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="32 MiB, 3 runs, 200 requests")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also py-spy the intercepted bundle; raw stacks go to DIR",
+    )
+    args = ap.parse_args()
+    q = args.quick
+    runs = 3 if q else 5
+    size_mib = 32 if q else 256
+    count = 200 if q else 500
+    cold_names = [f"cold-{i}.{HOST}" for i in range(10 if q else 30)]
+    res: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "quick": q,
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
+            "audit_log_fs": fs_type(tempfile.gettempdir()),
+        },
+        "size_mib": size_mib,
+        "runs": runs,
+        "count": count,
+    }
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    res["loadavg"] = [round(os.getloadavg()[0], 2)]
+    res["git"] = git_state()
+    hosts = [HOST, *cold_names]
+    with tempfile.TemporaryDirectory(prefix="cbbench-tls-ca-") as tmp, ExitStack() as stack:
+        ca_file, chain, key = make_upstream_certs(Path(tmp))
+        up = stack.enter_context(upstream(chain, key))
+        routes: dict[str, Route] = {"direct": Route("direct", client_context(ca_file), up_port=up)}
+        for name, intercept, dlp in (
+            ("tunnel", False, False),
+            ("intercept", True, False),
+            ("intercept+dlp", True, True),
+        ):
+            routes[name] = stack.enter_context(
+                bundle(up, ca_file, hosts, intercept=intercept, dlp=dlp, name=name)
+            )
+        print("leaf mint")
+        res["mint"] = case_mint(20 if q else 50)
+        print("cold leaf")
+        res["cold"] = case_cold(routes["intercept"], cold_names)
+        print("bulk download")
+        res["download"] = case_transfer(routes, "download", size_mib * MIB, runs)
+        print("bulk upload")
+        res["upload"] = case_transfer(routes, "upload", size_mib * MIB, runs)
+        print("small requests")
+        res["small"] = case_small(routes, count)
+        if args.profile:
+            print("profile")
+            res["profile"] = {
+                name: profile(routes[name], args.profile, size_mib * MIB, 8 if q else 12)
+                for name in ("intercept", "intercept+dlp")
+            }
+    res["loadavg"].append(round(os.getloadavg()[0], 2))
+    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    command = "python benchmarks/tls_intercept.py" + (" --quick" if q else "")
+    if args.profile:
+        command += f" --profile {args.profile}"
+    DOC.write_text(markdown(res, command))
+    print(f"wrote {RESULTS}, {DOC}")
+
+
+if __name__ == "__main__":
+    main()
