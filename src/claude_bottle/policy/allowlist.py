@@ -15,6 +15,7 @@ of the host, however long the lists are.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import unicodedata
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_network
@@ -100,6 +101,7 @@ def _canonical_ip(ip: IPAddress) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=4096)  # every request names its host; most name the same few
 def normalize_host(host: str) -> str:
     """The canonical form of a host name, or HostError saying why there is none.
 
