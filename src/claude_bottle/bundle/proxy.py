@@ -227,6 +227,13 @@ class ProxyConnection:
     async def _send(self, event: Any) -> None:
         await send_event(self.conn, self.writer, event)
 
+    async def _write(self, out: bytearray) -> None:
+        """Write and empty `out` (bytes h11 framed for the client)."""
+        if out:
+            self.writer.write(bytes(out))
+            out.clear()
+            await self.writer.drain()
+
     async def _respond(self, status: int, rule: str, body: bytes, close: bool = False) -> None:
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -541,21 +548,32 @@ class ProxyConnection:
             response = await upstream.next_event()
         if not isinstance(response, h11.Response):
             raise Blocked("error:upstream", f"{dest.host} closed the connection", 502)
-        await self._send(
-            h11.Response(
-                status_code=response.status_code,
-                headers=_filtered_headers(list(response.headers)),
-                reason=response.reason,
+        # What the upstream already sent goes to the client in one write (a small response
+        # is one send, not three); we flush before waiting for more, and every READ_SIZE.
+        out = bytearray(
+            self.conn.send(
+                h11.Response(
+                    status_code=response.status_code,
+                    headers=_filtered_headers(list(response.headers)),
+                    reason=response.reason,
+                )
             )
+            or b""
         )
         down_bytes = 0
         while True:
-            event = await upstream.next_event()
+            event = upstream.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._write(out)
+                event = await upstream.next_event()
             if isinstance(event, h11.Data):
                 down_bytes += len(event.data)
-                await self._send(event)
+                out += self.conn.send(event) or b""
+                if len(out) >= READ_SIZE:
+                    await self._write(out)
             elif isinstance(event, h11.EndOfMessage):
-                await self._send(h11.EndOfMessage(headers=event.headers))
+                out += self.conn.send(h11.EndOfMessage(headers=event.headers)) or b""
+                await self._write(out)
                 break
             else:
                 raise ConnectionError("upstream went away mid-response")
