@@ -309,7 +309,7 @@ def test_existing_wide_file_is_tightened(tmp_path: Path) -> None:
     assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
 
 
-def test_every_record_is_fsynced_without_the_writer_waiting(
+def test_every_record_is_fsynced_without_the_submitter_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log_path = tmp_path / "audit.jsonl"
@@ -325,15 +325,16 @@ def test_every_record_is_fsynced_without_the_writer_waiting(
     with AuditLog(log_path, "b1") as log:
         monkeypatch.setattr(os, "fsync", slow_fsync)
         for _ in range(3):
-            log.record("egress", "deny")  # returns although the disk is stuck
-        assert len(log_path.read_bytes().splitlines()) == 3  # written, visible to readers
+            log.submit("egress", "deny")  # returns although the disk is stuck
         assert synced_sizes == []
         disk_may_finish.set()
         log.sync()
-        assert synced_sizes and synced_sizes[-1] == log_path.stat().st_size
+        assert len(log_path.read_bytes().splitlines()) == 3
+        assert synced_sizes[-1] == log_path.stat().st_size  # the last fsync covered them all
         assert len(synced_sizes) <= 3  # group commit: never more fsyncs than records
-        log.record("egress", "deny")
-    assert synced_sizes[-1] == log_path.stat().st_size  # close() waited for the last one
+        log.submit("egress", "deny")
+    assert synced_sizes[-1] == log_path.stat().st_size  # close() drained and synced
+    assert verify(log_path).records == 4
 
 
 def test_failed_fsync_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -64,6 +64,11 @@ class RunningBundle:
                 chunks.append(chunk)
         return b"".join(chunks)
 
+    def sync_audit(self) -> None:
+        """The bundle writes its audit records off the request path: wait for them."""
+        assert self.bundle is not None
+        self.bundle.audit.sync()
+
     def stop(self) -> None:
         assert self.bundle is not None
         self.loop.call_soon_threadsafe(self.bundle._stopping.set)
@@ -97,6 +102,7 @@ def bundle(tmp_path: Path, upstream: RecordingHTTPServer) -> Iterator[RunningBun
 
 
 def _events(bundle: RunningBundle) -> list[dict[str, object]]:
+    bundle.sync_audit()
     lines = Path(bundle.settings.audit_log).read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["kind"] == "egress"]
 
@@ -197,6 +203,7 @@ def test_connect_to_allowed_host_tunnels(
 def test_audit_log_verifies_after_traffic(bundle: RunningBundle) -> None:
     bundle.request(b"GET http://allowed.test/1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
     bundle.request(b"GET http://denied.test/2 HTTP/1.1\r\nHost: denied.test\r\n\r\n")
+    bundle.sync_audit()
     result = verify(Path(bundle.settings.audit_log))
     assert result.ok, result.problem
     assert result.records >= 3

@@ -6,13 +6,14 @@ One record per line, fields in this order::
     bytes_up, bytes_down, [detail], prev, hash
 
 `hash` is the SHA-256 (hex) of `canonical_json(record without "hash")`; `prev` is the
-previous record's `hash` (`GENESIS` for the first). The bundle is the only writer;
-every record is written before `AuditLog.record` returns (readers see it at once) and
-fsync'd by a background syncer right after (group commit: one fsync covers every record
-written while the previous one ran, so the proxy never waits for the disk); `sync()`
-waits for it, `close()` does too. Paths are redacted
-(`redact_path`) before they are written, so query values and token-looking path
-segments never reach the disk.
+previous record's `hash` (`GENESIS` for the first). The bundle is the only writer. It
+`submit`s records, which costs it microseconds; one writer thread builds them (in
+submission order, timestamps taken at submission), appends them and fsyncs after each
+batch (group commit: every record is fsync'd, one fsync covers a batch, batches are at
+most BATCH_INTERVAL apart). `sync()` waits for the disk, `close()` drains the queue first, and a
+failed write or fsync fails closed: later submissions raise AuditError and the owner is
+told. Paths are redacted (`redact_path`) before they are written, so query values and
+token-looking path segments never reach the disk.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -52,6 +52,12 @@ FIELDS = (
 """Fields every record carries, in write order (then optional `detail`, `prev`, `hash`)."""
 
 REQUIRED = (*FIELDS, "prev", "hash")
+
+BATCH_INTERVAL = 0.005
+"""Longest a submitted record waits to be written and fsync'd (unless `sync` is called)."""
+
+_Item = tuple[float, tuple[Any, ...], Mapping[str, object] | None]
+"""A submitted record: its time, the caller's fields, its detail (built by the writer)."""
 
 MAX_PATH = 2048
 """Longest `path` written, "…" marker included."""
@@ -339,7 +345,6 @@ class AuditLog:
         self.path = Path(path)
         self._on_failure = on_failure
         self.bottle = _clean(bottle, 256)
-        self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         existed = self.path.exists()
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
@@ -363,12 +368,17 @@ class AuditLog:
             os.close(fd)
             raise
         self._failure: AuditError | None = None
-        self._written = 0  # records written so far
+        self._cond = threading.Condition()
+        self._pending: list[_Item] = []
+        self._submitted = 0  # tickets handed out
+        self._written = 0  # records written (tickets 1.._written)
         self._synced = 0  # of which fsync'd
+        self._kept: set[int] = set()  # tickets whose record `record()` returns
+        self._kept_records: dict[int, dict[str, object]] = {}
         self._closing = False
-        self._syncing = threading.Condition(self._lock)
-        self._syncer = threading.Thread(target=self._sync_loop, name="audit-fsync", daemon=True)
-        self._syncer.start()
+        self._urgent = False  # someone waits: write and sync the queue now
+        self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+        self._writer.start()
 
     def _lock_file(self, fd: int) -> None:
         import fcntl
@@ -429,22 +439,54 @@ class AuditLog:
             )
         return int(record["seq"]) + 1, str(record["hash"])
 
-    def record(
-        self,
-        kind: str,
-        decision: str,
-        *,
-        rule: str = "",
-        method: str = "",
-        host: str = "",
-        port: int = 0,
-        path: str = "",
-        bytes_up: int = 0,
-        bytes_down: int = 0,
-        detail: Mapping[str, object] | None = None,
-    ) -> dict[str, object]:
-        """Append one record (path redacted) and return it (with `hash`); fsync follows."""
-        fields: dict[str, object] = {
+    def submit(self, kind: str, decision: str, **fields: Any) -> int:
+        """Queue one record; the writer thread chains, writes and fsyncs it, in order.
+
+        Fields: rule, method, host, port, path, bytes_up, bytes_down, detail. Costs the
+        caller microseconds: the proxy never waits for JSON, hashing or the disk.
+        Returns the record's ticket for `wait_written`. Raises AuditError once the log
+        has failed (fail closed) or is closed.
+        """
+        return self._enqueue(_item(kind, decision, **fields), keep=False)
+
+    def _enqueue(self, item: _Item, *, keep: bool) -> int:
+        if self._failure is not None:
+            raise self._failure
+        with self._cond:
+            if self._closing:
+                raise AuditError(f"audit log {self.path} is closed")
+            self._pending.append(item)
+            self._submitted += 1
+            if keep:
+                self._kept.add(self._submitted)
+            self._cond.notify_all()
+            return self._submitted
+
+    def record(self, kind: str, decision: str, **fields: Any) -> dict[str, object]:
+        """`submit`, wait until written (not fsync'd), and return the record with `hash`."""
+        ticket = self._enqueue(_item(kind, decision, **fields), keep=True)
+        self.wait_written(ticket)
+        with self._cond:
+            return self._kept_records.pop(ticket)
+
+    def wait_written(self, ticket: int) -> None:
+        """Wait until the record with this ticket is in the file (readers can see it)."""
+        with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
+            while self._written < ticket:
+                if self._failure is not None:
+                    raise self._failure
+                if not self._writer.is_alive():
+                    raise AuditError(f"audit log {self.path} is closed")
+                self._cond.wait(1.0)
+
+    def _build(self, item: _Item) -> tuple[dict[str, object], bytes]:
+        when, (kind, decision, rule, method, host, port, path, up, down), detail = item
+        record: dict[str, object] = {
+            "ts": _timestamp(when),
+            "bottle": self.bottle,
+            "seq": self._seq,
             "kind": _clean(_as_text(kind), 64),
             "decision": _clean(_as_text(decision), 64),
             "rule": _clean(_as_text(rule)),
@@ -452,37 +494,21 @@ class AuditLog:
             "host": _clean(_as_text(host), 512),
             "port": int(port),
             "path": redact_path(path),
-            "bytes_up": int(bytes_up),
-            "bytes_down": int(bytes_down),
+            "bytes_up": int(up),
+            "bytes_down": int(down),
         }
-        extra = _jsonable(detail) if detail is not None else None
-        with self._lock:
-            fd = self._fd
-            if self._failure is not None:
-                raise self._failure
-            if fd is None or self._closing:
-                raise AuditError(f"audit log {self.path} is closed")
-            record: dict[str, object] = {
-                "ts": _now(),
-                "bottle": self.bottle,
-                "seq": self._seq,
-                **fields,
-            }
-            if extra is not None:
-                record["detail"] = extra
-            record["prev"] = self._prev
-            record["hash"] = _hash_of(record)
-            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            self._append(fd, line)
-            self._seq += 1
-            self._prev = str(record["hash"])
-            self._written += 1
-            self._syncing.notify_all()
-            return dict(record)
+        if detail is not None:
+            record["detail"] = _jsonable(detail)
+        record["prev"] = self._prev
+        record["hash"] = _hash_of(record)
+        self._seq += 1
+        self._prev = str(record["hash"])
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return record, line.encode()
 
-    def _append(self, fd: int, line: bytes) -> None:
+    def _append(self, fd: int, data: bytes) -> None:
         try:
-            view = memoryview(line)
+            view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
@@ -490,9 +516,8 @@ class AuditLog:
             # Do not leave a torn line behind: the next record would be unreadable.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._size)
-            self._failure = self._write_error(exc)
-            raise self._failure from exc
-        self._size += len(line)
+            raise self._write_error(exc) from exc
+        self._size += len(data)
 
     def _write_error(self, exc: OSError) -> AuditError:
         return AuditError(
@@ -500,51 +525,85 @@ class AuditLog:
             "free disk space or fix the state directory; the bottle cannot run unaudited",
         )
 
-    def _sync_loop(self) -> None:
-        """fsync whatever was written since the last fsync, until closed (then once more)."""
-        with self._lock:
-            while True:
-                while self._synced == self._written and not self._closing:
-                    self._syncing.wait()
-                if self._synced == self._written or self._failure is not None:
-                    return  # closing with nothing left, or failed for good
-                target, fd = self._written, self._fd
-                assert fd is not None
-                self._lock.release()
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    failure: AuditError | None = self._write_error(exc)
-                else:
-                    failure = None
-                finally:
-                    self._lock.acquire()
-                if failure is not None:
-                    self._failure = failure
-                    if self._on_failure is not None:
-                        self._on_failure(failure)
-                else:
+    def _write_loop(self) -> None:
+        """Write what was submitted, then fsync it (one fsync per batch: group commit);
+        after `close`, finish the queue first. Only this thread touches the chain."""
+        fd = self._fd
+        assert fd is not None
+        last_batch = 0.0
+        while True:
+            with self._cond:
+                while not self._pending and self._synced == self._written and not self._closing:
+                    self._cond.wait()
+                if not self._pending and self._synced == self._written:
+                    return  # closing, and everything is on disk
+                # A busy proxy submits thousands of records a second: batching them costs
+                # each at most BATCH_INTERVAL of delay, and spares one wake-up and one
+                # fsync per record.
+                while not (self._closing or self._urgent):
+                    delay = last_batch + BATCH_INTERVAL - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._cond.wait(delay)
+                self._urgent = False
+                last_batch = time.monotonic()
+                batch = list(self._pending)
+                self._pending.clear()
+                kept = set(self._kept)
+            try:
+                lines = []
+                built: dict[int, dict[str, object]] = {}
+                for offset, item in enumerate(batch, start=self._written + 1):
+                    record, line = self._build(item)
+                    lines.append(line)
+                    if offset in kept:
+                        built[offset] = record
+                if lines:
+                    self._append(fd, b"".join(lines))
+                with self._cond:
+                    self._written += len(batch)
+                    self._kept_records.update(built)
+                    self._kept.difference_update(built)
+                    self._cond.notify_all()
+                    target = self._written
+                os.fsync(fd)
+            except OSError as exc:
+                failure = exc if isinstance(exc, AuditError) else self._write_error(exc)
+            except AuditError as exc:
+                failure = exc
+            else:
+                with self._cond:
                     self._synced = target
-                self._syncing.notify_all()
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                self._failure = failure
+                self._cond.notify_all()
+            if self._on_failure is not None:
+                self._on_failure(failure)
+            return
 
     def sync(self) -> None:
-        """Wait until every record written so far is fsync'd; AuditError if that failed."""
-        with self._lock:
-            target = self._written
-            while self._synced < target and self._failure is None and self._syncer.is_alive():
-                self._syncing.wait(1.0)
+        """Wait until every record submitted so far is written and fsync'd."""
+        with self._cond:
+            target = self._submitted
+            self._urgent = True
+            self._cond.notify_all()
+            while self._synced < target and self._failure is None:
+                if not self._writer.is_alive():
+                    raise AuditError(f"audit log {self.path} is closed")
+                self._cond.wait(1.0)
             if self._failure is not None:
                 raise self._failure
 
     def close(self) -> None:
-        """Stop the syncer after its last fsync, then close the file."""
-        with self._lock:
+        """Write and fsync what is queued, stop the writer, close the file."""
+        with self._cond:
             self._closing = True
-            self._syncing.notify_all()
-        if self._syncer.is_alive() and self._syncer is not threading.current_thread():
-            self._syncer.join()
-        with self._lock:
-            fd, self._fd = self._fd, None
+            self._cond.notify_all()
+        if self._writer.is_alive() and self._writer is not threading.current_thread():
+            self._writer.join()
+        fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
 
@@ -560,9 +619,31 @@ class AuditLog:
         self.close()
 
 
-def _now() -> str:
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+def _item(
+    kind: str,
+    decision: str,
+    *,
+    rule: str = "",
+    method: str = "",
+    host: str = "",
+    port: int = 0,
+    path: str = "",
+    bytes_up: int = 0,
+    bytes_down: int = 0,
+    detail: Mapping[str, object] | None = None,
+) -> _Item:
+    """What the writer needs to build a record later: its time now, the fields as given."""
+    fields = (kind, decision, rule, method, host, port, path, bytes_up, bytes_down)
+    return time.time(), fields, dict(detail) if detail is not None else None
+
+
+def _timestamp(when: float) -> str:
+    """UTC, millisecond precision: 2026-11-23T10:00:00.123Z."""
+    seconds = int(when)
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        + f".{int((when - seconds) * 1000):03d}Z"
+    )
 
 
 # --------------------------------------------------------------------------- readers

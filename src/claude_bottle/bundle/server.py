@@ -77,7 +77,7 @@ class Bundle:
 
     def record(self, kind: str, decision: str, **fields: Any) -> None:
         try:
-            self.audit.record(kind, decision, **fields)
+            self.audit.submit(kind, decision, **fields)
         except AuditError:
             self._stopping.set()  # fail closed: nothing leaves this bottle unaudited
             raise
