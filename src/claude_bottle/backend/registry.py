@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
-from claude_bottle.backend.base import BottleBackend
 from claude_bottle.errors import ConfigError
+
+if TYPE_CHECKING:  # importing it costs ~50 ms; the CLI asks `runs_host_bundle` before that
+    from claude_bottle.backend.base import BottleBackend
 
 # name -> "module:Class"; importing a backend is deferred until it is used.
 _BACKENDS: dict[str, str] = {
@@ -14,6 +17,14 @@ _BACKENDS: dict[str, str] = {
     "docker": "claude_bottle.backend.docker:DockerBackend",
     "smolmachines": "claude_bottle.backend.smolmachines:SmolmachinesBackend",
 }
+
+
+# Backends whose bundle is a process on this host (started by `bundle.launcher`).
+_HOST_BUNDLE = frozenset({"namespace", "smolmachines"})
+
+
+def runs_host_bundle(name: str) -> bool:
+    return name in _HOST_BUNDLE
 
 
 def names() -> tuple[str, ...]:
@@ -33,6 +44,5 @@ def get(name: str) -> BottleBackend:
         )
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    backend = cls()
-    assert isinstance(backend, BottleBackend)
+    backend: BottleBackend = cls()
     return backend

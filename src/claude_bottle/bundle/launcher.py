@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import select
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from claude_bottle.errors import LaunchError
 
@@ -16,10 +20,17 @@ READY_TIMEOUT = 15.0
 class PendingBundle:
     """A bundle process that has been started but may not serve yet."""
 
-    def __init__(self, process: subprocess.Popen[bytes], ready_fd: int, log_file: Path) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        ready_fd: int,
+        log_file: Path,
+        early_log: IO[bytes] | None = None,
+    ) -> None:
         self.process = process
         self._ready_fd = ready_fd
         self._log_file = log_file
+        self._early_log = early_log  # what a prestarted bundle said before it had a log
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> subprocess.Popen[bytes]:
         try:
@@ -27,18 +38,122 @@ class PendingBundle:
             answer = os.read(self._ready_fd, 64) if ready else b""
         finally:
             os.close(self._ready_fd)
+        early = b""
+        if self._early_log is not None:
+            self._early_log.seek(0)
+            early = self._early_log.read()
+            self._early_log.close()
         if answer.startswith(b"ready"):
             return self.process
         stop_process(self.process)
-        tail = self._log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        with contextlib.suppress(OSError):
+            early += self._log_file.read_bytes()
+        tail = early.decode(errors="replace").strip().splitlines()[-5:]
         raise LaunchError(
             "the bundle (egress proxy) did not start" + (": " + " | ".join(tail) if tail else ""),
             f"see {self._log_file}",
         )
 
 
+class EarlyBundle:
+    """A bundle process started before its bottle is planned.
+
+    Its interpreter start-up and imports (most of its time to ready) overlap with the
+    CLI's own; `spawn_bundle` then hands it the settings file through a pipe. Closing
+    that pipe unused makes it exit at once.
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        handoff_fd: int,
+        ready_fd: int,
+        early_log: IO[bytes],
+        die_with_parent: bool,
+    ) -> None:
+        self.process = process
+        self.handoff_fd: int | None = handoff_fd
+        self.ready_fd = ready_fd
+        self.early_log = early_log
+        self.die_with_parent = die_with_parent
+
+    def hand_off(self, settings_file: Path, log_file: Path) -> PendingBundle:
+        assert self.handoff_fd is not None
+        message = json.dumps({"settings": str(settings_file), "log": str(log_file)})
+        try:
+            os.write(self.handoff_fd, message.encode() + b"\n")
+        except OSError:
+            pass  # it died early: wait_ready reports it, with what it said
+        finally:
+            os.close(self.handoff_fd)
+            self.handoff_fd = None
+        return PendingBundle(self.process, self.ready_fd, log_file, early_log=self.early_log)
+
+    def discard(self) -> None:
+        if self.handoff_fd is not None:
+            os.close(self.handoff_fd)
+            self.handoff_fd = None
+            os.close(self.ready_fd)
+            self.early_log.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(1)  # it exits on the closed pipe
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+
+
+_early: EarlyBundle | None = None
+
+
+def prestart_bundle(*, die_with_parent: bool) -> None:
+    """Start a bundle now for the next `spawn_bundle` of this process to use."""
+    global _early
+    discard_prestarted()
+    handoff_r, handoff_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    argv = [sys.executable, "-m", "claude_bottle.bundle.server"]
+    argv += ["--handoff-fd", str(handoff_r), "--ready-fd", str(ready_w)]
+    if die_with_parent:
+        argv += ["--parent-pid", str(os.getpid())]
+    # Where it writes until it learns its log file; the EarlyBundle owns it from here.
+    early_log = tempfile.TemporaryFile()  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=early_log,
+            stderr=early_log,
+            pass_fds=(handoff_r, ready_w),
+            start_new_session=True,
+        )
+    except OSError:
+        process = None
+    os.close(handoff_r)
+    os.close(ready_w)
+    if process is None:  # spawn_bundle starts one the ordinary way
+        os.close(handoff_w)
+        os.close(ready_r)
+        early_log.close()
+        return
+    _early = EarlyBundle(process, handoff_w, ready_r, early_log, die_with_parent)
+
+
+def discard_prestarted() -> None:
+    """Stop a prestarted bundle nobody used (the backend runs its bundle elsewhere)."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early.discard()
+
+
 def spawn_bundle(settings_file: Path, log_file: Path, *, die_with_parent: bool) -> PendingBundle:
     """Start the bundle process; call `.wait_ready()` before the bottle's command runs."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        if early.die_with_parent == die_with_parent and early.process.poll() is None:
+            return early.hand_off(settings_file, log_file)
+        early.discard()
     read_fd, write_fd = os.pipe()
     argv = [
         sys.executable,

@@ -339,17 +339,58 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
+MAX_HANDOFF = 64 * 1024
+
+
+def _await_handoff(fd: int) -> tuple[Path, Path] | None:
+    """Block until the CLI says where the settings and the log are (one JSON line on
+    `fd`); None when it closes the pipe first (the launch was abandoned)."""
+    # What start-up costs most, done while the CLI is still planning the bottle.
+    import claude_bottle.bundle.tls  # noqa: F401 - cryptography, ~60 ms
+
+    data = b""
+    with os.fdopen(fd, "rb") as pipe:
+        while b"\n" not in data and len(data) < MAX_HANDOFF:
+            chunk = pipe.read1(MAX_HANDOFF)
+            if not chunk:
+                break
+            data += chunk
+    if b"\n" not in data:
+        return None
+    handoff = json.loads(data)
+    return Path(handoff["settings"]), Path(handoff["log"])
+
+
+def _log_to(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="claude-bottle-bundle")
-    parser.add_argument("settings", type=Path)
+    parser.add_argument("settings", type=Path, nargs="?")
+    parser.add_argument(
+        "--handoff-fd", type=int, help="started early: read where settings and log are from it"
+    )
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--parent-pid", type=int, help="exit when this process dies")
     args = parser.parse_args(argv)
+    if (args.settings is None) == (args.handoff_fd is None):
+        parser.error("give a settings file or --handoff-fd, not both")
     if args.parent_pid:
         _die_with_parent()
         if os.getppid() != args.parent_pid:
             sys.exit(1)  # the parent died before we could watch it
-    settings = BundleSettings.load(args.settings)
+    settings_file = args.settings
+    if args.handoff_fd is not None:
+        handoff = _await_handoff(args.handoff_fd)
+        if handoff is None:
+            os._exit(0)
+        settings_file, log_file = handoff
+        _log_to(log_file)
+    settings = BundleSettings.load(settings_file)
     try:
         asyncio.run(Bundle(settings).run(args.ready_fd))
     except AuditError as exc:

@@ -88,15 +88,22 @@ def _check_credential(plan: BottlePlan) -> None:
 
 
 def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
-    backend, plan = _prepare(command, detach=detach, **options)
-    _check_credential(plan)
-    existing = state.read_record(plan.name)
-    if existing is not None and state.is_live(existing):
-        raise ConfigError(
-            f"a bottle named {plan.name} is already running",
-            f"attach to it with `claude-bottle resume {plan.name}` or choose another --name",
-        )
-    return _launch_and_run(backend, plan, detach=detach)
+    from claude_bottle.bundle.launcher import discard_prestarted
+
+    try:
+        backend, plan = _prepare(command, detach=detach, **options)
+        if not registry.runs_host_bundle(backend.name):
+            discard_prestarted()
+        _check_credential(plan)
+        existing = state.read_record(plan.name)
+        if existing is not None and state.is_live(existing):
+            raise ConfigError(
+                f"a bottle named {plan.name} is already running",
+                f"attach to it with `claude-bottle resume {plan.name}` or choose another --name",
+            )
+        return _launch_and_run(backend, plan, detach=detach)
+    finally:
+        discard_prestarted()  # unused: the launch failed before it needed a bundle
 
 
 def _launch_and_run(backend: BottleBackend, plan: BottlePlan, *, detach: bool) -> int:

@@ -1,0 +1,93 @@
+"""Starting host-process bundles: the ordinary way, and prestarted before the plan exists."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.bundle import launcher
+from claude_bottle.bundle.settings import BundleSettings
+from claude_bottle.errors import LaunchError
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_prestart() -> Iterator[None]:
+    yield
+    launcher.discard_prestarted()
+
+
+def _settings(tmp_path: Path) -> tuple[BundleSettings, Path]:
+    settings = BundleSettings(
+        bottle="unit",
+        proxy_socket=str(tmp_path / "proxy.sock"),
+        control_socket=str(tmp_path / "control.sock"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+        allow=("example.test",),
+    )
+    path = tmp_path / "bundle.json"
+    settings.dump(path)
+    return settings, path
+
+
+def _ping(control_socket: str) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(control_socket)
+        sock.sendall(b'{"op": "ping"}\n')
+        answer: dict[str, object] = json.loads(sock.makefile().readline())
+        return answer
+
+
+def test_prestarted_bundle_serves_the_settings_handed_to_it(tmp_path: Path) -> None:
+    launcher.prestart_bundle(die_with_parent=True)
+    assert launcher._early is not None
+    early_pid = launcher._early.process.pid
+    settings, path = _settings(tmp_path)
+    process = launcher.spawn_bundle(
+        path, tmp_path / "bundle.log", die_with_parent=True
+    ).wait_ready()
+    try:
+        assert process.pid == early_pid  # the prestarted one, not a second process
+        assert _ping(settings.control_socket) == {"ok": True, "pid": early_pid}
+    finally:
+        launcher.stop_process(process)
+    events = [json.loads(line) for line in Path(settings.audit_log).read_text().splitlines()]
+    assert [e["rule"] for e in events] == ["bundle-start", "bundle-stop"]
+
+
+def test_unused_prestarted_bundle_goes_away(tmp_path: Path) -> None:
+    launcher.prestart_bundle(die_with_parent=True)
+    assert launcher._early is not None
+    process = launcher._early.process
+    launcher.discard_prestarted()
+    assert process.wait(5) is not None
+    assert launcher._early is None
+
+
+def test_prestart_for_another_lifetime_is_not_used(tmp_path: Path) -> None:
+    launcher.prestart_bundle(die_with_parent=True)
+    assert launcher._early is not None
+    early = launcher._early.process
+    _, path = _settings(tmp_path)
+    process = launcher.spawn_bundle(path, tmp_path / "b.log", die_with_parent=False).wait_ready()
+    try:
+        assert process.pid != early.pid  # a detached bottle's bundle must not die with us
+        assert early.wait(5) is not None
+    finally:
+        launcher.stop_process(process)
+
+
+def test_prestarted_bundle_that_cannot_start_says_why(tmp_path: Path) -> None:
+    launcher.prestart_bundle(die_with_parent=True)
+    settings_file = tmp_path / "bundle.json"
+    settings_file.write_text("{not json")
+    pending = launcher.spawn_bundle(settings_file, tmp_path / "bundle.log", die_with_parent=True)
+    with pytest.raises(LaunchError, match="did not start") as caught:
+        pending.wait_ready(timeout=10)
+    assert "Expecting property name" in caught.value.message  # what went wrong, from its log
+    assert "bundle.log" in caught.value.hint
+    assert (tmp_path / "bundle.log").exists()  # its log moved there once it was told
