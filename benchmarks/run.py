@@ -300,7 +300,7 @@ def case_startup(runs: int) -> dict[str, Any]:
             CLAUDE_BOTTLE_RUNTIME_DIR=f"/tmp/cbbench-rt-{os.getpid()}",
             CLAUDE_BOTTLE_CONFIG=f"{tmp}/c.toml",
         )
-        cb = shutil.which("claude-bottle") or "claude-bottle"
+        cb = claude_bottle_command()
         srt = CACHE / "npm" / "node_modules" / ".bin" / "srt"
         commands: dict[str, list[str]] = {
             "claude-bottle": [cb, "run", "--", "true"],
@@ -328,6 +328,64 @@ def case_startup(runs: int) -> dict[str, Any]:
             out[name] = stats(times[1:])
             print(f"  start-up {name}: {out[name]['median']:.1f} ms")
         shutil.rmtree(env["CLAUDE_BOTTLE_RUNTIME_DIR"], ignore_errors=True)
+    return out
+
+
+def claude_bottle_command() -> str:
+    """The console script installed with this interpreter, as pip/pipx put it on PATH.
+
+    Not `shutil.which`: a version manager's shim (pyenv's is a chain of bash scripts)
+    would add its own start-up to every run.
+    """
+    beside = Path(sys.executable).parent / "claude-bottle"
+    return str(beside) if beside.exists() else shutil.which("claude-bottle") or "claude-bottle"
+
+
+def case_startup_docker(runs: int) -> dict[str, Any]:
+    """`run --backend docker -- true` against a plain `docker run` of the same agent image."""
+    out: dict[str, Any] = {}
+    cb = claude_bottle_command()
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode
+    ):
+        out["error"] = "no running Docker engine"
+        return out
+    built = subprocess.run([cb, "image", "build"], capture_output=True, text=True, timeout=1800)
+    if built.returncode:
+        out["error"] = f"claude-bottle image build failed: {built.stderr.strip()[-300:]}"
+        return out
+    from claude_bottle.backend.docker.images import agent_image
+
+    image = agent_image().tag
+    with tempfile.TemporaryDirectory(prefix="cbbench-docker-") as tmp:
+        ws = Path(tmp) / "ws"
+        ws.mkdir()
+        env = dict(os.environ)
+        env.update(
+            CLAUDE_BOTTLE_STATE_DIR=f"{tmp}/state",
+            CLAUDE_BOTTLE_RUNTIME_DIR=f"/tmp/cbbench-drt-{os.getpid()}",
+            CLAUDE_BOTTLE_CONFIG=f"{tmp}/c.toml",
+        )
+        (Path(tmp) / "c.toml").write_text(f'[egress]\nallow = ["{HOST}"]\n')
+        commands = {
+            "claude-bottle": [cb, "run", "--backend", "docker", "--", "true"],
+            "docker run": ["docker", "run", "--rm", "--network", "none", image, "true"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs + 1):  # interleaved; the first round warms caches and is dropped
+            for name, argv in commands.items():
+                t0 = time.perf_counter()
+                r = subprocess.run(argv, cwd=ws, env=env, capture_output=True, timeout=120)
+                if r.returncode != 0:
+                    out[f"{name}_error"] = (r.stderr or r.stdout).decode(errors="replace")[-300:]
+                    return out
+                times[name].append((time.perf_counter() - t0) * 1000)
+        shutil.rmtree(env["CLAUDE_BOTTLE_RUNTIME_DIR"], ignore_errors=True)
+    for name, values in times.items():
+        out[name] = stats(values[1:])
+        print(f"  docker start-up {name}: {out[name]['median']:.1f} ms")
+    out["image"] = image
     return out
 
 
@@ -534,6 +592,16 @@ def ratios(res: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         rows.append(
             ("start-up vs srt", st["claude-bottle"]["median"] / st["srt"]["median"], 0.5, False)
         )
+    sd = res.get("startup_docker", {})
+    if "claude-bottle" in sd and "docker run" in sd:
+        rows.append(
+            (
+                "docker start-up vs docker run",
+                sd["claude-bottle"]["median"] / sd["docker run"]["median"],
+                1.5,
+                False,
+            )
+        )
     bulk = res.get("bulk", {})
     if "claude-bottle" in bulk and "direct" in bulk:
         rows.append(
@@ -627,6 +695,20 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"| start-up `run -- true` | {fmt(cb, 'ms')} | {anchors} | "
         f"{f'{r:.2f}×' if r else 'n/a'} | ≤ 0.5× srt | {('yes' if r <= 0.5 else 'no') if r else '–'} |"
     )
+    sd = res.get("startup_docker", {})
+    dcb, drun = sd.get("claude-bottle"), sd.get("docker run")
+    if dcb and drun:
+        r = dcb["median"] / drun["median"]
+        L.append(
+            f"| start-up `run --backend docker -- true` | {fmt(dcb, 'ms')} | "
+            f"`docker run --rm --network none` agent image {fmt(drun, 'ms')} | {r:.2f}× | ≤ 1.5× | "
+            f"{'yes' if r <= 1.5 else 'no'} |"
+        )
+    else:
+        problem = next((str(v) for k, v in sd.items() if k.endswith("error")), "not run")
+        L.append(
+            f"| start-up `run --backend docker -- true` | {problem[:120]} | – | – | ≤ 1.5× | – |"
+        )
     # bulk
     size = res["bulk_mib"]
     d = bulk.get("direct")
@@ -713,6 +795,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         L.append(
             f"| DLP scan | {dlp.get('skipped') or dlp.get('error')} | – | – | ≥ 300 MiB/s | – |"
         )
+    L += tls_summary()
     L += [
         "",
         "![ratios](../benchmarks/ratios.png)",
@@ -732,6 +815,45 @@ def markdown(res: dict[str, Any], command: str) -> str:
         "",
     ]
     return "\n".join(L)
+
+
+def tls_summary() -> list[str]:
+    """The headline of `benchmarks/tls_intercept.py` (its own run, its own page)."""
+    path = HERE / "results-tls.json"
+    if not path.exists():
+        return ["", "TLS interception: not measured (`python benchmarks/tls_intercept.py`)."]
+    tls = json.loads(path.read_text())
+    lines = [
+        "",
+        "## TLS interception (from `python benchmarks/tls_intercept.py`, "
+        + str(tls.get("when", ""))
+        + ")",
+        "",
+    ]
+    lines.append("| case | direct TLS | CONNECT tunnel | intercepted | intercepted ÷ tunnel |")
+    lines.append("|---|---|---|---|---|")
+    for case, unit in (("download", "MiB/s"), ("upload", "MiB/s")):
+        d = tls.get(case, {})
+        if all(k in d for k in ("direct", "tunnel", "intercept")):
+            lines.append(
+                f"| bulk {case} {tls.get('size_mib', '?')} MiB | {d['direct']['median']:.0f} {unit} | "
+                f"{d['tunnel']['median']:.0f} {unit} | {d['intercept']['median']:.0f} {unit} | "
+                f"{d['intercept']['median'] / d['tunnel']['median']:.2f}× |"
+            )
+    small = tls.get("small", {})
+    for mode, label in (
+        ("keepalive", "1 KiB GET, kept-alive"),
+        ("newconn", "1 KiB GET, new TLS connection"),
+    ):
+        cells = [small.get(f"{mode}/{k}") for k in ("direct", "tunnel", "intercept")]
+        if all(cells):
+            direct, tunnel, intercept = (c["p50_ms"] for c in cells if c)
+            lines.append(
+                f"| {label}, p50 | {direct:.3f} ms | {tunnel:.3f} ms | {intercept:.3f} ms | "
+                f"+{intercept - tunnel:.3f} ms |"
+            )
+    lines += ["", "Full table, method and profile: [benchmarks-tls.md](benchmarks-tls.md)."]
+    return lines
 
 
 def main() -> None:
@@ -758,6 +880,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     print("start-up")
     res["startup"] = case_startup(10 if not q else 5)
+    print("docker start-up")
+    res["startup_docker"] = case_startup_docker(8 if not q else 3)
     with upstream() as up, our_bundle(up) as ours, tinyproxy(up) as tp, mitmdump(up) as mm:
         proxies = [ours] + [p for p in (tp, mm) if p is not None]
         missing = {"tinyproxy": tp, "mitmdump": mm}
