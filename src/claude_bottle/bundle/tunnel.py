@@ -55,6 +55,8 @@ def _take_over(
     buffer.clear()
     sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
     sock.setblocking(False)
+    with contextlib.suppress(OSError):  # fewer, larger splices; the kernel caps it (wmem_max)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PIPE_SIZE)
     return sock, unread
 
 
