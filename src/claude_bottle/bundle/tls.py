@@ -70,6 +70,31 @@ def _new_ca(bottle: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
+def _load_chain(context: ssl.SSLContext, pem: bytes) -> None:
+    """`load_cert_chain` from bytes (certificates and key in one PEM).
+
+    It reads only files: on Linux an anonymous in-memory file (the key never touches
+    a disk), elsewhere a private temporary directory for a moment.
+    """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("claude-bottle-leaf", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="cb-leaf-") as tmp:
+        path = Path(tmp) / "leaf.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        context.load_cert_chain(path)
+
+
 class CertificateAuthority:
     """Mints and caches server contexts for intercepted names."""
 
@@ -118,14 +143,7 @@ class CertificateAuthority:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["http/1.1"])
-        # load_cert_chain reads files only; keep the key in a private temp dir for a moment.
-        with tempfile.TemporaryDirectory(prefix="cb-leaf-") as tmp:
-            cert_file, key_file = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-            cert_file.write_bytes(chain)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(key)
-            context.load_cert_chain(cert_file, key_file)
+        _load_chain(context, chain + key)
         with self._lock:
             if len(self._contexts) >= MAX_CACHED_LEAVES:
                 self._contexts.pop(next(iter(self._contexts)))
