@@ -6,8 +6,11 @@ port; small unix-socket servers in this process stand in for the bundle.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -629,3 +632,352 @@ def test_as_pid_1_reaps_orphans_and_forwards_status(tmp_path: Path, relays: Rela
     )
     out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (9, b"", b"")
+
+
+# --- command line, as argparse parsed it ---------------------------------------------
+
+
+def test_parse_args_option_forms() -> None:
+    opts = relay.parse_args(
+        ["--listen=1=/a", "--list", "2=/b", "--ready=/r", "--exec", "/e", "--", "true"]
+    )
+    assert opts.listeners == (relay.Listener(1, "/a"), relay.Listener(2, "/b"))
+    assert (opts.ready_file, opts.exec_socket, opts.command) == ("/r", "/e", ("true",))
+    held = relay.parse_args(["--listen", "1=/a", "--ho", "--exec-socket=/e"])
+    assert (held.command, held.exec_socket) == ((), "/e")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen"], "argument --listen: expected one argument"),
+        (["--listen", "1=/a", "--ready-file", "--hold"], "argument --ready-file: expected one"),
+        (["--listen", "1=/a", "--hold=yes"], "argument --hold: ignored explicit argument 'yes'"),
+        (["--listen", "1=/a", "--help", "x", "--hold"], "unrecognized arguments: --help x"),
+        (["--listen", "1=/a", "--", "true", "--hold"], None),
+        (["--listen", "1=/a", "--hold", "--", "true"], "--hold takes no command"),
+        (["--listen", "1=/a", "--exec-socket", "", "--hold"], "--exec-socket must not be empty"),
+    ],
+)
+def test_parse_args_errors_read_like_argparse(argv: list[str], message: str | None) -> None:
+    if message is None:
+        assert relay.parse_args(argv).command == ("true", "--hold")
+        return
+    with pytest.raises(relay.UsageError) as caught:
+        relay.parse_args(argv)
+    assert str(caught.value).startswith(message)
+
+
+def test_relay_imports_nothing_slow() -> None:
+    # Start-up is on the critical path of every bottle: no asyncio, argparse, json, re...
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-I", "-S", str(RELAY), "--listen"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 125
+    loaded = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "select" in loaded
+    for slow in ("asyncio", "argparse", "json", "re", "enum", "typing", "dataclasses", "socket"):
+        assert slow not in loaded, sorted(loaded)
+
+
+# --- flow control, early data, a busy bundle ------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _wait_until_stalled(progress: list[int], settle: float = 0.5) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if progress[0] != last:
+            last, since = progress[0], time.monotonic()
+        elif time.monotonic() - since > settle:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the writer never stalled")
+
+
+TOTAL = 64 << 20  # far more than every socket buffer on the way together
+CHUNK = 1 << 16
+
+
+@pytest.mark.parametrize("direction", ["to_client", "to_bundle"])
+def test_slow_reader_bounds_what_the_relay_buffers(
+    tmp_path: Path, relays: Relays, direction: str
+) -> None:
+    path = str(tmp_path / "b.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    port = free_port()
+    pid = relays.serve({port: path})
+    baseline = _rss_kib(pid)
+    written = [0]
+    block = os.urandom(CHUNK)
+
+    def pump(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while written[0] < TOTAL:
+                sock.sendall(block)
+                written[0] += CHUNK
+            sock.shutdown(socket.SHUT_WR)
+
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    client.connect(("127.0.0.1", port))
+    client.settimeout(TIMEOUT)
+    bundle, _ = listener.accept()
+    bundle.settimeout(TIMEOUT)
+    writer, reader = (bundle, client) if direction == "to_client" else (client, bundle)
+    thread = threading.Thread(target=pump, args=(writer,), daemon=True)
+    thread.start()
+    try:
+        _wait_until_stalled(written)
+        assert written[0] < TOTAL, "nothing held the writer back"
+        grown = _rss_kib(pid) - baseline
+        assert grown < 8 * 1024, f"the relay buffered {grown} KiB"
+        received = 0
+        buf = bytearray(1 << 20)
+        while count := reader.recv_into(buf):
+            received += count
+        assert received == TOTAL
+    finally:
+        thread.join(TIMEOUT)
+        for sock in (client, bundle, listener):
+            sock.close()
+
+
+@pytest.mark.parametrize("eof", [False, True])
+def test_bytes_sent_before_the_bundle_accepts_arrive_first(
+    tmp_path: Path, relays: Relays, eof: bool
+) -> None:
+    path = str(tmp_path / "b.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    port = free_port()
+    relays.serve({port: path})
+    request = b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    with connect(port) as client:
+        client.sendall(request)  # at once, and the bundle is not even accepting yet
+        if eof:
+            client.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)
+        bundle, _ = listener.accept()
+        with bundle:
+            bundle.settimeout(TIMEOUT)
+            got = recv_all(bundle) if eof else bundle.recv(len(request))
+            while not eof and len(got) < len(request):
+                got += bundle.recv(len(request))
+            assert got == request
+            bundle.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        assert recv_all(client).startswith(b"HTTP/1.1 200 OK")
+    listener.close()
+
+
+def test_busy_bundle_is_retried_not_dropped(tmp_path: Path, relays: Relays) -> None:
+    path = str(tmp_path / "b.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    port = free_port()
+    relays.serve({port: path})
+    fillers = []
+    with contextlib.suppress(BlockingIOError):  # fill the backlog: connect() gets EAGAIN
+        for _ in range(8):
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            fillers.append(filler)
+            filler.setblocking(False)
+            filler.connect(path)
+    with connect(port) as client:
+        client.sendall(b"ping")
+        time.sleep(0.3)  # the relay is retrying now
+        listener.settimeout(TIMEOUT)
+        accepted = []
+        for _ in range(len(fillers)):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+        # The relay's own connection is the last one in line.
+        served = accepted[-1]
+        served.settimeout(TIMEOUT)
+        assert served.recv(10) == b"ping"
+        served.sendall(b"pong")
+        assert client.recv(10) == b"pong"
+        for conn in accepted:
+            conn.close()
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+# --- the exec protocol -----------------------------------------------------------------
+
+
+class Exec:
+    """A raw exec-protocol client: the request line with three fds, then messages."""
+
+    def __init__(self, path: str, argv: list[str], fds: tuple[int, int, int], **extra: object):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(path)
+        request = {"argv": argv, "env": {"PATH": os.environ["PATH"]}, "cwd": "/", **extra}
+        self.sock.sendmsg(
+            [json.dumps(request).encode() + b"\n"],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+        )
+        self.buffer = b""
+
+    def message(self) -> dict[str, object]:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            assert chunk, f"connection closed after {self.buffer!r}"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        message = json.loads(line)
+        assert isinstance(message, dict)
+        return message
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def exec_relay(tmp_path: Path, relays: Relays) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    path = str(tmp_path / "exec.sock")
+    proc = relays.start(
+        ["--listen", f"{free_port()}={tmp_path}/s.sock", "--exec-socket", path, "--hold"]
+    )
+    wait_for(lambda: os.path.exists(path) or proc.poll() is not None)
+    assert proc.poll() is None
+    yield path, proc
+
+
+def test_exec_runs_a_command_with_its_stdio(
+    exec_relay: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    path, _ = exec_relay
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    with open(os.devnull, "rb") as null:
+        session = Exec(
+            path, ["sh", "-c", "echo out; echo err >&2; exit 3"], (null.fileno(), out_w, err_w)
+        )
+    os.close(out_w)
+    os.close(err_w)
+    pid = session.message()["pid"]
+    assert isinstance(pid, int) and pid > 0
+    assert session.message() == {"exit": 3}
+    with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+        assert (out.read(), err.read()) == (b"out\n", b"err\n")
+    session.close()
+
+
+def test_exec_delivers_signals(
+    tmp_path: Path, exec_relay: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    path, _ = exec_relay
+    mark = tmp_path / "trapped"
+    script = f'trap "exit 42" USR1; touch {mark}; while :; do sleep 0.05; done'
+    with open(os.devnull, "r+b") as null:
+        fd = null.fileno()
+        session = Exec(path, ["sh", "-c", script], (fd, fd, fd))
+    session.message()
+    wait_for(mark.exists)
+    session.send(json.dumps({"signal": int(signal.SIGUSR1)}).encode() + b"\n")
+    assert session.message() == {"exit": 42}
+    session.close()
+
+
+def test_exec_hangup_sends_sighup_unless_detached(
+    tmp_path: Path, exec_relay: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    path, _ = exec_relay
+    sessions = {}
+    for detach in (False, True):
+        mark = tmp_path / f"hup-{detach}"
+        script = f'trap "touch {mark}; exit 0" HUP; sleep 30 & wait; sleep 30 & wait'
+        with open(os.devnull, "r+b") as null:
+            fd = null.fileno()
+            sessions[detach] = Exec(path, ["sh", "-c", script], (fd, fd, fd), detach=detach)
+        sessions[detach].message()
+    time.sleep(0.2)  # both traps are set
+    for session in sessions.values():
+        session.close()
+    wait_for((tmp_path / "hup-False").exists)
+    time.sleep(0.3)
+    assert not (tmp_path / "hup-True").exists()
+
+
+def test_exec_tty_becomes_the_controlling_terminal(
+    exec_relay: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    path, _ = exec_relay
+    master, slave = os.openpty()
+    session = Exec(
+        path, ["sh", "-c", "exec 3</dev/tty && echo has-tty"], (slave, slave, slave), tty=True
+    )
+    os.close(slave)
+    session.message()
+    assert session.message() == {"exit": 0}
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the pty has no process left
+        while chunk := os.read(master, 1024):
+            output += chunk
+    os.close(master)
+    assert b"has-tty" in output
+    session.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"not json\n", "Expecting value"),
+        (b'{"argv": []}\n', "argv must be a non-empty list of strings"),
+        (b'["argv"]\n', "expected a JSON object"),
+        (b'{"argv": ["true"], "env": {"A": 1}}\n', "env must map strings to strings"),
+    ],
+)
+def test_exec_rejects_bad_requests(
+    exec_relay: tuple[str, subprocess.Popen[bytes]], raw: bytes, error: str
+) -> None:
+    path, proc = exec_relay
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(path)
+        with open(os.devnull, "rb") as null:
+            fds = array.array("i", [null.fileno()] * 3)
+            sock.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        reply = recv_all(sock)
+    message = json.loads(reply)
+    assert error in message["error"]
+    assert proc.poll() is None  # the relay keeps serving
+
+
+def test_many_concurrent_execs_all_get_their_status(
+    exec_relay: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    path, proc = exec_relay
+    with open(os.devnull, "r+b") as null:
+        fd = null.fileno()
+        sessions = [Exec(path, ["sh", "-c", f"exit {i % 7}"], (fd, fd, fd)) for i in range(60)]
+    for i, session in enumerate(sessions):
+        session.message()
+        assert session.message() == {"exit": i % 7}
+        session.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0  # --hold: SIGTERM ends the relay, status 0
