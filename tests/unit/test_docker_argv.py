@@ -327,6 +327,19 @@ def test_inspect_found_and_missing(fake: FakeRun) -> None:
     assert docker.inspect("c") is None
 
 
+def test_inspect_all_in_one_call_skips_the_missing(fake: FakeRun) -> None:
+    fake.stdout = '{"Name": "/a", "State": {"Pid": 7}}\n'
+    fake.returncode, fake.stderr = 1, "Error response from daemon: No such container: b\n"
+    assert docker.inspect_all(["a", "b"]) == [{"Name": "/a", "State": {"Pid": 7}}]
+    assert fake.argv == [DOCKER, "container", "inspect", "--format", "{{json .}}", "a", "b"]
+    fake.stderr = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
+    with pytest.raises(docker.DockerError) as caught:
+        docker.inspect_all(["a"])
+    assert caught.value.hint == docker.HINT_DAEMON
+    count = len(fake.calls)
+    assert docker.inspect_all([]) == [] and len(fake.calls) == count
+
+
 def test_logs(fake: FakeRun) -> None:
     fake.stdout, fake.stderr = "out\n", "relay: cannot listen\n"
     assert docker.logs("c", tail=5) == "out\nrelay: cannot listen"

@@ -99,6 +99,20 @@ def test_declared_requirements_drop_extras() -> None:
     assert declared and not any("extra" in r for r in declared)
 
 
+def test_installed_metadata_is_read_as_importlib_metadata_reads_it() -> None:
+    """The launch reads dist-info directories itself (importlib.metadata costs ~25 ms)."""
+    from importlib import metadata
+
+    assert images.declared_requirements() == [
+        r for r in metadata.requires(images.DISTRIBUTION) or [] if "extra ==" not in r
+    ]
+    for requirement in images.declared_requirements():
+        match = images._NAME.match(requirement)
+        assert match is not None
+        assert images._installed_version(match.group(0)) == metadata.version(match.group(0))
+    assert images._installed_version("no-such-project-here") is None
+
+
 def test_extra_ca_files(tmp_path: Path) -> None:
     cas = tmp_path / "cas"
     (cas / "corp").mkdir(parents=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,36 @@ def test_teardown_order_bundle_stopped_gracefully_then_networks_and_volumes(
     last_container = max(engine.calls.index(c) for c in containers)
     assert engine.calls.index(("network_rm", ("n",))) > last_container
     assert engine.calls.index(("volume_rm", ("v",))) > last_container
+
+
+def test_teardown_removes_agents_and_stopped_bundles_in_one_call(engine: FakeEngine) -> None:
+    problems = launch.teardown(
+        agents=["a"], stopped=["b"], networks=["n1", "n2"], volumes=["v1", "v2"]
+    )
+    assert problems == []
+    assert engine.calls[0] == ("rm", ("a", "b"))
+    assert sorted(engine.calls[1:]) == [("network_rm", ("n1", "n2")), ("volume_rm", ("v1", "v2"))]
+
+
+def test_teardown_reports_a_real_failure_among_already_gone_ones(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docker rm -f a b` says why each one failed: one gone is fine, one stuck is not."""
+
+    def rm(names: list[str], force: bool = True) -> None:
+        engine.calls.append(("rm", tuple(names)))
+        stderr = {
+            "gone": "Error response from daemon: No such container: gone\n",
+            "stuck": "Error response from daemon: could not kill: device busy\n",
+        }
+        text = "".join(stderr.get(name, "") for name in names)
+        if text:
+            raise docker.DockerError("docker rm failed: x", stderr=text)
+
+    monkeypatch.setattr(docker, "rm", rm)
+    assert launch.teardown(agents=["a", "gone"]) == []
+    (problem,) = launch.teardown(agents=["gone", "stuck"])
+    assert problem.startswith("could not remove container gone, stuck:")
 
 
 def test_teardown_counts_what_is_already_gone_as_removed(engine: FakeEngine) -> None:
@@ -226,9 +258,8 @@ def test_created_stops_a_bundle_that_answers_then_removes_all_at_once(
     created.remove()
     assert asked == ["stop"]
     assert ("stop", ("b",)) not in engine.calls  # it already stopped itself
-    assert ("rm", ("a",)) in engine.calls and ("rm", ("b",)) in engine.calls
-    assert engine.calls.index(("network_rm", ("n",))) > engine.calls.index(("rm", ("b",)))
-    assert engine.calls[-1] == ("volume_rm", ("v",))
+    assert engine.calls[0] == ("rm", ("a", "b"))  # both containers in one call
+    assert sorted(engine.calls[1:]) == [("network_rm", ("n",)), ("volume_rm", ("v",))]
 
 
 def test_bundle_stop_is_recognised_only_as_a_complete_last_record(tmp_path: Path) -> None:
@@ -511,6 +542,49 @@ def test_launch_writes_the_environment_file_private(
     assert not Path(plan.runtime_dir).exists()  # all-or-nothing: the stack removed it
 
 
+def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_can(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network does not wait for the volume; the bundle waits for both, the agent for
+    the volume only; no docker client runs between the containers' start and ready."""
+    (dirs / "ws").mkdir()
+    monkeypatch.setenv("HOME", str(dirs / "home"))
+    config = Config(egress=EgressConfig(allow=("example.com",)))
+    plan = DockerBackend().plan(LaunchRequest("o", dirs / "ws", config, ("true",)))
+    assert plan.network
+    events: list[str] = []
+    network_started = threading.Event()
+
+    def volume_create(name: str, **_: Any) -> str:
+        events.append("volume")
+        assert network_started.wait(5), "the network waited for the volume"
+        return name
+
+    def network_create(name: str, **_: Any) -> str:
+        network_started.set()
+        time.sleep(0.05)
+        events.append("network")
+        return name
+
+    def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
+        events.append("run " + options[options.index("--name") + 1].rsplit("-", 1)[-1])
+        return "id"
+
+    monkeypatch.setattr(docker, "volume_create", volume_create)
+    monkeypatch.setattr(docker, "network_create", network_create)
+    monkeypatch.setattr(docker, "run", run)
+    monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
+    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
+    monkeypatch.setattr(launch._Created, "remove", lambda self: None)
+    with contextlib.ExitStack() as stack:
+        bottle, _ = launch.start(plan, stack)
+    assert events.index("run bundle") > events.index("network")
+    assert events.index("run bundle") > events.index("volume")
+    assert events.index("run agent") > events.index("volume")
+    assert events[-1] == "ready"
+    assert bottle.processes == {}  # none visible: liveness asks the engine instead
+
+
 def test_launch_fails_closed_when_runtime_files_exist(dirs: Path) -> None:
     (dirs / "ws").mkdir()
     plan = DockerBackend().plan(LaunchRequest("r", dirs / "ws", Config(), ("true",)))
@@ -524,13 +598,54 @@ def test_launch_fails_closed_when_runtime_files_exist(dirs: Path) -> None:
 
 def test_host_pid_only_trusts_a_process_it_can_see(monkeypatch: pytest.MonkeyPatch) -> None:
     me = os.getpid()
-    info = {"State": {"Pid": me}}
-    assert launch._host_pid(info, "no-such-marker-in-my-cmdline") is None
-    assert launch._host_pid({"State": {"Pid": 0}}, "x") is None
-    assert launch._host_pid(None, "x") is None
+    assert launch._host_pid(me, "no-such-marker-in-my-cmdline") is None
+    assert launch._host_pid(0, "x") is None
     cmdline = Path(f"/proc/{me}/cmdline").read_bytes().split(b"\0")[0].decode()
-    ref = launch._host_pid(info, cmdline)
+    ref = launch._host_pid(me, cmdline)
     assert ref is not None and ref["pid"] == me and state.process_alive(ref)
+
+
+def test_listener_pid_is_the_process_that_listens(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen()
+        assert launch._listener_pid(path) == os.getpid()
+    with pytest.raises(OSError):
+        launch._listener_pid(path)  # nobody listens any more
+
+
+def test_wait_ready_takes_the_pids_from_the_sockets_and_asks_the_engine_only_when_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control, exec_socket = tmp_path / "control.sock", tmp_path / "exec.sock"
+    containers = {"bundle": "b", "bottle": "a"}
+    asked: list[list[str]] = []
+
+    def inspect_all(names: Any) -> list[dict[str, Any]]:
+        asked.append(list(names))
+        return [{"Name": "/b", "State": {"Running": True}}, {"Name": "/a", "State": {}}]
+
+    monkeypatch.setattr(docker, "inspect_all", inspect_all)
+    monkeypatch.setattr(docker, "logs", lambda name, tail=20: "relay: cannot listen")
+    monkeypatch.setattr(launch.control, "call", lambda *a, **k: {"ok": True})
+    monkeypatch.setattr(launch, "_host_pid", lambda pid, marker: {"pid": pid, "marker": marker})
+    with socket.socket(socket.AF_UNIX) as one, socket.socket(socket.AF_UNIX) as two:
+        one.bind(str(control))
+        two.bind(str(exec_socket))
+        one.listen()
+        two.listen()
+        processes = launch._wait_ready(exec_socket, control, containers)
+    me = os.getpid()
+    assert processes == {
+        "bundle": {"pid": me, "marker": "claude_bottle.bundle.server"},
+        "bottle": {"pid": me, "marker": "relay.py"},
+    }
+    assert asked == []  # ready at once: the engine was not asked
+    control.unlink()
+    with pytest.raises(LaunchError, match="agent container exited while starting"):
+        launch._wait_ready(exec_socket, control, containers)  # the bundle never answers
+    assert asked == [["b", "a"]]  # one docker inspect for both, half a second in
 
 
 def test_parallel_runs_concurrently_and_collects_errors() -> None:

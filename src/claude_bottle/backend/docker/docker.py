@@ -374,6 +374,25 @@ def inspect(container: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def inspect_all(containers: Iterable[str]) -> list[dict[str, Any]]:
+    """`docker container inspect A B ...` in one call: the states of those that exist."""
+    containers = list(containers)
+    if not containers:
+        return []
+    args = ["container", "inspect", "--format", "{{json .}}", *containers]
+    result = _run(args, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        if not lines or not all("no such" in line.lower() for line in lines):
+            raise DockerError(
+                f"docker inspect failed: {_engine_message(result.stderr)}",
+                hint_for(result.stderr),
+                argv=["docker", *args],
+                stderr=result.stderr,
+            )
+    return _json_lines(result.stdout)
+
+
 def logs(container: str, *, tail: int = 20) -> str:
     """`docker logs --tail N`: the container's last output lines (stdout and stderr)."""
     result = _run(["logs", "--tail", str(tail), container], check=False)

@@ -1,11 +1,12 @@
 """Launch and tear down a docker bottle: all-or-nothing, every resource labelled.
 
-Order: runtime dir → watchdog → at once: preflight ‖ sockets volume → bridge
-network → bundle container ‖ (once the volume exists) agent container, a
-missing image built on the way → both ready. Whatever was created is removed
-in one teardown (agent killed, bundle stopped gracefully so its audit log ends
-with `bundle-stop`, then network and volume), both when launch fails half-way
-and when the bottle ends.
+Order: runtime dir → watchdog → at once: preflight ‖ sockets volume ‖ bridge
+network; the bundle container once both exist, the agent container once the
+volume does, a missing image built on the way → both ready (each container's
+process 1 is the one listening on its socket). Whatever was created is removed in one
+teardown (bundle stopped gracefully so its audit log ends with `bundle-stop`,
+both containers removed in one call, then network and volume side by side),
+both when launch fails half-way and when the bottle ends.
 
 The watchdog covers the one case an ExitStack cannot: the CLI killed with
 SIGKILL. It is a `sh` blocked reading a pipe whose only writer is the CLI;
@@ -21,13 +22,14 @@ import functools
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from claude_bottle import paths, state
 from claude_bottle.backend.docker import docker, images
@@ -85,11 +87,18 @@ def parallel(*calls: Callable[[], object]) -> list[BaseException]:
 # --- teardown -------------------------------------------------------------------------
 
 
+def _gone(line: str) -> bool:
+    """A line of the engine's complaint that means the object is already (being) removed."""
+    text = line.lower()
+    return "no such" in text or "not found" in text or "in progress" in text
+
+
 def _tolerant(call: Callable[[], None], what: str, problems: list[str]) -> None:
     try:
         call()
     except docker.DockerError as exc:
-        if not exc.missing and "in progress" not in exc.stderr:
+        lines = [line for line in exc.stderr.splitlines() if line.strip()] or [exc.message]
+        if not all(_gone(line) or line.upper().startswith("WARNING") for line in lines):
             problems.append(f"could not remove {what}: {exc.message}")
 
 
@@ -103,33 +112,35 @@ def teardown(
 ) -> list[str]:
     """Remove containers, then networks and volumes; the problems (empty when all went).
 
-    Agents are killed at once. A bundle gets SIGTERM so its audit log ends with its
-    `bundle-stop` record, unless it is in `stopped` (it already wrote it). Networks go
-    once the bundles are gone, in parallel with the agents; volumes last. Anything
-    already gone counts as removed.
+    A bundle gets SIGTERM (`docker stop`) so its audit log ends with its `bundle-stop`
+    record, unless it is in `stopped` (it already wrote it); meanwhile the agents and the
+    stopped bundles are removed (agents killed) in one call. Networks and volumes go
+    side by side once the containers are gone. Anything already gone counts as removed.
     """
     problems: list[str] = []
-    agent_list, stopped_list = list(agents), list(stopped)
+    bundle_list = list(bundles)
 
-    def bundle_side() -> None:
-        for name in bundles:
+    def removal(
+        remove: Callable[[list[str]], None], kind: str, names: list[str]
+    ) -> Callable[[], None]:
+        def run() -> None:
+            if names:
+                what = f"{kind} {', '.join(names)}"
+                _tolerant(functools.partial(remove, names), what, problems)
+
+        return run
+
+    def stop_bundles() -> None:
+        for name in bundle_list:
             graceful = functools.partial(docker.stop, [name], timeout=BUNDLE_STOP_TIMEOUT)
             _tolerant(graceful, f"container {name}", problems)
-            _tolerant(functools.partial(docker.rm, [name]), f"container {name}", problems)
-        if stopped_list:
-            what = f"container {', '.join(stopped_list)}"
-            _tolerant(functools.partial(docker.rm, stopped_list), what, problems)
-        for name in networks:
-            _tolerant(functools.partial(docker.network_rm, [name]), f"network {name}", problems)
 
-    def agent_side() -> None:
-        if agent_list:
-            what = f"container {', '.join(agent_list)}"
-            _tolerant(functools.partial(docker.rm, agent_list), what, problems)
-
-    parallel(bundle_side, agent_side)
-    for name in volumes:
-        _tolerant(functools.partial(docker.volume_rm, [name]), f"volume {name}", problems)
+    parallel(stop_bundles, removal(docker.rm, "container", [*agents, *stopped]))
+    removal(docker.rm, "container", bundle_list)()
+    parallel(
+        removal(docker.network_rm, "network", list(networks)),
+        removal(docker.volume_rm, "volume", list(volumes)),
+    )
     return problems
 
 
@@ -263,11 +274,11 @@ def _build(tag: str) -> None:
     raise LaunchError(f"no recipe for image {tag}")
 
 
-def _host_pid(info: Mapping[str, Any] | None, marker: str) -> dict[str, int] | None:
-    """The container's process 1 as a host process ref, when the engine runs on this host."""
-    if not info:
-        return None
-    pid = int(info.get("State", {}).get("Pid") or 0)
+PROCESS_MARKERS = {"bundle": "claude_bottle.bundle.server", "bottle": "relay.py"}
+
+
+def _host_pid(pid: int, marker: str) -> dict[str, int] | None:
+    """A container's process 1 as a host process ref, when the engine runs on this host."""
     if pid <= 0:
         return None
     try:
@@ -277,6 +288,20 @@ def _host_pid(info: Mapping[str, Any] | None, marker: str) -> dict[str, int] | N
     if marker.encode() not in cmdline:
         return None  # a remote engine or a VM: that pid is not ours
     return state.process_ref(pid)
+
+
+def _listener_pid(path: Path) -> int:
+    """The pid of the process listening on a unix socket, in this host's pid namespace
+    (SO_PEERCRED: the kernel translates it; 0 when that process is not visible here).
+
+    Both sockets are created by their container's process 1, so this is what
+    `docker inspect` would say, without a docker client run."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        sock.connect(str(path))
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
 
 
 def _settings(plan: DockerBottlePlan) -> BundleSettings:
@@ -347,14 +372,13 @@ def start(
     created = _Created()
     stack.callback(created.remove)
 
-    # Everything at once: the engine check, and per container its chain of steps (the
-    # agent waits only for the volume). A run whose image is missing fails at once
-    # (--pull never); the image is built, and the run tried again.
+    # Everything at once: the engine check, the volume, the network, and each container as
+    # soon as what it mounts exists (the agent needs only the volume). A run whose image is
+    # missing fails at once (--pull never); the image is built, and the run tried again.
     problems: list[str] = []
     volume_done = threading.Event()
     building = threading.Lock()
     containers = {"bundle": plan.bundle.container, "bottle": plan.agent.container}
-    infos: dict[str, dict[str, Any] | None] = {}
 
     def run(role: str) -> None:
         if role == "bundle":
@@ -371,9 +395,8 @@ def start(
                 _build(image)
             docker.run(args, image, command)
         (created.bundles if role == "bundle" else created.agents).append(containers[role])
-        infos[role] = docker.inspect(containers[role])
 
-    def bundle_chain() -> None:
+    def volume() -> None:
         try:
             docker.volume_create(
                 plan.volume,
@@ -383,31 +406,27 @@ def start(
             created.volumes.append(plan.volume)
         finally:
             volume_done.set()
+
+    def bundle_chain() -> None:
         if plan.network:
             docker.network_create(plan.network, labels={**labels, LABEL_ROLE: "network"})
             created.networks.append(plan.network)
-        run("bundle")
+        volume_done.wait()
+        if plan.volume in created.volumes:  # otherwise the volume's own error says why
+            run("bundle")
 
     def agent_chain() -> None:
         volume_done.wait()
-        if plan.volume in created.volumes:  # otherwise the bundle's chain says why
+        if plan.volume in created.volumes:
             run("bottle")
 
-    errors = parallel(lambda: problems.extend(preflight()), bundle_chain, agent_chain)
+    errors = parallel(lambda: problems.extend(preflight()), volume, bundle_chain, agent_chain)
     if problems:
         raise MissingDependency("; ".join(problems))
     _raise_first(errors)
-    processes = {
-        role: ref
-        for role, ref in (
-            ("bundle", _host_pid(infos.get("bundle"), "claude_bottle.bundle.server")),
-            ("bottle", _host_pid(infos.get("bottle"), "relay.py")),
-        )
-        if ref is not None
-    }
     exec_socket = runtime / "exec" / "exec.sock"
     control_socket = runtime / "control" / "control.sock"
-    _wait_ready(exec_socket, control_socket, containers, processes)
+    processes = _wait_ready(exec_socket, control_socket, containers)
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
     env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
@@ -456,34 +475,46 @@ def _raise_first(errors: list[BaseException]) -> None:
 
 
 def _wait_ready(
-    exec_socket: Path,
-    control_socket: Path,
-    containers: Mapping[str, str],
-    processes: Mapping[str, dict[str, int]],
-) -> None:
-    """Until the relay serves exec and the bundle answers; fail fast if a container died."""
+    exec_socket: Path, control_socket: Path, containers: Mapping[str, str]
+) -> dict[str, dict[str, int]]:
+    """Until the relay serves exec and the bundle answers; fail fast if a container died.
+
+    Returns each container's process 1 as a host process ref (liveness, the kill switch),
+    taken from the socket it listens on; a container whose process is not visible here is
+    missing (the engine is asked instead).
+    """
     started = time.monotonic()
     deadline = started + READY_TIMEOUT
     next_engine_check = started + 0.5
-    bundle_ready = False
+    processes: dict[str, dict[str, int]] = {}
+    ready: set[str] = set()
     while True:
-        if not bundle_ready and control_socket.exists():
+        if "bundle" not in ready and control_socket.exists():
             with contextlib.suppress(BottleError):
-                bundle_ready = bool(control.call(control_socket, "ping", timeout=2).get("ok"))
-        if bundle_ready and exec_socket.exists():
-            return
+                if control.call(control_socket, "ping", timeout=2).get("ok"):
+                    ready.add("bundle")
+        if "bundle" in ready and "bottle" not in ready and exec_socket.exists():
+            ready.add("bottle")
+        if len(ready) == 2:
+            for role, path in (("bundle", control_socket), ("bottle", exec_socket)):
+                with contextlib.suppress(OSError):
+                    ref = _host_pid(_listener_pid(path), PROCESS_MARKERS[role])
+                    if ref is not None:
+                        processes[role] = ref
+            return processes
         now = time.monotonic()
-        for role, ref in processes.items():
-            if not state.process_alive(ref):
-                _died(role, containers[role])
-        if now >= next_engine_check and len(processes) < len(containers):
+        if now >= next_engine_check:
             next_engine_check = now + 0.5
+            running = {
+                str(info.get("Name", "")).lstrip("/")
+                for info in docker.inspect_all(containers.values())
+                if info.get("State", {}).get("Running")
+            }
             for role, container in containers.items():
-                info = docker.inspect(container)
-                if info is None or not info.get("State", {}).get("Running"):
+                if container not in running:
                     _died(role, container)
         if now > deadline:
-            missing = "the bundle" if not bundle_ready else "the agent container's relay"
+            missing = "the bundle" if "bundle" not in ready else "the agent container's relay"
             raise LaunchError(
                 f"the bottle did not become ready within {READY_TIMEOUT:.0f}s ({missing})",
                 "the docker backend needs an engine on this host that shares its file system "
