@@ -276,11 +276,11 @@ def download(sock: socket.socket, size: int) -> float:
     return size / MIB / (time.perf_counter() - start)
 
 
-def stats(values: list[float]) -> dict[str, float]:
+def stats(values: list[float], digits: int = 4) -> dict[str, float]:
     return {
-        "median": round(statistics.median(values), 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
         "n": len(values),
     }
 
@@ -587,40 +587,24 @@ def case_dlp(quick: bool) -> dict[str, Any]:
 def ratios(res: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     """(label, ratio, goal, higher_is_better)."""
     rows: list[tuple[str, float, float, bool]] = []
-    st = res.get("startup", {})
-    if "claude-bottle" in st and "srt" in st:
-        rows.append(
-            ("start-up vs srt", st["claude-bottle"]["median"] / st["srt"]["median"], 0.5, False)
-        )
-    sd = res.get("startup_docker", {})
-    if "claude-bottle" in sd and "docker run" in sd:
-        rows.append(
-            (
-                "docker start-up vs docker run",
-                sd["claude-bottle"]["median"] / sd["docker run"]["median"],
-                1.5,
-                False,
-            )
-        )
-    bulk = res.get("bulk", {})
-    if "claude-bottle" in bulk and "direct" in bulk:
-        rows.append(
-            (
-                "bulk vs direct",
-                bulk["claude-bottle"]["median"] / bulk["direct"]["median"],
-                0.8,
-                True,
-            )
-        )
-    if "claude-bottle" in bulk and "tinyproxy" in bulk:
-        rows.append(
-            (
-                "bulk vs tinyproxy",
-                bulk["claude-bottle"]["median"] / bulk["tinyproxy"]["median"],
-                1.0,
-                True,
-            )
-        )
+    # label, section, ours, anchor, goal, higher is better
+    pairs = (
+        ("start-up vs srt", "startup", "claude-bottle", "srt", 0.5, False),
+        (
+            "docker start-up vs docker run",
+            "startup_docker",
+            "claude-bottle",
+            "docker run",
+            1.5,
+            False,
+        ),
+        ("bulk vs direct", "bulk", "claude-bottle", "direct", 0.8, True),
+        ("bulk vs tinyproxy", "bulk", "claude-bottle", "tinyproxy", 1.0, True),
+    )
+    for label, section, ours, anchor, goal, higher in pairs:
+        found = res.get(section, {})
+        if ours in found and anchor in found:
+            rows.append((label, found[ours]["median"] / found[anchor]["median"], goal, higher))
     conc = res.get("concurrency", {}).get("claude-bottle")
     if conc:
         rows.append(("RSS idle / 40 MiB", conc["rss_idle_mib"] / 40, 1.0, False))

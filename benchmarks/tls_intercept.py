@@ -45,6 +45,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+# The sibling benchmark's helpers (this script's directory is first on sys.path).
+from run import pct, read_head, read_response, stats
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results-tls.json"
@@ -295,31 +298,6 @@ def git_state() -> dict[str, Any] | None:
     return {"head": head[:80], "dirty": [line[3:] for line in status.splitlines()]}
 
 
-def read_head(sock: socket.socket, buf: bytearray) -> tuple[bytes, bytearray]:
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before head")
-        buf += chunk
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    return head, bytearray(rest)
-
-
-def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytearray]:
-    head, buf = read_head(sock, buf)
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    while len(buf) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed mid-body")
-        buf += chunk
-    return status, buf[length:]
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     if not pid:
@@ -412,20 +390,6 @@ def newconn_latencies(route: Route, count: int) -> tuple[list[float], list[float
 
 
 # ---------------------------------------------------------------- statistics
-
-
-def stats(values: list[float], digits: int = 4) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), digits),
-        "min": round(min(values), digits),
-        "max": round(max(values), digits),
-        "n": len(values),
-    }
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def latency_row(values: list[float]) -> dict[str, float]:
