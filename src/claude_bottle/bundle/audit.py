@@ -330,7 +330,8 @@ def _count_lines(fd: int, size: int) -> int:
 class AuditLog:
     """Appends chained, fsync'd records to one bottle's log. Thread-safe.
 
-    A failed write or fsync fails closed: every later `record` raises AuditError.
+    A failed write or fsync fails closed: every later `submit`/`record` raises
+    AuditError.
 
     Opening an existing log resumes its chain from the last line, whose own hash is
     checked; a torn or corrupt tail raises AuditError rather than starting a new
@@ -341,7 +342,7 @@ class AuditLog:
     def __init__(
         self, path: Path, bottle: str, on_failure: Callable[[AuditError], None] | None = None
     ) -> None:
-        """`on_failure` is called (from the syncer thread) when an fsync fails."""
+        """`on_failure` is called (from the writer thread) when a write or fsync fails."""
         self.path = Path(path)
         self._on_failure = on_failure
         self.bottle = _clean(bottle, 256)

@@ -71,7 +71,7 @@ class Bundle:
             self._stopping.set()
 
     def _audit_failed(self, failure: AuditError) -> None:
-        """From the audit log's syncer thread: fail closed, nothing leaves unaudited."""
+        """From the audit log's writer thread: fail closed, nothing leaves unaudited."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
 
