@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 # The sibling benchmark's helpers (this script's directory is first on sys.path).
+from run import download as download_bytes
 from run import pct, read_head, read_response, stats
 
 HERE = Path(__file__).resolve().parent
@@ -311,17 +312,9 @@ def download(route: Route, size: int) -> tuple[float, float]:
     and the bundle's CPU use over the transfer as a fraction of one core."""
     with route.open() as sock:
         cpu0, t0 = cpu_seconds(route.pid), time.perf_counter()
-        sock.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        _head, buf = read_head(sock, bytearray())
-        got = len(buf)
-        view = memoryview(bytearray(4 * MIB))
-        while got < size:
-            n = sock.recv_into(view)
-            if not n:
-                raise ConnectionError("short body")
-            got += n
+        speed = download_bytes(sock, size)
         dt = time.perf_counter() - t0
-        return size / MIB / dt, (cpu_seconds(route.pid) - cpu0) / dt
+        return speed, (cpu_seconds(route.pid) - cpu0) / dt
 
 
 def upload(route: Route, size: int) -> tuple[float, float]:
