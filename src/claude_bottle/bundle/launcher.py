@@ -111,20 +111,11 @@ def prestart_bundle(*, die_with_parent: bool) -> None:
     discard_prestarted()
     handoff_r, handoff_w = os.pipe()
     ready_r, ready_w = os.pipe()
-    argv = [sys.executable, "-m", "claude_bottle.bundle.server"]
-    argv += ["--handoff-fd", str(handoff_r), "--ready-fd", str(ready_w)]
-    if die_with_parent:
-        argv += ["--parent-pid", str(os.getpid())]
     # Where it writes until it learns its log file; the EarlyBundle owns it from here.
     early_log = tempfile.TemporaryFile()  # noqa: SIM115
     try:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=early_log,
-            stderr=early_log,
-            pass_fds=(handoff_r, ready_w),
-            start_new_session=True,
+        process: subprocess.Popen[bytes] | None = _popen_bundle(
+            ["--handoff-fd", str(handoff_r)], handoff_r, ready_w, early_log, die_with_parent
         )
     except OSError:
         process = None
@@ -155,27 +146,32 @@ def spawn_bundle(settings_file: Path, log_file: Path, *, die_with_parent: bool) 
             return early.hand_off(settings_file, log_file)
         early.discard()
     read_fd, write_fd = os.pipe()
-    argv = [
-        sys.executable,
-        "-m",
-        "claude_bottle.bundle.server",
-        str(settings_file),
-        "--ready-fd",
-        str(write_fd),
-    ]
-    if die_with_parent:
-        argv += ["--parent-pid", str(os.getpid())]
     with log_file.open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-        )
+        process = _popen_bundle([str(settings_file)], None, write_fd, log, die_with_parent)
     os.close(write_fd)
     return PendingBundle(process, read_fd, log_file)
+
+
+def _popen_bundle(
+    settings_args: list[str],
+    handoff_fd: int | None,
+    ready_fd: int,
+    output: IO[bytes],
+    die_with_parent: bool,
+) -> subprocess.Popen[bytes]:
+    """The bundle process, told where its settings come from and where to say "ready"."""
+    argv = [sys.executable, "-m", "claude_bottle.bundle.server", *settings_args]
+    argv += ["--ready-fd", str(ready_fd)]
+    if die_with_parent:
+        argv += ["--parent-pid", str(os.getpid())]
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        pass_fds=(ready_fd,) if handoff_fd is None else (handoff_fd, ready_fd),
+        start_new_session=True,
+    )
 
 
 def start_bundle(
