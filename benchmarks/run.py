@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,14 @@ asyncio.run(main())
 """
 
 
+def upstream() -> AbstractContextManager[int]:
+    return server_process(UPSTREAM_CODE)
+
+
 @contextmanager
-def upstream() -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", UPSTREAM_CODE], stdout=subprocess.PIPE, text=True
-    )
+def server_process(code: str, *args: str) -> Iterator[int]:
+    """A server in its own Python process, started from `code`; it prints its port."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     try:

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from cryptography.x509.oid import NameOID
 
 # The sibling benchmark's helpers (this script's directory is first on sys.path).
 from run import download as download_bytes
-from run import pct, read_head, read_response, stats
+from run import pct, read_head, read_response, server_process, stats
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -181,20 +181,8 @@ while True:
 """
 
 
-@contextmanager
-def upstream(chain: Path, key: Path) -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", UPSTREAM_CODE, str(chain), str(key)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
+def upstream(chain: Path, key: Path) -> AbstractContextManager[int]:
+    return server_process(UPSTREAM_CODE, str(chain), str(key))
 
 
 # ---------------------------------------------------------------- bundles and clients
