@@ -1,3 +1,3 @@
-from claude_bottle.cli.main import main
+from claude_bottle.cli.entry import main
 
 main()

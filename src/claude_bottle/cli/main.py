@@ -54,13 +54,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(command: Sequence[str], detach: bool, **options: Any) -> None:
     """Start a bottle in the workspace and run COMMAND (default: claude); exit with its status."""
-    from claude_bottle.backend import registry
-    from claude_bottle.bundle import launcher
-
-    if registry.runs_host_bundle(options.get("backend") or registry.default_name()):
-        # Its interpreter start-up then overlaps with ours (the rest of the CLI's imports,
-        # the config, the plan); `commands.run` drops it if the config picks another backend.
-        launcher.prestart_bundle(die_with_parent=not detach)
+    # `entry.main` may have prestarted the bundle; `commands.run` uses it or drops it.
     from claude_bottle.cli import commands
 
     sys.exit(commands.run(tuple(command), detach=detach, **options))
