@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +93,22 @@ def test_prestarted_bundle_that_cannot_start_says_why(tmp_path: Path) -> None:
     assert "Expecting property name" in caught.value.message  # what went wrong, from its log
     assert "bundle.log" in caught.value.hint
     assert (tmp_path / "bundle.log").exists()  # its log moved there once it was told
+
+
+def test_prestarted_bundle_keeps_none_of_the_launchers_descriptors(tmp_path: Path) -> None:
+    marker = tmp_path / "held-by-the-cli"
+    with marker.open("w"):
+        launcher.prestart_bundle(die_with_parent=True)
+    assert launcher._early is not None
+    pid = launcher._early.process.pid
+    fd_dir = Path(f"/proc/{pid}/fd")
+
+    def held() -> set[str]:
+        return {os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir) if (fd_dir / fd).exists()}
+
+    deadline = time.monotonic() + 5  # it closes them first thing, a moment after the fork
+    while str(marker) in held() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert str(marker) not in held()
+    assert os.getsid(pid) == pid  # its own session: a Ctrl-C at the terminal is not its
+    launcher.discard_prestarted()  # and it still sees its handoff pipe close

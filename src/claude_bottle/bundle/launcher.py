@@ -6,15 +6,32 @@ import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from claude_bottle.errors import LaunchError
 
 READY_TIMEOUT = 15.0
+
+
+class BundleProcess(Protocol):
+    """The calls made on a bundle process: a `subprocess.Popen`, or a `ForkedBundle`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
 
 
 class PendingBundle:
@@ -22,7 +39,7 @@ class PendingBundle:
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: BundleProcess,
         ready_fd: int,
         log_file: Path,
         early_log: IO[bytes] | None = None,
@@ -32,7 +49,7 @@ class PendingBundle:
         self._log_file = log_file
         self._early_log = early_log  # what a prestarted bundle said before it had a log
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> subprocess.Popen[bytes]:
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> BundleProcess:
         try:
             ready, _, _ = select.select([self._ready_fd], [], [], timeout)
             answer = os.read(self._ready_fd, 64) if ready else b""
@@ -65,7 +82,7 @@ class EarlyBundle:
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: BundleProcess,
         handoff_fd: int,
         ready_fd: int,
         early_log: IO[bytes],
@@ -113,10 +130,13 @@ def prestart_bundle(*, die_with_parent: bool) -> None:
     ready_r, ready_w = os.pipe()
     # Where it writes until it learns its log file; the EarlyBundle owns it from here.
     early_log = tempfile.TemporaryFile()  # noqa: SIM115
+    process: BundleProcess | None
     try:
-        process: subprocess.Popen[bytes] | None = _popen_bundle(
-            ["--handoff-fd", str(handoff_r)], handoff_r, ready_w, early_log, die_with_parent
-        )
+        process = _fork_bundle(handoff_r, ready_w, early_log, die_with_parent)
+        if process is None:
+            process = _popen_bundle(
+                ["--handoff-fd", str(handoff_r)], handoff_r, ready_w, early_log, die_with_parent
+            )
     except OSError:
         process = None
     os.close(handoff_r)
@@ -174,13 +194,125 @@ def _popen_bundle(
     )
 
 
-def start_bundle(
-    settings_file: Path, log_file: Path, *, die_with_parent: bool
-) -> subprocess.Popen[bytes]:
+def _fork_bundle(
+    handoff_fd: int, ready_fd: int, output: IO[bytes], die_with_parent: bool
+) -> ForkedBundle | None:
+    """A bundle forked from this process, which has not loaded the CLI yet; None where
+    forking is not safe (not Linux, or other threads running), for `_popen_bundle`.
+
+    A fork skips what an exec'd interpreter repeats before its first import (start-up
+    and site-packages, 20-80 ms). The child imports the bundle and never returns here.
+    """
+    threading = sys.modules.get("threading")
+    if not sys.platform.startswith("linux") or (threading and threading.active_count() > 1):
+        return None
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return ForkedBundle(pid)
+    code = 1
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        _close_fds_except({0, 1, 2, handoff_fd, ready_fd})
+        # The parent's streams may not be its fds 1 and 2 (pytest's capture is not).
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        from claude_bottle.bundle import server
+
+        args = ["--handoff-fd", str(handoff_fd), "--ready-fd", str(ready_fd)]
+        if die_with_parent:
+            args += ["--parent-pid", str(parent)]
+        server.main(args)
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor but `keep`: the child must not hold the CLI's pipe ends
+    (an unused prestart exits when its handoff pipe closes) nor anything inherited."""
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:  # os.closerange(n, n) would close everything from n up
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+class ForkedBundle:
+    """A bundle forked by `_fork_bundle`: the `Popen` calls the launcher and backends use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere; Popen reports 0 as well
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            while self.returncode is None:
+                try:
+                    _, status = os.waitpid(self.pid, 0)
+                except ChildProcessError:  # reaped elsewhere; Popen reports 0 as well
+                    status = 0
+                self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        exited = _exit_notifier(self.pid)
+        try:
+            while (code := self.poll()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise subprocess.TimeoutExpired([f"bundle {self.pid}"], timeout)
+                if exited is not None:
+                    select.select([exited], [], [], remaining)
+                else:
+                    time.sleep(min(remaining, 0.01))
+        finally:
+            if exited is not None:
+                os.close(exited)
+        return code
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+
+def start_bundle(settings_file: Path, log_file: Path, *, die_with_parent: bool) -> BundleProcess:
     return spawn_bundle(settings_file, log_file, die_with_parent=die_with_parent).wait_ready()
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+def stop_process(process: BundleProcess, timeout: float = 5.0) -> None:
     if process.poll() is not None:
         return
     exited = _exit_notifier(process.pid)

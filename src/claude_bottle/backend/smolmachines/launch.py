@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack, write_stage
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
-from claude_bottle.bundle.launcher import PendingBundle, spawn_bundle, stop_process
+from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
@@ -187,7 +186,7 @@ def _wait_ready(
     exe: str,
     machine: str,
     ready_file: Path,
-    bundle: subprocess.Popen[bytes],
+    bundle: BundleProcess,
     bundle_log: Path,
     timeout: float = READY_TIMEOUT,
 ) -> None:
