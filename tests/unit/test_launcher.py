@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -104,7 +105,11 @@ def test_prestarted_bundle_keeps_none_of_the_launchers_descriptors(tmp_path: Pat
     fd_dir = Path(f"/proc/{pid}/fd")
 
     def held() -> set[str]:
-        return {os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir) if (fd_dir / fd).exists()}
+        targets = set()
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):  # closed while we look: that is the point
+                targets.add(os.readlink(fd_dir / fd))
+        return targets
 
     deadline = time.monotonic() + 5  # it closes them first thing, a moment after the fork
     while str(marker) in held() and time.monotonic() < deadline:

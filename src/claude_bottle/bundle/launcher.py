@@ -223,11 +223,7 @@ def _fork_bundle(
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         from claude_bottle.bundle import server
 
-        args = ["--handoff-fd", str(handoff_fd), "--ready-fd", str(ready_fd)]
-        if die_with_parent:
-            args += ["--parent-pid", str(parent)]
-        server.main(args)
-        code = 0
+        server.serve(handoff_fd, ready_fd=ready_fd, parent_pid=parent if die_with_parent else None)
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

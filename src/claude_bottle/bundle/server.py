@@ -8,7 +8,6 @@ a final lifecycle record.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -19,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditError, AuditLog
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from claude_bottle.bundle.scanning import DlpInspector
 
 MAX_CLIENTS = 1024
+PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
 
 
 class Bundle:
@@ -54,6 +54,8 @@ class Bundle:
         # Compiling the DLP engine takes a while: it happens in a thread once the bundle
         # serves, and every proxy connection waits for it, so nothing leaves unscanned.
         self._inspector: asyncio.Future[DlpInspector | None] | None = None
+        self._preparing = False
+        self._preparation_timer: asyncio.TimerHandle | None = None
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         self.gateway = _gateway(settings, self.record)
@@ -63,6 +65,18 @@ class Bundle:
         if self.interception is not None:
             self.interception.warm()
         return _inspector(self.settings, self.record)
+
+    def _prepare_now(self) -> None:
+        """Start preparing inspection, once: on the first proxy connection, or
+        PREPARE_DELAY after ready, so it does not take CPU from the bottle's start-up
+        (nor from a command that ends sooner, which never needs it)."""
+        if self._preparing:
+            return
+        self._preparing = True
+        if self._preparation_timer is not None:
+            self._preparation_timer.cancel()
+        assert self._loop is not None and self._inspector is not None
+        _in_daemon_thread(self._loop, self._inspector, self._prepare_inspection)
 
     def _inspection_prepared(self, future: asyncio.Future[DlpInspector | None]) -> None:
         error = None if future.cancelled() else future.exception()
@@ -96,6 +110,7 @@ class Bundle:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         assert self._inspector is not None
+        self._prepare_now()
         inspector = await asyncio.shield(self._inspector)
         async with self._slots:
             await ProxyConnection(
@@ -221,7 +236,8 @@ class Bundle:
             os.close(ready_fd)
         # What only traffic needs is prepared after the bottle's start-up, not before it.
         inspector.add_done_callback(self._inspection_prepared)
-        _in_daemon_thread(loop, inspector, self._prepare_inspection)
+        if not self._preparing:
+            self._preparation_timer = loop.call_later(PREPARE_DELAY, self._prepare_now)
         async with proxy, control:
             await self._stopping.wait()
         if gateway is not None:
@@ -369,6 +385,8 @@ def _log_to(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="claude-bottle-bundle")
     parser.add_argument("settings", type=Path, nargs="?")
     parser.add_argument(
@@ -379,20 +397,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.settings is None) == (args.handoff_fd is None):
         parser.error("give a settings file or --handoff-fd, not both")
-    if args.parent_pid:
+    serve(
+        args.settings or args.handoff_fd,
+        ready_fd=args.ready_fd,
+        parent_pid=args.parent_pid,
+    )
+
+
+def serve(settings: Path | int, *, ready_fd: int | None, parent_pid: int | None) -> NoReturn:
+    """Serve until stopped, then leave the process. `settings` is the settings file, or
+    the descriptor a prestarted bundle learns it from (`--handoff-fd`)."""
+    if parent_pid:
         _die_with_parent()
-        if os.getppid() != args.parent_pid:
+        if os.getppid() != parent_pid:
             sys.exit(1)  # the parent died before we could watch it
-    settings_file = args.settings
-    if args.handoff_fd is not None:
-        handoff = _await_handoff(args.handoff_fd)
+    if isinstance(settings, int):
+        handoff = _await_handoff(settings)
         if handoff is None:
             os._exit(0)
-        settings_file, log_file = handoff
+        settings, log_file = handoff
         _log_to(log_file)
-    settings = BundleSettings.load(settings_file)
     try:
-        asyncio.run(Bundle(settings).run(args.ready_fd))
+        asyncio.run(Bundle(BundleSettings.load(settings)).run(ready_fd))
     except AuditError as exc:
         sys.exit(f"claude-bottle bundle stopped: {exc}")
     # Everything is closed and the audit log is fsync'd; tearing the interpreter down
