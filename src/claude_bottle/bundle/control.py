@@ -6,6 +6,7 @@ is never mounted into the bottle, so only the host user reaches it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -14,6 +15,16 @@ from typing import Any
 from claude_bottle.errors import BottleError
 
 MAX_LINE = 64 * 1024
+
+
+@dataclasses.dataclass
+class Stats:
+    """The proxy's counters, as the `stats` request reports them."""
+
+    connections: int = 0
+    requests: int = 0
+    tunnels: int = 0
+    blocked: int = 0
 
 
 def call(control_socket: Path, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:

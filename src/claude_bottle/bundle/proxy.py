@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import http
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,14 +21,14 @@ from urllib.parse import urlsplit
 
 import h11
 
+from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
 from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
 from claude_bottle.bundle.tunnel import relay
-from claude_bottle.policy.allowlist import Allowlist
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
     from claude_bottle.bundle.scanning import DlpInspector
-    from claude_bottle.bundle.tls import CertificateAuthority
+    from claude_bottle.bundle.tls import Interception
 
 MAX_HEADER_BYTES = 64 * 1024
 HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
@@ -54,48 +53,6 @@ HOP_BY_HOP = frozenset(
 )
 
 Recorder = Callable[..., Any]
-
-
-class Interception:
-    """TLS interception of CONNECT tunnels: the bottle's CA, and how upstreams are verified.
-
-    Loading the host's trust store takes ~30 ms, so the upstream context is made on
-    first use (or ahead of it by `warm`, off the event loop), not before the bundle
-    is ready.
-    """
-
-    def __init__(
-        self,
-        authority: CertificateAuthority,
-        make_upstream: Callable[[], ssl.SSLContext],
-        exclude: Allowlist,
-    ) -> None:
-        self.authority = authority
-        self.exclude = exclude  # hosts tunnelled as opaque bytes
-        self._make_upstream = make_upstream
-        self._upstream: ssl.SSLContext | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def upstream(self) -> ssl.SSLContext:
-        with self._lock:
-            if self._upstream is None:
-                self._upstream = self._make_upstream()
-            return self._upstream
-
-    def warm(self) -> None:
-        self.upstream  # noqa: B018 - made and kept for the first connection
-
-    def applies_to(self, host: str) -> bool:
-        return not self.exclude.check(host).allowed
-
-
-@dataclasses.dataclass
-class Stats:
-    connections: int = 0
-    requests: int = 0
-    tunnels: int = 0
-    blocked: int = 0
 
 
 class ProxyError(Exception):

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditError, AuditLog
-from claude_bottle.bundle.control import MAX_LINE
+from claude_bottle.bundle.control import MAX_LINE, Stats
 from claude_bottle.bundle.gate import EgressGate
-from claude_bottle.bundle.proxy import Interception, ProxyConnection, Stats
 from claude_bottle.bundle.settings import BundleSettings
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.scanning import DlpInspector
+    from claude_bottle.bundle.tls import Interception
 
 MAX_CLIENTS = 1024
 PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
@@ -58,10 +58,15 @@ class Bundle:
         self._preparation_timer: asyncio.TimerHandle | None = None
         self.stats = Stats()
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
-        self.gateway = _gateway(settings, self.record)
+        # Built on the first gateway connection: h11 and the gateway are not needed to
+        # be ready, and the bottle's command takes a while to make its first call.
+        self._gateway: tuple[Any, Any, Any] | None = None
 
     def _prepare_inspection(self) -> DlpInspector | None:
-        """The upstream trust store (~30 ms) and the DLP engine, off the event loop."""
+        """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
+        the event loop."""
+        import claude_bottle.bundle.proxy  # noqa: F401 - h11 and the proxy, ~20 ms
+
         if self.interception is not None:
             self.interception.warm()
         return _inspector(self.settings, self.record)
@@ -112,6 +117,8 @@ class Bundle:
         assert self._inspector is not None
         self._prepare_now()
         inspector = await asyncio.shield(self._inspector)
+        from claude_bottle.bundle.proxy import ProxyConnection  # loaded by the preparation
+
         async with self._slots:
             await ProxyConnection(
                 self.gate,
@@ -129,8 +136,9 @@ class Bundle:
     ) -> None:
         from claude_bottle.bundle.gateway import AnthropicGateway
 
-        assert self.gateway is not None
-        upstream, credentials, budget = self.gateway
+        if self._gateway is None:
+            self._gateway = _gateway(self.settings, self.record)
+        upstream, credentials, budget = self._gateway
         async with self._slots:
             await AnthropicGateway(
                 upstream, credentials, self.record, reader, writer, budget=budget
@@ -155,8 +163,8 @@ class Bundle:
             return {"ok": True, "pid": os.getpid()}
         if op == "stats":
             tokens = {}
-            if self.gateway is not None:
-                budget = self.gateway[2]
+            if self._gateway is not None:
+                budget = self._gateway[2]
                 tokens = {
                     "input_tokens": budget.input_tokens,
                     "output_tokens": budget.output_tokens,
@@ -212,7 +220,7 @@ class Bundle:
                 self._control_client, self.settings.control_socket
             )
             gateway = None
-            if self.settings.gateway_socket and self.gateway is not None:
+            if self.settings.gateway_socket:
                 gateway = await asyncio.start_unix_server(
                     self._gateway_client, self.settings.gateway_socket, limit=256 * 1024
                 )
@@ -249,7 +257,7 @@ class Bundle:
 def _interception(settings: BundleSettings) -> Interception | None:
     if not (settings.intercept and settings.ca_cert):
         return None
-    from claude_bottle.bundle.tls import CertificateAuthority, upstream_context
+    from claude_bottle.bundle.tls import CertificateAuthority, Interception, upstream_context
     from claude_bottle.policy.allowlist import Allowlist
 
     authority = CertificateAuthority(settings.bottle)
@@ -263,14 +271,12 @@ def _interception(settings: BundleSettings) -> Interception | None:
     )
 
 
-def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any] | None:
-    """Upstream, credential provider and token budget, or None without a gateway socket.
+def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
+    """Upstream, credential provider and token budget of the gateway.
 
     The credential is read here, in the bundle, from the host: it never passes through
     a file the bottle can see, nor through the CLI's arguments.
     """
-    if not settings.gateway_socket:
-        return None
     from claude_bottle.bundle.credentials import (
         CredentialProvider,
         http_refresher,

@@ -16,12 +16,17 @@ import os
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from claude_bottle.policy.allowlist import Allowlist
 
 CA_VALIDITY = datetime.timedelta(days=30)
 LEAF_VALIDITY = datetime.timedelta(days=7)
@@ -178,3 +183,37 @@ def upstream_context(extra_ca_file: str | None = None) -> ssl.SSLContext:
         context.load_verify_locations(cafile=extra_ca_file)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+class Interception:
+    """TLS interception of CONNECT tunnels: the bottle's CA, and how upstreams are verified.
+
+    Loading the host's trust store takes ~30 ms, so the upstream context is made on
+    first use (or ahead of it by `warm`, off the event loop), not before the bundle
+    is ready.
+    """
+
+    def __init__(
+        self,
+        authority: CertificateAuthority,
+        make_upstream: Callable[[], ssl.SSLContext],
+        exclude: Allowlist,
+    ) -> None:
+        self.authority = authority
+        self.exclude = exclude  # hosts tunnelled as opaque bytes
+        self._make_upstream = make_upstream
+        self._upstream: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def upstream(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._upstream is None:
+                self._upstream = self._make_upstream()
+            return self._upstream
+
+    def warm(self) -> None:
+        self.upstream  # noqa: B018 - made and kept for the first connection
+
+    def applies_to(self, host: str) -> bool:
+        return not self.exclude.check(host).allowed
