@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,29 +208,11 @@ def test_killing_the_bundle_container_cuts_egress_and_stops_the_run(
     bottle_env: BottleEnv,
 ) -> None:
     flag = bottle_env.workspace / "go"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            "docker",
-            "--name",
-            "k",
-            "--",
-            "/bin/sh",
-            "-c",
-            "curl -sS --max-time 5 http://allowed.test/before; echo started; "
-            f"while [ ! -e {flag} ]; do sleep 0.05; done; "
-            "curl -sS --max-time 5 http://allowed.test/after; sleep 30",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
+    proc = bottle_env.start(
+        "curl -sS --max-time 5 http://allowed.test/before; echo started; "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done; "
+        "curl -sS --max-time 5 http://allowed.test/after; sleep 30",
+        name="k",
     )
     assert proc.stdout is not None
     assert "hello from upstream /before" in proc.stdout.readline()
@@ -248,28 +229,7 @@ def test_killing_the_bundle_container_cuts_egress_and_stops_the_run(
 
 
 def test_sigkilled_cli_leaves_nothing_behind(bottle_env: BottleEnv) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "claude_bottle",
-            "run",
-            "--backend",
-            "docker",
-            "--name",
-            "z",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo started; sleep 300",
-        ],
-        env=bottle_env.env,
-        cwd=bottle_env.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = bottle_env.start("echo started; sleep 300", name="z")
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     assert len(_labelled("container", "z")) == 2
