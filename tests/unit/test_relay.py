@@ -709,6 +709,19 @@ def _wait_until_stalled(progress: list[int], settle: float = 0.5) -> None:
     raise AssertionError("the writer never stalled")
 
 
+def _relay_to_unix_listener(
+    tmp_path: Path, relays: Relays, backlog: int
+) -> tuple[socket.socket, int, int]:
+    """A bare unix listener standing in for the bundle, and a relay in front of it:
+    (listener, relay port, relay pid)."""
+    path = str(tmp_path / "b.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(backlog)
+    port = free_port()
+    return listener, port, relays.serve({port: path})
+
+
 TOTAL = 64 << 20  # far more than every socket buffer on the way together
 CHUNK = 1 << 16
 
@@ -717,12 +730,7 @@ CHUNK = 1 << 16
 def test_slow_reader_bounds_what_the_relay_buffers(
     tmp_path: Path, relays: Relays, direction: str
 ) -> None:
-    path = str(tmp_path / "b.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    port = free_port()
-    pid = relays.serve({port: path})
+    listener, port, pid = _relay_to_unix_listener(tmp_path, relays, backlog=1)
     baseline = _rss_kib(pid)
     written = [0]
     block = os.urandom(CHUNK)
@@ -763,12 +771,7 @@ def test_slow_reader_bounds_what_the_relay_buffers(
 def test_bytes_sent_before_the_bundle_accepts_arrive_first(
     tmp_path: Path, relays: Relays, eof: bool
 ) -> None:
-    path = str(tmp_path / "b.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(8)
-    port = free_port()
-    relays.serve({port: path})
+    listener, port, _ = _relay_to_unix_listener(tmp_path, relays, backlog=8)
     request = b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
     with connect(port) as client:
         client.sendall(request)  # at once, and the bundle is not even accepting yet
@@ -788,19 +791,14 @@ def test_bytes_sent_before_the_bundle_accepts_arrive_first(
 
 
 def test_busy_bundle_is_retried_not_dropped(tmp_path: Path, relays: Relays) -> None:
-    path = str(tmp_path / "b.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(0)
-    port = free_port()
-    relays.serve({port: path})
+    listener, port, _ = _relay_to_unix_listener(tmp_path, relays, backlog=0)
     fillers = []
     with contextlib.suppress(BlockingIOError):  # fill the backlog: connect() gets EAGAIN
         for _ in range(8):
             filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             fillers.append(filler)
             filler.setblocking(False)
-            filler.connect(path)
+            filler.connect(listener.getsockname())
     with connect(port) as client:
         client.sendall(b"ping")
         time.sleep(0.3)  # the relay is retrying now
