@@ -849,6 +849,15 @@ def tls_summary() -> list[str]:
     return lines
 
 
+def machine() -> dict[str, Any]:
+    """What a result depends on, recorded beside it."""
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs")
@@ -862,11 +871,7 @@ def main() -> None:
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": q,
-        "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "bulk_mib": size_mib,
         "tunnels": tunnels,
     }

@@ -24,7 +24,6 @@ import collections
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -47,7 +46,7 @@ from cryptography.x509.oid import NameOID
 
 # The sibling benchmark's helpers (this script's directory is first on sys.path).
 from run import download as download_bytes
-from run import pct, read_head, read_response, server_process, stats
+from run import machine, pct, read_head, read_response, server_process, stats
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -774,9 +773,7 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": q,
         "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            **machine(),
             "openssl": ssl.OPENSSL_VERSION,
             "audit_log_fs": fs_type(tempfile.gettempdir()),
         },
