@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.bundle.audit import AuditError, verify
-from claude_bottle.bundle.server import Bundle
+from claude_bottle.bundle.server import open_bundle
+from claude_bottle.bundle.service import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from tests.integration.upstream import RecordingHTTPServer
 
@@ -37,10 +38,8 @@ class RunningBundle:
             asyncio.set_event_loop(self.loop)
 
             async def start() -> None:
-                self.bundle = Bundle(settings)
-                task = asyncio.ensure_future(self.bundle.run(None))
-                while not Path(settings.control_socket).exists():
-                    await asyncio.sleep(0.005)
+                self.bundle = Bundle(open_bundle(settings))
+                task = asyncio.ensure_future(self.bundle.run())
                 ready.set()
                 try:
                     await task

@@ -339,12 +339,9 @@ class AuditLog:
     writer fails instead of forking the chain.
     """
 
-    def __init__(
-        self, path: Path, bottle: str, on_failure: Callable[[AuditError], None] | None = None
-    ) -> None:
-        """`on_failure` is called (from the writer thread) when a write or fsync fails."""
+    def __init__(self, path: Path, bottle: str) -> None:
         self.path = Path(path)
-        self._on_failure = on_failure
+        self._on_failure: Callable[[AuditError], None] | None = None
         self.bottle = _clean(bottle, 256)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         existed = self.path.exists()
@@ -580,9 +577,19 @@ class AuditLog:
             with self._cond:
                 self._failure = failure
                 self._cond.notify_all()
-            if self._on_failure is not None:
-                self._on_failure(failure)
+                on_failure = self._on_failure
+            if on_failure is not None:
+                on_failure(failure)
             return
+
+    def on_failure(self, callback: Callable[[AuditError], None]) -> None:
+        """Call `callback` (from the writer thread) when a write or fsync fails; at
+        once if one already has."""
+        with self._cond:
+            self._on_failure = callback
+            failure = self._failure
+        if failure is not None:
+            callback(failure)
 
     def sync(self) -> None:
         """Wait until every record submitted so far is written and fsync'd."""

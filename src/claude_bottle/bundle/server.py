@@ -1,262 +1,112 @@
-"""The bundle process: one per bottle, serving the egress proxy and the control socket.
+"""The bundle process: one per bottle, serving the egress proxy, the API gateway and the
+control socket.
 
-Started by the CLI as `python -m claude_bottle.bundle.server SETTINGS.json`.
-It listens only on unix sockets in the bottle's runtime dir, is the only
-writer of the bottle's audit log, and exits on SIGTERM/SIGINT after writing
-a final lifecycle record.
+Started by the CLI as `python -m claude_bottle.bundle.server SETTINGS.json`, or forked
+from it (`launcher`). It listens only on unix sockets in the bottle's runtime dir, is
+the only writer of the bottle's audit log, and exits on SIGTERM/SIGINT/SIGHUP after
+writing a final lifecycle record.
+
+Ready, which the bottle's command waits for, means: the audit log is open and holds
+`bundle-start`, the CA certificate the bottle trusts is published, and every socket is
+bound and listening. None of that needs asyncio, so this module does it without:
+asyncio and `service`, which serves the sockets, load after ready (~60 ms) while the
+bottle starts, and connections made meanwhile wait in the sockets' backlogs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import json
 import os
 import signal
+import socket
 import sys
-import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, NoReturn
 
 from claude_bottle.bundle.audit import AuditError, AuditLog
-from claude_bottle.bundle.control import MAX_LINE, Stats
-from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.settings import BundleSettings
 
-T = TypeVar("T")
-
 if TYPE_CHECKING:
-    from claude_bottle.bundle.scanning import DlpInspector
+    from types import FrameType
+
     from claude_bottle.bundle.tls import Interception
 
-MAX_CLIENTS = 1024
-PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
+MAX_HANDOFF = 64 * 1024
+PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
+CONTROL_BACKLOG = 100
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class Bundle:
-    def __init__(self, settings: BundleSettings) -> None:
-        self.settings = settings
-        self._stopping = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.audit = AuditLog(Path(settings.audit_log), settings.bottle, self._audit_failed)
-        self.gate = EgressGate(
-            settings.allow,
-            settings.deny,
-            mode=settings.mode,
-            pins=settings.pins,
-            ask_timeout=settings.ask_timeout,
-        )
-        self.gate.on_pending = self._on_pending
-        self.interception = _interception(settings)
-        # Compiling the DLP engine takes a while: it happens in a thread once the bundle
-        # serves, and every proxy connection waits for it, so nothing leaves unscanned.
-        self._inspector: asyncio.Future[DlpInspector | None] | None = None
-        self._preparing = False
-        self._preparation_timer: asyncio.TimerHandle | None = None
-        self.stats = Stats()
-        self._slots = asyncio.Semaphore(MAX_CLIENTS)
-        # Built on the first gateway connection: h11 and the gateway are not needed to
-        # be ready, and the bottle's command takes a while to make its first call.
-        self._gateway: tuple[Any, Any, Any] | None = None
+@dataclass
+class Opened:
+    """A bundle made ready by `open_bundle`, for `service.Bundle` to serve."""
 
-    def _prepare_inspection(self) -> DlpInspector | None:
-        """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
-        the event loop."""
-        import claude_bottle.bundle.proxy  # noqa: F401 - h11 and the proxy, ~20 ms
+    settings: BundleSettings
+    audit: AuditLog
+    interception: Interception | None
+    proxy: socket.socket
+    control: socket.socket
+    gateway: socket.socket | None
 
-        if self.interception is not None:
-            self.interception.warm()
-        return _inspector(self.settings, self.record)
+    def close(self) -> None:
+        for sock in (self.proxy, self.control, self.gateway):
+            if sock is not None:
+                sock.close()
+        self.audit.close()
 
-    def _prepare_now(self) -> None:
-        """Start preparing inspection, once: on the first proxy connection, or
-        PREPARE_DELAY after ready, so it does not take CPU from the bottle's start-up
-        (nor from a command that ends sooner, which never needs it)."""
-        if self._preparing:
-            return
-        self._preparing = True
-        if self._preparation_timer is not None:
-            self._preparation_timer.cancel()
-        assert self._loop is not None and self._inspector is not None
-        _in_daemon_thread(self._loop, self._inspector, self._prepare_inspection)
 
-    def _inspection_prepared(self, future: asyncio.Future[DlpInspector | None]) -> None:
-        error = None if future.cancelled() else future.exception()
-        if error is not None:  # nothing can be inspected: stop, and say why in bundle.log
-            print(f"claude-bottle bundle: cannot inspect traffic: {error}", file=sys.stderr)
-            self._stopping.set()
-
-    def _audit_failed(self, failure: AuditError) -> None:
-        """From the audit log's writer thread: fail closed, nothing leaves unaudited."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-
-    def record(self, kind: str, decision: str, **fields: Any) -> None:
-        try:
-            self.audit.submit(kind, decision, **fields)
-        except AuditError:
-            self._stopping.set()  # fail closed: nothing leaves this bottle unaudited
-            raise
-
-    def _on_pending(self, host: str, port: int) -> None:
-        self.record(
-            "egress",
-            "pending",
-            rule="ask",
-            host=host[:253],
-            port=port,
-            detail={"hint": f"claude-bottle allow {self.settings.bottle} {host[:253]}"},
-        )
-
-    async def _proxy_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        assert self._inspector is not None
-        self._prepare_now()
-        inspector = await asyncio.shield(self._inspector)
-        from claude_bottle.bundle.proxy import ProxyConnection  # loaded by the preparation
-
-        async with self._slots:
-            await ProxyConnection(
-                self.gate,
-                self.record,
-                self.settings.bottle,
-                reader,
-                writer,
-                self.stats,
-                self.interception,
-                inspector,
-            ).serve()
-
-    async def _gateway_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        from claude_bottle.bundle.gateway import AnthropicGateway
-
-        if self._gateway is None:
-            self._gateway = _gateway(self.settings, self.record)
-        upstream, credentials, budget = self._gateway
-        async with self._slots:
-            await AnthropicGateway(
-                upstream, credentials, self.record, reader, writer, budget=budget
-            ).serve()
-
-    async def _control_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            answer = await self._control(json.loads(line[:MAX_LINE]))
-        except (ValueError, TimeoutError, ConnectionError) as exc:
-            answer = {"ok": False, "error": f"bad request: {exc}"}
-        with contextlib.suppress(ConnectionError):
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-        writer.close()
-
-    async def _control(self, request: Any) -> dict[str, Any]:
-        op = request.get("op") if isinstance(request, dict) else None
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "stats":
-            tokens = {}
-            if self._gateway is not None:
-                budget = self._gateway[2]
-                tokens = {
-                    "input_tokens": budget.input_tokens,
-                    "output_tokens": budget.output_tokens,
-                }
-            return {
-                "ok": True,
-                **self.stats.__dict__,
-                **tokens,
-                "allow": list(self.gate.allowlist.patterns),
-            }
-        if op == "allow":
-            try:
-                pattern = await self.gate.allow(str(request.get("host", "")))
-            except ValueError as exc:
-                return {"ok": False, "error": str(exc)}
-            self.record(
-                "policy", "info", rule=f"allow:{pattern}", detail={"by": "claude-bottle allow"}
-            )
-            return {"ok": True, "pattern": pattern}
-        if op == "event":
-            detail = request.get("detail")
-            self.record(
-                "lifecycle",
-                "info",
-                rule=str(request.get("rule", ""))[:200],
-                detail=detail if isinstance(detail, dict) else None,
-            )
-            return {"ok": True}
-        if op == "stop":
-            self._stopping.set()
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown op {op!r}"}
-
-    async def run(self, ready_fd: int | None) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        inspector: asyncio.Future[DlpInspector | None] = loop.create_future()
-        self._inspector = inspector  # proxy connections wait for it
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.add_signal_handler(sig, self._stopping.set)
-        sockets = [self.settings.proxy_socket, self.settings.control_socket]
-        if self.settings.gateway_socket:
-            sockets.append(self.settings.gateway_socket)
-        for path in sockets:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+def open_bundle(settings: BundleSettings) -> Opened:
+    """Open the audit log, publish the bottle's CA, bind every socket, and record
+    `bundle-start`: all the bottle needs before its command runs."""
+    audit = AuditLog(Path(settings.audit_log), settings.bottle)
+    bound: list[socket.socket] = []
+    try:
+        interception = _interception(settings)
         old_umask = os.umask(0o077)
         try:
-            proxy = await asyncio.start_unix_server(
-                self._proxy_client, self.settings.proxy_socket, limit=256 * 1024, backlog=1024
-            )
-            control = await asyncio.start_unix_server(
-                self._control_client, self.settings.control_socket
-            )
+            proxy = _listen(settings.proxy_socket, PROXY_BACKLOG, bound)
+            control = _listen(settings.control_socket, CONTROL_BACKLOG, bound)
             gateway = None
-            if self.settings.gateway_socket:
-                gateway = await asyncio.start_unix_server(
-                    self._gateway_client, self.settings.gateway_socket, limit=256 * 1024
-                )
-                os.chmod(self.settings.gateway_socket, 0o666)
+            if settings.gateway_socket:
+                gateway = _listen(settings.gateway_socket, CONTROL_BACKLOG, bound)
         finally:
             os.umask(old_umask)
-        # The bottle may run as another uid (docker); the proxy socket must stay connectable.
-        os.chmod(self.settings.proxy_socket, 0o666)
-        self.record(
+        # The bottle may run as another uid (docker): its sockets must stay connectable.
+        os.chmod(settings.proxy_socket, 0o666)
+        if settings.gateway_socket:
+            os.chmod(settings.gateway_socket, 0o666)
+        audit.submit(
             "lifecycle",
             "info",
             rule="bundle-start",
-            detail={
-                "pid": os.getpid(),
-                "allow": list(self.settings.allow),
-                "mode": self.settings.mode,
-            },
+            detail={"pid": os.getpid(), "allow": list(settings.allow), "mode": settings.mode},
         )
-        if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
-        # What only traffic needs is prepared after the bottle's start-up, not before it.
-        inspector.add_done_callback(self._inspection_prepared)
-        if not self._preparing:
-            self._preparation_timer = loop.call_later(PREPARE_DELAY, self._prepare_now)
-        async with proxy, control:
-            await self._stopping.wait()
-        if gateway is not None:
-            gateway.close()
-        self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
-        self.audit.close()
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        audit.close()
+        raise
+    return Opened(settings, audit, interception, proxy, control, gateway)
+
+
+def _listen(path: str, backlog: int, bound: list[socket.socket]) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by an earlier bundle of the same bottle
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound.append(sock)
+    sock.bind(path)
+    sock.listen(backlog)
+    return sock
 
 
 def _interception(settings: BundleSettings) -> Interception | None:
     if not (settings.intercept and settings.ca_cert):
         return None
+    import functools
+
     from claude_bottle.bundle.tls import CertificateAuthority, Interception, upstream_context
     from claude_bottle.policy.allowlist import Allowlist
 
@@ -271,83 +121,29 @@ def _interception(settings: BundleSettings) -> Interception | None:
     )
 
 
-def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
-    """Upstream, credential provider and token budget of the gateway.
+def _stop_on_signals(opened: Opened) -> None:
+    """Until `service` takes the stop signals over: stop at once, as it would.
 
-    The credential is read here, in the bundle, from the host: it never passes through
-    a file the bottle can see, nor through the CLI's arguments.
+    A short command can end before asyncio has loaded; its bottle's teardown should
+    not wait for that. The main thread only imports meanwhile and holds none of the
+    audit log's locks, so the handler may write.
     """
-    from claude_bottle.bundle.credentials import (
-        CredentialProvider,
-        http_refresher,
-        load_credential,
-    )
-    from claude_bottle.bundle.gateway import GatewayUpstream, TokenBudget
-    from claude_bottle.errors import BottleError
 
-    upstream_host = urlsplit(settings.anthropic_upstream).hostname or ""
-    pin = next((p for p in settings.pins if p.host == upstream_host), None)
-    upstream = GatewayUpstream(
-        settings.anthropic_upstream,
-        ca_file=settings.gateway_ca_file,
-        connect_to=(pin.address, pin.port or 443) if pin is not None else None,
-    )
-    try:
-        credential = load_credential(settings.anthropic_credential, os.environ, Path.home())
-    except BottleError as exc:
-        message = exc.message
-
-        async def unavailable() -> Any:
-            raise BottleError(message)
-
-        return upstream, unavailable, TokenBudget(settings.max_tokens_total)
-    refresher = None
-    if credential.kind == "oauth" and credential.refresh_token:
-        refresher = (
-            http_refresher(settings.oauth_token_url)
-            if settings.oauth_token_url
-            else http_refresher()
-        )
-
-    def on_error(message: str) -> None:
-        record("gateway", "error", rule="gateway:refresh", detail={"reason": message[:300]})
-
-    provider = CredentialProvider(credential, refresher, on_error=on_error)
-    return upstream, provider, TokenBudget(settings.max_tokens_total)
-
-
-def _in_daemon_thread(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], work: Callable[[], T]
-) -> None:
-    """Settle `future` with `work()` from a daemon thread: unlike the default executor,
-    a bundle that is asked to stop never waits for it."""
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        result, error = None, None
+    def stop(signum: int, frame: FrameType | None) -> None:
+        code = 0
         try:
-            result = work()
-        except BaseException as exc:  # handed to whoever awaits the future
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
+            opened.audit.submit(
+                "lifecycle", "info", rule="bundle-stop", detail={**Stats().__dict__}
+            )
+            opened.audit.close()
+        except AuditError as exc:
+            print(f"claude-bottle bundle stopped: {exc}", file=sys.stderr)
+            code = 1
+        sys.stderr.flush()
+        os._exit(code)
 
-    threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
-
-
-def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
-    if not settings.dlp_enabled:
-        return None
-    from claude_bottle.bundle.scanning import default_inspector
-
-    return default_inspector(settings.dlp_patterns, block=settings.dlp_block, record=record)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
 
 
 def _die_with_parent() -> None:
@@ -361,14 +157,13 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
-MAX_HANDOFF = 64 * 1024
-
-
 def _await_handoff(fd: int) -> tuple[Path, Path] | None:
     """Block until the CLI says where the settings and the log are (one JSON line on
     `fd`); None when it closes the pipe first (the launch was abandoned)."""
-    # What start-up costs most, done while the CLI is still planning the bottle.
-    import claude_bottle.bundle.tls  # noqa: F401 - cryptography, ~60 ms
+    # What getting ready costs most (cryptography, ~60 ms), done while the CLI is still
+    # planning the bottle.
+    import claude_bottle.bundle.tls
+    import claude_bottle.policy.allowlist  # noqa: F401
 
     data = b""
     with os.fdopen(fd, "rb") as pipe:
@@ -424,7 +219,19 @@ def serve(settings: Path | int, *, ready_fd: int | None, parent_pid: int | None)
         settings, log_file = handoff
         _log_to(log_file)
     try:
-        asyncio.run(Bundle(BundleSettings.load(settings)).run(ready_fd))
+        opened = open_bundle(BundleSettings.load(settings))
+    except AuditError as exc:
+        sys.exit(f"claude-bottle bundle stopped: {exc}")
+    _stop_on_signals(opened)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+    import asyncio
+
+    from claude_bottle.bundle.service import Bundle
+
+    try:
+        asyncio.run(Bundle(opened).run())
     except AuditError as exc:
         sys.exit(f"claude-bottle bundle stopped: {exc}")
     # Everything is closed and the audit log is fsync'd; tearing the interpreter down

@@ -1,0 +1,308 @@
+"""What a bundle serves once it is ready: the egress proxy, the API gateway, the control socket.
+
+`server` gets the bundle ready (audit log, CA, bound sockets) without asyncio; this
+module, and asyncio with it, loads after that, while the bottle starts. Connections
+made meanwhile wait in the sockets' backlogs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from claude_bottle.bundle.audit import AuditError
+from claude_bottle.bundle.control import MAX_LINE, Stats
+from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.server import PROXY_BACKLOG
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.scanning import DlpInspector
+    from claude_bottle.bundle.server import Opened
+    from claude_bottle.bundle.settings import BundleSettings
+
+MAX_CLIENTS = 1024
+PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
+
+
+class Bundle:
+    def __init__(self, opened: Opened) -> None:
+        settings = opened.settings
+        self.settings = settings
+        self._opened = opened
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.audit = opened.audit
+        self.gate = EgressGate(
+            settings.allow,
+            settings.deny,
+            mode=settings.mode,
+            pins=settings.pins,
+            ask_timeout=settings.ask_timeout,
+        )
+        self.gate.on_pending = self._on_pending
+        self.interception = opened.interception
+        # Compiling the DLP engine takes a while: it happens in a thread once the bundle
+        # serves, and every proxy connection waits for it, so nothing leaves unscanned.
+        self._inspector: asyncio.Future[DlpInspector | None] | None = None
+        self._preparing = False
+        self._preparation_timer: asyncio.TimerHandle | None = None
+        self.stats = Stats()
+        self._slots = asyncio.Semaphore(MAX_CLIENTS)
+        # Built on the first gateway connection: h11 and the gateway are not needed to
+        # be ready, and the bottle's command takes a while to make its first call.
+        self._gateway: tuple[Any, Any, Any] | None = None
+
+    def _prepare_inspection(self) -> DlpInspector | None:
+        """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
+        the event loop."""
+        import claude_bottle.bundle.proxy  # noqa: F401 - h11 and the proxy, ~20 ms
+
+        if self.interception is not None:
+            self.interception.warm()
+        return _inspector(self.settings, self.record)
+
+    def _prepare_now(self) -> None:
+        """Start preparing inspection, once: on the first proxy connection, or
+        PREPARE_DELAY after ready, so it does not take CPU from the bottle's start-up
+        (nor from a command that ends sooner, which never needs it)."""
+        if self._preparing:
+            return
+        self._preparing = True
+        if self._preparation_timer is not None:
+            self._preparation_timer.cancel()
+        assert self._loop is not None and self._inspector is not None
+        _in_daemon_thread(self._loop, self._inspector, self._prepare_inspection)
+
+    def _inspection_prepared(self, future: asyncio.Future[DlpInspector | None]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:  # nothing can be inspected: stop, and say why in bundle.log
+            print(f"claude-bottle bundle: cannot inspect traffic: {error}", file=sys.stderr)
+            self._stopping.set()
+
+    def _audit_failed(self, failure: AuditError) -> None:
+        """From the audit log's writer thread: fail closed, nothing leaves unaudited."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    def record(self, kind: str, decision: str, **fields: Any) -> None:
+        try:
+            self.audit.submit(kind, decision, **fields)
+        except AuditError:
+            self._stopping.set()  # fail closed: nothing leaves this bottle unaudited
+            raise
+
+    def _on_pending(self, host: str, port: int) -> None:
+        self.record(
+            "egress",
+            "pending",
+            rule="ask",
+            host=host[:253],
+            port=port,
+            detail={"hint": f"claude-bottle allow {self.settings.bottle} {host[:253]}"},
+        )
+
+    async def _proxy_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        assert self._inspector is not None
+        self._prepare_now()
+        inspector = await asyncio.shield(self._inspector)
+        from claude_bottle.bundle.proxy import ProxyConnection  # loaded by the preparation
+
+        async with self._slots:
+            await ProxyConnection(
+                self.gate,
+                self.record,
+                self.settings.bottle,
+                reader,
+                writer,
+                self.stats,
+                self.interception,
+                inspector,
+            ).serve()
+
+    async def _gateway_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        from claude_bottle.bundle.gateway import AnthropicGateway
+
+        if self._gateway is None:
+            self._gateway = _gateway(self.settings, self.record)
+        upstream, credentials, budget = self._gateway
+        async with self._slots:
+            await AnthropicGateway(
+                upstream, credentials, self.record, reader, writer, budget=budget
+            ).serve()
+
+    async def _control_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            answer = await self._control(json.loads(line[:MAX_LINE]))
+        except (ValueError, TimeoutError, ConnectionError) as exc:
+            answer = {"ok": False, "error": f"bad request: {exc}"}
+        with contextlib.suppress(ConnectionError):
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    async def _control(self, request: Any) -> dict[str, Any]:
+        op = request.get("op") if isinstance(request, dict) else None
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "stats":
+            tokens = {}
+            if self._gateway is not None:
+                budget = self._gateway[2]
+                tokens = {
+                    "input_tokens": budget.input_tokens,
+                    "output_tokens": budget.output_tokens,
+                }
+            return {
+                "ok": True,
+                **self.stats.__dict__,
+                **tokens,
+                "allow": list(self.gate.allowlist.patterns),
+            }
+        if op == "allow":
+            try:
+                pattern = await self.gate.allow(str(request.get("host", "")))
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            self.record(
+                "policy", "info", rule=f"allow:{pattern}", detail={"by": "claude-bottle allow"}
+            )
+            return {"ok": True, "pattern": pattern}
+        if op == "event":
+            detail = request.get("detail")
+            self.record(
+                "lifecycle",
+                "info",
+                rule=str(request.get("rule", ""))[:200],
+                detail=detail if isinstance(detail, dict) else None,
+            )
+            return {"ok": True}
+        if op == "stop":
+            self._stopping.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def run(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        inspector: asyncio.Future[DlpInspector | None] = loop.create_future()
+        self._inspector = inspector  # proxy connections wait for it
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(sig, self._stopping.set)
+        self.audit.on_failure(self._audit_failed)
+        opened = self._opened
+        proxy = await asyncio.start_unix_server(
+            self._proxy_client, sock=opened.proxy, limit=256 * 1024, backlog=PROXY_BACKLOG
+        )
+        control = await asyncio.start_unix_server(self._control_client, sock=opened.control)
+        gateway = None
+        if opened.gateway is not None:
+            gateway = await asyncio.start_unix_server(
+                self._gateway_client, sock=opened.gateway, limit=256 * 1024
+            )
+        # What only traffic needs is prepared after the bottle's start-up, not before it.
+        inspector.add_done_callback(self._inspection_prepared)
+        if not self._preparing:
+            self._preparation_timer = loop.call_later(PREPARE_DELAY, self._prepare_now)
+        async with proxy, control:
+            await self._stopping.wait()
+        if gateway is not None:
+            gateway.close()
+        self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
+        self.audit.close()
+
+
+def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
+    """Upstream, credential provider and token budget of the gateway.
+
+    The credential is read here, in the bundle, from the host: it never passes through
+    a file the bottle can see, nor through the CLI's arguments.
+    """
+    from claude_bottle.bundle.credentials import (
+        CredentialProvider,
+        http_refresher,
+        load_credential,
+    )
+    from claude_bottle.bundle.gateway import GatewayUpstream, TokenBudget
+    from claude_bottle.errors import BottleError
+
+    upstream_host = urlsplit(settings.anthropic_upstream).hostname or ""
+    pin = next((p for p in settings.pins if p.host == upstream_host), None)
+    upstream = GatewayUpstream(
+        settings.anthropic_upstream,
+        ca_file=settings.gateway_ca_file,
+        connect_to=(pin.address, pin.port or 443) if pin is not None else None,
+    )
+    try:
+        credential = load_credential(settings.anthropic_credential, os.environ, Path.home())
+    except BottleError as exc:
+        message = exc.message
+
+        async def unavailable() -> Any:
+            raise BottleError(message)
+
+        return upstream, unavailable, TokenBudget(settings.max_tokens_total)
+    refresher = None
+    if credential.kind == "oauth" and credential.refresh_token:
+        refresher = (
+            http_refresher(settings.oauth_token_url)
+            if settings.oauth_token_url
+            else http_refresher()
+        )
+
+    def on_error(message: str) -> None:
+        record("gateway", "error", rule="gateway:refresh", detail={"reason": message[:300]})
+
+    provider = CredentialProvider(credential, refresher, on_error=on_error)
+    return upstream, provider, TokenBudget(settings.max_tokens_total)
+
+
+def _in_daemon_thread(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], work: Callable[[], T]
+) -> None:
+    """Settle `future` with `work()` from a daemon thread: unlike the default executor,
+    a bundle that is asked to stop never waits for it."""
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = work()
+        except BaseException as exc:  # handed to whoever awaits the future
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
+
+
+def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
+    if not settings.dlp_enabled:
+        return None
+    from claude_bottle.bundle.scanning import default_inspector
+
+    return default_inspector(settings.dlp_patterns, block=settings.dlp_block, record=record)

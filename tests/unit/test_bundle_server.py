@@ -1,0 +1,81 @@
+"""Getting a bundle ready without asyncio, and stopping it before asyncio has loaded."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from claude_bottle.bundle.audit import verify
+from claude_bottle.bundle.server import open_bundle
+from claude_bottle.bundle.settings import BundleSettings
+
+
+def _settings(tmp_path: Path, **extra: object) -> BundleSettings:
+    return BundleSettings(
+        bottle="unit",
+        proxy_socket=str(tmp_path / "proxy.sock"),
+        control_socket=str(tmp_path / "control.sock"),
+        gateway_socket=str(tmp_path / "gateway.sock"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+        allow=("example.test",),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _rules(audit_log: str) -> list[str]:
+    return [json.loads(line)["rule"] for line in Path(audit_log).read_text().splitlines()]
+
+
+def test_opened_bundle_listens_and_has_published_its_ca(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        intercept=True,
+        ca_cert=str(tmp_path / "ca.pem"),
+        ca_bundle=str(tmp_path / "all.pem"),
+    )
+    opened = open_bundle(settings)
+    try:
+        # Connections made before anything serves wait in the backlog, not refused.
+        for path in (settings.proxy_socket, settings.control_socket, settings.gateway_socket):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+        assert stat.S_IMODE(Path(settings.proxy_socket).stat().st_mode) == 0o666
+        assert stat.S_IMODE(Path(settings.control_socket).stat().st_mode) & 0o077 == 0
+        ca = (tmp_path / "ca.pem").read_bytes()
+        assert ca.startswith(b"-----BEGIN CERTIFICATE-----")
+        assert (tmp_path / "all.pem").read_bytes().endswith(ca)
+        opened.audit.sync()
+        assert _rules(settings.audit_log) == ["bundle-start"]
+    finally:
+        opened.close()
+
+
+def test_stop_before_serving_still_ends_the_audit_log(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    settings_file = tmp_path / "bundle.json"
+    settings.dump(settings_file)
+    # What `serve` does up to ready, then a SIGTERM before asyncio is even imported.
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time
+        from pathlib import Path
+        from claude_bottle.bundle.server import _stop_on_signals, open_bundle
+        from claude_bottle.bundle.settings import BundleSettings
+
+        opened = open_bundle(BundleSettings.load(Path({str(settings_file)!r})))
+        _stop_on_signals(opened)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        raise SystemExit(3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "asyncio" not in done.stderr.decode()
+    assert _rules(settings.audit_log) == ["bundle-start", "bundle-stop"]
+    assert verify(Path(settings.audit_log)).ok
