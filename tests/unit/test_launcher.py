@@ -6,12 +6,15 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import claude_bottle
 from claude_bottle.bundle import launcher
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.errors import LaunchError
@@ -45,10 +48,33 @@ def _ping(control_socket: str) -> dict[str, object]:
         return answer
 
 
+def _prestarted_process() -> launcher.BundleProcess:
+    early = launcher.prestarted()
+    assert early is not None
+    return early.process
+
+
+def test_nothing_heavy_loads_before_the_bundle_is_forked() -> None:
+    """What the entry point imports before the fork, the bundle's start waits for too."""
+    # -S: without site, which on some machines loads half the standard library itself.
+    package_parent = str(Path(claude_bottle.__file__).parent.parent)
+    script = (
+        "import sys; before = set(sys.modules)\n"
+        f"sys.path.insert(0, {package_parent!r})\n"
+        "import claude_bottle.cli.entry, claude_bottle.backend.registry\n"
+        "import claude_bottle.bundle.prestart\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True)
+    loaded = set(done.stdout.split())
+    assert "claude_bottle.bundle.prestart" in loaded
+    heavy = {"typing", "pathlib", "subprocess", "json", "collections", "re", "click", "asyncio"}
+    assert not loaded & heavy
+
+
 def test_prestarted_bundle_serves_the_settings_handed_to_it(tmp_path: Path) -> None:
     launcher.prestart_bundle(die_with_parent=True)
-    assert launcher._early is not None
-    early_pid = launcher._early.process.pid
+    early_pid = _prestarted_process().pid
     settings, path = _settings(tmp_path)
     process = launcher.spawn_bundle(
         path, tmp_path / "bundle.log", die_with_parent=True
@@ -64,17 +90,15 @@ def test_prestarted_bundle_serves_the_settings_handed_to_it(tmp_path: Path) -> N
 
 def test_unused_prestarted_bundle_goes_away(tmp_path: Path) -> None:
     launcher.prestart_bundle(die_with_parent=True)
-    assert launcher._early is not None
-    process = launcher._early.process
+    process = _prestarted_process()
     launcher.discard_prestarted()
     assert process.wait(5) is not None
-    assert launcher._early is None
+    assert launcher.prestarted() is None
 
 
 def test_prestart_for_another_lifetime_is_not_used(tmp_path: Path) -> None:
     launcher.prestart_bundle(die_with_parent=True)
-    assert launcher._early is not None
-    early = launcher._early.process
+    early = _prestarted_process()
     _, path = _settings(tmp_path)
     process = launcher.spawn_bundle(path, tmp_path / "b.log", die_with_parent=False).wait_ready()
     try:
@@ -100,8 +124,7 @@ def test_prestarted_bundle_keeps_none_of_the_launchers_descriptors(tmp_path: Pat
     marker = tmp_path / "held-by-the-cli"
     with marker.open("w"):
         launcher.prestart_bundle(die_with_parent=True)
-    assert launcher._early is not None
-    pid = launcher._early.process.pid
+    pid = _prestarted_process().pid
     fd_dir = Path(f"/proc/{pid}/fd")
 
     def held() -> set[str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING
 
 from claude_bottle.errors import ConfigError
 
-if TYPE_CHECKING:  # importing it costs ~50 ms; the CLI asks `runs_host_bundle` before that
+# The entry point asks `runs_host_bundle` before it forks the bundle: nothing heavy here,
+# not even `typing`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     from claude_bottle.backend.base import BottleBackend
 
 # name -> "module:Class"; importing a backend is deferred until it is used.

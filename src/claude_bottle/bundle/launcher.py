@@ -9,11 +9,11 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Protocol
 
+from claude_bottle.bundle import prestart
 from claude_bottle.errors import LaunchError
 
 READY_TIMEOUT = 15.0
@@ -123,20 +123,23 @@ _early: EarlyBundle | None = None
 
 
 def prestart_bundle(*, die_with_parent: bool) -> None:
-    """Start a bundle now for the next `spawn_bundle` of this process to use."""
+    """Start a bundle now for the next `spawn_bundle` of this process to use: forked
+    (`prestart`) where that is safe, else exec'd."""
     global _early
     discard_prestarted()
+    if prestart.fork_bundle(die_with_parent=die_with_parent):
+        return
     handoff_r, handoff_w = os.pipe()
     ready_r, ready_w = os.pipe()
     # Where it writes until it learns its log file; the EarlyBundle owns it from here.
+    import tempfile  # only off the forked path
+
     early_log = tempfile.TemporaryFile()  # noqa: SIM115
     process: BundleProcess | None
     try:
-        process = _fork_bundle(handoff_r, ready_w, early_log, die_with_parent)
-        if process is None:
-            process = _popen_bundle(
-                ["--handoff-fd", str(handoff_r)], handoff_r, ready_w, early_log, die_with_parent
-            )
+        process = _popen_bundle(
+            ["--handoff-fd", str(handoff_r)], handoff_r, ready_w, early_log, die_with_parent
+        )
     except OSError:
         process = None
     os.close(handoff_r)
@@ -149,10 +152,25 @@ def prestart_bundle(*, die_with_parent: bool) -> None:
     _early = EarlyBundle(process, handoff_w, ready_r, early_log, die_with_parent)
 
 
+def prestarted() -> EarlyBundle | None:
+    """The bundle prestarted for this process, if any (a forked one is adopted here)."""
+    global _early
+    forked = prestart.take()
+    if forked is not None:
+        _early = EarlyBundle(
+            ForkedBundle(forked.pid),
+            forked.handoff_fd,
+            forked.ready_fd,
+            os.fdopen(forked.log_fd, "w+b"),
+            forked.die_with_parent,
+        )
+    return _early
+
+
 def discard_prestarted() -> None:
     """Stop a prestarted bundle nobody used (the backend runs its bundle elsewhere)."""
     global _early
-    early, _early = _early, None
+    early, _early = prestarted(), None
     if early is not None:
         early.discard()
 
@@ -160,7 +178,7 @@ def discard_prestarted() -> None:
 def spawn_bundle(settings_file: Path, log_file: Path, *, die_with_parent: bool) -> PendingBundle:
     """Start the bundle process; call `.wait_ready()` before the bottle's command runs."""
     global _early
-    early, _early = _early, None
+    early, _early = prestarted(), None
     if early is not None:
         if early.die_with_parent == die_with_parent and early.process.poll() is None:
             return early.hand_off(settings_file, log_file)
@@ -194,64 +212,8 @@ def _popen_bundle(
     )
 
 
-def _fork_bundle(
-    handoff_fd: int, ready_fd: int, output: IO[bytes], die_with_parent: bool
-) -> ForkedBundle | None:
-    """A bundle forked from this process, which has not loaded the CLI yet; None where
-    forking is not safe (not Linux, or other threads running), for `_popen_bundle`.
-
-    A fork skips what an exec'd interpreter repeats before its first import (start-up
-    and site-packages, 20-80 ms). The child imports the bundle and never returns here.
-    """
-    threading = sys.modules.get("threading")
-    if not sys.platform.startswith("linux") or (threading and threading.active_count() > 1):
-        return None
-    parent = os.getpid()
-    pid = os.fork()
-    if pid:
-        return ForkedBundle(pid)
-    code = 1
-    try:
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(output.fileno(), 1)
-        os.dup2(output.fileno(), 2)
-        _close_fds_except({0, 1, 2, handoff_fd, ready_fd})
-        # The parent's streams may not be its fds 1 and 2 (pytest's capture is not).
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-        from claude_bottle.bundle import server
-
-        server.serve(handoff_fd, ready_fd=ready_fd, parent_pid=parent if die_with_parent else None)
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
-
-
-def _close_fds_except(keep: set[int]) -> None:
-    """Close every descriptor but `keep`: the child must not hold the CLI's pipe ends
-    (an unused prestart exits when its handoff pipe closes) nor anything inherited."""
-    low = 0
-    for fd in sorted(keep):
-        if fd > low:  # os.closerange(n, n) would close everything from n up
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-
-
 class ForkedBundle:
-    """A bundle forked by `_fork_bundle`: the `Popen` calls the launcher and backends use."""
+    """A bundle forked by `prestart`: the `Popen` calls the launcher and backends use."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid

@@ -7,7 +7,9 @@ that overlaps with it. Only this module and what it imports run before the spawn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+TYPE_CHECKING = False  # `typing` and `collections.abc` are not loaded before the fork
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # `run` options that take a value, so the value is not taken for the command's start.
 # tests/unit/test_entry.py checks this against the options click defines for `run`.
@@ -59,9 +61,12 @@ def _prestart_for(guess: RunGuess) -> None:
     from claude_bottle.backend import registry
 
     if registry.runs_host_bundle(guess.backend or registry.default_name()):
-        from claude_bottle.bundle import launcher
+        from claude_bottle.bundle import prestart
 
-        launcher.prestart_bundle(die_with_parent=not guess.detach)
+        if not prestart.fork_bundle(die_with_parent=not guess.detach):
+            from claude_bottle.bundle import launcher
+
+            launcher.prestart_bundle(die_with_parent=not guess.detach)
 
 
 def main() -> None:
