@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -32,7 +31,7 @@ def _say(message: str) -> None:
 def default_name(workspace: Path) -> str:
     base = "".join(c if c.isalnum() or c in "._-" else "-" for c in workspace.name.lower())
     base = base.strip("-._")[:50] or "bottle"
-    return f"{base}-{secrets.token_hex(3)[:5]}"
+    return f"{base}-{os.urandom(3).hex()[:5]}"  # not `secrets`: its import is ~7 ms
 
 
 def _prepare(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -221,6 +220,8 @@ def _main(argv: Sequence[str] | None) -> None:
         sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
     except BottleError as exc:
         if debug:
+            import traceback  # ~10 ms, for --debug only
+
             traceback.print_exc()
         print(f"claude-bottle: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -191,6 +190,8 @@ class TrustStore:
         body = json.dumps(
             {"version": _STORE_VERSION, "files": dict(sorted(entries.items()))}, indent=2
         )
+        import tempfile  # only when the store changes, not on every run
+
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
