@@ -43,6 +43,30 @@ RESOLV_CONF = "# claude-bottle: the bottle has no DNS; only the bundle resolves 
 EXEC_READY_TIMEOUT = 10.0
 
 
+def compiled_relay() -> Path:
+    """Where the relay's bytecode is cached: keyed, like Python's own pyc files, by the
+    source's size and mtime, and by the magic number of this interpreter, which is the
+    one the bottle runs it with (`_python`)."""
+    from importlib.util import MAGIC_NUMBER
+
+    source = RELAY_SCRIPT.stat()
+    name = f"relay-{MAGIC_NUMBER.hex()}-{source.st_size}-{source.st_mtime_ns}.pyc"
+    return paths.cache_root() / "relay" / name
+
+
+def _compile_relay(target: Path) -> None:
+    """Compile the relay once per installation. Run from source, as a script, it would be
+    compiled at every bottle start (~15 ms before the bottle's command can run)."""
+    if target.exists():
+        return
+    import py_compile
+
+    paths.make_private_dir(target.parent)
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    py_compile.compile(str(RELAY_SCRIPT), cfile=str(partial), dfile="relay.py", doraise=True)
+    os.replace(partial, target)
+
+
 def _python() -> tuple[str, Path]:
     """The interpreter running claude-bottle (real file, not a venv shim) and its stdlib prefix."""
     base = getattr(sys, "_base_executable", sys.executable)
@@ -98,7 +122,7 @@ class NamespaceBackend(BottleBackend):
             home_source=str(state_dir / "home"),
             bundle_dir=str(runtime_dir / "bundle"),
             exec_dir=str(runtime_dir / "exec"),
-            relay_script=str(RELAY_SCRIPT),
+            relay_bytecode=str(compiled_relay()),
             python=python,
             relay_port=RELAY_PORT,
             masked=masked,
@@ -163,6 +187,7 @@ class NamespaceBackend(BottleBackend):
             # Exists before bwrap binds it; the bundle fills it in place before it is ready.
             Path(plan.bwrap.ca_bundle).touch(mode=0o644)
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+        _compile_relay(Path(plan.bwrap.relay_bytecode))
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
 
         settings = BundleSettings(

@@ -18,7 +18,7 @@ class BwrapSpec:
     home_source: str  # host dir backing it (per-bottle, writable)
     bundle_dir: str  # host dir with the bundle's sockets (read-only inside)
     exec_dir: str  # host dir where process 1 creates its exec socket
-    relay_script: str
+    relay_bytecode: str  # the relay compiled for `python` (`compiled_relay`)
     python: str
     relay_port: int
     masked: tuple[str, ...]  # host dirs hidden behind an empty tmpfs
@@ -79,8 +79,8 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
         spec.exec_dir,
         f"{BOTTLE_RUN}/exec",
         "--ro-bind",
-        spec.relay_script,
-        f"{BOTTLE_RUN}/relay.py",
+        spec.relay_bytecode,
+        f"{BOTTLE_RUN}/relay.pyc",
         "--chdir",
         spec.workspace,
         "--clearenv",
@@ -98,7 +98,7 @@ def relay_argv(python: str, relay_port: int) -> Sequence[str]:
         python,
         "-I",
         "-S",
-        f"{BOTTLE_RUN}/relay.py",
+        f"{BOTTLE_RUN}/relay.pyc",
         "--listen",
         f"{relay_port}={BOTTLE_RUN}/bundle/proxy.sock",
         "--listen",

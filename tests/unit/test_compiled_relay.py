@@ -1,0 +1,47 @@
+"""The namespace bottle runs its relay from bytecode compiled once, not from source."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.backend.namespace import backend
+
+
+@pytest.fixture
+def relay_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    source = tmp_path / "src" / "relay.py"
+    source.parent.mkdir()
+    shutil.copy(backend.RELAY_SCRIPT, source)
+    monkeypatch.setattr(backend, "RELAY_SCRIPT", source)
+    monkeypatch.setenv("CLAUDE_BOTTLE_CACHE_DIR", str(tmp_path / "cache"))
+    return source
+
+
+def test_compiled_relay_runs_as_the_relay(relay_copy: Path) -> None:
+    target = backend.compiled_relay()
+    backend._compile_relay(target)
+    assert target.parent == relay_copy.parent.parent / "cache" / "relay"
+    assert list(target.parent.iterdir()) == [target]  # no partial file left behind
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(target), "--listen", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 125  # the relay's own usage error, from its bytecode
+    assert "relay:" in done.stderr
+
+
+def test_a_changed_relay_is_compiled_again(relay_copy: Path) -> None:
+    first = backend.compiled_relay()
+    backend._compile_relay(first)
+    relay_copy.write_text(relay_copy.read_text() + "\n# changed\n")
+    second = backend.compiled_relay()
+    assert second != first
+    backend._compile_relay(second)
+    assert second.exists()
