@@ -22,8 +22,6 @@ credential reference, git URLs) are never echoed back.
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import json
 import os
 import re
@@ -249,6 +247,8 @@ def _check(value: object, spec: _Spec, key: str, src: _Source) -> None:
 
 
 def _unknown_key(name: str, spec: _Table, key: str, src: _Source) -> ConfigError:
+    import difflib  # only to word an error
+
     allowed = list(spec.fields)
     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
     if not close:
@@ -369,6 +369,8 @@ class _Merged:
             return name
         known = ", ".join(self.known_backends) or "(none)"
         problem = f"unknown backend {_quote(name)}"
+        import difflib  # only to word an error
+
         close = difflib.get_close_matches(name, self.known_backends, n=1)
         if close:
             problem += f"; did you mean {_quote(close[0])}?"
@@ -580,6 +582,8 @@ def _host_pattern(pattern: str, key: str, src: _Source) -> str:
 
 
 def _resolve_pin(host: str, target: str, key: str, src: _Source) -> ResolvePin:
+    import ipaddress  # only when pins are configured
+
     hint = 'write it as "ADDRESS[:PORT]", e.g. "api.test" = "127.0.0.1:8443" or "[::1]:8443"'
     normalised = _host_pattern(host, key, src)
     is_ip = True

@@ -13,7 +13,6 @@ of whatever it points at.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -89,6 +88,8 @@ def read_config_file(path: Path) -> bytes | None:
 
 
 def digest_of(content: bytes) -> str:
+    import hashlib  # only for project config files, which most workspaces lack
+
     return hashlib.sha256(content).hexdigest()
 
 
