@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import claude_bottle
-from claude_bottle.bundle import launcher
+from claude_bottle.bundle import launcher, prestart
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.errors import LaunchError
 
@@ -140,3 +141,17 @@ def test_prestarted_bundle_keeps_none_of_the_launchers_descriptors(tmp_path: Pat
     assert str(marker) not in held()
     assert os.getsid(pid) == pid  # its own session: a Ctrl-C at the terminal is not its
     launcher.discard_prestarted()  # and it still sees its handoff pipe close
+
+
+def test_fork_refused_leaves_nothing_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without memfd (a seccomp filter may refuse it) the bundle is not forked, and the
+    pipes made for it are closed; the launcher then starts one by exec."""
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.ENOSYS, "memfd_create refused")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    before = sorted(os.listdir("/proc/self/fd"))
+    assert prestart.fork_bundle(die_with_parent=True) is False
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert prestart.take() is None

@@ -39,16 +39,18 @@ def fork_bundle(*, die_with_parent: bool) -> bool:
     threading = sys.modules.get("threading")
     if not sys.platform.startswith("linux") or (threading and threading.active_count() > 1):
         return False
-    handoff_r, handoff_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    log_fd = os.memfd_create("claude-bottle-bundle-early", os.MFD_CLOEXEC)
-    parent = os.getpid()
+    opened: list[int] = []
     try:
+        opened += os.pipe()
+        opened += os.pipe()
+        opened.append(os.memfd_create("claude-bottle-bundle-early", os.MFD_CLOEXEC))
+        parent = os.getpid()
         pid = os.fork()
-    except OSError:
-        for fd in (handoff_r, handoff_w, ready_r, ready_w, log_fd):
+    except OSError:  # out of descriptors or processes, or no memfd (a seccomp filter)
+        for fd in opened:
             os.close(fd)
         return False
+    handoff_r, handoff_w, ready_r, ready_w, log_fd = opened
     if pid == 0:
         _serve_in_child(handoff_r, ready_w, log_fd, parent if die_with_parent else None)
     os.close(handoff_r)
