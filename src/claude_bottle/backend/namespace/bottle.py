@@ -48,22 +48,17 @@ class NamespaceBottle(Bottle):
         return ExecSession(self.exec_socket, argv, self.env, self.workspace, fds, tty)
 
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
-        if tty:
-            holder: list[ExecSession] = []
+        # Forwarding starts before the command does: a signal that arrives while it is being
+        # started (the command may already run and print) waits for it, not kills the CLI.
+        deferred = _DeferredSignals()
+        with _forward_signals(deferred, tty=tty):
+            if tty:
 
-            def start(slave: int) -> ExecSession:
-                holder.append(self._session(argv, (slave, slave, slave), True))
-                return holder[0]
+                def start(slave: int) -> ExecSession:
+                    return deferred.started(self._session(argv, (slave, slave, slave), True))
 
-            def forward(signum: int) -> None:
-                if holder:
-                    holder[0].signal(signum)
-
-            with _forward_signals(forward, tty=True):
                 return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
-        session = self._session(argv, (0, 1, 2), False)
-        with _forward_signals(session.signal, tty=False):
-            return session.wait()
+            return deferred.started(self._session(argv, (0, 1, 2), False)).wait()
 
     def exec(self, script: str, timeout: float | None = None) -> ExecResult:
         return self.exec_argv(["/bin/sh", "-c", script], timeout=timeout)
@@ -144,6 +139,26 @@ class NamespaceBottle(Bottle):
 
     def close(self) -> None:
         """A handle holds no resources; launch's context tears the bottle down."""
+
+
+class _DeferredSignals:
+    """Signals for a session that is being started: kept, and delivered once it has."""
+
+    def __init__(self) -> None:
+        self._session: ExecSession | None = None
+        self._pending: list[int] = []
+
+    def __call__(self, signum: int) -> None:
+        if self._session is None:
+            self._pending.append(signum)
+        else:
+            self._session.signal(signum)
+
+    def started(self, session: ExecSession) -> ExecSession:
+        self._session = session  # first: a signal arriving from here on goes straight to it
+        while self._pending:
+            session.signal(self._pending.pop(0))
+        return session
 
 
 class _forward_signals:

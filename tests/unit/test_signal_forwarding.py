@@ -1,0 +1,28 @@
+"""Signals the CLI gets while the bottle's command is being started are not lost."""
+
+from __future__ import annotations
+
+import signal
+from typing import cast
+
+from claude_bottle.backend.namespace.bottle import _DeferredSignals
+from claude_bottle.execproto import ExecSession
+
+
+class RecordingSession:
+    """Stands in for an ExecSession: records the signals it is asked to deliver."""
+
+    def __init__(self) -> None:
+        self.delivered: list[int] = []
+
+    def signal(self, signum: int) -> None:
+        self.delivered.append(signum)
+
+
+def test_a_signal_before_the_command_started_is_delivered_once_it_has() -> None:
+    deferred = _DeferredSignals()
+    deferred(signal.SIGTERM)  # arrives while the exec request is still on its way
+    session = RecordingSession()
+    assert deferred.started(cast(ExecSession, session)) is session
+    deferred(signal.SIGHUP)
+    assert session.delivered == [signal.SIGTERM, signal.SIGHUP]
