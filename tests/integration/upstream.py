@@ -25,14 +25,27 @@ class Received:
 class RecordingHTTPServer:
     host: str = "127.0.0.1"
     requests: list[Received] = field(default_factory=list)
+    # Close a kept-alive connection when its second request arrives, unanswered: what a
+    # server whose keep-alive timeout has just expired does.
+    drop_second_request: bool = False
+    connections: int = 0
 
     def __post_init__(self) -> None:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            served = 0
+
+            def setup(self) -> None:
+                super().setup()
+                outer.connections += 1
 
             def _handle(self) -> None:
+                self.served += 1
+                if outer.drop_second_request and self.served == 2:
+                    self.close_connection = True
+                    return
                 if "chunked" in self.headers.get("transfer-encoding", "").lower():
                     body = self._read_chunked()
                 else:

@@ -126,6 +126,49 @@ def test_keep_alive_serves_several_requests(
     assert [r.path for r in upstream.requests] == ["/1", "/2"]
 
 
+def _get(bundle: RunningBundle, path: str) -> bytes:
+    return bundle.request(
+        f"GET http://allowed.test{path} HTTP/1.1\r\nHost: allowed.test\r\n\r\n".encode()
+    )
+
+
+def test_new_client_connections_reuse_the_parked_upstream(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    for path in ("/1", "/2", "/3"):  # three client connections, one after the other
+        assert _get(bundle, path).startswith(b"HTTP/1.1 200")
+    assert [r.path for r in upstream.requests] == ["/1", "/2", "/3"]
+    assert upstream.connections == 1
+    assert bundle.bundle is not None and bundle.bundle.stats.upstreams_reused == 2
+
+
+def test_reused_upstream_closed_by_the_server_is_replayed_for_a_get(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    upstream.drop_second_request = True  # its keep-alive ran out as the request came
+    assert _get(bundle, "/1").startswith(b"HTTP/1.1 200")
+    second = _get(bundle, "/2")
+    assert second.startswith(b"HTTP/1.1 200")
+    assert b"hello from upstream /2" in second
+    assert [r.path for r in upstream.requests] == ["/1", "/2"]
+    assert upstream.connections == 2
+
+
+def test_request_with_a_body_is_never_replayed(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    upstream.drop_second_request = True
+    assert _get(bundle, "/1").startswith(b"HTTP/1.1 200")
+    reply = bundle.request(
+        b"POST http://allowed.test/p HTTP/1.1\r\nHost: allowed.test\r\n"
+        b"Content-Length: 4\r\n\r\nbody"
+    )
+    assert reply.startswith(b"HTTP/1.1 502")
+    assert b"x-claude-bottle-block: error:upstream" in reply.lower()
+    assert [r.path for r in upstream.requests] == ["/1"]  # it may have run once; not twice
+    assert upstream.connections == 1
+
+
 def test_chunked_request_body_is_forwarded(
     bundle: RunningBundle, upstream: RecordingHTTPServer
 ) -> None:

@@ -25,6 +25,7 @@ class Stats:
     requests: int = 0
     tunnels: int = 0
     blocked: int = 0
+    upstreams_reused: int = 0  # requests that took a parked upstream connection
 
 
 def call(control_socket: Path, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:

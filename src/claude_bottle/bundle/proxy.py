@@ -24,6 +24,7 @@ import h11
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
 from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
+from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.tunnel import relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -35,6 +36,9 @@ HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
 IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
 CONNECT_TIMEOUT = 10.0
 TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry plain HTTP
+# Sent again, on a new connection, when a reused one turns out to have been closed by the
+# server before it answered (the usual keep-alive race): safe, and only without a body.
+REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 HOP_BY_HOP = frozenset(
     {
@@ -89,16 +93,36 @@ def _filtered_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return kept
 
 
+class _StaleUpstream(Exception):
+    """A reused upstream connection was closed before it answered a replayable request."""
+
+
+def _pool_key(dest: Destination) -> PoolKey:
+    return (dest.address, dest.connect_port, dest.tls, dest.host)
+
+
 class Upstream:
-    """One keep-alive connection to an origin server, reused while the destination is the same."""
+    """One keep-alive connection to an origin server, reused while the destination is the
+    same, and parked in the bundle's pool when its client goes."""
 
     def __init__(
         self, dest: Destination, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.dest = dest
+        self.key = _pool_key(dest)
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.reused = False  # it has carried a whole exchange before
+
+    def alive(self) -> bool:
+        """Idle between exchanges, and not closed by either side as far as we know."""
+        return (
+            self.conn.our_state is h11.IDLE
+            and self.conn.their_state is h11.IDLE
+            and not self.writer.is_closing()
+            and not self.reader.at_eof()
+        )
 
     def close(self) -> None:
         self.writer.close()
@@ -123,7 +147,9 @@ class ProxyConnection:
         stats: Stats,
         interception: Interception | None = None,
         inspector: DlpInspector | None = None,
+        pool: UpstreamPool | None = None,
     ) -> None:
+        self.pool = pool
         self.inspector = inspector
         self.interception = interception
         self.intercepted: Destination | None = None  # set once a CONNECT is intercepted
@@ -163,7 +189,7 @@ class ProxyConnection:
             pass
         finally:
             if self.upstream is not None:
-                self.upstream.close()
+                self._release(self.upstream)
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
@@ -378,7 +404,15 @@ class ProxyConnection:
             return False
         try:
             upstream = await self._upstream_for(dest)
-            status, up_bytes, down_bytes = await self._exchange(request, upstream, origin_target)
+            try:
+                status, up_bytes, down_bytes = await self._exchange(
+                    request, upstream, origin_target
+                )
+            except _StaleUpstream:
+                upstream = await self._upstream_for(dest, fresh=True)
+                status, up_bytes, down_bytes = await self._exchange(
+                    request, upstream, origin_target, replay=True
+                )
         except Blocked as exc:
             await self._deny(method, dest.host, dest.port, origin_target, exc)
             return False
@@ -427,27 +461,37 @@ class ProxyConnection:
             path = "/" + path
         return dest, path
 
-    async def _upstream_for(self, dest: Destination) -> Upstream:
+    async def _upstream_for(self, dest: Destination, *, fresh: bool = False) -> Upstream:
+        """This connection's upstream if it goes to `dest`, else a parked one to `dest`,
+        else a new one (always a new one when `fresh`)."""
+        key = _pool_key(dest)
         current = self.upstream
         if current is not None:
-            reusable = (
-                current.dest.address == dest.address
-                and current.dest.connect_port == dest.connect_port
-                and current.dest.tls == dest.tls
-                and current.dest.host == dest.host
-                and current.conn.our_state is h11.IDLE
-            )
-            if reusable:
+            if not fresh and current.key == key and current.alive():
                 return current
-            current.close()
+            self._release(current)
             self.upstream = None
+        parked = None if fresh or self.pool is None else self.pool.take(key)
+        if isinstance(parked, Upstream):
+            self.stats.upstreams_reused += 1
+            self.upstream = parked
+            return parked
         reader, writer = await self._open(dest)
         self.upstream = Upstream(dest, reader, writer)
         return self.upstream
 
+    def _release(self, upstream: Upstream) -> None:
+        """Park an idle upstream for the next client going the same way, or close it."""
+        if self.pool is not None and upstream.alive():
+            self.pool.give(upstream.key, upstream)
+        else:
+            upstream.close()
+
     async def _exchange(
-        self, request: h11.Request, upstream: Upstream, origin_target: str
+        self, request: h11.Request, upstream: Upstream, origin_target: str, *, replay: bool = False
     ) -> tuple[int, int, int]:
+        """Send the request upstream and its response back. With `replay`, the request's
+        (empty) body was already read from the client, for an upstream that failed it."""
         dest = upstream.dest
         default_port = 443 if dest.tls else 80
         host_header = dest.host if dest.port == default_port else f"{dest.host}:{dest.port}"
@@ -480,7 +524,7 @@ class ProxyConnection:
             )
         up_bytes = 0
         try:
-            while True:
+            while not replay:
                 event = await self._client_event(IDLE_TIMEOUT)
                 if isinstance(event, h11.Data):
                     up_bytes += len(event.data)
@@ -495,16 +539,35 @@ class ProxyConnection:
                     break
                 else:
                     raise ConnectionError("client went away mid-request")
+            if replay:
+                await send_upstream(h11.EndOfMessage())
         except Blocked:
             # The upstream saw a request that never completes; it must not be reused.
             upstream.close()
             self.upstream = None
             raise
-        response = await upstream.next_event()
-        while isinstance(response, h11.InformationalResponse):
+        replayable = (
+            upstream.reused
+            and not replay
+            and up_bytes == 0
+            and request.method in REPLAYABLE_METHODS
+        )
+        problem = "closed the connection before answering"
+        try:
             response = await upstream.next_event()
+            while isinstance(response, h11.InformationalResponse):
+                response = await upstream.next_event()
+        except h11.RemoteProtocolError:
+            response, problem = None, "sent an invalid response"
+        except ConnectionError:
+            response = None
         if not isinstance(response, h11.Response):
-            raise Blocked("error:upstream", f"{dest.host} closed the connection", 502)
+            upstream.close()
+            self.upstream = None
+            if replayable:
+                raise _StaleUpstream
+            # Nothing went to the client yet: it gets an answer, not a dropped connection.
+            raise Blocked("error:upstream", f"{dest.host} {problem}", 502)
         # What the upstream already sent goes to the client in one write (a small response
         # is one send, not three); we flush before waiting for more, and every READ_SIZE.
         out = bytearray(
@@ -536,6 +599,7 @@ class ProxyConnection:
                 raise ConnectionError("upstream went away mid-response")
         if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
             upstream.conn.start_next_cycle()
+            upstream.reused = True
         else:
             upstream.close()
             self.upstream = None

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from claude_bottle.bundle.audit import AuditError
 from claude_bottle.bundle.control import MAX_LINE, Stats
 from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.pool import UpstreamPool
 from claude_bottle.bundle.server import PROXY_BACKLOG
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ class Bundle:
         self._preparing = False
         self._preparation_timer: asyncio.TimerHandle | None = None
         self.stats = Stats()
+        self.pool = UpstreamPool()  # idle upstream connections, shared by all clients
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         # Built on the first gateway connection: h11 and the gateway are not needed to
         # be ready, and the bottle's command takes a while to make its first call.
@@ -130,6 +132,7 @@ class Bundle:
                 self.stats,
                 self.interception,
                 inspector,
+                self.pool,
             ).serve()
 
     async def _gateway_client(
@@ -225,6 +228,7 @@ class Bundle:
             await self._stopping.wait()
         if gateway is not None:
             gateway.close()
+        self.pool.close()
         self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
         self.audit.close()
 
