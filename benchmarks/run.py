@@ -997,6 +997,13 @@ NOTES = """
      (~25 ms of CLI imports); the exec socket is polled every 1 ms instead of 5.
    - Together, paired per round against srt: 0.547 → 0.510 (30 rounds), and the
      installed tree from 0.62 (development interpreter, last session's method) to ~0.51.
+8. Small requests, new connection: the bundle parks an upstream connection its client left
+   idle (`bundle/pool.py`) and hands it to the next request for the same destination (same
+   address, port, TLS and server name, after the gate). A reused connection that the server
+   closed just as a request came is retried once on a new one, for bodyless GET, HEAD and
+   OPTIONS only. New-connection p50 added, A/B against the session's first bundle (the
+   benchmark's own client, 2 alternating runs of 500 requests): +1.19/+1.22 → +0.69/+0.76
+   ms; keep-alive unchanged (+0.63/+0.56 → +0.61/+0.48 ms).
 
 ## What is left
 
@@ -1008,9 +1015,10 @@ NOTES = """
   with them. What would still cut CPU: the per-bottle CA minted without importing
   `cryptography.x509` (~60 ms in the bundle), fewer dataclasses on the run path, or a
   long-lived per-user bundle server.
-- Small requests: h11 parses and frames each request four times (~130 µs of the added
-  latency, measured apart); a C parser (httptools) and an upstream connection pool shared
-  across client connections (for the new-connection case) are the next levers.
+- Small requests: what the event loop spends per request is now mostly its two socket
+  writes and h11 (parsing and framing each request four times, ~130 µs measured apart);
+  py-spy shows nothing else above 3 %. The keep-alive figure moves between +0.48 and +0.64
+  ms with the machine's phase. A C parser (httptools) is the next lever for both cases.
 - Interception costs most on bulk downloads (see the TLS page): OpenSSL plus asyncio's
   pure-Python TLS transport and its stream buffers bound one bundle to about one core.
 - The docker backend pays for two containers, a network and a volume per bottle, against one
