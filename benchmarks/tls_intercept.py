@@ -749,8 +749,11 @@ NOTES = """
   upstream side) and is an egress decision with its own audit record; a plain tunnel relays opaque
   bytes and writes one record when it closes. The bundles' audit logs live in the system temp
   directory (its filesystem type is in the Method section).
-- A new intercepted connection pays two TLS handshakes (client to bundle with the minted leaf,
-  bundle to upstream with verification) and two audit records (the CONNECT and the request).
+- A new intercepted connection pays the TLS handshake with the bottle (the minted leaf) and two
+  audit records (the CONNECT and the request). The handshake with the upstream is paid once: the
+  bundle parks an upstream connection its client left idle and hands it to the next request for
+  the same host (`bundle/pool.py`). Before the pool, this row was 11.30 ms against 6.07 through
+  a plain tunnel (11:18 run).
 """
 
 
