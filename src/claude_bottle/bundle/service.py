@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from claude_bottle.bundle.settings import BundleSettings
 
 MAX_CLIENTS = 1024
+CLIENT_END_SECONDS = 2.0  # how long a stopping bundle waits for its cancelled clients
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
 
 
@@ -61,6 +63,8 @@ class Bundle:
         self.stats = Stats()
         self.pool = UpstreamPool()  # idle upstream connections, shared by all clients
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
+        self._clients: set[asyncio.Task[None]] = set()  # ended when the bundle stops
+        self._ending = False
         # Built on the first gateway connection: h11 and the gateway are not needed to
         # be ready, and the bottle's command takes a while to make its first call.
         self._gateway: tuple[Any, Any, Any] | None = None
@@ -113,6 +117,30 @@ class Bundle:
             port=port,
             detail={"hint": f"claude-bottle allow {self.settings.bottle} {host[:253]}"},
         )
+
+    def _client(self, handler: ClientHandler) -> ClientHandler:
+        """`handler` as a server callback whose connection ends when the bundle stops,
+        even if it is still waiting (for the DLP engine, an upstream, an approval)."""
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._clients.add(task)
+            try:
+                if not self._ending:  # else it was accepted as the bundle stopped
+                    await handler(reader, writer)
+            finally:
+                self._clients.discard(task)
+                writer.close()  # a no-op if the handler closed it; else its client would wait
+
+        return serve
+
+    async def _end_clients(self) -> None:
+        self._ending = True
+        for task in self._clients:
+            task.cancel()
+        if self._clients:
+            await asyncio.wait(self._clients, timeout=CLIENT_END_SECONDS)
 
     async def _proxy_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -212,13 +240,18 @@ class Bundle:
         self.audit.on_failure(self._audit_failed)
         opened = self._opened
         proxy = await asyncio.start_unix_server(
-            self._proxy_client, sock=opened.proxy, limit=256 * 1024, backlog=PROXY_BACKLOG
+            self._client(self._proxy_client),
+            sock=opened.proxy,
+            limit=256 * 1024,
+            backlog=PROXY_BACKLOG,
         )
-        control = await asyncio.start_unix_server(self._control_client, sock=opened.control)
+        control = await asyncio.start_unix_server(
+            self._client(self._control_client), sock=opened.control
+        )
         gateway = None
         if opened.gateway is not None:
             gateway = await asyncio.start_unix_server(
-                self._gateway_client, sock=opened.gateway, limit=256 * 1024
+                self._client(self._gateway_client), sock=opened.gateway, limit=256 * 1024
             )
         # What only traffic needs is prepared after the bottle's start-up, not before it.
         inspector.add_done_callback(self._inspection_prepared)
@@ -228,6 +261,7 @@ class Bundle:
             await self._stopping.wait()
         if gateway is not None:
             gateway.close()
+        await self._end_clients()
         self.pool.close()
         self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
         self.audit.close()
