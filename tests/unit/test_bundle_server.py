@@ -13,18 +13,11 @@ from pathlib import Path
 from claude_bottle.bundle.audit import verify
 from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.settings import BundleSettings
+from tests.unit.bundle_settings import bundle_settings
 
 
 def _settings(tmp_path: Path, **extra: object) -> BundleSettings:
-    return BundleSettings(
-        bottle="unit",
-        proxy_socket=str(tmp_path / "proxy.sock"),
-        control_socket=str(tmp_path / "control.sock"),
-        gateway_socket=str(tmp_path / "gateway.sock"),
-        audit_log=str(tmp_path / "audit.jsonl"),
-        allow=("example.test",),
-        **extra,  # type: ignore[arg-type]
-    )
+    return bundle_settings(tmp_path, gateway_socket=str(tmp_path / "gateway.sock"), **extra)
 
 
 def _rules(audit_log: str) -> list[str]:

@@ -19,6 +19,7 @@ import claude_bottle
 from claude_bottle.bundle import launcher, prestart
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.errors import LaunchError
+from tests.unit.bundle_settings import bundle_settings
 
 
 @pytest.fixture(autouse=True)
@@ -28,13 +29,7 @@ def no_leftover_prestart() -> Iterator[None]:
 
 
 def _settings(tmp_path: Path) -> tuple[BundleSettings, Path]:
-    settings = BundleSettings(
-        bottle="unit",
-        proxy_socket=str(tmp_path / "proxy.sock"),
-        control_socket=str(tmp_path / "control.sock"),
-        audit_log=str(tmp_path / "audit.jsonl"),
-        allow=("example.test",),
-    )
+    settings = bundle_settings(tmp_path)
     path = tmp_path / "bundle.json"
     settings.dump(path)
     return settings, path

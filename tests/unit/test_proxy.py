@@ -26,6 +26,7 @@ from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.service import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from tests.integration.upstream import RecordingHTTPServer
+from tests.unit.bundle_settings import bundle_settings
 
 
 class RunningBundle:
@@ -85,11 +86,8 @@ def upstream() -> Iterator[RecordingHTTPServer]:
 
 @pytest.fixture
 def bundle(tmp_path: Path, upstream: RecordingHTTPServer) -> Iterator[RunningBundle]:
-    settings = BundleSettings(
-        bottle="unit",
-        proxy_socket=str(tmp_path / "proxy.sock"),
-        control_socket=str(tmp_path / "control.sock"),
-        audit_log=str(tmp_path / "audit.jsonl"),
+    settings = bundle_settings(
+        tmp_path,
         allow=("allowed.test", "*.wild.test"),
         pins=(
             Pin("allowed.test", "127.0.0.1", upstream.port),
@@ -312,16 +310,7 @@ def test_bundle_stops_when_the_audit_log_cannot_be_synced(
 
 def test_stopping_ends_a_request_still_waiting(tmp_path: Path) -> None:
     """A request held for approval (`ask`) is cut when the bundle stops, not left open."""
-    settings = BundleSettings(
-        bottle="unit",
-        proxy_socket=str(tmp_path / "proxy.sock"),
-        control_socket=str(tmp_path / "control.sock"),
-        audit_log=str(tmp_path / "audit.jsonl"),
-        allow=("allowed.test",),
-        mode="ask",
-        ask_timeout=60,
-        dlp_enabled=False,
-    )
+    settings = bundle_settings(tmp_path, mode="ask", ask_timeout=60, dlp_enabled=False)
     running = RunningBundle(settings)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
