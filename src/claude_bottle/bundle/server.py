@@ -2,7 +2,7 @@
 control socket.
 
 Started by the CLI as `python -m claude_bottle.bundle.server SETTINGS.json`, or forked
-from it (`launcher`). It listens only on unix sockets in the bottle's runtime dir, is
+from it (`prestart`). It listens only on unix sockets in the bottle's runtime dir, is
 the only writer of the bottle's audit log, and exits on SIGTERM/SIGINT/SIGHUP after
 writing a final lifecycle record.
 
