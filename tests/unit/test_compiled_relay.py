@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend.namespace import backend
+from claude_bottle.errors import LaunchError
 
 
 @pytest.fixture
@@ -45,3 +46,16 @@ def test_a_changed_relay_is_compiled_again(relay_copy: Path) -> None:
     assert second != first
     backend._compile_relay(second)
     assert second.exists()
+
+
+def test_an_unwritable_cache_is_named_with_the_fix(
+    relay_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    monkeypatch.setenv("CLAUDE_BOTTLE_CACHE_DIR", str(blocker / "cache"))
+    target = backend.compiled_relay()
+    with pytest.raises(LaunchError) as caught:
+        backend._compile_relay(target)
+    assert str(target.parent) in caught.value.message
+    assert "CLAUDE_BOTTLE_CACHE_DIR" in caught.value.hint

@@ -61,10 +61,18 @@ def _compile_relay(target: Path) -> None:
         return
     import py_compile
 
-    paths.make_private_dir(target.parent)
     partial = target.with_name(f".{target.name}.{os.getpid()}")
-    py_compile.compile(str(RELAY_SCRIPT), cfile=str(partial), dfile="relay.py", doraise=True)
-    os.replace(partial, target)
+    try:
+        paths.make_private_dir(target.parent)
+        py_compile.compile(str(RELAY_SCRIPT), cfile=str(partial), dfile="relay.py", doraise=True)
+        os.replace(partial, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise LaunchError(
+            f"cannot write the relay's compiled code to {target.parent}: {exc.strerror}",
+            "make that directory writable, or set CLAUDE_BOTTLE_CACHE_DIR to one that is",
+        ) from exc
 
 
 def _python() -> tuple[str, Path]:
