@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.settings import BundleSettings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -145,7 +148,16 @@ def wait_port(port: int, timeout: float = 20) -> bool:
 
 
 @contextmanager
-def our_bundle(up_port: int, intercept: bool = False) -> Iterator[Proxy]:
+def bundle_process(
+    up_port: int,
+    hosts: tuple[str, ...],
+    *,
+    intercept: bool = False,
+    dlp: bool = False,
+    upstream_ca_file: str | None = None,
+) -> Iterator[tuple[BundleSettings, int]]:
+    """A real bundle process allowing `hosts`, each pinned to the loopback upstream:
+    its settings and pid. With `intercept` it mints its CA into its temporary dir."""
     from claude_bottle.bundle.launcher import start_bundle, stop_process
     from claude_bottle.bundle.settings import BundleSettings, Pin
 
@@ -155,18 +167,27 @@ def our_bundle(up_port: int, intercept: bool = False) -> Iterator[Proxy]:
             proxy_socket=f"{tmp}/proxy.sock",
             control_socket=f"{tmp}/control.sock",
             audit_log=f"{tmp}/audit.jsonl",
-            allow=(HOST,),
-            pins=(Pin(HOST, "127.0.0.1", up_port),),
+            allow=hosts,
+            pins=tuple(Pin(h, "127.0.0.1", up_port) for h in hosts),
             intercept=intercept,
+            ca_cert=f"{tmp}/ca.pem" if intercept else None,
+            upstream_ca_file=upstream_ca_file,
+            dlp_enabled=dlp,
         )
         settings.dump(Path(tmp) / "bundle.json")
         proc = start_bundle(
             Path(tmp) / "bundle.json", Path(tmp) / "bundle.log", die_with_parent=True
         )
         try:
-            yield Proxy("claude-bottle", unix(settings.proxy_socket), f"{HOST}:443", proc.pid)
+            yield settings, proc.pid
         finally:
             stop_process(proc)
+
+
+@contextmanager
+def our_bundle(up_port: int) -> Iterator[Proxy]:
+    with bundle_process(up_port, (HOST,)) as (settings, pid):
+        yield Proxy("claude-bottle", unix(settings.proxy_socket), f"{HOST}:443", pid)
 
 
 @contextmanager

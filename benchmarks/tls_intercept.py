@@ -43,10 +43,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from run import (
+    bundle_process,
+    machine,
+    pct,
+    read_head,
+    read_response,
+    server_process,
+    stats,
+)
 
 # The sibling benchmark's helpers (this script's directory is first on sys.path).
 from run import download as download_bytes
-from run import machine, pct, read_head, read_response, server_process, stats
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -222,31 +230,11 @@ def client_context(ca_file: Path) -> ssl.SSLContext:
 def bundle(
     up_port: int, ca_file: Path, hosts: list[str], *, intercept: bool, dlp: bool, name: str
 ) -> Iterator[Route]:
-    from claude_bottle.bundle.launcher import start_bundle, stop_process
-    from claude_bottle.bundle.settings import BundleSettings, Pin
-
-    with tempfile.TemporaryDirectory(prefix="cbbench-tls-") as tmp:
-        settings = BundleSettings(
-            bottle="bench",
-            proxy_socket=f"{tmp}/proxy.sock",
-            control_socket=f"{tmp}/control.sock",
-            audit_log=f"{tmp}/audit.jsonl",
-            allow=tuple(hosts),
-            pins=tuple(Pin(h, "127.0.0.1", up_port) for h in hosts),
-            intercept=intercept,
-            ca_cert=f"{tmp}/ca.pem" if intercept else None,
-            upstream_ca_file=str(ca_file),
-            dlp_enabled=dlp,
-        )
-        settings.dump(Path(tmp) / "bundle.json")
-        proc = start_bundle(
-            Path(tmp) / "bundle.json", Path(tmp) / "bundle.log", die_with_parent=True
-        )
-        try:
-            trusted = Path(settings.ca_cert) if settings.ca_cert else ca_file
-            yield Route(name, client_context(trusted), settings.proxy_socket, pid=proc.pid)
-        finally:
-            stop_process(proc)
+    with bundle_process(
+        up_port, tuple(hosts), intercept=intercept, dlp=dlp, upstream_ca_file=str(ca_file)
+    ) as (settings, pid):
+        trusted = Path(settings.ca_cert) if settings.ca_cert else ca_file
+        yield Route(name, client_context(trusted), settings.proxy_socket, pid=pid)
 
 
 def fs_type(path: str) -> str:
