@@ -514,7 +514,7 @@ class ProxyConnection:
             await upstream.send(event)
 
         guard = None
-        if self.inspector is not None:
+        if self.inspector is not None and not replay:  # a replay has no body left to scan
             guard = self.inspector.body(
                 request.headers,
                 request.method.decode("ascii", "replace"),
