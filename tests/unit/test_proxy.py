@@ -11,6 +11,7 @@ import contextlib
 import errno
 import gzip
 import json
+import logging
 import os
 import random
 import socket
@@ -308,8 +309,11 @@ def test_bundle_stops_when_the_audit_log_cannot_be_synced(
         bundle.request(b"GET http://allowed.test/2 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
 
 
-def test_stopping_ends_a_request_still_waiting(tmp_path: Path) -> None:
-    """A request held for approval (`ask`) is cut when the bundle stops, not left open."""
+def test_stopping_ends_a_request_still_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request held for approval (`ask`) is cut when the bundle stops, not left open,
+    and quietly: its ending is no error in the bundle's log."""
     settings = bundle_settings(tmp_path, mode="ask", ask_timeout=60, dlp_enabled=False)
     running = RunningBundle(settings)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -323,3 +327,4 @@ def test_stopping_ends_a_request_still_waiting(tmp_path: Path) -> None:
         running.stop()
         assert not running.thread.is_alive()
         assert sock.recv(65536) == b""  # closed at once, long before the approval timeout
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

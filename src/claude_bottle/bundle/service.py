@@ -129,6 +129,11 @@ class Bundle:
             try:
                 if not self._ending:  # else it was accepted as the bundle stopped
                     await handler(reader, writer)
+            except asyncio.CancelledError:
+                if not self._ending:
+                    raise
+                # Ended by `_end_clients`: finish normally, or asyncio logs the cancelled
+                # callback as an error in the bundle's log.
             finally:
                 self._clients.discard(task)
                 writer.close()  # a no-op if the handler closed it; else its client would wait
