@@ -337,6 +337,35 @@ def test_every_record_is_fsynced_without_the_submitter_waiting(
     assert verify(log_path).records == 4
 
 
+def test_a_record_submitted_alone_is_written_without_a_sync(tmp_path: Path) -> None:
+    """The writer is woken for a record that finds it idle, and a record that lands while
+    it waits out a batch interval is still picked up: none waits for the next one."""
+    log_path = tmp_path / "audit.jsonl"
+    with AuditLog(log_path, "b1") as log:
+        for count in range(1, 6):
+            log.submit("egress", "allow", host=f"h{count}.test")
+            deadline = time.monotonic() + 5
+            while len(log_path.read_bytes().splitlines()) < count:
+                assert time.monotonic() < deadline, f"record {count} was never written"
+                time.sleep(0.001 * count)  # lands at different points of the batch wait
+    assert verify(log_path).records == 5
+
+
+def test_timestamps_are_utc_with_milliseconds() -> None:
+    assert audit._timestamp(1795435200.1234) == "2026-11-23T12:00:00.123Z"
+    assert audit._timestamp(1795435201.9996) == "2026-11-23T12:00:01.999Z"
+    assert audit._timestamp(0.0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_printable_text_holds_nothing_to_escape() -> None:
+    """`_escape_unsafe` returns printable text as it is: sound only while every
+    character its pattern matches is unprintable."""
+    every_character = "".join(map(chr, range(0x110000)))
+    matched = audit._UNSAFE.findall(every_character)
+    assert len(matched) > 200 and not any(c.isprintable() for c in matched)
+    assert audit._escape_unsafe("/a b/\u00e9\u202e") == "/a b/\u00e9\\u202e"
+
+
 def test_failed_fsync_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")

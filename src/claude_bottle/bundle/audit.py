@@ -19,6 +19,7 @@ token-looking path segments never reach the disk.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -106,6 +107,8 @@ def _escape(match: re.Match[str]) -> str:
 
 def _escape_unsafe(text: str) -> str:
     """Replace control, separator, bidi and surrogate characters by visible escapes."""
+    if text.isprintable():  # every character _UNSAFE matches is unprintable
+        return text
     return _UNSAFE.sub(_escape, text)
 
 
@@ -115,7 +118,9 @@ def _cap(text: str, limit: int) -> str:
 
 def _clean(text: str, limit: int = MAX_TEXT) -> str:
     """A string that is safe to encode as UTF-8 (surrogates escaped) and bounded in length."""
-    return _cap(_SURROGATE.sub(_escape, text), limit)
+    if not text.isascii():  # the usual host, method and rule are, and cannot hold one
+        text = _SURROGATE.sub(_escape, text)
+    return _cap(text, limit)
 
 
 def _as_text(value: object) -> str:
@@ -154,11 +159,14 @@ def _jsonable(value: object, depth: int = 0) -> object:
 # --------------------------------------------------------------------------- public helpers
 
 
+# Made once: `json.dumps` with options builds a new encoder at every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(record: Mapping[str, object]) -> bytes:
     """The bytes the hash is computed over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        dict(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    return _CANONICAL.encode(dict(record)).encode()
 
 
 def _hash_of(record: Mapping[str, object]) -> str:
@@ -375,6 +383,10 @@ class AuditLog:
         self._kept_records: dict[int, dict[str, object]] = {}
         self._closing = False
         self._urgent = False  # someone waits: write and sync the queue now
+        # The writer has nothing queued and sleeps until a record comes. Only then does a
+        # submission wake it: one that lands while it waits out a batch interval would
+        # cost a thread switch (and the GIL) per record for nothing.
+        self._writer_idle = False
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._writer.start()
 
@@ -457,7 +469,8 @@ class AuditLog:
             self._submitted += 1
             if keep:
                 self._kept.add(self._submitted)
-            self._cond.notify_all()
+            if self._writer_idle:
+                self._cond.notify_all()
             return self._submitted
 
     def record(self, kind: str, decision: str, **fields: Any) -> dict[str, object]:
@@ -498,11 +511,9 @@ class AuditLog:
         if detail is not None:
             record["detail"] = _jsonable(detail)
         record["prev"] = self._prev
-        record["hash"] = _hash_of(record)
+        record["hash"] = self._prev = hashlib.sha256(canonical_json(record)).hexdigest()
         self._seq += 1
-        self._prev = str(record["hash"])
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        return record, line.encode()
+        return record, (_LINE.encode(record) + "\n").encode()
 
     def _append(self, fd: int, data: bytes) -> None:
         try:
@@ -532,7 +543,9 @@ class AuditLog:
         while True:
             with self._cond:
                 while not self._pending and self._synced == self._written and not self._closing:
+                    self._writer_idle = True
                     self._cond.wait()
+                self._writer_idle = False
                 if not self._pending and self._synced == self._written:
                     return  # closing, and everything is on disk
                 # A busy proxy submits thousands of records a second: batching them costs
@@ -645,13 +658,15 @@ def _item(
     return time.time(), fields, dict(detail) if detail is not None else None
 
 
+@functools.lru_cache(maxsize=4)  # records come in bursts within the same second
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def _timestamp(when: float) -> str:
     """UTC, millisecond precision: 2026-11-23T10:00:00.123Z."""
     seconds = int(when)
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        + f".{int((when - seconds) * 1000):03d}Z"
-    )
+    return f"{_utc_second(seconds)}.{int((when - seconds) * 1000):03d}Z"
 
 
 # --------------------------------------------------------------------------- readers
