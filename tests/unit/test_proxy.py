@@ -15,10 +15,12 @@ import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -328,3 +330,40 @@ def test_stopping_ends_a_request_still_waiting(
         assert not running.thread.is_alive()
         assert sock.recv(65536) == b""  # closed at once, long before the approval timeout
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_client_hello_sent_the_instant_the_tunnel_opens_reaches_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client may send its ClientHello as soon as it reads our 200. However late the TLS
+    layer takes the connection over, the handshake must see it, not hang."""
+    real_start_tls = asyncio.StreamWriter.start_tls
+
+    async def late_start_tls(self: asyncio.StreamWriter, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)  # the ClientHello is in by now
+        return await real_start_tls(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "start_tls", late_start_tls)
+    settings = bundle_settings(
+        tmp_path,
+        intercept=True,
+        ca_cert=str(tmp_path / "ca.pem"),
+        pins=(Pin("allowed.test", "127.0.0.1", 9),),  # never dialled: no request follows
+    )
+    running = RunningBundle(settings)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(settings.proxy_socket)
+            sock.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(1)
+                assert chunk, "the bundle closed instead of answering the CONNECT"
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200 ")
+            client = ssl.create_default_context(cafile=settings.ca_cert)
+            with client.wrap_socket(sock, server_hostname="allowed.test") as tls:
+                assert tls.version() is not None  # handshake done, verified against our CA
+    finally:
+        running.stop()

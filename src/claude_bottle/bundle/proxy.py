@@ -25,7 +25,7 @@ from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
 from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
-from claude_bottle.bundle.tunnel import relay
+from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
     from claude_bottle.bundle.scanning import DlpInspector
@@ -337,9 +337,13 @@ class ProxyConnection:
         if leftover:
             return False  # a client that does not wait for our answer cannot be intercepted
         established = h11.Response(status_code=200, headers=[], reason=b"Connection established")
+        # The ClientHello may follow our 200 within microseconds. Read nothing more in plain
+        # text: a byte the stream reader took would never reach the TLS layer, and the
+        # handshake would hang. start_tls resumes reading once TLS is in place.
+        reading_transport(self.writer).pause_reading()
         self.writer.write(self.conn.send(established) or b"")
-        # No await between the write and start_tls: nothing can be read in between.
-        await asyncio.wait_for(self.writer.start_tls(context), HEADER_TIMEOUT)
+        async with asyncio.timeout(HEADER_TIMEOUT):
+            await self.writer.start_tls(context)
         self.intercepted = dataclasses.replace(dest, tls=True)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._record_intercepted(dest)

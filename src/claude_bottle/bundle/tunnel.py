@@ -17,6 +17,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable
+from typing import cast
 
 PIPE_SIZE = 1 << 20  # bytes in flight per direction; the kernel may grant less
 COPY_SIZE = 256 * 1024
@@ -27,6 +28,12 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 def splice_available() -> bool:
     return hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
+
+
+def reading_transport(writer: asyncio.StreamWriter) -> asyncio.Transport:
+    """A stream's transport, which reads too though typed write-only (uvloop's transports
+    do not derive from asyncio.Transport, so this is a cast, not a check)."""
+    return cast(asyncio.Transport, writer.transport)
 
 
 def _fast_path_ready(*streams: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
@@ -47,9 +54,7 @@ def _take_over(
     with the bytes the stream had read but nobody consumed (asyncio has no public call
     for those, hence the private buffer, checked by `_fast_path_ready`)."""
     reader, writer = stream
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)
-    transport.pause_reading()
+    reading_transport(writer).pause_reading()
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     unread = bytes(buffer)
     buffer.clear()
