@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from claude_bottle.bundle.audit import AuditError, verify
 from claude_bottle.bundle.server import open_bundle
@@ -35,7 +36,7 @@ from tests.unit.bundle_settings import bundle_settings
 class RunningBundle:
     def __init__(self, settings: BundleSettings) -> None:
         self.settings = settings
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # the loop the bundle process runs on
         self.bundle: Bundle | None = None
         self.error: Exception | None = None
         ready = threading.Event()

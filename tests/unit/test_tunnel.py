@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from claude_bottle.bundle import tunnel
 
@@ -64,8 +65,19 @@ async def connected(tmp_path: Path) -> AsyncIterator[tuple[Streams, Streams, Str
         tcp_server.close()
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 60))
+Runner = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Runs the test on the bundle's event loop (uvloop) and on asyncio's own, whose
+    transports differ (uvloop's do not derive from asyncio.Transport)."""
+    start = uvloop.run if request.param == "uvloop" else asyncio.run
+
+    def go(test: Callable[[], Awaitable[None]]) -> None:
+        start(asyncio.wait_for(test(), 60))
+
+    return go
 
 
 def relay_task(
@@ -88,7 +100,9 @@ async def send_all(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write_eof()
 
 
-def test_bulk_both_ways_at_once_arrives_intact(tmp_path: Path, splice_calls: list[int]) -> None:
+def test_bulk_both_ways_at_once_arrives_intact(
+    tmp_path: Path, splice_calls: list[int], run: Runner
+) -> None:
     up_data, down_data = os.urandom(6 << 20), os.urandom(5 << 20)
 
     async def test() -> None:
@@ -108,7 +122,9 @@ def test_bulk_both_ways_at_once_arrives_intact(tmp_path: Path, splice_calls: lis
     assert (splice_calls[0] > 0) == tunnel.splice_available()  # the path under test was taken
 
 
-def test_half_close_lets_the_answer_come_back(tmp_path: Path, splice_calls: list[int]) -> None:
+def test_half_close_lets_the_answer_come_back(
+    tmp_path: Path, splice_calls: list[int], run: Runner
+) -> None:
     async def test() -> None:
         async with connected(tmp_path) as (bottle, client, upstream, far):
             relaying = relay_task(client, upstream, idle_timeout=30)
@@ -123,7 +139,9 @@ def test_half_close_lets_the_answer_come_back(tmp_path: Path, splice_calls: list
     run(test)
 
 
-def test_bytes_already_read_go_first_and_in_order(tmp_path: Path, splice_calls: list[int]) -> None:
+def test_bytes_already_read_go_first_and_in_order(
+    tmp_path: Path, splice_calls: list[int], run: Runner
+) -> None:
     async def test() -> None:
         async with connected(tmp_path) as (bottle, client, upstream, far):
             bottle[1].write(b"2-buffered-up|")
@@ -141,7 +159,7 @@ def test_bytes_already_read_go_first_and_in_order(tmp_path: Path, splice_calls: 
     run(test)
 
 
-def test_idle_tunnel_is_closed(tmp_path: Path, splice_calls: list[int]) -> None:
+def test_idle_tunnel_is_closed(tmp_path: Path, splice_calls: list[int], run: Runner) -> None:
     async def test() -> None:
         async with connected(tmp_path) as (bottle, client, upstream, far):
             started = time.monotonic()
@@ -155,7 +173,9 @@ def test_idle_tunnel_is_closed(tmp_path: Path, splice_calls: list[int]) -> None:
     run(test)
 
 
-def test_reset_upstream_ends_the_tunnel(tmp_path: Path, splice_calls: list[int]) -> None:
+def test_reset_upstream_ends_the_tunnel(
+    tmp_path: Path, splice_calls: list[int], run: Runner
+) -> None:
     async def test() -> None:
         async with connected(tmp_path) as (bottle, client, upstream, far):
             relaying = relay_task(client, upstream, idle_timeout=30)

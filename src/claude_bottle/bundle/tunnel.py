@@ -214,20 +214,24 @@ async def _stream_relay(
         nonlocal last_activity
         last_activity = loop.time()
 
-    copies = asyncio.gather(
-        _copy(client[0], upstream[1], counts, 0, touch),
-        _copy(upstream[0], client[1], counts, 1, touch),
-    )
+    copies = [
+        asyncio.ensure_future(_copy(client[0], upstream[1], counts, 0, touch)),
+        asyncio.ensure_future(_copy(upstream[0], client[1], counts, 1, touch)),
+    ]
     try:
-        while not copies.done():
+        while not all(copy.done() for copy in copies):
             remaining = last_activity + idle_timeout - loop.time()
             if remaining <= 0:
                 break
-            await asyncio.wait({copies}, timeout=remaining)
+            await asyncio.wait(copies, timeout=remaining, return_when=asyncio.FIRST_EXCEPTION)
+            if any(copy.done() and copy.exception() for copy in copies):
+                break  # an error on either side ends the whole tunnel
     finally:
-        copies.cancel()
-        with contextlib.suppress(BaseException):
-            await copies
+        # Both copies end with the tunnel, and their errors are collected here (a reset
+        # is how many tunnels end); a gather's cancel would not stop the surviving one.
+        for copy in copies:
+            copy.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
     return counts[0], counts[1]
 
 
