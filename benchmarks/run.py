@@ -1028,13 +1028,16 @@ NOTES = """
 9. Small requests, both cases: the bundle serves on uvloop (libuv's event loop) instead of
    asyncio's own; it loads after ready, so start-up is unchanged. The same bundle on each
    loop, 4 interleaved rounds of 1500 requests: keep-alive p50 0.79 → 0.61 ms, new
-   connection 1.04 → 0.70 ms (direct ~0.1 / ~0.4 ms). The audit writer builds a record in
-   ~26 µs instead of ~58 (its JSON encoders made once, scans skipped for ASCII or printable
-   text, the UTC second formatted once) and a submission no longer wakes it while it waits
-   out a batch interval. uvloop's timing exposed a race that asyncio's hid: the proxy
-   started TLS on an intercepted CONNECT one loop iteration after its 200 (wait_for runs
-   it in a new task), so a ClientHello read in between was lost and the handshake hung;
-   reading now pauses before the 200 goes out.
+   connection 1.04 → 0.70 ms (direct ~0.1 / ~0.4 ms). It costs the spliced bulk tunnel
+   about a tenth (4 interleaved A/Bs of 3-9 downloads, uvloop ÷ asyncio 0.76-1.00, mean
+   0.88; one count showed 18 % more wake-ups for the same bytes). Kept, because an agent's
+   traffic is mostly small requests. The audit writer builds a record in ~26 µs instead
+   of ~58 (its JSON encoders made once, scans skipped for ASCII or printable text, the UTC
+   second formatted once), and a submission no longer wakes it while it waits out a batch
+   interval. uvloop's timing exposed a race that asyncio's hid: the proxy started TLS on an
+   intercepted CONNECT one loop iteration after its 200 (wait_for runs it in a new task),
+   so a ClientHello read in between was lost and the handshake hung; reading now pauses
+   before the 200 goes out.
 
 ## What is left
 
