@@ -5,8 +5,9 @@ Two checks, in order. The host name is matched against the allowlist
 resolved by the bundle, never by the bottle, and every address it resolves
 to must be a public unicast address; the connection goes to exactly the
 address that was checked, so a DNS answer that changes between check and
-connect (rebinding) cannot redirect it. `[egress.resolve]` pins skip DNS
-and the range check: that is how tests build a fake internet on loopback.
+connect (rebinding) cannot redirect it. A checked answer is reused for
+RESOLVED_TTL seconds. `[egress.resolve]` pins skip DNS and the range check:
+that is how tests build a fake internet on loopback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from claude_bottle.policy.allowlist import Allowlist, Decision, normalize_host
 from claude_bottle.policy.netguard import forbidden_range
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+RESOLVED_TTL = 30.0
+"""Seconds a checked DNS answer is reused. glibc caches nothing, so without this every
+request through the proxy would wait for the resolver again."""
+
+RESOLVED_MAX = 512  # names kept; the oldest answer goes first
 
 
 class Blocked(Exception):
@@ -61,11 +68,16 @@ class EgressGate:
         pins: Iterable[Pin] = (),
         resolver: Resolver = system_resolver,
         ask_timeout: float = 60.0,
+        resolved_ttl: float = RESOLVED_TTL,
     ) -> None:
         self.allowlist = Allowlist(allow, deny)
         self.mode = mode
         self.pins = {normalize_host(p.host): p for p in pins}
         self._resolver = resolver
+        self._resolved_ttl = resolved_ttl
+        # (name, port) -> (when it expires, the address checked). Only answers that passed
+        # the range check are kept, and a connection still goes to the address checked.
+        self._resolved: dict[tuple[str, int], tuple[float, str]] = {}
         self._ask_timeout = ask_timeout
         self._changed = asyncio.Condition()
         self.on_pending: Callable[[str, int], None] | None = None
@@ -121,6 +133,18 @@ class EgressGate:
         pin = self.pins.get(name)
         if pin is not None:
             return pin.address
+        now = asyncio.get_running_loop().time()
+        cached = self._resolved.get((name, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        address = await self._resolve_and_check(name, port)
+        self._resolved.pop((name, port), None)  # re-inserted last: the newest
+        while len(self._resolved) >= RESOLVED_MAX:
+            del self._resolved[next(iter(self._resolved))]
+        self._resolved[(name, port)] = (now + self._resolved_ttl, address)
+        return address
+
+    async def _resolve_and_check(self, name: str, port: int) -> str:
         try:
             addresses = await asyncio.wait_for(self._resolver(name, port), 10)
         except (OSError, TimeoutError, UnicodeError) as exc:
