@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import h11
 
 from claude_bottle.bundle.credentials import Credential
-from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
+from claude_bottle.bundle.h11io import READ_SIZE, idle_and_open, next_event, send_event
 from claude_bottle.bundle.proxy import (
     CONNECT_TIMEOUT,
     HOP_BY_HOP,
@@ -475,10 +475,7 @@ class _Upstream:
 
     def reusable(self) -> bool:
         return (
-            self.conn.our_state is h11.IDLE
-            and self.conn.their_state is h11.IDLE
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
+            idle_and_open(self.conn, self.reader, self.writer)
             and time.monotonic() - self.idle_since < UPSTREAM_REUSE_IDLE
         )
 

@@ -21,6 +21,19 @@ async def next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout
         conn.receive_data(data)
 
 
+def idle_and_open(
+    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bool:
+    """A client connection between exchanges, not closed by either side as far as we know:
+    one a next request may go out on."""
+    return (
+        conn.our_state is h11.IDLE
+        and conn.their_state is h11.IDLE
+        and not writer.is_closing()
+        and not reader.at_eof()
+    )
+
+
 async def send_event(conn: h11.Connection, writer: asyncio.StreamWriter, event: Any) -> None:
     data = conn.send(event)
     if data:

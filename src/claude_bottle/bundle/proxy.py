@@ -23,7 +23,7 @@ import h11
 
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
-from claude_bottle.bundle.h11io import READ_SIZE, next_event, send_event
+from claude_bottle.bundle.h11io import READ_SIZE, idle_and_open, next_event, send_event
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
@@ -116,13 +116,7 @@ class Upstream:
         self.reused = False  # it has carried a whole exchange before
 
     def alive(self) -> bool:
-        """Idle between exchanges, and not closed by either side as far as we know."""
-        return (
-            self.conn.our_state is h11.IDLE
-            and self.conn.their_state is h11.IDLE
-            and not self.writer.is_closing()
-            and not self.reader.at_eof()
-        )
+        return idle_and_open(self.conn, self.reader, self.writer)
 
     def close(self) -> None:
         self.writer.close()
