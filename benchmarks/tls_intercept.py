@@ -477,7 +477,7 @@ CATEGORIES: list[tuple[str, Callable[[str], bool]]] = [
     ("DLP scan", lambda f: "bundle/scanning.py" in f or "policy/dlp.py" in f),
     ("audit record (JSON, hash chain, write)", lambda f: "bundle/audit.py" in f),
     ("OpenSSL encrypt/decrypt (SSLObject.read/write)", lambda f: "(ssl.py" in f),
-    ("h11 parse/frame", lambda f: "(h11/" in f),
+    ("HTTP parse/frame (http1, llhttp)", lambda f: "bundle/http1.py" in f),
     ("asyncio streams", lambda f: "(asyncio/streams.py" in f),
     ("asyncio loop, tasks, timeouts", lambda f: "(asyncio/" in f),
     ("bundle proxy code", lambda f: "claude_bottle/" in f),
@@ -596,7 +596,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         "shows here; the cases interleave so it hits them alike, but spreads widen).",
         "",
         "What interception costs on top of a plain CONNECT tunnel: the bundle terminates the client's TLS",
-        "with a leaf certificate minted by its per-bottle CA, parses every request and response with h11",
+        "with a leaf certificate minted by its per-bottle CA, parses every request and response with llhttp",
         "(and with DLP on scans every request body), and speaks TLS to the upstream itself. Direct TLS",
         "from the client to the upstream is the floor. Throughput: median MiB/s (min–max) over",
         f"{res['runs']} runs; latency: p50 / p99 ms over {res['count']} requests after {WARMUP} warm-ups.",
@@ -732,7 +732,7 @@ NOTES = """
 - DLP scans what leaves the bottle: request heads and request bodies, not responses. A download
   with DLP on differs from one without only by the head scan (noise); the upload row carries the
   streaming body scan.
-- Inside an intercepted tunnel every request is parsed and re-framed by h11 twice (client side and
+- Inside an intercepted tunnel every request is parsed and re-framed twice (client side and
   upstream side) and is an egress decision with its own audit record; a plain tunnel relays opaque
   bytes and writes one record when it closes. The bundles' audit logs live in the system temp
   directory (its filesystem type is in the Method section).

@@ -368,3 +368,118 @@ def test_client_hello_sent_the_instant_the_tunnel_opens_reaches_tls(
                 assert tls.version() is not None  # handshake done, verified against our CA
     finally:
         running.stop()
+
+
+class ScriptedUpstream:
+    """A loopback server that answers each request head with fixed bytes, then closes
+    the connection if told to: for response framings RecordingHTTPServer never sends."""
+
+    def __init__(self, answer: bytes, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.received: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    conn.settimeout(5)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        if not (piece := conn.recv(65536)):
+                            break
+                        data += piece
+                    time.sleep(0.05)  # let a body that follows the head arrive too
+                    conn.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        data += conn.recv(65536)
+                    self.received.append(data)
+                    conn.sendall(self.answer)
+                    if not self.close_after:
+                        time.sleep(0.5)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def scripted(
+    tmp_path: Path, answer: bytes, close_after: bool = False
+) -> Iterator[tuple[RunningBundle, ScriptedUpstream]]:
+    server = ScriptedUpstream(answer, close_after)
+    running = RunningBundle(
+        bundle_settings(tmp_path, pins=(Pin("allowed.test", "127.0.0.1", server.port),))
+    )
+    try:
+        yield running, server
+    finally:
+        running.stop()
+        server.close()
+
+
+def _split(reply: bytes) -> tuple[bytes, bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.lower(), body
+
+
+def test_a_body_ending_at_close_reaches_a_1_1_client_chunked(tmp_path: Path) -> None:
+    with scripted(tmp_path, b"HTTP/1.1 200 OK\r\n\r\nuntil the end", close_after=True) as (
+        running,
+        _,
+    ):
+        head, body = _split(
+            running.request(b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+        )
+    assert b"transfer-encoding: chunked" in head
+    assert body == b"d\r\nuntil the end\r\n0\r\n\r\n"
+
+
+def test_a_chunked_body_reaches_a_1_0_client_unchunked_and_the_connection_closes(
+    tmp_path: Path,
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    with scripted(tmp_path, answer) as (running, _):
+        head, body = _split(running.request(b"GET http://allowed.test/ HTTP/1.0\r\n\r\n"))
+    assert head.startswith(b"http/1.1 200")
+    assert b"transfer-encoding" not in head and b"connection: close" in head
+    assert body == b"hello"
+
+
+def test_a_head_request_gets_the_head_only(tmp_path: Path) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    with scripted(tmp_path, answer) as (running, _):
+        reply = running.request(
+            b"HEAD http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+            b"GET http://allowed.test/2 HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+        )
+    # The HEAD's answer has no body, so the next response starts right after its head.
+    assert reply.count(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n") == 2
+
+
+def test_request_trailers_never_reach_the_upstream(tmp_path: Path) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    with scripted(tmp_path, answer) as (running, server):
+        reply = running.request(
+            b"POST http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Smuggled: secret\r\n\r\n"
+        )
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert server.received[0].endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert b"smuggled" not in server.received[0].lower()
+
+
+def test_an_upgrade_request_with_a_body_is_refused(
+    bundle: RunningBundle, upstream: RecordingHTTPServer
+) -> None:
+    reply = bundle.request(
+        b"POST http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: upgrade\r\n"
+        b"Upgrade: x\r\nContent-Length: 58\r\n\r\n"
+        b"GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert upstream.requests == []

@@ -37,12 +37,13 @@ from urllib.parse import unquote, urlsplit
 import h11
 
 from claude_bottle.bundle.credentials import Credential
-from claude_bottle.bundle.h11io import READ_SIZE, idle_and_open, next_event, send_event
+from claude_bottle.bundle.h11io import idle_and_open, next_event, send_event
 from claude_bottle.bundle.proxy import (
     CONNECT_TIMEOUT,
     HOP_BY_HOP,
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
+    READ_SIZE,
 )
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"

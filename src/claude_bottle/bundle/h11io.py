@@ -1,4 +1,4 @@
-"""Moving h11 events over asyncio streams: the one read loop and write step every layer uses."""
+"""Moving h11 events over asyncio streams: the API gateway's read loop and write step."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import h11
 
-READ_SIZE = 256 * 1024
+from claude_bottle.bundle.proxy import READ_SIZE
 
 
 async def next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:

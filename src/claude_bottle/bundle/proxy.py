@@ -1,9 +1,9 @@
 """HTTP/1.1 forward proxy: absolute-form requests with keep-alive, and CONNECT tunnels.
 
-Layers, one concern each: h11 parses and frames HTTP (we never hand-parse
-it); `EgressGate` decides where a request may go; this module moves bytes
-and records one audit event per decision. Everything arriving here comes
-from the bottle and is treated as hostile: header sizes are bounded by h11,
+Layers, one concern each: `http1` parses and frames HTTP (llhttp; we never
+hand-parse it); `EgressGate` decides where a request may go; this module moves
+bytes and records one audit event per decision. Everything arriving here comes
+from the bottle and is treated as hostile: header sizes are bounded by `http1`,
 every read has a timeout, and a parse error closes the connection.
 """
 
@@ -19,11 +19,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import h11
-
+from claude_bottle.bundle import http1
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
-from claude_bottle.bundle.h11io import READ_SIZE, idle_and_open, next_event, send_event
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
@@ -32,6 +30,7 @@ if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enab
     from claude_bottle.bundle.tls import Interception
 
 MAX_HEADER_BYTES = 64 * 1024
+READ_SIZE = 256 * 1024  # bytes asked of a socket per read
 HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
 IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
 CONNECT_TIMEOUT = 10.0
@@ -59,6 +58,9 @@ HOP_BY_HOP = frozenset(
 Recorder = Callable[..., Any]
 
 
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
 class ProxyError(Exception):
     def __init__(self, status: int, rule: str, reason: str) -> None:
         super().__init__(reason)
@@ -76,7 +78,7 @@ def block_body(bottle: str, host: str, rule: str, reason: str) -> bytes:
 
 
 def _filtered_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop headers; keep chunked framing, which h11 re-applies on the next hop."""
+    """Drop hop-by-hop headers; keep chunked framing, which we re-apply on the next hop."""
     connection_tokens = {
         token.strip().lower()
         for name, value in headers
@@ -89,8 +91,23 @@ def _filtered_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
         if name not in HOP_BY_HOP and name not in connection_tokens
     ]
     if any(name == b"transfer-encoding" for name, _ in headers):
-        kept.append((b"transfer-encoding", b"chunked"))  # h11 accepts no other coding
+        kept.append((b"transfer-encoding", b"chunked"))  # http1 accepts no other coding
     return kept
+
+
+async def pull(
+    messages: http1.RequestReader | http1.ResponseReader,
+    reader: asyncio.StreamReader,
+    timeout: float,
+) -> http1.Event:
+    """The next event of `messages`, reading as needed; each read must arrive in `timeout`."""
+    while True:
+        event = messages.next_event()
+        if event is not http1.NEED_DATA:
+            return event
+        async with asyncio.timeout(timeout):  # a timer, not a task per read as wait_for costs
+            data = await reader.read(READ_SIZE)
+        messages.receive(data)
 
 
 class _StaleUpstream(Exception):
@@ -112,20 +129,20 @@ class Upstream:
         self.key = _pool_key(dest)
         self.reader = reader
         self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.idle = True  # between exchanges, with nothing owed either way
         self.reused = False  # it has carried a whole exchange before
 
     def alive(self) -> bool:
-        return idle_and_open(self.conn, self.reader, self.writer)
+        return self.idle and not self.writer.is_closing() and not self.reader.at_eof()
 
     def close(self) -> None:
+        self.idle = False
         self.writer.close()
 
-    async def next_event(self) -> Any:
-        return await next_event(self.conn, self.reader, IDLE_TIMEOUT)
-
-    async def send(self, event: Any) -> None:
-        await send_event(self.conn, self.writer, event)
+    async def send(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
 
 
 class ProxyConnection:
@@ -153,7 +170,7 @@ class ProxyConnection:
         self.reader = reader
         self.writer = writer
         self.stats = stats
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self.upstream: Upstream | None = None
 
     async def serve(self) -> None:
@@ -168,16 +185,13 @@ class ProxyConnection:
                     if self.intercepted is not None or not await self._tunnel(request):
                         return
                     continue  # now serving requests inside the intercepted TLS session
-                if not await self._forward(request):
+                if not await self._forward(request) or not request.keep_alive:
                     return
-                if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
-                    return
-                self.conn.start_next_cycle()
         except (
             ConnectionError,
             TimeoutError,
             OSError,
-            h11.ProtocolError,
+            http1.ProtocolError,
             asyncio.IncompleteReadError,
         ):
             pass
@@ -188,24 +202,25 @@ class ProxyConnection:
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
 
-    async def _client_event(self, timeout: float) -> Any:
-        return await next_event(self.conn, self.reader, timeout)
+    async def _client_event(self, timeout: float) -> http1.Event:
+        return await pull(self.requests, self.reader, timeout)
 
-    async def _next_request(self) -> h11.Request | None:
+    async def _next_request(self) -> http1.RequestHead | None:
         try:
             event = await self._client_event(IDLE_TIMEOUT)
-        except h11.RemoteProtocolError as exc:
-            await self._refuse_raw(exc.error_status_hint, "error:bad-request", str(exc))
+        except http1.ProtocolError as exc:
+            await self._refuse_raw(exc.status, "error:bad-request", str(exc))
             return None
-        if isinstance(event, h11.Request):
+        if isinstance(event, http1.RequestHead):
             return event
-        return None  # ConnectionClosed or garbage after a response
+        return None  # the client closed
 
-    async def _send(self, event: Any) -> None:
-        await send_event(self.conn, self.writer, event)
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
 
     async def _write(self, out: bytearray) -> None:
-        """Write and empty `out` (bytes h11 framed for the client)."""
+        """Write and empty `out` (bytes framed for the client)."""
         if out:
             self.writer.write(bytes(out))
             out.clear()
@@ -220,19 +235,13 @@ class ProxyConnection:
         if close:
             headers.append((b"connection", b"close"))
         phrase = http.HTTPStatus(status).phrase.encode()
-        await self._send(h11.Response(status_code=status, headers=headers, reason=phrase))
-        await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
+        await self._send(http1.response_head(status, phrase, headers) + body)
 
     async def _refuse_raw(self, status: int, rule: str, reason: str) -> None:
-        """Answer a request h11 could not parse, then close."""
+        """Answer a request that could not be parsed, then close."""
         body = block_body(self.bottle, "-", rule, reason[:200])
         with contextlib.suppress(Exception):
-            self.writer.write(
-                b"HTTP/1.1 %d Bad Request\r\nconnection: close\r\ncontent-length: %d\r\n"
-                b"x-claude-bottle-block: %s\r\n\r\n%s" % (status, len(body), rule.encode(), body)
-            )
-            await self.writer.drain()
+            await self._respond(status, rule, body, close=True)
         self.record("egress", "deny", rule=rule)
 
     async def _deny(self, method: str, host: str, port: int, path: str, exc: Blocked) -> None:
@@ -256,14 +265,13 @@ class ProxyConnection:
         budget = 1024 * 1024
         while budget > 0:
             event = await self._client_event(HEADER_TIMEOUT)
-            if isinstance(event, h11.Data):
-                budget -= len(event.data)
-            else:
+            if not isinstance(event, bytes):
                 return
+            budget -= len(event)
 
     # --- CONNECT -------------------------------------------------------------
 
-    async def _tunnel(self, request: h11.Request) -> bool:
+    async def _tunnel(self, request: http1.RequestHead) -> bool:
         """Open a tunnel; True when it was intercepted and requests follow inside TLS."""
         authority = request.target.decode("ascii", "replace")
         started = time.monotonic()
@@ -279,10 +287,8 @@ class ProxyConnection:
             await self._deny("CONNECT", authority[:253], 0, "", exc)
             return False
         self.stats.tunnels += 1
-        await self._send(
-            h11.Response(status_code=200, headers=[], reason=b"Connection established")
-        )
-        leftover, _ = self.conn.trailing_data
+        await self._send(ESTABLISHED)
+        leftover = self._connect_trailing()
         try:
             up, down = await relay(
                 (self.reader, self.writer), (up_reader, up_writer), IDLE_TIMEOUT, leftover
@@ -311,15 +317,13 @@ class ProxyConnection:
         """
         assert self.interception is not None
         self.stats.tunnels += 1
+        leftover = self._connect_trailing()
         if dest.port != TLS_PORT:
-            leftover, _ = self.conn.trailing_data
-            await self._send(
-                h11.Response(status_code=200, headers=[], reason=b"Connection established")
-            )
+            await self._send(ESTABLISHED)
             self.intercepted = dest
-            self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-            if leftover:  # receive_data(b"") would mean end of stream to h11
-                self.conn.receive_data(leftover)
+            self.requests = http1.RequestReader(MAX_HEADER_BYTES)
+            if leftover:  # receive(b"") would mean end of stream
+                self.requests.receive(leftover)
             self._record_intercepted(dest)
             return True
         # Mint the leaf first: once the client reads our 200 it sends its ClientHello, which
@@ -327,21 +331,25 @@ class ProxyConnection:
         context = await asyncio.get_running_loop().run_in_executor(
             None, self.interception.authority.server_context, dest.host
         )
-        leftover, _ = self.conn.trailing_data
         if leftover:
             return False  # a client that does not wait for our answer cannot be intercepted
-        established = h11.Response(status_code=200, headers=[], reason=b"Connection established")
         # The ClientHello may follow our 200 within microseconds. Read nothing more in plain
         # text: a byte the stream reader took would never reach the TLS layer, and the
         # handshake would hang. start_tls resumes reading once TLS is in place.
         reading_transport(self.writer).pause_reading()
-        self.writer.write(self.conn.send(established) or b"")
+        self.writer.write(ESTABLISHED)
         async with asyncio.timeout(HEADER_TIMEOUT):
             await self.writer.start_tls(context)
         self.intercepted = dataclasses.replace(dest, tls=True)
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self._record_intercepted(dest)
         return True
+
+    def _connect_trailing(self) -> bytes:
+        """The bytes the client sent behind its CONNECT head, which belong to the tunnel."""
+        if self.requests.next_event() is not http1.END:  # llhttp ends a CONNECT at its head
+            raise http1.ProtocolError("a CONNECT request cannot carry a body")
+        return self.requests.trailing
 
     def _record_intercepted(self, dest: Destination) -> None:
         self.record(
@@ -385,7 +393,7 @@ class ProxyConnection:
 
     # --- absolute-form forwarding -------------------------------------------
 
-    async def _forward(self, request: h11.Request) -> bool:
+    async def _forward(self, request: http1.RequestHead) -> bool:
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
         started = time.monotonic()
@@ -403,12 +411,12 @@ class ProxyConnection:
         try:
             upstream = await self._upstream_for(dest)
             try:
-                status, up_bytes, down_bytes = await self._exchange(
+                status, up_bytes, down_bytes, keep_client = await self._exchange(
                     request, upstream, origin_target
                 )
             except _StaleUpstream:
                 upstream = await self._upstream_for(dest, fresh=True)
-                status, up_bytes, down_bytes = await self._exchange(
+                status, up_bytes, down_bytes, keep_client = await self._exchange(
                     request, upstream, origin_target, replay=True
                 )
         except Blocked as exc:
@@ -426,7 +434,7 @@ class ProxyConnection:
             bytes_down=down_bytes,
             detail={"status": status, "ms": round((time.monotonic() - started) * 1000)},
         )
-        return True
+        return keep_client
 
     async def _route(self, target: str) -> tuple[Destination, str]:
         if self.intercepted is not None:
@@ -486,31 +494,27 @@ class ProxyConnection:
             upstream.close()
 
     async def _exchange(
-        self, request: h11.Request, upstream: Upstream, origin_target: str, *, replay: bool = False
-    ) -> tuple[int, int, int]:
-        """Send the request upstream and its response back. With `replay`, the request's
-        (empty) body was already read from the client, for an upstream that failed it."""
+        self,
+        request: http1.RequestHead,
+        upstream: Upstream,
+        origin_target: str,
+        *,
+        replay: bool = False,
+    ) -> tuple[int, int, int, bool]:
+        """Send the request upstream and its response back: (status, bytes up, bytes down,
+        whether the client connection may go on). With `replay`, the request's (empty)
+        body was already read from the client, for an upstream that failed it."""
         dest = upstream.dest
         default_port = 443 if dest.tls else 80
         host_header = dest.host if dest.port == default_port else f"{dest.host}:{dest.port}"
         headers = [(b"host", host_header.encode("ascii"))]
-        headers += _filtered_headers(list(request.headers))
-        if self.conn.they_are_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        head = h11.Request(
-            method=request.method, target=origin_target.encode("ascii"), headers=headers
-        )
-        head_sent = False
-
-        async def send_upstream(event: Any) -> None:
-            # The head goes out with the first scanned body bytes (or at the end), so a
-            # request whose body is refused never reaches the upstream at all.
-            nonlocal head_sent
-            if not head_sent:
-                head_sent = True
-                await upstream.send(head)
-            await upstream.send(event)
-
+        headers += _filtered_headers(request.headers)
+        if request.expects_continue and not replay:
+            await self._send(http1.CONTINUE)
+        # The head goes out with the first scanned body bytes (or at the end), so a
+        # request whose body is refused never reaches the upstream at all.
+        head = http1.request_head(request.method, origin_target.encode("ascii"), headers)
+        upstream.idle = False
         guard = None
         if self.inspector is not None and not replay:  # a replay has no body left to scan
             guard = self.inspector.body(
@@ -524,21 +528,24 @@ class ProxyConnection:
         try:
             while not replay:
                 event = await self._client_event(IDLE_TIMEOUT)
-                if isinstance(event, h11.Data):
-                    up_bytes += len(event.data)
-                    data = event.data if guard is None else guard.feed(event.data)
+                if isinstance(event, bytes):
+                    up_bytes += len(event)
+                    data = event if guard is None else guard.feed(event)
                     if data:
-                        await send_upstream(h11.Data(data=data))
-                elif isinstance(event, h11.EndOfMessage):
+                        await upstream.send(head + (http1.chunk(data) if request.chunked else data))
+                        head = b""
+                elif event is http1.END:
                     rest = b"" if guard is None else guard.finish()
-                    if rest:
-                        await send_upstream(h11.Data(data=rest))
-                    await send_upstream(h11.EndOfMessage(headers=event.headers))
+                    if rest and request.chunked:
+                        rest = http1.chunk(rest)
+                    await upstream.send(
+                        head + rest + (http1.LAST_CHUNK if request.chunked else b"")
+                    )
                     break
                 else:
                     raise ConnectionError("client went away mid-request")
             if replay:
-                await send_upstream(h11.EndOfMessage())
+                await upstream.send(head + (http1.LAST_CHUNK if request.chunked else b""))
         except Blocked:
             # The upstream saw a request that never completes; it must not be reused.
             upstream.close()
@@ -551,54 +558,61 @@ class ProxyConnection:
             and request.method in REPLAYABLE_METHODS
         )
         problem = "closed the connection before answering"
+        messages = http1.ResponseReader(request.method, MAX_HEADER_BYTES)
         try:
-            response = await upstream.next_event()
-            while isinstance(response, h11.InformationalResponse):
-                response = await upstream.next_event()
-        except h11.RemoteProtocolError:
+            response = await pull(messages, upstream.reader, IDLE_TIMEOUT)
+        except http1.ProtocolError:
             response, problem = None, "sent an invalid response"
         except ConnectionError:
             response = None
-        if not isinstance(response, h11.Response):
+        if not isinstance(response, http1.ResponseHead):
             upstream.close()
             self.upstream = None
             if replayable:
                 raise _StaleUpstream
             # Nothing went to the client yet: it gets an answer, not a dropped connection.
             raise Blocked("error:upstream", f"{dest.host} {problem}", 502)
+        keep_client = request.keep_alive
+        response_headers = _filtered_headers(response.headers)
+        chunk_out = False
+        if response.has_body and (response.chunked or response.until_close):
+            if request.http_version == "1.1":
+                chunk_out = True
+                if not response.chunked:
+                    response_headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                # An HTTP/1.0 client knows no chunks: the body ends when we close.
+                response_headers = [
+                    (n, v) for n, v in response_headers if n != b"transfer-encoding"
+                ]
+                keep_client = False
+        if not keep_client:
+            response_headers.append((b"connection", b"close"))
         # What the upstream already sent goes to the client in one write (a small response
         # is one send, not three); we flush before waiting for more, and every READ_SIZE.
-        out = bytearray(
-            self.conn.send(
-                h11.Response(
-                    status_code=response.status_code,
-                    headers=_filtered_headers(list(response.headers)),
-                    reason=response.reason,
-                )
-            )
-            or b""
-        )
+        out = bytearray(http1.response_head(response.status, response.reason, response_headers))
         down_bytes = 0
         while True:
-            event = upstream.conn.next_event()
-            if event is h11.NEED_DATA:
+            event = messages.next_event()
+            if event is http1.NEED_DATA:
                 await self._write(out)
-                event = await upstream.next_event()
-            if isinstance(event, h11.Data):
-                down_bytes += len(event.data)
-                out += self.conn.send(event) or b""
+                event = await pull(messages, upstream.reader, IDLE_TIMEOUT)
+            if isinstance(event, bytes):
+                down_bytes += len(event)
+                out += http1.chunk(event) if chunk_out else event
                 if len(out) >= READ_SIZE:
                     await self._write(out)
-            elif isinstance(event, h11.EndOfMessage):
-                out += self.conn.send(h11.EndOfMessage(headers=event.headers)) or b""
+            elif event is http1.END:
+                if chunk_out:
+                    out += http1.LAST_CHUNK
                 await self._write(out)
                 break
             else:
                 raise ConnectionError("upstream went away mid-response")
-        if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
-            upstream.conn.start_next_cycle()
+        if messages.reusable:
+            upstream.idle = True
             upstream.reused = True
         else:
             upstream.close()
             self.upstream = None
-        return response.status_code, up_bytes, down_bytes
+        return response.status, up_bytes, down_bytes, keep_client

@@ -72,7 +72,7 @@ class Bundle:
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
         the event loop."""
-        import claude_bottle.bundle.proxy  # noqa: F401 - h11 and the proxy, ~20 ms
+        import claude_bottle.bundle.proxy  # noqa: F401 - httptools and the proxy
 
         if self.interception is not None:
             self.interception.warm()

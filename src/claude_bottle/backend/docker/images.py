@@ -1,7 +1,7 @@
 """The docker backend's two images, tagged by a content hash of everything they are built from.
 
 agent  (Dockerfile.agent): Debian, Node.js, Claude Code, git, python3, curl, relay.py
-bundle (Dockerfile.bundle): Debian, python3 + h11, the claude_bottle package
+bundle (Dockerfile.bundle): Debian, python3 + the runtime requirements, the claude_bottle package
 
 A tag is `<repo>:<16 hex of sha256(build inputs)>`, so an image is built
 once per distinct input and reused from the engine's cache afterwards;

@@ -1,0 +1,383 @@
+"""HTTP/1.1 messages for the egress proxy, without I/O.
+
+llhttp (Node's parser, through httptools) parses and de-frames what arrives; the
+small writers at the end frame what leaves. Readers turn bytes into a queue of
+events, one message after another: a head, body pieces (`bytes`), then `END`.
+The caller feeds bytes with `receive` (b"" for end of stream) and pulls events
+with `next_event` until it gets `NEED_DATA`, as with h11, but at a fraction of
+h11's cost per exchange (llhttp is C; h11's state machine was a third of the
+proxy's CPU per request).
+
+llhttp is strict by default: both Content-Length and Transfer-Encoding, a
+duplicate Content-Length, bare LF, obs-fold and bad bytes in names or values are
+all errors. On top of it we refuse what h11 refused and we do not serve: a
+transfer coding other than plain `chunked`, an HTTP version other than 1.0 and
+1.1, a 1.1 request without exactly one Host, and heads over `max_head` bytes
+(checked even while a head is still arriving, so a slow endless header cannot
+grow a buffer). Trailers are dropped in both directions: the DLP scanner never
+sees them, so a request must not carry them past it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import httptools
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _Marker("NEED_DATA")
+END: Final = _Marker("END")  # the current message is complete
+CLOSED: Final = _Marker("CLOSED")  # the peer closed cleanly between messages
+
+NO_BODY_STATUSES = frozenset({204, 304})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1; `status` is what a server should answer."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, in order
+    http_version: str
+    keep_alive: bool  # the client may send another request on this connection
+    chunked: bool
+    expects_continue: bool
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    http_version: str
+    chunked: bool
+    has_body: bool
+    until_close: bool  # no length given: the body ends when the server closes
+
+
+Event = RequestHead | ResponseHead | bytes | _Marker
+
+
+class _HeadEnds(Exception):
+    """Raised from a callback to stop llhttp after a head that has no body (HEAD)."""
+
+
+class _Reader(ABC):
+    """What requests and responses share: the event queue, head bookkeeping, limits."""
+
+    def __init__(self, max_head: int) -> None:
+        self.max_head = max_head
+        self._events: deque[Event | ProtocolError] = deque()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._first_line = bytearray()  # the URL or the reason phrase, in pieces
+        self._head_bytes = 0  # counted from the parser's callbacks
+        self._drip_bytes = 0  # fed while one head was arriving across reads
+        self._in_head = False
+        self._in_body = False
+        self._failed = False
+        self._eof = False
+
+    # -- llhttp callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers = []
+        self._first_line.clear()
+        self._head_bytes = 0
+        self._drip_bytes = 0
+
+    def _grow_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head:
+            raise ProtocolError(f"message head over {self.max_head} bytes", 431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow_head(len(name) + len(value) + 4)
+        if self._in_head:  # after the body they are trailers, which we drop
+            self._headers.append((name.lower(), value.rstrip(b" \t")))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    # -- feeding and pulling -------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the peer; b"" means it closed its side."""
+        if self._failed or self._eof:
+            return
+        if not data:
+            self._eof = True
+            self._end_of_stream()
+            return
+        continuing_head = self._in_head
+        self._feed(data)
+        if continuing_head and self._in_head and not self._failed:
+            self._drip_bytes += len(data)
+            if self._drip_bytes > self.max_head:
+                self._fail(ProtocolError(f"message head over {self.max_head} bytes", 431))
+
+    def next_event(self) -> Event:
+        if not self._events:
+            return NEED_DATA
+        event = self._events.popleft()
+        if isinstance(event, ProtocolError):
+            raise event
+        return event
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._failed = True
+        self._events.append(error)
+
+    def _callback_error(self, exc: httptools.HttpParserError) -> ProtocolError:
+        cause = exc.__context__
+        if isinstance(cause, ProtocolError):
+            return cause
+        return ProtocolError(str(exc) or type(exc).__name__)
+
+    @abstractmethod
+    def _feed(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _end_of_stream(self) -> None: ...
+
+
+def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key == name]
+
+
+def _has_length(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        value.strip() not in (b"", b"0") for value in _header_values(headers, b"content-length")
+    )
+
+
+def _check_transfer_coding(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the body is chunked; any other transfer coding is refused."""
+    codings = _header_values(headers, b"transfer-encoding")
+    if not codings:
+        return False
+    if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
+        raise ProtocolError("unsupported Transfer-Encoding (only chunked)", 501)
+    return True
+
+
+def _check_version(version: str) -> None:
+    if version not in ("1.1", "1.0"):
+        raise ProtocolError(f"unsupported HTTP version {version[:8]}")
+
+
+class RequestReader(_Reader):
+    """Requests from one client connection, pipelined or not.
+
+    After a CONNECT the reader stops: the bytes that followed it are in `trailing`,
+    and belong to the tunnel, not to HTTP.
+    """
+
+    def __init__(self, max_head: int) -> None:
+        super().__init__(max_head)
+        self._parser = httptools.HttpRequestParser(self)
+        self.trailing = b""
+        self._stopped = False
+        self._method = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._grow_head(len(url))
+        self._first_line += url
+
+    def on_headers_complete(self) -> None:
+        parser, headers = self._parser, self._headers
+        self._in_head = False
+        version = parser.get_http_version()
+        _check_version(version)
+        if version == "1.1" and len(_header_values(headers, b"host")) != 1:
+            raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+        chunked = _check_transfer_coding(headers)
+        method = self._method = parser.get_method()
+        if parser.should_upgrade() and method != b"CONNECT" and (chunked or _has_length(headers)):
+            # llhttp would take the body for the upgraded protocol's bytes; we forward
+            # no upgrade, so they would reach the server unframed.
+            raise ProtocolError("an Upgrade request cannot carry a body")
+        expect = _header_values(headers, b"expect")
+        self._events.append(
+            RequestHead(
+                method=method,
+                target=bytes(self._first_line),
+                headers=headers,
+                http_version=version,
+                keep_alive=version == "1.1" and parser.should_keep_alive(),
+                chunked=chunked,
+                expects_continue=version == "1.1"
+                and any(v.lower() == b"100-continue" for v in expect),
+            )
+        )
+        self._in_body = True
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._events.append(END)
+
+    def _feed(self, data: bytes) -> None:
+        if self._stopped:
+            self.trailing += data
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+            if self._method == b"CONNECT":
+                self._stopped = True
+                self.trailing = rest
+                return
+            # An Upgrade request: we forward it without the Upgrade header, so HTTP
+            # goes on after it, on a fresh parser.
+            self._parser = httptools.HttpRequestParser(self)
+            if rest:
+                self._feed(rest)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(self._callback_error(exc))
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(str(exc) or "malformed request"))
+
+    def _end_of_stream(self) -> None:
+        if self._in_head or self._in_body:
+            self._fail(ProtocolError("the client closed in the middle of a request"))
+        else:
+            self._events.append(CLOSED)
+
+
+class ResponseReader(_Reader):
+    """The one response to a request sent with `method`; interim (1xx) responses are
+    skipped. `reusable` says, once it has ended, whether the connection may carry
+    another request."""
+
+    def __init__(self, method: bytes, max_head: int) -> None:
+        super().__init__(max_head)
+        self._parser = httptools.HttpResponseParser(self)
+        self.method = method
+        self._interim = False
+        self._done = False
+        self._until_close = False
+        self.reusable = False
+
+    def on_message_begin(self) -> None:
+        if self._done:  # bytes after the response: the connection is not reused
+            self.reusable = False
+            raise _HeadEnds
+        super().on_message_begin()
+
+    def on_status(self, reason: bytes) -> None:
+        self._grow_head(len(reason))
+        self._first_line += reason
+
+    def on_headers_complete(self) -> None:
+        parser, headers = self._parser, self._headers
+        self._in_head = False
+        version = parser.get_http_version()
+        _check_version(version)
+        status = parser.get_status_code()
+        if status == 101:
+            raise ProtocolError("the server switched protocols, which we never asked for")
+        if 100 <= status < 200:
+            self._interim = True
+            return
+        chunked = _check_transfer_coding(headers)
+        has_body = self.method != b"HEAD" and status not in NO_BODY_STATUSES
+        self._until_close = (
+            has_body and not chunked and not _header_values(headers, b"content-length")
+        )
+        self._events.append(
+            ResponseHead(
+                status=status,
+                reason=bytes(self._first_line),
+                headers=headers,
+                http_version=version,
+                chunked=chunked,
+                has_body=has_body,
+                until_close=self._until_close,
+            )
+        )
+        self._in_body = True
+        if self.method == b"HEAD":
+            # llhttp would wait for the Content-Length bytes a HEAD response never
+            # sends; we end the message here and do not reuse the connection.
+            self._finish(reusable=False)
+            raise _HeadEnds
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self._done:
+            self._finish(reusable=self._parser.should_keep_alive() and not self._until_close)
+
+    def _finish(self, *, reusable: bool) -> None:
+        self._in_body = False
+        self._done = True
+        self.reusable = reusable
+        self._events.append(END)
+
+    def _feed(self, data: bytes) -> None:
+        if self._done:
+            self.reusable = False
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadEnds):
+                self._fail(self._callback_error(exc))
+        except httptools.HttpParserError as exc:
+            if self._done:
+                self.reusable = False  # garbage after a whole response
+            else:
+                self._fail(ProtocolError(str(exc) or "malformed response"))
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the server switched protocols, which we never asked for"))
+
+    def _end_of_stream(self) -> None:
+        if self._done:
+            self.reusable = False
+        elif self._in_body and self._until_close:
+            self._finish(reusable=False)
+        elif self._in_head or self._in_body:
+            self._fail(ProtocolError("the server closed in the middle of a response"))
+        else:
+            self._events.append(CLOSED)
+
+
+# -- framing what leaves ------------------------------------------------------
+
+
+def _head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([first_line, *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n"])
+
+
+def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return _head(b"%s %s HTTP/1.1\r\n" % (method, target), headers)
+
+
+def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return _head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
