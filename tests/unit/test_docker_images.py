@@ -75,7 +75,7 @@ def test_bundle_image_carries_only_what_the_bundle_imports() -> None:
     assert not any(n.startswith(("claude_bottle/cli/", "claude_bottle/backend/")) for n in names)
     assert not any("__pycache__" in n for n in names)
     requirements = spec.files["requirements.txt"].decode().splitlines()
-    assert any(r.startswith("h11==") for r in requirements)
+    assert any(r.startswith("httptools==") for r in requirements)
     assert any(r.startswith("cryptography==") for r in requirements)
     assert not any("pytest" in r for r in requirements)  # no test extras
 

@@ -423,6 +423,24 @@ def test_path_tricks_never_leave_the_configured_upstream(
     assert record["detail"]["status"] == status
 
 
+def test_nothing_after_a_refused_connect_is_read_as_a_request(
+    gateway: GatewayThread, fake: FakeAnthropic
+) -> None:
+    """What follows a CONNECT would be a tunnel's bytes: the refusal closes, and a request
+    hidden there is never parsed, let alone forwarded."""
+    raw = raw_request("CONNECT", "api.test:443") + raw_request(
+        "POST", "/v1/messages", messages_body(), BOTTLE_HEADERS
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.count(b"HTTP/1.1 ") == 1
+    assert reply.startswith(b"HTTP/1.1 400") and b"connection: close" in reply.lower()
+    assert fake.requests == []
+
+
 def test_raw_nul_in_target_is_refused(gateway: GatewayThread, fake: FakeAnthropic) -> None:
     reply = call(
         gateway.port, b"POST /v1/mess\x00ages HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"

@@ -1,6 +1,6 @@
 """The Anthropic API gateway: the bottle's `ANTHROPIC_BASE_URL`, holding the real credential.
 
-One `AnthropicGateway` serves one client connection (HTTP/1.1 via h11, keep-alive), the
+One `AnthropicGateway` serves one client connection (HTTP/1.1 via `http1`, keep-alive), the
 same shape as `ProxyConnection`. For every request it:
 
 1. answers Claude Code's connectivity probe (`HEAD /`, `GET /`) itself;
@@ -34,16 +34,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import h11
-
+from claude_bottle.bundle import http1
 from claude_bottle.bundle.credentials import Credential
-from claude_bottle.bundle.h11io import idle_and_open, next_event, send_event
 from claude_bottle.bundle.proxy import (
     CONNECT_TIMEOUT,
     HOP_BY_HOP,
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
     READ_SIZE,
+    pull,
 )
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -261,7 +260,7 @@ def upstream_headers(
             continue
         kept.append((name, value))
     if any(name == b"transfer-encoding" for name, _ in headers):
-        kept.append((b"transfer-encoding", b"chunked"))  # h11 accepts no other coding
+        kept.append((b"transfer-encoding", b"chunked"))  # http1 accepts no other coding
     kept.append(credential.header())
     if credential.kind == "oauth" and OAUTH_BETA not in betas:
         betas.append(OAUTH_BETA)
@@ -468,30 +467,35 @@ class _Upstream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.idle = True  # between exchanges, with nothing owed either way
         self.idle_since = time.monotonic()
 
     def close(self) -> None:
+        self.idle = False
         self.writer.close()
 
     def reusable(self) -> bool:
         return (
-            idle_and_open(self.conn, self.reader, self.writer)
+            self.idle
+            and not self.writer.is_closing()
+            and not self.reader.at_eof()
             and time.monotonic() - self.idle_since < UPSTREAM_REUSE_IDLE
         )
 
-    async def next_event(self) -> Any:
+    async def next_event(self, messages: http1.ResponseReader) -> http1.Event:
         try:
-            return await next_event(self.conn, self.reader, UPSTREAM_TIMEOUT)
+            return await pull(messages, self.reader, UPSTREAM_TIMEOUT)
         except TimeoutError:
             raise _UpstreamGone(f"the API sent nothing for {UPSTREAM_TIMEOUT:.0f} s", 504) from None
-        except (OSError, h11.ProtocolError) as exc:
+        except (OSError, http1.ProtocolError) as exc:
             raise _UpstreamGone(f"the API connection failed ({type(exc).__name__})") from None
 
-    async def send(self, event: Any) -> None:
+    async def send(self, data: bytes) -> None:
+        self.idle = False
         try:
-            await send_event(self.conn, self.writer, event)
-        except (OSError, h11.ProtocolError) as exc:
+            self.writer.write(data)
+            await self.writer.drain()
+        except OSError as exc:
             raise _UpstreamGone(f"the API connection failed ({type(exc).__name__})") from None
 
 
@@ -529,7 +533,7 @@ class AnthropicGateway:
         self.reader = reader
         self.writer = writer
         self.budget = budget
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self._up: _Upstream | None = None
 
     async def serve(self) -> None:
@@ -538,16 +542,13 @@ class AnthropicGateway:
                 request = await self._next_request()
                 if request is None:
                     return
-                if not await self._handle(request):
+                if not await self._handle(request) or not request.keep_alive:
                     return
-                if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
-                    return
-                self.conn.start_next_cycle()
         except (
             ConnectionError,
             TimeoutError,
             OSError,
-            h11.ProtocolError,
+            http1.ProtocolError,
             asyncio.IncompleteReadError,
             _ClientGone,
             _UpstreamGone,
@@ -561,28 +562,23 @@ class AnthropicGateway:
 
     # --- client side -------------------------------------------------------------
 
-    async def _client_event(self, timeout: float) -> Any:
-        return await next_event(self.conn, self.reader, timeout)
+    async def _client_event(self, timeout: float) -> http1.Event:
+        return await pull(self.requests, self.reader, timeout)
 
-    async def _next_request(self) -> h11.Request | None:
+    async def _next_request(self) -> http1.RequestHead | None:
         try:
             event = await self._client_event(IDLE_TIMEOUT)
-        except h11.RemoteProtocolError as exc:
-            body = error_body(exc.error_status_hint, "malformed HTTP request")
+        except http1.ProtocolError as exc:
+            body = error_body(exc.status, "malformed HTTP request")
             with contextlib.suppress(Exception):
-                self.writer.write(
-                    b"HTTP/1.1 %d Bad Request\r\nconnection: close\r\n"
-                    b"content-type: application/json\r\ncontent-length: %d\r\n"
-                    b"x-claude-bottle-block: gateway:bad-request\r\n\r\n%s"
-                    % (exc.error_status_hint, len(body), body)
-                )
-                await self.writer.drain()
+                await self._respond(exc.status, body, rule="gateway:bad-request", close=True)
             self.record("gateway", "deny", rule="gateway:bad-request")
             return None
-        return event if isinstance(event, h11.Request) else None
+        return event if isinstance(event, http1.RequestHead) else None  # None: it closed
 
-    async def _send(self, event: Any) -> None:
-        await send_event(self.conn, self.writer, event)
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
 
     async def _respond(
         self,
@@ -601,26 +597,24 @@ class AnthropicGateway:
         if close:
             headers.append((b"connection", b"close"))
         phrase = http.HTTPStatus(status).phrase.encode()
-        await self._send(h11.Response(status_code=status, headers=headers, reason=phrase))
-        if not head_only:
-            await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
+        head = http1.response_head(status, phrase, headers)
+        await self._send(head if head_only else head + body)
 
-    async def _drain_body(self) -> bool:
+    async def _drain_body(self, request: http1.RequestHead) -> bool:
         """Read and discard the request body (bounded); True if it ended."""
-        if self.conn.they_are_waiting_for_100_continue:
-            return False  # they have not sent it; answering is enough (we close)
+        if request.expects_continue:
+            return False  # they wait to send it; answering is enough (we close)
         budget = MAX_DRAIN
         while budget > 0:
             event = await self._client_event(CONNECT_TIMEOUT)
-            if not isinstance(event, h11.Data):
-                return isinstance(event, h11.EndOfMessage)
-            budget -= len(event.data)
+            if not isinstance(event, bytes):
+                return event is http1.END
+            budget -= len(event)
         return False
 
-    async def _refuse(self, request: h11.Request, exc: Refused) -> bool:
+    async def _refuse(self, request: http1.RequestHead, exc: Refused) -> bool:
         method = request.method.decode("ascii", "replace")
-        ended = await self._drain_body()
+        ended = await self._drain_body(request)
         self.record(
             "gateway",
             "deny",
@@ -631,20 +625,22 @@ class AnthropicGateway:
             path=request.target.decode("ascii", "replace"),
             detail={"status": exc.status, "reason": exc.reason},
         )
+        # After a CONNECT the client's bytes are a tunnel's, not HTTP: nothing follows it.
+        close = not ended or request.method == b"CONNECT"
         await self._respond(
             exc.status,
             error_body(exc.status, exc.reason),
             rule=exc.rule,
             head_only=request.method == b"HEAD",
-            close=not ended,
+            close=close,
         )
-        return ended
+        return not close
 
-    async def _handle(self, request: h11.Request) -> bool:
+    async def _handle(self, request: http1.RequestHead) -> bool:
         """Answer one request; False when the connection must close."""
         path_only = request.target.split(b"?", 1)[0]
         if request.method in (b"HEAD", b"GET") and path_only == b"/":
-            ended = await self._drain_body()
+            ended = await self._drain_body(request)
             await self._respond(
                 200,
                 b"claude-bottle api gateway\n",
@@ -698,7 +694,7 @@ class AnthropicGateway:
         self._up = _Upstream(reader, writer)
         return self._up
 
-    async def _forward(self, request: h11.Request, target: str) -> bool:
+    async def _forward(self, request: http1.RequestHead, target: str) -> bool:
         call = _Call(
             method=request.method.decode("ascii", "replace"),
             path=target,
@@ -715,37 +711,30 @@ class AnthropicGateway:
                     request, call, f"no usable credential: {reason}", 503, "gateway:credential"
                 )
                 return False
-            headers = upstream_headers(list(request.headers), credential, self.upstream.host_header)
+            headers = upstream_headers(request.headers, credential, self.upstream.host_header)
             up = await self._upstream_conn()
             await up.send(
-                h11.Request(
-                    method=request.method,
-                    target=(self.upstream.prefix + target).encode("ascii"),
-                    headers=headers,
+                http1.request_head(
+                    request.method, (self.upstream.prefix + target).encode("ascii"), headers
                 )
             )
-            if self.conn.they_are_waiting_for_100_continue:
-                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-            await self._stream_request(up, call)
-            response = await up.next_event()
-            while isinstance(response, h11.InformationalResponse):
-                response = await up.next_event()
-            if not isinstance(response, h11.Response):
+            if request.expects_continue:
+                await self._send(http1.CONTINUE)
+            await self._stream_request(up, call, request.chunked)
+            messages = http1.ResponseReader(request.method, MAX_HEADER_BYTES)
+            response = await up.next_event(messages)
+            if not isinstance(response, http1.ResponseHead):
                 raise _UpstreamGone("the API closed the connection without answering")
-            call.status = response.status_code
-            response_headers = list(response.headers)
+            call.status = response.status
             meter = UsageMeter(
-                _header(response_headers, b"content-type"),
-                _header(response_headers, b"content-encoding"),
+                _header(response.headers, b"content-type"),
+                _header(response.headers, b"content-encoding"),
             )
-            await self._send(
-                h11.Response(
-                    status_code=response.status_code,
-                    headers=downstream_headers(response_headers),
-                    reason=response.reason,
-                )
+            head, chunk_out, keep_client = http1.relay_head(
+                request, response, downstream_headers(response.headers)
             )
-            await self._relay_response(up, call, meter)
+            await self._send(head)
+            await self._relay_response(up, messages, call, meter, chunk_out)
         except _UpstreamGone as exc:
             call.aborted = True
             self._drop_upstream()
@@ -759,42 +748,51 @@ class AnthropicGateway:
             raise
         finally:
             self._account(call, meter)
-        if up.conn.our_state is h11.DONE and up.conn.their_state is h11.DONE:
-            up.conn.start_next_cycle()
+        if messages.reusable:
+            up.idle = True
             up.idle_since = time.monotonic()
         else:
             self._drop_upstream()
-        return True
+        return keep_client
 
-    async def _stream_request(self, up: _Upstream, call: _Call) -> None:
+    async def _stream_request(self, up: _Upstream, call: _Call, chunked: bool) -> None:
         scanned = bytearray()
         while True:
             event = await self._client_event(IDLE_TIMEOUT)
-            if isinstance(event, h11.Data):
-                call.bytes_up += len(event.data)
+            if isinstance(event, bytes):
+                call.bytes_up += len(event)
                 if len(scanned) < MODEL_SCAN_BYTES:
-                    scanned += event.data[: MODEL_SCAN_BYTES - len(scanned)]
-                await up.send(event)
-            elif isinstance(event, h11.EndOfMessage):
-                await up.send(h11.EndOfMessage(headers=event.headers))
+                    scanned += event[: MODEL_SCAN_BYTES - len(scanned)]
+                await up.send(http1.chunk(event) if chunked else event)
+            elif event is http1.END:
+                if chunked:
+                    await up.send(http1.LAST_CHUNK)
                 break
             else:
                 raise _ClientGone("client went away mid-request")
         if scanned:
             call.model = model_of(bytes(scanned), complete=call.bytes_up == len(scanned))
 
-    async def _relay_response(self, up: _Upstream, call: _Call, meter: UsageMeter) -> None:
+    async def _relay_response(
+        self,
+        up: _Upstream,
+        messages: http1.ResponseReader,
+        call: _Call,
+        meter: UsageMeter,
+        chunk_out: bool,
+    ) -> None:
         """Copy the response body to the client as it arrives; abort if the client leaves."""
 
         async def relay() -> None:
             while True:
-                event = await up.next_event()
-                if isinstance(event, h11.Data):
-                    call.bytes_down += len(event.data)
-                    meter.feed(event.data)
-                    await self._send(event)
-                elif isinstance(event, h11.EndOfMessage):
-                    await self._send(h11.EndOfMessage(headers=event.headers))
+                event = await up.next_event(messages)
+                if isinstance(event, bytes):
+                    call.bytes_down += len(event)
+                    meter.feed(event)
+                    await self._send(http1.chunk(event) if chunk_out else event)
+                elif event is http1.END:
+                    if chunk_out:
+                        await self._send(http1.LAST_CHUNK)
                     return
                 else:
                     raise ConnectionError("the API went away mid-response")
@@ -822,19 +820,19 @@ class AnthropicGateway:
 
     async def _watch_client(self) -> bool:
         """Wait for the client to close; True on EOF, False once enough pipelined bytes
-        are buffered (they stay with h11 for the next request)."""
+        are buffered (they wait in the request reader for the next request)."""
         received = 0
         while received < MAX_PIPELINED:
             data = await self.reader.read(READ_SIZE)
             if not data:
                 return True
             received += len(data)
-            self.conn.receive_data(data)
+            self.requests.receive(data)
         return False
 
     async def _upstream_failed(
         self,
-        request: h11.Request,
+        request: http1.RequestHead,
         call: _Call,
         reason: str,
         status: int,
@@ -844,7 +842,7 @@ class AnthropicGateway:
         call.failed = True
         call.rule = rule
         call.reason = reason
-        with contextlib.suppress(h11.ProtocolError):
+        with contextlib.suppress(OSError):
             await self._respond(
                 status,
                 error_body(status, reason),

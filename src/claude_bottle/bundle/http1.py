@@ -189,8 +189,8 @@ def _check_version(version: str) -> None:
 class RequestReader(_Reader):
     """Requests from one client connection, pipelined or not.
 
-    After a CONNECT the reader stops: the bytes that followed it are in `trailing`,
-    and belong to the tunnel, not to HTTP.
+    After a CONNECT the reader stops: the bytes that came with it are in `trailing`,
+    and belong to the tunnel, not to HTTP; anything fed later is an error.
     """
 
     def __init__(self, max_head: int) -> None:
@@ -237,8 +237,8 @@ class RequestReader(_Reader):
         self._events.append(END)
 
     def _feed(self, data: bytes) -> None:
-        if self._stopped:
-            self.trailing += data
+        if self._stopped:  # whoever took the tunnel reads its bytes itself
+            self._fail(ProtocolError("bytes after a CONNECT are not HTTP"))
             return
         try:
             self._parser.feed_data(data)
@@ -377,6 +377,29 @@ def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]
 
 def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     return _head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers)
+
+
+def relay_head(
+    request: RequestHead, response: ResponseHead, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, bool, bool]:
+    """How `response` to `request` goes on to the client, with `headers` (hop-by-hop
+    ones already dropped, `transfer-encoding: chunked` kept when the response had it):
+    the head to send, whether the body goes out chunked, and whether the client's
+    connection may carry another request afterwards."""
+    keep_client = request.keep_alive
+    chunk_out = False
+    if response.has_body and (response.chunked or response.until_close):
+        if request.http_version == "1.1":
+            chunk_out = True
+            if not response.chunked:
+                headers = [*headers, (b"transfer-encoding", b"chunked")]
+        else:
+            # An HTTP/1.0 client knows no chunks: the body ends when we close.
+            headers = [(n, v) for n, v in headers if n != b"transfer-encoding"]
+            keep_client = False
+    if not keep_client:
+        headers = [*headers, (b"connection", b"close")]
+    return response_head(response.status, response.reason, headers), chunk_out, keep_client
 
 
 def chunk(data: bytes) -> bytes:

@@ -572,25 +572,12 @@ class ProxyConnection:
                 raise _StaleUpstream
             # Nothing went to the client yet: it gets an answer, not a dropped connection.
             raise Blocked("error:upstream", f"{dest.host} {problem}", 502)
-        keep_client = request.keep_alive
-        response_headers = _filtered_headers(response.headers)
-        chunk_out = False
-        if response.has_body and (response.chunked or response.until_close):
-            if request.http_version == "1.1":
-                chunk_out = True
-                if not response.chunked:
-                    response_headers.append((b"transfer-encoding", b"chunked"))
-            else:
-                # An HTTP/1.0 client knows no chunks: the body ends when we close.
-                response_headers = [
-                    (n, v) for n, v in response_headers if n != b"transfer-encoding"
-                ]
-                keep_client = False
-        if not keep_client:
-            response_headers.append((b"connection", b"close"))
         # What the upstream already sent goes to the client in one write (a small response
         # is one send, not three); we flush before waiting for more, and every READ_SIZE.
-        out = bytearray(http1.response_head(response.status, response.reason, response_headers))
+        head, chunk_out, keep_client = http1.relay_head(
+            request, response, _filtered_headers(response.headers)
+        )
+        out = bytearray(head)
         down_bytes = 0
         while True:
             event = messages.next_event()

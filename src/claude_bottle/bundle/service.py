@@ -65,7 +65,7 @@ class Bundle:
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
         self._clients: set[asyncio.Task[None]] = set()  # ended when the bundle stops
         self._ending = False
-        # Built on the first gateway connection: h11 and the gateway are not needed to
+        # Built on the first gateway connection: the gateway is not needed to
         # be ready, and the bottle's command takes a while to make its first call.
         self._gateway: tuple[Any, Any, Any] | None = None
 
