@@ -111,6 +111,18 @@ class _Reader(ABC):
         if self._head_bytes > self.max_head:
             raise ProtocolError(f"message head over {self.max_head} bytes", 431)
 
+    def _first_line_piece(self, piece: bytes) -> None:
+        """A piece of the request target or the reason phrase (llhttp may split them)."""
+        self._grow_head(len(piece))
+        self._first_line += piece
+
+    def _end_head(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> str:
+        """The head is in: leave head state; its HTTP version, which must be 1.0 or 1.1."""
+        self._in_head = False
+        version = parser.get_http_version()
+        _check_version(version)
+        return version
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._grow_head(len(name) + len(value) + 4)
         if self._in_head:  # after the body they are trailers, which we drop
@@ -201,14 +213,11 @@ class RequestReader(_Reader):
         self._method = b""
 
     def on_url(self, url: bytes) -> None:
-        self._grow_head(len(url))
-        self._first_line += url
+        self._first_line_piece(url)
 
     def on_headers_complete(self) -> None:
         parser, headers = self._parser, self._headers
-        self._in_head = False
-        version = parser.get_http_version()
-        _check_version(version)
+        version = self._end_head(parser)
         if version == "1.1" and len(_header_values(headers, b"host")) != 1:
             raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
         chunked = _check_transfer_coding(headers)
@@ -286,14 +295,11 @@ class ResponseReader(_Reader):
         super().on_message_begin()
 
     def on_status(self, reason: bytes) -> None:
-        self._grow_head(len(reason))
-        self._first_line += reason
+        self._first_line_piece(reason)
 
     def on_headers_complete(self) -> None:
         parser, headers = self._parser, self._headers
-        self._in_head = False
-        version = parser.get_http_version()
-        _check_version(version)
+        version = self._end_head(parser)
         status = parser.get_status_code()
         if status == 101:
             raise ProtocolError("the server switched protocols, which we never asked for")
