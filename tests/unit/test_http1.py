@@ -185,6 +185,18 @@ def test_many_small_requests_are_not_counted_as_one_big_head() -> None:
     assert events.count(END) == 3 * MAX_HEAD // len(GET)
 
 
+def test_a_big_body_between_two_split_heads_is_not_counted_as_head() -> None:
+    post = b"POST http://a.test/p HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n"
+    body = b"b" * (3 * MAX_HEAD)
+    reader = RequestReader(MAX_HEAD)
+    reader.receive(post[:20])  # the first head arrives in two reads...
+    reader.receive(post[20:] % len(body) + body + GET[:20])  # ...the next starts in the same
+    reader.receive(GET[20:])
+    first, got, end, second, second_end = drain(reader)
+    assert isinstance(first, RequestHead) and (got, end, second_end) == (body, END, END)
+    assert isinstance(second, RequestHead) and second.target == b"http://a.test/x?y=1"
+
+
 def test_connect_stops_parsing_and_keeps_what_followed_for_the_tunnel() -> None:
     reader = RequestReader(MAX_HEAD)
     reader.receive(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n\x16\x03\x01junk")

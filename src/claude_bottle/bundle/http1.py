@@ -93,6 +93,7 @@ class _Reader(ABC):
         self._head_bytes = 0  # counted from the parser's callbacks
         self._drip_bytes = 0  # fed while one head was arriving across reads
         self._in_head = False
+        self._head_began = False  # during the current feed
         self._in_body = False
         self._failed = False
         self._eof = False
@@ -101,6 +102,7 @@ class _Reader(ABC):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_began = True
         self._headers = []
         self._first_line.clear()
         self._head_bytes = 0
@@ -142,8 +144,11 @@ class _Reader(ABC):
             self._end_of_stream()
             return
         continuing_head = self._in_head
+        self._head_began = False
         self._feed(data)
-        if continuing_head and self._in_head and not self._failed:
+        # Every byte of this feed belongs to the head still arriving only if that head
+        # began before it (llhttp holds a partial header where we cannot count it).
+        if continuing_head and self._in_head and not self._head_began and not self._failed:
             self._drip_bytes += len(data)
             if self._drip_bytes > self.max_head:
                 self._fail(ProtocolError(f"message head over {self.max_head} bytes", 431))
