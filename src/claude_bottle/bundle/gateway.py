@@ -42,6 +42,7 @@ from claude_bottle.bundle.proxy import (
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
     READ_SIZE,
+    KeptAlive,
     pull,
 )
 
@@ -461,26 +462,15 @@ class _ClientGone(Exception):
     pass
 
 
-class _Upstream:
+class _Upstream(KeptAlive):
     """One keep-alive connection to the API; every failure surfaces as `_UpstreamGone`."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.idle = True  # between exchanges, with nothing owed either way
+        super().__init__(reader, writer)
         self.idle_since = time.monotonic()
 
-    def close(self) -> None:
-        self.idle = False
-        self.writer.close()
-
     def reusable(self) -> bool:
-        return (
-            self.idle
-            and not self.writer.is_closing()
-            and not self.reader.at_eof()
-            and time.monotonic() - self.idle_since < UPSTREAM_REUSE_IDLE
-        )
+        return self.alive() and time.monotonic() - self.idle_since < UPSTREAM_REUSE_IDLE
 
     async def next_event(self, messages: http1.ResponseReader) -> http1.Event:
         try:

@@ -118,26 +118,34 @@ def _pool_key(dest: Destination) -> PoolKey:
     return (dest.address, dest.connect_port, dest.tls, dest.host)
 
 
-class Upstream:
+class KeptAlive:
+    """A keep-alive connection to a server, which the proxy and the gateway reuse."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle = True  # between exchanges, with nothing owed either way
+
+    def alive(self) -> bool:
+        """Idle and not closed by either side as far as we know: a next request may go."""
+        return self.idle and not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.idle = False
+        self.writer.close()
+
+
+class Upstream(KeptAlive):
     """One keep-alive connection to an origin server, reused while the destination is the
     same, and parked in the bundle's pool when its client goes."""
 
     def __init__(
         self, dest: Destination, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        super().__init__(reader, writer)
         self.dest = dest
         self.key = _pool_key(dest)
-        self.reader = reader
-        self.writer = writer
-        self.idle = True  # between exchanges, with nothing owed either way
         self.reused = False  # it has carried a whole exchange before
-
-    def alive(self) -> bool:
-        return self.idle and not self.writer.is_closing() and not self.reader.at_eof()
-
-    def close(self) -> None:
-        self.idle = False
-        self.writer.close()
 
     async def send(self, data: bytes) -> None:
         if data:
