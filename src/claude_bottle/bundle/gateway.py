@@ -43,6 +43,8 @@ from claude_bottle.bundle.proxy import (
     MAX_HEADER_BYTES,
     READ_SIZE,
     KeptAlive,
+    connection_tokens,
+    forwarded_headers,
     pull,
 )
 
@@ -244,13 +246,7 @@ def upstream_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The request headers to send upstream: the bottle's credentials and hop-by-hop headers
     gone, Host from configuration, the real credential injected."""
-    connection_tokens = {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
-    dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | DROPPED_REQUEST | connection_tokens
+    dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | DROPPED_REQUEST | connection_tokens(headers)
     betas: list[bytes] = []
     kept: list[tuple[bytes, bytes]] = [(b"host", host_header.encode("ascii"))]
     for name, value in headers:
@@ -271,17 +267,7 @@ def upstream_headers(
 
 
 def downstream_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    connection_tokens = {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
-    dropped = HOP_BY_HOP | DROPPED_RESPONSE | connection_tokens
-    kept = [(name, value) for name, value in headers if name not in dropped]
-    if any(name == b"transfer-encoding" for name, _ in headers):
-        kept.append((b"transfer-encoding", b"chunked"))
-    return kept
+    return forwarded_headers(headers, DROPPED_RESPONSE)
 
 
 def _clean_model(value: object) -> str | None:

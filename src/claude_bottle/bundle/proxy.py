@@ -77,19 +77,23 @@ def block_body(bottle: str, host: str, rule: str, reason: str) -> bytes:
     return (line.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
 
 
-def _filtered_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop headers; keep chunked framing, which we re-apply on the next hop."""
-    connection_tokens = {
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The header names the Connection header makes hop-by-hop for this message."""
+    return {
         token.strip().lower()
         for name, value in headers
         if name == b"connection"
         for token in value.split(b",")
     }
-    kept = [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP and name not in connection_tokens
-    ]
+
+
+def forwarded_headers(
+    headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop headers and `dropped`; keep chunked framing, which we re-apply on
+    the next hop."""
+    gone = HOP_BY_HOP | dropped | connection_tokens(headers)
+    kept = [(name, value) for name, value in headers if name not in gone]
     if any(name == b"transfer-encoding" for name, _ in headers):
         kept.append((b"transfer-encoding", b"chunked"))  # http1 accepts no other coding
     return kept
@@ -516,7 +520,7 @@ class ProxyConnection:
         default_port = 443 if dest.tls else 80
         host_header = dest.host if dest.port == default_port else f"{dest.host}:{dest.port}"
         headers = [(b"host", host_header.encode("ascii"))]
-        headers += _filtered_headers(request.headers)
+        headers += forwarded_headers(request.headers)
         if request.expects_continue and not replay:
             await self._send(http1.CONTINUE)
         # The head goes out with the first scanned body bytes (or at the end), so a
@@ -583,7 +587,7 @@ class ProxyConnection:
         # What the upstream already sent goes to the client in one write (a small response
         # is one send, not three); we flush before waiting for more, and every READ_SIZE.
         head, chunk_out, keep_client = http1.relay_head(
-            request, response, _filtered_headers(response.headers)
+            request, response, forwarded_headers(response.headers)
         )
         out = bytearray(head)
         down_bytes = 0
