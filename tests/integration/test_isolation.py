@@ -335,6 +335,25 @@ def test_bundle_death_stops_the_bottle(bottle_env: BottleEnv) -> None:
     assert "bundle" in err and "stopped" in err
 
 
+def test_bundle_death_is_reported_when_the_command_ends_before_the_watcher_looks(
+    bottle_env: BottleEnv,
+) -> None:
+    flag = bottle_env.workspace / "go"
+    proc = bottle_env.start(f"echo started; while [ ! -e {flag} ]; do sleep 0.01; done")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    bundle = json.loads((bottle_env.state_dir() / "bottle.json").read_text())["processes"]["bundle"]
+    os.kill(bundle["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process_alive(bundle) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    flag.write_text("")  # the command ends within ~10 ms, well inside the watcher's interval
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 125, err
+    assert "bundle" in err and "stopped" in err and "while the command ran" in err
+    assert "exit status was 0" in err
+
+
 def test_cleanup_after_kill_9_leaves_nothing(bottle_env: BottleEnv) -> None:
     runtime = Path(bottle_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"])
     proc = bottle_env.start("echo started; sleep 60")

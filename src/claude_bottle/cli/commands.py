@@ -142,10 +142,19 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
     finally:
         done.set()
         watcher.join()
+    # A short command can end before the watcher looks again; it still ran without its way
+    # out (or its bottle), so that is reported, not hidden behind the command's own status.
+    died_meanwhile = None if failure else bottle.alive()
     if owns_bottle:
         state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
     if failure:
         _say(f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped")
+        return EXIT_LAUNCH_FAILED
+    if died_meanwhile is not None:
+        _say(
+            f"bottle {bottle.name}: {died_meanwhile} while the command ran; "
+            f"the command's own exit status was {status}"
+        )
         return EXIT_LAUNCH_FAILED
     return status
 
