@@ -375,10 +375,10 @@ def install_claude_bottle() -> str | None:
     """
     pip = INSTALLED / "bin" / "pip"
     steps = [] if pip.exists() else [[sys.executable, "-m", "venv", str(INSTALLED)]]
-    quiet = ["--quiet", "--disable-pip-version-check"]
-    if not (INSTALLED / "bin" / "claude-bottle").exists():
-        steps.append([str(pip), "install", *quiet, str(ROOT)])  # with its dependencies
-    steps.append([str(pip), "install", *quiet, "--no-deps", "--force-reinstall", str(ROOT)])
+    # pip reinstalls a local tree every time, and adds the dependencies it gained since the
+    # venv was made (installing only the tree once left out uvloop, and the measured bundle
+    # died as its event loop loaded).
+    steps.append([str(pip), "install", "--quiet", "--disable-pip-version-check", str(ROOT)])
     for argv in steps:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         if done.returncode:
