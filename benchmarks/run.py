@@ -1083,17 +1083,26 @@ NOTES = """
    match or beat direct: the client then reads from the bundle's unix socket, which cost it
    ~0.4 of a core against ~1.0 for a TCP receive at similar rates, and the bundle relays
    with splice(2). Small requests still go through the same asyncio server.
+13. A correction. The benchmark's venv was made before uvloop and httptools became
+   dependencies, and later runs reinstalled only the tree, so from item 9 until
+   2026-11-23 the start-up case timed a bundle that died as its event loop loaded, just
+   after ready; `run -- true` still exited 0 because the command ended before the CLI's
+   watcher looked. The venv now gets new dependencies on every run, and a bundle that
+   dies while a command runs makes `run` exit 125 however short the command. With a
+   healthy bundle the same code measured 0.55, 0.49 and 0.46 of srt in three runs that
+   day (srt 538 ms in the first, 419 ms in the last), against 0.48 with the dying one.
 
 ## What is left
 
-- Start-up: the CLI's own imports are now the critical path (~150 ms of CPU: click ~35,
-  the config and plan modules ~55 of which ~27 ms is creating 25 frozen dataclasses, the
-  namespace backend ~20), then bubblewrap and the relay (~30 ms) and the command's
-  teardown (~25 ms). The whole run uses ~0.4 s of CPU on this 2-core machine, so its
-  slow phases hit it as hard as they hit srt, and the ratio moves between ~0.50 and ~0.55
-  with them. What would still cut CPU: the per-bottle CA minted without importing
-  `cryptography.x509` (~60 ms in the bundle), fewer dataclasses on the run path, or a
-  long-lived per-user bundle server.
+- Start-up: timestamps in every process (median of 10 runs, a fast phase, 188 ms in all):
+  interpreter start 24 ms; the CLI's imports 104 ms (click ~34, then config, the
+  backend base and the namespace backend, where creating 25 dataclasses takes ~22 ms);
+  config and plan 9 ms; bubblewrap and the relay 25 ms; `true` through the exec socket
+  10 ms; teardown 15 ms (the bundle's stop fsyncs its last audit record). The prestarted
+  bundle finishes its own imports (~100 ms, `cryptography.x509` ~35 of them) only ~8 ms
+  before the CLI hands it its settings, so both paths have to shrink for either to pay.
+  The run keeps both cores busy, so a contended phase of this shared machine slows it
+  more than srt (mostly one thread): the ratio moved between 0.46 and 0.55 in one day.
 - Small requests: what the bundle still spends per keep-alive request is mostly the event
   loop and its socket calls (two reads, two writes), the gate and the audit record.
 - Interception costs most on bulk downloads (see the TLS page): OpenSSL plus the TLS
