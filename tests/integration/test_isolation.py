@@ -354,6 +354,23 @@ def test_bundle_death_is_reported_when_the_command_ends_before_the_watcher_looks
     assert "exit status was 0" in err
 
 
+def test_a_bundle_that_fails_as_its_service_loads_fails_the_run_and_names_its_log(
+    bottle_env: BottleEnv,
+) -> None:
+    """The shape a broken install takes: ready is said before the event loop loads."""
+    if bottle_env.backend != "namespace":
+        pytest.skip("the fault comes through PYTHONPATH, which only a host bundle inherits")
+    broken = bottle_env.root / "broken-modules"
+    broken.mkdir()
+    (broken / "uvloop.py").write_text('raise ImportError("uvloop broken on purpose by a test")\n')
+    bottle_env.env["PYTHONPATH"] = str(broken)
+    result = bottle_env.run("true")
+    log = bottle_env.state_dir() / "bundle.log"
+    assert result.returncode == 125, result.stderr
+    assert "bundle" in result.stderr and f"see {log}" in result.stderr
+    assert "uvloop broken on purpose by a test" in log.read_text()
+
+
 def test_cleanup_after_kill_9_leaves_nothing(bottle_env: BottleEnv) -> None:
     runtime = Path(bottle_env.env["CLAUDE_BOTTLE_RUNTIME_DIR"])
     proc = bottle_env.start("echo started; sleep 60")

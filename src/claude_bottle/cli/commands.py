@@ -148,15 +148,24 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
     if owns_bottle:
         state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
     if failure:
-        _say(f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped")
+        _say(
+            f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped"
+            + _bundle_log_hint(bottle.name)
+        )
         return EXIT_LAUNCH_FAILED
     if died_meanwhile is not None:
         _say(
             f"bottle {bottle.name}: {died_meanwhile} while the command ran; "
-            f"the command's own exit status was {status}"
+            f"the command's own exit status was {status}" + _bundle_log_hint(bottle.name)
         )
         return EXIT_LAUNCH_FAILED
     return status
+
+
+def _bundle_log_hint(name: str) -> str:
+    """Where a host bundle said why it stopped; the docker backend's bundle logs elsewhere."""
+    log = paths.state_dir(name) / "bundle.log"
+    return f"; see {log}" if log.is_file() and log.stat().st_size else ""
 
 
 def _record(name: str) -> dict[str, Any]:
