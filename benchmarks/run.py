@@ -318,7 +318,9 @@ def stats(values: list[float], digits: int = 4) -> dict[str, float]:
 # ---------------------------------------------------------------- cases
 
 
-def case_startup(runs: int) -> dict[str, Any]:
+def case_startup(runs: int, also: dict[str, str]) -> dict[str, Any]:
+    """`run -- true` against srt and bare bwrap; `also` names more claude-bottle console
+    scripts to time alike (the same tree on other interpreters)."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cbbench-start-") as tmp:
         ws = Path(tmp) / "ws"
@@ -334,6 +336,7 @@ def case_startup(runs: int) -> dict[str, Any]:
         srt = CACHE / "npm" / "node_modules" / ".bin" / "srt"
         commands: dict[str, list[str]] = {
             "claude-bottle": [cb, "run", "--", "true"],
+            **{name: [script, "run", "--", "true"] for name, script in also.items()},
             "bwrap (floor)": ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"],
         }
         if srt.exists():
@@ -362,19 +365,29 @@ def case_startup(runs: int) -> dict[str, Any]:
 
 
 INSTALLED = CACHE / "venv"  # this tree, installed the way scripts/install.sh installs it
+ON_THIS_PYTHON = CACHE / "venv-this-python"  # the same, on the interpreter running this script
 
 
-def install_claude_bottle() -> str | None:
-    """Install this tree into a private venv, as scripts/install.sh does (not editable,
-    bytecode compiled by pip); None, with the reason printed, if that fails.
+def install_python() -> str:
+    """The interpreter scripts/install.sh makes its venv from: CLAUDE_BOTTLE_PYTHON, else
+    Debian's /usr/bin/python3 (what a fresh Debian 12 has); this one where neither exists."""
+    found = shutil.which(os.environ.get("CLAUDE_BOTTLE_PYTHON") or "/usr/bin/python3")
+    return os.path.realpath(found or sys.executable)
+
+
+def install_claude_bottle(python: str, venv: Path) -> str | None:
+    """Install this tree into a private venv made from `python`, as scripts/install.sh does
+    (not editable, bytecode compiled by pip); None, with the reason printed, if that fails.
 
     The development interpreter is not what users run: an editable install, a site hook
     of the machine (this one loads certifi in every interpreter, ~35 ms) or
     PYTHONDONTWRITEBYTECODE (every edited module recompiled at each start) would be
     measured along with claude-bottle.
     """
-    pip = INSTALLED / "bin" / "pip"
-    steps = [] if pip.exists() else [[sys.executable, "-m", "venv", str(INSTALLED)]]
+    if venv_python(venv) != python:
+        shutil.rmtree(venv, ignore_errors=True)  # made from another interpreter, or broken
+    pip = venv / "bin" / "pip"
+    steps = [] if pip.exists() else [[python, "-m", "venv", str(venv)]]
     # pip reinstalls a local tree every time, and adds the dependencies it gained since the
     # venv was made (installing only the tree once left out uvloop, and the measured bundle
     # died as its event loop loaded).
@@ -382,9 +395,32 @@ def install_claude_bottle() -> str | None:
     for argv in steps:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         if done.returncode:
-            print(f"  installing claude-bottle failed: {done.stderr.strip()[-300:]}")
+            print(f"  installing claude-bottle on {python} failed: {done.stderr.strip()[-300:]}")
             return None
-    return str(INSTALLED / "bin" / "claude-bottle")
+    return str(venv / "bin" / "claude-bottle")
+
+
+def venv_python(venv: Path) -> str | None:
+    """The interpreter `venv` was made from (its pyvenv.cfg), resolved; None without one."""
+    try:
+        lines = (venv / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "executable":
+            return os.path.realpath(value.strip())
+    return None
+
+
+def python_label(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return f"{python} ({done.stdout.strip() or '?'})"
 
 
 def claude_bottle_command() -> str:
@@ -846,6 +882,13 @@ def markdown(res: dict[str, Any], command: str) -> str:
         L.append(
             f"| DLP scan | {dlp.get('skipped') or dlp.get('error')} | – | – | ≥ 300 MiB/s | – |"
         )
+    also = res.get("startup_also")
+    if also and st.get(also) and srt:
+        L += [
+            "",
+            f"Start-up of the same tree installed alike on {also.removeprefix('claude-bottle on ')}, the interpreter running "
+            f"the benchmark: {fmt(st[also], 'ms')}, {st[also]['median'] / srt['median']:.2f}× srt in the same rounds.",
+        ]
     L += tls_summary()
     L += [
         "",
@@ -863,7 +906,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         "  through each (small requests), so a slow phase of a shared machine hits them alike.",
         "- Start-up: wall time of the whole command from a Python `subprocess.run`, first round dropped.",
         "  claude-bottle is this tree installed as `scripts/install.sh` installs it (a private venv, bytecode",
-        f"  compiled by pip): `{res.get('claude_bottle', 'claude-bottle')}`.",
+        f"  compiled by pip): `{res.get('claude_bottle', 'claude-bottle')}`, on {res.get('claude_bottle_python', 'the interpreter running the benchmark')}.",
         "- Bulk: one `GET` of the whole size inside a CONNECT tunnel, Python client `recv_into` a 4 MiB buffer.",
         "- Small: sequential Python client, 20 warm-up requests dropped per block; keep-alive reuses one connection,",
         "  new connection opens one per request (absolute-form `GET http://…` to the proxy). Added = proxy − direct.",
@@ -940,13 +983,26 @@ def main() -> None:
         "tunnels": tunnels,
     }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    print("installing claude-bottle into benchmarks/.cache/venv")
-    measured = Path(install_claude_bottle() or claude_bottle_command())
+    python = install_python()
+    print(f"installing claude-bottle into benchmarks/.cache/venv, on {python}")
+    installed = install_claude_bottle(python, INSTALLED)
+    measured = Path(installed or claude_bottle_command())
     res["claude_bottle"] = str(
         measured.relative_to(ROOT) if measured.is_relative_to(ROOT) else measured
     )
+    res["claude_bottle_python"] = (
+        python_label(python) if installed else "its own interpreter (installing failed)"
+    )
+    also: dict[str, str] = {}
+    this_python = os.path.realpath(sys.executable)
+    if this_python != python:
+        print(f"installing the same tree on {this_python}, to time it alike")
+        script = install_claude_bottle(this_python, ON_THIS_PYTHON)
+        if script:
+            res["startup_also"] = f"claude-bottle on {python_label(this_python)}"
+            also[res["startup_also"]] = script
     print("start-up")
-    res["startup"] = case_startup(10 if not q else 5)
+    res["startup"] = case_startup(10 if not q else 5, also)
     print("docker start-up")
     res["startup_docker"] = case_startup_docker(8 if not q else 3)
     with (

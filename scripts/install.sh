@@ -7,11 +7,21 @@ sudo_cmd=""
 [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 
 bash "$repo/scripts/install-system-deps.sh"
-if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    $sudo_cmd apt-get install -y -qq python3-venv
+# Debian's own python3 unless CLAUDE_BOTTLE_PYTHON names another: apt keeps it patched,
+# and its build (static, optimised) starts about a quarter faster than a shared-library
+# one such as pyenv's; every bottle starts two interpreters (docs/benchmarks.md).
+python="${CLAUDE_BOTTLE_PYTHON:-}"
+if [ -n "$python" ]; then
+    if ! "$python" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "install.sh: CLAUDE_BOTTLE_PYTHON=$python is not a Python 3.11+ that can make a venv; fix: name one that can, or unset it to use Debian's python3" >&2
+        exit 1
+    fi
+else
+    python=/usr/bin/python3
+    "$python" -c 'import venv, ensurepip' 2>/dev/null || $sudo_cmd apt-get install -y -qq python3-venv
 fi
 venv="${CLAUDE_BOTTLE_VENV:-$HOME/.local/share/claude-bottle/venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "$repo"
 mkdir -p "$HOME/.local/bin"
 ln -sf "$venv/bin/claude-bottle" "$HOME/.local/bin/claude-bottle"
