@@ -11,11 +11,10 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 
-@dataclasses.dataclass(frozen=True)
-class PlanSection:
+class PlanSection(NamedTuple):  # not a dataclass: see bundle/settings.py
     """A titled group of `key: value` lines in a printed plan."""
 
     title: str
@@ -25,6 +24,8 @@ class PlanSection:
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple record
+        return {name: _jsonable(item) for name, item in value._asdict().items()}
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -123,14 +123,10 @@ def test_home_and_toolchains_are_mounted_over_the_masks_in_order() -> None:
 
 
 def test_detached_bottle_does_not_die_with_the_cli() -> None:
-    import dataclasses
-
-    argv = bwrap_argv(dataclasses.replace(SPEC, die_with_parent=False))
+    argv = bwrap_argv(SPEC._replace(die_with_parent=False))
     assert "--die-with-parent" not in argv
 
 
 def test_no_resolv_conf_override_when_none() -> None:
-    import dataclasses
-
-    argv = bwrap_argv(dataclasses.replace(SPEC, resolv_conf=None))
+    argv = bwrap_argv(SPEC._replace(resolv_conf=None))
     assert "/etc/resolv.conf" not in argv

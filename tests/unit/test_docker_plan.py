@@ -346,7 +346,7 @@ def test_read_only_grants_are_checked(dirs: Path) -> None:
 def test_workspace_docker_cannot_mount_is_refused(dirs: Path) -> None:
     odd = dirs / "a:b"
     odd.mkdir()
-    request = dataclasses.replace(_request(dirs, Config()), workspace=odd)
+    request = _request(dirs, Config())._replace(workspace=odd)
     with pytest.raises(ConfigError, match="docker cannot mount"):
         DockerBackend().plan(request)
 

@@ -78,9 +78,7 @@ class Rig:
 
     def plan(self, backend: SmolmachinesBackend, *, detach: bool = False) -> SmolmachinesBottlePlan:
         config = Config()
-        config = dataclasses.replace(
-            config, egress=dataclasses.replace(config.egress, intercept=False)
-        )
+        config = config._replace(egress=config.egress._replace(intercept=False))
         request = LaunchRequest(NAME, self.workspace, config, ("true",), detach=detach)
         return backend.plan(request)
 

@@ -11,22 +11,20 @@ import dataclasses
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from claude_bottle.config.model import Config
 from claude_bottle.errors import MissingDependency
 from claude_bottle.plan import PlanSection, Printable
 
 
-@dataclasses.dataclass(frozen=True)
-class ExecResult:
+class ExecResult(NamedTuple):  # not a dataclass: see bundle/settings.py
     returncode: int
     stdout: str
     stderr: str
 
 
-@dataclasses.dataclass(frozen=True)
-class LaunchRequest:
+class LaunchRequest(NamedTuple):
     """Everything `run`/`plan` know before a backend turns it into a plan."""
 
     name: str

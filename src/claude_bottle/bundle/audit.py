@@ -27,10 +27,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from claude_bottle.errors import BottleError
 
@@ -87,8 +86,7 @@ class AuditError(BottleError):
     """The audit log cannot be written, or its chain cannot be resumed safely."""
 
 
-@dataclass
-class VerifyResult:
+class VerifyResult(NamedTuple):  # not a dataclass: see bundle/settings.py
     """Outcome of `verify`: `bad_line` is 1-based; `problem` is "" when `ok`."""
 
     ok: bool

@@ -6,7 +6,6 @@ is never mounted into the bottle, so only the host user reaches it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -17,15 +16,15 @@ from claude_bottle.errors import BottleError
 MAX_LINE = 64 * 1024
 
 
-@dataclasses.dataclass
 class Stats:
-    """The proxy's counters, as the `stats` request reports them."""
+    """The proxy's counters, as the `stats` request reports them (its `__dict__`)."""
 
-    connections: int = 0
-    requests: int = 0
-    tunnels: int = 0
-    blocked: int = 0
-    upstreams_reused: int = 0  # requests that took a parked upstream connection
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.tunnels = 0
+        self.blocked = 0
+        self.upstreams_reused = 0  # requests that took a parked upstream connection
 
 
 def call(control_socket: Path, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:

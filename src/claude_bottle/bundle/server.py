@@ -21,9 +21,8 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from claude_bottle.bundle.audit import AuditError, AuditLog
 from claude_bottle.bundle.control import Stats
@@ -40,8 +39,7 @@ CONTROL_BACKLOG = 100
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-@dataclass
-class Opened:
+class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
     """A bundle made ready by `open_bundle`, for `service.Bundle` to serve."""
 
     settings: BundleSettings

@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
 # SECRET_NAME: the same rule the bottle environment builder applies as a last line of defence.
@@ -61,26 +61,22 @@ CONFIG_ENV: Final = "CLAUDE_BOTTLE_CONFIG"
 # -- schema: the one place that lists every key ---------------------------------
 
 
-@dataclass(frozen=True)
-class _Scalar:
+class _Scalar(NamedTuple):  # not a dataclass: see bundle/settings.py
     kind: type
     what: str
     plural: str
 
 
-@dataclass(frozen=True)
-class _ListOf:
+class _ListOf(NamedTuple):
     item: _Spec
 
 
-@dataclass(frozen=True)
-class _Table:
+class _Table(NamedTuple):
     fields: Mapping[str, _Spec]
     required: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class _MapOf:
+class _MapOf(NamedTuple):
     """A table whose keys are chosen by the user (host names, remote names)."""
 
     value: _Spec
@@ -195,8 +191,7 @@ def _type_hint(spec: _Spec, key: str) -> str:
     return f"write it as a table: [{key}] on its own line, then its keys"
 
 
-@dataclass(frozen=True)
-class _Source:
+class _Source(NamedTuple):
     """Where a layer came from: a file (shown as the user would type it) or a flag."""
 
     label: str

@@ -2,12 +2,12 @@
 
 Nothing here validates; `claude_bottle.config.load` only ever builds these
 from checked input, so every consumer can take the values at face value.
+They are NamedTuples, not dataclasses, for `run`'s start-up: see bundle/settings.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 EGRESS_MODES = ("enforce", "audit", "ask")
 DEFAULT_ALLOW = ("api.anthropic.com",)
@@ -16,8 +16,7 @@ DEFAULT_BACKEND = "namespace"
 DEFAULT_ANTHROPIC_CREDENTIAL = "env:ANTHROPIC_API_KEY"
 
 
-@dataclass(frozen=True)
-class ResolvePin:
+class ResolvePin(NamedTuple):
     """`[egress.resolve]`: `host` is always contacted at `address` (an IP), on `port` if set."""
 
     host: str
@@ -25,8 +24,7 @@ class ResolvePin:
     port: int | None = None
 
 
-@dataclass(frozen=True)
-class EgressConfig:
+class EgressConfig(NamedTuple):
     allow: tuple[str, ...] = DEFAULT_ALLOW
     deny: tuple[str, ...] = ()
     mode: str = "enforce"  # enforce | audit | ask
@@ -36,56 +34,49 @@ class EgressConfig:
     upstream_ca_file: str | None = None  # extra CA for verifying upstreams (tests)
 
 
-@dataclass(frozen=True)
-class DlpPattern:
+class DlpPattern(NamedTuple):
     name: str
     regex: str
 
 
-@dataclass(frozen=True)
-class DlpConfig:
+class DlpConfig(NamedTuple):
     enabled: bool = True
     block: bool = True
     patterns: tuple[DlpPattern, ...] = ()
 
 
-@dataclass(frozen=True)
-class CredentialsConfig:
+class CredentialsConfig(NamedTuple):
     anthropic: str = DEFAULT_ANTHROPIC_CREDENTIAL  # env:NAME | file:PATH | keychain
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(NamedTuple):
     anthropic_upstream: str = "https://api.anthropic.com"
     upstream_ca_file: str | None = None  # extra CA for the upstream (tests)
     max_tokens_total: int | None = None  # stop a runaway bottle
     oauth_token_url: str | None = None  # where host-side OAuth refresh goes
 
 
-@dataclass(frozen=True)
-class GitRemote:
+class GitRemote(NamedTuple):
     name: str
     url: str
     push: tuple[str, ...] = ()  # branch patterns the agent may push
     force: bool = False
 
 
-@dataclass(frozen=True)
-class BottleSection:
+class BottleSection(NamedTuple):
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: tuple[str, ...] = ()  # host paths granted read-only (may start with ~/)
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     backend: str = DEFAULT_BACKEND
-    egress: EgressConfig = field(default_factory=EgressConfig)
-    dlp: DlpConfig = field(default_factory=DlpConfig)
-    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    egress: EgressConfig = EgressConfig()
+    dlp: DlpConfig = DlpConfig()
+    credentials: CredentialsConfig = CredentialsConfig()
+    gateway: GatewayConfig = GatewayConfig()
     git_remotes: tuple[GitRemote, ...] = ()
-    bottle: BottleSection = field(default_factory=BottleSection)
+    bottle: BottleSection = BottleSection()
     sources: tuple[str, ...] = ()  # config files that were honoured, in order
 
     def to_dict(self) -> dict[str, object]:
@@ -96,8 +87,8 @@ class Config:
 
 
 def _plain(value: object) -> object:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # one of the records above
+        return {name: _plain(item) for name, item in value._asdict().items()}
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
     return value

@@ -14,11 +14,11 @@ of the host, however long the lists are.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import unicodedata
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import NamedTuple
 
 from claude_bottle.policy.netguard import IPAddress, parse_ip_literal
 
@@ -230,8 +230,7 @@ def validate_pattern(pattern: str) -> str:
         raise _pattern_error(pattern, exc.problem) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):  # not a dataclass: see bundle/settings.py
     allowed: bool
     rule: str  # machine tag: allow:<pattern>, deny:not-allowlisted, deny:ip-literal, ...
     reason: str  # one human sentence

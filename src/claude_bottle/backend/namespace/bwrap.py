@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from claude_bottle.bottle_env import GATEWAY_PORT, SYSTEM_CA_BUNDLE
 
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
 
 
-@dataclasses.dataclass(frozen=True)
-class BwrapSpec:
+class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     hostname: str
     workspace: str
     home: str  # the path the bottle sees as $HOME
