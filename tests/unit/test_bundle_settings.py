@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 
 from claude_bottle.bundle.settings import BundleSettings, Pin
+from tests.unit.bundle_settings import bundle_settings
 
 
-def _settings() -> BundleSettings:
-    return BundleSettings(
-        bottle="b",
-        proxy_socket="/run/b/proxy.sock",
-        control_socket="/run/b/control.sock",
-        audit_log="/state/b/audit.jsonl",
+def _settings(tmp_path: Path) -> BundleSettings:
+    return bundle_settings(
+        tmp_path,
         allow=("example.com", "*.example.org"),
         deny=("bad.example.com",),
         pins=(Pin("example.com", "127.0.0.1", 8443), Pin("api.example.org", "::1", None)),
@@ -25,17 +23,17 @@ def _settings() -> BundleSettings:
 
 
 def test_settings_survive_the_file_unchanged(tmp_path: Path) -> None:
-    settings = _settings()
+    settings = _settings(tmp_path)
     settings.dump(tmp_path / "bundle.json")
     assert BundleSettings.load(tmp_path / "bundle.json") == settings
 
 
 def test_pins_are_written_as_named_fields(tmp_path: Path) -> None:
-    _settings().dump(tmp_path / "bundle.json")
+    _settings(tmp_path).dump(tmp_path / "bundle.json")
     written = json.loads((tmp_path / "bundle.json").read_text())
     assert written["pins"] == [
         {"host": "example.com", "address": "127.0.0.1", "port": 8443},
         {"host": "api.example.org", "address": "::1", "port": None},
     ]
     assert written["allow"] == ["example.com", "*.example.org"]
-    assert written["bottle"] == "b"
+    assert written["bottle"] == "unit"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend.namespace.backend import NamespaceBackend
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
+from claude_bottle.config.model import Config
 
 SPEC = BwrapSpec(
     hostname="proj-abcde",
@@ -130,3 +138,18 @@ def test_detached_bottle_does_not_die_with_the_cli() -> None:
 def test_no_resolv_conf_override_when_none() -> None:
     argv = bwrap_argv(SPEC._replace(resolv_conf=None))
     assert "/etc/resolv.conf" not in argv
+
+
+def test_plan_json_carries_the_spec_by_field_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
+    (tmp_path / "ws").mkdir()
+    request = LaunchRequest("proj-abcde", tmp_path / "ws", Config(), ("true",))
+    plan = NamespaceBackend().plan(request)
+    data = json.loads(plan.to_json())
+    assert data["bwrap"] == json.loads(json.dumps(plan.bwrap._asdict()))
+    assert data["bwrap"]["workspace"] == str(tmp_path / "ws")
+    assert data["bwrap"]["masked"] == list(plan.bwrap.masked)
+    assert data["egress_allow"] == ["api.anthropic.com"]
