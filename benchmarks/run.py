@@ -759,7 +759,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         "# Benchmarks",
         "",
         f"Command: `{command}` (install anchors first: `bash benchmarks/install.sh`).",
-        f"Machine: {m['cores']} cores, {m['platform']}, Python {m['python']}; run {res['when']}.",
+        f"Machine: {m['cores']} cores, {m['platform']}, benchmark on Python {m['python']}; run {res['when']}.",
         "",
         "Medians with (min–max) over the runs; every anchor measured in the same run.",
         "",
@@ -1148,18 +1148,41 @@ NOTES = """
    dies while a command runs makes `run` exit 125 however short the command. With a
    healthy bundle the same code measured 0.55, 0.49 and 0.46 of srt in three runs that
    day (srt 538 ms in the first, 419 ms in the last), against 0.48 with the dying one.
+14. The interpreter. The start-up case had timed the tree on the interpreter running the
+   benchmark: this machine's pyenv build of CPython 3.11.7, a shared libpython without
+   profile-guided optimisation. A fresh Debian 12, which the README's install targets,
+   has Debian's CPython 3.11.2 (static, optimised): `python -I -S -c pass` takes 12.9 ms
+   there against 16.3 (median of 30, interleaved), and a bottle starts two interpreters,
+   the CLI (the bundle is forked from it) and the relay in the bottle. `scripts/install.sh`
+   now makes its venv from `/usr/bin/python3` explicitly (`CLAUDE_BOTTLE_PYTHON` picks
+   another); the benchmark follows the same rule and also times the tree installed alike
+   on its own interpreter, in the same rounds (the line under the table). Same code, 15
+   interleaved rounds: 208.6 ms on Debian's interpreter, 272.9 ms on pyenv's, srt 520.5.
+15. Records without dataclasses. Creating a frozen dataclass on Python 3.11 compiles up to
+   six methods, ~1.2 ms here, against 0.15-0.3 ms for a `typing.NamedTuple`, and `run`
+   created 25 before handing the bundle its settings. The configuration, the bundle's
+   settings, the bwrap spec, plan sections, launch requests and exec results are now
+   NamedTuples, as are the allowlist's decisions and the bundle's opened sockets; the
+   proxy's counters are a plain class. Plans, which each backend subclasses, stay
+   dataclasses. The CLI's own modules import in ~25 ms instead of ~41 (`-X importtime`,
+   three interleaved pairs); `run -- true`, two A/Bs of 20 interleaved rounds: 214.5 →
+   198.9 ms and 228.0 → 204.6 ms, paired ratio to srt 0.423 → 0.377 and 0.401 → 0.371.
+   The bundle still loads `dataclasses` (and `inspect`) before ready: `cryptography.x509`
+   imports them through its SSH key module.
 
 ## What is left
 
-- Start-up: timestamps in every process (median of 10 runs, a fast phase, 188 ms in all):
-  interpreter start 24 ms; the CLI's imports 104 ms (click ~34, then config, the
-  backend base and the namespace backend, where creating 25 dataclasses takes ~22 ms);
-  config and plan 9 ms; bubblewrap and the relay 25 ms; `true` through the exec socket
-  10 ms; teardown 15 ms (the bundle's stop fsyncs its last audit record). The prestarted
-  bundle finishes its own imports (~100 ms, `cryptography.x509` ~35 of them) only ~8 ms
-  before the CLI hands it its settings, so both paths have to shrink for either to pay.
-  The run keeps both cores busy, so a contended phase of this shared machine slows it
-  more than srt (mostly one thread): the ratio moved between 0.46 and 0.55 in one day.
+- Start-up, on Debian's interpreter: timestamps in every process (median of 20 runs, a
+  slow phase, 223 ms in all). The interpreter, site and console script take 32 ms, and
+  the bundle is forked at 36. Then, in parallel: the CLI loads click (~35 ms), its own
+  modules (~25) and the config, and plans (124 ms to handing over the settings); the
+  bundle imports `cryptography.x509` and the rest it needs for ready (129 ms). Which one
+  finishes last changes from run to run, so both paths have to shrink for either to pay.
+  After the handoff the bottle (bubblewrap, then an interpreter for the relay) listens
+  30 ms later, the bundle is ready 13-18 ms after its imports; `true` takes 13 ms
+  through the exec socket (~6 ms when the bundle's post-ready imports were held back,
+  measured once); teardown 18 ms (state records, the sandbox, the bundle's last fsync'd
+  audit record).
 - Small requests: what the bundle still spends per keep-alive request is mostly the event
   loop and its socket calls (two reads, two writes), the gate and the audit record.
 - Interception costs most on bulk downloads (see the TLS page): OpenSSL plus the TLS
