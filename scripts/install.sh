@@ -8,8 +8,8 @@ sudo_cmd=""
 
 bash "$repo/scripts/install-system-deps.sh"
 # Debian's own python3 unless CLAUDE_BOTTLE_PYTHON names another: apt keeps it patched,
-# and its build (static, optimised) starts about a quarter faster than a shared-library
-# one such as pyenv's; every bottle starts two interpreters (docs/benchmarks.md).
+# and bottles start about a quarter faster on its build (static, optimised) than on a
+# shared-library one such as pyenv's (docs/benchmarks.md, item 14).
 python="${CLAUDE_BOTTLE_PYTHON:-}"
 if [ -n "$python" ]; then
     if ! "$python" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

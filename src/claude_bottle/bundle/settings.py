@@ -3,9 +3,8 @@
 Records that `run` needs before its command starts are NamedTuples, not dataclasses,
 here and in the modules that point to this note: both the CLI's path to handing the
 bundle its settings and the bundle's path to ready go through them, and creating a
-frozen dataclass costs ~1 ms (it compiles six methods) against ~0.1 ms for a NamedTuple.
-Without any, the bundle does not import `dataclasses` (and `inspect`, ~15 ms) before
-ready. docs/benchmarks.md, item 15.
+frozen dataclass costs ~1.2 ms (it compiles up to six methods) against ~0.2 ms for a
+NamedTuple (docs/benchmarks.md, item 15).
 """
 
 from __future__ import annotations
