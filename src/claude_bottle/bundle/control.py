@@ -16,7 +16,7 @@ from claude_bottle.errors import BottleError
 MAX_LINE = 64 * 1024
 
 
-class Stats:
+class Stats:  # not a dataclass: see bundle/settings.py
     """The proxy's counters, as the `stats` request reports them (its `__dict__`)."""
 
     def __init__(self) -> None:
