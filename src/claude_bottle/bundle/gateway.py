@@ -467,10 +467,8 @@ class _Upstream(KeptAlive):
             raise _UpstreamGone(f"the API connection failed ({type(exc).__name__})") from None
 
     async def send(self, data: bytes) -> None:
-        self.idle = False
         try:
-            self.writer.write(data)
-            await self.writer.drain()
+            await super().send(data)
         except OSError as exc:
             raise _UpstreamGone(f"the API connection failed ({type(exc).__name__})") from None
 

@@ -138,6 +138,13 @@ class KeptAlive:
         self.idle = False
         self.writer.close()
 
+    async def send(self, data: bytes) -> None:
+        """Write `data`; the connection is mid-exchange until its response has ended."""
+        self.idle = False
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
 
 class Upstream(KeptAlive):
     """One keep-alive connection to an origin server, reused while the destination is the
@@ -150,11 +157,6 @@ class Upstream(KeptAlive):
         self.dest = dest
         self.key = _pool_key(dest)
         self.reused = False  # it has carried a whole exchange before
-
-    async def send(self, data: bytes) -> None:
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
 
 
 class ProxyConnection:
