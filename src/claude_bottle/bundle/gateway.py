@@ -44,6 +44,7 @@ from claude_bottle.bundle.proxy import (
     READ_SIZE,
     KeptAlive,
     connection_tokens,
+    discard_body,
     forwarded_headers,
     pull,
 )
@@ -56,7 +57,6 @@ UPSTREAM_TIMEOUT = 600.0  # longest silence from the API (non-streaming calls ca
 MODEL_SCAN_BYTES = 64 * 1024  # how much of a request body is looked at for "model"
 MAX_JSON_ACCOUNTING = 4 * 1024 * 1024  # JSON responses larger than this are not parsed
 MAX_SSE_EVENT = 1024 * 1024  # an SSE event larger than this is skipped, not buffered
-MAX_DRAIN = 1024 * 1024  # body of a refused request read and discarded before answering
 MAX_PIPELINED = MAX_HEADER_BYTES  # bytes of a next request buffered while a response streams
 UPSTREAM_REUSE_IDLE = 30.0  # reuse a keep-alive upstream connection idle at most this long
 
@@ -578,13 +578,7 @@ class AnthropicGateway:
         """Read and discard the request body (bounded); True if it ended."""
         if request.expects_continue:
             return False  # they wait to send it; answering is enough (we close)
-        budget = MAX_DRAIN
-        while budget > 0:
-            event = await self._client_event(CONNECT_TIMEOUT)
-            if not isinstance(event, bytes):
-                return event is http1.END
-            budget -= len(event)
-        return False
+        return await discard_body(self.requests, self.reader, CONNECT_TIMEOUT)
 
     async def _refuse(self, request: http1.RequestHead, exc: Refused) -> bool:
         method = request.method.decode("ascii", "replace")

@@ -34,6 +34,7 @@ READ_SIZE = 256 * 1024  # bytes asked of a socket per read
 HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
 IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
 CONNECT_TIMEOUT = 10.0
+MAX_DRAIN = 1024 * 1024  # body of a refused request read and discarded before answering
 TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry plain HTTP
 # Sent again, on a new connection, when a reused one turns out to have been closed by the
 # server before it answered (the usual keep-alive race): safe, and only without a body.
@@ -112,6 +113,20 @@ async def pull(
         async with asyncio.timeout(timeout):  # a timer, not a task per read as wait_for costs
             data = await reader.read(READ_SIZE)
         messages.receive(data)
+
+
+async def discard_body(
+    messages: http1.RequestReader, reader: asyncio.StreamReader, timeout: float
+) -> bool:
+    """Read and discard the rest of the current request, at most about MAX_DRAIN bytes, so
+    the client sees the answer to it; True if it ended."""
+    budget = MAX_DRAIN
+    while budget > 0:
+        event = await pull(messages, reader, timeout)
+        if not isinstance(event, bytes):
+            return event is http1.END
+        budget -= len(event)
+    return False
 
 
 class _StaleUpstream(Exception):
@@ -274,15 +289,6 @@ class ProxyConnection:
         body = block_body(self.bottle, host, exc.rule, exc.reason)
         await self._respond(exc.status, exc.rule, body, close=True)
 
-    async def _drain_request_body(self) -> None:
-        """Read and discard the rest of a refused request, bounded, so the reply is seen."""
-        budget = 1024 * 1024
-        while budget > 0:
-            event = await self._client_event(HEADER_TIMEOUT)
-            if not isinstance(event, bytes):
-                return
-            budget -= len(event)
-
     # --- CONNECT -------------------------------------------------------------
 
     async def _tunnel(self, request: http1.RequestHead) -> bool:
@@ -419,7 +425,7 @@ class ProxyConnection:
                 )
         except Blocked as exc:
             host = urlsplit(target).netloc[:253] if "://" in target else "-"
-            await self._drain_request_body()
+            await discard_body(self.requests, self.reader, HEADER_TIMEOUT)
             await self._deny(method, host, 0, target, exc)
             return False
         try:
