@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from claude_bottle.plan import jsonable
+
 EGRESS_MODES = ("enforce", "audit", "ask")
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
@@ -81,14 +83,6 @@ class Config(NamedTuple):
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able copy (tuples become lists), for plans and `--json` output."""
-        result = _plain(self)
+        result = jsonable(self)
         assert isinstance(result, dict)
         return result
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # one of the records above
-        return {name: _plain(item) for name, item in value._asdict().items()}
-    if isinstance(value, tuple | list):
-        return [_plain(item) for item in value]
-    return value
