@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -101,38 +100,6 @@ def test_defaults_without_any_file(env: Env) -> None:
     assert config.bottle.command == ("claude", "--dangerously-skip-permissions")
     assert config.sources == ()
     assert env.warnings == []
-
-
-def test_to_dict_is_json_serialisable(env: Env) -> None:
-    env.write_user(
-        """
-        [egress]
-        allow = ["github.com"]
-        [egress.resolve]
-        "api.test" = "127.0.0.1:8443"
-        [dlp]
-        patterns = [{name = "acme", regex = "acme_[0-9a-f]{32}"}]
-        [git.remotes.origin]
-        url = "https://github.com/acme/app.git"
-        push = ["claude/*"]
-        """
-    )
-    data = env.load().to_dict()
-    round_trip = json.loads(json.dumps(data))
-    assert round_trip == data
-    egress = data["egress"]
-    assert isinstance(egress, dict)
-    assert egress["allow"] == ["api.anthropic.com", "github.com"]
-    assert egress["resolve"] == [{"host": "api.test", "address": "127.0.0.1", "port": 8443}]
-    assert data["git_remotes"] == [
-        {
-            "name": "origin",
-            "url": "https://github.com/acme/app.git",
-            "push": ["claude/*"],
-            "force": False,
-        }
-    ]
-    assert data["sources"] == [str(env.user)]
 
 
 def test_default_warn_prints_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from claude_bottle.plan import jsonable
-
 EGRESS_MODES = ("enforce", "audit", "ask")
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
@@ -80,9 +78,3 @@ class Config(NamedTuple):
     git_remotes: tuple[GitRemote, ...] = ()
     bottle: BottleSection = BottleSection()
     sources: tuple[str, ...] = ()  # config files that were honoured, in order
-
-    def to_dict(self) -> dict[str, object]:
-        """A JSON-able copy (tuples become lists), for plans and `--json` output."""
-        result = jsonable(self)
-        assert isinstance(result, dict)
-        return result
