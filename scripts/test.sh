@@ -23,7 +23,7 @@ bash scripts/install-docker.sh
 .venv/bin/python -c 'from claude_bottle.backend.docker.backend import image_build; image_build()' \
     >.venv/image-build.log 2>&1 || { tail -40 .venv/image-build.log; exit 1; }
 
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
 
 # pytest exits 5 when it collects nothing: treat that as a failure.
