@@ -1,13 +1,13 @@
 """DLP scan throughput on an 8 MiB mixed corpus, side by side with detect-secrets.
 
-Run: python benchmarks/dlp_throughput.py [--size-mib 8] [--runs 5] [--all-engines]
+Run: python benchmarks/dlp_throughput.py [--size-mib 8] [--runs 5] [--all-engines] [--results F]
 
 The corpus mixes Python source from the standard library, JSON API
 responses, base64 blobs, lockfile text and a few planted secrets. Our
 scanner's time is the median of --runs one-shot `Scanner.scan` calls (and
 the same for `StreamScan` fed 256 KiB chunks); detect-secrets, when
 installed, scans the same bytes written to a temporary file, once (it is
-two orders of magnitude slower). Results go to benchmarks/results-dlp.json.
+two orders of magnitude slower). Results go to benchmarks/results-dlp.json (or --results).
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument(
         "--all-engines", action="store_true", help="also time the slow pure-Python fallback"
     )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the figures")
     args = parser.parse_args()
     corpus, planted = build_corpus(int(args.size_mib * MIB))
     engines = [engine for engine in available_engines() if args.all_engines or engine != "re"]
@@ -220,8 +221,8 @@ def main() -> None:
             f"detect-secrets {other['version']}: {other['mib_per_s']} MiB/s, "
             f"{other['finding_count']} findings"
         )
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ Every case runs several times; each row reports the median, the spread
 (min..max) and the anchor's figure from the same run. All traffic stays on
 127.0.0.1. Writes benchmarks/results.json, the table in docs/benchmarks.md
 and benchmarks/ratios.png. A benchmark is not a test: nothing here asserts.
+
+`--smoke --out DIR` runs every case once at toy sizes with the claude-bottle
+beside this interpreter, and writes into DIR only: CI runs it to prove the
+harness still works. Its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.settings import BundleSettings
@@ -39,6 +43,7 @@ CACHE = HERE / ".cache"
 RESULTS = HERE / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 PNG = HERE / "ratios.png"
+DLP_RESULTS = HERE / "results-dlp.json"
 MIB = 1 << 20
 HOST = "bench.test"
 SMALL = 1024
@@ -318,8 +323,8 @@ def stats(values: list[float], digits: int = 4) -> dict[str, float]:
 # ---------------------------------------------------------------- cases
 
 
-def case_startup(runs: int, also: dict[str, str]) -> dict[str, Any]:
-    """`run -- true` against srt and bare bwrap; `also` names more claude-bottle console
+def case_startup(cb: str, runs: int, also: dict[str, str]) -> dict[str, Any]:
+    """`cb run -- true` against srt and bare bwrap; `also` names more claude-bottle console
     scripts to time alike (the same tree on other interpreters)."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cbbench-start-") as tmp:
@@ -332,7 +337,6 @@ def case_startup(runs: int, also: dict[str, str]) -> dict[str, Any]:
             CLAUDE_BOTTLE_RUNTIME_DIR=f"/tmp/cbbench-rt-{os.getpid()}",
             CLAUDE_BOTTLE_CONFIG=f"{tmp}/c.toml",
         )
-        cb = claude_bottle_command()
         srt = CACHE / "npm" / "node_modules" / ".bin" / "srt"
         commands: dict[str, list[str]] = {
             "claude-bottle": [cb, "run", "--", "true"],
@@ -423,20 +427,9 @@ def python_label(python: str) -> str:
     return f"{python} ({done.stdout.strip() or '?'})"
 
 
-def claude_bottle_command() -> str:
-    """The installed console script (`install_claude_bottle`), else the one beside this
-    interpreter. Never a version manager's shim (pyenv's is a chain of bash scripts)."""
-    installed = INSTALLED / "bin" / "claude-bottle"
-    if installed.exists():
-        return str(installed)
-    beside = Path(sys.executable).parent / "claude-bottle"
-    return str(beside) if beside.exists() else shutil.which("claude-bottle") or "claude-bottle"
-
-
-def case_startup_docker(runs: int) -> dict[str, Any]:
-    """`run --backend docker -- true` against a plain `docker run` of the same agent image."""
+def case_startup_docker(cb: str, runs: int) -> dict[str, Any]:
+    """`cb run --backend docker -- true` against a plain `docker run` of the same agent image."""
     out: dict[str, Any] = {}
-    cb = claude_bottle_command()
     if (
         shutil.which("docker") is None
         or subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode
@@ -672,15 +665,13 @@ def case_concurrency(proxies: list[Proxy], n: int, rounds: int) -> dict[str, Any
     return out
 
 
-def case_dlp(quick: bool) -> dict[str, Any]:
-    script = HERE / "dlp_throughput.py"
-    if not script.exists():
-        return {"skipped": "benchmarks/dlp_throughput.py not present"}
-    argv = [sys.executable, str(script), "--runs", "3" if quick else "5"]
+def case_dlp(options: tuple[str, ...], results: Path) -> dict[str, Any]:
+    """benchmarks/dlp_throughput.py with `options`, writing its figures to `results`."""
+    argv = [sys.executable, str(HERE / "dlp_throughput.py"), *options, "--results", str(results)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=ROOT)
     if r.returncode != 0:
         return {"error": r.stderr.strip()[-300:]}
-    data: dict[str, Any] = json.loads((HERE / "results-dlp.json").read_text())
+    data: dict[str, Any] = json.loads(results.read_text())
     return data
 
 
@@ -721,7 +712,7 @@ def ratios(res: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     return rows
 
 
-def chart(res: dict[str, Any]) -> str | None:
+def chart(res: dict[str, Any], png: Path) -> str | None:
     try:
         import matplotlib
 
@@ -741,7 +732,7 @@ def chart(res: dict[str, Any]) -> str | None:
     ax.set_xlabel("ratio (black tick = goal; green = goal met)")
     ax.set_title("claude-bottle vs anchors (same run)")
     fig.tight_layout()
-    fig.savefig(PNG, dpi=100)
+    fig.savefig(png, dpi=100)
     return None
 
 
@@ -906,8 +897,13 @@ def markdown(res: dict[str, Any], command: str) -> str:
         "- Rounds interleave: each round runs every contender once (start-up, bulk), or a block of requests",
         "  through each (small requests), so a slow phase of a shared machine hits them alike.",
         "- Start-up: wall time of the whole command from a Python `subprocess.run`, first round dropped.",
-        "  claude-bottle is this tree installed as `scripts/install.sh` installs it (a private venv, bytecode",
-        f"  compiled by pip): `{res.get('claude_bottle', 'claude-bottle')}`, on {res.get('claude_bottle_python', 'the interpreter running the benchmark')}.",
+        (
+            "  claude-bottle is the console script beside the interpreter running the benchmark (`--smoke`):"
+            if res.get("smoke")
+            else "  claude-bottle is this tree installed as `scripts/install.sh` installs it (a private venv, bytecode"
+            " compiled by pip):"
+        ),
+        f"  `{res.get('claude_bottle', 'claude-bottle')}`, on {res.get('claude_bottle_python', 'the interpreter running the benchmark')}.",
         "- Bulk: one `GET` of the whole size inside a CONNECT tunnel, Python client `recv_into` a 4 MiB buffer.",
         "- Small: sequential Python client, 20 warm-up requests dropped per block; keep-alive reuses one connection,",
         "  new connection opens one per request (absolute-form `GET http://…` to the proxy). Added = proxy − direct.",
@@ -966,48 +962,93 @@ def machine() -> dict[str, Any]:
     }
 
 
+class Sizes(NamedTuple):
+    """How much each case does."""
+
+    startup_rounds: int
+    docker_rounds: int
+    bulk_rounds: int
+    bulk_mib: int
+    requests: int
+    tunnels: int
+    tunnel_rounds: int
+    dlp_options: tuple[str, ...]  # for benchmarks/dlp_throughput.py
+
+
+FULL = Sizes(10, 8, 9, 256, 500, 500, 3, ("--runs", "5"))
+QUICK = Sizes(5, 3, 3, 64, 200, 500, 1, ("--runs", "3"))
+SMOKE = Sizes(1, 1, 1, 4, 50, 50, 1, ("--runs", "1", "--size-mib", "1"))
+
+
+def claude_bottle_beside_this_python() -> str:
+    """The console script installed with the interpreter running this script. Never a
+    version manager's shim (pyenv's is a chain of bash scripts)."""
+    beside = Path(sys.executable).parent / "claude-bottle"
+    return str(beside) if beside.exists() else shutil.which("claude-bottle") or "claude-bottle"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every case once at toy sizes, with the claude-bottle beside this interpreter "
+        "(CI proves the harness runs with it); needs --out",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="write results.json, results-dlp.json, benchmarks.md and ratios.png into this "
+        "directory instead of their places in the repository",
+    )
     args = ap.parse_args()
-    q = args.quick
-    runs = 3 if q else 9
-    size_mib = 64 if q else 256
-    count = 200 if q else 500
-    tunnels = 500
-    rounds = 1 if q else 3
+    if args.smoke and args.out is None:
+        ap.error("--smoke needs --out DIR: its figures mean nothing and must not replace the table")
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    results, dlp_results, doc, png = RESULTS, DLP_RESULTS, DOC, PNG
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results, dlp_results = args.out / RESULTS.name, args.out / DLP_RESULTS.name
+        doc, png = args.out / DOC.name, args.out / PNG.name
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "quick": q,
+        "quick": args.quick,
+        "smoke": args.smoke,
         "machine": machine(),
-        "bulk_mib": size_mib,
-        "tunnels": tunnels,
+        "bulk_mib": sizes.bulk_mib,
+        "tunnels": sizes.tunnels,
     }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    python = install_python()
-    print(f"installing claude-bottle into benchmarks/.cache/venv, on {python}")
-    installed = install_claude_bottle(python, INSTALLED)
-    measured = Path(installed or claude_bottle_command())
+    also: dict[str, str] = {}
+    if args.smoke:  # the harness is under test, not the install
+        cb = claude_bottle_beside_this_python()
+        res["claude_bottle_python"] = python_label(sys.executable)
+    else:
+        python = install_python()
+        print(f"installing claude-bottle into benchmarks/.cache/venv, on {python}")
+        installed = install_claude_bottle(python, INSTALLED)
+        cb = installed or claude_bottle_beside_this_python()
+        res["claude_bottle_python"] = (
+            python_label(python) if installed else "its own interpreter (installing failed)"
+        )
+        this_python = os.path.realpath(sys.executable)
+        if this_python != python:
+            print(f"installing the same tree on {this_python}, to time it alike")
+            script = install_claude_bottle(this_python, ON_THIS_PYTHON)
+            if script:
+                res["startup_also"] = f"claude-bottle on {python_label(this_python)}"
+                also[res["startup_also"]] = script
+    measured = Path(cb)
     res["claude_bottle"] = str(
         measured.relative_to(ROOT) if measured.is_relative_to(ROOT) else measured
     )
-    res["claude_bottle_python"] = (
-        python_label(python) if installed else "its own interpreter (installing failed)"
-    )
-    also: dict[str, str] = {}
-    this_python = os.path.realpath(sys.executable)
-    if this_python != python:
-        print(f"installing the same tree on {this_python}, to time it alike")
-        script = install_claude_bottle(this_python, ON_THIS_PYTHON)
-        if script:
-            res["startup_also"] = f"claude-bottle on {python_label(this_python)}"
-            also[res["startup_also"]] = script
     print("start-up")
-    res["startup"] = case_startup(10 if not q else 5, also)
+    res["startup"] = case_startup(cb, sizes.startup_rounds, also)
     print("docker start-up")
-    res["startup_docker"] = case_startup_docker(8 if not q else 3)
+    res["startup_docker"] = case_startup_docker(cb, sizes.docker_rounds)
     with (
-        upstream(size_mib * MIB) as up,
+        upstream(sizes.bulk_mib * MIB) as up,
         our_bundle(up) as ours,
         tinyproxy(up) as tp,
         mitmdump(up) as mm,
@@ -1015,27 +1056,27 @@ def main() -> None:
         proxies = [ours] + [p for p in (tp, mm) if p is not None]
         missing = {"tinyproxy": tp, "mitmdump": mm}
         print("bulk")
-        res["bulk"] = case_bulk(up, proxies, size_mib * MIB, runs)
+        res["bulk"] = case_bulk(up, proxies, sizes.bulk_mib * MIB, sizes.bulk_rounds)
         print("small requests")
-        res["small"] = case_small(up, proxies, count)
+        res["small"] = case_small(up, proxies, sizes.requests)
         print("concurrency + memory")
-        res["concurrency"] = case_concurrency(proxies, tunnels, rounds)
+        res["concurrency"] = case_concurrency(proxies, sizes.tunnels, sizes.tunnel_rounds)
         for name, p in missing.items():
             if p is None:
                 res["bulk"][name + "_error"] = "not installed (run benchmarks/install.sh)"
                 for mode in ("keepalive", "newconn"):
                     res["small"][f"{mode}/{name}_error"] = "not installed"
     print("dlp")
-    res["dlp"] = case_dlp(q)
+    res["dlp"] = case_dlp(sizes.dlp_options, dlp_results)
     res["ratios"] = [
         {"case": label, "ratio": round(r, 3), "goal": g, "higher_is_better": hib}
         for label, r, g, hib in ratios(res)
     ]
-    res["chart_error"] = chart(res)
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
-    command = "python benchmarks/run.py" + (" --quick" if q else "")
-    DOC.write_text(markdown(res, command) + NOTES)
-    print(f"wrote {RESULTS}, {DOC}, {PNG}")
+    res["chart_error"] = chart(res, png)
+    results.write_text(json.dumps(res, indent=2) + "\n")
+    flags = " --smoke" if args.smoke else " --quick" if args.quick else ""
+    doc.write_text(markdown(res, "python benchmarks/run.py" + flags) + NOTES)
+    print(f"wrote {results}, {dlp_results}, {doc}, {png}")
 
 
 NOTES = """
