@@ -1,7 +1,9 @@
 # ruff: noqa: E501  (markdown table rows and method text are long lines)
 """claude-bottle benchmarks side by side with the tools people would otherwise use.
 
-Run: bash benchmarks/install.sh && python benchmarks/run.py [--quick]
+Run: bash benchmarks/run.sh [--quick]: it installs what this compares against and a venv
+for it (benchmarks/install.sh), then runs this file on that venv's interpreter. Any
+interpreter that can import claude_bottle runs it too, with the anchors it finds.
 
 Every case runs several times; each row reports the median, the spread
 (min..max) and the anchor's figure from the same run. All traffic stays on
@@ -749,7 +751,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     L += [
         "# Benchmarks",
         "",
-        f"Command: `{command}` (install anchors first: `bash benchmarks/install.sh`).",
+        f"Command: `{command}` (installs what it compares against, then runs `benchmarks/run.py`).",
         f"Machine: {m['cores']} cores, {m['platform']}, benchmark on Python {m['python']}; run {res['when']}.",
         "",
         "Medians with (min–max) over the runs; every anchor measured in the same run.",
@@ -1075,7 +1077,7 @@ def main() -> None:
     res["chart_error"] = chart(res, png)
     results.write_text(json.dumps(res, indent=2) + "\n")
     flags = " --smoke" if args.smoke else " --quick" if args.quick else ""
-    doc.write_text(markdown(res, "python benchmarks/run.py" + flags) + NOTES)
+    doc.write_text(markdown(res, "bash benchmarks/run.sh" + flags) + NOTES)
     print(f"wrote {results}, {dlp_results}, {doc}, {png}")
 
 
@@ -1197,7 +1199,8 @@ NOTES = """
    the CLI (the bundle is forked from it) and the relay in the bottle. `scripts/install.sh`
    now makes its venv from `/usr/bin/python3` explicitly (`CLAUDE_BOTTLE_PYTHON` picks
    another); the benchmark follows the same rule and also times the tree installed alike
-   on its own interpreter, in the same rounds (the line under the table). Same code, 15
+   on its own interpreter, in the same rounds (a line under the table, when that is another
+   one; `benchmarks/run.sh` runs the harness on the same one). Same code, 15
    interleaved rounds: 208.6 ms on Debian's interpreter, 272.9 ms on pyenv's, srt 520.5.
 15. Records without dataclasses. Creating a frozen dataclass on Python 3.11 compiles up to
    six methods, ~1.2 ms here, against 0.15-0.3 ms for a `typing.NamedTuple`, and `run`

@@ -78,6 +78,6 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert res["chart_error"] is None
     assert (out / "ratios.png").read_bytes().startswith(b"\x89PNG")
     table = (out / "benchmarks.md").read_text()
-    assert "Command: `python benchmarks/run.py --smoke`" in table
+    assert "Command: `bash benchmarks/run.sh --smoke`" in table
     assert "| start-up `run -- true` | " in table
     assert "| bulk 4 MiB via CONNECT (intercept off) | " in table
