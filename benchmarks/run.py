@@ -1233,6 +1233,14 @@ NOTES = """
   transport and the stream buffers bound one bundle to about one core.
 - The docker backend pays for two containers, a network and a volume per bottle, against one
   container for the anchor; see docs/docker.md for its timeline.
+- DLP: the figure moves with the machine's phase more than any other row (313-579 MiB/s
+  across the last three full runs; the same script on its own gave 307 to 604 within half
+  an hour). Half of the Hyperscan scan is two patterns with no literal to anchor on, payment
+  cards and IBANs: on the 8 MiB corpus the other 82 patterns alone scan in 8.0, 10.3 and
+  10.9 ms against 20.7, 26.2 and 20.5 ms with them (three comparisons, median of 7 scans
+  each, in a script not committed). Shorter or boundary-free prefilters for the two moved
+  it by less than the noise, or raised the card hits the exact regex must confirm from 3
+  to 4,397-19,219.
 """
 
 
