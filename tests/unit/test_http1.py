@@ -339,6 +339,15 @@ def test_heads_and_chunks_are_framed_byte_for_byte() -> None:
     assert http1.LAST_CHUNK == b"0\r\n\r\n"
 
 
+def test_body_bytes_are_framed_as_the_message_is() -> None:
+    assert http1.frame(b"abc", chunked=True) == b"3\r\nabc\r\n"
+    assert http1.frame(b"abc", chunked=False) == b"abc"
+    # An empty chunk is the last chunk: no bytes must never end a chunked body early.
+    assert http1.frame(b"", chunked=True) == b""
+    assert http1.end_of_body(chunked=True) == http1.LAST_CHUNK
+    assert http1.end_of_body(chunked=False) == b""
+
+
 def test_what_we_frame_parses_back_to_what_we_sent() -> None:
     body = bytes(range(256)) * 40
     data = http1.request_head(

@@ -731,9 +731,9 @@ class AnthropicGateway:
                 call.bytes_up += len(event)
                 if len(scanned) < MODEL_SCAN_BYTES:
                     scanned += event[: MODEL_SCAN_BYTES - len(scanned)]
-                await up.send(http1.chunk(event) if chunked else event)
+                await up.send(http1.frame(event, chunked))
             elif event is http1.END:
-                if chunked:
+                if chunked:  # a body framed by its length ends with its last byte
                     await up.send(http1.LAST_CHUNK)
                 break
             else:
@@ -757,7 +757,7 @@ class AnthropicGateway:
                 if isinstance(event, bytes):
                     call.bytes_down += len(event)
                     meter.feed(event)
-                    await self._send(http1.chunk(event) if chunk_out else event)
+                    await self._send(http1.frame(event, chunk_out))
                 elif event is http1.END:
                     if chunk_out:
                         await self._send(http1.LAST_CHUNK)

@@ -415,3 +415,17 @@ def relay_head(
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def frame(data: bytes, chunked: bool) -> bytes:
+    """Body bytes as they go on the wire: a chunk of a chunked body (nothing for no bytes:
+    an empty chunk would end the body), else as they are."""
+    if not chunked:
+        return data
+    return chunk(data) if data else b""
+
+
+def end_of_body(chunked: bool) -> bytes:
+    """What ends a body on the wire: the last chunk, or nothing for a body framed by its
+    length or by the connection closing."""
+    return LAST_CHUNK if chunked else b""

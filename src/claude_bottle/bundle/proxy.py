@@ -552,20 +552,20 @@ class ProxyConnection:
                     up_bytes += len(event)
                     data = event if guard is None else guard.feed(event)
                     if data:
-                        await upstream.send(head + (http1.chunk(data) if request.chunked else data))
+                        await upstream.send(head + http1.frame(data, request.chunked))
                         head = b""
                 elif event is http1.END:
                     rest = b"" if guard is None else guard.finish()
-                    if rest and request.chunked:
-                        rest = http1.chunk(rest)
                     await upstream.send(
-                        head + rest + (http1.LAST_CHUNK if request.chunked else b"")
+                        head
+                        + http1.frame(rest, request.chunked)
+                        + http1.end_of_body(request.chunked)
                     )
                     break
                 else:
                     raise ConnectionError("client went away mid-request")
             if replay:
-                await upstream.send(head + (http1.LAST_CHUNK if request.chunked else b""))
+                await upstream.send(head + http1.end_of_body(request.chunked))
         except Blocked:
             # The upstream saw a request that never completes; it must not be reused.
             upstream.close()
@@ -606,12 +606,11 @@ class ProxyConnection:
                 event = await pull(messages, upstream.reader, IDLE_TIMEOUT)
             if isinstance(event, bytes):
                 down_bytes += len(event)
-                out += http1.chunk(event) if chunk_out else event
+                out += http1.frame(event, chunk_out)
                 if len(out) >= READ_SIZE:
                     await self._write(out)
             elif event is http1.END:
-                if chunk_out:
-                    out += http1.LAST_CHUNK
+                out += http1.end_of_body(chunk_out)
                 await self._write(out)
                 break
             else:
