@@ -21,17 +21,17 @@ class PlanSection(NamedTuple):  # not a dataclass: see bundle/settings.py
     rows: tuple[tuple[str, str], ...]
 
 
-def jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
     """`value` as JSON-able data: records (dataclasses, NamedTuples) become objects by field
     name, tuples lists, dict keys strings, paths strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple record
-        return {name: jsonable(item) for name, item in value._asdict().items()}
+        return {name: _jsonable(item) for name, item in value._asdict().items()}
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
+        return [_jsonable(v) for v in value]
     if hasattr(value, "__fspath__"):
         return str(value)
     return value
@@ -44,7 +44,7 @@ class Printable:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        result = jsonable(self)
+        result = _jsonable(self)
         assert isinstance(result, dict)
         return result
 
