@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from claude_bottle.bundle import gate
-from claude_bottle.bundle.gate import Blocked, EgressGate
+from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.settings import Pin
 
 
@@ -47,7 +48,7 @@ def test_a_refused_answer_is_never_kept() -> None:
     async def scenario() -> None:
         egress = EgressGate(["rebind.test"], resolver=dns)
         for _ in range(2):
-            with pytest.raises(Blocked) as caught:
+            with pytest.raises(Refusal) as caught:
                 await egress.check("rebind.test", 80)
             assert caught.value.rule == "deny:ssrf-private"
         assert dns.asked == ["rebind.test", "rebind.test"]
@@ -62,7 +63,7 @@ def test_the_allowlist_is_checked_on_every_request() -> None:
         egress = EgressGate(["a.test"], deny=(), resolver=dns)
         await egress.check("a.test", 80)
         egress.allowlist = type(egress.allowlist)([], ["a.test"])  # a.test denied from now
-        with pytest.raises(Blocked):
+        with pytest.raises(Refusal):
             await egress.check("a.test", 80)
 
     asyncio.run(scenario())

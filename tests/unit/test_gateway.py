@@ -24,20 +24,12 @@ from typing import Any
 import h11
 import pytest
 
+from claude_bottle.bundle.api_policy import OAUTH_BETA, api_target, upstream_headers
 from claude_bottle.bundle.audit import AuditLog
 from claude_bottle.bundle.credentials import Credential
-from claude_bottle.bundle.gateway import (
-    MODEL_SCAN_BYTES,
-    OAUTH_BETA,
-    AnthropicGateway,
-    GatewayUpstream,
-    Refused,
-    TokenBudget,
-    UsageMeter,
-    api_target,
-    model_of,
-    upstream_headers,
-)
+from claude_bottle.bundle.gateway import AnthropicGateway, GatewayUpstream, TokenBudget
+from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.bundle.usage import MODEL_SCAN_BYTES, UsageMeter, model_of
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.integration.upstream import RecordingHTTPServer
 
@@ -776,7 +768,7 @@ def test_api_target_accepts_api_paths(target: str) -> None:
     "target", ["/v1/a b", "/v1/é", "/v1/messages#frag", "/v1/%25", "/v1/x/%2e", "v1/messages"]
 )
 def test_api_target_refuses(target: str) -> None:
-    with pytest.raises(Refused):
+    with pytest.raises(Refusal):
         api_target(target.encode("utf-8"))
 
 

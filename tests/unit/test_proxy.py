@@ -221,14 +221,15 @@ def test_garbage_is_refused_without_crashing(
 
 
 def test_ssrf_guard_refuses_private_resolution(tmp_path: Path) -> None:
-    from claude_bottle.bundle.gate import Blocked, EgressGate
+    from claude_bottle.bundle.gate import EgressGate
+    from claude_bottle.bundle.refusal import Refusal
 
     async def resolver(host: str, port: int) -> list[str]:
         return ["10.1.2.3"]
 
     async def check() -> None:
         gate = EgressGate(["rebind.test"], resolver=resolver)
-        with pytest.raises(Blocked) as caught:
+        with pytest.raises(Refusal) as caught:
             await gate.check("rebind.test", 80)
         assert caught.value.rule == "deny:ssrf-private"
 

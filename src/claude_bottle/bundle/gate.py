@@ -18,6 +18,7 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 
+from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.settings import Pin
 from claude_bottle.policy.allowlist import Allowlist, Decision, normalize_host
 from claude_bottle.policy.netguard import forbidden_range
@@ -29,16 +30,6 @@ RESOLVED_TTL = 30.0
 request through the proxy would wait for the resolver again."""
 
 RESOLVED_MAX = 512  # names kept; the oldest answer goes first
-
-
-class Blocked(Exception):
-    """A request the policy refuses; `rule` goes into X-Claude-Bottle-Block."""
-
-    def __init__(self, rule: str, reason: str, status: int = 403) -> None:
-        super().__init__(reason)
-        self.rule = rule
-        self.reason = reason
-        self.status = status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +82,7 @@ class EgressGate:
 
     async def check(self, host: str, port: int) -> Destination:
         if not 0 < port < 65536:
-            raise Blocked("deny:bad-port", f"port {port} is not a valid TCP port", 400)
+            raise Refusal(400, "deny:bad-port", f"port {port} is not a valid TCP port")
         decision = self.allowlist.check(host)
         audited_only = False
         if not decision.allowed:
@@ -112,7 +103,7 @@ class EgressGate:
             decision = await self._wait_for_approval(host, decision)
             if decision.allowed:
                 return decision, False
-        raise Blocked(decision.rule, decision.reason)
+        raise Refusal(403, decision.rule, decision.reason)
 
     async def _wait_for_approval(self, host: str, decision: Decision) -> Decision:
         loop = asyncio.get_running_loop()
@@ -148,13 +139,14 @@ class EgressGate:
         try:
             addresses = await asyncio.wait_for(self._resolver(name, port), 10)
         except (OSError, TimeoutError, UnicodeError) as exc:
-            raise Blocked("error:dns", f"could not resolve {name}: {exc}", 502) from exc
+            raise Refusal(502, "error:dns", f"could not resolve {name}: {exc}") from exc
         if not addresses:
-            raise Blocked("error:dns", f"{name} has no addresses", 502)
+            raise Refusal(502, "error:dns", f"{name} has no addresses")
         for address in addresses:
             scope = forbidden_range(ipaddress.ip_address(address.split("%")[0]))
             if scope is not None:
-                raise Blocked(
+                raise Refusal(
+                    403,
                     f"deny:ssrf-{scope}",
                     f"{name} resolves to a {scope} address; internal networks are never reachable",
                 )
@@ -162,18 +154,18 @@ class EgressGate:
 
 
 def parse_authority(authority: str, default_port: int) -> tuple[str, int]:
-    """Split host[:port] (IPv6 in brackets); raise Blocked on anything odd."""
+    """Split host[:port] (IPv6 in brackets); raise Refusal on anything odd."""
     if "@" in authority:
-        raise Blocked("deny:userinfo", "credentials in the URL authority are not allowed", 400)
+        raise Refusal(400, "deny:userinfo", "credentials in the URL authority are not allowed")
     host, port = authority, default_port
     if authority.startswith("["):
         end = authority.find("]")
         if end < 0:
-            raise Blocked("deny:bad-host", "unterminated IPv6 literal", 400)
+            raise Refusal(400, "deny:bad-host", "unterminated IPv6 literal")
         host, rest = authority[1:end], authority[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise Blocked("deny:bad-host", "junk after IPv6 literal", 400)
+                raise Refusal(400, "deny:bad-host", "junk after IPv6 literal")
             port = _port(rest[1:])
     elif authority.count(":") == 1:
         host, _, port_text = authority.partition(":")
@@ -182,11 +174,11 @@ def parse_authority(authority: str, default_port: int) -> tuple[str, int]:
         # A bare IPv6 literal; the allowlist refuses IP literals anyway.
         host = authority
     if not host:
-        raise Blocked("deny:bad-host", "empty host name", 400)
+        raise Refusal(400, "deny:bad-host", "empty host name")
     return host, port
 
 
 def _port(text: str) -> int:
     if not text.isdigit() or len(text) > 5:
-        raise Blocked("deny:bad-port", "port must be a number from 1 to 65535", 400)
+        raise Refusal(400, "deny:bad-port", "port must be a number from 1 to 65535")
     return int(text)

@@ -1,7 +1,8 @@
 """The Anthropic API gateway: the bottle's `ANTHROPIC_BASE_URL`, holding the real credential.
 
-One `AnthropicGateway` serves one client connection (HTTP/1.1 via `http1`, keep-alive), the
-same shape as `ProxyConnection`. For every request it:
+One `AnthropicGateway` serves one client connection (HTTP/1.1 via `http1`, keep-alive), a
+`connection.ClientConnection` like `ProxyConnection`. For every request it (steps 2 and 3
+are `api_policy`'s):
 
 1. answers Claude Code's connectivity probe (`HEAD /`, `GET /`) itself;
 2. refuses any target that is not a plain origin-form path under `/v1/` — absolute-form,
@@ -24,99 +25,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import http
 import inspect
-import json
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from claude_bottle.bundle import http1
-from claude_bottle.bundle.credentials import Credential
-from claude_bottle.bundle.proxy import (
+from claude_bottle.bundle.admission import record_refusal
+from claude_bottle.bundle.api_policy import (
+    ALLOWED_METHODS,
+    api_target,
+    downstream_headers,
+    error_body,
+    upstream_headers,
+)
+from claude_bottle.bundle.connection import (
     CONNECT_TIMEOUT,
-    HOP_BY_HOP,
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
     READ_SIZE,
+    ClientConnection,
+    ConnectionEnded,
     KeptAlive,
-    connection_tokens,
     discard_body,
-    forwarded_headers,
     pull,
+    response,
 )
+from claude_bottle.bundle.credentials import Credential
+from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.bundle.usage import MODEL_SCAN_BYTES, UsageMeter, model_of
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
-OAUTH_BETA = b"oauth-2025-04-20"
-"""The `anthropic-beta` flag Claude Code sends with an OAuth (Claude.ai login) bearer token."""
-
 UPSTREAM_TIMEOUT = 600.0  # longest silence from the API (non-streaming calls can think long)
-MODEL_SCAN_BYTES = 64 * 1024  # how much of a request body is looked at for "model"
-MAX_JSON_ACCOUNTING = 4 * 1024 * 1024  # JSON responses larger than this are not parsed
-MAX_SSE_EVENT = 1024 * 1024  # an SSE event larger than this is skipped, not buffered
 MAX_PIPELINED = MAX_HEADER_BYTES  # bytes of a next request buffered while a response streams
 UPSTREAM_REUSE_IDLE = 30.0  # reuse a keep-alive upstream connection idle at most this long
 
-ALLOWED_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"DELETE"})
-CREDENTIAL_HEADERS = frozenset(
-    {
-        b"x-api-key",
-        b"authorization",
-        b"anthropic-api-key",
-        b"proxy-authorization",
-        b"cookie",
-        b"cookie2",
-    }
-)
-# Not credentials, but nothing the API needs from the bottle either; accept-encoding is
-# dropped so responses come back uncompressed and their usage can be read.
-DROPPED_REQUEST = frozenset(
-    {b"accept-encoding", b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip"}
-)
-DROPPED_RESPONSE = frozenset({b"set-cookie", b"set-cookie2"})
-
-_PATH_CHARS = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
-_QUERY_CHARS = re.compile(r"[\x21-\x7e]*")
-_ENCODED_FORBIDDEN = ("%2e", "%2f", "%5c", "%00", "%25")
-_MODEL_NAME = re.compile(r"[A-Za-z0-9._:@/\[\]\-]{1,128}")
-_MODEL_FALLBACK = re.compile(rb'(?<!\\)"model"\s*:\s*"([A-Za-z0-9._:@/\[\]\-]{1,128})"')
-
 Recorder = Callable[..., Any]
 CredentialSource = Callable[[], "Credential | Awaitable[Credential]"]
-
-
-class Refused(Exception):
-    """A request the gateway answers itself with an error."""
-
-    def __init__(self, status: int, rule: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.rule = rule
-        self.reason = reason
-
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    429: "rate_limit_error",
-    502: "api_error",
-    503: "api_error",
-    504: "api_error",
-}
-
-
-def error_body(status: int, reason: str) -> bytes:
-    """A one-line error in the Messages API's own shape, so clients show `reason` as is."""
-    message = "claude-bottle gateway: " + reason.replace("\r", " ").replace("\n", " ")
-    payload = {
-        "type": "error",
-        "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message},
-    }
-    return json.dumps(payload).encode() + b"\n"
 
 
 # --- configuration ----------------------------------------------------------------
@@ -201,242 +148,10 @@ class TokenBudget:
         self.output_tokens += output_tokens or 0
 
 
-# --- pure helpers --------------------------------------------------------------------
-
-
-def api_target(target: bytes) -> str:
-    """The origin-form target to forward, or `Refused`: only clean paths under /v1/ pass.
-
-    Percent-encoded `.`, `/`, `\\`, NUL and `%` are refused outright, so decoding cannot
-    change how the path splits into segments; the raw (validated) target is forwarded.
-    """
-    try:
-        text = target.decode("ascii")
-    except UnicodeDecodeError:
-        raise Refused(400, "gateway:bad-target", "request target is not ASCII") from None
-    if not text.startswith("/"):
-        raise Refused(
-            400,
-            "gateway:bad-target",
-            "only origin-form targets (/v1/...) are accepted; this is not a proxy",
-        )
-    if text.startswith("//"):
-        raise Refused(400, "gateway:bad-target", "target must not start with //")
-    if "#" in text:
-        raise Refused(400, "gateway:bad-target", "target must not carry a fragment")
-    path, question, query = text.partition("?")
-    if not _PATH_CHARS.fullmatch(path) or not _QUERY_CHARS.fullmatch(query):
-        raise Refused(400, "gateway:bad-target", "target has characters a path may not hold")
-    lowered = path.lower()
-    if any(code in lowered for code in _ENCODED_FORBIDDEN):
-        raise Refused(400, "gateway:bad-target", "encoded '.', '/', '\\', '%' or NUL in path")
-    segments = unquote(path).split("/")[1:]
-    for index, segment in enumerate(segments):
-        if segment in (".", ".."):
-            raise Refused(400, "gateway:bad-target", "'.' and '..' segments are not allowed")
-        if segment == "" and index != len(segments) - 1:
-            raise Refused(400, "gateway:bad-target", "empty path segments are not allowed")
-    if not path.startswith("/v1/"):
-        raise Refused(404, "gateway:not-api", f"only /v1/ API paths are forwarded, not {path[:80]}")
-    return path + question + query
-
-
-def upstream_headers(
-    headers: list[tuple[bytes, bytes]], credential: Credential, host_header: str
-) -> list[tuple[bytes, bytes]]:
-    """The request headers to send upstream: the bottle's credentials and hop-by-hop headers
-    gone, Host from configuration, the real credential injected."""
-    dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | DROPPED_REQUEST | connection_tokens(headers)
-    betas: list[bytes] = []
-    kept: list[tuple[bytes, bytes]] = [(b"host", host_header.encode("ascii"))]
-    for name, value in headers:
-        if name in dropped:
-            continue
-        if name == b"anthropic-beta":
-            betas += [b.strip() for b in value.split(b",") if b.strip()]
-            continue
-        kept.append((name, value))
-    if any(name == b"transfer-encoding" for name, _ in headers):
-        kept.append((b"transfer-encoding", b"chunked"))  # http1 accepts no other coding
-    kept.append(credential.header())
-    if credential.kind == "oauth" and OAUTH_BETA not in betas:
-        betas.append(OAUTH_BETA)
-    if betas:
-        kept.append((b"anthropic-beta", b",".join(betas)))
-    return kept
-
-
-def downstream_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return forwarded_headers(headers, DROPPED_RESPONSE)
-
-
-def _clean_model(value: object) -> str | None:
-    if isinstance(value, str) and _MODEL_NAME.fullmatch(value):
-        return value
-    return None
-
-
-def model_of(prefix: bytes, complete: bool) -> str | None:
-    """The top-level "model" of a JSON request body from its first bytes, or None.
-
-    `complete` says `prefix` is the whole body. Otherwise the top-level keys are walked in
-    order until a value runs past the prefix, then a conservative pattern is tried.
-    Only model-name characters are accepted, so no prompt text can come back from here.
-    """
-    if complete:
-        try:
-            data = json.loads(prefix)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return _clean_model(data.get("model")) if isinstance(data, dict) else None
-    text = prefix.decode("utf-8", "ignore")
-    decoder = json.JSONDecoder()
-    ws = re.compile(r"[ \t\n\r]*")
-
-    def skip(i: int) -> int:
-        match = ws.match(text, i)
-        return match.end() if match else i
-
-    i = skip(0)
-    if text[i : i + 1] == "{":
-        i += 1
-        try:
-            while True:
-                i = skip(i)
-                key, i = decoder.raw_decode(text, i)
-                i = skip(i)
-                if text[i : i + 1] != ":":
-                    break
-                value, i = decoder.raw_decode(text, skip(i + 1))
-                if key == "model":
-                    return _clean_model(value)
-                i = skip(i)
-                if text[i : i + 1] != ",":
-                    break
-                i += 1
-        except (ValueError, IndexError):
-            pass
-    match = _MODEL_FALLBACK.search(prefix)
-    return match.group(1).decode("ascii") if match else None
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
-
-
-class UsageMeter:
-    """Reads token usage out of a response body as it streams by, in bounded memory."""
-
-    def __init__(self, content_type: bytes, content_encoding: bytes) -> None:
-        mime = content_type.split(b";")[0].strip().lower()
-        encoded = content_encoding.strip().lower() not in (b"", b"identity")
-        self.mode = (
-            "none"
-            if encoded
-            else "sse"
-            if mime == b"text/event-stream"
-            else "json"
-            if mime == b"application/json"
-            else "none"
-        )
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.cache_read: int | None = None
-        self.cache_creation: int | None = None
-        self._buf = bytearray()
-        self._skipping = False  # inside an oversized SSE event
-        self._overflow = False  # JSON body too large
-
-    def feed(self, data: bytes) -> None:
-        if self.mode == "json":
-            if not self._overflow:
-                self._buf += data
-                if len(self._buf) > MAX_JSON_ACCOUNTING:
-                    self._overflow = True
-                    self._buf.clear()
-        elif self.mode == "sse":
-            self._feed_sse(data)
-
-    def finish(self) -> None:
-        if self.mode == "json" and not self._overflow and self._buf:
-            try:
-                data = json.loads(bytes(self._buf))
-            except (ValueError, UnicodeDecodeError):
-                data = None
-            if isinstance(data, dict):
-                self._usage(data.get("usage"))
-        elif self.mode == "sse" and self._buf and not self._skipping:
-            self._event(bytes(self._buf))
-        self._buf.clear()
-
-    def _feed_sse(self, data: bytes) -> None:
-        self._buf += data
-        if b"\r" in self._buf:
-            # normalise CRLF; a lone trailing CR waits for its LF
-            tail = self._buf.endswith(b"\r")
-            body = bytes(self._buf[:-1] if tail else self._buf).replace(b"\r\n", b"\n")
-            self._buf = bytearray(body + (b"\r" if tail else b""))
-        while True:
-            cut = self._buf.find(b"\n\n")
-            if cut < 0:
-                break
-            block = bytes(self._buf[:cut])
-            del self._buf[: cut + 2]
-            if self._skipping:
-                self._skipping = False
-            else:
-                self._event(block)
-        if len(self._buf) > MAX_SSE_EVENT:
-            self._skipping = True
-            self._buf.clear()
-
-    def _event(self, block: bytes) -> None:
-        name = b""
-        data_lines: list[bytes] = []
-        for line in block.split(b"\n"):
-            field, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if field == b"event":
-                name = value.strip()
-            elif field == b"data":
-                data_lines.append(value)
-        data = b"\n".join(data_lines)
-        wanted = name in (b"message_start", b"message_delta") or (not name and b'"message_' in data)
-        if not wanted or not data:
-            return
-        try:
-            event = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return
-        if not isinstance(event, dict):
-            return
-        if event.get("type") == "message_start":
-            message = event.get("message")
-            if isinstance(message, dict):
-                self._usage(message.get("usage"))
-        elif event.get("type") == "message_delta":
-            self._usage(event.get("usage"))
-
-    def _usage(self, usage: object) -> None:
-        if not isinstance(usage, dict):
-            return
-        for key, attr in (
-            ("input_tokens", "input_tokens"),
-            ("output_tokens", "output_tokens"),
-            ("cache_read_input_tokens", "cache_read"),
-            ("cache_creation_input_tokens", "cache_creation"),
-        ):
-            value = _int_or_none(usage.get(key))
-            if value is not None:
-                setattr(self, attr, value)  # later events carry cumulative totals
-
-
 # --- the connection handler ------------------------------------------------------------
 
 
-class _UpstreamGone(Exception):
+class _UpstreamGone(ConnectionEnded):
     """The API connection failed, closed or went silent; `status` is what the client gets."""
 
     def __init__(self, reason: str, status: int = 502) -> None:
@@ -444,7 +159,7 @@ class _UpstreamGone(Exception):
         self.status = status
 
 
-class _ClientGone(Exception):
+class _ClientGone(ConnectionEnded):
     pass
 
 
@@ -488,7 +203,7 @@ class _Call:
     reason: str = ""
 
 
-class AnthropicGateway:
+class AnthropicGateway(ClientConnection):
     """Serves one client connection from the bottle until it closes."""
 
     def __init__(
@@ -501,58 +216,23 @@ class AnthropicGateway:
         *,
         budget: TokenBudget | None = None,
     ) -> None:
+        super().__init__(reader, writer)
         self.upstream = upstream
         self.credentials = credentials
         self.record = record
-        self.reader = reader
-        self.writer = writer
         self.budget = budget
-        self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self._up: _Upstream | None = None
 
-    async def serve(self) -> None:
-        try:
-            while True:
-                request = await self._next_request()
-                if request is None:
-                    return
-                if not await self._handle(request) or not request.keep_alive:
-                    return
-        except (
-            ConnectionError,
-            TimeoutError,
-            OSError,
-            http1.ProtocolError,
-            asyncio.IncompleteReadError,
-            _ClientGone,
-            _UpstreamGone,
-        ):
-            pass
-        finally:
-            self._drop_upstream()
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+    def release(self) -> None:
+        self._drop_upstream()
 
     # --- client side -------------------------------------------------------------
 
-    async def _client_event(self, timeout: float) -> http1.Event:
-        return await pull(self.requests, self.reader, timeout)
-
-    async def _next_request(self) -> http1.RequestHead | None:
-        try:
-            event = await self._client_event(IDLE_TIMEOUT)
-        except http1.ProtocolError as exc:
-            body = error_body(exc.status, "malformed HTTP request")
-            with contextlib.suppress(Exception):
-                await self._respond(exc.status, body, rule="gateway:bad-request", close=True)
-            self.record("gateway", "deny", rule="gateway:bad-request")
-            return None
-        return event if isinstance(event, http1.RequestHead) else None  # None: it closed
-
-    async def _send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+    async def bad_request(self, exc: http1.ProtocolError) -> None:
+        body = error_body(exc.status, "malformed HTTP request")
+        with contextlib.suppress(Exception):
+            await self._respond(exc.status, body, rule="gateway:bad-request", close=True)
+        self.record("gateway", "deny", rule="gateway:bad-request")
 
     async def _respond(
         self,
@@ -570,9 +250,7 @@ class AnthropicGateway:
             headers.append((b"x-should-retry", b"false"))
         if close:
             headers.append((b"connection", b"close"))
-        phrase = http.HTTPStatus(status).phrase.encode()
-        head = http1.response_head(status, phrase, headers)
-        await self._send(head if head_only else head + body)
+        await self.send(response(status, headers, b"" if head_only else body))
 
     async def _drain_body(self, request: http1.RequestHead) -> bool:
         """Read and discard the request body (bounded); True if it ended."""
@@ -580,32 +258,34 @@ class AnthropicGateway:
             return False  # they wait to send it; answering is enough (we close)
         return await discard_body(self.requests, self.reader, CONNECT_TIMEOUT)
 
-    async def _refuse(self, request: http1.RequestHead, exc: Refused) -> bool:
-        method = request.method.decode("ascii", "replace")
+    async def _refuse(self, request: http1.RequestHead, exc: Refusal) -> bool:
         ended = await self._drain_body(request)
-        self.record(
+        record_refusal(
+            self.record,
             "gateway",
-            "deny",
-            rule=exc.rule,
-            method=method,
+            exc,
+            decision="deny",
+            method=request.method.decode("ascii", "replace"),
             host=self.upstream.host,
             port=self.upstream.port,
             path=request.target.decode("ascii", "replace"),
-            detail={"status": exc.status, "reason": exc.reason},
         )
         # After a CONNECT the client's bytes are a tunnel's, not HTTP: nothing follows it.
         close = not ended or request.method == b"CONNECT"
         await self._respond(
             exc.status,
-            error_body(exc.status, exc.reason),
+            error_body(exc.status, exc.message),
             rule=exc.rule,
             head_only=request.method == b"HEAD",
             close=close,
         )
         return not close
 
-    async def _handle(self, request: http1.RequestHead) -> bool:
+    async def handle(self, request: http1.RequestHead) -> bool:
         """Answer one request; False when the connection must close."""
+        return await self._handle(request) and request.keep_alive
+
+    async def _handle(self, request: http1.RequestHead) -> bool:
         path_only = request.target.split(b"?", 1)[0]
         if request.method in (b"HEAD", b"GET") and path_only == b"/":
             ended = await self._drain_body(request)
@@ -620,16 +300,16 @@ class AnthropicGateway:
         try:
             target = api_target(request.target)
             if request.method not in ALLOWED_METHODS:
-                raise Refused(405, "gateway:method", "method not used by the API")
+                raise Refusal(405, "gateway:method", "method not used by the API")
             if self.budget is not None and self.budget.exhausted():
-                raise Refused(
+                raise Refusal(
                     429,
                     "gateway:token-budget",
                     f"this bottle used {self.budget.total} tokens, its budget is "
                     f"{self.budget.limit} ([gateway] max_tokens_total); raise it or start "
                     "a new bottle",
                 )
-        except Refused as exc:
+        except Refusal as exc:
             return await self._refuse(request, exc)
         return await self._forward(request, target)
 
@@ -687,7 +367,7 @@ class AnthropicGateway:
                 )
             )
             if request.expects_continue:
-                await self._send(http1.CONTINUE)
+                await self.send(http1.CONTINUE)
             await self._stream_request(up, call, request.chunked)
             messages = http1.ResponseReader(request.method, MAX_HEADER_BYTES)
             response = await up.next_event(messages)
@@ -701,7 +381,7 @@ class AnthropicGateway:
             head, chunk_out, keep_client = http1.relay_head(
                 request, response, downstream_headers(response.headers)
             )
-            await self._send(head)
+            await self.send(head)
             await self._relay_response(up, messages, call, meter, chunk_out)
         except _UpstreamGone as exc:
             call.aborted = True
@@ -726,7 +406,7 @@ class AnthropicGateway:
     async def _stream_request(self, up: _Upstream, call: _Call, chunked: bool) -> None:
         scanned = bytearray()
         while True:
-            event = await self._client_event(IDLE_TIMEOUT)
+            event = await self.client_event(IDLE_TIMEOUT)
             if isinstance(event, bytes):
                 call.bytes_up += len(event)
                 if len(scanned) < MODEL_SCAN_BYTES:
@@ -757,10 +437,10 @@ class AnthropicGateway:
                 if isinstance(event, bytes):
                     call.bytes_down += len(event)
                     meter.feed(event)
-                    await self._send(http1.frame(event, chunk_out))
+                    await self.send(http1.frame(event, chunk_out))
                 elif event is http1.END:
                     if chunk_out:
-                        await self._send(http1.LAST_CHUNK)
+                        await self.send(http1.LAST_CHUNK)
                     return
                 else:
                     raise ConnectionError("the API went away mid-response")

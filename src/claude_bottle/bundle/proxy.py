@@ -1,10 +1,11 @@
 """HTTP/1.1 forward proxy: absolute-form requests with keep-alive, and CONNECT tunnels.
 
 Layers, one concern each: `http1` parses and frames HTTP (llhttp; we never
-hand-parse it); `EgressGate` decides where a request may go; this module moves
-bytes and records one audit event per decision. Everything arriving here comes
-from the bottle and is treated as hostile: header sizes are bounded by `http1`,
-every read has a timeout, and a parse error closes the connection.
+hand-parse it); `connection` reads and serves a client connection (shared with the
+API gateway); `admission` decides, stage by stage, whether and where a request may
+go; this module moves bytes and records one audit event per decision. Everything
+arriving here comes from the bottle and is treated as hostile: header sizes are
+bounded by `http1`, every read has a timeout, and a parse error closes the connection.
 """
 
 from __future__ import annotations
@@ -12,121 +13,58 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import http
 import ssl
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle import http1
+from claude_bottle.bundle.admission import (
+    EgressAdmission,
+    Recorder,
+    allow_decision,
+    record_refusal,
+)
+from claude_bottle.bundle.connection import (
+    CONNECT_TIMEOUT,
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_HEADER_BYTES,
+    READ_SIZE,
+    ClientConnection,
+    KeptAlive,
+    discard_body,
+    forwarded_headers,
+    pull,
+    response,
+)
 from claude_bottle.bundle.control import Stats
-from claude_bottle.bundle.gate import Blocked, Destination, EgressGate, parse_authority
+from claude_bottle.bundle.gate import Destination, EgressGate
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
+from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
     from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.tls import Interception
 
-MAX_HEADER_BYTES = 64 * 1024
-READ_SIZE = 256 * 1024  # bytes asked of a socket per read
-HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
-IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
-CONNECT_TIMEOUT = 10.0
-MAX_DRAIN = 1024 * 1024  # body of a refused request read and discarded before answering
 TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry plain HTTP
 # Sent again, on a new connection, when a reused one turns out to have been closed by the
 # server before it answered (the usual keep-alive race): safe, and only without a body.
 REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"expect",
-    }
-)
-
-Recorder = Callable[..., Any]
-
-
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
-class ProxyError(Exception):
-    def __init__(self, status: int, rule: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.rule = rule
-        self.reason = reason
-
-
-def block_body(bottle: str, host: str, rule: str, reason: str) -> bytes:
+def block_body(bottle: str, host: str, refusal: Refusal) -> bytes:
     """The one-line body of a refusal: what, why, and the command that would allow it."""
-    line = f"claude-bottle: blocked {host}: {reason} (rule {rule})."
-    if rule == "deny:not-allowlisted":
-        line += f" To allow it: claude-bottle allow {bottle} {host}"
+    line = f"claude-bottle: blocked {host}: {refusal.message} (rule {refusal.rule})."
+    hint = refusal.hint
+    if not hint and refusal.rule == "deny:not-allowlisted":
+        hint = f"claude-bottle allow {bottle} {host}"
+    if hint:
+        line += f" To allow it: {hint}"
     return (line.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
-
-
-def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """The header names the Connection header makes hop-by-hop for this message."""
-    return {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
-
-
-def forwarded_headers(
-    headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes] = frozenset()
-) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop headers and `dropped`; keep chunked framing, which we re-apply on
-    the next hop."""
-    gone = HOP_BY_HOP | dropped | connection_tokens(headers)
-    kept = [(name, value) for name, value in headers if name not in gone]
-    if any(name == b"transfer-encoding" for name, _ in headers):
-        kept.append((b"transfer-encoding", b"chunked"))  # http1 accepts no other coding
-    return kept
-
-
-async def pull(
-    messages: http1.RequestReader | http1.ResponseReader,
-    reader: asyncio.StreamReader,
-    timeout: float,
-) -> http1.Event:
-    """The next event of `messages`, reading as needed; each read must arrive in `timeout`."""
-    while True:
-        event = messages.next_event()
-        if event is not http1.NEED_DATA:
-            return event
-        async with asyncio.timeout(timeout):  # a timer, not a task per read as wait_for costs
-            data = await reader.read(READ_SIZE)
-        messages.receive(data)
-
-
-async def discard_body(
-    messages: http1.RequestReader, reader: asyncio.StreamReader, timeout: float
-) -> bool:
-    """Read and discard the rest of the current request, at most about MAX_DRAIN bytes, so
-    the client sees the answer to it; True if it ended."""
-    budget = MAX_DRAIN
-    while budget > 0:
-        event = await pull(messages, reader, timeout)
-        if not isinstance(event, bytes):
-            return event is http1.END
-        budget -= len(event)
-    return False
 
 
 class _StaleUpstream(Exception):
@@ -135,30 +73,6 @@ class _StaleUpstream(Exception):
 
 def _pool_key(dest: Destination) -> PoolKey:
     return (dest.address, dest.connect_port, dest.tls, dest.host)
-
-
-class KeptAlive:
-    """A keep-alive connection to a server, which the proxy and the gateway reuse."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.idle = True  # between exchanges, with nothing owed either way
-
-    def alive(self) -> bool:
-        """Idle and not closed by either side as far as we know: a next request may go."""
-        return self.idle and not self.writer.is_closing() and not self.reader.at_eof()
-
-    def close(self) -> None:
-        self.idle = False
-        self.writer.close()
-
-    async def send(self, data: bytes) -> None:
-        """Write `data`; the connection is mid-exchange until its response has ended."""
-        self.idle = False
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
 
 
 class Upstream(KeptAlive):
@@ -174,7 +88,7 @@ class Upstream(KeptAlive):
         self.reused = False  # it has carried a whole exchange before
 
 
-class ProxyConnection:
+class ProxyConnection(ClientConnection):
     """Serves one client connection from the bottle until it closes."""
 
     def __init__(
@@ -189,64 +103,30 @@ class ProxyConnection:
         inspector: DlpInspector | None = None,
         pool: UpstreamPool | None = None,
     ) -> None:
+        super().__init__(reader, writer)
         self.pool = pool
-        self.inspector = inspector
+        self.admission = EgressAdmission(gate, inspector)
         self.interception = interception
         self.intercepted: Destination | None = None  # set once a CONNECT is intercepted
-        self.gate = gate
         self.record = record
         self.bottle = bottle
-        self.reader = reader
-        self.writer = writer
         self.stats = stats
-        self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self.upstream: Upstream | None = None
 
     async def serve(self) -> None:
         self.stats.connections += 1
-        try:
-            while True:
-                request = await self._next_request()
-                if request is None:
-                    return
-                self.stats.requests += 1
-                if request.method == b"CONNECT":
-                    if self.intercepted is not None or not await self._tunnel(request):
-                        return
-                    continue  # now serving requests inside the intercepted TLS session
-                if not await self._forward(request) or not request.keep_alive:
-                    return
-        except (
-            ConnectionError,
-            TimeoutError,
-            OSError,
-            http1.ProtocolError,
-            asyncio.IncompleteReadError,
-        ):
-            pass
-        finally:
-            if self.upstream is not None:
-                self._release(self.upstream)
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+        await super().serve()
 
-    async def _client_event(self, timeout: float) -> http1.Event:
-        return await pull(self.requests, self.reader, timeout)
+    async def handle(self, request: http1.RequestHead) -> bool:
+        self.stats.requests += 1
+        if request.method == b"CONNECT":
+            # False ends the connection; True: now serving requests inside intercepted TLS
+            return self.intercepted is None and await self._tunnel(request)
+        return await self._forward(request) and request.keep_alive
 
-    async def _next_request(self) -> http1.RequestHead | None:
-        try:
-            event = await self._client_event(IDLE_TIMEOUT)
-        except http1.ProtocolError as exc:
-            await self._refuse_raw(exc.status, "error:bad-request", str(exc))
-            return None
-        if isinstance(event, http1.RequestHead):
-            return event
-        return None  # the client closed
-
-    async def _send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+    def release(self) -> None:
+        if self.upstream is not None:
+            self._release(self.upstream)
 
     async def _write(self, out: bytearray) -> None:
         """Write and empty `out` (bytes framed for the client)."""
@@ -263,31 +143,29 @@ class ProxyConnection:
         ]
         if close:
             headers.append((b"connection", b"close"))
-        phrase = http.HTTPStatus(status).phrase.encode()
-        await self._send(http1.response_head(status, phrase, headers) + body)
+        await self.send(response(status, headers, body))
 
-    async def _refuse_raw(self, status: int, rule: str, reason: str) -> None:
+    async def bad_request(self, exc: http1.ProtocolError) -> None:
         """Answer a request that could not be parsed, then close."""
-        body = block_body(self.bottle, "-", rule, reason[:200])
+        rule = "error:bad-request"
+        refusal = Refusal(exc.status, rule, str(exc)[:200])
         with contextlib.suppress(Exception):
-            await self._respond(status, rule, body, close=True)
+            await self._respond(exc.status, rule, block_body(self.bottle, "-", refusal), True)
         self.record("egress", "deny", rule=rule)
 
-    async def _deny(self, method: str, host: str, port: int, path: str, exc: Blocked) -> None:
+    async def _deny(self, method: str, host: str, port: int, path: str, exc: Refusal) -> None:
         self.stats.blocked += 1
-        decision = "deny" if exc.status == 403 else "error"
-        self.record(
+        record_refusal(
+            self.record,
             "egress",
-            decision,
-            rule=exc.rule,
+            exc,
+            decision=exc.decision,
             method=method,
             host=host,
             port=port,
             path=path,
-            detail={"status": exc.status, "reason": exc.reason},
         )
-        body = block_body(self.bottle, host, exc.rule, exc.reason)
-        await self._respond(exc.status, exc.rule, body, close=True)
+        await self._respond(exc.status, exc.rule, block_body(self.bottle, host, exc), close=True)
 
     # --- CONNECT -------------------------------------------------------------
 
@@ -296,18 +174,15 @@ class ProxyConnection:
         authority = request.target.decode("ascii", "replace")
         started = time.monotonic()
         try:
-            host, port = parse_authority(authority, 443)
-            if self.inspector is not None:
-                self.inspector.check_host("CONNECT", host[:253], port)
-            dest = await self.gate.check(host, port)
+            dest = await self.admission.destination("CONNECT", authority, 443)
             if self.interception is not None and self.interception.applies_to(dest.host):
                 return await self._intercept(dest)
             up_reader, up_writer = await self._open(dest)
-        except Blocked as exc:
+        except Refusal as exc:
             await self._deny("CONNECT", authority[:253], 0, "", exc)
             return False
         self.stats.tunnels += 1
-        await self._send(ESTABLISHED)
+        await self.send(ESTABLISHED)
         leftover = self._connect_trailing()
         try:
             up, down = await relay(
@@ -317,7 +192,7 @@ class ProxyConnection:
             up_writer.close()
         self.record(
             "egress",
-            "audit-allow" if dest.audited_only else "allow",
+            allow_decision(dest),
             rule=dest.rule,
             method="CONNECT",
             host=dest.host,
@@ -339,7 +214,7 @@ class ProxyConnection:
         self.stats.tunnels += 1
         leftover = self._connect_trailing()
         if dest.port != TLS_PORT:
-            await self._send(ESTABLISHED)
+            await self.send(ESTABLISHED)
             self.intercepted = dest
             self.requests = http1.RequestReader(MAX_HEADER_BYTES)
             if leftover:  # receive(b"") would mean end of stream
@@ -374,7 +249,7 @@ class ProxyConnection:
     def _record_intercepted(self, dest: Destination) -> None:
         self.record(
             "egress",
-            "audit-allow" if dest.audited_only else "allow",
+            allow_decision(dest),
             rule=dest.rule,
             method="CONNECT",
             host=dest.host,
@@ -397,18 +272,18 @@ class ProxyConnection:
                 opening = asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE)
             return await asyncio.wait_for(opening, CONNECT_TIMEOUT)
         except TimeoutError as exc:
-            raise Blocked(
-                "error:connect-timeout", f"{dest.host}:{dest.port} did not answer", 504
+            raise Refusal(
+                504, "error:connect-timeout", f"{dest.host}:{dest.port} did not answer"
             ) from exc
         except ssl.SSLError as exc:
-            raise Blocked(
+            raise Refusal(
+                502,
                 "error:upstream-tls",
                 f"{dest.host}:{dest.port} failed TLS verification: {exc.reason or exc}",
-                502,
             ) from exc
         except OSError as exc:
-            raise Blocked(
-                "error:connect", f"cannot connect to {dest.host}:{dest.port}: {exc.strerror}", 502
+            raise Refusal(
+                502, "error:connect", f"cannot connect to {dest.host}:{dest.port}: {exc.strerror}"
             ) from exc
 
     # --- absolute-form forwarding -------------------------------------------
@@ -418,12 +293,9 @@ class ProxyConnection:
         target = request.target.decode("ascii", "replace")
         started = time.monotonic()
         try:
-            dest, origin_target = await self._route(target)
-            if self.inspector is not None:
-                self.inspector.check_head(
-                    method, dest.host, dest.port, origin_target, request.headers
-                )
-        except Blocked as exc:
+            dest, origin_target = await self.admission.route(target, self.intercepted)
+            self.admission.head(method, dest, origin_target, request.headers)
+        except Refusal as exc:
             host = urlsplit(target).netloc[:253] if "://" in target else "-"
             await discard_body(self.requests, self.reader, HEADER_TIMEOUT)
             await self._deny(method, host, 0, target, exc)
@@ -439,12 +311,12 @@ class ProxyConnection:
                 status, up_bytes, down_bytes, keep_client = await self._exchange(
                     request, upstream, origin_target, replay=True
                 )
-        except Blocked as exc:
+        except Refusal as exc:
             await self._deny(method, dest.host, dest.port, origin_target, exc)
             return False
         self.record(
             "egress",
-            "audit-allow" if dest.audited_only else "allow",
+            allow_decision(dest),
             rule=dest.rule,
             method=method,
             host=dest.host,
@@ -455,37 +327,6 @@ class ProxyConnection:
             detail={"status": status, "ms": round((time.monotonic() - started) * 1000)},
         )
         return keep_client
-
-    async def _route(self, target: str) -> tuple[Destination, str]:
-        if self.intercepted is not None:
-            # Inside an intercepted tunnel the destination was checked at CONNECT time and
-            # cannot change: only origin-form targets are accepted.
-            if not target.startswith("/"):
-                raise Blocked("error:not-origin-form", "send origin-form requests in a tunnel", 400)
-            return self.intercepted, target
-        if not target.startswith("http://"):
-            if target.startswith("https://"):
-                raise Blocked("error:https-absolute", "use CONNECT for https:// URLs", 400)
-            raise Blocked(
-                "error:not-a-proxy-request",
-                "requests must use an absolute http:// URL (this is a forward proxy)",
-                400,
-            )
-        rest = target[len("http://") :]
-        cut = min(
-            (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
-            default=len(rest),
-        )
-        authority, path = rest[:cut], rest[cut:]
-        host, port = parse_authority(authority, 80)
-        if self.inspector is not None:
-            # Before the gate resolves it: resolving an encoded label is itself the leak.
-            self.inspector.check_host("HTTP", host[:253], port)
-        dest = await self.gate.check(host, port)
-        path = path.split("#", 1)[0]
-        if not path.startswith("/"):
-            path = "/" + path
-        return dest, path
 
     async def _upstream_for(self, dest: Destination, *, fresh: bool = False) -> Upstream:
         """This connection's upstream if it goes to `dest`, else a parked one to `dest`,
@@ -530,24 +371,20 @@ class ProxyConnection:
         headers = [(b"host", host_header.encode("ascii"))]
         headers += forwarded_headers(request.headers)
         if request.expects_continue and not replay:
-            await self._send(http1.CONTINUE)
+            await self.send(http1.CONTINUE)
         # The head goes out with the first scanned body bytes (or at the end), so a
         # request whose body is refused never reaches the upstream at all.
         head = http1.request_head(request.method, origin_target.encode("ascii"), headers)
         upstream.idle = False
         guard = None
-        if self.inspector is not None and not replay:  # a replay has no body left to scan
-            guard = self.inspector.body(
-                request.headers,
-                request.method.decode("ascii", "replace"),
-                dest.host,
-                dest.port,
-                origin_target,
+        if not replay:  # a replay has no body left to scan
+            guard = self.admission.body(
+                request.method.decode("ascii", "replace"), dest, origin_target, request.headers
             )
         up_bytes = 0
         try:
             while not replay:
-                event = await self._client_event(IDLE_TIMEOUT)
+                event = await self.client_event(IDLE_TIMEOUT)
                 if isinstance(event, bytes):
                     up_bytes += len(event)
                     data = event if guard is None else guard.feed(event)
@@ -566,7 +403,7 @@ class ProxyConnection:
                     raise ConnectionError("client went away mid-request")
             if replay:
                 await upstream.send(head + http1.end_of_body(request.chunked))
-        except Blocked:
+        except Refusal:
             # The upstream saw a request that never completes; it must not be reused.
             upstream.close()
             self.upstream = None
@@ -591,7 +428,7 @@ class ProxyConnection:
             if replayable:
                 raise _StaleUpstream
             # Nothing went to the client yet: it gets an answer, not a dropped connection.
-            raise Blocked("error:upstream", f"{dest.host} {problem}", 502)
+            raise Refusal(502, "error:upstream", f"{dest.host} {problem}")
         # What the upstream already sent goes to the client in one write (a small response
         # is one send, not three); we flush before waiting for more, and every READ_SIZE.
         head, chunk_out, keep_client = http1.relay_head(

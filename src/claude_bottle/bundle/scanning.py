@@ -5,7 +5,7 @@ bundle opens an upstream connection. Bodies are scanned as they stream: a
 plain body is forwarded except for a trailing window as long as the longest
 possible match, so no complete secret leaves before it has been scanned; an
 encoded body (gzip, deflate, br) is decoded within size and ratio caps,
-scanned, and held whole until it is clean. A finding raises `Blocked` (or,
+scanned, and held whole until it is clean. A finding raises `Refusal` (or,
 with `block = false`, is only recorded). Findings carry the pattern and the
 location, never the matched bytes.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from claude_bottle.bottle_env import SECRET_NAME
-from claude_bottle.bundle.gate import Blocked
+from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.paths import cache_root
 from claude_bottle.policy.dlp import (
     DecodeError,
@@ -74,7 +74,8 @@ class DlpInspector:
                 detail={"location": finding.location, "patterns": len(findings)},
             )
         if self.block:
-            raise Blocked(
+            raise Refusal(
+                403,
                 f"dlp:{first.pattern}",
                 f"it looks like a secret ({first.pattern}) is in the {first.location}; "
                 "the request was not sent",
@@ -127,8 +128,8 @@ class BodyGuard:
             try:
                 self.decoder = decoded_stream(encoding, MAX_DECODED_BODY)
             except DecodeError as exc:
-                raise Blocked(
-                    "dlp:undecodable-body", f"cannot inspect the body: {exc}", 415
+                raise Refusal(
+                    415, "dlp:undecodable-body", f"cannot inspect the body: {exc}"
                 ) from exc
 
     def _check(self, findings: list[Finding]) -> None:
@@ -138,8 +139,8 @@ class BodyGuard:
         self.held += chunk
         if self.decoder is not None:
             if len(self.held) > MAX_ENCODED_BODY:
-                raise Blocked(
-                    "dlp:body-too-large", "an encoded body this large is not inspected", 413
+                raise Refusal(
+                    413, "dlp:body-too-large", "an encoded body this large is not inspected"
                 )
             self._check(self.scan.feed(self._decode(chunk, final=False)))
             return b""
@@ -160,9 +161,9 @@ class BodyGuard:
         try:
             return self.decoder.finish() if final else self.decoder.feed(chunk)
         except DecompressionBomb as exc:
-            raise Blocked("dlp:decompression-bomb", f"refused: {exc}", 413) from exc
+            raise Refusal(413, "dlp:decompression-bomb", f"refused: {exc}") from exc
         except DecodeError as exc:
-            raise Blocked("dlp:undecodable-body", f"cannot inspect the body: {exc}", 415) from exc
+            raise Refusal(415, "dlp:undecodable-body", f"cannot inspect the body: {exc}") from exc
 
 
 class DirectoryCache:

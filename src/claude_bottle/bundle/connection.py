@@ -1,0 +1,181 @@
+"""Connection plumbing the egress proxy and the API gateway share.
+
+Reading events off a socket with a timeout per read, framing limits, hop-by-hop headers,
+discarding the body of a refused request, keep-alive connections to servers, and the
+loop that serves one client connection from the bottle request after request. Nothing
+here decides whether a request may pass: that is `admission`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+
+from claude_bottle.bundle import http1
+
+MAX_HEADER_BYTES = 64 * 1024
+READ_SIZE = 256 * 1024  # bytes asked of a socket per read
+HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
+IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
+CONNECT_TIMEOUT = 10.0
+MAX_DRAIN = 1024 * 1024  # body of a refused request read and discarded before answering
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"expect",
+    }
+)
+
+
+class ConnectionEnded(Exception):
+    """One side of an exchange went away or broke it: the client connection ends."""
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The header names the Connection header makes hop-by-hop for this message."""
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+
+
+def forwarded_headers(
+    headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop headers and `dropped`; keep chunked framing, which we re-apply on
+    the next hop."""
+    gone = HOP_BY_HOP | dropped | connection_tokens(headers)
+    kept = [(name, value) for name, value in headers if name not in gone]
+    if any(name == b"transfer-encoding" for name, _ in headers):
+        kept.append((b"transfer-encoding", b"chunked"))  # http1 accepts no other coding
+    return kept
+
+
+async def pull(
+    messages: http1.RequestReader | http1.ResponseReader,
+    reader: asyncio.StreamReader,
+    timeout: float,
+) -> http1.Event:
+    """The next event of `messages`, reading as needed; each read must arrive in `timeout`."""
+    while True:
+        event = messages.next_event()
+        if event is not http1.NEED_DATA:
+            return event
+        async with asyncio.timeout(timeout):  # a timer, not a task per read as wait_for costs
+            data = await reader.read(READ_SIZE)
+        messages.receive(data)
+
+
+async def discard_body(
+    messages: http1.RequestReader, reader: asyncio.StreamReader, timeout: float
+) -> bool:
+    """Read and discard the rest of the current request, at most about MAX_DRAIN bytes, so
+    the client sees the answer to it; True if it ended."""
+    budget = MAX_DRAIN
+    while budget > 0:
+        event = await pull(messages, reader, timeout)
+        if not isinstance(event, bytes):
+            return event is http1.END
+        budget -= len(event)
+    return False
+
+
+def response(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    """A whole response the bundle answers itself, with the status's standard phrase."""
+    phrase = http.HTTPStatus(status).phrase.encode()
+    return http1.response_head(status, phrase, headers) + body
+
+
+class KeptAlive:
+    """A keep-alive connection to a server, which the proxy and the gateway reuse."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle = True  # between exchanges, with nothing owed either way
+
+    def alive(self) -> bool:
+        """Idle and not closed by either side as far as we know: a next request may go."""
+        return self.idle and not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.idle = False
+        self.writer.close()
+
+    async def send(self, data: bytes) -> None:
+        """Write `data`; the connection is mid-exchange until its response has ended."""
+        self.idle = False
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+class ClientConnection:
+    """Serves one client connection from the bottle, request after request, until it closes.
+
+    Subclasses answer one request in `handle` (False: the connection must close), answer
+    a request that could not be parsed in `bad_request`, and let go of what they hold
+    upstream in `release`. Every read from the client has a timeout, a parse error ends
+    the connection after its answer, and so does any failure of either side.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.requests = http1.RequestReader(MAX_HEADER_BYTES)
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    event = await self.client_event(IDLE_TIMEOUT)
+                except http1.ProtocolError as exc:
+                    await self.bad_request(exc)
+                    return
+                if not isinstance(event, http1.RequestHead):
+                    return  # the client closed
+                if not await self.handle(event):
+                    return
+        except (
+            ConnectionError,
+            TimeoutError,
+            OSError,
+            http1.ProtocolError,
+            asyncio.IncompleteReadError,
+            ConnectionEnded,
+        ):
+            pass
+        finally:
+            self.release()
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def handle(self, request: http1.RequestHead) -> bool:
+        raise NotImplementedError
+
+    async def bad_request(self, exc: http1.ProtocolError) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Let go of upstream connections as the client connection ends."""
+
+    async def client_event(self, timeout: float) -> http1.Event:
+        return await pull(self.requests, self.reader, timeout)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()

@@ -1,0 +1,182 @@
+"""The admission pipeline's units, without a socket: target parsing, connect-time and
+request-head admission, the body guard, the one refusal type and the audit record."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from claude_bottle.bundle.admission import (
+    EgressAdmission,
+    absolute_target,
+    allow_decision,
+    record_refusal,
+)
+from claude_bottle.bundle.connection import forwarded_headers
+from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.proxy import block_body
+from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.bundle.scanning import DlpInspector
+from claude_bottle.policy.dlp import Scanner
+
+GITHUB_TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" * 2  # shaped like one, issued by nobody
+GITHUB_TOKEN = GITHUB_TOKEN[:40]
+
+
+class Records:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, decision: str, **fields: Any) -> None:
+        self.calls.append((kind, decision, fields))
+
+
+async def public_resolver(host: str, port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
+def admission(records: Records, allow: tuple[str, ...] = ("allowed.test",)) -> EgressAdmission:
+    gate = EgressGate(list(allow), resolver=public_resolver)
+    return EgressAdmission(gate, DlpInspector(Scanner(), block=True, record=records))
+
+
+@pytest.mark.parametrize(
+    ("target", "authority", "path"),
+    [
+        ("http://a.test/x?y=1", "a.test", "/x?y=1"),
+        ("http://a.test", "a.test", "/"),
+        ("http://a.test?q", "a.test", "/?q"),
+        ("http://a.test:8080/p#frag", "a.test:8080", "/p"),
+    ],
+)
+def test_absolute_target_splits(target: str, authority: str, path: str) -> None:
+    assert absolute_target(target) == (authority, path)
+
+
+@pytest.mark.parametrize(
+    ("target", "rule"),
+    [("https://a.test/", "error:https-absolute"), ("/x", "error:not-a-proxy-request")],
+)
+def test_absolute_target_refuses(target: str, rule: str) -> None:
+    with pytest.raises(Refusal) as caught:
+        absolute_target(target)
+    assert (caught.value.status, caught.value.rule) == (400, rule)
+
+
+def test_route_admits_an_allowed_host_and_refuses_others() -> None:
+    records = Records()
+    pipeline = admission(records)
+
+    async def scenario() -> None:
+        dest, path = await pipeline.route("http://allowed.test:81/a", None)
+        assert (dest.host, dest.port, dest.address, path) == (
+            "allowed.test",
+            81,
+            "93.184.216.34",
+            "/a",
+        )
+        with pytest.raises(Refusal) as caught:
+            await pipeline.route("http://other.test/", None)
+        assert (caught.value.status, caught.value.rule) == (403, "deny:not-allowlisted")
+        # Inside an intercepted tunnel the destination is fixed and only origin-form passes.
+        assert await pipeline.route("/in", dest) == (dest, "/in")
+        with pytest.raises(Refusal) as caught:
+            await pipeline.route("http://allowed.test/", dest)
+        assert caught.value.rule == "error:not-origin-form"
+
+    asyncio.run(scenario())
+
+
+def test_connect_time_refuses_userinfo_before_the_gate() -> None:
+    async def scenario() -> None:
+        with pytest.raises(Refusal) as caught:
+            await admission(Records()).destination("CONNECT", "u:p@allowed.test:443", 443)
+        assert caught.value.rule == "deny:userinfo"
+
+    asyncio.run(scenario())
+
+
+def test_head_admission_refuses_a_token_in_a_header_and_audits_it() -> None:
+    records = Records()
+    pipeline = admission(records)
+    dest = asyncio.run(pipeline.destination("HTTP", "allowed.test", 80))
+    pipeline.head("GET", dest, "/", [(b"accept", b"*/*")])
+    assert records.calls == []
+    with pytest.raises(Refusal) as caught:
+        pipeline.head("GET", dest, "/", [(b"x-note", f"token {GITHUB_TOKEN}".encode())])
+    assert caught.value.status == 403
+    assert caught.value.rule.startswith("dlp:")
+    kind, decision, fields = records.calls[0]
+    assert (kind, decision, fields["host"]) == ("dlp", "deny", "allowed.test")
+    assert GITHUB_TOKEN not in repr(records.calls)
+
+
+def test_body_guard_holds_back_and_refuses() -> None:
+    records = Records()
+    pipeline = admission(records)
+    dest = asyncio.run(pipeline.destination("HTTP", "allowed.test", 80))
+    guard = pipeline.body("POST", dest, "/", [])
+    assert guard is not None
+    released = guard.feed(b"x" * 10_000)
+    assert 0 < len(released) < 10_000  # a window is held back until scanned past
+    with pytest.raises(Refusal):
+        guard.feed(GITHUB_TOKEN.encode())
+        guard.finish()
+    assert EgressAdmission(pipeline.gate).body("POST", dest, "/", []) is None
+
+
+def test_refusal_decision_and_record() -> None:
+    records = Records()
+    refusal = Refusal(502, "error:dns", "could not resolve x")
+    assert refusal.decision == "error"
+    assert Refusal(403, "deny:x", "no").decision == "deny"
+    record_refusal(
+        records, "egress", refusal, decision="error", method="GET", host="h", port=1, path="/"
+    )
+    assert records.calls == [
+        (
+            "egress",
+            "error",
+            {
+                "rule": "error:dns",
+                "method": "GET",
+                "host": "h",
+                "port": 1,
+                "path": "/",
+                "detail": {"status": 502, "reason": "could not resolve x"},
+            },
+        )
+    ]
+
+
+def test_allow_decision_says_when_audit_mode_let_it_through() -> None:
+    async def scenario() -> None:
+        gate = EgressGate([], mode="audit", resolver=public_resolver)
+        dest = await gate.check("any.test", 80)
+        assert allow_decision(dest) == "audit-allow"
+
+    asyncio.run(scenario())
+
+
+def test_block_body_carries_the_hint() -> None:
+    denied = Refusal(403, "deny:not-allowlisted", "not in the allowlist")
+    assert block_body("b1", "x.test", denied).endswith(
+        b"(rule deny:not-allowlisted). To allow it: claude-bottle allow b1 x.test\n"
+    )
+    hinted = Refusal(403, "l7:x", "no\r\nInjected: 1", hint="add a rule")
+    assert block_body("b1", "x.test", hinted) == (
+        b"claude-bottle: blocked x.test: no  Injected: 1 (rule l7:x). To allow it: add a rule\n"
+    )
+
+
+def test_forwarded_headers_drop_hop_by_hop_and_named() -> None:
+    headers = [
+        (b"connection", b"x-secret, keep-alive"),
+        (b"x-secret", b"1"),
+        (b"proxy-authorization", b"Basic abc"),
+        (b"transfer-encoding", b"chunked"),
+        (b"accept", b"*/*"),
+    ]
+    assert forwarded_headers(headers) == [(b"accept", b"*/*"), (b"transfer-encoding", b"chunked")]
