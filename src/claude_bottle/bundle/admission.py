@@ -6,7 +6,8 @@ it arrives (absolute-form HTTP, a CONNECT tunnel, a request inside an intercepte
 1. connect-time: the authority is parsed, its labels are scanned (before any DNS: a
    lookup of an encoded label is itself the leak), and the gate matches the host against
    the allowlist and resolves it to an address it checked (`gate.EgressGate`);
-2. request head: the URL and every header are scanned (`scanning.DlpInspector`);
+2. request head: the URL and every header are scanned (`scanning.DlpInspector`), and
+   credentials are decoded where HTTP carries them (`policy.dlp_http`);
 3. body: a `scanning.BodyGuard` releases only bytes it has scanned;
 4. audit: one record per decision, built here so each caller records the same fields.
 
@@ -59,6 +60,9 @@ class EgressAdmission:
 
     async def destination(self, method: str, authority: str, default_port: int) -> Destination:
         """Connect-time admission: where a CONNECT or an absolute-form request goes."""
+        if self.inspector is not None and "@" in authority:
+            # parse_authority refuses userinfo anyway; a credential in it is DLP's to report
+            self.inspector.check_userinfo(method, authority, default_port)
         host, port = parse_authority(authority, default_port)
         if self.inspector is not None:
             self.inspector.check_host(method, host[:253], port)

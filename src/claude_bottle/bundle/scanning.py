@@ -31,12 +31,14 @@ from claude_bottle.policy.dlp import (
     StreamScan,
     decoded_stream,
 )
+from claude_bottle.policy.dlp_http import CREDENTIAL_HEADERS, credential_views, userinfo_views
 
 MAX_ENCODED_BODY = 32 * 1024 * 1024  # raw bytes held while an encoded body is scanned
 MAX_DECODED_BODY = 64 * 1024 * 1024
 _CACHE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 Recorder = Callable[..., Any]
+CREDENTIAL_RULE = "dlp:credential-in-auth-header"
 
 
 def host_secrets(env: Mapping[str, str]) -> dict[str, str]:
@@ -58,20 +60,41 @@ class DlpInspector:
         self.block = block
         self.record = record
 
-    def _hit(self, findings: list[Finding], method: str, host: str, port: int, path: str) -> None:
+    def _hit(
+        self,
+        findings: list[Finding],
+        method: str,
+        host: str,
+        port: int,
+        path: str,
+        credentials: list[Finding] | None = None,
+    ) -> None:
+        """Record every finding and refuse as configured. `credentials` are the findings
+        where HTTP carries credentials (authorization headers, cookies, URL userinfo): the
+        bundle injected none of them, so they are refused even when DLP only logs."""
+        if credentials:
+            findings = credentials + findings
         if not findings:
             return
         first = findings[0]
+        refused = self.block or bool(credentials)
         for finding in findings:
             self.record(
                 "dlp",
-                "deny" if self.block else "log",
+                "deny" if refused else "log",
                 rule=f"dlp:{finding.pattern}",
                 method=method,
                 host=host,
                 port=port,
                 path=path,
                 detail={"location": finding.location, "patterns": len(findings)},
+            )
+        if credentials:
+            raise Refusal(
+                403,
+                CREDENTIAL_RULE,
+                f"a credential ({first.pattern}) is in the {first.location}; the bundle "
+                "sends no credential it did not inject itself, so the request was not sent",
             )
         if self.block:
             raise Refusal(
@@ -99,10 +122,24 @@ class DlpInspector:
         decoded = unquote_to_bytes(raw.replace(b"+", b" "))
         if decoded != raw:
             findings += self.scanner.scan(decoded, "URL (decoded)")
+        credentials: list[Finding] = []
         for name, value in headers:
             label = name.decode("latin-1")[:64]
-            findings += self.scanner.scan(value, f"{label} header")
-        self._hit(findings, method, host, port, target)
+            if name not in CREDENTIAL_HEADERS:
+                findings += self.scanner.scan(value, f"{label} header")
+                continue
+            credentials += self.scanner.scan(value, f"{label} header")
+            for location, view in credential_views(name, value):
+                credentials += self.scanner.scan(view, location)
+        self._hit(findings, method, host, port, target, credentials)
+
+    def check_userinfo(self, method: str, authority: str, port: int) -> None:
+        """Scan the user and password of an authority (`user:pass@host`), decoded."""
+        host = authority.rpartition("@")[2][:253]
+        credentials: list[Finding] = []
+        for location, view in userinfo_views(authority):
+            credentials += self.scanner.scan(view, location)
+        self._hit([], method, host, port, "", credentials)
 
     def body(
         self, headers: Iterable[tuple[bytes, bytes]], method: str, host: str, port: int, path: str
