@@ -75,6 +75,7 @@ class FakeAnthropic:
         self.api_key = api_key
         self.oauth_token = oauth_token
         self.requests: list[FakeRequest] = []
+        self.incomplete = 0  # requests whose body was cut short (never acted on)
         self.connections = 0
         self.disconnects = 0
         self.disconnected = threading.Event()
@@ -136,6 +137,11 @@ class FakeAnthropic:
 
     def _serve(self, h: http.server.BaseHTTPRequestHandler) -> None:
         body = _read_body(h)
+        if body is None:  # cut short: like the real API, act on nothing, answer nothing
+            with self._lock:
+                self.incomplete += 1
+            h.close_connection = True
+            return
         raw = [(k.lower(), v) for k, v in h.headers.items()]
         headers: dict[str, str] = {}
         for name, value in raw:
@@ -319,19 +325,27 @@ class FakeAnthropic:
                 return False
 
 
-def _read_body(h: http.server.BaseHTTPRequestHandler) -> bytes:
+def _read_body(h: http.server.BaseHTTPRequestHandler) -> bytes | None:
+    """The request body, or None when the client closed before it ended."""
     if "chunked" in h.headers.get("transfer-encoding", "").lower():
         body = bytearray()
         while True:
-            size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            line = h.rfile.readline()
+            if not line:
+                return None
+            size = int(line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
                 while h.rfile.readline() not in (b"\r\n", b"\n", b""):
                     pass
                 return bytes(body)
-            body += h.rfile.read(size)
+            chunk = h.rfile.read(size)
+            if len(chunk) < size:
+                return None
+            body += chunk
             h.rfile.readline()
     length = int(h.headers.get("content-length") or 0)
-    return h.rfile.read(length) if length else b""
+    body = h.rfile.read(length) if length else b""
+    return body if len(body) == length else None
 
 
 def _send_json(h: http.server.BaseHTTPRequestHandler, status: int, payload: object) -> None:

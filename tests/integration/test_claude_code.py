@@ -155,3 +155,30 @@ def test_ls_shows_tokens_of_a_running_bottle(claude_env: BottleEnv) -> None:
     assert row["tokens"] > 0 and row["state"] == "running"
     assert "TOKENS" in claude_env.cli("ls").stdout
     claude_env.cli("stop", "tok")
+
+
+def test_the_gateway_list_covers_what_claude_code_sends(
+    claude_env: BottleEnv, fake_api: FakeAnthropic
+) -> None:
+    """Records a real Claude Code session against the fake API: every path, method and
+    `anthropic-beta` value it sent is on the gateway's one list (bundle/api_policy.py).
+    What the gateway refuses or drops never reaches the fake, so the audit log, which
+    names both, is what shows that nothing Claude Code sent was left out."""
+    from claude_bottle.bundle.api_policy import CLAUDE_CODE_BETAS, GatewayPolicy
+
+    result = claude_env.run("claude", "-p", "Say hello", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert CANNED in result.stdout
+    events = [json.loads(line) for line in (claude_env.state_dir() / "audit.jsonl").open()]
+    gateway = [e for e in events if e["kind"] == "gateway"]
+    assert gateway, "nothing went through the gateway"
+    refused = [(e["method"], e["path"], e["rule"]) for e in gateway if e["decision"] != "allow"]
+    assert refused == [], refused
+    dropped = {beta for e in gateway for beta in e["detail"].get("betas_dropped", ())}
+    assert dropped == set(), f"add these to CLAUDE_CODE_BETAS: {sorted(dropped)}"
+    # And what did arrive is on the list (the list is the one the gateway applies).
+    policy = GatewayPolicy()
+    for request in fake_api.requests:
+        assert policy.route_of(request.method.encode(), request.path) is not None
+        betas = request.headers.get("anthropic-beta", "").encode().split(b",")
+        assert {b.strip() for b in betas if b.strip()} <= CLAUDE_CODE_BETAS

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from claude_bottle.config.model import Config
+from claude_bottle.config.model import Config, GatewayConfig
 from claude_bottle.errors import MissingDependency
 from claude_bottle.plan import PlanSection, Printable
 
@@ -60,6 +60,8 @@ class BottlePlan(Printable):
     gateway_ca_file: str | None
     max_tokens_total: int | None
     oauth_token_url: str | None
+    gateway_features: tuple[str, ...]  # API features forwarded (api_policy.FEATURES)
+    gateway_dlp: str
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
 
@@ -123,6 +125,26 @@ class BottlePlan(Printable):
                     ("credential", f"{self.anthropic_credential}, injected host-side"),
                     ("bottle holds", "a placeholder key only"),
                     ("token budget", str(self.max_tokens_total or "unlimited")),
+                    (
+                        "forwarded",
+                        "only the paths, methods and betas Claude Code uses"
+                        + "".join(f", {feature}" for feature in self.gateway_features),
+                    ),
+                    (
+                        "refused",
+                        ", ".join(
+                            f"{feature} ([gateway] {feature} = true)"
+                            for feature in ("mcp_servers", "web_fetch", "web_search", "files")
+                            if feature not in self.gateway_features
+                        )
+                        or "-",
+                    ),
+                    (
+                        "prompt secrets",
+                        ("refused" if self.gateway_dlp == "block" else "recorded in the audit log")
+                        if self.dlp_enabled
+                        else "not scanned ([dlp] enabled = false)",
+                    ),
                 ),
             ),
             PlanSection(
@@ -187,7 +209,20 @@ def common_plan_fields(
         "gateway_ca_file": config.gateway.upstream_ca_file,
         "max_tokens_total": config.gateway.max_tokens_total,
         "oauth_token_url": config.gateway.oauth_token_url,
+        "gateway_features": gateway_features(config.gateway),
+        "gateway_dlp": config.gateway.dlp,
     }
+
+
+def gateway_features(gateway: GatewayConfig) -> tuple[str, ...]:
+    """The `[gateway]` API feature switches that are on, in a fixed order."""
+    switches = {
+        "mcp_servers": gateway.mcp_servers,
+        "web_fetch": gateway.web_fetch,
+        "web_search": gateway.web_search,
+        "files": gateway.files,
+    }
+    return tuple(name for name, on in switches.items() if on)
 
 
 class Bottle(abc.ABC):

@@ -29,13 +29,16 @@ import inspect
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle import http1
 from claude_bottle.bundle.admission import record_refusal
 from claude_bottle.bundle.api_policy import (
     ALLOWED_METHODS,
+    BodyCheck,
+    GatewayPolicy,
+    Route,
     api_target,
     downstream_headers,
     error_body,
@@ -55,11 +58,15 @@ from claude_bottle.bundle.connection import (
 )
 from claude_bottle.bundle.credentials import Credential
 from claude_bottle.bundle.refusal import Refusal
+
+if TYPE_CHECKING:  # the DLP engine is imported only when enabled
+    from claude_bottle.bundle.scanning import DlpInspector
 from claude_bottle.bundle.usage import MODEL_SCAN_BYTES, UsageMeter, model_of
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 UPSTREAM_TIMEOUT = 600.0  # longest silence from the API (non-streaming calls can think long)
 MAX_PIPELINED = MAX_HEADER_BYTES  # bytes of a next request buffered while a response streams
+DEFAULT_POLICY = GatewayPolicy()
 UPSTREAM_REUSE_IDLE = 30.0  # reuse a keep-alive upstream connection idle at most this long
 
 Recorder = Callable[..., Any]
@@ -198,6 +205,8 @@ class _Call:
     bytes_up: int = 0
     bytes_down: int = 0
     aborted: bool = False  # the exchange did not complete
+    refused: bool = False  # the gateway refused its body: recorded as a refusal, not a call
+    betas_dropped: list[str] = dataclasses.field(default_factory=list)
     failed: bool = False  # the gateway answered 502/503/504 itself
     rule: str = "anthropic"
     reason: str = ""
@@ -215,12 +224,18 @@ class AnthropicGateway(ClientConnection):
         writer: asyncio.StreamWriter,
         *,
         budget: TokenBudget | None = None,
+        policy: GatewayPolicy = DEFAULT_POLICY,
+        inspector: DlpInspector | None = None,
+        dlp_block: bool = False,
     ) -> None:
         super().__init__(reader, writer)
         self.upstream = upstream
         self.credentials = credentials
         self.record = record
         self.budget = budget
+        self.policy = policy
+        self.inspector = inspector
+        self.dlp_block = dlp_block
         self._up: _Upstream | None = None
 
     def release(self) -> None:
@@ -258,8 +273,10 @@ class AnthropicGateway(ClientConnection):
             return False  # they wait to send it; answering is enough (we close)
         return await discard_body(self.requests, self.reader, CONNECT_TIMEOUT)
 
-    async def _refuse(self, request: http1.RequestHead, exc: Refusal) -> bool:
-        ended = await self._drain_body(request)
+    async def _refuse(
+        self, request: http1.RequestHead, exc: Refusal, *, drained: bool = False
+    ) -> bool:
+        ended = drained or await self._drain_body(request)
         record_refusal(
             self.record,
             "gateway",
@@ -274,7 +291,7 @@ class AnthropicGateway(ClientConnection):
         close = not ended or request.method == b"CONNECT"
         await self._respond(
             exc.status,
-            error_body(exc.status, exc.message),
+            error_body(exc.status, exc.message, exc.hint),
             rule=exc.rule,
             head_only=request.method == b"HEAD",
             close=close,
@@ -309,9 +326,10 @@ class AnthropicGateway(ClientConnection):
                     f"{self.budget.limit} ([gateway] max_tokens_total); raise it or start "
                     "a new bottle",
                 )
+            route = self.policy.route(request.method, target)
         except Refusal as exc:
             return await self._refuse(request, exc)
-        return await self._forward(request, target)
+        return await self._forward(request, target, route)
 
     # --- forwarding ----------------------------------------------------------------
 
@@ -342,13 +360,36 @@ class AnthropicGateway(ClientConnection):
         self._up = _Upstream(reader, writer)
         return self._up
 
-    async def _forward(self, request: http1.RequestHead, target: str) -> bool:
+    def _body_check(self, request: http1.RequestHead, route: Route, target: str) -> BodyCheck:
+        """Body admission: API features the bottle may not use, then DLP (an audit event,
+        or a refusal with `[gateway] dlp = "block"`)."""
+        encoding = _header(request.headers, b"content-encoding").strip().lower()
+        if encoding not in (b"", b"identity"):
+            raise Refusal(415, "gateway:encoded-body", "send the request body uncompressed")
+        watch = None
+        if self.inspector is not None:
+            watch = self.inspector.watch(
+                request.method.decode("ascii", "replace"),
+                self.upstream.host,
+                self.upstream.port,
+                target,
+                block=self.dlp_block,
+            )
+        return BodyCheck(self.policy, route, watch)
+
+    async def _forward(self, request: http1.RequestHead, target: str, route: Route) -> bool:
         call = _Call(
             method=request.method.decode("ascii", "replace"),
             path=target,
             started=time.monotonic(),
         )
         meter: UsageMeter | None = None
+        check = None
+        try:
+            if request.method == b"POST":
+                check = self._body_check(request, route, target)
+        except Refusal as exc:
+            return await self._refuse(request, exc)
         try:
             try:
                 credential = await self._credential()
@@ -359,16 +400,17 @@ class AnthropicGateway(ClientConnection):
                     request, call, f"no usable credential: {reason}", 503, "gateway:credential"
                 )
                 return False
-            headers = upstream_headers(request.headers, credential, self.upstream.host_header)
+            headers, dropped = self.policy.filter_betas(request.headers)
+            call.betas_dropped = dropped  # a newer Claude Code keeps working; audited
+            headers = upstream_headers(headers, credential, self.upstream.host_header)
             up = await self._upstream_conn()
-            await up.send(
-                http1.request_head(
-                    request.method, (self.upstream.prefix + target).encode("ascii"), headers
-                )
+            head = http1.request_head(
+                request.method, (self.upstream.prefix + target).encode("ascii"), headers
             )
+            await up.send(head)
             if request.expects_continue:
                 await self.send(http1.CONTINUE)
-            await self._stream_request(up, call, request.chunked)
+            await self._stream_request(up, call, request.chunked, check)
             messages = http1.ResponseReader(request.method, MAX_HEADER_BYTES)
             response = await up.next_event(messages)
             if not isinstance(response, http1.ResponseHead):
@@ -390,6 +432,11 @@ class AnthropicGateway(ClientConnection):
                 raise  # the response head is out: all we can do is cut it short
             await self._upstream_failed(request, call, str(exc), exc.status)
             return False
+        except Refusal as exc:
+            # The API holds a request whose body never ends: it never acts on it.
+            call.refused = True
+            self._drop_upstream()
+            return await self._refuse(request, exc, drained=check is not None and check.ended)
         except BaseException:
             call.aborted = True
             self._drop_upstream()
@@ -403,7 +450,9 @@ class AnthropicGateway(ClientConnection):
             self._drop_upstream()
         return keep_client
 
-    async def _stream_request(self, up: _Upstream, call: _Call, chunked: bool) -> None:
+    async def _stream_request(
+        self, up: _Upstream, call: _Call, chunked: bool, check: BodyCheck | None
+    ) -> None:
         scanned = bytearray()
         while True:
             event = await self.client_event(IDLE_TIMEOUT)
@@ -411,10 +460,13 @@ class AnthropicGateway(ClientConnection):
                 call.bytes_up += len(event)
                 if len(scanned) < MODEL_SCAN_BYTES:
                     scanned += event[: MODEL_SCAN_BYTES - len(scanned)]
-                await up.send(http1.frame(event, chunked))
+                data = event if check is None else check.feed(event)
+                if data:
+                    await up.send(http1.frame(data, chunked))
             elif event is http1.END:
-                if chunked:  # a body framed by its length ends with its last byte
-                    await up.send(http1.LAST_CHUNK)
+                rest = b"" if check is None else check.finish()
+                # a body framed by its length ends with its last byte
+                await up.send(http1.frame(rest, chunked) + http1.end_of_body(chunked))
                 break
             else:
                 raise _ClientGone("client went away mid-request")
@@ -500,6 +552,8 @@ class AnthropicGateway(ClientConnection):
             )
 
     def _account(self, call: _Call, meter: UsageMeter | None) -> None:
+        if call.refused:
+            return
         if meter is not None:
             meter.finish()
         input_tokens = meter.input_tokens if meter else None
@@ -521,6 +575,8 @@ class AnthropicGateway(ClientConnection):
             detail["aborted"] = True
         if call.reason:
             detail["reason"] = call.reason
+        if call.betas_dropped:
+            detail["betas_dropped"] = call.betas_dropped
         ok = call.status != 0 and not call.failed
         self.record(
             "gateway",

@@ -68,6 +68,8 @@ class DlpInspector:
         port: int,
         path: str,
         credentials: list[Finding] | None = None,
+        *,
+        block: bool | None = None,
     ) -> None:
         """Record every finding and refuse as configured. `credentials` are the findings
         where HTTP carries credentials (authorization headers, cookies, URL userinfo): the
@@ -77,7 +79,9 @@ class DlpInspector:
         if not findings:
             return
         first = findings[0]
-        refused = self.block or bool(credentials)
+        if block is None:
+            block = self.block
+        refused = block or bool(credentials)
         for finding in findings:
             self.record(
                 "dlp",
@@ -96,7 +100,7 @@ class DlpInspector:
                 f"a credential ({first.pattern}) is in the {first.location}; the bundle "
                 "sends no credential it did not inject itself, so the request was not sent",
             )
-        if self.block:
+        if block:
             raise Refusal(
                 403,
                 f"dlp:{first.pattern}",
@@ -141,11 +145,36 @@ class DlpInspector:
             credentials += self.scanner.scan(view, location)
         self._hit([], method, host, port, "", credentials)
 
+    def watch(self, method: str, host: str, port: int, path: str, *, block: bool) -> BodyWatch:
+        """A stream scan of one body whose findings are recorded, and refused when `block`
+        (the API gateway's setting, not the proxy's)."""
+        return BodyWatch(self, (method, host, port, path), block)
+
     def body(
         self, headers: Iterable[tuple[bytes, bytes]], method: str, host: str, port: int, path: str
     ) -> BodyGuard:
         encoding = b", ".join(v for n, v in headers if n == b"content-encoding").decode("latin-1")
         return BodyGuard(self, encoding.strip(), (method, host, port, path))
+
+
+class BodyWatch:
+    """Scans a body fed chunk by chunk; the caller holds back `overlap` bytes until the
+    next feed (or `finish`) has passed, so no complete secret leaves unscanned."""
+
+    def __init__(
+        self, inspector: DlpInspector, where: tuple[str, str, int, str], block: bool
+    ) -> None:
+        self.inspector = inspector
+        self.where = where
+        self.block = block
+        self.scan: StreamScan = inspector.scanner.stream("body")
+        self.overlap = inspector.scanner.overlap
+
+    def feed(self, chunk: bytes) -> None:
+        self.inspector._hit(self.scan.feed(chunk), *self.where, block=self.block)
+
+    def finish(self) -> None:
+        self.inspector._hit(self.scan.finish(), *self.where, block=self.block)
 
 
 class BodyGuard:

@@ -28,6 +28,7 @@ from claude_bottle.bundle.server import PROXY_BACKLOG
 T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from claude_bottle.bundle.api_policy import GatewayPolicy
     from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.server import Opened
     from claude_bottle.bundle.settings import BundleSettings
@@ -68,6 +69,7 @@ class Bundle:
         # Built on the first gateway connection: the gateway is not needed to
         # be ready, and the bottle's command takes a while to make its first call.
         self._gateway: tuple[Any, Any, Any] | None = None
+        self._gateway_policy: GatewayPolicy | None = None
 
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
@@ -171,14 +173,28 @@ class Bundle:
     async def _gateway_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        from claude_bottle.bundle.api_policy import GatewayPolicy
         from claude_bottle.bundle.gateway import AnthropicGateway
 
+        assert self._inspector is not None
         if self._gateway is None:
             self._gateway = _gateway(self.settings, self.record)
+        if self._gateway_policy is None:
+            self._gateway_policy = GatewayPolicy(frozenset(self.settings.gateway_features))
+        self._prepare_now()
+        inspector = await asyncio.shield(self._inspector)  # prompts are scanned too
         upstream, credentials, budget = self._gateway
         async with self._slots:
             await AnthropicGateway(
-                upstream, credentials, self.record, reader, writer, budget=budget
+                upstream,
+                credentials,
+                self.record,
+                reader,
+                writer,
+                budget=budget,
+                policy=self._gateway_policy,
+                inspector=inspector,
+                dlp_block=self.settings.gateway_dlp_block,
             ).serve()
 
     async def _control_client(

@@ -44,6 +44,8 @@ class BundleSettings(NamedTuple):
     gateway_ca_file: str | None = None
     max_tokens_total: int | None = None
     oauth_token_url: str | None = None
+    gateway_features: tuple[str, ...] = ("web_search",)  # api_policy.FEATURES switched on
+    gateway_dlp_block: bool = False  # a secret in a prompt refuses the call, else is recorded
 
     def dump(self, path: Path) -> None:
         fields = {**self._asdict(), "pins": [pin._asdict() for pin in self.pins]}
@@ -57,4 +59,5 @@ class BundleSettings(NamedTuple):
         raw["pins"] = tuple(Pin(**p) for p in raw.get("pins", ()))
         raw["intercept_exclude"] = tuple(raw.get("intercept_exclude", ()))
         raw["dlp_patterns"] = tuple(tuple(p) for p in raw.get("dlp_patterns", ()))
+        raw["gateway_features"] = tuple(raw.get("gateway_features", ("web_search",)))
         return cls(**raw)

@@ -41,6 +41,7 @@ from claude_bottle.config.model import (
     DEFAULT_BACKEND,
     DEFAULT_COMMAND,
     EGRESS_MODES,
+    GATEWAY_DLP_MODES,
     BottleSection,
     Config,
     CredentialsConfig,
@@ -119,6 +120,11 @@ SCHEMA: Final = _Table(
                 "upstream_ca_file": _STR,
                 "max_tokens_total": _INT,
                 "oauth_token_url": _STR,
+                "mcp_servers": _BOOL,
+                "web_fetch": _BOOL,
+                "web_search": _BOOL,
+                "files": _BOOL,
+                "dlp": _STR,
             }
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
@@ -453,6 +459,18 @@ class _Merged:
                     "e.g. max_tokens_total = 2000000",
                 )
             self.gateway["max_tokens_total"] = limit
+        for key in ("mcp_servers", "web_fetch", "web_search", "files"):
+            if key in gateway:
+                self.gateway[key] = _bool(gateway[key])
+        if "dlp" in gateway:
+            mode = _str(gateway["dlp"])
+            if mode not in GATEWAY_DLP_MODES:
+                raise src.error(
+                    "gateway.dlp",
+                    f"expected one of {', '.join(GATEWAY_DLP_MODES)}, got {_quote(mode)}",
+                    "audit records a secret found in a prompt, block refuses the call",
+                )
+            self.gateway["dlp"] = mode
 
     def apply_remote(self, name: str, remote: Mapping[str, object], src: _Source) -> None:
         key = _key("git.remotes", name)

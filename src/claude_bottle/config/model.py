@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 EGRESS_MODES = ("enforce", "audit", "ask")
+GATEWAY_DLP_MODES = ("audit", "block")  # a secret in a prompt: recorded, or refused
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
 DEFAULT_BACKEND = "namespace"
@@ -54,6 +55,12 @@ class GatewayConfig(NamedTuple):
     upstream_ca_file: str | None = None  # extra CA for the upstream (tests)
     max_tokens_total: int | None = None  # stop a runaway bottle
     oauth_token_url: str | None = None  # where host-side OAuth refresh goes
+    # API features that make Anthropic's servers carry data somewhere (off unless enabled)
+    mcp_servers: bool = False
+    web_fetch: bool = False
+    web_search: bool = True  # Claude Code's WebSearch tool
+    files: bool = False  # uploads through /v1/files
+    dlp: str = "audit"  # GATEWAY_DLP_MODES
 
 
 class GitRemote(NamedTuple):

@@ -324,6 +324,8 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         anthropic_upstream=plan.anthropic_upstream,
         gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
         max_tokens_total=plan.max_tokens_total,
+        gateway_features=plan.gateway_features,
+        gateway_dlp_block=plan.gateway_dlp == "block",
         oauth_token_url=plan.oauth_token_url,
         dlp_enabled=plan.dlp_enabled,
         dlp_block=plan.dlp_block,

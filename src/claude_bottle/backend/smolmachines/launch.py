@@ -122,6 +122,8 @@ def launch_bottle(
         anthropic_upstream=plan.anthropic_upstream,
         gateway_ca_file=plan.gateway_ca_file,
         max_tokens_total=plan.max_tokens_total,
+        gateway_features=plan.gateway_features,
+        gateway_dlp_block=plan.gateway_dlp == "block",
         oauth_token_url=plan.oauth_token_url,
     )
     settings.dump(stage.settings)
