@@ -51,6 +51,24 @@ def absolute_target(target: str) -> tuple[str, str]:
     return authority, path
 
 
+def refused_where(target: str, default_port: int) -> tuple[str, int, str]:
+    """Host, port and path to record for a request refused before it had a destination:
+    what the client asked for, as far as it parses, and never its userinfo (a credential).
+    `target` is a CONNECT authority (`default_port` 443) or a request line's target."""
+    path = ""
+    authority = target
+    if default_port != 443:
+        if "://" not in target:
+            return "-", 0, target
+        authority, path = absolute_target("http://" + target.split("://", 1)[1])
+    authority = authority.rpartition("@")[2]
+    try:
+        host, port = parse_authority(authority, default_port)
+    except Refusal:
+        return authority[:253], 0, path
+    return host[:253], port, path
+
+
 class EgressAdmission:
     """Decides, stage by stage, whether a request from the bottle may leave, and where to."""
 

@@ -16,7 +16,6 @@ import dataclasses
 import ssl
 import time
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from claude_bottle.bundle import http1
 from claude_bottle.bundle.admission import (
@@ -24,6 +23,7 @@ from claude_bottle.bundle.admission import (
     Recorder,
     allow_decision,
     record_refusal,
+    refused_where,
 )
 from claude_bottle.bundle.connection import (
     CONNECT_TIMEOUT,
@@ -179,7 +179,7 @@ class ProxyConnection(ClientConnection):
                 return await self._intercept(dest)
             up_reader, up_writer = await self._open(dest)
         except Refusal as exc:
-            await self._deny("CONNECT", authority[:253], 0, "", exc)
+            await self._deny("CONNECT", *refused_where(authority, 443), exc)
             return False
         self.stats.tunnels += 1
         await self.send(ESTABLISHED)
@@ -296,9 +296,12 @@ class ProxyConnection(ClientConnection):
             dest, origin_target = await self.admission.route(target, self.intercepted)
             self.admission.head(method, dest, origin_target, request.headers)
         except Refusal as exc:
-            host = urlsplit(target).netloc[:253] if "://" in target else "-"
+            if self.intercepted is not None:
+                where = (self.intercepted.host, self.intercepted.port, target)
+            else:
+                where = refused_where(target, 80)
             await discard_body(self.requests, self.reader, HEADER_TIMEOUT)
-            await self._deny(method, host, 0, target, exc)
+            await self._deny(method, *where, exc)
             return False
         try:
             upstream = await self._upstream_for(dest)

@@ -39,6 +39,8 @@ _CACHE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 Recorder = Callable[..., Any]
 CREDENTIAL_RULE = "dlp:credential-in-auth-header"
+MAX_RULES_RECORDED = 16  # distinct rules counted in one audit record; more are only counted
+MAX_LOCATIONS_RECORDED = 8
 
 
 def host_secrets(env: Mapping[str, str]) -> dict[str, str]:
@@ -70,29 +72,22 @@ class DlpInspector:
         credentials: list[Finding] | None = None,
         *,
         block: bool | None = None,
-    ) -> None:
-        """Record every finding and refuse as configured. `credentials` are the findings
-        where HTTP carries credentials (authorization headers, cookies, URL userinfo): the
-        bundle injected none of them, so they are refused even when DLP only logs."""
+    ) -> bool:
+        """Record the findings (one record, however many) and refuse as configured; True
+        when something was found. `credentials` are the findings where HTTP carries
+        credentials (authorization headers, cookies, URL userinfo): the bundle injected
+        none of them, so they are refused even when DLP only logs."""
         if credentials:
             findings = credentials + findings
         if not findings:
-            return
-        first = findings[0]
+            return False
         if block is None:
             block = self.block
         refused = block or bool(credentials)
-        for finding in findings:
-            self.record(
-                "dlp",
-                "deny" if refused else "log",
-                rule=f"dlp:{finding.pattern}",
-                method=method,
-                host=host,
-                port=port,
-                path=path,
-                detail={"location": finding.location, "patterns": len(findings)},
-            )
+        tally = Tally()
+        tally.add(findings)
+        self._record(tally, "deny" if refused else "log", (method, host, port, path))
+        first = findings[0]
         if credentials:
             raise Refusal(
                 403,
@@ -107,6 +102,20 @@ class DlpInspector:
                 f"it looks like a secret ({first.pattern}) is in the {first.location}; "
                 "the request was not sent",
             )
+        return True
+
+    def _record(self, tally: Tally, decision: str, where: tuple[str, str, int, str]) -> None:
+        method, host, port, path = where
+        self.record(
+            "dlp",
+            decision,
+            rule=tally.rule,
+            method=method,
+            host=host,
+            port=port,
+            path=path,
+            detail=tally.detail(),
+        )
 
     def check_host(self, method: str, host: str, port: int) -> None:
         """Scan host name labels; call it before the name is resolved."""
@@ -157,9 +166,45 @@ class DlpInspector:
         return BodyGuard(self, encoding.strip(), (method, host, port, path))
 
 
+class Tally:
+    """Counts of a request's findings for its one audit record, bounded however many there
+    are (a body of thousands of fake keys must not write thousands of records)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rules: dict[str, int] = {}
+        self.locations: list[str] = []
+
+    @property
+    def rule(self) -> str:
+        return next(iter(self.rules))
+
+    def add(self, findings: list[Finding]) -> None:
+        self.count += len(findings)
+        for finding in findings:
+            rule = f"dlp:{finding.pattern}"
+            if rule in self.rules or len(self.rules) < MAX_RULES_RECORDED:
+                self.rules[rule] = self.rules.get(rule, 0) + 1
+            known = finding.location in self.locations
+            if not known and len(self.locations) < MAX_LOCATIONS_RECORDED:
+                self.locations.append(finding.location)
+
+    def detail(self) -> dict[str, object]:
+        return {
+            "location": self.locations[0],
+            "findings": self.count,
+            "rules": dict(self.rules),
+            "locations": list(self.locations),
+        }
+
+
 class BodyWatch:
     """Scans a body fed chunk by chunk; the caller holds back `overlap` bytes until the
-    next feed (or `finish`) has passed, so no complete secret leaves unscanned."""
+    next feed (or `finish`) has passed, so no complete secret leaves unscanned.
+
+    The first finding is recorded (and refused, when `block`) at once; when findings are
+    only logged, those in later chunks are counted and recorded together at the end, so a
+    body writes at most two records."""
 
     def __init__(
         self, inspector: DlpInspector, where: tuple[str, str, int, str], block: bool
@@ -169,12 +214,24 @@ class BodyWatch:
         self.block = block
         self.scan: StreamScan = inspector.scanner.stream("body")
         self.overlap = inspector.scanner.overlap
+        self.reported = False
+        self.later = Tally()
+
+    def _check(self, findings: list[Finding]) -> None:
+        if not findings:
+            return
+        if self.reported:
+            self.later.add(findings)
+        else:
+            self.reported = self.inspector._hit(findings, *self.where, block=self.block)
 
     def feed(self, chunk: bytes) -> None:
-        self.inspector._hit(self.scan.feed(chunk), *self.where, block=self.block)
+        self._check(self.scan.feed(chunk))
 
     def finish(self) -> None:
-        self.inspector._hit(self.scan.finish(), *self.where, block=self.block)
+        self._check(self.scan.finish())
+        if self.later.count:
+            self.inspector._record(self.later, "log", self.where)
 
 
 class BodyGuard:
@@ -183,9 +240,7 @@ class BodyGuard:
     def __init__(
         self, inspector: DlpInspector, encoding: str, where: tuple[str, str, int, str]
     ) -> None:
-        self.inspector = inspector
-        self.where = where
-        self.scan: StreamScan = inspector.scanner.stream("body")
+        self.watch = BodyWatch(inspector, where, inspector.block)
         self.encoded = encoding.lower() not in ("", "identity")
         self.window = inspector.scanner.overlap
         self.held = b""
@@ -198,9 +253,6 @@ class BodyGuard:
                     415, "dlp:undecodable-body", f"cannot inspect the body: {exc}"
                 ) from exc
 
-    def _check(self, findings: list[Finding]) -> None:
-        self.inspector._hit(findings, *self.where)
-
     def feed(self, chunk: bytes) -> bytes:
         self.held += chunk
         if self.decoder is not None:
@@ -208,17 +260,17 @@ class BodyGuard:
                 raise Refusal(
                     413, "dlp:body-too-large", "an encoded body this large is not inspected"
                 )
-            self._check(self.scan.feed(self._decode(chunk, final=False)))
+            self.watch.feed(self._decode(chunk, final=False))
             return b""
-        self._check(self.scan.feed(chunk))
+        self.watch.feed(chunk)
         cut = max(0, len(self.held) - self.window)
         ready, self.held = self.held[:cut], self.held[cut:]
         return ready
 
     def finish(self) -> bytes:
         if self.decoder is not None:
-            self._check(self.scan.feed(self._decode(b"", final=True)))
-        self._check(self.scan.finish())
+            self.watch.feed(self._decode(b"", final=True))
+        self.watch.finish()
         ready, self.held = self.held, b""
         return ready
 
