@@ -320,7 +320,8 @@ def logs(name: str, follow: bool, as_json: bool) -> None:
 
     try:
         for event in iter_records(log, follow=follow, stop=stopped):
-            click.echo(json.dumps(event, ensure_ascii=False) if as_json else format_record(event))
+            # ASCII-only JSON: C1 controls and bidi marks the bottle wrote come out as \u escapes.
+            click.echo(json.dumps(event, ensure_ascii=True) if as_json else format_record(event))
     except BrokenPipeError:
         pass
 
