@@ -73,6 +73,22 @@ def show_plan(command: tuple[str, ...], *, as_json: bool, **options: Any) -> Non
         plan.print()
 
 
+def say_where_credentials_go(plan: BottlePlan) -> None:
+    """A gateway upstream or OAuth URL other than Anthropic's gets the real credential:
+    say so on every start, whatever config set it."""
+    from claude_bottle.config.model import GatewayConfig
+    from claude_bottle.safe_text import escape
+
+    default = GatewayConfig().anthropic_upstream
+    if plan.anthropic_upstream != default:
+        _say(
+            f"the API gateway sends requests and the API credential to "
+            f"{escape(plan.anthropic_upstream)}, not the default {default}"
+        )
+    if plan.oauth_token_url is not None:
+        _say(f"OAuth tokens are refreshed at {escape(plan.oauth_token_url)}, not the default")
+
+
 def _is_tty() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
@@ -93,6 +109,7 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
         backend, plan = _prepare(command, detach=detach, **options)
         if not registry.runs_host_bundle(backend.name):
             discard_prestarted()
+        say_where_credentials_go(plan)
         _check_credential(plan)
         existing = state.read_record(plan.name)
         if existing is not None and state.is_live(existing):
@@ -349,21 +366,6 @@ def audit_verify(file: str) -> int:
         return 0
     click.echo(f"{file}: line {result.bad_line}: {result.problem}", err=True)
     return 1
-
-
-def trust(workspace: str | None, revoke: bool) -> None:
-    from claude_bottle.config.trust import TrustStore
-
-    file = Path(workspace or os.getcwd()).resolve() / ".claude-bottle.toml"
-    if not file.is_file():
-        raise ConfigError(f"{file} does not exist", "nothing to trust")
-    store = TrustStore()
-    if revoke:
-        store.revoke(file)
-        _say(f"{file} is no longer trusted")
-        return
-    digest = store.trust(file)
-    _say(f"trusted {file} (sha256 {digest[:16]}…); any change to it must be trusted again")
 
 
 def doctor() -> int:
