@@ -20,6 +20,7 @@ from claude_bottle.backend import registry
 from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
 from claude_bottle.config import load_config
 from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError
+from claude_bottle.safe_text import escape
 
 WATCH_INTERVAL = 0.25
 
@@ -77,7 +78,6 @@ def say_where_credentials_go(plan: BottlePlan) -> None:
     """A gateway upstream or OAuth URL other than Anthropic's gets the real credential:
     say so on every start, whatever config set it."""
     from claude_bottle.config.model import GatewayConfig
-    from claude_bottle.safe_text import escape
 
     default = GatewayConfig().anthropic_upstream
     if plan.anthropic_upstream != default:
@@ -225,9 +225,7 @@ def stop(name: str | None, stop_all: bool) -> None:
             _say(f"bottle {record['name']} is not running ({state.live_state(record)})")
         if not state.is_live(record):
             continue
-        owner = record.get("owner")
-        if owner and state.process_alive(owner):
-            os.kill(int(owner["pid"]), signal.SIGTERM)
+        state.signal_process(record.get("owner"), signal.SIGTERM)
         registry.get(record.get("backend", "")).stop(record)
         state.update_record(record["name"], status="stopped", ended=time.time())
         _say(f"stopped {record['name']}")
@@ -303,18 +301,21 @@ def cleanup(dry_run: bool, records: bool) -> None:
             if not dry_run:
                 problems += backend.cleanup(plan)
     for record in all_records:
-        if str(record["name"]) in live:
+        name = str(record["name"])
+        if name in live:
             continue
         if record.get("status") == "running":
             found = True
-            click.echo(f"record {record['name']}: marked crashed (its processes are gone)")
+            click.echo(f"record {escape(name)}: marked crashed (its processes are gone)")
             if not dry_run:
-                state.update_record(str(record["name"]), status="crashed", ended=time.time())
+                state.update_record(name, status="crashed", ended=time.time())
         if records:
             found = True
-            click.echo(f"records of {record['name']}: {paths.state_dir(str(record['name']))}")
+            directory = paths.state_dir(name)
+            click.echo(f"records of {escape(name)}: {escape(str(directory))}")
             if not dry_run:
-                shutil.rmtree(paths.state_dir(str(record["name"])), ignore_errors=True)
+                # The bottle's home is in there: rmtree follows none of the links it made.
+                shutil.rmtree(directory, ignore_errors=True)
     if not found:
         click.echo("nothing to clean up")
     elif dry_run:
