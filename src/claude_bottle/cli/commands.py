@@ -11,14 +11,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 from claude_bottle import paths, state
 from claude_bottle.backend import registry
 from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
-from claude_bottle.config import load_config
+from claude_bottle.cli import policy_record
+from claude_bottle.config import Config, load_config
 from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError
 from claude_bottle.safe_text import escape
 
@@ -35,6 +36,13 @@ def default_name(workspace: Path) -> str:
     return f"{base}-{os.urandom(3).hex()[:5]}"  # not `secrets`: its import is ~7 ms
 
 
+class _Prepared(NamedTuple):
+    backend: BottleBackend
+    plan: BottlePlan
+    config: Config
+    policy: dict[str, Any]  # the effective policy and its sources, for the bottle's record
+
+
 def _prepare(
     command: tuple[str, ...],
     *,
@@ -44,7 +52,7 @@ def _prepare(
     workspace: str | None,
     config_file: str | None,
     detach: bool = False,
-) -> tuple[BottleBackend, BottlePlan]:
+) -> _Prepared:
     ws = Path(workspace or os.getcwd()).resolve()
     config = load_config(
         workspace=ws,
@@ -63,11 +71,14 @@ def _prepare(
         detach=detach,
     )
     chosen = registry.get(config.backend)
-    return chosen, chosen.plan(request)
+    inputs = policy_record.PolicyInputs(
+        str(Path(config_file).absolute()) if config_file else None, tuple(allow)
+    )
+    return _Prepared(chosen, chosen.plan(request), config, policy_record.record(config, inputs))
 
 
 def show_plan(command: tuple[str, ...], *, as_json: bool, **options: Any) -> None:
-    _, plan = _prepare(command, **options)
+    plan = _prepare(command, **options).plan
     if as_json:
         click.echo(plan.to_json())
     else:
@@ -106,7 +117,7 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
     from claude_bottle.bundle.launcher import discard_prestarted
 
     try:
-        backend, plan = _prepare(command, detach=detach, **options)
+        backend, plan, _, policy = _prepare(command, detach=detach, **options)
         if not registry.runs_host_bundle(backend.name):
             discard_prestarted()
         say_where_credentials_go(plan)
@@ -117,14 +128,16 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
                 f"a bottle named {plan.name} is already running",
                 f"attach to it with `claude-bottle resume {plan.name}` or choose another --name",
             )
-        return _launch_and_run(backend, plan, detach=detach)
+        return _launch_and_run(backend, plan, policy, detach=detach)
     finally:
         discard_prestarted()  # unused: the launch failed before it needed a bundle
 
 
-def _launch_and_run(backend: BottleBackend, plan: BottlePlan, *, detach: bool) -> int:
+def _launch_and_run(
+    backend: BottleBackend, plan: BottlePlan, policy: dict[str, Any], *, detach: bool
+) -> int:
     with backend.launch(plan) as bottle:
-        state.update_record(plan.name, owner=state.process_ref(os.getpid()))
+        state.update_record(plan.name, owner=state.process_ref(os.getpid()), policy=policy)
         if detach:
             bottle.start_detached(plan.command, Path(plan.state_dir) / "output.log")
             state.update_record(plan.name, owner=None)
@@ -192,25 +205,44 @@ def _record(name: str) -> dict[str, Any]:
     return record
 
 
-def resume(name: str) -> int:
+def resume(name: str, *, replan: bool = False) -> int:
     record = _record(name)
     backend = registry.get(record.get("backend", ""))
     if state.is_live(record):
         bottle = backend.attach(record)
         # The bottle outlives this session: it keeps running until `stop`.
         return _run_watched(bottle, record.get("command") or ["claude"], owns_bottle=False)
+    recorded = record.get("policy")
+    inputs = policy_record.inputs_of(recorded) if isinstance(recorded, dict) else None
+    if inputs is None and not replan:
+        raise ConfigError(
+            f"bottle {name} has no record of the policy it ran with",
+            f"review your config, then `claude-bottle resume {name} --replan` starts it "
+            "with the policy as it is now",
+        )
     _say(f"bottle {name} is not running; starting it again with the same name and resources")
-    backend, plan = _prepare(
+    prepared = _prepare(
         tuple(record.get("command") or ()),
         backend=record.get("backend"),
-        allow=(),
+        allow=inputs.allow if inputs else (),
         name=name,
         workspace=record.get("workspace"),
-        config_file=None,
+        config_file=inputs.config_file if inputs else None,
     )
-    _check_credential(plan)
+    if isinstance(recorded, dict) and inputs is not None:
+        changed = policy_record.changes(recorded, prepared.config)
+        if changed and not replan:
+            raise ConfigError(
+                f"bottle {name}'s policy changed since it ran: " + "; ".join(changed),
+                f"review the change, then `claude-bottle resume {name} --replan` starts it "
+                "with the policy as it is now",
+            )
+        if changed:
+            _say("starting with the policy as it is now: " + "; ".join(changed))
+    say_where_credentials_go(prepared.plan)
+    _check_credential(prepared.plan)
     _cleanup_one(record)
-    return _launch_and_run(backend, plan, detach=False)
+    return _launch_and_run(prepared.backend, prepared.plan, prepared.policy, detach=False)
 
 
 def _cleanup_one(record: dict[str, Any]) -> None:

@@ -81,11 +81,16 @@ def list_bottles(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-def resume(name: str) -> None:
-    """Re-attach to a bottle (same name, same resources)."""
+@click.option(
+    "--replan",
+    is_flag=True,
+    help="start a stopped bottle with the config as it is now, even if it changed",
+)
+def resume(name: str, replan: bool) -> None:
+    """Re-attach to a bottle (same name, same resources, same policy)."""
     from claude_bottle.cli import commands
 
-    sys.exit(commands.resume(name))
+    sys.exit(commands.resume(name, replan=replan))
 
 
 @cli.command()
