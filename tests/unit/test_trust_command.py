@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,32 +242,91 @@ def test_a_bottle_elsewhere_does_not_block_trust(setup: Setup) -> None:
     assert setup.cli("trust", "--yes").returncode == 0
 
 
-def _trust_on_a_terminal(setup: Setup, answer: bytes) -> subprocess.CompletedProcess[str]:
+def _trust_on_a_terminal(
+    setup: Setup, answer: bytes, typed_ahead: bytes = b""
+) -> tuple[int, str, str]:
+    """`trust` with its stdin and stdout on a pty (a terminal), answered once the question
+    shows; its exit status, what the terminal showed and its stderr."""
     controller, terminal = pty.openpty()
     try:
-        os.write(controller, answer)
-        return setup.cli("trust", stdin=terminal)
-    finally:
+        os.write(controller, typed_ahead)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "claude_bottle", "trust"],
+            env=setup.env,
+            cwd=setup.workspace,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         os.close(terminal)
+        shown = b""
+        answered = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not select.select([controller], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: no process holds the terminal any more
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if not answered and shown.rstrip().endswith(b"[y/N]"):
+                os.write(controller, answer)
+                answered = True
+        _, err = process.communicate(timeout=60)
+        return process.returncode, shown.decode(errors="replace"), err
+    finally:
         os.close(controller)
 
 
 def test_trust_on_a_terminal_asks_and_no_keeps_it_untrusted(setup: Setup) -> None:
     setup.project.write_text('[egress]\nallow = ["ok.test"]\n')
-    result = _trust_on_a_terminal(setup, b"n\n")
-    assert result.returncode == 1, result.stderr
-    assert "Trust exactly the" in result.stdout
-    assert "not trusted" in result.stderr
+    status, shown, err = _trust_on_a_terminal(setup, b"n\n")
+    assert status == 1, err
+    assert 'allow = ["ok.test"]' in shown and "Trust exactly the" in shown
+    assert "not trusted" in err
     assert setup.trusted() == {}
 
 
 def test_trust_on_a_terminal_records_the_bytes_shown(setup: Setup) -> None:
     setup.project.write_text('[egress]\nallow = ["ok.test"]\n')
-    result = _trust_on_a_terminal(setup, b"y\n")
-    assert result.returncode == 0, result.stderr
+    status, shown, err = _trust_on_a_terminal(setup, b"y\n")
+    assert status == 0, err
+    assert "Trust exactly the 29 bytes above?" in shown
     digest = hashlib.sha256(setup.project.read_bytes()).hexdigest()
     assert setup.trusted() == {str(setup.project): digest}
     assert json.loads(setup.store_path.read_text())["files"][str(setup.project)] == digest
+
+
+def test_keys_typed_before_the_content_showed_are_not_the_answer(setup: Setup) -> None:
+    setup.project.write_text('[egress]\nallow = ["ok.test"]\n')
+    status, _, err = _trust_on_a_terminal(setup, b"n\n", typed_ahead=b"y\n")
+    assert status == 1, err
+    assert setup.trusted() == {}
+
+
+def test_trust_refuses_when_only_stdin_is_a_terminal(setup: Setup) -> None:
+    setup.project.write_text('[egress]\nallow = ["ok.test"]\n')
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"y\n")
+        result = setup.cli("trust", stdin=terminal)  # stdout is a pipe: nothing is seen
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2, result.stderr
+    assert setup.trusted() == {}
+
+
+def test_a_config_file_inside_the_workspace_may_not_set_a_user_only_key(setup: Setup) -> None:
+    inside = setup.workspace / "policy.toml"
+    inside.write_text('[gateway]\nanthropic_upstream = "http://127.0.0.1:9/"\n')
+    result = setup.cli("plan", "--config", str(inside), "--", "true")
+    assert result.returncode == 2
+    assert f"{inside}: gateway.anthropic_upstream: " in result.stderr
 
 
 def test_run_says_when_the_gateway_upstream_is_not_the_default(setup: Setup) -> None:

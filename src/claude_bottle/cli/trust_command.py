@@ -10,8 +10,10 @@ agent is writing it right now, so `trust` refuses.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import termios
 from pathlib import Path
 
 import click
@@ -86,12 +88,18 @@ def trust(workspace: str | None, *, revoke: bool, yes: bool) -> None:
         click.echo("(changed since you last trusted it)")
     click.echo(render(content))
     if not yes:
-        if not sys.stdin.isatty():
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
             raise ConfigError(
-                "trust needs a terminal to ask whether you trust the content shown",
+                "trust needs a terminal to show the file and ask whether you trust it",
                 "run it in a terminal, or pass --yes to trust the content shown without asking",
             )
-        if not click.confirm(f"Trust exactly the {len(content)} bytes above?", default=False):
+        # Keys typed before the content was shown are dropped (before the question, so an
+        # answer to it is kept): the answer is one given after seeing the content.
+        with contextlib.suppress(termios.error):
+            termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+        click.echo(f"Trust exactly the {len(content)} bytes above? [y/N] ", nl=False)
+        answer = sys.stdin.readline(64).strip().lower()
+        if answer not in ("y", "yes"):
             raise BottleError(f"{shown} was not trusted; nothing changed")
     store.trust(file, content)
     _say(f"trusted {shown} (sha256 {digest}); any change to it must be trusted again")

@@ -788,8 +788,10 @@ def load_config(
             f"create it, or unset {CONFIG_ENV} to use the default user config",
         )
     if content is not None:
-        _warn_if_in_workspace(user_path, workspace, "user config", warn)
-        merged.apply_file(user_path, content, _Source(display_path(user_path)))
+        in_workspace = _warn_if_in_workspace(user_path, workspace, "user config", warn)
+        merged.apply_file(
+            user_path, content, _Source(display_path(user_path)), workspace_file=in_workspace
+        )
 
     project = workspace / PROJECT_FILE
     shown = display_path(project)
@@ -821,8 +823,8 @@ def load_config(
                 f"{display_path(extra)}: no such file (given with --config)",
                 "check the path passed to --config",
             )
-        _warn_if_in_workspace(extra, workspace, "--config file", warn)
-        merged.apply_file(extra, content, _Source(display_path(extra)))
+        in_workspace = _warn_if_in_workspace(extra, workspace, "--config file", warn)
+        merged.apply_file(extra, content, _Source(display_path(extra)), workspace_file=in_workspace)
 
     for pattern in allow:
         merged.allow.setdefault(_host_pattern(pattern, "", _Source("--allow")))
@@ -833,9 +835,13 @@ def load_config(
 
 def _warn_if_in_workspace(
     path: Path, workspace: Path, what: str, warn: Callable[[str], None]
-) -> None:
-    if _inside(path, workspace):
-        warn(
-            f"{display_path(path)} ({what}) is inside the workspace, where the agent can edit "
-            "it; it is honoured, but policy files belong outside the workspace."
-        )
+) -> bool:
+    """Whether `path` is inside the workspace; then it is a workspace file (no user-only
+    keys) and the user is told that policy files belong outside."""
+    if not _inside(path, workspace):
+        return False
+    warn(
+        f"{display_path(path)} ({what}) is inside the workspace, where the agent can edit "
+        "it; it is honoured, but policy files belong outside the workspace."
+    )
+    return True

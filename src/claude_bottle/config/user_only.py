@@ -5,7 +5,8 @@ a review before `claude-bottle trust` is a person reading TOML: one line there t
 the API key to another upstream, switches secret scanning off or grants a host path is
 easy to miss. So a workspace file may not set anything that points the bundle somewhere
 or weakens it, trusted or not; those keys come only from the user config
-(`~/.config/claude-bottle/config.toml`, or `$CLAUDE_BOTTLE_CONFIG`) or a `--config` file.
+(`~/.config/claude-bottle/config.toml`, or `$CLAUDE_BOTTLE_CONFIG`) or a `--config` file,
+and only when that file is outside the workspace.
 
 This is the one list of them. A new key that points the bundle somewhere or weakens it
 joins it here; a listed table covers every key in it, present and future.
@@ -61,10 +62,11 @@ def refuse_user_only(data: Mapping[str, object], where: str) -> None:
     key = user_only_key_in(data)
     if key is not None:
         raise ConfigError(
-            f"{where}: {key}: may be set only in your user config, not in a workspace's "
-            ".claude-bottle.toml: the agent can write that file, and this key points the "
-            "bundle somewhere or weakens it",
-            "move it to ~/.config/claude-bottle/config.toml (or a file you pass with --config)",
+            f"{where}: {key}: may be set only in your user config or a --config file outside "
+            "the workspace: the agent can write this file, and this key points the bundle "
+            "somewhere or weakens it",
+            "move it to ~/.config/claude-bottle/config.toml (or a file outside the workspace "
+            "that you pass with --config)",
         )
 
 
