@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from claude_bottle.errors import ConfigError, LaunchError
 
@@ -90,3 +92,23 @@ def make_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
     return path
+
+
+def remove_runtime_dir(record: Mapping[str, Any]) -> None:
+    """Remove a stopped bottle's runtime dir, if the record names the one its name implies.
+
+    The bottle can write inside that dir (its sockets are there), so nothing in it is
+    followed: a link at the top is removed as a link, and rmtree does not follow links.
+    """
+    import shutil
+
+    name, recorded = record.get("name"), record.get("runtime_dir")
+    if not isinstance(name, str) or not isinstance(recorded, str) or not _NAME_RE.fullmatch(name):
+        return
+    path = runtime_root() / name
+    if recorded != str(path):
+        return
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)

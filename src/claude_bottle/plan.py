@@ -52,11 +52,16 @@ class Printable:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def render(self) -> str:
+        """The plan as text; every value escaped, since some (a command line `cleanup`
+        found, a command from a workspace file) come from the bottle's side."""
+        from claude_bottle.safe_text import escape
+
         lines: list[str] = []
         for section in self.sections():
-            lines.append(section.title)
-            width = max((len(k) for k, _ in section.rows), default=0)
-            for key, value in section.rows:
+            lines.append(escape(section.title))
+            rows = [(escape(key), escape(value)) for key, value in section.rows]
+            width = max((len(k) for k, _ in rows), default=0)
+            for key, value in rows:
                 lines.append(f"  {key.ljust(width)}  {value}")
             lines.append("")
         return "\n".join(lines).rstrip() + "\n"

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def process_start_time(pid: int) -> int | None:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
+    if len(fields) < 20 or fields[0] in ("Z", "X") or not fields[19].isdigit():
         return None
     return int(fields[19])
 
@@ -35,11 +36,63 @@ def process_ref(pid: int) -> dict[str, int]:
     return {"pid": pid, "start": process_start_time(pid) or 0}
 
 
-def process_alive(ref: dict[str, Any] | None) -> bool:
-    if not ref:
+def _pid_and_start(ref: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """A recorded process as (pid, start time), or None unless both are plausible: a pid
+    above 1 (never 0, -1 or a process group, which os.kill would take as "many") and a
+    known start time."""
+    if not isinstance(ref, Mapping):
+        return None
+    pid, start = ref.get("pid"), ref.get("start")
+    if type(pid) is not int or type(start) is not int or pid <= 1 or start <= 0:
+        return None
+    return pid, start
+
+
+def process_alive(ref: Mapping[str, Any] | None) -> bool:
+    """Whether the process recorded in `ref` still runs: same pid *and* same start time,
+    so a recycled pid is never taken for it."""
+    recorded = _pid_and_start(ref)
+    if recorded is None:
         return False
-    start = process_start_time(int(ref["pid"]))
-    return start is not None and start == ref.get("start")
+    pid, start = recorded
+    return process_start_time(pid) == start
+
+
+def signal_process(ref: Mapping[str, Any] | None, signum: int) -> bool:
+    """Send `signum` to the process recorded in `ref` if, and only if, it is still that
+    process; True if it was sent.
+
+    The process is pinned with a pidfd before its start time is checked, and signalled
+    through that pidfd, so it cannot exit and its pid be reused in between.
+    """
+    recorded = _pid_and_start(ref)
+    if recorded is None:
+        return False
+    pid, start = recorded
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):  # no pidfd here (not Linux, or a kernel before 5.3)
+        if process_start_time(pid) != start:
+            return False
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        if process_start_time(pid) != start:
+            return False
+        import signal  # only when something is stopped
+
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def write_record(name: str, record: dict[str, Any]) -> None:

@@ -90,7 +90,7 @@ def test_project_config_needs_trust(bottle_env: BottleEnv) -> None:
     untrusted = bottle_env.cli("plan", "--", "true")
     assert "not trusted" in untrusted.stderr
     assert "project.test" not in allowed()
-    assert bottle_env.cli("trust").returncode == 0
+    assert bottle_env.cli("trust", "--yes").returncode == 0
     assert "project.test" in allowed()
     project.write_text('[egress]\nallow = ["project.test", "evil.test"]\n')
     changed = bottle_env.cli("plan", "--", "true")

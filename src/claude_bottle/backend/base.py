@@ -197,7 +197,7 @@ def common_plan_fields(
         "egress_pins": tuple((p.host, p.address, p.port) for p in config.egress.resolve),
         "env": env,
         "relay_port": relay_port,
-        "config_sources": config.sources,
+        "config_sources": tuple(source.path for source in config.sources),
         "egress_intercept": config.egress.intercept,
         "intercept_exclude": config.egress.intercept_exclude,
         "upstream_ca_file": config.egress.upstream_ca_file,

@@ -245,7 +245,10 @@ def format_record(record: Mapping[str, object]) -> str:
         target = f"{target}:{port}"
     path = text("path")
     if path:
-        target = path if (not target or "//" in path.partition("?")[0]) else target + path
+        # Host and port always come first: a path the bottle chose ("//other.host/…")
+        # must not read as the destination.
+        target = f"{target}{path}" if target and path.startswith("/") else f"{target} {path}"
+        target = target.strip()
     method = text("method")
     if method:
         target = f"{method} {target}" if target else method

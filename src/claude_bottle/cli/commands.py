@@ -11,15 +11,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 from claude_bottle import paths, state
 from claude_bottle.backend import registry
 from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
-from claude_bottle.config import load_config
+from claude_bottle.cli import policy_record
+from claude_bottle.config import Config, load_config
 from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError
+from claude_bottle.safe_text import escape
 
 WATCH_INTERVAL = 0.25
 
@@ -34,6 +36,13 @@ def default_name(workspace: Path) -> str:
     return f"{base}-{os.urandom(3).hex()[:5]}"  # not `secrets`: its import is ~7 ms
 
 
+class _Prepared(NamedTuple):
+    backend: BottleBackend
+    plan: BottlePlan
+    config: Config
+    policy: dict[str, Any]  # the effective policy and its sources, for the bottle's record
+
+
 def _prepare(
     command: tuple[str, ...],
     *,
@@ -43,7 +52,7 @@ def _prepare(
     workspace: str | None,
     config_file: str | None,
     detach: bool = False,
-) -> tuple[BottleBackend, BottlePlan]:
+) -> _Prepared:
     ws = Path(workspace or os.getcwd()).resolve()
     config = load_config(
         workspace=ws,
@@ -62,15 +71,33 @@ def _prepare(
         detach=detach,
     )
     chosen = registry.get(config.backend)
-    return chosen, chosen.plan(request)
+    inputs = policy_record.PolicyInputs(
+        str(Path(config_file).absolute()) if config_file else None, tuple(allow)
+    )
+    return _Prepared(chosen, chosen.plan(request), config, policy_record.record(config, inputs))
 
 
 def show_plan(command: tuple[str, ...], *, as_json: bool, **options: Any) -> None:
-    _, plan = _prepare(command, **options)
+    plan = _prepare(command, **options).plan
     if as_json:
         click.echo(plan.to_json())
     else:
         plan.print()
+
+
+def say_where_credentials_go(plan: BottlePlan) -> None:
+    """A gateway upstream or OAuth URL other than Anthropic's gets the real credential:
+    say so on every start, whatever config set it."""
+    from claude_bottle.config.model import GatewayConfig
+
+    default = GatewayConfig().anthropic_upstream
+    if plan.anthropic_upstream != default:
+        _say(
+            f"the API gateway sends requests and the API credential to "
+            f"{escape(plan.anthropic_upstream)}, not the default {default}"
+        )
+    if plan.oauth_token_url is not None:
+        _say(f"OAuth tokens are refreshed at {escape(plan.oauth_token_url)}, not the default")
 
 
 def _is_tty() -> bool:
@@ -90,9 +117,10 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
     from claude_bottle.bundle.launcher import discard_prestarted
 
     try:
-        backend, plan = _prepare(command, detach=detach, **options)
+        backend, plan, _, policy = _prepare(command, detach=detach, **options)
         if not registry.runs_host_bundle(backend.name):
             discard_prestarted()
+        say_where_credentials_go(plan)
         _check_credential(plan)
         existing = state.read_record(plan.name)
         if existing is not None and state.is_live(existing):
@@ -100,14 +128,16 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
                 f"a bottle named {plan.name} is already running",
                 f"attach to it with `claude-bottle resume {plan.name}` or choose another --name",
             )
-        return _launch_and_run(backend, plan, detach=detach)
+        return _launch_and_run(backend, plan, policy, detach=detach)
     finally:
         discard_prestarted()  # unused: the launch failed before it needed a bundle
 
 
-def _launch_and_run(backend: BottleBackend, plan: BottlePlan, *, detach: bool) -> int:
+def _launch_and_run(
+    backend: BottleBackend, plan: BottlePlan, policy: dict[str, Any], *, detach: bool
+) -> int:
     with backend.launch(plan) as bottle:
-        state.update_record(plan.name, owner=state.process_ref(os.getpid()))
+        state.update_record(plan.name, owner=state.process_ref(os.getpid()), policy=policy)
         if detach:
             bottle.start_detached(plan.command, Path(plan.state_dir) / "output.log")
             state.update_record(plan.name, owner=None)
@@ -175,25 +205,44 @@ def _record(name: str) -> dict[str, Any]:
     return record
 
 
-def resume(name: str) -> int:
+def resume(name: str, *, replan: bool = False) -> int:
     record = _record(name)
     backend = registry.get(record.get("backend", ""))
     if state.is_live(record):
         bottle = backend.attach(record)
         # The bottle outlives this session: it keeps running until `stop`.
         return _run_watched(bottle, record.get("command") or ["claude"], owns_bottle=False)
+    recorded = record.get("policy")
+    inputs = policy_record.inputs_of(recorded) if isinstance(recorded, dict) else None
+    if inputs is None and not replan:
+        raise ConfigError(
+            f"bottle {name} has no record of the policy it ran with",
+            f"review your config, then `claude-bottle resume {name} --replan` starts it "
+            "with the policy as it is now",
+        )
     _say(f"bottle {name} is not running; starting it again with the same name and resources")
-    backend, plan = _prepare(
+    prepared = _prepare(
         tuple(record.get("command") or ()),
         backend=record.get("backend"),
-        allow=(),
+        allow=inputs.allow if inputs else (),
         name=name,
         workspace=record.get("workspace"),
-        config_file=None,
+        config_file=inputs.config_file if inputs else None,
     )
-    _check_credential(plan)
+    if isinstance(recorded, dict) and inputs is not None:
+        changed = policy_record.changes(recorded, prepared.config)
+        if changed and not replan:
+            raise ConfigError(
+                f"bottle {name}'s policy changed since it ran: " + "; ".join(changed),
+                f"review the change, then `claude-bottle resume {name} --replan` starts it "
+                "with the policy as it is now",
+            )
+        if changed:
+            _say("starting with the policy as it is now: " + "; ".join(changed))
+    say_where_credentials_go(prepared.plan)
+    _check_credential(prepared.plan)
     _cleanup_one(record)
-    return _launch_and_run(backend, plan, detach=False)
+    return _launch_and_run(prepared.backend, prepared.plan, prepared.policy, detach=False)
 
 
 def _cleanup_one(record: dict[str, Any]) -> None:
@@ -208,9 +257,7 @@ def stop(name: str | None, stop_all: bool) -> None:
             _say(f"bottle {record['name']} is not running ({state.live_state(record)})")
         if not state.is_live(record):
             continue
-        owner = record.get("owner")
-        if owner and state.process_alive(owner):
-            os.kill(int(owner["pid"]), signal.SIGTERM)
+        state.signal_process(record.get("owner"), signal.SIGTERM)
         registry.get(record.get("backend", "")).stop(record)
         state.update_record(record["name"], status="stopped", ended=time.time())
         _say(f"stopped {record['name']}")
@@ -286,18 +333,21 @@ def cleanup(dry_run: bool, records: bool) -> None:
             if not dry_run:
                 problems += backend.cleanup(plan)
     for record in all_records:
-        if str(record["name"]) in live:
+        name = str(record["name"])
+        if name in live:
             continue
         if record.get("status") == "running":
             found = True
-            click.echo(f"record {record['name']}: marked crashed (its processes are gone)")
+            click.echo(f"record {escape(name)}: marked crashed (its processes are gone)")
             if not dry_run:
-                state.update_record(str(record["name"]), status="crashed", ended=time.time())
+                state.update_record(name, status="crashed", ended=time.time())
         if records:
             found = True
-            click.echo(f"records of {record['name']}: {paths.state_dir(str(record['name']))}")
+            directory = paths.state_dir(name)
+            click.echo(f"records of {escape(name)}: {escape(str(directory))}")
             if not dry_run:
-                shutil.rmtree(paths.state_dir(str(record["name"])), ignore_errors=True)
+                # The bottle's home is in there: rmtree follows none of the links it made.
+                shutil.rmtree(directory, ignore_errors=True)
     if not found:
         click.echo("nothing to clean up")
     elif dry_run:
@@ -320,7 +370,8 @@ def logs(name: str, follow: bool, as_json: bool) -> None:
 
     try:
         for event in iter_records(log, follow=follow, stop=stopped):
-            click.echo(json.dumps(event, ensure_ascii=False) if as_json else format_record(event))
+            # ASCII-only JSON: C1 controls and bidi marks the bottle wrote come out as \u escapes.
+            click.echo(json.dumps(event, ensure_ascii=True) if as_json else format_record(event))
     except BrokenPipeError:
         pass
 
@@ -348,21 +399,6 @@ def audit_verify(file: str) -> int:
         return 0
     click.echo(f"{file}: line {result.bad_line}: {result.problem}", err=True)
     return 1
-
-
-def trust(workspace: str | None, revoke: bool) -> None:
-    from claude_bottle.config.trust import TrustStore
-
-    file = Path(workspace or os.getcwd()).resolve() / ".claude-bottle.toml"
-    if not file.is_file():
-        raise ConfigError(f"{file} does not exist", "nothing to trust")
-    store = TrustStore()
-    if revoke:
-        store.revoke(file)
-        _say(f"{file} is no longer trusted")
-        return
-    digest = store.trust(file)
-    _say(f"trusted {file} (sha256 {digest[:16]}…); any change to it must be trusted again")
 
 
 def doctor() -> int:

@@ -81,11 +81,16 @@ def list_bottles(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-def resume(name: str) -> None:
-    """Re-attach to a bottle (same name, same resources)."""
+@click.option(
+    "--replan",
+    is_flag=True,
+    help="start a stopped bottle with the config as it is now, even if it changed",
+)
+def resume(name: str, replan: bool) -> None:
+    """Re-attach to a bottle (same name, same resources, same policy)."""
     from claude_bottle.cli import commands
 
-    sys.exit(commands.resume(name))
+    sys.exit(commands.resume(name, replan=replan))
 
 
 @cli.command()
@@ -150,11 +155,16 @@ def verify(file: str) -> None:
 @cli.command()
 @click.option("--workspace", type=click.Path(file_okay=False, exists=True))
 @click.option("--revoke", is_flag=True, help="stop trusting it")
-def trust(workspace: str | None, revoke: bool) -> None:
-    """Trust the workspace's .claude-bottle.toml (its exact current content)."""
-    from claude_bottle.cli import commands
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="trust the content shown without asking (for scripts; needed without a terminal)",
+)
+def trust(workspace: str | None, revoke: bool, yes: bool) -> None:
+    """Show the workspace's .claude-bottle.toml and, once you confirm, trust exactly that."""
+    from claude_bottle.cli import trust_command
 
-    commands.trust(workspace, revoke)
+    trust_command.trust(workspace, revoke=revoke, yes=yes)
 
 
 @cli.group()

@@ -44,6 +44,7 @@ from claude_bottle.config.model import (
     GATEWAY_DLP_MODES,
     BottleSection,
     Config,
+    ConfigSource,
     CredentialsConfig,
     DlpConfig,
     DlpPattern,
@@ -52,7 +53,8 @@ from claude_bottle.config.model import (
     GitRemote,
     ResolvePin,
 )
-from claude_bottle.config.trust import TrustStore, display_path, read_config_file
+from claude_bottle.config.trust import TrustStore, digest_of, display_path, read_config_file
+from claude_bottle.config.user_only import refuse_user_only
 from claude_bottle.errors import ConfigError
 
 PROJECT_FILE: Final = ".claude-bottle.toml"
@@ -342,13 +344,17 @@ class _Merged:
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)
+    sources: list[ConfigSource] = field(default_factory=list)
 
     # -- a whole file
 
-    def apply_file(self, path: Path, content: bytes, src: _Source) -> None:
+    def apply_file(
+        self, path: Path, content: bytes, src: _Source, *, workspace_file: bool = False
+    ) -> None:
         data = _parse_toml(content, src)
         _check(data, SCHEMA, "", src)
+        if workspace_file:
+            refuse_user_only(data, src.label)
         if "backend" in data:
             self.backend = self.check_backend(_str(data["backend"]), "backend", src)
         self.apply_egress(_table(data.get("egress")), src)
@@ -363,7 +369,7 @@ class _Merged:
         for name, remote in remotes.items():
             self.apply_remote(name, _table(remote), src)
         self.apply_bottle(_table(data.get("bottle")), src)
-        self.sources.append(str(path))
+        self.sources.append(ConfigSource(str(path), digest_of(content)))
 
     def check_backend(self, name: str, key: str, src: _Source) -> str:
         if name in self.known_backends:
@@ -766,6 +772,13 @@ def _env_name(name: str, key: str, src: _Source) -> str:
 # -- entry point ---------------------------------------------------------------------------
 
 
+def check_project_file(path: Path, content: bytes, *, known_backends: Iterable[str]) -> None:
+    """Raise the ConfigError `load_config` would raise for this project file's `content`."""
+    merged = _Merged(known_backends=tuple(known_backends))
+    merged.apply_file(path, content, _Source(display_path(path)), workspace_file=True)
+    merged.build()
+
+
 def load_config(
     *,
     workspace: Path,
@@ -793,17 +806,23 @@ def load_config(
             f"create it, or unset {CONFIG_ENV} to use the default user config",
         )
     if content is not None:
-        _warn_if_in_workspace(user_path, workspace, "user config", warn)
-        merged.apply_file(user_path, content, _Source(display_path(user_path)))
+        in_workspace = _warn_if_in_workspace(user_path, workspace, "user config", warn)
+        merged.apply_file(
+            user_path, content, _Source(display_path(user_path)), workspace_file=in_workspace
+        )
 
     project = workspace / PROJECT_FILE
-    content = read_config_file(project)
+    shown = display_path(project)
+    if project.is_symlink():
+        warn(f"{shown} is ignored: it is a symbolic link (only a regular file can be trusted).")
+        content = None
+    else:
+        content = read_config_file(project, follow_symlinks=False)
     if content is not None:
         store = trust_store if trust_store is not None else TrustStore()
-        shown = display_path(project)
         status = store.status(project, content)
         if status == "trusted":
-            merged.apply_file(project, content, _Source(shown))
+            merged.apply_file(project, content, _Source(shown), workspace_file=True)
         elif status == "changed":
             warn(
                 f"{shown} is ignored: it changed since you trusted it. "
@@ -822,8 +841,8 @@ def load_config(
                 f"{display_path(extra)}: no such file (given with --config)",
                 "check the path passed to --config",
             )
-        _warn_if_in_workspace(extra, workspace, "--config file", warn)
-        merged.apply_file(extra, content, _Source(display_path(extra)))
+        in_workspace = _warn_if_in_workspace(extra, workspace, "--config file", warn)
+        merged.apply_file(extra, content, _Source(display_path(extra)), workspace_file=in_workspace)
 
     for pattern in allow:
         merged.allow.setdefault(_host_pattern(pattern, "", _Source("--allow")))
@@ -834,9 +853,13 @@ def load_config(
 
 def _warn_if_in_workspace(
     path: Path, workspace: Path, what: str, warn: Callable[[str], None]
-) -> None:
-    if _inside(path, workspace):
-        warn(
-            f"{display_path(path)} ({what}) is inside the workspace, where the agent can edit "
-            "it; it is honoured, but policy files belong outside the workspace."
-        )
+) -> bool:
+    """Whether `path` is inside the workspace; then it is a workspace file (no user-only
+    keys) and the user is told that policy files belong outside."""
+    if not _inside(path, workspace):
+        return False
+    warn(
+        f"{display_path(path)} ({what}) is inside the workspace, where the agent can edit "
+        "it; it is honoured, but policy files belong outside the workspace."
+    )
+    return True

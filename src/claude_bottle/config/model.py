@@ -76,6 +76,13 @@ class BottleSection(NamedTuple):
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
 
 
+class ConfigSource(NamedTuple):
+    """A config file that was honoured, and the SHA-256 of the exact bytes that were used."""
+
+    path: str
+    sha256: str
+
+
 class Config(NamedTuple):
     backend: str = DEFAULT_BACKEND
     egress: EgressConfig = EgressConfig()
@@ -84,4 +91,4 @@ class Config(NamedTuple):
     gateway: GatewayConfig = GatewayConfig()
     git_remotes: tuple[GitRemote, ...] = ()
     bottle: BottleSection = BottleSection()
-    sources: tuple[str, ...] = ()  # config files that were honoured, in order
+    sources: tuple[ConfigSource, ...] = ()  # config files that were honoured, in order

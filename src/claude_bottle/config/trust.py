@@ -13,6 +13,7 @@ of whatever it points at.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -42,19 +43,27 @@ def display_path(path: Path) -> str:
     return text
 
 
-def read_config_file(path: Path) -> bytes | None:
-    """The bytes of a config file, or None if there is none.
+def read_config_file(path: Path, *, follow_symlinks: bool = True) -> bytes | None:
+    """The bytes of a config file, or None if there is none; read once, from one open file.
 
     Refuses anything but a regular file of at most `MAX_CONFIG_BYTES`: the
     project file is agent-writable, and a FIFO or a huge file there must not
-    hang or exhaust the launcher.
+    hang or exhaust the launcher. Without `follow_symlinks`, a symbolic link
+    in the last component is refused too (the agent may swap one in).
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise ConfigError(
+                f"{display_path(path)}: is a symbolic link",
+                "only a regular file can be trusted; replace the link by the file itself",
+            ) from None
         raise ConfigError(
             f"{display_path(path)}: cannot be read ({exc.strerror})",
             "check the file's permissions",
@@ -122,9 +131,10 @@ class TrustStore:
             return "untrusted"
         return "trusted" if recorded == digest_of(content) else "changed"
 
-    def trust(self, file: Path) -> str:
-        """Record the current content of `file` as trusted; returns its SHA-256 (hex)."""
-        digest = digest_of(self._read_subject(file))
+    def trust(self, file: Path, content: bytes | None = None) -> str:
+        """Record `content` (the bytes already read from `file` and shown to the user; else
+        its current content) as trusted; returns its SHA-256 (hex)."""
+        digest = digest_of(content if content is not None else self._read_subject(file))
         with self._locked():
             entries = self._load()
             entries[_key(file)] = digest
@@ -147,7 +157,7 @@ class TrustStore:
     # -- storage ---------------------------------------------------------
 
     def _read_subject(self, file: Path) -> bytes:
-        content = read_config_file(file)
+        content = read_config_file(file, follow_symlinks=False)
         if content is None:
             raise ConfigError(
                 f"{display_path(file)}: no such file", "check the path of the project config"

@@ -337,9 +337,7 @@ class DockerBackend(BottleBackend):
         from claude_bottle.backend.docker import launch
 
         problems = launch.remove_by_labels({LABEL_BOTTLE: name, LABEL_STATE: state_label()})
-        runtime = record.get("runtime_dir")
-        if runtime and Path(runtime).parent == paths.runtime_root():
-            shutil.rmtree(runtime, ignore_errors=True)
+        paths.remove_runtime_dir(record)
         if problems:
             print(f"claude-bottle: {'; '.join(problems)}", file=sys.stderr)
 

@@ -23,6 +23,7 @@ from claude_bottle.backend.base import (
     LaunchRequest,
     common_plan_fields,
 )
+from claude_bottle.backend.namespace import cleanup
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
@@ -302,44 +303,19 @@ class NamespaceBackend(BottleBackend):
         procs = record.get("processes", {})
         # The bottle dies at once; the bundle gets SIGTERM so it can write its final record.
         for role, signum in (("bottle", signal.SIGKILL), ("bundle", signal.SIGTERM)):
-            ref = procs.get(role)
-            if state.process_alive(ref):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(ref["pid"]), signum)
+            state.signal_process(procs.get(role), signum)
         deadline = time.monotonic() + 5
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
-        runtime = record.get("runtime_dir")
-        if runtime and Path(runtime).parent == paths.runtime_root():
-            shutil.rmtree(runtime, ignore_errors=True)
+        paths.remove_runtime_dir(record)
 
     # --- cleanup --------------------------------------------------------------
 
     def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
-        items: list[tuple[str, str]] = []
-        root = paths.runtime_root()
-        stale_dirs = (
-            [d for d in sorted(root.iterdir()) if d.name not in live_names] if root.is_dir() else []
-        )
-        for directory in stale_dirs:
-            items.append(("runtime", str(directory)))
-            for pid in _processes_using(directory):
-                items.append(("process", f"{pid} {_cmdline(pid)[:120]}"))
-        return CleanupPlan(self.name, tuple(items))
+        return cleanup.plan(self.name, live_names)
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
-        problems = []
-        for kind, what in plan.items:
-            if kind == "process":
-                pid = int(what.split()[0])
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for kind, what in plan.items:
-            if kind == "runtime":
-                shutil.rmtree(what, ignore_errors=True)
-                if Path(what).exists():
-                    problems.append(f"could not remove {what}")
-        return problems
+        return cleanup.run(plan)
 
 
 USERNS_PROBE = (
@@ -417,26 +393,3 @@ def _tail(log: Path) -> str:
     except OSError:
         return "no output"
     return " | ".join(lines[-3:]) or "no output"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def _processes_using(directory: Path) -> list[int]:
-    """Processes whose command line names this runtime dir (the bundle and bwrap do)."""
-    marker = str(directory)
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if (
-            entry.name.isdigit()
-            and int(entry.name) != os.getpid()
-            and marker in _cmdline(int(entry.name))
-        ):
-            pids.append(int(entry.name))
-    return pids

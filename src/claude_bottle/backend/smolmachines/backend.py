@@ -4,7 +4,6 @@ is a host process whose socket is mounted into the guest over vsock."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,9 +109,7 @@ class SmolmachinesBackend(BottleBackend):
     def stop(self, record: dict[str, Any]) -> None:
         machine = record.get("machine") or util.machine_name(str(record["name"]))
         problems = teardown(self._binary_of(record), machine, record.get("processes", {}))
-        runtime = record.get("runtime_dir")
-        if runtime and Path(runtime).parent == paths.runtime_root():
-            shutil.rmtree(runtime, ignore_errors=True)
+        paths.remove_runtime_dir(record)
         if problems:
             raise BottleError(
                 f"bottle {record['name']}: the microVM {machine} may be left: {problems[0]}",
