@@ -62,6 +62,7 @@ class BottlePlan(Printable):
     oauth_token_url: str | None
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
+    nested_sandbox: bool  # user namespaces (and mounts in them) allowed inside
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -126,6 +127,26 @@ class BottlePlan(Printable):
                 ),
             ),
             PlanSection(
+                "kernel (every backend)",
+                (
+                    ("capabilities", "none"),
+                    (
+                        "system calls",
+                        "seccomp denies the mount and namespace calls, bpf, perf, keyrings, "
+                        "io_uring, modules, terminal injection and set-id chmod "
+                        "(docs/isolation.md)",
+                    ),
+                    (
+                        "nested sandbox",
+                        "ON ([bottle] nested_sandbox): the agent may create user namespaces "
+                        "and mount inside them; cost: the kernel's namespace and mount code, "
+                        "a frequent source of privilege escalations, is reachable from the bottle"
+                        if self.nested_sandbox
+                        else "off: no user namespaces inside (Chromium needs --no-sandbox)",
+                    ),
+                ),
+            ),
+            PlanSection(
                 "environment (built from an allowlist)",
                 tuple((k, v) for k, v in sorted(self.env.items())),
             ),
@@ -187,6 +208,7 @@ def common_plan_fields(
         "gateway_ca_file": config.gateway.upstream_ca_file,
         "max_tokens_total": config.gateway.max_tokens_total,
         "oauth_token_url": config.gateway.oauth_token_url,
+        "nested_sandbox": config.bottle.nested_sandbox,
     }
 
 
