@@ -9,7 +9,7 @@ import pytest
 
 from claude_bottle.backend.base import LaunchRequest
 from claude_bottle.backend.namespace.backend import NamespaceBackend
-from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
+from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
 from claude_bottle.config.model import Config
 
 SPEC = BwrapSpec(
@@ -41,6 +41,9 @@ def test_argv_is_pinned() -> None:
         "--unshare-cgroup",
         "--unshare-net",
         "--as-pid-1",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
         "--hostname",
         "proj-abcde",
         "--ro-bind",
@@ -153,3 +156,77 @@ def test_plan_json_carries_the_spec_by_field_name(
     assert data["bwrap"]["workspace"] == str(tmp_path / "ws")
     assert data["bwrap"]["masked"] == list(plan.bwrap.masked)
     assert data["egress_allow"] == ["api.anthropic.com"]
+
+
+def test_seccomp_and_lifeline_fds_are_passed_on() -> None:
+    argv = bwrap_argv(SPEC, seccomp_fd=7, lifeline_fd=8)
+    assert argv[argv.index("--seccomp") + 1] == "7"
+    relay = argv[argv.index("--") :]
+    assert relay[-3:] == ["--lifeline", "8", "--hold"]
+
+
+ROOT_SPEC = SPEC._replace(
+    workspace="/root/proj",
+    home="/root",
+    home_source="/root/.local/state/claude-bottle/bottles/proj-abcde/home",
+    bundle_dir="/tmp/claude-bottle-0/proj-abcde/bundle",
+    exec_dir="/tmp/claude-bottle-0/proj-abcde/exec",
+    toolchain=("/root/.nvm/versions/node/v20.1.0",),
+    read_only=(),
+    resolv_conf="/tmp/claude-bottle-0/proj-abcde/resolv.conf",
+    host_id=2_000_000_000,
+    idmapped=(
+        "/root/proj",
+        "/root/.local/state/claude-bottle/bottles/proj-abcde/home",
+        "/tmp/claude-bottle-0/proj-abcde/exec",
+        "/root/.nvm/versions/node/v20.1.0",
+    ),
+)
+
+
+def test_started_by_root_the_bottle_gets_its_own_uid_and_no_fresh_user_namespace() -> None:
+    argv = bwrap_argv(ROOT_SPEC)
+    assert "--unshare-user" not in argv  # the helper passes a namespace without host uid 0
+    assert argv[argv.index("--uid") + 1] == "2000000000"
+    assert argv[argv.index("--gid") + 1] == "2000000000"
+
+
+def test_started_by_root_every_bind_source_is_staged_and_writable_ones_idmapped() -> None:
+    bwrap = bwrap_argv(ROOT_SPEC)
+    argv = unprivileged_argv(ROOT_SPEC, "/usr/bin/python3", "/x/unprivileged_exec.py", bwrap)
+    split = argv.index("--")
+    helper, command = argv[:split], argv[split + 1 :]
+    assert helper[:6] == [
+        "/usr/bin/python3",
+        "-I",
+        "-S",
+        "/x/unprivileged_exec.py",
+        "--host-id",
+        "2000000000",
+    ]
+    stages = [helper[i + 1] for i, a in enumerate(helper) if a == "--stage"]
+    assert "idmap:/root/proj" in stages
+    assert "idmap:/tmp/claude-bottle-0/proj-abcde/exec" in stages
+    assert "plain:/tmp/claude-bottle-0/proj-abcde/bundle" in stages  # read-only, world-readable
+    # Sources are rewritten to their staged place; destinations, and "/" itself, are not.
+    sources = [command[i + 1] for i, a in enumerate(command) if a in ("--bind", "--ro-bind")]
+    assert "/" in sources and "/dev/null" in sources
+    staged = [s for s in sources if s not in ("/", "/dev/null")]
+    assert staged and all(s.startswith("/tmp/") and s[5].isdigit() for s in staged)
+    binds = [tuple(command[i : i + 3]) for i, a in enumerate(command) if a == "--bind"]
+    assert ("--bind", "/tmp/0/root/proj", "/root/proj") in binds or any(
+        src.endswith("/root/proj") and dest == "/root/proj" for _, src, dest in binds
+    )
+    assert command[command.index("--") :] == bwrap[bwrap.index("--") :]
+
+
+def test_the_stage_refuses_a_bwrap_option_it_does_not_know() -> None:
+    bwrap = bwrap_argv(ROOT_SPEC)
+    bwrap.insert(1, "--bind-fd")
+    with pytest.raises(ValueError, match="--bind-fd"):
+        unprivileged_argv(ROOT_SPEC, "/usr/bin/python3", "/x/h.py", bwrap)
+
+
+def test_not_started_by_root_the_argv_is_bwrap_itself() -> None:
+    bwrap = bwrap_argv(SPEC)
+    assert unprivileged_argv(SPEC, "/usr/bin/python3", "/x/h.py", bwrap) is bwrap

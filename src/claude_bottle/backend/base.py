@@ -64,6 +64,7 @@ class BottlePlan(Printable):
     gateway_dlp: str
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
+    nested_sandbox: bool  # user namespaces (and mounts in them) allowed inside
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -148,6 +149,26 @@ class BottlePlan(Printable):
                 ),
             ),
             PlanSection(
+                "kernel (every backend)",
+                (
+                    ("capabilities", "none"),
+                    (
+                        "system calls",
+                        "seccomp denies the mount and namespace calls, bpf, perf, keyrings, "
+                        "io_uring, modules, terminal injection and set-id chmod "
+                        "(docs/isolation.md)",
+                    ),
+                    (
+                        "nested sandbox",
+                        "ON ([bottle] nested_sandbox): the agent may create user namespaces "
+                        "and mount inside them; cost: the kernel's namespace and mount code, "
+                        "a frequent source of privilege escalations, is reachable from the bottle"
+                        if self.nested_sandbox
+                        else "off: no user namespaces inside (Chromium needs --no-sandbox)",
+                    ),
+                ),
+            ),
+            PlanSection(
                 "environment (built from an allowlist)",
                 tuple((k, v) for k, v in sorted(self.env.items())),
             ),
@@ -211,6 +232,7 @@ def common_plan_fields(
         "oauth_token_url": config.gateway.oauth_token_url,
         "gateway_features": gateway_features(config.gateway),
         "gateway_dlp": config.gateway.dlp,
+        "nested_sandbox": config.bottle.nested_sandbox,
     }
 
 

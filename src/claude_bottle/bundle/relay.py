@@ -3,7 +3,8 @@
 Usage (inside the bottle; standalone, stdlib only, run as ``python3 -I -S relay.py``)::
 
     relay.py --listen PORT=SOCKET_PATH [--listen PORT=SOCKET_PATH ...]
-             [--ready-file PATH] [--exec-socket PATH] (--hold | -- CMD [ARGS...])
+             [--ready-file PATH] [--exec-socket PATH] [--lifeline FD]
+             (--hold | -- CMD [ARGS...])
 
 The relay binds every listener on 127.0.0.1:PORT, optionally writes "ready" to the
 ready file, then forks CMD (default signal dispositions, looked up on PATH). Each
@@ -20,7 +21,8 @@ descriptors attached (SCM_RIGHTS); the relay forks the command in a new session 
 pty, when tty is set, becomes its controlling terminal), answers {"pid": N}, delivers
 {"signal": N} lines to it, and sends {"exit": STATUS} when it ends. A session whose host
 side hangs up gets SIGHUP (then SIGKILL), unless it was started detached. With --hold
-there is no main command: the relay serves until SIGTERM, SIGHUP or SIGINT.
+there is no main command: the relay serves until SIGTERM, SIGHUP or SIGINT. With
+--lifeline it exits (137) as soon as FD, a pipe the host holds open, reaches end of file.
 
 Exit codes of the relay itself: 125 for usage or listen errors, 126/127 when the command
 cannot be executed (like a shell).
@@ -119,7 +121,7 @@ class Listener:
 
 
 class Options:
-    __slots__ = ("command", "exec_socket", "listeners", "ready_file")
+    __slots__ = ("command", "exec_socket", "lifeline", "listeners", "ready_file")
 
     def __init__(
         self,
@@ -127,16 +129,19 @@ class Options:
         ready_file: str | None,
         command: tuple[str, ...],  # empty with --hold
         exec_socket: str | None = None,
+        lifeline: int | None = None,
     ) -> None:
         self.listeners = listeners
         self.ready_file = ready_file
         self.command = command
         self.exec_socket = exec_socket
+        self.lifeline = lifeline
 
     def __repr__(self) -> str:
         return (
             f"Options(listeners={self.listeners!r}, ready_file={self.ready_file!r}, "
-            f"command={self.command!r}, exec_socket={self.exec_socket!r})"
+            f"command={self.command!r}, exec_socket={self.exec_socket!r}, "
+            f"lifeline={self.lifeline!r})"
         )
 
 
@@ -156,7 +161,7 @@ def parse_listen(spec: str) -> Listener:
 # The command line is parsed by hand, the way argparse did it (argparse and the `re` it
 # imports cost ~10 ms of every bottle's start-up): "--opt VALUE" or "--opt=VALUE", a
 # unique prefix of an option name is that option, a value must not look like an option.
-_OPTION_NAMES = ("--listen", "--ready-file", "--exec-socket", "--hold")
+_OPTION_NAMES = ("--listen", "--ready-file", "--exec-socket", "--lifeline", "--hold")
 
 
 def _option_name(arg: str) -> str | None:
@@ -191,6 +196,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     listen: list[str] = []
     ready_file: str | None = None
     exec_socket: str | None = None
+    lifeline: int | None = None
     hold = False
     unknown: list[str] = []
     index = 0
@@ -216,6 +222,10 @@ def parse_args(argv: Sequence[str]) -> Options:
             listen.append(value)
         elif name == "--ready-file":
             ready_file = value
+        elif name == "--lifeline":
+            if not value.isdigit():
+                raise UsageError(f"--lifeline expects a file descriptor number, got {value!r}")
+            lifeline = int(value)
         else:
             exec_socket = value
     if unknown:
@@ -236,7 +246,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         raise UsageError("each --listen port may be given only once")
     if ready_file == "":
         raise UsageError("--ready-file must not be empty")
-    return Options(listeners, ready_file, tuple(command), exec_socket)
+    return Options(listeners, ready_file, tuple(command), exec_socket, lifeline)
 
 
 def exit_status(wait_status: int) -> int:
@@ -1063,7 +1073,35 @@ class _ExecConnection:
         self.server.loop.call_later(EXEC_HANGUP_GRACE, kill)
 
 
+PR_SET_DUMPABLE = 4
+EXIT_LIFELINE = 128 + 9  # as if killed: the host side that started the bottle is gone
+
+
+def guard_process_one() -> None:
+    """Keep the agent, which runs as this process's uid, from stopping or steering it.
+
+    Not dumpable, ptrace, /proc/1/mem and process_vm_* need CAP_SYS_PTRACE, which no process
+    in the bottle has (signals are already filtered by the kernel: process 1 gets only those
+    it handles from inside its pid namespace). The commands it starts are dumpable again
+    after their execve, as usual.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        _fail(f"relay cannot make itself undumpable: {os.strerror(ctypes.get_errno())}")
+
+
+def _watch_lifeline(loop: _Loop, fd: int) -> None:
+    """`fd` is the read end of a pipe whose write end only the host's CLI holds: when it
+    becomes readable (end of file), the CLI is gone however it died, and so is the bottle.
+    (A parent-death signal would not do: it is not delivered across the change of uid.)"""
+    os.set_inheritable(fd, False)
+    loop.watch(fd, lambda events: os._exit(EXIT_LIFELINE), _IN)
+
+
 def run(options: Options) -> int:
+    guard_process_one()
     try:
         listen_socks = bind_listeners(options.listeners)
     except OSError as err:
@@ -1077,6 +1115,8 @@ def run(options: Options) -> int:
 
     loop = _Loop()
     init = _Init()
+    if options.lifeline is not None:
+        _watch_lifeline(loop, options.lifeline)
     servers = [
         _Server(loop, sock, item.socket_path)
         for item, sock in zip(options.listeners, listen_socks, strict=True)

@@ -130,7 +130,9 @@ SCHEMA: Final = _Table(
             }
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
-        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
+        "bottle": _Table(
+            {"command": _STRS, "read_only": _STRS, "env": _STRS, "nested_sandbox": _BOOL}
+        ),
     }
 )
 
@@ -344,6 +346,7 @@ class _Merged:
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
+    nested_sandbox: bool = False
     sources: list[ConfigSource] = field(default_factory=list)
 
     # -- a whole file
@@ -515,6 +518,8 @@ class _Merged:
             self.read_only.setdefault(_read_only_path(raw, f"bottle.read_only[{index}]", src))
         for index, name in enumerate(_strs(bottle.get("env"))):
             self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
+        if "nested_sandbox" in bottle:
+            self.nested_sandbox = _bool(bottle["nested_sandbox"])
 
     # -- the result
 
@@ -548,7 +553,10 @@ class _Merged:
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(
-                command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)
+                command=self.command,
+                read_only=tuple(self.read_only),
+                env=tuple(self.env),
+                nested_sandbox=self.nested_sandbox,
             ),
             sources=tuple(self.sources),
         )

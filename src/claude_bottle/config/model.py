@@ -74,6 +74,9 @@ class BottleSection(NamedTuple):
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: tuple[str, ...] = ()  # host paths granted read-only (may start with ~/)
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
+    # Let the agent create user namespaces (and mount inside them) for tools that sandbox
+    # themselves: Chromium/Playwright, Claude Code's own sandbox. Off: kernel attack surface.
+    nested_sandbox: bool = False
 
 
 class ConfigSource(NamedTuple):

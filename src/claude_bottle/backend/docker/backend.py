@@ -261,6 +261,7 @@ class DockerBackend(BottleBackend):
             home_source=str(state_dir / "home"),
             volume=volume,
             exec_dir=str(runtime_dir / "exec"),
+            seccomp_profile=str(runtime_dir / "seccomp.json"),
             read_only=tuple(read_only),
             relay_port=RELAY_PORT,
             pids_limit=PIDS_LIMIT,

@@ -70,6 +70,7 @@ class AgentSpec:
     home_source: str  # host dir: per-bottle, writable, seeded for Claude Code
     volume: str  # the bundle's sockets (read-only here)
     exec_dir: str  # host dir where the relay creates its exec socket
+    seccomp_profile: str  # host file: policy/seccomp.py's rules as a Docker profile
     read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
     relay_port: int
     pids_limit: int
@@ -118,6 +119,8 @@ def agent_run_args(spec: AgentSpec) -> list[str]:
         "ALL",
         "--security-opt",
         "no-new-privileges",
+        "--security-opt",
+        f"seccomp={spec.seccomp_profile}",
         "--pids-limit",
         str(spec.pids_limit),
         "--memory",
@@ -250,7 +253,7 @@ class DockerBottlePlan(BottlePlan):
             ("root", "image, read-only; tmpfs /tmp, /var/tmp"),
             ("home", f"{agent.home} <- {agent.home_source} (bottle's own, writable)"),
             ("user", f"{agent.user} (the host user)"),
-            ("privileges", "all capabilities dropped, no-new-privileges"),
+            ("privileges", "all capabilities dropped, no-new-privileges, seccomp profile"),
             ("limits", f"pids {agent.pids_limit}, memory {agent.memory}"),
             ("sockets", f"volume {self.volume} at {SOCKETS_DIR} (read-only)"),
         ]

@@ -349,6 +349,17 @@ def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> d
     return env
 
 
+def _write_seccomp_profile(path: Path, nested_sandbox: bool) -> None:
+    """The agent container's seccomp profile: the same rules bubblewrap loads."""
+    from claude_bottle.policy.seccomp import UnsupportedArchitecture, docker_profile
+
+    try:
+        profile = docker_profile(nested_sandbox)
+    except UnsupportedArchitecture as exc:
+        raise MissingDependency(str(exc), "use a host of a listed architecture") from None
+    path.write_text(json.dumps(profile))
+
+
 def start(
     plan: DockerBottlePlan,
     stack: contextlib.ExitStack,
@@ -367,6 +378,7 @@ def start(
     with os.fdopen(fd, "w") as handle:
         json.dump(bundle_environment(plan, os.environ), handle)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+    _write_seccomp_profile(Path(plan.agent.seccomp_profile), plan.nested_sandbox)
 
     labels = plan.labels()
     watchdog = Watchdog.spawn(labels, state_dir / "docker.log")

@@ -26,7 +26,7 @@ from claude_bottle.backend.base import (
 from claude_bottle.backend.namespace import cleanup
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
-from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
+from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
 from claude_bottle.backend.namespace.toolchain import (
     grant_read_only,
     host_sockets,
@@ -40,6 +40,11 @@ from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
+UNPRIVILEGED_EXEC = Path(__file__).resolve().parent / "unprivileged_exec.py"
+# The host uid and gid a bottle started by root runs as. No account has it; nothing else
+# runs as it; each bottle sees only its own files through it (its own mount namespace).
+UNPRIVILEGED_HOST_ID = 2_000_000_000
+EXIT_UNSUPPORTED = 3  # unprivileged_exec.py: the kernel or a filesystem cannot idmap
 RESOLV_CONF = "# claude-bottle: the bottle has no DNS; only the bundle resolves names.\n"
 EXEC_READY_TIMEOUT = 10.0
 
@@ -124,6 +129,20 @@ class NamespaceBackend(BottleBackend):
         workspace = str(request.workspace.resolve())
         masked_paths = masked_roots(home)
         masked = tuple(str(p) for p in masked_paths)
+        host_id = _unprivileged_host_id()
+        # What the bottle must read or write although root owns it: through idmapped
+        # mounts, root's files there are the bottle uid's (the rest of the host is not).
+        idmapped = (
+            (
+                workspace,
+                str(state_dir / "home"),
+                str(runtime_dir / "exec"),
+                *read_only,
+                *(str(p) for p in toolchain if p.is_relative_to(home)),
+            )
+            if host_id is not None
+            else ()
+        )
         spec = BwrapSpec(
             hostname=request.name[:63],
             workspace=workspace,
@@ -143,6 +162,8 @@ class NamespaceBackend(BottleBackend):
             if config.egress.intercept
             else None,
             die_with_parent=not request.detach,
+            host_id=host_id,
+            idmapped=idmapped,
         )
         env = build_env(
             os.environ,
@@ -192,11 +213,16 @@ class NamespaceBackend(BottleBackend):
         for sub in ("bundle", "exec"):
             (runtime / sub).mkdir(mode=0o755)
         (runtime / "resolv.conf").write_text(RESOLV_CONF)
+        # Read inside by the bottle's uid, which may not be ours (started by root).
+        readable = [runtime / "resolv.conf", Path(plan.bwrap.relay_bytecode)]
         if plan.bwrap.ca_bundle:
             # Exists before bwrap binds it; the bundle fills it in place before it is ready.
-            Path(plan.bwrap.ca_bundle).touch(mode=0o644)
+            Path(plan.bwrap.ca_bundle).touch()
+            readable.append(Path(plan.bwrap.ca_bundle))
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
         _compile_relay(Path(plan.bwrap.relay_bytecode))
+        for path in readable:
+            os.chmod(path, 0o644)
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
 
         settings = BundleSettings(
@@ -234,24 +260,40 @@ class NamespaceBackend(BottleBackend):
         stack.callback(stop_process, pending.process)
 
         info_r, info_w = os.pipe()
-        argv = bwrap_argv(plan.bwrap)
+        seccomp_fd = _seccomp_program(plan.nested_sandbox)
+        passed = [info_w, seccomp_fd]
+        lifeline = None
+        if not detach:  # the bottle lives while this process holds the pipe's write end
+            lifeline, lifeline_w = os.pipe()
+            stack.callback(os.close, lifeline_w)
+            passed.append(lifeline)
+        argv = bwrap_argv(plan.bwrap, seccomp_fd=seccomp_fd, lifeline_fd=lifeline)
         argv.insert(1, "--info-fd")
         argv.insert(2, str(info_w))
-        with (state_dir / "bottle.log").open("ab") as log:
-            sandbox = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=(info_w,),
-                start_new_session=True,
-            )
-        os.close(info_w)
+        argv = unprivileged_argv(plan.bwrap, _python()[0], str(UNPRIVILEGED_EXEC), argv)
+        try:
+            with (state_dir / "bottle.log").open("ab") as log:
+                sandbox = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=passed,
+                    start_new_session=True,
+                )
+        finally:
+            for fd in passed:
+                os.close(fd)
         relay: list[int] = []
         stack.callback(lambda: _stop_sandbox(sandbox, relay[0] if relay else None))
         try:
             relay_pid = _read_child_pid(info_r, sandbox, state_dir / "bottle.log")
         except LaunchError:
+            if plan.bwrap.host_id is not None and sandbox.returncode == EXIT_UNSUPPORTED:
+                raise MissingDependency(
+                    _tail(state_dir / "bottle.log"),
+                    "run claude-bottle as an unprivileged user, or use --backend docker",
+                ) from None
             problem = _userns_problem()
             if problem:
                 raise MissingDependency(problem) from None
@@ -322,6 +364,25 @@ USERNS_PROBE = (
     *("bwrap", "--unshare-user", "--unshare-net", "--unshare-pid"),
     *("--ro-bind", "/", "/", "--proc", "/proc", "true"),
 )
+
+
+def _unprivileged_host_id() -> int | None:
+    """The host uid a bottle runs as when root starts it; None: the caller's own uid."""
+    return UNPRIVILEGED_HOST_ID if os.geteuid() == 0 else None
+
+
+def _seccomp_program(nested_sandbox: bool) -> int:
+    """A readable fd holding the compiled seccomp filter, for bwrap's `--seccomp FD`."""
+    from claude_bottle.policy.seccomp import UnsupportedArchitecture, compile_bpf
+
+    try:
+        program = compile_bpf(nested_sandbox)
+    except UnsupportedArchitecture as exc:
+        raise MissingDependency(str(exc), "use --backend docker") from None
+    fd = os.memfd_create("claude-bottle-seccomp", 0)  # not close-on-exec: bwrap reads it
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _installation_problems() -> list[str]:

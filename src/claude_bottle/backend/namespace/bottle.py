@@ -50,15 +50,20 @@ class NamespaceBottle(Bottle):
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
         # Forwarding starts before the command does: a signal that arrives while it is being
         # started (the command may already run and print) waits for it, not kills the CLI.
-        deferred = _DeferredSignals()
+        deferred = _DeferredSignals(on_second_stop=self.kill)
         with _forward_signals(deferred, tty=tty):
-            if tty:
+            try:
+                if tty:
 
-                def start(slave: int) -> ExecSession:
-                    return deferred.started(self._session(argv, (slave, slave, slave), True))
+                    def start(slave: int) -> ExecSession:
+                        return deferred.started(self._session(argv, (slave, slave, slave), True))
 
-                return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
-            return deferred.started(self._session(argv, (0, 1, 2), False)).wait()
+                    return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
+                return deferred.started(self._session(argv, (0, 1, 2), False)).wait()
+            except BottleError:
+                if deferred.stopped_by is None:
+                    raise
+                return 128 + deferred.stopped_by  # killed on the user's second request
 
     def exec(self, script: str, timeout: float | None = None) -> ExecResult:
         return self.exec_argv(["/bin/sh", "-c", script], timeout=timeout)
@@ -141,14 +146,29 @@ class NamespaceBottle(Bottle):
         """A handle holds no resources; launch's context tears the bottle down."""
 
 
-class _DeferredSignals:
-    """Signals for a session that is being started: kept, and delivered once it has."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+
+class _DeferredSignals:
+    """Signals for a session that is being started: kept, and delivered once it has.
+
+    The first Ctrl-C or SIGTERM is the command's to handle; a second one, whatever the
+    command did with the first, calls `on_second_stop` (which kills the whole bottle)."""
+
+    def __init__(self, on_second_stop: Callable[[], object] = lambda: None) -> None:
         self._session: ExecSession | None = None
         self._pending: list[int] = []
+        self._on_second_stop = on_second_stop
+        self._stop_requests = 0
+        self.stopped_by: int | None = None  # the signal that made us kill the bottle
 
     def __call__(self, signum: int) -> None:
+        if signum in STOP_SIGNALS:
+            self._stop_requests += 1
+            if self._stop_requests > 1:
+                self.stopped_by = signum
+                self._on_second_stop()
+                return
         if self._session is None:
             self._pending.append(signum)
         else:

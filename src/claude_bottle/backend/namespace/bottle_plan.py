@@ -18,6 +18,13 @@ class NamespaceBottlePlan(BottlePlan):
         spec = self.bwrap
         rows: list[tuple[str, str]] = [
             ("namespaces", "user, pid, ipc, uts, cgroup, net (loopback only)"),
+            (
+                "runs as",
+                "your uid"
+                if spec.host_id is None
+                else f"host uid {spec.host_id}, never root; the workspace, home and "
+                "read-only paths through idmapped mounts (your files stay yours)",
+            ),
             ("root", "host / read-only; fresh /tmp, /proc, /dev, /run"),
             ("hidden", ", ".join(spec.masked)),
             ("sockets", f"{len(spec.hidden_sockets)} other host unix sockets covered"),

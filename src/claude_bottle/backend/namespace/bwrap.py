@@ -27,18 +27,40 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
     ca_bundle: str | None = None  # host file shown as the system trust store (interception)
     die_with_parent: bool = True
+    # Started by root: the unprivileged host uid (and gid) the bottle runs as, and the host
+    # paths shown to it through idmapped mounts (see unprivileged_exec.py). None otherwise:
+    # bubblewrap maps the caller's own uid.
+    host_id: int | None = None
+    idmapped: tuple[str, ...] = ()
 
 
-def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
+def bwrap_argv(
+    spec: BwrapSpec,
+    bwrap: str = "bwrap",
+    seccomp_fd: int | None = None,
+    lifeline_fd: int | None = None,
+) -> list[str]:
+    """bubblewrap's argv. Passed on: `seccomp_fd`, a readable fd with the compiled filter;
+    `lifeline_fd`, a pipe's read end whose end of file stops the bottle (relay.py)."""
+    # Started by root, the user namespace is made beforehand (it must not map host uid 0)
+    # and given to bwrap by unprivileged_exec.py, which inserts `--userns FD`.
+    userns = (
+        ["--unshare-user"]
+        if spec.host_id is None
+        else ["--uid", str(spec.host_id), "--gid", str(spec.host_id)]
+    )
     argv = [
         bwrap,
-        "--unshare-user",
+        *userns,
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup",
         "--unshare-net",
         "--as-pid-1",
+        "--new-session",  # no TIOCSTI into a terminal the bottle shares with the host
+        "--cap-drop",
+        "ALL",
         "--hostname",
         spec.hostname,
         "--ro-bind",
@@ -57,6 +79,8 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
     ]
     if spec.die_with_parent:
         argv.insert(1, "--die-with-parent")
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     for path in spec.masked:
         argv += ["--tmpfs", path]
     for path in spec.hidden_sockets:
@@ -88,7 +112,59 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
         "/usr/local/bin:/usr/bin:/bin",
     ]
     argv += relay_argv(spec.python, spec.relay_port)
+    if lifeline_fd is not None:
+        argv[-1:-1] = ["--lifeline", str(lifeline_fd)]  # before --hold
     return argv
+
+
+# bubblewrap's options and how many arguments each takes: what `unprivileged_argv` must
+# understand to find every bind source. An option missing here is refused, not guessed.
+_BIND_OPTIONS = ("--bind", "--ro-bind", "--dev-bind", "--bind-try", "--ro-bind-try")
+_OPTION_ARITY = {
+    **dict.fromkeys(_BIND_OPTIONS, 2),
+    **dict.fromkeys(("--setenv", "--symlink"), 2),
+    **dict.fromkeys(("--info-fd", "--uid", "--gid", "--cap-drop", "--cap-add", "--hostname"), 1),
+    **dict.fromkeys(("--dev", "--proc", "--tmpfs", "--dir", "--remount-ro", "--perms"), 1),
+    **dict.fromkeys(("--seccomp", "--chdir", "--unsetenv"), 1),
+    **dict.fromkeys(("--die-with-parent", "--as-pid-1", "--new-session", "--clearenv"), 0),
+    **dict.fromkeys((f"--unshare-{ns}" for ns in ("pid", "ipc", "uts", "cgroup", "net")), 0),
+}
+# Where unprivileged_exec.py shows the bind sources to bubblewrap: a tmpfs it mounts over
+# /tmp in its own mount namespace (bubblewrap puts its own on the bottle's /tmp). bubblewrap
+# resolves sources as the bottle's uid, which could not reach them where they are (root's
+# home, the private runtime dir).
+STAGE = "/tmp"
+_SHARED_SOURCES = ("/", "/dev/null")  # every uid reaches these: bound as they are
+
+
+def unprivileged_argv(spec: BwrapSpec, python: str, helper: str, bwrap: list[str]) -> list[str]:
+    """`bwrap` as root must start it: through unprivileged_exec.py (`helper`), with every
+    bind source staged where the bottle's uid reaches it, idmapped where it must write or
+    read root's files. Unchanged when the bottle runs as the caller's uid."""
+    if spec.host_id is None:
+        return bwrap
+    helper_argv = [python, "-I", "-S", helper, "--host-id", str(spec.host_id)]
+    staged: dict[str, str] = {}
+    rewritten = [bwrap[0]]
+    index = 1
+    while index < len(bwrap) and bwrap[index] != "--":
+        option = bwrap[index]
+        arity = _OPTION_ARITY.get(option)
+        if arity is None:
+            raise ValueError(f"unprivileged_argv does not know bwrap option {option}")
+        args = bwrap[index + 1 : index + 1 + arity]
+        if option in _BIND_OPTIONS and args[0] not in _SHARED_SOURCES:
+            source = args[0]
+            if source not in staged:
+                # The source's own path stays in the name: `cleanup` finds the bwrap process
+                # of a bottle by the runtime dir in its command line.
+                staged[source] = f"{STAGE}/{len(staged)}{source}"
+                kind = "idmap" if source in spec.idmapped else "plain"
+                helper_argv += ["--stage", f"{kind}:{source}"]
+            args = [staged[source], *args[1:]]
+        rewritten += [option, *args]
+        index += 1 + arity
+    return [*helper_argv, "--stage-root", STAGE, "--", *rewritten, *bwrap[index:]]
 
 
 def relay_argv(python: str, relay_port: int) -> Sequence[str]:

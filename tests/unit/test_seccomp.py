@@ -1,0 +1,96 @@
+"""The seccomp definition: one list, the same for bubblewrap's BPF and Docker's profile."""
+
+from __future__ import annotations
+
+import pytest
+
+from claude_bottle.policy import seccomp
+
+REQUIRED = (
+    "mount",
+    "umount2",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "clone3",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+)
+NAMESPACE_CALLS = ("mount", "open_tree", "unshare", "setns", "pivot_root")
+
+
+def test_every_required_call_is_denied_by_default() -> None:
+    denied = set(seccomp.denied_syscalls(nested_sandbox=False))
+    assert set(REQUIRED) <= denied
+
+
+def test_nested_sandbox_lifts_only_the_namespace_and_mount_calls() -> None:
+    nested = set(seccomp.denied_syscalls(nested_sandbox=True))
+    assert not nested & set(NAMESPACE_CALLS)
+    assert "clone3" in nested  # its flags stay uninspectable: libc falls back to clone()
+    assert {"bpf", "keyctl", "io_uring_setup", "fchmodat2", "userfaultfd"} <= nested
+
+
+def test_clone_is_denied_for_every_namespace_flag_only() -> None:
+    clone = [r for r in seccomp.RULES if r.syscalls == ("clone",)]
+    assert {r.arg.value for r in clone if r.arg} == set(seccomp.CLONE_NAMESPACE_FLAGS)
+    assert all(r.arg and r.arg.position == 0 and r.arg.mask == r.arg.value for r in clone)
+
+
+def test_set_id_bits_are_checked_at_the_mode_argument_of_each_call() -> None:
+    modes = {
+        (r.syscalls[0], r.arg.position, r.arg.value)
+        for r in seccomp.RULES
+        if r.arg and r.why == "set-id bits"
+    }
+    for name, position in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2)):
+        assert (name, position, 0o4000) in modes
+        assert (name, position, 0o2000) in modes
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_bpf_compiles_for_each_architecture(machine: str) -> None:
+    program = seccomp.compile_bpf(nested_sandbox=False, machine=machine)
+    assert program and len(program) % 8 == 0  # struct sock_filter is 8 bytes
+    assert len(seccomp.compile_bpf(nested_sandbox=True, machine=machine)) < len(program)
+
+
+def test_unknown_architecture_is_refused() -> None:
+    with pytest.raises(seccomp.UnsupportedArchitecture, match="riscv64"):
+        seccomp.compile_bpf(nested_sandbox=False, machine="riscv64")
+
+
+def test_docker_profile_carries_the_same_rules() -> None:
+    profile = seccomp.docker_profile(nested_sandbox=False, machine="x86_64")
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    entries = profile["syscalls"]
+    assert isinstance(entries, list)
+    assert len(entries) == len(seccomp.RULES)
+    names = {name for entry in entries for name in entry["names"]}
+    assert set(REQUIRED) <= names
+    chmod = [e for e in entries if e["names"] == ["chmod"]]
+    assert {e["args"][0]["valueTwo"] for e in chmod} == {0o4000, 0o2000}
+    assert all(e["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for e in chmod)
