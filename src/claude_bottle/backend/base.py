@@ -62,6 +62,8 @@ class BottlePlan(Printable):
     oauth_token_url: str | None
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
+    audit_max: int  # bytes of audit log in all, then the bottle fails closed
+    audit_rate: int  # bytes of audit log per minute, likewise
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -113,6 +115,11 @@ class BottlePlan(Printable):
                         else "not scanned ([dlp] enabled = false)",
                     ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
+                    (
+                        "audit log",
+                        f"stops the bottle past {self.audit_max} bytes "
+                        f"or {self.audit_rate} bytes a minute",
+                    ),
                 ),
             ),
             PlanSection(
@@ -187,6 +194,8 @@ def common_plan_fields(
         "gateway_ca_file": config.gateway.upstream_ca_file,
         "max_tokens_total": config.gateway.max_tokens_total,
         "oauth_token_url": config.gateway.oauth_token_url,
+        "audit_max": config.bottle.audit_max,
+        "audit_rate": config.bottle.audit_rate,
     }
 
 

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from claude_bottle.config.model import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+
 
 class Pin(NamedTuple):
     host: str
@@ -44,6 +46,8 @@ class BundleSettings(NamedTuple):
     gateway_ca_file: str | None = None
     max_tokens_total: int | None = None
     oauth_token_url: str | None = None
+    audit_max: int = DEFAULT_AUDIT_MAX
+    audit_rate: int = DEFAULT_AUDIT_RATE
 
     def dump(self, path: Path) -> None:
         fields = {**self._asdict(), "pins": [pin._asdict() for pin in self.pins]}

@@ -163,9 +163,20 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
 
 
 def _bundle_log_hint(name: str) -> str:
-    """Where a host bundle said why it stopped; the docker backend's bundle logs elsewhere."""
+    """Why a host bundle stopped, when it said (e.g. its audit log failed or hit its
+    budget), and where its log is; the docker backend's bundle logs elsewhere."""
     log = paths.state_dir(name) / "bundle.log"
-    return f"; see {log}" if log.is_file() and log.stat().st_size else ""
+    if not (log.is_file() and log.stat().st_size):
+        return ""
+    from claude_bottle.bundle.audit import printable
+    from claude_bottle.bundle.server import STOPPED
+
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 8192))
+        tail = handle.read(8192).decode("utf-8", "replace")
+    said = [line for line in tail.splitlines() if line.startswith(STOPPED)]
+    reason = f" ({printable(said[-1][len(STOPPED) :])[:500]})" if said else ""
+    return f"{reason}; see {log}"
 
 
 def _record(name: str) -> dict[str, Any]:

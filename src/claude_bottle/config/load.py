@@ -122,7 +122,15 @@ SCHEMA: Final = _Table(
             }
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
-        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
+        "bottle": _Table(
+            {
+                "command": _STRS,
+                "read_only": _STRS,
+                "env": _STRS,
+                "audit_max": _STR,
+                "audit_rate": _STR,
+            }
+        ),
     }
 )
 
@@ -336,6 +344,7 @@ class _Merged:
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
+    audit: dict[str, int] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
     # -- a whole file
@@ -491,6 +500,9 @@ class _Merged:
             self.read_only.setdefault(_read_only_path(raw, f"bottle.read_only[{index}]", src))
         for index, name in enumerate(_strs(bottle.get("env"))):
             self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
+        for key in ("audit_max", "audit_rate"):
+            if key in bottle:
+                self.audit[key] = _byte_size(_str(bottle[key]), f"bottle.{key}", src)
 
     # -- the result
 
@@ -524,7 +536,10 @@ class _Merged:
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(
-                command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)
+                command=self.command,
+                read_only=tuple(self.read_only),
+                env=tuple(self.env),
+                **self.audit,
             ),
             sources=tuple(self.sources),
         )
@@ -714,6 +729,20 @@ def _branch_pattern(pattern: str, key: str, src: _Source) -> str:
             'use branch names with * wildcards, e.g. push = ["claude/*"]',
         )
     return pattern
+
+
+_BYTE_SIZE = re.compile(r"([0-9]{1,15})\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_UNIT_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def _byte_size(raw: str, key: str, src: _Source) -> int:
+    """A size such as "1G", "64M" or "65536" (binary units), at least 64 KiB."""
+    match = _BYTE_SIZE.fullmatch(raw.strip())
+    size = int(match[1]) << _UNIT_SHIFT[match[2].upper()] if match else 0
+    if size < 64 << 10:
+        name = key.rpartition(".")[2]
+        raise src.error(key, f"{raw!r} is not a size of at least 64K", f'e.g. {name} = "1G"')
+    return size
 
 
 def _read_only_path(raw: str, key: str, src: _Source) -> str:

@@ -14,6 +14,12 @@ DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
 DEFAULT_BACKEND = "namespace"
 DEFAULT_ANTHROPIC_CREDENTIAL = "env:ANTHROPIC_API_KEY"
+DEFAULT_AUDIT_MAX = 1 << 30
+"""`[bottle] audit_max`: how large one bottle's audit log may grow (1 GiB)."""
+DEFAULT_AUDIT_RATE = 64 << 20
+"""`[bottle] audit_rate`: audit log bytes a bottle may cause per minute (64 MiB). A busy
+agent writes well under 1 MiB a minute (a record is ~300 bytes to a few KiB); a flood
+of a gigabyte a minute stops within seconds."""
 
 
 class ResolvePin(NamedTuple):
@@ -67,6 +73,8 @@ class BottleSection(NamedTuple):
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: tuple[str, ...] = ()  # host paths granted read-only (may start with ~/)
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
+    audit_max: int = DEFAULT_AUDIT_MAX  # bytes of audit log, in all
+    audit_rate: int = DEFAULT_AUDIT_RATE  # bytes of audit log per minute
 
 
 class Config(NamedTuple):

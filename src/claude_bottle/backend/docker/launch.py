@@ -325,6 +325,8 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
         max_tokens_total=plan.max_tokens_total,
         oauth_token_url=plan.oauth_token_url,
+        audit_max=plan.audit_max,
+        audit_rate=plan.audit_rate,
         dlp_enabled=plan.dlp_enabled,
         dlp_block=plan.dlp_block,
         dlp_patterns=plan.dlp_patterns,

@@ -221,6 +221,8 @@ class NamespaceBackend(BottleBackend):
             gateway_ca_file=plan.gateway_ca_file,
             max_tokens_total=plan.max_tokens_total,
             oauth_token_url=plan.oauth_token_url,
+            audit_max=plan.audit_max,
+            audit_rate=plan.audit_rate,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

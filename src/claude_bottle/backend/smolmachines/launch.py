@@ -123,6 +123,8 @@ def launch_bottle(
         gateway_ca_file=plan.gateway_ca_file,
         max_tokens_total=plan.max_tokens_total,
         oauth_token_url=plan.oauth_token_url,
+        audit_max=plan.audit_max,
+        audit_rate=plan.audit_rate,
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
