@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from claude_bottle.config.model import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
 from claude_bottle.errors import BottleError
 
 GENESIS = "0" * 64

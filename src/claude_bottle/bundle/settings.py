@@ -13,7 +13,12 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from claude_bottle.config.model import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+DEFAULT_AUDIT_MAX = 1 << 30
+"""`[bottle] audit_max`: how large one bottle's audit log may grow (1 GiB)."""
+DEFAULT_AUDIT_RATE = 64 << 20
+"""`[bottle] audit_rate`: audit log bytes a bottle may cause per minute (64 MiB). A busy
+agent writes well under 1 MiB a minute (a record is ~300 bytes to a few KiB); a flood
+of a gigabyte a minute stops within seconds."""
 
 
 class Pin(NamedTuple):

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# The bundle's own defaults; it ships without this package (docker's bundle image).
+from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+
 EGRESS_MODES = ("enforce", "audit", "ask")
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
 DEFAULT_BACKEND = "namespace"
 DEFAULT_ANTHROPIC_CREDENTIAL = "env:ANTHROPIC_API_KEY"
-DEFAULT_AUDIT_MAX = 1 << 30
-"""`[bottle] audit_max`: how large one bottle's audit log may grow (1 GiB)."""
-DEFAULT_AUDIT_RATE = 64 << 20
-"""`[bottle] audit_rate`: audit log bytes a bottle may cause per minute (64 MiB). A busy
-agent writes well under 1 MiB a minute (a record is ~300 bytes to a few KiB); a flood
-of a gigabyte a minute stops within seconds."""
 
 
 class ResolvePin(NamedTuple):
