@@ -74,7 +74,8 @@ def show_plan(command: tuple[str, ...], *, as_json: bool, **options: Any) -> Non
 
 
 def _is_tty() -> bool:
-    return sys.stdin.isatty() and sys.stdout.isatty()
+    """A terminal on stdin: the command gets a pty the CLI owns; else pipes (terminal.py)."""
+    return sys.stdin.isatty()
 
 
 def _check_credential(plan: BottlePlan) -> None:

@@ -15,7 +15,7 @@ from claude_bottle.backend.base import Bottle, ExecResult
 from claude_bottle.errors import BottleError
 from claude_bottle.execproto import ExecSession
 from claude_bottle.state import process_alive
-from claude_bottle.terminal import run_in_pty
+from claude_bottle.terminal import run_in_pty, run_with_pipes
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -58,7 +58,12 @@ class NamespaceBottle(Bottle):
                     return deferred.started(self._session(argv, (slave, slave, slave), True))
 
                 return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
-            return deferred.started(self._session(argv, (0, 1, 2), False)).wait()
+
+            # Never the user's own fds: stdout or stderr may be their terminal.
+            def start_piped(fds: tuple[int, int, int]) -> ExecSession:
+                return deferred.started(self._session(argv, fds, False))
+
+            return run_with_pipes(start_piped, lambda s: s.fileno(), lambda s: s.wait())
 
     def exec(self, script: str, timeout: float | None = None) -> ExecResult:
         return self.exec_argv(["/bin/sh", "-c", script], timeout=timeout)
