@@ -8,13 +8,14 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.integration.conftest import BottleEnv
+from tests.integration.conftest import BottleEnv, real_python
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +118,60 @@ def test_the_bottle_cannot_change_the_users_terminal(bottle_env: BottleEnv, how:
     assert "-echo" not in after.read_text().split()
     if how == "piped":
         assert "changed-fd" not in screen and "changed-tty" not in screen, screen
+
+
+# -- the host trusts no path the bottle can write: the exec socket (issue 18 item 8) -------
+
+_IMPOSTOR = """
+import os, socket, time
+path = "/run/claude-bottle/exec/exec.sock"
+os.unlink(path)
+sock = socket.socket(socket.AF_UNIX)
+sock.bind(path)
+sock.listen()
+open("impostor-ready", "w").close()
+sock.settimeout(60)
+conn, _ = sock.accept()
+conn.recv(65536)
+conn.sendall(b'{"pid": 2}\\n{"exit": 0}\\n')
+open("impostor-was-asked", "w").close()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("swap", ["symlink", "impostor"])
+def test_resume_refuses_an_exec_socket_the_bottle_replaced(
+    bottle_env: BottleEnv, swap: str
+) -> None:
+    host_socket = bottle_env.root / "host-service.sock"
+    host = socket.socket(socket.AF_UNIX)
+    host.bind(str(host_socket))
+    host.listen()
+    host.setblocking(False)
+    if swap == "symlink":
+        script = (
+            "cd /run/claude-bottle/exec && rm exec.sock && "
+            f"ln -s {host_socket} exec.sock && touch {bottle_env.workspace}/impostor-ready; "
+            "sleep 120"
+        )
+        command = ["/bin/sh", "-c", script]
+    else:
+        (bottle_env.workspace / "impostor.py").write_text(_IMPOSTOR)
+        python = "python3" if bottle_env.backend == "docker" else real_python()
+        command = [python, "-I", "-S", str(bottle_env.workspace / "impostor.py")]
+    started = bottle_env.cli(
+        "run", "--backend", bottle_env.backend, "--name", "t", "--detach", "--", *command
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    while not (bottle_env.workspace / "impostor-ready").exists():
+        assert time.monotonic() < deadline, (bottle_env.state_dir() / "output.log").read_text()
+        time.sleep(0.05)
+    resumed = bottle_env.cli("resume", "t")
+    assert resumed.returncode != 0
+    expected = "not a socket" if swap == "symlink" else "not served by the bottle's relay"
+    assert expected in resumed.stderr, resumed.stderr
+    with pytest.raises(BlockingIOError):
+        host.accept()  # nothing reached the host's socket
+    host.close()
+    assert not (bottle_env.workspace / "impostor-was-asked").exists()

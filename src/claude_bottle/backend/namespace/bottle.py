@@ -37,6 +37,12 @@ class NamespaceBottle(Bottle):
         self.processes = dict(processes)
         self.detached = False
 
+    @property
+    def relay_pid(self) -> int | None:
+        """The relay (process 1) as this host sees it: the only peer the exec socket may have."""
+        ref = self.processes.get("bottle")
+        return int(ref["pid"]) if ref else None
+
     def alive(self) -> str | None:
         for role, ref in self.processes.items():
             if not process_alive(ref):
@@ -45,7 +51,9 @@ class NamespaceBottle(Bottle):
         return None
 
     def _session(self, argv: Sequence[str], fds: tuple[int, int, int], tty: bool) -> ExecSession:
-        return ExecSession(self.exec_socket, argv, self.env, self.workspace, fds, tty)
+        return ExecSession(
+            self.exec_socket, argv, self.env, self.workspace, fds, tty, relay_pid=self.relay_pid
+        )
 
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
         # Forwarding starts before the command does: a signal that arrives while it is being
@@ -129,6 +137,7 @@ class NamespaceBottle(Bottle):
                 (null, out, out),
                 False,
                 detach=True,
+                relay_pid=self.relay_pid,
             )
         finally:
             os.close(null)
