@@ -49,6 +49,38 @@ def test_a_bottle_flooding_its_audit_log_is_stopped_with_a_message(bottle_env: B
     )
 
 
+def test_a_full_disk_under_the_audit_log_stops_the_bottle_with_a_message(
+    bottle_env: BottleEnv,
+) -> None:
+    """Issue 18's fault run: the state dir on a 512 KiB tmpfs, filled by the bottle's own
+    traffic (each denied request is an audit record)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    state = bottle_env.root / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(state)], check=True)
+    try:
+        long_path = "a/" * 900
+        script = (
+            f"i=0; while [ $i -lt 600 ]; do i=$((i+1)); "
+            f"curl -s -o /dev/null --max-time 5 http://denied.test/{long_path} || true; done; "
+            "echo survived"
+        )
+        result = bottle_env.sh(script, timeout=180)
+        audit_log = bottle_env.state_dir() / "audit.jsonl"
+        last = _last_audit_record(bottle_env)
+        verified = bottle_env.cli("audit", "verify", str(audit_log))
+    finally:
+        bottle_env.cli("stop", "--all")
+        subprocess.run(["umount", "-l", str(state)], check=False)
+    assert result.returncode == 125, result.stderr
+    assert "survived" not in result.stdout
+    if bottle_env.backend == "namespace":  # a host bundle's reason is shown; docker's is logged
+        assert "No space left on device" in result.stderr, result.stderr
+    assert last["rule"] == "audit:failed"
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 # -- the user's terminal is never handed in (issue 18 item 7) -----------------------------
 
 # What an agent does to the terminal it can reach: every stdio fd, and the controlling tty.

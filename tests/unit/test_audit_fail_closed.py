@@ -3,11 +3,14 @@ ends its writer, and a bottle past its audit budget, fail closed."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from claude_bottle.bundle import audit
 from claude_bottle.bundle.audit import AuditBudget, AuditError, AuditLog, iter_records, verify
 
 
@@ -122,3 +125,37 @@ def test_ordinary_traffic_stays_within_the_default_budget(tmp_path: Path) -> Non
             log.submit("egress", "allow", host="pypi.org", port=443, path=f"/simple/p{number}/")
         log.sync()
     assert verify(tmp_path / "audit.jsonl").records == 2000
+
+
+def test_a_full_disk_fails_closed_and_the_log_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC mid-batch: the torn batch is cut off, the reserve is given back, and the
+    log ends with a verifiable record saying why it stopped."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "b1")
+    reserve = tmp_path / "audit.jsonl.reserve"
+    assert reserve.stat().st_blocks * 512 >= audit.RESERVE
+    _, told = _failures(log)
+    log.record("egress", "allow")
+    real_write = os.write
+    writes = {"n": 0}
+
+    def full_disk(fd: int, data: bytes) -> int:
+        writes["n"] += 1
+        if writes["n"] == 1:  # the next batch: part of it lands, then the disk is full
+            real_write(fd, bytes(data[:10]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    log.submit("egress", "allow", host="lost.test")
+    assert told.wait(10)
+    monkeypatch.setattr(os, "write", real_write)
+    with pytest.raises(AuditError, match="No space left on device"):
+        log.submit("egress", "allow")
+    log.close()
+    assert not reserve.exists()
+    assert verify(path).ok
+    last = list(iter_records(path))[-1]
+    assert last["rule"] == "audit:failed" and "No space left" in str(last["detail"])

@@ -101,6 +101,16 @@ class AuditBudget(NamedTuple):  # not a dataclass: see bundle/settings.py
 _BUDGET_RECORD_ROOM = 4096  # the final over-budget record is written past the budget
 
 
+class _DiskError(AuditError):
+    """A write or fsync of the log failed (a full disk, an I/O error)."""
+
+
+RESERVE = 64 * 1024
+"""Disk space held next to the log (`<log>.reserve`) and given back when a write fails, so
+that a full disk still leaves room to say why the bottle stopped: a last record in the log,
+the bundle's message, the CLI's record of the bottle."""
+
+
 class VerifyResult(NamedTuple):  # not a dataclass: see bundle/settings.py
     """Outcome of `verify`: `bad_line` is 1-based; `problem` is "" when `ok`."""
 
@@ -388,6 +398,7 @@ class AuditLog:
             self._seq, self._prev = self._resume(fd, self._size)
             if not existed:
                 self._sync_dir()
+            self._reserve = self._hold_reserve()
         except BaseException:
             self._fd = None
             os.close(fd)
@@ -421,6 +432,28 @@ class AuditLog:
                 f"audit log {self.path} is already being written by another process",
                 "only the bottle's bundle writes its audit log; stop the other writer",
             ) from exc
+
+    def _hold_reserve(self) -> Path:
+        reserve = self.path.with_name(self.path.name + ".reserve")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(reserve, flags, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                reserve.unlink()
+            raise AuditError(
+                f"cannot write audit log {self.path}: {exc.strerror}",
+                "free disk space or fix the state directory; the bottle cannot run unaudited",
+            ) from exc
+        return reserve
+
+    def _release_reserve(self) -> None:
+        with contextlib.suppress(OSError):
+            self._reserve.unlink()
 
     def _sync_dir(self) -> None:
         with contextlib.suppress(OSError):
@@ -554,7 +587,7 @@ class AuditLog:
         self._size += len(data)
 
     def _write_error(self, exc: OSError) -> AuditError:
-        return AuditError(
+        return _DiskError(
             f"cannot write audit log {self.path}: {exc.strerror}",
             "free disk space or fix the state directory; the bottle cannot run unaudited",
         )
@@ -563,10 +596,12 @@ class AuditLog:
         """The writer thread: whatever ends it other than `close` fails the log closed."""
         try:
             self._write_batches()
+        except _DiskError as exc:
+            self._fail(self._last_words(exc))
         except AuditError as exc:
             self._fail(exc)
         except OSError as exc:
-            self._fail(self._write_error(exc))
+            self._fail(self._last_words(self._write_error(exc)))
         except BaseException as exc:  # MemoryError, a bug: whatever it is, never fail open
             self._fail(
                 AuditError(
@@ -574,6 +609,19 @@ class AuditLog:
                     "the bottle cannot run unaudited; see the bundle's log",
                 )
             )
+
+    def _last_words(self, failure: AuditError) -> AuditError:
+        """After a failed write: give the reserve back, and try to end the log with why."""
+        self._release_reserve()
+        with contextlib.suppress(Exception):
+            fd = self._fd
+            assert fd is not None
+            _, line = self._build(
+                _item("lifecycle", "deny", rule="audit:failed", detail={"reason": failure.message})
+            )
+            self._append(fd, line)
+            os.fsync(fd)
+        return failure
 
     def _fail(self, failure: AuditError) -> None:
         with self._cond:
@@ -611,6 +659,7 @@ class AuditLog:
                 batch = list(self._pending)
                 self._pending.clear()
                 kept = set(self._kept)
+            chain = self._seq, self._prev  # where the file's chain ends if this batch fails
             lines = []
             built: dict[int, dict[str, object]] = {}
             for offset, item in enumerate(batch, start=self._written + 1):
@@ -623,7 +672,11 @@ class AuditLog:
             # whole, and an exhausted budget stops the bottle after it.
             over_budget = self._over_budget(len(data))
             if data:
-                self._append(fd, data)
+                try:
+                    self._append(fd, data)
+                except AuditError:
+                    self._seq, self._prev = chain  # the batch was cut off the file again
+                    raise
             with self._cond:
                 self._written += len(batch)
                 self._kept_records.update(built)
@@ -697,6 +750,7 @@ class AuditLog:
             self._cond.notify_all()
         if self._writer.is_alive() and self._writer is not threading.current_thread():
             self._writer.join()
+        self._release_reserve()
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

@@ -147,7 +147,10 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
     # out (or its bottle), so that is reported, not hidden behind the command's own status.
     died_meanwhile = None if failure else bottle.alive()
     if owns_bottle:
-        state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+        try:
+            state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+        except OSError as exc:  # e.g. the disk is full: why the bottle stopped comes first
+            _say(f"warning: cannot record how bottle {bottle.name} ended: {exc.strerror}")
     if failure:
         _say(
             f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped"
