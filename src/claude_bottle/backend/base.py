@@ -34,6 +34,14 @@ class LaunchRequest(NamedTuple):
     detach: bool = False
 
 
+def _binary_size(size: int) -> str:
+    """1073741824 -> "1 GiB"; a size that is no whole number of a unit stays in bytes."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
 @dataclasses.dataclass(frozen=True)
 class BottlePlan(Printable):
     """Backend-neutral part of a plan; backends subclass it with their own fields."""
@@ -117,8 +125,8 @@ class BottlePlan(Printable):
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
                     (
                         "audit log",
-                        f"stops the bottle past {self.audit_max} bytes "
-                        f"or {self.audit_rate} bytes a minute",
+                        f"stops the bottle past {_binary_size(self.audit_max)} "
+                        f"or {_binary_size(self.audit_rate)} a minute",
                     ),
                 ),
             ),

@@ -417,6 +417,11 @@ class AuditLog:
         # submission wake it: one that lands while it waits out a batch interval would
         # cost a thread switch (and the GIL) per record for nothing.
         self._writer_idle = False
+        # Made now: when the writer fails for want of memory, there may be none to make it.
+        self._crashed = AuditError(
+            f"the audit log writer of {self.path} failed",
+            "the bottle cannot run unaudited; see the bundle's log",
+        )
         self._rate_allowance = float(self.budget.per_minute)
         self._rate_checked = time.monotonic()
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
@@ -603,12 +608,13 @@ class AuditLog:
         except OSError as exc:
             self._fail(self._last_words(self._write_error(exc)))
         except BaseException as exc:  # MemoryError, a bug: whatever it is, never fail open
-            self._fail(
-                AuditError(
+            failure = self._crashed
+            with contextlib.suppress(BaseException):  # out of memory, this may fail too
+                failure = AuditError(
                     f"the audit log writer of {self.path} failed: {type(exc).__name__}",
-                    "the bottle cannot run unaudited; see the bundle's log",
+                    failure.hint,
                 )
-            )
+            self._fail(failure)
 
     def _last_words(self, failure: AuditError) -> AuditError:
         """After a failed write: give the reserve back, and try to end the log with why."""
