@@ -14,6 +14,7 @@ O_EXCL|O_NOFOLLOW, and a name that already exists in any form is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,16 @@ MAX_SETTINGS = 1 << 20
 """A host settings.json larger than this is not carried in."""
 
 _PERMISSION_LISTS = ("allow", "ask", "deny", "additionalDirectories")
+
+SECRET_SETTINGS = (
+    "env",
+    "apiKeyHelper",
+    "awsAuthRefresh",
+    "awsCredentialExport",
+    "otelHeadersHelper",
+)
+"""Keys that carry the host's secrets: before the allowlist, a bottle's home got the host's
+settings.json whole, and such a copy still holds them (`_strip_host_secrets`)."""
 
 
 def _string(value: object) -> bool:
@@ -89,11 +100,12 @@ def harmless_settings(raw: bytes) -> dict[str, object]:
     return kept
 
 
-def _read_host_file(path: Path, limit: int) -> bytes | None:
+def _read_file(path: Path, limit: int, *, follow: bool) -> bytes | None:
     """A regular file's bytes (at most `limit`); None otherwise. The host's home is the
     user's, not the bottle's: a symlink there (a dotfiles manager's) is followed."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
@@ -134,8 +146,9 @@ def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> Non
     if target.is_symlink():
         return
     target.mkdir(mode=0o700, exist_ok=True)
+    _strip_host_secrets(target / "settings.json")
     source = host_home / ".claude"
-    raw = _read_host_file(source / "settings.json", MAX_SETTINGS)
+    raw = _read_file(source / "settings.json", MAX_SETTINGS, follow=True)
     settings = harmless_settings(raw) if raw is not None else {}
     if settings:
         _create(target / "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
@@ -147,3 +160,26 @@ def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> Non
             _create(dst, src.read_bytes())
         elif src.is_dir():
             shutil.copytree(src, dst, symlinks=True)
+
+
+def _strip_host_secrets(path: Path) -> None:
+    """Remove `SECRET_SETTINGS` from a settings.json in the bottle's home; the rest of it
+    is the bottle's own. Runs at launch, when nothing in the bottle runs to race it."""
+    raw = _read_file(path, MAX_SETTINGS, follow=False)
+    try:
+        settings = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(settings, dict) or not any(k in settings for k in SECRET_SETTINGS):
+        return
+    kept = {k: v for k, v in settings.items() if k not in SECRET_SETTINGS}
+    fresh = path.with_name(path.name + ".stripped")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            fresh.unlink()
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write((json.dumps(kept, indent=2) + "\n").encode())
+        os.replace(fresh, path)
+    except OSError:  # something odd was planted there: the secrets go with the whole file
+        path.unlink()

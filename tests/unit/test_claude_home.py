@@ -92,3 +92,22 @@ def test_host_settings_that_are_not_an_object_or_not_a_file_carry_nothing(
     os.mkfifo(host / ".claude" / "settings.json")  # would block a reader forever
     seed_claude_home(bottle, host, Path("/work/project"))
     assert not (bottle / ".claude" / "settings.json").exists()
+
+
+def test_a_copy_an_earlier_version_made_whole_loses_the_hosts_secrets(tmp_path: Path) -> None:
+    """Before the allowlist, the host's settings.json was copied whole into a bottle's
+    home; at the next launch the secrets in that copy are removed, the rest kept."""
+    host, bottle = tmp_path / "host", tmp_path / "bottle"
+    (host / ".claude").mkdir(parents=True)
+    (bottle / ".claude").mkdir(parents=True)
+    secret = "sk-ant-api03-" + "Z" * 40
+    old_copy = {"env": {"ANTHROPIC_API_KEY": secret}, "apiKeyHelper": secret, "model": "m"}
+    (bottle / ".claude" / "settings.json").write_text(json.dumps(old_copy))
+    seed_claude_home(bottle, host, Path("/work/project"))
+    assert json.loads((bottle / ".claude" / "settings.json").read_text()) == {"model": "m"}
+    # A planted directory where the rewrite goes: the whole file goes instead.
+    (bottle / ".claude" / "settings.json").write_text(json.dumps(old_copy))
+    (bottle / ".claude" / "settings.json.stripped").mkdir()
+    (bottle / ".claude" / "settings.json.stripped" / "x").write_text("")
+    seed_claude_home(bottle, host, Path("/work/project"))
+    assert not (bottle / ".claude" / "settings.json").exists()
