@@ -1,8 +1,11 @@
-"""The bottle's home as Claude Code expects it: onboarded, no credentials, user settings copied.
+"""The bottle's home as Claude Code expects it: onboarded, no credentials, harmless settings.
 
-Only non-secret settings are copied from the host (settings.json, CLAUDE.md,
-commands, agents); never `.credentials.json` or `.claude.json`, which may
-hold tokens and per-project history.
+From the host only what cannot carry a secret or run a command is taken: an
+allowlist of keys of `~/.claude/settings.json` (`SETTINGS`), and CLAUDE.md,
+commands and agents. Never `.credentials.json` or `~/.claude.json` (tokens, MCP
+servers with their headers and env, per-project history), and never a setting
+that holds secrets or names a program: `env`, `apiKeyHelper`, `awsAuthRefresh`,
+`awsCredentialExport`, `otelHeadersHelper`, `hooks`, `statusLine`, MCP servers.
 
 The bottle's home is a host directory the agent writes to, so anything in it
 may be a planted symlink: nothing here follows one. A file is created with
@@ -11,14 +14,105 @@ O_EXCL|O_NOFOLLOW, and a name that already exists in any form is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from claude_bottle.bottle_env import PLACEHOLDER_API_KEY
 
-COPIED = ("settings.json", "CLAUDE.md", "commands", "agents")
+COPIED = ("CLAUDE.md", "commands", "agents")
+"""Copied as they are: prompts the user wrote for Claude Code."""
+
+MAX_SETTINGS = 1 << 20
+"""A host settings.json larger than this is not carried in."""
+
+_PERMISSION_LISTS = ("allow", "ask", "deny", "additionalDirectories")
+
+SECRET_SETTINGS = (
+    "env",
+    "apiKeyHelper",
+    "awsAuthRefresh",
+    "awsCredentialExport",
+    "otelHeadersHelper",
+)
+"""Keys that carry the host's secrets: before the allowlist, a bottle's home got the host's
+settings.json whole, and such a copy still holds them (`_strip_host_secrets`)."""
+
+
+def _string(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 256
+
+
+def _flag(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _days(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100_000
+
+
+SETTINGS: dict[str, Callable[[object], bool]] = {
+    "model": _string,
+    "theme": _string,
+    "outputStyle": _string,
+    "language": _string,
+    "includeCoAuthoredBy": _flag,
+    "alwaysThinkingEnabled": _flag,
+    "spinnerTipsEnabled": _flag,
+    "verbose": _flag,
+    "cleanupPeriodDays": _days,
+}
+"""Settings carried into the bottle, each with the shape its value must have. Anything
+else stays on the host: keys that hold secrets, run programs, or point Claude Code at
+another server or credential (the bottle's environment sets those)."""
+
+
+def _permissions(value: object) -> dict[str, object] | None:
+    """Permission rules are patterns, never secrets or programs: kept, as lists of strings."""
+    if not isinstance(value, dict):
+        return None
+    kept: dict[str, object] = {}
+    for key in _PERMISSION_LISTS:
+        rules = value.get(key)
+        if isinstance(rules, list) and all(_string(r) for r in rules):
+            kept[key] = rules[:1000]
+    if _string(value.get("defaultMode")):
+        kept["defaultMode"] = value["defaultMode"]
+    return kept or None
+
+
+def harmless_settings(raw: bytes) -> dict[str, object]:
+    """The allowlisted part of a host settings.json; {} when it is not a JSON object."""
+    try:
+        settings = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(settings, dict):
+        return {}
+    kept = {k: v for k, v in settings.items() if k in SETTINGS and SETTINGS[k](v)}
+    permissions = _permissions(settings.get("permissions"))
+    if permissions is not None:
+        kept["permissions"] = permissions
+    return kept
+
+
+def _read_file(path: Path, limit: int, *, follow: bool) -> bytes | None:
+    """A regular file's bytes (at most `limit`); None otherwise. The host's home is the
+    user's, not the bottle's: a symlink there (a dotfiles manager's) is followed."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block, a device never end
+            return None
+        data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 def _create(path: Path, data: bytes) -> None:
@@ -52,7 +146,12 @@ def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> Non
     if target.is_symlink():
         return
     target.mkdir(mode=0o700, exist_ok=True)
+    _strip_host_secrets(target / "settings.json")
     source = host_home / ".claude"
+    raw = _read_file(source / "settings.json", MAX_SETTINGS, follow=True)
+    settings = harmless_settings(raw) if raw is not None else {}
+    if settings:
+        _create(target / "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
     for name in COPIED:
         src, dst = source / name, target / name
         if dst.exists() or dst.is_symlink() or src.is_symlink():
@@ -61,3 +160,26 @@ def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> Non
             _create(dst, src.read_bytes())
         elif src.is_dir():
             shutil.copytree(src, dst, symlinks=True)
+
+
+def _strip_host_secrets(path: Path) -> None:
+    """Remove `SECRET_SETTINGS` from a settings.json in the bottle's home; the rest of it
+    is the bottle's own. Runs at launch, when nothing in the bottle runs to race it."""
+    raw = _read_file(path, MAX_SETTINGS, follow=False)
+    try:
+        settings = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(settings, dict) or not any(k in settings for k in SECRET_SETTINGS):
+        return
+    kept = {k: v for k, v in settings.items() if k not in SECRET_SETTINGS}
+    fresh = path.with_name(path.name + ".stripped")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            fresh.unlink()
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write((json.dumps(kept, indent=2) + "\n").encode())
+        os.replace(fresh, path)
+    except OSError:  # something odd was planted there: the secrets go with the whole file
+        path.unlink()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -72,3 +74,49 @@ def test_stop_before_serving_still_ends_the_audit_log(tmp_path: Path) -> None:
     assert "asyncio" not in done.stderr.decode()
     assert _rules(settings.audit_log) == ["bundle-start", "bundle-stop"]
     assert verify(Path(settings.audit_log)).ok
+
+
+def test_a_bottle_flooding_its_audit_log_stops_its_bundle(tmp_path: Path) -> None:
+    """Issue 27 item 3: past its audit budget the bundle stops (the CLI then stops the
+    bottle), saying why, and the log says so as its last record."""
+    settings = _settings(tmp_path, audit_max=1 << 30, audit_rate=64 << 10)
+    settings_file = tmp_path / "bundle.json"
+    settings.dump(settings_file)
+    ready_r, ready_w = os.pipe()
+    bundle = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "claude_bottle.bundle.server",
+            str(settings_file),
+            "--ready-fd",
+            str(ready_w),
+        ],
+        stderr=subprocess.PIPE,
+        pass_fds=(ready_w,),
+    )
+    os.close(ready_w)
+    try:
+        with os.fdopen(ready_r, "rb") as ready:
+            assert ready.readline() == b"ready\n"
+        request = (
+            b"GET http://denied.test/" + b"a/" * 900 + b" HTTP/1.1\r\nHost: denied.test\r\n\r\n"
+        )
+        for _ in range(200):  # ~2 KB of audit log each, ~400 KB in all: six times the budget
+            if bundle.poll() is not None:
+                break
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                with contextlib.suppress(OSError):  # refused or reset once it has stopped
+                    client.connect(settings.proxy_socket)
+                    client.sendall(request)
+                    client.recv(4096)
+        _, stderr = bundle.communicate(timeout=60)
+    finally:
+        bundle.kill()
+        bundle.wait()
+    assert bundle.returncode != 0
+    assert "audit_rate" in stderr.decode()
+    assert _rules(settings.audit_log)[-1] == "audit:budget"
+    assert verify(Path(settings.audit_log)).ok
+    assert Path(settings.audit_log).stat().st_size < 400_000

@@ -302,6 +302,16 @@ def test_retrusting_a_changed_project_file_honours_it(env: Env) -> None:
     assert env.warnings == []
 
 
+def test_audit_budget_defaults_and_sizes(env: Env) -> None:
+    assert env.load().bottle.audit_max == 1 << 30
+    assert env.load().bottle.audit_rate == 64 << 20
+    env.write_user('[bottle]\naudit_max = "2G"\naudit_rate = "512KiB"\n')
+    bottle = env.load().bottle
+    assert (bottle.audit_max, bottle.audit_rate) == (2 << 30, 512 << 10)
+    env.write_user('[bottle]\naudit_max = "65536"\n')
+    assert env.load().bottle.audit_max == 65536
+
+
 # -- validation errors ------------------------------------------------------------------
 
 CASES: list[tuple[str, str, str]] = [
@@ -375,6 +385,8 @@ CASES: list[tuple[str, str, str]] = [
     ('[bottle]\nenv = ["NOT-A-NAME"]\n', "bottle.env[0]", "not an environment variable name"),
     ('[bottle]\nread_only = ["docs"]\n', "bottle.read_only[0]", "must be an absolute path"),
     ("[bottle]\ncommand = []\n", "bottle.command", "must name a program"),
+    ('[bottle]\naudit_max = "lots"\n', "bottle.audit_max", "not a size of at least 64K"),
+    ('[bottle]\naudit_rate = "1K"\n', "bottle.audit_rate", "not a size of at least 64K"),
     ('backend = "dockr"\n', "backend", 'unknown backend "dockr"; did you mean "docker"?'),
     ('[credentials]\nanthropic = "env:"\n', "credentials.anthropic", "needs a variable name"),
     ('[git.remotes.origin]\npush = ["main"]\n', "git.remotes.origin.url", "missing"),

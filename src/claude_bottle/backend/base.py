@@ -34,6 +34,14 @@ class LaunchRequest(NamedTuple):
     detach: bool = False
 
 
+def _binary_size(size: int) -> str:
+    """1073741824 -> "1 GiB"; a size that is no whole number of a unit stays in bytes."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
 @dataclasses.dataclass(frozen=True)
 class BottlePlan(Printable):
     """Backend-neutral part of a plan; backends subclass it with their own fields."""
@@ -65,6 +73,8 @@ class BottlePlan(Printable):
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
     nested_sandbox: bool  # user namespaces (and mounts in them) allowed inside
+    audit_max: int  # bytes of audit log in all, then the bottle fails closed
+    audit_rate: int  # bytes of audit log per minute, likewise
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -116,6 +126,11 @@ class BottlePlan(Printable):
                         else "not scanned ([dlp] enabled = false)",
                     ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
+                    (
+                        "audit log",
+                        f"stops the bottle past {_binary_size(self.audit_max)} "
+                        f"or {_binary_size(self.audit_rate)} a minute",
+                    ),
                 ),
             ),
             PlanSection(
@@ -233,6 +248,8 @@ def common_plan_fields(
         "gateway_features": gateway_features(config.gateway),
         "gateway_dlp": config.gateway.dlp,
         "nested_sandbox": config.bottle.nested_sandbox,
+        "audit_max": config.bottle.audit_max,
+        "audit_rate": config.bottle.audit_rate,
     }
 
 

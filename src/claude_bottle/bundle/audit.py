@@ -10,10 +10,11 @@ previous record's `hash` (`GENESIS` for the first). The bundle is the only write
 `submit`s records, which costs it microseconds; one writer thread builds them (in
 submission order, timestamps taken at submission), appends them and fsyncs after each
 batch (group commit: every record is fsync'd, one fsync covers a batch, batches are at
-most BATCH_INTERVAL apart). `sync()` waits for the disk, `close()` drains the queue first, and a
-failed write or fsync fails closed: later submissions raise AuditError and the owner is
-told. Paths are redacted (`redact_path`) before they are written, so query values and
-token-looking path segments never reach the disk.
+most BATCH_INTERVAL apart). `sync()` waits for the disk, `close()` drains the queue first, and
+any failure of the writer (a failed write or fsync, an exhausted `AuditBudget`, or any
+other exception, MemoryError included) fails closed: later submissions raise AuditError
+and the owner is told. Paths are redacted (`redact_path`) before they are written, so
+query values and token-looking path segments never reach the disk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
+from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
 from claude_bottle.errors import BottleError
 
 GENESIS = "0" * 64
@@ -84,6 +86,29 @@ _DIGIT = re.compile(r"[0-9]")
 
 class AuditError(BottleError):
     """The audit log cannot be written, or its chain cannot be resumed safely."""
+
+
+class AuditBudget(NamedTuple):  # not a dataclass: see bundle/settings.py
+    """How much one bottle's log may grow: `total` bytes in all (the file's size), and
+    `per_minute` bytes over any minute (a bucket that holds a minute's worth and refills
+    continuously). Past either, the log writes one last record saying so and fails
+    closed: a bottle that floods its audit log stops instead of filling the disk."""
+
+    total: int
+    per_minute: int
+
+
+_BUDGET_RECORD_ROOM = 4096  # the final over-budget record is written past the budget
+
+
+class _DiskError(AuditError):
+    """A write or fsync of the log failed (a full disk, an I/O error)."""
+
+
+RESERVE = 64 * 1024
+"""Disk space held next to the log (`<log>.reserve`) and given back when a write fails, so
+that a full disk still leaves room to say why the bottle stopped: a last record in the log,
+the bundle's message, the CLI's record of the bottle."""
 
 
 class VerifyResult(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -224,6 +249,11 @@ def redact_path(path: str) -> str:
         return _REDACTED
 
 
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: control, separator and bidi characters escaped."""
+    return _escape_unsafe(text)
+
+
 def format_record(record: Mapping[str, object]) -> str:
     """One human-readable line, e.g.
     `10:00:00.123  deny         egress     GET evil.test:80/path  rule=deny:not-allowlisted`.
@@ -348,8 +378,9 @@ class AuditLog:
     writer fails instead of forking the chain.
     """
 
-    def __init__(self, path: Path, bottle: str) -> None:
+    def __init__(self, path: Path, bottle: str, budget: AuditBudget | None = None) -> None:
         self.path = Path(path)
+        self.budget = budget or AuditBudget(DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE)
         self._on_failure: Callable[[AuditError], None] | None = None
         self.bottle = _clean(bottle, 256)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -370,6 +401,7 @@ class AuditLog:
             self._seq, self._prev = self._resume(fd, self._size)
             if not existed:
                 self._sync_dir()
+            self._reserve = self._hold_reserve()
         except BaseException:
             self._fd = None
             os.close(fd)
@@ -388,6 +420,13 @@ class AuditLog:
         # submission wake it: one that lands while it waits out a batch interval would
         # cost a thread switch (and the GIL) per record for nothing.
         self._writer_idle = False
+        # Made now: when the writer fails for want of memory, there may be none to make it.
+        self._crashed = AuditError(
+            f"the audit log writer of {self.path} failed",
+            "the bottle cannot run unaudited; see the bundle's log",
+        )
+        self._rate_allowance = float(self.budget.per_minute)
+        self._rate_checked = time.monotonic()
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._writer.start()
 
@@ -401,6 +440,28 @@ class AuditLog:
                 f"audit log {self.path} is already being written by another process",
                 "only the bottle's bundle writes its audit log; stop the other writer",
             ) from exc
+
+    def _hold_reserve(self) -> Path:
+        reserve = self.path.with_name(self.path.name + ".reserve")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(reserve, flags, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                reserve.unlink()
+            raise AuditError(
+                f"cannot write audit log {self.path}: {exc.strerror}",
+                "free disk space or fix the state directory; the bottle cannot run unaudited",
+            ) from exc
+        return reserve
+
+    def _release_reserve(self) -> None:
+        with contextlib.suppress(OSError):
+            self._reserve.unlink()
 
     def _sync_dir(self) -> None:
         with contextlib.suppress(OSError):
@@ -464,7 +525,11 @@ class AuditLog:
         if self._failure is not None:
             raise self._failure
         with self._cond:
-            if self._closing:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing or not self._writer.is_alive():
+                # A writer that is gone writes nothing: accepting records would let
+                # traffic flow unaudited.
                 raise AuditError(f"audit log {self.path} is closed")
             self._pending.append(item)
             self._submitted += 1
@@ -530,12 +595,53 @@ class AuditLog:
         self._size += len(data)
 
     def _write_error(self, exc: OSError) -> AuditError:
-        return AuditError(
+        return _DiskError(
             f"cannot write audit log {self.path}: {exc.strerror}",
             "free disk space or fix the state directory; the bottle cannot run unaudited",
         )
 
     def _write_loop(self) -> None:
+        """The writer thread: whatever ends it other than `close` fails the log closed."""
+        try:
+            self._write_batches()
+        except _DiskError as exc:
+            self._fail(self._last_words(exc))
+        except AuditError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(self._last_words(self._write_error(exc)))
+        except BaseException as exc:  # MemoryError, a bug: whatever it is, never fail open
+            failure = self._crashed
+            with contextlib.suppress(BaseException):  # out of memory, this may fail too
+                failure = AuditError(
+                    f"the audit log writer of {self.path} failed: {type(exc).__name__}",
+                    failure.hint,
+                )
+            self._fail(failure)
+
+    def _last_words(self, failure: AuditError) -> AuditError:
+        """After a failed write: give the reserve back, and try to end the log with why."""
+        self._release_reserve()
+        with contextlib.suppress(Exception):
+            fd = self._fd
+            assert fd is not None
+            _, line = self._build(
+                _item("lifecycle", "deny", rule="audit:failed", detail={"reason": failure.message})
+            )
+            self._append(fd, line)
+            os.fsync(fd)
+        return failure
+
+    def _fail(self, failure: AuditError) -> None:
+        with self._cond:
+            self._failure = failure
+            self._cond.notify_all()
+            on_failure = self._on_failure
+        if on_failure is not None:
+            with contextlib.suppress(Exception):
+                on_failure(failure)
+
+    def _write_batches(self) -> None:
         """Write what was submitted, then fsync it (one fsync per batch: group commit);
         after `close`, finish the queue first. Only this thread touches the chain."""
         fd = self._fd
@@ -562,43 +668,71 @@ class AuditLog:
                 batch = list(self._pending)
                 self._pending.clear()
                 kept = set(self._kept)
-            try:
-                lines = []
-                built: dict[int, dict[str, object]] = {}
-                for offset, item in enumerate(batch, start=self._written + 1):
-                    record, line = self._build(item)
-                    lines.append(line)
-                    if offset in kept:
-                        built[offset] = record
-                if lines:
-                    self._append(fd, b"".join(lines))
-                with self._cond:
-                    self._written += len(batch)
-                    self._kept_records.update(built)
-                    self._kept.difference_update(built)
-                    self._cond.notify_all()
-                    target = self._written
-                os.fsync(fd)
-            except OSError as exc:
-                failure = exc if isinstance(exc, AuditError) else self._write_error(exc)
-            except AuditError as exc:
-                failure = exc
-            else:
-                with self._cond:
-                    self._synced = target
-                    self._cond.notify_all()
-                continue
+            chain = self._seq, self._prev  # where the file's chain ends if this batch fails
+            lines = []
+            built: dict[int, dict[str, object]] = {}
+            for offset, item in enumerate(batch, start=self._written + 1):
+                record, line = self._build(item)
+                lines.append(line)
+                if offset in kept:
+                    built[offset] = record
+            data = b"".join(lines)
+            # What was submitted describes traffic that already happened: it is written
+            # whole, and an exhausted budget stops the bottle after it.
+            over_budget = self._over_budget(len(data))
+            if data:
+                try:
+                    self._append(fd, data)
+                except AuditError:
+                    self._seq, self._prev = chain  # the batch was cut off the file again
+                    raise
             with self._cond:
-                self._failure = failure
+                self._written += len(batch)
+                self._kept_records.update(built)
+                self._kept.difference_update(built)
                 self._cond.notify_all()
-                on_failure = self._on_failure
-            if on_failure is not None:
-                on_failure(failure)
-            return
+                target = self._written
+            os.fsync(fd)
+            if over_budget:  # before anyone waiting for the disk is told it is done
+                self._stop_over_budget(fd, over_budget)
+            with self._cond:
+                self._synced = target
+                self._cond.notify_all()
+
+    def _over_budget(self, size: int) -> str:
+        """Why writing `size` more bytes breaks the budget ("" when it does not)."""
+        budget = self.budget
+        if self._size + size > budget.total:
+            return f"the audit log reached its limit of {budget.total} bytes ([bottle] audit_max)"
+        now = time.monotonic()
+        refill = (now - self._rate_checked) * budget.per_minute / 60.0
+        self._rate_checked = now
+        self._rate_allowance = min(float(budget.per_minute), self._rate_allowance + refill)
+        self._rate_allowance -= size
+        if self._rate_allowance < 0:
+            return (
+                f"the bottle wrote more than {budget.per_minute} bytes of audit log in a "
+                "minute ([bottle] audit_rate)"
+            )
+        return ""
+
+    def _stop_over_budget(self, fd: int, reason: str) -> None:
+        """Record why the log stops (the one record written past the budget), then fail."""
+        _, line = self._build(
+            _item("lifecycle", "deny", rule="audit:budget", detail={"reason": reason})
+        )
+        if len(line) <= _BUDGET_RECORD_ROOM:
+            self._append(fd, line)
+            os.fsync(fd)
+        raise AuditError(
+            f"audit log {self.path}: {reason}; the bottle was stopped so that nothing "
+            "runs unaudited",
+            "raise the limit in ~/.config/claude-bottle/config.toml if this traffic is expected",
+        )
 
     def on_failure(self, callback: Callable[[AuditError], None]) -> None:
-        """Call `callback` (from the writer thread) when a write or fsync fails; at
-        once if one already has."""
+        """Call `callback` (from the writer thread) when the writer fails (a write, an
+        fsync, the budget, anything); at once if it already has."""
         with self._cond:
             self._on_failure = callback
             failure = self._failure
@@ -625,6 +759,7 @@ class AuditLog:
             self._cond.notify_all()
         if self._writer.is_alive() and self._writer is not threading.current_thread():
             self._writer.join()
+        self._release_reserve()
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

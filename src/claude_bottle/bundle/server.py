@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
-from claude_bottle.bundle.audit import AuditError, AuditLog
+from claude_bottle.bundle.audit import AuditBudget, AuditError, AuditLog
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.settings import BundleSettings
 
@@ -37,6 +37,9 @@ MAX_HANDOFF = 64 * 1024
 PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
 CONTROL_BACKLOG = 100
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOPPED = "claude-bottle bundle stopped: "
+"""How the bundle's last line in its log starts when it stopped on an error (the CLI
+shows the rest when it stops the bottle for it)."""
 
 
 class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -59,7 +62,11 @@ class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
 def open_bundle(settings: BundleSettings) -> Opened:
     """Open the audit log, publish the bottle's CA, bind every socket, and record
     `bundle-start`: all the bottle needs before its command runs."""
-    audit = AuditLog(Path(settings.audit_log), settings.bottle)
+    audit = AuditLog(
+        Path(settings.audit_log),
+        settings.bottle,
+        AuditBudget(settings.audit_max, settings.audit_rate),
+    )
     bound: list[socket.socket] = []
     try:
         interception = _interception(settings)
@@ -135,7 +142,7 @@ def _stop_on_signals(opened: Opened) -> None:
             )
             opened.audit.close()
         except AuditError as exc:
-            print(f"claude-bottle bundle stopped: {exc}", file=sys.stderr)
+            print(f"{STOPPED}{exc}", file=sys.stderr)
             code = 1
         sys.stderr.flush()
         os._exit(code)
@@ -219,7 +226,7 @@ def serve(settings: Path | int, *, ready_fd: int | None, parent_pid: int | None)
     try:
         opened = open_bundle(BundleSettings.load(settings))
     except AuditError as exc:
-        sys.exit(f"claude-bottle bundle stopped: {exc}")
+        sys.exit(f"{STOPPED}{exc}")
     _stop_on_signals(opened)
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -233,7 +240,7 @@ def serve(settings: Path | int, *, ready_fd: int | None, parent_pid: int | None)
         # own, and a third less added latency on a new connection (docs/benchmarks.md).
         uvloop.run(Bundle(opened).run())
     except AuditError as exc:
-        sys.exit(f"claude-bottle bundle stopped: {exc}")
+        sys.exit(f"{STOPPED}{exc}")
     # Everything is closed and the audit log is fsync'd; tearing the interpreter down
     # (freeing every module) would add a tenth of a second to each bottle's teardown.
     sys.stdout.flush()

@@ -13,6 +13,13 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+DEFAULT_AUDIT_MAX = 1 << 30
+"""`[bottle] audit_max`: how large one bottle's audit log may grow (1 GiB)."""
+DEFAULT_AUDIT_RATE = 64 << 20
+"""`[bottle] audit_rate`: audit log bytes a bottle may cause per minute (64 MiB). A busy
+agent writes well under 1 MiB a minute (a record is ~300 bytes to a few KiB); a flood
+of a gigabyte a minute stops within seconds."""
+
 
 class Pin(NamedTuple):
     host: str
@@ -46,6 +53,8 @@ class BundleSettings(NamedTuple):
     oauth_token_url: str | None = None
     gateway_features: tuple[str, ...] = ("web_search",)  # api_policy.FEATURES switched on
     gateway_dlp_block: bool = False  # a secret in a prompt refuses the call, else is recorded
+    audit_max: int = DEFAULT_AUDIT_MAX
+    audit_rate: int = DEFAULT_AUDIT_RATE
 
     def dump(self, path: Path) -> None:
         fields = {**self._asdict(), "pins": [pin._asdict() for pin in self.pins]}

@@ -101,7 +101,8 @@ def say_where_credentials_go(plan: BottlePlan) -> None:
 
 
 def _is_tty() -> bool:
-    return sys.stdin.isatty() and sys.stdout.isatty()
+    """A terminal on stdin: the command gets a pty the CLI owns; else pipes (terminal.py)."""
+    return sys.stdin.isatty()
 
 
 def _check_credential(plan: BottlePlan) -> None:
@@ -176,7 +177,10 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
     # out (or its bottle), so that is reported, not hidden behind the command's own status.
     died_meanwhile = None if failure else bottle.alive()
     if owns_bottle:
-        state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+        try:
+            state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+        except OSError as exc:  # e.g. the disk is full: why the bottle stopped comes first
+            _say(f"warning: cannot record how bottle {bottle.name} ended: {exc.strerror}")
     if failure:
         _say(
             f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped"
@@ -193,9 +197,20 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
 
 
 def _bundle_log_hint(name: str) -> str:
-    """Where a host bundle said why it stopped; the docker backend's bundle logs elsewhere."""
+    """Why a host bundle stopped, when it said (e.g. its audit log failed or hit its
+    budget), and where its log is; the docker backend's bundle logs elsewhere."""
     log = paths.state_dir(name) / "bundle.log"
-    return f"; see {log}" if log.is_file() and log.stat().st_size else ""
+    if not (log.is_file() and log.stat().st_size):
+        return ""
+    from claude_bottle.bundle.audit import printable
+    from claude_bottle.bundle.server import STOPPED
+
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 8192))
+        tail = handle.read(8192).decode("utf-8", "replace")
+    said = [line for line in tail.splitlines() if line.startswith(STOPPED)]
+    reason = f" ({printable(said[-1][len(STOPPED) :])[:500]})" if said else ""
+    return f"{reason}; see {log}"
 
 
 def _record(name: str) -> dict[str, Any]:

@@ -131,7 +131,14 @@ SCHEMA: Final = _Table(
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
         "bottle": _Table(
-            {"command": _STRS, "read_only": _STRS, "env": _STRS, "nested_sandbox": _BOOL}
+            {
+                "command": _STRS,
+                "read_only": _STRS,
+                "env": _STRS,
+                "nested_sandbox": _BOOL,
+                "audit_max": _STR,
+                "audit_rate": _STR,
+            }
         ),
     }
 )
@@ -347,6 +354,7 @@ class _Merged:
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
     nested_sandbox: bool = False
+    audit: dict[str, int] = field(default_factory=dict)
     sources: list[ConfigSource] = field(default_factory=list)
 
     # -- a whole file
@@ -520,6 +528,9 @@ class _Merged:
             self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
         if "nested_sandbox" in bottle:
             self.nested_sandbox = _bool(bottle["nested_sandbox"])
+        for key in ("audit_max", "audit_rate"):
+            if key in bottle:
+                self.audit[key] = _byte_size(_str(bottle[key]), f"bottle.{key}", src)
 
     # -- the result
 
@@ -557,6 +568,7 @@ class _Merged:
                 read_only=tuple(self.read_only),
                 env=tuple(self.env),
                 nested_sandbox=self.nested_sandbox,
+                **self.audit,
             ),
             sources=tuple(self.sources),
         )
@@ -746,6 +758,20 @@ def _branch_pattern(pattern: str, key: str, src: _Source) -> str:
             'use branch names with * wildcards, e.g. push = ["claude/*"]',
         )
     return pattern
+
+
+_BYTE_SIZE = re.compile(r"([0-9]{1,15})\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_UNIT_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def _byte_size(raw: str, key: str, src: _Source) -> int:
+    """A size such as "1G", "64M" or "65536" (binary units), at least 64 KiB."""
+    match = _BYTE_SIZE.fullmatch(raw.strip())
+    size = int(match[1]) << _UNIT_SHIFT[match[2].upper()] if match else 0
+    if size < 64 << 10:
+        name = key.rpartition(".")[2]
+        raise src.error(key, f"{raw!r} is not a size of at least 64K", f'e.g. {name} = "1G"')
+    return size
 
 
 def _read_only_path(raw: str, key: str, src: _Source) -> str:

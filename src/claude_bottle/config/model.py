@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# The bundle's own defaults; it ships without this package (docker's bundle image).
+from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+
 EGRESS_MODES = ("enforce", "audit", "ask")
 GATEWAY_DLP_MODES = ("audit", "block")  # a secret in a prompt: recorded, or refused
 DEFAULT_ALLOW = ("api.anthropic.com",)
@@ -77,6 +80,8 @@ class BottleSection(NamedTuple):
     # Let the agent create user namespaces (and mount inside them) for tools that sandbox
     # themselves: Chromium/Playwright, Claude Code's own sandbox. Off: kernel attack surface.
     nested_sandbox: bool = False
+    audit_max: int = DEFAULT_AUDIT_MAX  # bytes of audit log, in all
+    audit_rate: int = DEFAULT_AUDIT_RATE  # bytes of audit log per minute
 
 
 class ConfigSource(NamedTuple):

@@ -327,6 +327,8 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         gateway_features=plan.gateway_features,
         gateway_dlp_block=plan.gateway_dlp == "block",
         oauth_token_url=plan.oauth_token_url,
+        audit_max=plan.audit_max,
+        audit_rate=plan.audit_rate,
         dlp_enabled=plan.dlp_enabled,
         dlp_block=plan.dlp_block,
         dlp_patterns=plan.dlp_patterns,

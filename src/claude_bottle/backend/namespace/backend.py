@@ -250,6 +250,8 @@ class NamespaceBackend(BottleBackend):
             gateway_features=plan.gateway_features,
             gateway_dlp_block=plan.gateway_dlp == "block",
             oauth_token_url=plan.oauth_token_url,
+            audit_max=plan.audit_max,
+            audit_rate=plan.audit_rate,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

@@ -15,7 +15,7 @@ from claude_bottle.backend.base import Bottle, ExecResult
 from claude_bottle.errors import BottleError
 from claude_bottle.execproto import ExecSession
 from claude_bottle.state import process_alive
-from claude_bottle.terminal import run_in_pty
+from claude_bottle.terminal import run_in_pty, run_with_pipes
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -37,6 +37,12 @@ class NamespaceBottle(Bottle):
         self.processes = dict(processes)
         self.detached = False
 
+    @property
+    def relay_pid(self) -> int | None:
+        """The relay (process 1) as this host sees it: the only peer the exec socket may have."""
+        ref = self.processes.get("bottle")
+        return int(ref["pid"]) if ref else None
+
     def alive(self) -> str | None:
         for role, ref in self.processes.items():
             if not process_alive(ref):
@@ -45,7 +51,9 @@ class NamespaceBottle(Bottle):
         return None
 
     def _session(self, argv: Sequence[str], fds: tuple[int, int, int], tty: bool) -> ExecSession:
-        return ExecSession(self.exec_socket, argv, self.env, self.workspace, fds, tty)
+        return ExecSession(
+            self.exec_socket, argv, self.env, self.workspace, fds, tty, relay_pid=self.relay_pid
+        )
 
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
         # Forwarding starts before the command does: a signal that arrives while it is being
@@ -59,7 +67,12 @@ class NamespaceBottle(Bottle):
                         return deferred.started(self._session(argv, (slave, slave, slave), True))
 
                     return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
-                return deferred.started(self._session(argv, (0, 1, 2), False)).wait()
+
+                # Never the user's own fds: stdout or stderr may be their terminal.
+                def start_piped(fds: tuple[int, int, int]) -> ExecSession:
+                    return deferred.started(self._session(argv, fds, False))
+
+                return run_with_pipes(start_piped, lambda s: s.fileno(), lambda s: s.wait())
             except BottleError:
                 if deferred.stopped_by is None:
                     raise
@@ -129,6 +142,7 @@ class NamespaceBottle(Bottle):
                 (null, out, out),
                 False,
                 detach=True,
+                relay_pid=self.relay_pid,
             )
         finally:
             os.close(null)

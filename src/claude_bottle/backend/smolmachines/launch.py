@@ -125,6 +125,8 @@ def launch_bottle(
         gateway_features=plan.gateway_features,
         gateway_dlp_block=plan.gateway_dlp == "block",
         oauth_token_url=plan.oauth_token_url,
+        audit_max=plan.audit_max,
+        audit_rate=plan.audit_rate,
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
