@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 from claude_bottle.config.model import Config
 from claude_bottle.errors import MissingDependency
 from claude_bottle.plan import PlanSection, Printable
+from claude_bottle.workspace_guard import GuardPlan, plan_guard
 
 
 class ExecResult(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -62,6 +63,7 @@ class BottlePlan(Printable):
     oauth_token_url: str | None
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
+    workspace_guard: GuardPlan
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -74,6 +76,7 @@ class BottlePlan(Printable):
                     ("state", self.state_dir),
                     ("runtime", self.runtime_dir),
                     ("config", ", ".join(self.config_sources) or "built-in defaults"),
+                    *self.workspace_guard.describe(),
                 ),
             ),
             PlanSection(
@@ -187,6 +190,9 @@ def common_plan_fields(
         "gateway_ca_file": config.gateway.upstream_ca_file,
         "max_tokens_total": config.gateway.max_tokens_total,
         "oauth_token_url": config.gateway.oauth_token_url,
+        "workspace_guard": plan_guard(
+            str(request.workspace.resolve()), state_dir, config.bottle.host_tools
+        ),
     }
 
 

@@ -41,6 +41,7 @@ from claude_bottle.config.model import (
     DEFAULT_BACKEND,
     DEFAULT_COMMAND,
     EGRESS_MODES,
+    HOST_TOOLS_MODES,
     BottleSection,
     Config,
     CredentialsConfig,
@@ -122,7 +123,7 @@ SCHEMA: Final = _Table(
             }
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
-        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
+        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS, "host_tools": _STR}),
     }
 )
 
@@ -336,6 +337,7 @@ class _Merged:
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
+    host_tools: str = "warn"
     sources: list[str] = field(default_factory=list)
 
     # -- a whole file
@@ -491,6 +493,15 @@ class _Merged:
             self.read_only.setdefault(_read_only_path(raw, f"bottle.read_only[{index}]", src))
         for index, name in enumerate(_strs(bottle.get("env"))):
             self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
+        if "host_tools" in bottle:
+            mode = _str(bottle["host_tools"])
+            if mode not in HOST_TOOLS_MODES:
+                raise src.error(
+                    "bottle.host_tools",
+                    f"must be one of {', '.join(HOST_TOOLS_MODES)}, not {mode!r}",
+                    '"warn" lists changed host-tool files at exit; "revert" restores them',
+                )
+            self.host_tools = mode
 
     # -- the result
 
@@ -524,7 +535,10 @@ class _Merged:
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(
-                command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)
+                command=self.command,
+                read_only=tuple(self.read_only),
+                env=tuple(self.env),
+                host_tools=self.host_tools,
             ),
             sources=tuple(self.sources),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 EGRESS_MODES = ("enforce", "audit", "ask")
+HOST_TOOLS_MODES = ("warn", "revert")
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
 DEFAULT_BACKEND = "namespace"
@@ -67,6 +68,7 @@ class BottleSection(NamedTuple):
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: tuple[str, ...] = ()  # host paths granted read-only (may start with ~/)
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
+    host_tools: str = "warn"  # host-tool files the bottle changed: "warn" lists, "revert" restores
 
 
 class Config(NamedTuple):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import paths, state
+from claude_bottle import paths, state, workspace_guard
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -160,7 +160,7 @@ class NamespaceBackend(BottleBackend):
         )
         return NamespaceBottlePlan(
             **common,
-            bwrap=spec,
+            bwrap=spec._replace(guard_mounts=common["workspace_guard"].mounts),
         )
 
     # --- launch ---------------------------------------------------------------
@@ -197,6 +197,7 @@ class NamespaceBackend(BottleBackend):
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
+        workspace_guard.prepare(plan.workspace_guard)
 
         settings = BundleSettings(
             bottle=plan.name,

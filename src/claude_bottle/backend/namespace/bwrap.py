@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from claude_bottle.bottle_env import GATEWAY_PORT, SYSTEM_CA_BUNDLE
+from claude_bottle.workspace_guard import GitMount
 
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
 
@@ -27,6 +28,7 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
     ca_bundle: str | None = None  # host file shown as the system trust store (interception)
     die_with_parent: bool = True
+    guard_mounts: tuple[GitMount, ...] = ()  # the bottle's own .git over the workspace's
 
 
 def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
@@ -70,6 +72,8 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
     for path in (*spec.toolchain, *spec.read_only):
         argv += ["--ro-bind", path, path]
     argv += ["--bind", spec.workspace, spec.workspace]
+    for mount in spec.guard_mounts:
+        argv += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.target]
     argv += [
         "--ro-bind",
         spec.bundle_dir,
