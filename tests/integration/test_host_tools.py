@@ -331,3 +331,32 @@ def test_no_setuid_file_or_capability_leaves_the_bottle(bottle_env: BottleEnv) -
         if f"set {name}" in result.stdout:
             assert f"setuid {name}: cleared" in result.stderr, result.stderr
     assert keep.stat().st_mode & stat.S_ISUID  # the user's own file is left alone
+
+
+def test_submodule_git_dirs_are_guarded_too(bottle_env: BottleEnv, tmp_path: Path) -> None:
+    ws = bottle_env.workspace
+    upstream = tmp_path / "lib"
+    upstream.mkdir()
+    make_repo(upstream)
+    make_repo(ws)
+    git(ws, "-c", "protocol.file.allow=always", "submodule", "-q", "add", str(upstream), "lib")
+    git(ws, "commit", "-qm", "add lib")
+    assert (ws / ".git" / "modules" / "lib" / "config").is_file()
+    result = bottle_env.sh(
+        f"cd {ws}/lib && git config core.fsmonitor 'uname -n >> {ws}/marker #' && "
+        f"printf '#!/bin/sh\\nuname -n >> {ws}/marker\\n' > $(git rev-parse --git-dir)/hooks/"
+        "post-checkout && chmod +x $(git rev-parse --git-dir)/hooks/post-checkout && "
+        "git config user.email a@b && git config user.name a && "
+        "echo sub >> f && git commit -qam sub && git checkout -qb subbranch && "
+        "echo sub-head=$(git rev-parse HEAD)"
+    )
+    assert result.returncode == 0, result.stderr
+    sub_head = result.stdout.split("sub-head=")[1].strip()
+    git(ws, "status")  # recurses into the submodule: its config and hooks are the host's
+    git(ws / "lib", "status")
+    git(ws / "lib", "checkout", "-q", "main", check=False)
+    assert host_ran(ws / "marker") == []
+    sub_config = (ws / ".git" / "modules" / "lib" / "config").read_text()
+    assert "fsmonitor" not in sub_config
+    assert git(ws / "lib", "rev-parse", "subbranch").strip() == sub_head
+    git(ws / "lib", "fsck", "--strict")
