@@ -104,6 +104,13 @@ def _host_config_paths(workspace: str, git_dir: str | None) -> tuple[str, ...]:
     """Workspace paths the host's own git config runs or reads: a hooks path, includes."""
     if not git_dir:
         return ()
+    try:
+        with open(os.path.join(git_dir, "config"), "rb") as handle:
+            text = handle.read(git_shadow.MAX_CONFIG).lower()
+    except OSError:
+        return ()
+    if b"include" not in text and b"hookspath" not in text:
+        return ()  # the common case, without running git at every start
     found = git_shadow.host_git(
         git_dir, "config", "--local", "--includes", "--show-origin", "--null", "--list"
     )
@@ -174,9 +181,11 @@ def finish(state_dir: str) -> list[Finding]:
     plan = GuardPlan(**record["plan"])
     since_ns = int(record["since_ns"])
     findings: list[Finding] = []
+    keep_shadow = False
     if plan.git_dir:
         for start in git_shadow.snapshots_from_json(record["repos"]):
             changes = git_shadow.carry_back(plan.git_dir, plan.shadow, start)
+            keep_shadow |= any(c.what in ("ref", "HEAD") and c.action != "applied" for c in changes)
             findings += [_git_finding(plan, start.rel, c) for c in changes]
     watch = _watch(plan)
     result = sweep(plan.workspace, since_ns, watch.watched)
@@ -197,7 +206,12 @@ def finish(state_dir: str) -> list[Finding]:
             Finding("host-file", rel, "changed", "a host tool may run it; review before use")
             for rel in result.changed
         ]
-    others = [plan.shadow, os.path.join(state_dir, "home")]
+    others = [os.path.join(state_dir, "home")]
+    if keep_shadow:
+        others.append(plan.shadow)  # the only place the bottle's commits are named: keep it
+        findings.append(Finding("git", plan.shadow, "kept", "the bottle's refs are there"))
+    else:
+        shutil.rmtree(plan.shadow, ignore_errors=True)
     results = [result, *(sweep(root, since_ns) for root in others if os.path.isdir(root))]
     for swept in results:
         findings += [Finding("setuid", rel, "cleared") for rel in swept.cleared]

@@ -23,6 +23,7 @@ uncommitted changes until then; their objects are already in the shared store.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -73,7 +74,7 @@ class RepoSnapshot(NamedTuple):
     refs: dict[str, str]  # name -> oid, or "ref: <target>" for a symbolic ref
     head: str
     head_commit: str  # what HEAD resolved to ("" when unborn)
-    config: list[tuple[str, str]]
+    config: str  # the config file's bytes, base64 (parsed only if the bottle changed it)
     guarded: dict[str, str]  # hooks/ and info/ files -> digest
 
 
@@ -225,11 +226,6 @@ def read_head(root: str, rel: str) -> str:
     return _ref_value(raw or b"")
 
 
-def file_digest(root: str, rel: str, limit: int = 1 << 30) -> str:
-    data = safefs.read_beneath(root, rel, limit)
-    return "" if data is None else hashlib.sha256(data).hexdigest()
-
-
 def tree_digest(root: str, rel: str) -> dict[str, str]:
     """Files and links below `root/rel` -> a digest of each, read without following links."""
     result: dict[str, str] = {}
@@ -254,9 +250,8 @@ def tree_digest(root: str, rel: str) -> dict[str, str]:
     return result
 
 
-def read_config(root: str, rel: str) -> list[tuple[str, str]]:
-    """The config file's entries, parsed by git from bytes read here (no includes, no links)."""
-    raw = safefs.read_beneath(root, f"{rel}/config" if rel else "config", MAX_CONFIG)
+def parse_config(raw: bytes | None) -> list[tuple[str, str]]:
+    """A config file's entries, parsed by git from bytes read here (no includes, no links)."""
     if raw is None:
         return []
     done = host_git(None, "config", "--file", "-", "--no-includes", "--null", "--list", stdin=raw)
@@ -271,21 +266,33 @@ def read_config(root: str, rel: str) -> list[tuple[str, str]]:
 
 
 def snapshot(root: str, rel: str) -> RepoSnapshot:
+    """The git dir at launch, read without running git (start-up time matters)."""
     base = f"{rel}/" if rel else ""
-    real_git_dir = os.path.join(root, rel)
-    head_commit = host_git(real_git_dir, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+    refs = read_refs(root, rel)
+    head = read_head(root, rel)
+    config = safefs.read_beneath(root, f"{base}config", MAX_CONFIG) or b""
     return RepoSnapshot(
         rel=rel,
-        refs=read_refs(root, rel),
-        head=read_head(root, rel),
-        head_commit=head_commit.stdout.decode().strip() if head_commit.returncode == 0 else "",
-        config=read_config(root, rel),
+        refs=refs,
+        head=head,
+        head_commit=_resolve(head, refs),
+        config=base64.b64encode(config).decode(),
         guarded={
             f"{name}/{path}": digest
             for name in GUARDED_DIRS
             for path, digest in tree_digest(root, f"{base}{name}").items()
         },
     )
+
+
+def _resolve(head: str, refs: Mapping[str, str]) -> str:
+    """The oid HEAD names through at most a few symbolic refs ("" when unborn)."""
+    value = head
+    for _ in range(5):
+        if not value.startswith("ref: "):
+            return value
+        value = refs.get(value[5:], "")
+    return ""
 
 
 # --- carrying the bottle's changes back ---------------------------------------------------
@@ -295,23 +302,11 @@ def carry_back(real: str, shadow: str, start: RepoSnapshot) -> list[Change]:
     """Apply the bottle's ref, HEAD and allowlisted config changes to the host's git dir."""
     rel = start.rel
     real_git_dir = os.path.join(real, rel)
-    # Whether the host's index holds nothing staged against the launch's HEAD: a user's
-    # `git status` meanwhile rewrites the file, so its bytes cannot tell.
-    base_tree = start.head_commit or _empty_tree(real_git_dir)
-    unstaged = host_git(real_git_dir, "diff-index", "--cached", "--quiet", base_tree)
-    changes = _carry_refs(real, shadow, start, real_git_dir)
-    changes += _carry_head(real, shadow, start, real_git_dir)
-    after = host_git(real_git_dir, "rev-parse", "--verify", "-q", "HEAD^{commit}")
-    moved = after.returncode == 0 and after.stdout.decode().strip() != start.head_commit
     base = f"{rel}/" if rel else ""
-    if moved and unstaged.returncode == 0:
-        # The host's index still describes the old HEAD: make it describe the new one
-        # (the working tree already has the bottle's files), or every carried commit
-        # would show as staged in reverse. What the agent staged but did not commit stays
-        # in the working tree, unstaged.
-        host_git(real_git_dir, "read-tree", "HEAD")
-    elif moved:
-        changes.append(Change("index", "index", "not applied", "the host has staged changes"))
+    changes: list[Change] = []
+    end_refs, end_head = read_refs(shadow, rel), read_head(shadow, rel)
+    if end_refs != start.refs or (end_head and end_head != start.head):
+        changes += _carry_refs_and_head(real, start, real_git_dir, end_refs, end_head)
     changes += _carry_config(real_git_dir, shadow, start)
     end_guarded = {
         f"{name}/{path}": digest
@@ -332,8 +327,31 @@ def _empty_tree(git_dir: str) -> str:
     return done.stdout.decode().strip()
 
 
-def _carry_refs(real: str, shadow: str, start: RepoSnapshot, git_dir: str) -> list[Change]:
-    end = read_refs(shadow, start.rel)
+def _carry_refs_and_head(
+    real: str, start: RepoSnapshot, git_dir: str, end_refs: Mapping[str, str], end_head: str
+) -> list[Change]:
+    # Whether the host's index holds nothing staged against the launch's HEAD: a user's
+    # `git status` meanwhile rewrites the file, so its bytes cannot tell.
+    base_tree = start.head_commit or _empty_tree(git_dir)
+    unstaged = host_git(git_dir, "diff-index", "--cached", "--quiet", base_tree)
+    changes = _carry_refs(real, start, git_dir, end_refs)
+    changes += _carry_head(real, start, git_dir, end_head)
+    after = host_git(git_dir, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+    moved = after.returncode == 0 and after.stdout.decode().strip() != start.head_commit
+    if moved and unstaged.returncode == 0:
+        # The host's index still describes the old HEAD: make it describe the new one
+        # (the working tree already has the bottle's files), or every carried commit
+        # would show as staged in reverse. What the agent staged but did not commit stays
+        # in the working tree, unstaged.
+        host_git(git_dir, "read-tree", "HEAD")
+    elif moved:
+        changes.append(Change("index", "index", "not applied", "the host has staged changes"))
+    return changes
+
+
+def _carry_refs(
+    real: str, start: RepoSnapshot, git_dir: str, end: Mapping[str, str]
+) -> list[Change]:
     host = read_refs(real, start.rel)
     changes = []
     for name in sorted(set(start.refs) | set(end)):
@@ -359,8 +377,7 @@ def _carry_refs(real: str, shadow: str, start: RepoSnapshot, git_dir: str) -> li
     return changes
 
 
-def _carry_head(real: str, shadow: str, start: RepoSnapshot, git_dir: str) -> list[Change]:
-    after = read_head(shadow, start.rel)
+def _carry_head(real: str, start: RepoSnapshot, git_dir: str, after: str) -> list[Change]:
     if not after or after == start.head:
         return []
     if read_head(real, start.rel) != start.head:
@@ -376,8 +393,13 @@ def _carry_head(real: str, shadow: str, start: RepoSnapshot, git_dir: str) -> li
 
 
 def _carry_config(git_dir: str, shadow: str, start: RepoSnapshot) -> list[Change]:
-    end = read_config(shadow, start.rel)
-    changed = sorted(_by_key(start.config).items() ^ _by_key(end).items())
+    rel = start.rel
+    raw = safefs.read_beneath(shadow, f"{rel}/config" if rel else "config", MAX_CONFIG)
+    before_raw = base64.b64decode(start.config)
+    if raw == before_raw:
+        return []
+    end, before = parse_config(raw), parse_config(before_raw)
+    changed = sorted(_by_key(before).items() ^ _by_key(end).items())
     changes = []
     for key in sorted({key for key, _ in changed}):
         values = _by_key(end).get(key, ())
@@ -454,6 +476,6 @@ def snapshots_from_json(raw: Sequence[Mapping[str, object]]) -> Iterator[RepoSna
             refs=dict(item["refs"]),  # type: ignore[call-overload]
             head=str(item["head"]),
             head_commit=str(item["head_commit"]),
-            config=[(str(k), str(v)) for k, v in item["config"]],  # type: ignore[attr-defined]
+            config=str(item["config"]),
             guarded=dict(item["guarded"]),  # type: ignore[call-overload]
         )
