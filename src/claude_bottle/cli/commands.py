@@ -106,6 +106,7 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
 
 
 def _launch_and_run(backend: BottleBackend, plan: BottlePlan, *, detach: bool) -> int:
+    _finish_workspace(plan.name)  # an earlier launch that ended unseen (kill -9, detached)
     try:
         with backend.launch(plan) as bottle:
             state.update_record(plan.name, owner=state.process_ref(os.getpid()))

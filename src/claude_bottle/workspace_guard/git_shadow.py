@@ -250,13 +250,12 @@ def tree_digest(root: str, rel: str) -> dict[str, str]:
     return result
 
 
-def parse_config(raw: bytes | None) -> list[tuple[str, str]]:
-    """A config file's entries, parsed by git from bytes read here (no includes, no links)."""
-    if raw is None:
-        return []
+def parse_config(raw: bytes) -> list[tuple[str, str]] | None:
+    """A config file's entries, parsed by git from bytes read here (no includes, no links);
+    None if git cannot parse it."""
     done = host_git(None, "config", "--file", "-", "--no-includes", "--null", "--list", stdin=raw)
     if done.returncode != 0:
-        return [("(unparsable config)", "")]
+        return None
     entries = []
     for item in done.stdout.split(b"\0"):
         if item:
@@ -398,7 +397,11 @@ def _carry_config(git_dir: str, shadow: str, start: RepoSnapshot) -> list[Change
     before_raw = base64.b64decode(start.config)
     if raw == before_raw:
         return []
+    if raw is None:
+        return [Change("config", "config", "not applied", "not a regular file any more")]
     end, before = parse_config(raw), parse_config(before_raw)
+    if end is None or before is None:
+        return [Change("config", "config", "not applied", "git cannot parse it")]
     changed = sorted(_by_key(before).items() ^ _by_key(end).items())
     changes = []
     for key in sorted({key for key, _ in changed}):
