@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from claude_bottle.errors import LaunchError
+from claude_bottle.errors import ConfigError, LaunchError
 from claude_bottle.workspace_guard import safefs
 
 SHARED_DIRS = ("objects", "lfs", "annex")  # content-addressed: safe to share read-write
@@ -100,7 +100,7 @@ def find_git_dir(workspace: str) -> tuple[str | None, str | None]:
     except FileNotFoundError:
         return None, None
     if stat.S_ISLNK(st.st_mode):
-        raise LaunchError(
+        raise ConfigError(
             f"{dotgit} is a symlink; the bottle could repoint it at a repository of its own",
             "replace the symlink with the directory (or a `gitdir:` file) it points to",
         )
