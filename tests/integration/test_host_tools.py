@@ -360,3 +360,30 @@ def test_submodule_git_dirs_are_guarded_too(bottle_env: BottleEnv, tmp_path: Pat
     assert "fsmonitor" not in sub_config
     assert git(ws / "lib", "rev-parse", "subbranch").strip() == sub_head
     git(ws / "lib", "fsck", "--strict")
+
+
+def test_a_repository_the_bottle_creates_is_not_the_hosts(bottle_env: BottleEnv) -> None:
+    ws = bottle_env.workspace
+    go = ws / "go"
+    proc = bottle_env.start(
+        f"cd {ws} && git init -q && git config core.fsmonitor 'uname -n >> {ws}/marker #' && "
+        f"printf '#!/bin/sh\\nuname -n >> {ws}/marker\\n' > .git/hooks/post-checkout && "
+        "chmod +x .git/hooks/post-checkout && git status >/dev/null && touch ready && "
+        f"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (ws / "ready").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (ws / "ready").exists(), proc.stderr.read() if proc.stderr else ""
+        status = subprocess.run(
+            ["git", "status"], cwd=ws, capture_output=True, text=True, timeout=30
+        )
+        assert status.returncode != 0  # no repository here for the host
+        assert host_ran(ws / "marker") == []
+    finally:
+        go.touch()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not (ws / ".git").exists()
+    assert "the bottle made a repository" in err

@@ -10,6 +10,7 @@ and lists (or reverts) the host-tool files it created or changed. See `git_shado
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ class GuardPlan(NamedTuple):
 
     workspace: str
     git_dir: str | None  # the git dir the bottle gets a private copy of (same path inside)
+    fresh_git: bool  # no repository: the bottle's `git init` lands in its own empty .git
     dot_git_file: str | None  # a `.git` file, bound read-only
     repos: tuple[str, ...]  # git dirs inside git_dir: "" and modules/<name>
     shadow: str  # host dir of the private copy
@@ -50,15 +52,18 @@ class GuardPlan(NamedTuple):
     mounts: tuple[GitMount, ...]  # what every backend mounts, in this order
 
     def describe(self) -> tuple[tuple[str, str], ...]:
-        if self.git_dir:
+        if self.fresh_git:
+            git = (
+                f"no repository: {self.workspace}/.git is the bottle's own (empty) "
+                "directory; a repository the bottle makes is kept in its state dir"
+            )
+        elif self.git_dir:
             git = (
                 f"{self.git_dir}: the bottle's own copy (objects shared); refs, HEAD, "
                 "branch tracking and user.* carried back at exit, other config listed"
             )
-        elif self.dot_git_file:
-            git = f"{self.dot_git_file} read-only"
         else:
-            git = "no repository in the workspace"
+            git = f"{self.dot_git_file} read-only"
         return (
             ("git", git),
             ("host tools", f"{self.host_tools} at exit (.envrc, .vscode/, hooks, …)"),
@@ -87,9 +92,16 @@ def plan_guard(workspace: str, state_dir: str, host_tools: str) -> GuardPlan:
     mounts = git_shadow.mounts(git_dir, shadow, repos) if git_dir else []
     if dot_git_file:
         mounts.append(GitMount(dot_git_file, dot_git_file, True))
+    # Without a repository, a `.git` the bottle made would be honoured by the host's git
+    # (the user's prompt runs `git status` here): the bottle gets an empty one of its own,
+    # over an empty mount point that the host's git looks past.
+    fresh_git = not git_dir and not dot_git_file
+    if fresh_git:
+        mounts.append(GitMount(shadow, os.path.join(workspace, ".git"), False))
     return GuardPlan(
         workspace=workspace,
         git_dir=git_dir,
+        fresh_git=fresh_git,
         dot_git_file=dot_git_file,
         repos=repos,
         shadow=shadow,
@@ -139,6 +151,8 @@ def prepare(plan: GuardPlan) -> None:
     since_ns = os.stat(marker).st_ctime_ns - CTIME_SLACK_NS
     shutil.rmtree(plan.shadow, ignore_errors=True)  # an earlier run's: never reused
     snapshots: list[git_shadow.RepoSnapshot] = []
+    if plan.fresh_git:
+        Path(plan.shadow).mkdir(mode=0o700)
     if plan.git_dir:
         git_shadow.build_shadow(plan.git_dir, Path(plan.shadow), plan.repos)
         snapshots = [git_shadow.snapshot(plan.git_dir, rel) for rel in plan.repos]
@@ -158,6 +172,8 @@ def prepare(plan: GuardPlan) -> None:
 
 def _watch(plan: GuardPlan) -> host_files.Watch:
     guarded = os.path.relpath(plan.git_dir, plan.workspace) if plan.git_dir else None
+    if plan.fresh_git:
+        guarded = ".git"
     return host_files.Watch(guarded, plan.extra_watched)
 
 
@@ -187,6 +203,8 @@ def finish(state_dir: str) -> list[Finding]:
             changes = git_shadow.carry_back(plan.git_dir, plan.shadow, start)
             keep_shadow |= any(c.what in ("ref", "HEAD") and c.action != "applied" for c in changes)
             findings += [_git_finding(plan, start.rel, c) for c in changes]
+    if plan.fresh_git:
+        keep_shadow = _finish_fresh_git(plan, findings)
     watch = _watch(plan)
     result = sweep(plan.workspace, since_ns, watch.watched)
     if plan.host_tools == "revert":
@@ -209,7 +227,8 @@ def finish(state_dir: str) -> list[Finding]:
     others = [os.path.join(state_dir, "home")]
     if keep_shadow:
         others.append(plan.shadow)  # the only place the bottle's commits are named: keep it
-        findings.append(Finding("git", plan.shadow, "kept", "the bottle's refs are there"))
+        if not plan.fresh_git:
+            findings.append(Finding("git", plan.shadow, "kept", "the bottle's refs are there"))
     else:
         shutil.rmtree(plan.shadow, ignore_errors=True)
     results = [result, *(sweep(root, since_ns) for root in others if os.path.isdir(root))]
@@ -219,6 +238,21 @@ def finish(state_dir: str) -> list[Finding]:
         if swept.incomplete:
             findings.append(Finding("guard", "sweep", "failed", swept.incomplete[:200]))
     return findings
+
+
+def _finish_fresh_git(plan: GuardPlan, findings: list[Finding]) -> bool:
+    """Take away the empty mount point; keep a repository the bottle made, and say where."""
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.join(plan.workspace, ".git"))  # only if empty; never follows a link
+    try:
+        made = bool(os.listdir(plan.shadow))
+    except OSError:
+        return False
+    if made:
+        findings.append(
+            Finding("git", ".git", "not applied", f"the bottle made a repository: {plan.shadow}")
+        )
+    return made
 
 
 def _git_finding(plan: GuardPlan, rel: str, change: Change) -> Finding:

@@ -105,6 +105,8 @@ def find_git_dir(workspace: str) -> tuple[str | None, str | None]:
             "replace the symlink with the directory (or a `gitdir:` file) it points to",
         )
     if stat.S_ISDIR(st.st_mode):
+        if not os.path.exists(os.path.join(dotgit, "HEAD")):
+            return None, None  # not a repository (git looks past it): e.g. an old mount point
         return dotgit, None
     if not stat.S_ISREG(st.st_mode):
         return None, None
