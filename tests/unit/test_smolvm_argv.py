@@ -20,6 +20,7 @@ from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.launch import machine_spec
 from claude_bottle.backend.smolmachines.prepare import Stage, relay_command
 from claude_bottle.backend.smolmachines.util import wheel_binary
+from claude_bottle.workspace_guard import GitMount
 
 EXE = "/usr/local/bin/smolvm"
 RUN = "claude_bottle.backend.smolmachines.smolvm.subprocess.run"
@@ -180,6 +181,12 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
     plan.machine, plan.name, plan.user = "cb-p", "p", "1000:1000"
     plan.relay_command = relay_command()
     plan.workspace, plan.home, plan.home_source = "/work/p", "/home/bottle", "/state/p/home"
+    plan.workspace_guard = mock.Mock(
+        mounts=(
+            GitMount("/state/p/git-shadow", "/work/p/.git", False),
+            GitMount("/work/p/.git/objects", "/work/p/.git/objects", False),
+        )
+    )
     stage = Stage.at(tmp_path)
     spec = machine_spec(plan, stage, Path("/cache/x.smolmachine"))
     assert spec.mount_sockets == (
@@ -191,6 +198,8 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
         (str(tmp_path / "bundle"), "/run/claude-bottle/bundle", True),
         (str(tmp_path / "state"), "/run/claude-bottle/state", False),
         ("/work/p", "/work/p", False),
+        ("/state/p/git-shadow", "/work/p/.git", False),  # the bottle's own .git, over the real
+        ("/work/p/.git/objects", "/work/p/.git/objects", False),
         ("/state/p/home", "/home/bottle", False),
     )
     assert spec.labels == (("claude-bottle", "p"),) and spec.stop_on_exit

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 from claude_bottle.config.model import Config, GatewayConfig
 from claude_bottle.errors import MissingDependency
 from claude_bottle.plan import PlanSection, Printable
+from claude_bottle.workspace_guard import GuardPlan, plan_guard
 
 
 class ExecResult(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -75,6 +76,7 @@ class BottlePlan(Printable):
     nested_sandbox: bool  # user namespaces (and mounts in them) allowed inside
     audit_max: int  # bytes of audit log in all, then the bottle fails closed
     audit_rate: int  # bytes of audit log per minute, likewise
+    workspace_guard: GuardPlan
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -87,6 +89,7 @@ class BottlePlan(Printable):
                     ("state", self.state_dir),
                     ("runtime", self.runtime_dir),
                     ("config", ", ".join(self.config_sources) or "built-in defaults"),
+                    *self.workspace_guard.describe(),
                 ),
             ),
             PlanSection(
@@ -250,6 +253,9 @@ def common_plan_fields(
         "nested_sandbox": config.bottle.nested_sandbox,
         "audit_max": config.bottle.audit_max,
         "audit_rate": config.bottle.audit_rate,
+        "workspace_guard": plan_guard(
+            str(request.workspace.resolve()), state_dir, config.bottle.host_tools
+        ),
     }
 
 

@@ -137,16 +137,29 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
 def _launch_and_run(
     backend: BottleBackend, plan: BottlePlan, policy: dict[str, Any], *, detach: bool
 ) -> int:
-    with backend.launch(plan) as bottle:
-        state.update_record(plan.name, owner=state.process_ref(os.getpid()), policy=policy)
-        if detach:
-            bottle.start_detached(plan.command, Path(plan.state_dir) / "output.log")
-            state.update_record(plan.name, owner=None)
-            click.echo(plan.name)
-            _say(f"bottle {plan.name} is running; attach with `claude-bottle resume {plan.name}`")
-            return 0
-        status = _run_watched(bottle, plan.command)
+    _finish_workspace(plan.name)  # an earlier launch that ended unseen (kill -9, detached)
+    try:
+        with backend.launch(plan) as bottle:
+            state.update_record(plan.name, owner=state.process_ref(os.getpid()), policy=policy)
+            if detach:
+                bottle.start_detached(plan.command, Path(plan.state_dir) / "output.log")
+                state.update_record(plan.name, owner=None)
+                click.echo(plan.name)
+                _say(
+                    f"bottle {plan.name} is running; attach with `claude-bottle resume {plan.name}`"
+                )
+                return 0
+            status = _run_watched(bottle, plan.command)
+    finally:
+        if not detach:  # the bottle is gone: what it left in the workspace is looked at now
+            _finish_workspace(plan.name)
     return status
+
+
+def _finish_workspace(name: str) -> None:
+    from claude_bottle.workspace_guard import finish_and_report
+
+    finish_and_report(name, str(paths.state_dir(name)), _say)
 
 
 def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = True) -> int:
@@ -263,6 +276,7 @@ def resume(name: str, *, replan: bool = False) -> int:
 def _cleanup_one(record: dict[str, Any]) -> None:
     backend = registry.get(record.get("backend", ""))
     backend.stop(record)
+    _finish_workspace(record["name"])
 
 
 def stop(name: str | None, stop_all: bool) -> None:
@@ -274,6 +288,7 @@ def stop(name: str | None, stop_all: bool) -> None:
             continue
         state.signal_process(record.get("owner"), signal.SIGTERM)
         registry.get(record.get("backend", "")).stop(record)
+        _finish_workspace(record["name"])
         state.update_record(record["name"], status="stopped", ended=time.time())
         _say(f"stopped {record['name']}")
 

@@ -42,6 +42,7 @@ from claude_bottle.config.model import (
     DEFAULT_COMMAND,
     EGRESS_MODES,
     GATEWAY_DLP_MODES,
+    HOST_TOOLS_MODES,
     BottleSection,
     Config,
     ConfigSource,
@@ -138,6 +139,7 @@ SCHEMA: Final = _Table(
                 "nested_sandbox": _BOOL,
                 "audit_max": _STR,
                 "audit_rate": _STR,
+                "host_tools": _STR,
             }
         ),
     }
@@ -355,6 +357,7 @@ class _Merged:
     env: dict[str, None] = field(default_factory=dict)
     nested_sandbox: bool = False
     audit: dict[str, int] = field(default_factory=dict)
+    host_tools: str = "warn"
     sources: list[ConfigSource] = field(default_factory=list)
 
     # -- a whole file
@@ -531,6 +534,15 @@ class _Merged:
         for key in ("audit_max", "audit_rate"):
             if key in bottle:
                 self.audit[key] = _byte_size(_str(bottle[key]), f"bottle.{key}", src)
+        if "host_tools" in bottle:
+            mode = _str(bottle["host_tools"])
+            if mode not in HOST_TOOLS_MODES:
+                raise src.error(
+                    "bottle.host_tools",
+                    f"must be one of {', '.join(HOST_TOOLS_MODES)}, not {mode!r}",
+                    '"warn" lists changed host-tool files at exit; "revert" restores them',
+                )
+            self.host_tools = mode
 
     # -- the result
 
@@ -569,6 +581,7 @@ class _Merged:
                 env=tuple(self.env),
                 nested_sandbox=self.nested_sandbox,
                 **self.audit,
+                host_tools=self.host_tools,
             ),
             sources=tuple(self.sources),
         )

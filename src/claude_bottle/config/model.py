@@ -14,6 +14,7 @@ from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
 
 EGRESS_MODES = ("enforce", "audit", "ask")
 GATEWAY_DLP_MODES = ("audit", "block")  # a secret in a prompt: recorded, or refused
+HOST_TOOLS_MODES = ("warn", "revert")
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
 DEFAULT_BACKEND = "namespace"
@@ -82,6 +83,7 @@ class BottleSection(NamedTuple):
     nested_sandbox: bool = False
     audit_max: int = DEFAULT_AUDIT_MAX  # bytes of audit log, in all
     audit_rate: int = DEFAULT_AUDIT_RATE  # bytes of audit log per minute
+    host_tools: str = "warn"  # host-tool files the bottle changed: "warn" lists, "revert" restores
 
 
 class ConfigSource(NamedTuple):

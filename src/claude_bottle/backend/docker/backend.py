@@ -281,15 +281,17 @@ class DockerBackend(BottleBackend):
             mounts=(*ca_mounts, *credential.mounts),
             labels=(*labels, (LABEL_ROLE, ROLE_BUNDLE)),
         )
+        common = common_plan_fields(
+            self.name,
+            request,
+            state_dir=str(state_dir),
+            runtime_dir=str(runtime_dir),
+            env=env,
+            relay_port=RELAY_PORT,
+        )
+        agent = dataclasses.replace(agent, guard_mounts=common["workspace_guard"].mounts)
         return DockerBottlePlan(
-            **common_plan_fields(
-                self.name,
-                request,
-                state_dir=str(state_dir),
-                runtime_dir=str(runtime_dir),
-                env=env,
-                relay_port=RELAY_PORT,
-            ),
+            **common,
             detach=request.detach,
             gateway_port=GATEWAY_PORT,
             bundle_credential=credential.spec,

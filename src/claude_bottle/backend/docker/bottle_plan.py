@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from claude_bottle.backend.base import BottlePlan
 from claude_bottle.plan import PlanSection
+from claude_bottle.workspace_guard import GitMount
 
 BOTTLE_RUN = "/run/claude-bottle"  # inside the containers
 SOCKETS_DIR = f"{BOTTLE_RUN}/bundle"  # the sockets volume
@@ -76,6 +77,7 @@ class AgentSpec:
     pids_limit: int
     memory: str
     labels: tuple[tuple[str, str], ...]
+    guard_mounts: tuple[GitMount, ...] = ()  # the bottle's own .git over the workspace's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,8 @@ def agent_run_args(spec: AgentSpec) -> list[str]:
         "--mount",
         Mount("bind", spec.workspace, spec.workspace).arg(),
     ]
+    for guard in spec.guard_mounts:
+        args += ["--mount", Mount("bind", guard.source, guard.target, guard.read_only).arg()]
     for path in spec.read_only:
         args += ["--mount", Mount("bind", path, path, readonly=True).arg()]
     args += [

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from claude_bottle import paths, state
+from claude_bottle import paths, state, workspace_guard
 from claude_bottle.backend.docker import docker, images
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
@@ -374,6 +374,7 @@ def start(
         (runtime / sub).mkdir(mode=0o700)
     home = paths.make_private_dir(Path(plan.agent.home_source))
     seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
+    workspace_guard.prepare(plan.workspace_guard)
     _settings(plan).dump(runtime / "bundle.json")
     env_file = runtime / "bundle-env.json"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

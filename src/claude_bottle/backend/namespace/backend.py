@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import paths, state
+from claude_bottle import paths, state, workspace_guard
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -182,7 +182,7 @@ class NamespaceBackend(BottleBackend):
         )
         return NamespaceBottlePlan(
             **common,
-            bwrap=spec,
+            bwrap=spec._replace(guard_mounts=common["workspace_guard"].mounts),
         )
 
     # --- launch ---------------------------------------------------------------
@@ -224,6 +224,7 @@ class NamespaceBackend(BottleBackend):
         for path in readable:
             os.chmod(path, 0o644)
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
+        workspace_guard.prepare(plan.workspace_guard)
 
         settings = BundleSettings(
             bottle=plan.name,

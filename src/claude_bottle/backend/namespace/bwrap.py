@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from claude_bottle.bottle_env import GATEWAY_PORT, SYSTEM_CA_BUNDLE
+from claude_bottle.workspace_guard import GitMount
 
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
 
@@ -32,6 +33,7 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     # bubblewrap maps the caller's own uid.
     host_id: int | None = None
     idmapped: tuple[str, ...] = ()
+    guard_mounts: tuple[GitMount, ...] = ()  # the bottle's own .git over the workspace's
 
 
 def bwrap_argv(
@@ -94,6 +96,8 @@ def bwrap_argv(
     for path in (*spec.toolchain, *spec.read_only):
         argv += ["--ro-bind", path, path]
     argv += ["--bind", spec.workspace, spec.workspace]
+    for mount in spec.guard_mounts:
+        argv += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.target]
     argv += [
         "--ro-bind",
         spec.bundle_dir,

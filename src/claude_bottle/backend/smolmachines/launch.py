@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from claude_bottle import paths, state
+from claude_bottle import paths, state, workspace_guard
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
 from claude_bottle.backend.smolmachines.bottle_plan import (
@@ -54,6 +54,7 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
             (str(stage.proxy_socket.parent), GUEST_BUNDLE, True),
             (str(stage.guest_state), GUEST_STATE, False),
             (plan.workspace, plan.workspace, False),
+            *((m.source, m.target, m.read_only) for m in plan.workspace_guard.mounts),
             (plan.home_source, plan.home, False),
         ),
         labels=((LABEL, plan.name),),
@@ -96,6 +97,7 @@ def launch_bottle(
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     seed_claude_home(Path(plan.home_source), Path.home(), Path(plan.workspace))
+    workspace_guard.prepare(plan.workspace_guard)
 
     pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 
