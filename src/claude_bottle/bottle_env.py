@@ -21,6 +21,20 @@ CLAUDE_CODE_QUIET = {
 }
 
 _PASS_THROUGH = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "PATH", "USER", "LOGNAME")
+# Where version managers under the home keep their state (namespace backend: the host's own
+# toolchains run inside). Not the tools' cache or config dirs: those stay the bottle's own.
+TOOLCHAIN_ENV = (
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "NVM_DIR",
+    "NVM_BIN",
+    "NVM_INC",
+    "FNM_DIR",
+    "FNM_MULTISHELL_PATH",
+    "VIRTUAL_ENV",
+)
 SECRET_NAME = re.compile(
     r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH(?!OR)|COOKIE|SESSION|PRIVATE", re.IGNORECASE
 )

@@ -27,12 +27,14 @@ from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
 from claude_bottle.backend.namespace.toolchain import (
+    Unreachable,
     grant_read_only,
     host_sockets,
     masked_roots,
     resolve_binds,
+    unreachable,
 )
-from claude_bottle.bottle_env import RELAY_PORT, build_env
+from claude_bottle.bottle_env import RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
@@ -114,13 +116,27 @@ class NamespaceBackend(BottleBackend):
             )
             raise MissingDependency(f"{program} is not installed (not found on PATH)", hint)
         python, prefix = _python()
+        workspace = str(request.workspace.resolve())
         toolchain = resolve_binds(
-            [program, python], home=home, path_env=host_path, python_prefix=prefix
+            [program, python],
+            home=home,
+            path_env=host_path,
+            python_prefix=prefix,
+            environ=os.environ,
+            workspace=Path(workspace),
         )
         read_only = grant_read_only(config.bottle.read_only, home)
+        missing = unreachable(
+            program,
+            home=home,
+            path_env=host_path,
+            visible=[*(b.path for b in toolchain), *read_only, workspace],
+            environ=os.environ,
+        )
+        if missing is not None:
+            raise _hidden_from_bottle(program, missing)
         state_dir = paths.state_dir(request.name)
         runtime_dir = paths.runtime_dir(request.name)
-        workspace = str(request.workspace.resolve())
         masked_paths = masked_roots(home)
         masked = tuple(str(p) for p in masked_paths)
         spec = BwrapSpec(
@@ -135,7 +151,7 @@ class NamespaceBackend(BottleBackend):
             relay_port=RELAY_PORT,
             masked=masked,
             hidden_sockets=host_sockets(masked_paths),
-            toolchain=tuple(str(p) for p in toolchain),
+            toolchain=toolchain,
             read_only=tuple(read_only),
             resolv_conf=str(runtime_dir / "resolv.conf"),
             ca_bundle=str(runtime_dir / "bundle" / "ca-bundle.pem")
@@ -147,7 +163,7 @@ class NamespaceBackend(BottleBackend):
             os.environ,
             bottle=request.name,
             home=str(home),
-            extra_names=config.bottle.env,
+            extra_names=(*TOOLCHAIN_ENV, *config.bottle.env),
             intercept=config.egress.intercept,
         )
         common = common_plan_fields(
@@ -338,6 +354,20 @@ class NamespaceBackend(BottleBackend):
                 if Path(what).exists():
                     problems.append(f"could not remove {what}")
         return problems
+
+
+def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency:
+    """Say which host file keeps `program` from running inside, and how to show it."""
+    message = f"{program} needs {missing.path}, which the bottle does not show"
+    if missing.secret is not None:
+        return MissingDependency(
+            f"{message} (it is inside {missing.secret}, which is never shown in a bottle)",
+            f"install {program} outside {missing.secret}",
+        )
+    return MissingDependency(
+        message,
+        f'grant it read-only in your user config: [bottle] read_only = ["{missing.path}"]',
+    )
 
 
 USERNS_PROBE = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from claude_bottle.backend.namespace.toolchain import Bind
 from claude_bottle.bottle_env import GATEWAY_PORT, SYSTEM_CA_BUNDLE
 
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
@@ -22,7 +23,7 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     relay_port: int
     masked: tuple[str, ...]  # host dirs hidden behind an empty tmpfs
     hidden_sockets: tuple[str, ...]  # host unix sockets covered with /dev/null
-    toolchain: tuple[str, ...]  # host paths bound read-only at the same path
+    toolchain: tuple[Bind, ...]  # host paths bound read-only at the same path
     read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
     resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
     ca_bundle: str | None = None  # host file shown as the system trust store (interception)
@@ -67,7 +68,7 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
         argv += ["--ro-bind", spec.ca_bundle, SYSTEM_CA_BUNDLE]
     # Home first: toolchains under $HOME are bound on top of the bottle's own home.
     argv += ["--bind", spec.home_source, spec.home]
-    for path in (*spec.toolchain, *spec.read_only):
+    for path in (*(bind.path for bind in spec.toolchain), *spec.read_only):
         argv += ["--ro-bind", path, path]
     argv += ["--bind", spec.workspace, spec.workspace]
     argv += [
