@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from claude_bottle.config.model import Config
 from claude_bottle.errors import MissingDependency
+from claude_bottle.git_identity import GitIdentity, host_git_identity
 from claude_bottle.plan import PlanSection, Printable
 
 
@@ -62,6 +63,7 @@ class BottlePlan(Printable):
     oauth_token_url: str | None
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
+    git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -74,6 +76,12 @@ class BottlePlan(Printable):
                     ("state", self.state_dir),
                     ("runtime", self.runtime_dir),
                     ("config", ", ".join(self.config_sources) or "built-in defaults"),
+                    (
+                        "git identity",
+                        f"{self.git_identity.name} <{self.git_identity.email}>"
+                        if self.git_identity
+                        else "none (commits need git config user.name/user.email inside)",
+                    ),
                 ),
             ),
             PlanSection(
@@ -187,6 +195,7 @@ def common_plan_fields(
         "gateway_ca_file": config.gateway.upstream_ca_file,
         "max_tokens_total": config.gateway.max_tokens_total,
         "oauth_token_url": config.gateway.oauth_token_url,
+        "git_identity": host_git_identity() if config.bottle.git_identity else None,
     }
 
 

@@ -46,6 +46,7 @@ from claude_bottle.config.model import (
     CredentialsConfig,
     DlpConfig,
     DlpPattern,
+    DockerSection,
     EgressConfig,
     GatewayConfig,
     GitRemote,
@@ -122,7 +123,10 @@ SCHEMA: Final = _Table(
             }
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
-        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
+        "bottle": _Table(
+            {"command": _STRS, "read_only": _STRS, "env": _STRS, "git_identity": _BOOL}
+        ),
+        "docker": _Table({"base_image": _STR}),
     }
 )
 
@@ -336,6 +340,8 @@ class _Merged:
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
+    git_identity: bool = True
+    base_image: str | None = None
     sources: list[str] = field(default_factory=list)
 
     # -- a whole file
@@ -357,6 +363,9 @@ class _Merged:
         for name, remote in remotes.items():
             self.apply_remote(name, _table(remote), src)
         self.apply_bottle(_table(data.get("bottle")), src)
+        docker = _table(data.get("docker"))
+        if "base_image" in docker:
+            self.base_image = _image_reference(_str(docker["base_image"]), src)
         self.sources.append(str(path))
 
     def check_backend(self, name: str, key: str, src: _Source) -> str:
@@ -491,6 +500,8 @@ class _Merged:
             self.read_only.setdefault(_read_only_path(raw, f"bottle.read_only[{index}]", src))
         for index, name in enumerate(_strs(bottle.get("env"))):
             self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
+        if "git_identity" in bottle:
+            self.git_identity = _bool(bottle["git_identity"])
 
     # -- the result
 
@@ -524,8 +535,12 @@ class _Merged:
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(
-                command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)
+                command=self.command,
+                read_only=tuple(self.read_only),
+                env=tuple(self.env),
+                git_identity=self.git_identity,
             ),
+            docker=DockerSection(base_image=self.base_image),
             sources=tuple(self.sources),
         )
 
@@ -722,6 +737,27 @@ def _read_only_path(raw: str, key: str, src: _Source) -> str:
             key,
             f"{_quote(raw)} must be an absolute path or start with ~/",
             "relative paths are ambiguous; write the full path",
+        )
+    return raw
+
+
+# A docker image reference: [registry[:port]/]path[:tag][@digest], lowercase path components.
+_IMAGE_REFERENCE = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def _image_reference(raw: str, src: _Source) -> str | None:
+    """`[docker] base_image`: empty means the built-in Debian image."""
+    if not raw:
+        return None
+    if not _IMAGE_REFERENCE.fullmatch(raw):
+        raise src.error(
+            "docker.base_image",
+            f"{_quote(raw)} is not a docker image reference",
+            'e.g. base_image = "ghcr.io/acme/dev:2024" (or "" for the built-in image)',
         )
     return raw
 

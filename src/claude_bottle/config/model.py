@@ -67,6 +67,11 @@ class BottleSection(NamedTuple):
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: tuple[str, ...] = ()  # host paths granted read-only (may start with ~/)
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
+    git_identity: bool = True  # copy the host's git user.name/user.email into the bottle
+
+
+class DockerSection(NamedTuple):
+    base_image: str | None = None  # build the agent image on this image (the user's toolchain)
 
 
 class Config(NamedTuple):
@@ -77,4 +82,5 @@ class Config(NamedTuple):
     gateway: GatewayConfig = GatewayConfig()
     git_remotes: tuple[GitRemote, ...] = ()
     bottle: BottleSection = BottleSection()
+    docker: DockerSection = DockerSection()
     sources: tuple[str, ...] = ()  # config files that were honoured, in order

@@ -56,6 +56,7 @@ from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+from claude_bottle.git_identity import seed_git_identity
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
@@ -359,6 +360,7 @@ def start(
         (runtime / sub).mkdir(mode=0o700)
     home = paths.make_private_dir(Path(plan.agent.home_source))
     seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
+    seed_git_identity(home, plan.git_identity)
     _settings(plan).dump(runtime / "bundle.json")
     env_file = runtime / "bundle-env.json"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -39,6 +39,7 @@ from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
+from claude_bottle.git_identity import seed_git_identity
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 RESOLV_CONF = "# claude-bottle: the bottle has no DNS; only the bundle resolves names.\n"
@@ -213,6 +214,7 @@ class NamespaceBackend(BottleBackend):
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
+        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity)
 
         settings = BundleSettings(
             bottle=plan.name,
