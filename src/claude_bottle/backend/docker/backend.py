@@ -51,7 +51,7 @@ from claude_bottle.backend.docker.bottle_plan import (
     DockerBottlePlan,
     Mount,
 )
-from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
+from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
 
@@ -101,13 +101,11 @@ def _image_env(intercept: bool) -> dict[str, str]:
 
     PATH names the image's directories. With TLS interception the trust store that holds
     the bottle's CA is published by the bundle in the sockets volume (the image's own store
-    cannot be replaced in a read-only root), so every TLS client is pointed there.
+    cannot be replaced in a read-only root), and `build_env` points every TLS client there.
     """
-    env = {"PATH": DEFAULT_PATH, "NODE_EXTRA_CA_CERTS": IMAGE_CA_STORE}
-    if intercept:
-        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
-            env[name] = CA_BUNDLE
-        env["NODE_EXTRA_CA_CERTS"] = CA_CERT
+    env = {"PATH": DEFAULT_PATH}
+    if not intercept:
+        env["NODE_EXTRA_CA_CERTS"] = IMAGE_CA_STORE
     return env
 
 
@@ -246,7 +244,7 @@ class DockerBackend(BottleBackend):
             bottle=request.name,
             home=home,
             extra_names=config.bottle.env,
-            intercept=intercept,
+            ca=CaFiles(CA_BUNDLE, CA_CERT) if intercept else None,
         )
         env.update(_image_env(intercept))
         agent = AgentSpec(

@@ -34,7 +34,7 @@ from claude_bottle.backend.namespace.toolchain import (
     resolve_binds,
     unreachable,
 )
-from claude_bottle.bottle_env import RELAY_PORT, TOOLCHAIN_ENV, build_env
+from claude_bottle.bottle_env import NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
@@ -165,7 +165,7 @@ class NamespaceBackend(BottleBackend):
             bottle=request.name,
             home=str(home),
             extra_names=(*TOOLCHAIN_ENV, *config.bottle.env),
-            intercept=config.egress.intercept,
+            ca=NAMESPACE_CA if config.egress.intercept else None,
         )
         common = common_plan_fields(
             self.name,
