@@ -92,9 +92,10 @@ def build_wheel() -> tuple[str, bytes]:
     """A pure-Python wheel: its file name and bytes (RECORD with real hashes)."""
     module = WHEEL_PROJECT.replace("-", "_")
     dist_info = f"{module}-1.0.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {WHEEL_PROJECT}\nVersion: 1.0\n"
     files = {
         f"{module}/__init__.py": f"VALUE = {WHEEL_VALUE!r}\n".encode(),
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {WHEEL_PROJECT}\nVersion: 1.0\n".encode(),
+        f"{dist_info}/METADATA": metadata.encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: claude-bottle-tests\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
     }

@@ -432,3 +432,50 @@ def test_tls_client_trusts_the_bottles_ca(
     result = bottle_env.sh(client.script, timeout=RUN_TIMEOUT)
     assert result.returncode == 0, f"{client.name}: {result.stdout}\n{result.stderr}"
     assert client.expect in result.stdout, f"{client.name}: {result.stdout}\n{result.stderr}"
+
+
+# -- docker: the agent image on the user's own image ----------------------------------------
+
+
+def test_docker_base_image_lacking_python_is_named_before_the_bottle_starts(
+    bottle_env: BottleEnv,
+) -> None:
+    if bottle_env.backend != "docker":
+        pytest.skip("[docker] base_image is the docker backend's")
+    # Debian without python3 or Node: what the relay and Claude Code need is missing.
+    bottle_env.write_config('[docker]\nbase_image = "debian:bookworm-slim"\n')
+    result = bottle_env.run("true", timeout=RUN_TIMEOUT)
+    assert result.returncode == 3, result.stderr
+    assert "debian:bookworm-slim has no python3" in result.stderr
+    assert "neither `claude` nor Node.js" in result.stderr
+
+
+def test_docker_agent_image_on_a_base_runs_the_bases_toolchain(
+    bottle_env: BottleEnv, tmp_path: Path
+) -> None:
+    if bottle_env.backend != "docker":
+        pytest.skip("[docker] base_image is the docker backend's")
+    from claude_bottle.backend.docker import images
+
+    # A team image: the default agent image (Python, Node, claude) plus a tool on its PATH.
+    context = tmp_path / "team-image"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {images.agent_image().tag}\nUSER root\n"
+        "RUN mkdir -p /opt/team/bin && printf '#!/bin/sh\\necho team-tool-ran\\n' "
+        "> /opt/team/bin/team-tool && chmod 755 /opt/team/bin/team-tool\n"
+        "ENV PATH=/opt/team/bin:/usr/local/bin:/usr/bin:/bin\n"
+    )
+    tag = "claude-bottle-test-team:real-work"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(context)],
+        check=True,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+    )
+    try:
+        bottle_env.write_config(f'[docker]\nbase_image = "{tag}"\n')
+        out = _ok(bottle_env.run("team-tool", timeout=RUN_TIMEOUT * 2))
+        assert "team-tool-ran" in out
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False)

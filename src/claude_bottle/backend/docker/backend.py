@@ -207,13 +207,17 @@ class DockerBackend(BottleBackend):
                     "use a path without them",
                 )
         read_only = grant_read_only(config.bottle.read_only, Path(home))
+        base = images.base_image(config.docker.base_image) if config.docker.base_image else None
         try:
-            agent_image, bundle_image = images.agent_image(), images.bundle_image()
+            agent_image, bundle_image = images.agent_image(base=base), images.bundle_image()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the image build inputs: {exc}",
                 "check CLAUDE_BOTTLE_EXTRA_CA (a PEM file) and the installation",
             ) from exc
+        if base is not None and docker.image_inspect(agent_image.tag) is None:
+            # Not built on this base yet: say now, not from inside, what the base lacks.
+            images.check_base(base.ref)
 
         credential = credential_access(config.credentials.anthropic, home, os.environ)
         ca_mounts = tuple(
@@ -247,6 +251,8 @@ class DockerBackend(BottleBackend):
             ca=CaFiles(CA_BUNDLE, CA_CERT) if intercept else None,
         )
         env.update(_image_env(intercept))
+        if base is not None and base.path:
+            env["PATH"] = base.path  # the toolchain the user's image puts on PATH
         agent = AgentSpec(
             container=f"{prefix}-agent",
             image=agent_image.tag,
@@ -264,6 +270,7 @@ class DockerBackend(BottleBackend):
             pids_limit=PIDS_LIMIT,
             memory=MEMORY,
             labels=(*labels, (LABEL_ROLE, ROLE_AGENT)),
+            base_image=base,
         )
         bundle = BundleSpec(
             container=f"{prefix}-bundle",

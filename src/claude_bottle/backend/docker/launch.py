@@ -261,9 +261,9 @@ def _ends_with_bundle_stop(audit_log: Path) -> bool:
     return isinstance(last, dict) and last.get("rule") == "bundle-stop"
 
 
-def _build(tag: str) -> None:
+def _build(tag: str, base: images.BaseImage | None) -> None:
     """Build the image `tag` names (agent or bundle), from the inputs it was tagged by."""
-    for spec in (images.agent_image(), images.bundle_image()):
+    for spec in (images.agent_image(base=base), images.bundle_image()):
         if spec.repo == tag.partition(":")[0]:
             if spec.tag != tag:
                 raise LaunchError(
@@ -394,7 +394,7 @@ def start(
             if "no such image" not in exc.stderr.lower():
                 raise
             with building:
-                _build(image)
+                _build(image, plan.agent.base_image)
             docker.run(args, image, command)
         (created.bundles if role == "bundle" else created.agents).append(containers[role])
 
