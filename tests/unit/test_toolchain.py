@@ -269,3 +269,32 @@ def test_plan_refuses_a_command_the_bottle_cannot_run_with_exit_3(
     assert caught.value.exit_code == 3
     assert f"{home}/.aws/venv/bin/python" in caught.value.message
     assert f"inside {home}/.aws" in caught.value.message
+
+
+def test_a_path_entry_that_links_to_a_secret_is_not_bound(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh/id_ed25519").write_text("KEY")
+    (home / "bin").symlink_to(home / ".ssh")  # bwrap would bind what the link points to
+    assert resolve_binds([], home=home, path_env=str(home / "bin")) == ()
+
+
+def test_nothing_the_agent_wrote_in_the_workspace_is_followed(tmp_path: Path) -> None:
+    """Attack: symlinks and shebangs planted in the workspace (a venv on PATH, a script run
+    as the command) naming private files of the home that no credential rule lists."""
+    home = tmp_path / "home"
+    private = home / "notes/private"
+    _exe(private / "bin/python", "\x7fELF")
+    (private / "diary.txt").write_text("PRIVATE")
+    workspace = home / "proj"
+    venv_bin = workspace / ".venv/bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "tool").symlink_to(private / "diary.txt")
+    (workspace / ".venv/pyvenv.cfg").write_text(f"home = {private}/bin\n")
+    script = _exe(workspace / "run.sh", f"#!{private}/bin/python\n")
+    binds = resolve_binds([str(script)], home=home, path_env=str(venv_bin), workspace=workspace)
+    assert binds == ()
+    found = unreachable(
+        str(script), home=home, path_env="", visible=[str(workspace)], workspace=workspace
+    )
+    assert found is None  # the agent's shebang is not followed for a hint either

@@ -133,6 +133,7 @@ class NamespaceBackend(BottleBackend):
             path_env=host_path,
             visible=[*(b.path for b in toolchain), *read_only, workspace],
             environ=os.environ,
+            workspace=Path(workspace),
         )
         if missing is not None:
             raise _hidden_from_bottle(program, missing)

@@ -173,12 +173,22 @@ def _pyvenv_home(prefix: Path) -> Path | None:
 
 
 class _Binds:
-    """Collects read-only binds under the masked roots, refusing any that reveal a secret."""
+    """Collects read-only binds under the masked roots, refusing any that reveal a secret.
 
-    def __init__(self, home: Path) -> None:
+    The workspace is shown anyway, and the agent writes it: nothing in it is followed (a
+    planted symlink or shebang would otherwise choose what of the home gets shown).
+    """
+
+    def __init__(self, home: Path, workspace: Path | None) -> None:
         self.home = home
+        self.workspace = workspace
         self.roots = masked_roots(home)
         self.found: dict[Path, str] = {}
+
+    def agent_writable(self, path: Path) -> bool:
+        return self.workspace is not None and (
+            _is_within(path, self.workspace) or _is_within(path.resolve(), self.workspace)
+        )
 
     def root_of(self, path: Path) -> Path | None:
         return next((r for r in self.roots if _is_within(path, r)), None)
@@ -191,7 +201,10 @@ class _Binds:
         return max(len(path.relative_to(root).parts) - 1, 0) if root is not None else 0
 
     def add(self, path: Path, reason: str) -> bool:
-        if self.root_of(path) is None or exposes_secret(path, self.home) is not None:
+        if self.root_of(path) is None or self.agent_writable(path):
+            return False
+        # bwrap binds what a symlink points to: judge both names.
+        if exposes_secret(path, self.home) or exposes_secret(path.resolve(), self.home):
             return False
         self.found.setdefault(path, reason)
         return True
@@ -281,10 +294,10 @@ def resolve_binds(
     """Read-only binds for the toolchains on `path_env` and these executables (names or
     paths), deduplicated, parents first."""
     environ = {} if environ is None else environ
-    binds = _Binds(home)
+    binds = _Binds(home, workspace)
     entries = _path_entries(path_env)
     for entry in entries:
-        if binds.root_of(entry) is not None and entry.is_dir():
+        if binds.root_of(entry) is not None and not binds.agent_writable(entry) and entry.is_dir():
             binds.path_directory(entry)
     if workspace is not None:
         for path, reason in version_managers.pyenv_paths(environ, entries, workspace):
@@ -302,6 +315,8 @@ def resolve_binds(
         if not located:
             continue
         path = Path(os.path.abspath(located))
+        if binds.agent_writable(path):
+            continue  # shown as it is; its shebang is the agent's to choose
         binds.file(path, f"runs {name}")
         interpreter = _interpreter(path.resolve())
         if interpreter:
@@ -326,9 +341,11 @@ def unreachable(
     path_env: str,
     visible: Sequence[str],
     environ: Mapping[str, str] | None = None,
+    workspace: Path | None = None,
 ) -> Unreachable | None:
     """The first file `program` needs (itself, its symlink target, its interpreters, a pyenv
-    shim's pyenv) that is hidden in the bottle: under a masked root and not in `visible`."""
+    shim's pyenv) that is hidden in the bottle: under a masked root and not in `visible`.
+    A file in the workspace ends the search: its shebang is the agent's to choose."""
     environ = {} if environ is None else environ
     roots = (*masked_roots(home), *_EMPTIED)
     shown = [Path(p) for p in visible]
@@ -355,6 +372,8 @@ def unreachable(
         for item in needed:
             if hidden(item):
                 return Unreachable(str(item), exposes_secret(item, home))
+        if workspace is not None and any(_is_within(item, workspace) for item in needed):
+            continue
         interpreter = _interpreter(path.resolve())
         if interpreter:
             pending.append(interpreter)
