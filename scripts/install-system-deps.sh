@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # System packages claude-bottle and its tests need on Debian 12. Idempotent.
+# --tls-clients: also the cheap TLS clients (Debian packages) whose trust of the bottle's CA
+# tests/integration/test_real_work.py checks, so the test suite does not skip them.
 set -euo pipefail
 need=()
 for pkg in bubblewrap git iproute2 util-linux ca-certificates curl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
+if [ "${1:-}" = "--tls-clients" ]; then
+    # By command, not package: a Node.js from NodeSource brings its own npm.
+    for pair in node:nodejs npm:npm ruby:ruby gh:gh; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    done
+    python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+    python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+    /usr/bin/python3 -c 'import requests' 2>/dev/null || need+=(python3-requests)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -6,7 +6,7 @@ cd "$repo"
 sudo_cmd=""
 [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 
-bash scripts/install-system-deps.sh
+bash scripts/install-system-deps.sh --tls-clients
 # The real Claude Code CLI runs inside bottles in the end-to-end tests.
 if ! command -v claude >/dev/null 2>&1; then
     command -v npm >/dev/null 2>&1 || $sudo_cmd apt-get install -y -qq nodejs npm

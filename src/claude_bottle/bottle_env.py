@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 RELAY_PORT = 3128  # inside the bottle's own network namespace, so any port is free
 GATEWAY_PORT = 3129
@@ -21,6 +22,20 @@ CLAUDE_CODE_QUIET = {
 }
 
 _PASS_THROUGH = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "PATH", "USER", "LOGNAME")
+# Where version managers under the home keep their state (namespace backend: the host's own
+# toolchains run inside). Not the tools' cache or config dirs: those stay the bottle's own.
+TOOLCHAIN_ENV = (
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "NVM_DIR",
+    "NVM_BIN",
+    "NVM_INC",
+    "FNM_DIR",
+    "FNM_MULTISHELL_PATH",
+    "VIRTUAL_ENV",
+)
 SECRET_NAME = re.compile(
     r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH(?!OR)|COOKIE|SESSION|PRIVATE", re.IGNORECASE
 )
@@ -38,16 +53,54 @@ def proxy_env(port: int) -> dict[str, str]:
 
 CA_DIR = "/run/claude-bottle/bundle"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# The bundle publishes these next to the CA certificate (ca.pem): the trust store with the
+# CA added (ca-bundle.pem, where the backend cannot show it as the system one) and a
+# PKCS#12 trust store for Java, which reads no PEM.
+JAVA_TRUSTSTORE = "ca.p12"
+# Each names a PEM file of every CA to trust: OpenSSL and what links it (curl, git, Python's
+# ssl, Ruby and gem), Go and gh, requests and the AWS CLI, pip, uv, cargo, Deno.
+CA_BUNDLE_VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "AWS_CA_BUNDLE",
+    "CARGO_HTTP_CAINFO",
+    "DENO_CERT",
+)
 
 
-def ca_env() -> dict[str, str]:
+class CaFiles(NamedTuple):
+    """Where the bottle sees the bundle's CA files (TLS interception on)."""
+
+    bundle: str  # every CA to trust: the system's and the bottle's
+    cert: str  # the bottle's CA alone; the Java trust store is beside it
+
+
+NAMESPACE_CA = CaFiles(SYSTEM_CA_BUNDLE, f"{CA_DIR}/ca.pem")  # the bundle is shown as the system's
+
+
+def ca_env(ca: CaFiles) -> dict[str, str]:
     """Point every common TLS client at the trust store that includes the bottle's CA."""
-    env = {
-        name: SYSTEM_CA_BUNDLE
-        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
-    }
-    env["NODE_EXTRA_CA_CERTS"] = f"{CA_DIR}/ca.pem"
+    env = dict.fromkeys(CA_BUNDLE_VARIABLES, ca.bundle)
+    env["NODE_EXTRA_CA_CERTS"] = ca.cert  # Node and npm add it to their built-in roots
     return env
+
+
+def java_options(relay_port: int, ca: CaFiles | None) -> str:
+    """Java reads neither the proxy variables nor a PEM trust store: tell it both."""
+    options = []
+    for scheme in ("http", "https"):
+        options += [f"-D{scheme}.proxyHost=127.0.0.1", f"-D{scheme}.proxyPort={relay_port}"]
+    options.append("-Dhttp.nonProxyHosts=localhost|127.0.0.1")
+    if ca is not None:
+        truststore = f"{ca.cert.rpartition('/')[0]}/{JAVA_TRUSTSTORE}"
+        options += [
+            f"-Djavax.net.ssl.trustStore={truststore}",
+            "-Djavax.net.ssl.trustStoreType=PKCS12",
+        ]
+    return " ".join(options)
 
 
 def build_env(
@@ -57,8 +110,10 @@ def build_env(
     home: str,
     extra_names: Iterable[str] = (),
     relay_port: int = RELAY_PORT,
-    intercept: bool = False,
+    ca: CaFiles | None = None,
 ) -> dict[str, str]:
+    """The bottle's environment; `ca` says where the bottle sees the CA files when TLS
+    is intercepted (None: not intercepted)."""
     env: dict[str, str] = {}
     names = [*_PASS_THROUGH, *(n for n in host_env if n.startswith("LC_")), *extra_names]
     for name in names:
@@ -78,6 +133,7 @@ def build_env(
     env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{GATEWAY_PORT}"
     env["ANTHROPIC_API_KEY"] = PLACEHOLDER_API_KEY
     env.update(CLAUDE_CODE_QUIET)
-    if intercept:
-        env.update(ca_env())
+    env["JAVA_TOOL_OPTIONS"] = java_options(relay_port, ca)
+    if ca is not None:
+        env.update(ca_env(ca))
     return env

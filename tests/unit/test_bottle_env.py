@@ -47,3 +47,26 @@ def test_proxy_variables_point_at_the_relay() -> None:
         assert env[name] == "http://127.0.0.1:3128"
     assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1"
     assert env["HOME"] == "/h" and env["CLAUDE_BOTTLE_NAME"] == "b"
+
+
+def test_every_tls_client_is_pointed_at_the_bottles_ca() -> None:
+    from claude_bottle.bottle_env import CaFiles
+
+    env = build_env({}, bottle="b", home="/h", ca=CaFiles("/b/ca-bundle.pem", "/b/ca.pem"))
+    for name in (
+        "SSL_CERT_FILE",  # OpenSSL, Python ssl, Ruby/gem, Go, gh, uv
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "PIP_CERT",
+        "AWS_CA_BUNDLE",
+        "CARGO_HTTP_CAINFO",
+        "DENO_CERT",
+    ):
+        assert env[name] == "/b/ca-bundle.pem", name
+    assert env["NODE_EXTRA_CA_CERTS"] == "/b/ca.pem"
+    assert "-Djavax.net.ssl.trustStore=/b/ca.p12 " in env["JAVA_TOOL_OPTIONS"]
+    assert env["JAVA_TOOL_OPTIONS"].endswith("-Djavax.net.ssl.trustStoreType=PKCS12")
+    assert "-Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=3128" in env["JAVA_TOOL_OPTIONS"]
+    plain = build_env({}, bottle="b", home="/h")
+    assert "SSL_CERT_FILE" not in plain and "trustStore" not in plain["JAVA_TOOL_OPTIONS"]

@@ -10,6 +10,7 @@ import pytest
 from claude_bottle.backend.base import LaunchRequest
 from claude_bottle.backend.namespace.backend import NamespaceBackend
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
+from claude_bottle.backend.namespace.toolchain import Bind
 from claude_bottle.config.model import Config
 
 SPEC = BwrapSpec(
@@ -24,7 +25,7 @@ SPEC = BwrapSpec(
     relay_port=3128,
     masked=("/home", "/root"),
     hidden_sockets=("/var/lib/app/app.sock",),
-    toolchain=("/home/alice/.nvm/versions/node/v20.1.0",),
+    toolchain=(Bind("/home/alice/.nvm/versions/node/v20.1.0", "PATH"),),
     read_only=("/home/alice/src/lib",),
     resolv_conf="/run/user/1000/claude-bottle/proj-abcde/resolv.conf",
 )
@@ -152,7 +153,9 @@ def test_plan_json_carries_the_spec_by_field_name(
     request = LaunchRequest("proj-abcde", tmp_path / "ws", Config(), ("true",))
     plan = NamespaceBackend().plan(request)
     data = json.loads(plan.to_json())
-    assert data["bwrap"] == json.loads(json.dumps(plan.bwrap._asdict()))
+    expected = json.loads(json.dumps(plan.bwrap._asdict()))
+    expected["toolchain"] = [bind._asdict() for bind in plan.bwrap.toolchain]  # records too
+    assert data["bwrap"] == expected
     assert data["bwrap"]["workspace"] == str(tmp_path / "ws")
     assert data["bwrap"]["masked"] == list(plan.bwrap.masked)
     assert data["egress_allow"] == ["api.anthropic.com"]

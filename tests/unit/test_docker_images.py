@@ -157,3 +157,58 @@ def test_ensure_builds_only_when_the_tag_is_missing(
     assert images.ensure(spec, output=out) is False  # cached: nothing to do
     assert images.ensure(spec, rebuild=True, output=out) is True
     assert builds[-1][2] is True  # --no-cache: refresh what the inputs do not pin
+
+
+def test_an_agent_image_on_a_base_is_tagged_by_the_bases_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inspected = {
+        "Id": "sha256:" + "ab" * 32,
+        "Config": {"Env": ["PATH=/opt/team/bin:/usr/bin:/bin", "LANG=C.UTF-8"]},
+    }
+    monkeypatch.setattr(docker, "image_inspect", lambda ref: inspected if ref == "team:1" else None)
+    base = images.base_image("team:1")
+    assert base == images.BaseImage("team:1", inspected["Id"], "/opt/team/bin:/usr/bin:/bin")
+    on_base = images.agent_image(base=base)
+    assert b"FROM ${BASE_IMAGE}" in on_base.files["Dockerfile"]
+    assert on_base.build_args["BASE_IMAGE"] == "team:1"
+    assert on_base.tag != images.agent_image().tag
+    rebuilt = base._replace(image_id="sha256:" + "cd" * 32)
+    assert images.agent_image(base=rebuilt).tag != on_base.tag  # the base changed: new tag
+    with pytest.raises(images.MissingDependency, match="docker pull other:2"):
+        images.base_image("other:2")
+
+
+@pytest.mark.parametrize(
+    ("output", "shell_ran", "named"),
+    [
+        ("", False, "has no /bin/sh"),
+        ("no-python3\nchecked\n", True, "has no python3"),
+        ("python-too-old 3.7.3\nchecked\n", True, "has Python 3.7.3"),
+        ("no-node\nchecked\n", True, "neither `claude` nor Node.js"),
+    ],
+)
+def test_a_base_lacking_what_a_bottle_needs_is_named_with_the_fix(
+    output: str, shell_ran: bool, named: str
+) -> None:
+    problems = images.base_problems("team:1", output, shell_ran)
+    assert len(problems) == 1 and named in problems[0] and "fix:" in problems[0]
+    assert images.base_problems("team:1", "checked\n", True) == []
+
+
+def test_building_on_a_base_checks_it_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    def fake_run_once(image: str, command: list[str], timeout: float = 60) -> Any:
+        assert image == "team:1" and command[0] == "/bin/sh"
+        return subprocess.CompletedProcess(command, 0, "no-python3\nno-node\nchecked\n", "")
+
+    built: list[str] = []
+    monkeypatch.setattr(docker, "image_inspect", lambda ref: None)
+    monkeypatch.setattr(docker, "run_once", fake_run_once)
+    monkeypatch.setattr(docker, "build", lambda *a, **k: built.append("built"))
+    spec = images.agent_image(base=images.BaseImage("team:1", "sha256:00", "/usr/bin"))
+    with pytest.raises(images.MissingDependency) as caught:
+        images.ensure(spec, output=io.StringIO())
+    assert "no python3" in caught.value.message and "Node.js" in caught.value.message
+    assert caught.value.exit_code == 3 and built == []

@@ -56,3 +56,19 @@ def test_leaf_keys_never_touch_a_file_system(
     monkeypatch.setattr(tempfile, "TemporaryDirectory", no_disk)
     tls = _handshake(authority, "a.example.test", tmp_path / "ca.pem")  # a working leaf
     tls.close()
+
+
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+def test_java_truststore_holds_the_ca_and_the_host_roots_only_when_some_hosts_tunnel(
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    authority = CertificateAuthority("t")
+    authority.publish(tmp_path / "ca.pem", None)
+    store = pkcs12.load_pkcs12((tmp_path / "ca.p12").read_bytes(), None)
+    assert [c.certificate for c in store.additional_certs] == [authority.cert]
+    authority.publish(tmp_path / "ca.pem", None, tunnelled_hosts=True)
+    store = pkcs12.load_pkcs12((tmp_path / "ca.p12").read_bytes(), None)
+    certs = [c.certificate for c in store.additional_certs]
+    assert certs[0] == authority.cert and len(certs) > 1  # plus the host's roots

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from claude_bottle.config.model import Config, GatewayConfig
 from claude_bottle.errors import MissingDependency
+from claude_bottle.git_identity import GitIdentity, host_git_identity
 from claude_bottle.plan import PlanSection, Printable
 from claude_bottle.workspace_guard import GuardPlan, plan_guard
 
@@ -77,6 +78,7 @@ class BottlePlan(Printable):
     audit_max: int  # bytes of audit log in all, then the bottle fails closed
     audit_rate: int  # bytes of audit log per minute, likewise
     workspace_guard: GuardPlan
+    git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -90,6 +92,12 @@ class BottlePlan(Printable):
                     ("runtime", self.runtime_dir),
                     ("config", ", ".join(self.config_sources) or "built-in defaults"),
                     *self.workspace_guard.describe(),
+                    (
+                        "git identity",
+                        f"{self.git_identity.name} <{self.git_identity.email}>"
+                        if self.git_identity
+                        else "none (commits need git config user.name/user.email inside)",
+                    ),
                 ),
             ),
             PlanSection(
@@ -256,6 +264,7 @@ def common_plan_fields(
         "workspace_guard": plan_guard(
             str(request.workspace.resolve()), state_dir, config.bottle.host_tools
         ),
+        "git_identity": host_git_identity() if config.bottle.git_identity else None,
     }
 
 

@@ -117,7 +117,9 @@ def _interception(settings: BundleSettings) -> Interception | None:
 
     authority = CertificateAuthority(settings.bottle)
     authority.publish(
-        Path(settings.ca_cert), Path(settings.ca_bundle) if settings.ca_bundle else None
+        Path(settings.ca_cert),
+        Path(settings.ca_bundle) if settings.ca_bundle else None,
+        tunnelled_hosts=bool(settings.intercept_exclude),
     )
     return Interception(
         authority,

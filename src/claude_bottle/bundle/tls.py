@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from claude_bottle.bottle_env import JAVA_TRUSTSTORE
+
 if TYPE_CHECKING:
     from claude_bottle.policy.allowlist import Allowlist
 
@@ -158,22 +160,51 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def publish(self, cert_file: Path, bundle_file: Path | None) -> None:
-        """Write the CA certificate, and the host's trust store plus it into `bundle_file`.
+    def publish(
+        self, cert_file: Path, bundle_file: Path | None, *, tunnelled_hosts: bool = False
+    ) -> None:
+        """Write the CA certificate, the host's trust store plus it into `bundle_file`, and
+        a Java trust store beside the certificate.
 
         `bundle_file` is written in place: the bottle may already have it bind-mounted
         as its system trust store, and a rename would leave the mount on the old inode.
+        The Java store holds the host's roots only when some hosts are `tunnelled_hosts`
+        (not intercepted): otherwise every HTTPS connection out of the bottle is answered
+        with this CA, and converting ~150 roots would cost every start ~10 ms.
         """
         cert_file.write_bytes(self.cert_pem())
-        if bundle_file is not None:
+        host_store = b""
+        if bundle_file is not None or tunnelled_hosts:
             system = ssl.get_default_verify_paths().openssl_cafile
             try:
                 host_store = Path(system).read_bytes() if system else b""
             except OSError:
                 host_store = b""
+        if bundle_file is not None:
             with bundle_file.open("r+b" if bundle_file.exists() else "wb") as handle:
                 handle.truncate(0)
                 handle.write(host_store.rstrip(b"\n") + b"\n" + self.cert_pem())
+        roots = _certificates(host_store) if tunnelled_hosts else []
+        cert_file.with_name(JAVA_TRUSTSTORE).write_bytes(java_truststore([self.cert, *roots]))
+
+
+def _certificates(pem: bytes) -> list[x509.Certificate]:
+    import warnings
+
+    with warnings.catch_warnings():  # a few old roots carry serials RFC 5280 now forbids
+        warnings.simplefilter("ignore")
+        try:
+            return x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            return []
+
+
+def java_truststore(certificates: list[x509.Certificate]) -> bytes:
+    """A password-less PKCS#12 trust store (Java reads it with trustStoreType=PKCS12)."""
+    from cryptography.hazmat.primitives.serialization import NoEncryption, pkcs12
+
+    entries = [pkcs12.PKCS12Certificate(cert, None) for cert in certificates]
+    return pkcs12.serialize_java_truststore(entries, NoEncryption())
 
 
 def upstream_context(extra_ca_file: str | None = None) -> ssl.SSLContext:

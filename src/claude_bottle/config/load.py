@@ -49,6 +49,7 @@ from claude_bottle.config.model import (
     CredentialsConfig,
     DlpConfig,
     DlpPattern,
+    DockerSection,
     EgressConfig,
     GatewayConfig,
     GitRemote,
@@ -140,8 +141,10 @@ SCHEMA: Final = _Table(
                 "audit_max": _STR,
                 "audit_rate": _STR,
                 "host_tools": _STR,
+                "git_identity": _BOOL,
             }
         ),
+        "docker": _Table({"base_image": _STR}),
     }
 )
 
@@ -358,6 +361,8 @@ class _Merged:
     nested_sandbox: bool = False
     audit: dict[str, int] = field(default_factory=dict)
     host_tools: str = "warn"
+    git_identity: bool = True
+    base_image: str | None = None
     sources: list[ConfigSource] = field(default_factory=list)
 
     # -- a whole file
@@ -384,6 +389,9 @@ class _Merged:
             self.apply_remote(name, _table(remote), src)
         self.apply_bottle(_table(data.get("bottle")), src)
         self.sources.append(ConfigSource(str(path), digest_of(content)))
+        docker = _table(data.get("docker"))
+        if "base_image" in docker:
+            self.base_image = _image_reference(_str(docker["base_image"]), src)
 
     def check_backend(self, name: str, key: str, src: _Source) -> str:
         if name in self.known_backends:
@@ -543,6 +551,8 @@ class _Merged:
                     '"warn" lists changed host-tool files at exit; "revert" restores them',
                 )
             self.host_tools = mode
+        if "git_identity" in bottle:
+            self.git_identity = _bool(bottle["git_identity"])
 
     # -- the result
 
@@ -582,7 +592,9 @@ class _Merged:
                 nested_sandbox=self.nested_sandbox,
                 **self.audit,
                 host_tools=self.host_tools,
+                git_identity=self.git_identity,
             ),
+            docker=DockerSection(base_image=self.base_image),
             sources=tuple(self.sources),
         )
 
@@ -793,6 +805,27 @@ def _read_only_path(raw: str, key: str, src: _Source) -> str:
             key,
             f"{_quote(raw)} must be an absolute path or start with ~/",
             "relative paths are ambiguous; write the full path",
+        )
+    return raw
+
+
+# A docker image reference: [registry[:port]/]path[:tag][@digest], lowercase path components.
+_IMAGE_REFERENCE = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def _image_reference(raw: str, src: _Source) -> str | None:
+    """`[docker] base_image`: empty means the built-in Debian image."""
+    if not raw:
+        return None
+    if not _IMAGE_REFERENCE.fullmatch(raw):
+        raise src.error(
+            "docker.base_image",
+            f"{_quote(raw)} is not a docker image reference",
+            'e.g. base_image = "ghcr.io/acme/dev:2024" (or "" for the built-in image)',
         )
     return raw
 

@@ -84,6 +84,11 @@ class BottleSection(NamedTuple):
     audit_max: int = DEFAULT_AUDIT_MAX  # bytes of audit log, in all
     audit_rate: int = DEFAULT_AUDIT_RATE  # bytes of audit log per minute
     host_tools: str = "warn"  # host-tool files the bottle changed: "warn" lists, "revert" restores
+    git_identity: bool = True  # copy the host's git user.name/user.email into the bottle
+
+
+class DockerSection(NamedTuple):
+    base_image: str | None = None  # build the agent image on this image (the user's toolchain)
 
 
 class ConfigSource(NamedTuple):
@@ -102,3 +107,4 @@ class Config(NamedTuple):
     git_remotes: tuple[GitRemote, ...] = ()
     bottle: BottleSection = BottleSection()
     sources: tuple[ConfigSource, ...] = ()  # config files that were honoured, in order
+    docker: DockerSection = DockerSection()

@@ -51,7 +51,7 @@ from claude_bottle.backend.docker.bottle_plan import (
     DockerBottlePlan,
     Mount,
 )
-from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
+from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
 
@@ -101,13 +101,11 @@ def _image_env(intercept: bool) -> dict[str, str]:
 
     PATH names the image's directories. With TLS interception the trust store that holds
     the bottle's CA is published by the bundle in the sockets volume (the image's own store
-    cannot be replaced in a read-only root), so every TLS client is pointed there.
+    cannot be replaced in a read-only root), and `build_env` points every TLS client there.
     """
-    env = {"PATH": DEFAULT_PATH, "NODE_EXTRA_CA_CERTS": IMAGE_CA_STORE}
-    if intercept:
-        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
-            env[name] = CA_BUNDLE
-        env["NODE_EXTRA_CA_CERTS"] = CA_CERT
+    env = {"PATH": DEFAULT_PATH}
+    if not intercept:
+        env["NODE_EXTRA_CA_CERTS"] = IMAGE_CA_STORE
     return env
 
 
@@ -209,13 +207,17 @@ class DockerBackend(BottleBackend):
                     "use a path without them",
                 )
         read_only = grant_read_only(config.bottle.read_only, Path(home))
+        base = images.base_image(config.docker.base_image) if config.docker.base_image else None
         try:
-            agent_image, bundle_image = images.agent_image(), images.bundle_image()
+            agent_image, bundle_image = images.agent_image(base=base), images.bundle_image()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the image build inputs: {exc}",
                 "check CLAUDE_BOTTLE_EXTRA_CA (a PEM file) and the installation",
             ) from exc
+        if base is not None and docker.image_inspect(agent_image.tag) is None:
+            # Not built on this base yet: say now, not from inside, what the base lacks.
+            images.check_base(base.ref)
 
         credential = credential_access(config.credentials.anthropic, home, os.environ)
         ca_mounts = tuple(
@@ -246,9 +248,11 @@ class DockerBackend(BottleBackend):
             bottle=request.name,
             home=home,
             extra_names=config.bottle.env,
-            intercept=intercept,
+            ca=CaFiles(CA_BUNDLE, CA_CERT) if intercept else None,
         )
         env.update(_image_env(intercept))
+        if base is not None and base.path:
+            env["PATH"] = base.path  # the toolchain the user's image puts on PATH
         agent = AgentSpec(
             container=f"{prefix}-agent",
             image=agent_image.tag,
@@ -267,6 +271,7 @@ class DockerBackend(BottleBackend):
             pids_limit=PIDS_LIMIT,
             memory=MEMORY,
             labels=(*labels, (LABEL_ROLE, ROLE_AGENT)),
+            base_image=base,
         )
         bundle = BundleSpec(
             container=f"{prefix}-bundle",

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from claude_bottle.backend.base import BottlePlan
+from claude_bottle.backend.docker.images import BaseImage
 from claude_bottle.plan import PlanSection
 from claude_bottle.workspace_guard import GitMount
 
@@ -78,6 +79,7 @@ class AgentSpec:
     memory: str
     labels: tuple[tuple[str, str], ...]
     guard_mounts: tuple[GitMount, ...] = ()  # the bottle's own .git over the workspace's
+    base_image: BaseImage | None = None  # `[docker] base_image`: the image is built on it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +255,11 @@ class DockerBottlePlan(BottlePlan):
         )
         agent_rows: list[tuple[str, str]] = [
             ("container", f"{agent.container} from {agent.image}"),
+            *(
+                (("built on", f"{agent.base_image.ref} ({agent.base_image.image_id[:19]})"),)
+                if agent.base_image
+                else ()
+            ),
             ("network", "none (loopback only)"),
             ("root", "image, read-only; tmpfs /tmp, /var/tmp"),
             ("home", f"{agent.home} <- {agent.home_source} (bottle's own, writable)"),

@@ -333,6 +333,14 @@ def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
     return lines[-1] if lines else ""
 
 
+def run_once(
+    image: str, command: Sequence[str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` in a throwaway container of `image`: no network, never pulled."""
+    options = ["--rm", "--network", "none", "--pull", "never", "--entrypoint", command[0]]
+    return _run(["run", *options, image, *command[1:]], check=False, timeout=timeout)
+
+
 def rm(containers: Iterable[str], *, force: bool = True) -> None:
     """`docker rm`: remove containers (with --force, running ones are killed first)."""
     containers = list(containers)

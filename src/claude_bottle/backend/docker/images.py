@@ -1,6 +1,8 @@
 """The docker backend's two images, tagged by a content hash of everything they are built from.
 
-agent  (Dockerfile.agent): Debian, Node.js, Claude Code, git, python3, curl, relay.py
+agent  (Dockerfile.agent): Debian, Node.js, Claude Code, git, python3 (venv, pip), curl, relay.py
+       or, with `[docker] base_image` (Dockerfile.agent-on-base): the user's image plus the
+       relay and Claude Code, its tag also hashing the base image's id
 bundle (Dockerfile.bundle): Debian, python3 + the runtime requirements, the claude_bottle package
 
 A tag is `<repo>:<16 hex of sha256(build inputs)>`, so an image is built
@@ -20,9 +22,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from claude_bottle.backend.docker import docker
+from claude_bottle.errors import MissingDependency
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_ROOT = HERE.parents[1]  # src/claude_bottle
@@ -97,17 +100,106 @@ def extra_ca_files(ca_dir: Path = HOST_CA_DIR, extra: str | None = None) -> dict
     return files
 
 
-def agent_image(claude_code_version: str = "latest") -> ImageSpec:
+class BaseImage(NamedTuple):
+    """The user's image the agent image is built on (`[docker] base_image`)."""
+
+    ref: str  # as configured
+    image_id: str  # what it is now: a rebuilt base gives the agent image a new tag
+    path: str  # its PATH: the bottle runs the image's toolchain
+
+
+def base_image(ref: str) -> BaseImage:
+    """The configured base image as the engine has it; MissingDependency when it has not."""
+    found = docker.image_inspect(ref)
+    if found is None:
+        raise MissingDependency(
+            f"[docker] base_image {ref} is not on this Docker engine",
+            f"pull or build it first: docker pull {ref}",
+        )
+    env = (found.get("Config") or {}).get("Env") or []
+    paths = [str(e).partition("=")[2] for e in env if str(e).startswith("PATH=")]
+    return BaseImage(ref, str(found.get("Id", "")), paths[-1] if paths else "")
+
+
+def agent_image(claude_code_version: str = "latest", base: BaseImage | None = None) -> ImageSpec:
+    if base is None:
+        return ImageSpec(
+            role="agent",
+            repo=AGENT_REPO,
+            files={
+                "Dockerfile": (HERE / "Dockerfile.agent").read_bytes(),
+                "relay.py": RELAY_SCRIPT.read_bytes(),
+                **extra_ca_files(),
+            },
+            build_args={"CLAUDE_CODE_VERSION": claude_code_version},
+        )
     return ImageSpec(
         role="agent",
         repo=AGENT_REPO,
         files={
-            "Dockerfile": (HERE / "Dockerfile.agent").read_bytes(),
+            "Dockerfile": (HERE / "Dockerfile.agent-on-base").read_bytes(),
             "relay.py": RELAY_SCRIPT.read_bytes(),
             **extra_ca_files(),
         },
-        build_args={"CLAUDE_CODE_VERSION": claude_code_version},
+        build_args={
+            "CLAUDE_CODE_VERSION": claude_code_version,
+            "BASE_IMAGE": base.ref,
+            "BASE_IMAGE_ID": base.image_id,
+        },
     )
+
+
+# Run with the base image's /bin/sh before building on it: one line per missing piece.
+BASE_CHECK = """\
+if command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null \
+    || echo "python-too-old $(python3 -c 'import platform; print(platform.python_version())')"
+else
+  echo no-python3
+fi
+if ! command -v claude >/dev/null 2>&1; then
+  { command -v node && command -v npm; } >/dev/null 2>&1 || echo no-node
+fi
+echo checked
+"""
+
+
+def base_problems(ref: str, output: str, shell_ran: bool) -> list[str]:
+    """What the base image lacks for a bottle, each with its fix, from BASE_CHECK's output."""
+    if not shell_ran:
+        return [
+            f"the base image {ref} has no /bin/sh, which the relay and the bottle's commands "
+            "need; fix: build it FROM an image with a shell (Debian, Ubuntu, Alpine, …)"
+        ]
+    problems = []
+    for line in output.splitlines():
+        word, _, detail = line.partition(" ")
+        if word == "no-python3":
+            problems.append(
+                f"the base image {ref} has no python3, which the bottle's relay runs on; "
+                "fix: install Python >= 3.9 in it (Debian/Ubuntu: apt-get install python3)"
+            )
+        elif word == "python-too-old":
+            problems.append(
+                f"the base image {ref} has Python {detail}; the bottle's relay needs >= 3.9; "
+                "fix: install a newer python3 in it"
+            )
+        elif word == "no-node":
+            problems.append(
+                f"the base image {ref} has neither `claude` nor Node.js with npm to install it; "
+                "fix: install nodejs and npm in it, or Claude Code's native build (claude on "
+                "PATH)"
+            )
+    return problems
+
+
+def check_base(ref: str) -> None:
+    """Name everything the base image lacks at once (MissingDependency), before a build."""
+    result = docker.run_once(ref, ["/bin/sh", "-c", BASE_CHECK])
+    shell_ran = "checked" in result.stdout.splitlines()
+    problems = base_problems(ref, result.stdout, shell_ran)
+    if problems:
+        raise MissingDependency("; ".join(problems))
 
 
 def _project(name: str) -> str:
@@ -221,6 +313,9 @@ def ensure(spec: ImageSpec, *, rebuild: bool = False, output: IO[str] | None = N
     if not rebuild and docker.image_inspect(spec.tag) is not None:
         return False
     stream = output if output is not None else sys.stderr
+    base = spec.build_args.get("BASE_IMAGE")
+    if base:
+        check_base(base)
     stream.write(f"claude-bottle: building image {spec.tag} (once per change of its inputs)\n")
     stream.flush()
     with tempfile.TemporaryDirectory(prefix="claude-bottle-build-") as tmp:
@@ -237,9 +332,11 @@ def ensure(spec: ImageSpec, *, rebuild: bool = False, output: IO[str] | None = N
     return True
 
 
-def build_images(*, rebuild: bool = False, output: IO[str] | None = None) -> list[str]:
+def build_images(
+    *, rebuild: bool = False, output: IO[str] | None = None, base: BaseImage | None = None
+) -> list[str]:
     """What `claude-bottle image build` does: make sure both images exist; their tags."""
-    specs = [agent_image(), bundle_image()]
+    specs = [agent_image(base=base), bundle_image()]
     stream = output if output is not None else sys.stderr
     for spec in specs:
         if not ensure(spec, rebuild=rebuild, output=stream):

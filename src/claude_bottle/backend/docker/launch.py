@@ -56,6 +56,7 @@ from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+from claude_bottle.git_identity import seed_git_identity
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
@@ -260,9 +261,9 @@ def _ends_with_bundle_stop(audit_log: Path) -> bool:
     return isinstance(last, dict) and last.get("rule") == "bundle-stop"
 
 
-def _build(tag: str) -> None:
+def _build(tag: str, base: images.BaseImage | None) -> None:
     """Build the image `tag` names (agent or bundle), from the inputs it was tagged by."""
-    for spec in (images.agent_image(), images.bundle_image()):
+    for spec in (images.agent_image(base=base), images.bundle_image()):
         if spec.repo == tag.partition(":")[0]:
             if spec.tag != tag:
                 raise LaunchError(
@@ -375,6 +376,7 @@ def start(
     home = paths.make_private_dir(Path(plan.agent.home_source))
     seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
     workspace_guard.prepare(plan.workspace_guard)
+    seed_git_identity(home, plan.git_identity)
     _settings(plan).dump(runtime / "bundle.json")
     env_file = runtime / "bundle-env.json"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -409,7 +411,7 @@ def start(
             if "no such image" not in exc.stderr.lower():
                 raise
             with building:
-                _build(image)
+                _build(image, plan.agent.base_image)
             docker.run(args, image, command)
         (created.bundles if role == "bundle" else created.agents).append(containers[role])
 

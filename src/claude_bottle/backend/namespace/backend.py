@@ -28,16 +28,19 @@ from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
 from claude_bottle.backend.namespace.toolchain import (
+    Unreachable,
     grant_read_only,
     host_sockets,
     masked_roots,
     resolve_binds,
+    unreachable,
 )
-from claude_bottle.bottle_env import RELAY_PORT, build_env
+from claude_bottle.bottle_env import NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
+from claude_bottle.git_identity import seed_git_identity
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 UNPRIVILEGED_EXEC = Path(__file__).resolve().parent / "unprivileged_exec.py"
@@ -120,13 +123,28 @@ class NamespaceBackend(BottleBackend):
             )
             raise MissingDependency(f"{program} is not installed (not found on PATH)", hint)
         python, prefix = _python()
+        workspace = str(request.workspace.resolve())
         toolchain = resolve_binds(
-            [program, python], home=home, path_env=host_path, python_prefix=prefix
+            [program, python],
+            home=home,
+            path_env=host_path,
+            python_prefix=prefix,
+            environ=os.environ,
+            workspace=Path(workspace),
         )
         read_only = grant_read_only(config.bottle.read_only, home)
+        missing = unreachable(
+            program,
+            home=home,
+            path_env=host_path,
+            visible=[*(b.path for b in toolchain), *read_only, workspace],
+            environ=os.environ,
+            workspace=Path(workspace),
+        )
+        if missing is not None:
+            raise _hidden_from_bottle(program, missing)
         state_dir = paths.state_dir(request.name)
         runtime_dir = paths.runtime_dir(request.name)
-        workspace = str(request.workspace.resolve())
         masked_paths = masked_roots(home)
         masked = tuple(str(p) for p in masked_paths)
         host_id = _unprivileged_host_id()
@@ -138,7 +156,7 @@ class NamespaceBackend(BottleBackend):
                 str(state_dir / "home"),
                 str(runtime_dir / "exec"),
                 *read_only,
-                *(str(p) for p in toolchain if p.is_relative_to(home)),
+                *(b.path for b in toolchain if Path(b.path).is_relative_to(home)),
             )
             if host_id is not None
             else ()
@@ -155,7 +173,7 @@ class NamespaceBackend(BottleBackend):
             relay_port=RELAY_PORT,
             masked=masked,
             hidden_sockets=host_sockets(masked_paths),
-            toolchain=tuple(str(p) for p in toolchain),
+            toolchain=toolchain,
             read_only=tuple(read_only),
             resolv_conf=str(runtime_dir / "resolv.conf"),
             ca_bundle=str(runtime_dir / "bundle" / "ca-bundle.pem")
@@ -169,8 +187,8 @@ class NamespaceBackend(BottleBackend):
             os.environ,
             bottle=request.name,
             home=str(home),
-            extra_names=config.bottle.env,
-            intercept=config.egress.intercept,
+            extra_names=(*TOOLCHAIN_ENV, *config.bottle.env),
+            ca=NAMESPACE_CA if config.egress.intercept else None,
         )
         common = common_plan_fields(
             self.name,
@@ -225,6 +243,7 @@ class NamespaceBackend(BottleBackend):
             os.chmod(path, 0o644)
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
         workspace_guard.prepare(plan.workspace_guard)
+        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity)
 
         settings = BundleSettings(
             bottle=plan.name,
@@ -361,6 +380,20 @@ class NamespaceBackend(BottleBackend):
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
         return cleanup.run(plan)
+
+
+def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency:
+    """Say which host file keeps `program` from running inside, and how to show it."""
+    message = f"{program} needs {missing.path}, which the bottle does not show"
+    if missing.secret is not None:
+        return MissingDependency(
+            f"{message} (it is inside {missing.secret}, which is never shown in a bottle)",
+            f"install {program} outside {missing.secret}",
+        )
+    return MissingDependency(
+        message,
+        f'grant it read-only in your user config: [bottle] read_only = ["{missing.path}"]',
+    )
 
 
 USERNS_PROBE = (

@@ -30,6 +30,6 @@ class NamespaceBottlePlan(BottlePlan):
             ("sockets", f"{len(spec.hidden_sockets)} other host unix sockets covered"),
             ("home", f"{spec.home} <- {spec.home_source} (bottle's own, writable)"),
         ]
-        rows += [("toolchain", p) for p in spec.toolchain]
+        rows += [("toolchain", f"{b.path} ({b.reason})") for b in spec.toolchain]
         rows += [("read-only", p) for p in spec.read_only]
         return [*self.common_sections(), PlanSection("sandbox (bubblewrap)", tuple(rows))]

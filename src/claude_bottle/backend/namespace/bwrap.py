@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from claude_bottle.backend.namespace.toolchain import Bind
 from claude_bottle.bottle_env import GATEWAY_PORT, SYSTEM_CA_BUNDLE
 from claude_bottle.workspace_guard import GitMount
 
@@ -23,7 +24,7 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     relay_port: int
     masked: tuple[str, ...]  # host dirs hidden behind an empty tmpfs
     hidden_sockets: tuple[str, ...]  # host unix sockets covered with /dev/null
-    toolchain: tuple[str, ...]  # host paths bound read-only at the same path
+    toolchain: tuple[Bind, ...]  # host paths bound read-only at the same path
     read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
     resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
     ca_bundle: str | None = None  # host file shown as the system trust store (interception)
@@ -93,7 +94,7 @@ def bwrap_argv(
         argv += ["--ro-bind", spec.ca_bundle, SYSTEM_CA_BUNDLE]
     # Home first: toolchains under $HOME are bound on top of the bottle's own home.
     argv += ["--bind", spec.home_source, spec.home]
-    for path in (*spec.toolchain, *spec.read_only):
+    for path in (*(bind.path for bind in spec.toolchain), *spec.read_only):
         argv += ["--ro-bind", path, path]
     argv += ["--bind", spec.workspace, spec.workspace]
     for mount in spec.guard_mounts:

@@ -1,19 +1,27 @@
 """Which host paths the bottle needs read-only so the command and the relay can run.
 
 The bottle masks /home, /root and $HOME, yet people keep toolchains there
-(nvm/fnm node, pyenv/uv Python, a native `claude` in ~/.local/bin). We bind
-exactly what the executables need — the file, its symlink target, its
-interpreter, and the install prefix when that prefix is specific to the
-toolchain — and never a directory that holds credentials.
+(pyenv shims and versions, nvm/fnm node, uv Pythons and tools, a native
+`claude` in ~/.local/bin, rustup's cargo, ~/go/bin). We bind exactly what
+they need: each PATH directory under a masked root (or the install prefix
+it is the `bin` of), what its symlinks point to, the base interpreter of a
+bound virtualenv, what a version manager selects, and the command's own
+file, symlink target and interpreter — never a path that holds credentials,
+and never a whole directory tools write to (the cargo registry, the Go module
+cache and the npm cache are made in the bottle's own home).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+from claude_bottle.backend.namespace import version_managers
 
 # Directories that hold credentials or history; nothing that contains one is ever bound.
 SECRET_PATHS = (
@@ -31,6 +39,13 @@ SECRET_PATHS = (
     ".git-credentials",
     ".npmrc",
     ".pypirc",
+    ".gitconfig",
+    ".config/git",
+    ".config/pip",
+    ".pip",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".gem/credentials",
     ".bash_history",
     ".zsh_history",
     ".python_history",
@@ -38,14 +53,19 @@ SECRET_PATHS = (
     ".password-store",
     ".vault-token",
 )
-# A prefix this shallow under a masked root is shared by many tools (~/.local): bind files only.
+# A prefix this shallow under the home is shared by many tools (~/.local, ~/go): bind files only.
 _MIN_PREFIX_DEPTH = 2
+_MAX_PATH_ENTRIES = 256
+_MAX_DIR_ENTRIES = 4096  # symlinks looked at per PATH directory
+_PYVENV_CFG_LIMIT = 4096
 
 
 # Container engines keep sockets (their own and other bottles') in their state dirs.
 ENGINE_STATE = (Path("/var/lib/docker"), Path("/var/lib/containerd"))
 # bwrap mounts fresh ones over these, so sockets below them are already out of sight.
 _FRESH_MOUNTS = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/dev"), Path("/proc"))
+# Of those, the ones where a host file may live that the bottle then does not see.
+_EMPTIED = (Path("/tmp"), Path("/var/tmp"), Path("/run"))
 
 
 def masked_roots(home: Path) -> tuple[Path, ...]:
@@ -114,6 +134,13 @@ def grant_read_only(raw_paths: Iterable[str], home: Path) -> list[str]:
     return granted_paths
 
 
+class Bind(NamedTuple):
+    """A host path shown read-only at the same path inside the bottle."""
+
+    path: str
+    reason: str  # what needs it, for the plan
+
+
 def _interpreter(executable: Path) -> str | None:
     try:
         with executable.open("rb") as handle:
@@ -131,23 +158,128 @@ def _interpreter(executable: Path) -> str | None:
     return words[0]
 
 
-def _binds_for_file(path: Path, roots: Sequence[Path], home: Path) -> list[Path]:
-    binds: list[Path] = []
-    chain = [path]
-    real = path.resolve()
-    if real != path:
-        chain.append(real)
-    for item in chain:
-        root = next((r for r in roots if _is_within(item, r)), None)
-        if root is None:
-            continue
-        prefix = item.parent.parent if item.parent.name == "bin" else item.parent
-        depth = len(prefix.relative_to(root).parts) if _is_within(prefix, root) else 0
-        if depth >= _MIN_PREFIX_DEPTH and exposes_secret(prefix, home) is None:
-            binds.append(prefix)
-        elif exposes_secret(item, home) is None:
-            binds.append(item)
-    return binds
+def _pyvenv_home(prefix: Path) -> Path | None:
+    """The `home` (the base interpreter's bin dir) a virtualenv's pyvenv.cfg names."""
+    try:
+        with (prefix / "pyvenv.cfg").open("rb") as handle:
+            text = handle.read(_PYVENV_CFG_LIMIT).decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "home" and Path(value.strip()).is_absolute():
+            return Path(value.strip())
+    return None
+
+
+class _Binds:
+    """Collects read-only binds under the masked roots, refusing any that reveal a secret.
+
+    The workspace is shown anyway, and the agent writes it: nothing in it is followed (a
+    planted symlink or shebang would otherwise choose what of the home gets shown).
+    """
+
+    def __init__(self, home: Path, workspace: Path | None) -> None:
+        self.home = home
+        self.workspace = workspace
+        self.roots = masked_roots(home)
+        self.found: dict[Path, str] = {}
+
+    def agent_writable(self, path: Path) -> bool:
+        return self.workspace is not None and (
+            _is_within(path, self.workspace) or _is_within(path.resolve(), self.workspace)
+        )
+
+    def root_of(self, path: Path) -> Path | None:
+        return next((r for r in self.roots if _is_within(path, r)), None)
+
+    def depth(self, path: Path) -> int:
+        """Depth below the home (or below another user's home under a masked root)."""
+        if _is_within(path, self.home):
+            return len(path.relative_to(self.home).parts)
+        root = self.root_of(path)
+        return max(len(path.relative_to(root).parts) - 1, 0) if root is not None else 0
+
+    def add(self, path: Path, reason: str) -> bool:
+        if self.root_of(path) is None or self.agent_writable(path):
+            return False
+        # bwrap binds what a symlink points to: judge both names.
+        if exposes_secret(path, self.home) or exposes_secret(path.resolve(), self.home):
+            return False
+        self.found.setdefault(path, reason)
+        return True
+
+    def prefix_or_self(self, directory: Path, reason: str) -> None:
+        """A `bin` directory deep enough under the home brings its install prefix (node's
+        lib/node_modules, a venv's lib); anything else only itself."""
+        if (
+            directory.name == "bin"
+            and self.depth(directory.parent) >= _MIN_PREFIX_DEPTH
+            and self.add(directory.parent, reason)
+        ):
+            return
+        self.add(directory, reason)
+
+    def file(self, path: Path, reason: str) -> None:
+        """An executable, and its symlink target: each with its prefix when that is specific."""
+        chain = [path]
+        real = path.resolve()
+        if real != path:
+            chain.append(real)
+        for item in chain:
+            if self.root_of(item) is None:
+                continue
+            prefix = item.parent.parent if item.parent.name == "bin" else item.parent
+            if not (self.depth(prefix) >= _MIN_PREFIX_DEPTH and self.add(prefix, reason)):
+                self.add(item, reason)
+
+    def path_directory(self, entry: Path) -> None:
+        """A PATH entry: the directory (or its prefix), its real location, and what its
+        symlinks point to under the masked roots."""
+        reason = f"PATH {entry}"
+        real = entry.resolve()
+        for directory in {entry, real}:
+            if self.root_of(directory) is not None:
+                self.prefix_or_self(directory, reason)
+        try:
+            with os.scandir(real) as scan:
+                entries = itertools.islice(scan, _MAX_DIR_ENTRIES)
+                links = [entry.path for entry in entries if entry.is_symlink()]
+        except OSError:
+            return
+        for link in links:
+            target = Path(os.path.realpath(link))
+            if self.root_of(target) is not None and not self.covered(target):
+                self.file(target, reason)
+
+    def covered(self, path: Path) -> bool:
+        return any(_is_within(path, bound) for bound in self.found)
+
+    def virtualenv_bases(self) -> None:
+        """A bound virtualenv runs its base interpreter (uv tools, pyenv-virtualenv)."""
+        pending = list(self.found)
+        seen: set[Path] = set()
+        while pending:
+            prefix = pending.pop()
+            if prefix in seen:
+                continue
+            seen.add(prefix)
+            base = _pyvenv_home(prefix)
+            if base is None or self.root_of(base) is None or self.covered(base):
+                continue
+            before = set(self.found)
+            self.prefix_or_self(base, f"base interpreter of {prefix}")
+            pending += [p for p in self.found if p not in before]
+
+    def result(self) -> tuple[Bind, ...]:
+        unique = sorted(self.found, key=lambda p: (len(p.parts), str(p)))
+        kept = [p for p in unique if not any(q in p.parents for q in unique if q != p)]
+        return tuple(Bind(str(p), self.found[p]) for p in kept)
+
+
+def _path_entries(path_env: str) -> list[Path]:
+    entries = [Path(e) for e in path_env.split(os.pathsep) if e and os.path.isabs(e)]
+    return entries[:_MAX_PATH_ENTRIES]
 
 
 def resolve_binds(
@@ -156,10 +288,22 @@ def resolve_binds(
     home: Path,
     path_env: str,
     python_prefix: Path | None = None,
-) -> tuple[Path, ...]:
-    """Read-only binds for these executables (names or paths), deduplicated, parents first."""
-    roots = masked_roots(home)
-    found: list[Path] = []
+    environ: Mapping[str, str] | None = None,
+    workspace: Path | None = None,
+) -> tuple[Bind, ...]:
+    """Read-only binds for the toolchains on `path_env` and these executables (names or
+    paths), deduplicated, parents first."""
+    environ = {} if environ is None else environ
+    binds = _Binds(home, workspace)
+    entries = _path_entries(path_env)
+    for entry in entries:
+        if binds.root_of(entry) is not None and not binds.agent_writable(entry) and entry.is_dir():
+            binds.path_directory(entry)
+    if workspace is not None:
+        for path, reason in version_managers.pyenv_paths(environ, entries, workspace):
+            binds.add(path, reason)
+    for path, reason in version_managers.rustup_paths(environ, home, entries):
+        binds.add(path, reason)
     pending = list(executables)
     seen: set[str] = set()
     while pending:
@@ -171,11 +315,66 @@ def resolve_binds(
         if not located:
             continue
         path = Path(os.path.abspath(located))
-        found.extend(_binds_for_file(path, roots, home))
+        if binds.agent_writable(path):
+            continue  # shown as it is; its shebang is the agent's to choose
+        binds.file(path, f"runs {name}")
         interpreter = _interpreter(path.resolve())
         if interpreter:
             pending.append(interpreter)
-    if python_prefix is not None and any(_is_within(python_prefix, r) for r in roots):
-        found.append(python_prefix)
-    unique = sorted(set(found), key=lambda p: (len(p.parts), str(p)))
-    return tuple(p for p in unique if not any(q in p.parents for q in unique if q != p))
+    if python_prefix is not None:
+        binds.add(python_prefix, "the relay's Python")
+    binds.virtualenv_bases()
+    return binds.result()
+
+
+class Unreachable(NamedTuple):
+    """A host file the command needs that the bottle would not show."""
+
+    path: str
+    secret: str | None  # the credential path that keeps it hidden, if that is why
+
+
+def unreachable(
+    program: str,
+    *,
+    home: Path,
+    path_env: str,
+    visible: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+    workspace: Path | None = None,
+) -> Unreachable | None:
+    """The first file `program` needs (itself, its symlink target, its interpreters, a pyenv
+    shim's pyenv) that is hidden in the bottle: under a masked root and not in `visible`.
+    A file in the workspace ends the search: its shebang is the agent's to choose."""
+    environ = {} if environ is None else environ
+    roots = (*masked_roots(home), *_EMPTIED)
+    shown = [Path(p) for p in visible]
+    entries = _path_entries(path_env)
+
+    def hidden(path: Path) -> bool:
+        inside_mask = any(_is_within(path, r) for r in roots)
+        return inside_mask and not any(_is_within(path, v) for v in shown)
+
+    pending = [program]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        located = shutil.which(name, path=path_env) if os.sep not in name else name
+        if not located:
+            continue
+        path = Path(os.path.abspath(located))
+        needed = [path, path.resolve()]
+        if version_managers.is_pyenv_shim(path, environ, entries):
+            needed.append(version_managers.pyenv_libexec(path, environ, entries))
+        for item in needed:
+            if hidden(item):
+                return Unreachable(str(item), exposes_secret(item, home))
+        if workspace is not None and any(_is_within(item, workspace) for item in needed):
+            continue
+        interpreter = _interpreter(path.resolve())
+        if interpreter:
+            pending.append(interpreter)
+    return None

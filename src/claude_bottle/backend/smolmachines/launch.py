@@ -33,6 +33,7 @@ from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bu
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
+from claude_bottle.git_identity import seed_git_identity
 
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
@@ -98,6 +99,7 @@ def launch_bottle(
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     seed_claude_home(Path(plan.home_source), Path.home(), Path(plan.workspace))
     workspace_guard.prepare(plan.workspace_guard)
+    seed_git_identity(Path(plan.home_source), plan.git_identity)
 
     pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 

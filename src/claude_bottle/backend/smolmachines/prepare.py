@@ -32,7 +32,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
-from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
+from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.errors import ConfigError, LaunchError
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
@@ -40,7 +40,6 @@ IMAGE_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_IMAGE"
 NETWORK_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_NETWORK"
 DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the docker backend's image builder is absent
 DOCKER_IMAGES = "claude_bottle.backend.docker.images"
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 NETWORKS = ("none", "gvproxy")
 PACK_SUFFIX = ".smolmachine"
 
@@ -77,20 +76,17 @@ def resolve_plan(
     config = request.config
     state_dir = paths.state_dir(request.name)
     runtime_dir = paths.runtime_dir(request.name)
-    intercept = config.egress.intercept
+    # A volume cannot cover the image's system trust store (one file), so the TLS clients
+    # are pointed at the bundle's copy of it, which adds the bottle's CA.
+    ca = CaFiles(f"{GUEST_BUNDLE}/ca-bundle.pem", f"{GUEST_BUNDLE}/ca.pem")
     env = build_env(
         environ,
         bottle=request.name,
         home=GUEST_HOME,
         extra_names=config.bottle.env,
-        intercept=intercept,
+        ca=ca if config.egress.intercept else None,
     )
     env["PATH"] = DEFAULT_PATH  # the host's PATH means nothing inside the VM
-    if intercept:
-        # A volume cannot cover the image's system trust store (one file), so the TLS
-        # clients are pointed at the bundle's copy of it, which adds the bottle's CA.
-        env.update({name: f"{GUEST_BUNDLE}/ca-bundle.pem" for name in CA_VARIABLES})
-        env["NODE_EXTRA_CA_CERTS"] = f"{GUEST_BUNDLE}/ca.pem"
     subnet, gateway = bottle_subnet(request.name)
     common = common_plan_fields(
         backend,
