@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
+from claude_bottle.policy.dlp_keywords import GENERIC_RULES
 from claude_bottle.policy.dlp_patterns import MAX_PATTERN_WIDTH, PATTERNS, Validator
 from claude_bottle.policy.validators import shannon_entropy
 
@@ -744,7 +745,25 @@ class Scanner:
                 spans.append((index, start, end))
                 last_end = end
         spans.sort(key=lambda span: (span[1], span[2], span[0]))
+        if any(self._rules[index].name in GENERIC_RULES for index, _, _ in spans):
+            spans = self._without_shadowed_generics(spans)
         return spans
+
+    def _without_shadowed_generics(
+        self, spans: list[tuple[int, int, int]]
+    ) -> list[tuple[int, int, int]]:
+        """Drop generic-rule matches whose bytes a specific rule also matched (one finding)."""
+        specific = [
+            (start, end)
+            for index, start, end in spans
+            if self._rules[index].name not in GENERIC_RULES
+        ]
+        return [
+            (index, start, end)
+            for index, start, end in spans
+            if self._rules[index].name not in GENERIC_RULES
+            or not any(first < end and start < last for first, last in specific)
+        ]
 
     def scan(self, data: bytes, location: str) -> list[Finding]:
         """Every finding in `data`; `location` (e.g. "url.query") is copied into each."""
