@@ -59,6 +59,19 @@ class DlpInspector:
         self.record = record
 
     def _hit(self, findings: list[Finding], method: str, host: str, port: int, path: str) -> None:
+        for finding in findings:
+            if finding.ignored:  # [dlp] ignore*: let through, and say so in the audit log
+                self.record(
+                    "dlp",
+                    "allow",
+                    rule=f"dlp:{finding.pattern}",
+                    method=method,
+                    host=host,
+                    port=port,
+                    path=path,
+                    detail={"location": finding.location, "ignored": finding.fingerprint},
+                )
+        findings = [finding for finding in findings if not finding.ignored]
         if not findings:
             return
         first = findings[0]
@@ -204,8 +217,20 @@ class DirectoryCache:
 
 
 def default_inspector(
-    patterns: Iterable[tuple[str, str]], *, block: bool, record: Recorder
+    patterns: Iterable[tuple[str, str]],
+    *,
+    block: bool,
+    record: Recorder,
+    ignore: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> DlpInspector:
+    """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints)."""
     cache = DirectoryCache(cache_root() / "dlp")
-    scanner = Scanner(tuple(patterns), host_secrets(os.environ), cache=cache)
+    rules, fingerprints = ignore
+    scanner = Scanner(
+        tuple(patterns),
+        host_secrets(os.environ),
+        cache=cache,
+        ignore_rules=rules,
+        ignore_fingerprints=fingerprints,
+    )
     return DlpInspector(scanner, block=block, record=record)

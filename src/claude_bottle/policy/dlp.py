@@ -87,6 +87,21 @@ class Finding:
     location: str
     start: int
     end: int
+    # A hash of the rule and the matched bytes, for `[dlp] ignore_fingerprints`: it names
+    # one false positive without storing it. Empty for the user's own secrets.
+    fingerprint: str = dataclasses.field(default="", compare=False)
+    # Silenced by `[dlp] ignore` or `ignore_fingerprints`: let through, but audited.
+    ignored: bool = False
+
+
+FINGERPRINT_HEX = 16
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+
+
+def finding_fingerprint(rule: str, matched: bytes) -> str:
+    """The fingerprint of one match: 64 bits of SHA-256 over the rule id and the bytes."""
+    digest = hashlib.sha256(b"claude-bottle dlp\0" + rule.encode() + b"\0" + matched)
+    return digest.hexdigest()[:FINGERPRINT_HEX]
 
 
 class _Rule:
@@ -617,6 +632,30 @@ def _builtin_rules() -> list[_Rule]:
     return rules
 
 
+def _checked_ignores(names: Sequence[str], known: set[str]) -> frozenset[str]:
+    """Rule ids to silence: known patterns only, never a fingerprint of the user's secrets."""
+    for name in names:
+        if name.startswith("secret:"):
+            raise DlpPatternError(
+                f"'{name[:80]}' cannot be ignored: findings of your own secret values always block"
+            )
+        if name not in known:
+            raise DlpPatternError(
+                f"'{name[:80]}' is not a DLP rule id; `claude-bottle dlp scan` shows the ids"
+            )
+    return frozenset(names)
+
+
+def _checked_fingerprints(fingerprints: Sequence[str]) -> frozenset[str]:
+    for fingerprint in fingerprints:
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            raise DlpPatternError(
+                f"'{fingerprint[:80]}' is not a finding fingerprint "
+                f"({FINGERPRINT_HEX} lowercase hex digits, as `claude-bottle dlp scan` prints)"
+            )
+    return frozenset(fingerprints)
+
+
 def _extra_rule(name: str, regex: str, taken: set[str]) -> _Rule:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DlpPatternError(
@@ -674,6 +713,8 @@ class Scanner:
         *,
         engine: str | None = None,
         cache: CompiledCache | None = None,
+        ignore_rules: Sequence[str] = (),
+        ignore_fingerprints: Sequence[str] = (),
     ) -> None:
         rules = _builtin_rules()
         taken = {rule.name for rule in rules}
@@ -682,6 +723,8 @@ class Scanner:
             taken.add(name)
             rules.append(rule)
         self._pattern_names = tuple(rule.name for rule in rules)
+        self._ignored_rules = _checked_ignores(ignore_rules, taken)
+        self._ignored_fingerprints = _checked_fingerprints(ignore_fingerprints)
         shared = len(rules)
         labels: list[str] = []
         for label, value in (secrets or {}).items():
@@ -765,12 +808,27 @@ class Scanner:
             or not any(first < end and start < last for first, last in specific)
         ]
 
+    def _finding(
+        self, index: int, location: str, data: bytes, start: int, end: int, base: int = 0
+    ) -> Finding:
+        """A Finding at `start`-`end` of `data`, reported at offset `base` + start."""
+        name = self._rules[index].name
+        if index >= len(self._pattern_names):  # the user's own secret: never silenced
+            return Finding(name, location, base + start, base + end)
+        fingerprint = finding_fingerprint(name, data[start:end])
+        ignored = name in self._ignored_rules or fingerprint in self._ignored_fingerprints
+        return Finding(name, location, base + start, base + end, fingerprint, ignored)
+
     def scan(self, data: bytes, location: str) -> list[Finding]:
-        """Every finding in `data`; `location` (e.g. "url.query") is copied into each."""
+        """Every finding in `data`; `location` (e.g. "url.query") is copied into each.
+
+        Findings silenced by `ignore_rules` or `ignore_fingerprints` are included
+        with `ignored` set: the caller lets them through and audits that it did.
+        """
         if not isinstance(data, bytes):
             data = bytes(data)
         return [
-            Finding(self._rules[index].name, location, start, end)
+            self._finding(index, location, data, start, end)
             for index, start, end in self._matches(data)
         ]
 
@@ -789,9 +847,6 @@ class Scanner:
             findings.extend(self.scan(host.encode("ascii"), "host"))
         findings.sort(key=lambda finding: (finding.start, finding.end, finding.pattern))
         return findings
-
-    def _rule_name(self, index: int) -> str:
-        return self._rules[index].name
 
 
 class StreamScan:
@@ -854,7 +909,9 @@ class StreamScan:
             ):
                 continue
             self._reported.append((index, begin, stop))
-            found.append(Finding(self._scanner._rule_name(index), self._location, begin, stop))
+            found.append(
+                self._scanner._finding(index, self._location, buffer, start, end, self._base)
+            )
         return found
 
 
