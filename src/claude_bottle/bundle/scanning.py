@@ -113,7 +113,7 @@ class DlpInspector:
             findings += self.scanner.scan(decoded, "URL (decoded)")
         for name, value in headers:
             label = name.decode("latin-1")[:64]
-            findings += self.scanner.scan(value, f"{label} header")
+            findings += self.scanner.scan_header(name, value, f"{label} header")
         self._hit(findings, method, host, port, target)
 
     def body(

@@ -399,6 +399,19 @@ class Scanner:
             for index, start, end in self._matches(data)
         ]
 
+    def scan_header(self, name: bytes, value: bytes, location: str) -> list[Finding]:
+        """Findings in one header, scanned as `name: value` so keyword rules see the name.
+
+        `X-Datadog-Api-Key: <hex>` is caught by the name next to the value, as in a
+        config file. Offsets index into `value` (0 for a match starting in the name).
+        """
+        skip = len(name) + 2
+        return [
+            dataclasses.replace(found, start=max(0, found.start - skip), end=found.end - skip)
+            for found in self.scan(bytes(name) + b": " + bytes(value), location)
+            if found.end > skip
+        ]
+
     def stream(self, location: str) -> StreamScan:
         """A scanner for one body fed chunk by chunk; offsets count from its first byte."""
         return StreamScan(self, location)
