@@ -142,6 +142,33 @@ MORE_EXAMPLES: dict[str, tuple[list[Maker], list[Maker]]] = {
             lambda r: "docker exec -u root:" + rand(r, 12) + " web sh",
         ],
     ),
+    "curl-auth-header": (
+        [
+            lambda r: 'curl -H "Authorization: Bearer ' + rand(r, 40) + '" https://h/',
+            lambda r: "curl -X POST \\\n  --header 'X-Api-Key: " + rand(r, 32, HEX) + "' h",
+            lambda r: (
+                'curl -H "Authorization: Basic '
+                + base64.b64encode(b"ci:" + rand(r, 16).encode()).decode()
+                + '" h'
+            ),
+        ],
+        [
+            lambda r: 'curl -H "Authorization: Bearer $TOKEN" https://h/',
+            lambda r: 'grep -H "Authorization: Bearer ' + rand(r, 30) + '" notes.txt',
+        ],
+    ),
+    "harness-token": (
+        [lambda r: "pat." + rand(r, 22) + "." + rand(r, 24) + "." + rand(r, 20)],
+        [lambda r: "pat." + rand(r, 22) + "." + rand(r, 24)],
+    ),
+    "easypost-api-key": (
+        [lambda r: "EZAK" + rand(r, 54), lambda r: "EZTK" + rand(r, 54, LOWER_DIGITS)],
+        [lambda r: "EZAK" + "0" * 54],
+    ),
+    "sourcegraph-token": (
+        [lambda r: "sgp_" + rand(r, 16, HEX) + "_" + rand(r, 40, HEX)],
+        [lambda r: "sgp_" + "0" * 40],
+    ),
     "jwt-base64": (
         [lambda r: "token: " + base64.b64encode(_jwt(r).encode()).decode()],
         [lambda r: "ZXlK" + rand(r, 60)],

@@ -455,7 +455,7 @@ _CORE: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "dynatrace-token",
-        r"dt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64}",
+        r"dt0c01\.(?i:[A-Z0-9]{24}\.[A-Z0-9]{64})",
         random_token(14, skip=7),
         "Dynatrace API token",
     ),

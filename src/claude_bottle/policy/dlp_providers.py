@@ -79,6 +79,26 @@ def _curl_credentials(data: bytes, start: int, end: int) -> bool:
     return not (user.startswith((b"$", b"<", b"{{")) and password.startswith((b"$", b"<", b"{{")))
 
 
+_AUTH_HEADER = re.compile(
+    rb"(?:-H|--header)(?:=|[ \t]{1,5})\\{0,3}[\"']?[A-Za-z-]{1,40}[ \t]{0,5}:[ \t]{0,5}"
+    rb"(?:(?i:bearer|basic|token|api-token)[ \t]{1,5})?(?P<cred>[A-Za-z0-9._~+/=@-]{8,500})"
+)
+
+
+def _curl_auth_header(data: bytes, start: int, end: int) -> bool:
+    """`curl -H "Authorization: ..."`: a curl command before it and a credential, not a $VAR."""
+    if _CURL.search(data, max(0, start - _CURL_BEFORE), start) is None:
+        return False
+    found = _AUTH_HEADER.match(data, start, end)
+    if found is None:
+        return False
+    cred = found.group("cred")
+    if b"asic" in found.group()[: found.start("cred") - start]:  # Basic: base64 of user:pass
+        decoded = _b64decode(cred.rstrip(b"="))
+        return decoded is not None and b":" in decoded
+    return looks_random(cred, 6) and not _PLACEHOLDER_PASSWORD.search(cred)
+
+
 _K8S_CONTEXT = 700  # bytes around `kind: Secret` searched for its data block
 _K8S_DATA = re.compile(
     # After a newline, also an escaped one (\n in JSON, where \b finds no boundary);
@@ -191,6 +211,33 @@ PROVIDER_PATTERNS: tuple[PatternSpec, ...] = (
         r"(?:-u|--user)(?:=|[ \t]{1,5})[^\s:]{0,100}:[^\s]{0,100}",
         _curl_credentials,
         "password on a curl command line (curl -u user:password)",
+    ),
+    PatternSpec(
+        "curl-auth-header",
+        r"(?:-H|--header)(?:=|[ \t]{1,5})\\{0,3}[\"']?"
+        r"(?i:authorization|api-?key|api-token|token|x-[a-z-]{0,30}(?:key|token))"
+        r"[ \t]{0,5}:[ \t]{0,5}(?:(?i:bearer|basic|token|api-token)[ \t]{1,5})?"
+        r"[A-Za-z0-9._~+/=@-]{8,500}",
+        _curl_auth_header,
+        "credential in a curl command's Authorization or API-key header",
+    ),
+    PatternSpec(
+        "harness-token",
+        r"\b(?:pat|sat)\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{20}\b",
+        random_token(12, tail=20),
+        "Harness personal or service-account token",
+    ),
+    PatternSpec(
+        "easypost-api-key",
+        r"\bEZ[AT]K(?i:[a-z0-9]{54})\b",
+        random_token(14, skip=4),
+        "EasyPost production or test API key",
+    ),
+    PatternSpec(
+        "sourcegraph-token",
+        r"\bsgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}\b",
+        random_token(8, tail=40),
+        "Sourcegraph access token",
     ),
     PatternSpec(
         "jwt-base64",
