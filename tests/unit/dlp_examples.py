@@ -243,6 +243,7 @@ MORE_EXAMPLES: dict[str, tuple[list[Maker], list[Maker]]] = {
             lambda r: '"MLKEM768X25519PrivateKey",\n    "MLKEM768X25519PublicKey",',
             lambda r: "password: 'bm90IG15IHJlYWwgcGFzc3dvcmQ='",
             lambda r: 'tokenizer_name = "bert-base-uncased-v2"',
+            lambda r: "'ReplacePasswordWithSignInRequest', 'ASAccountAuthenticationRequest'",
         ],
     ),
 }

@@ -98,6 +98,9 @@ def _class_turns(value: bytes) -> int:
     return turns
 
 
+_LOWER_WORD = re.compile(rb"[a-z]{8}")
+
+
 def _upper_pairs(value: bytes) -> int:
     return sum(1 for a, b in itertools.pairwise(value) if 65 <= a <= 90 and 65 <= b <= 90)
 
@@ -105,11 +108,17 @@ def _upper_pairs(value: bytes) -> int:
 def _mixes_classes(value: bytes, min_turns: int) -> bool:
     """Digits among letters, switching often: random strings do, names and words do not.
 
-    A mixed-case value without digits counts when capitals often come in pairs
-    (`jRNwkJTQMlysNBKLcUHI`), which camelCase names (`getAccessTokenFromEnv`) avoid.
+    A mixed-case value without digits counts when capitals come in pairs
+    (`jRNwkJTQMlysNBKLcUHI`), which camelCase names (`getAccessTokenFromEnv`) avoid,
+    and no run of 8 lowercase letters spells a word (`ASAccountAuthenticationRequest`).
     """
     if not any(48 <= byte <= 57 for byte in value):
-        return len(value) >= 20 and _upper_pairs(value) >= 1 and value.upper() != value
+        return (
+            len(value) >= 20
+            and _upper_pairs(value) >= 1
+            and value.upper() != value
+            and _LOWER_WORD.search(value) is None
+        )
     has_letter = any(65 <= byte <= 90 or 97 <= byte <= 122 for byte in value)
     return has_letter and _class_turns(value) >= max(min_turns, len(value) // 8)
 
