@@ -219,7 +219,9 @@ def _provider_rules() -> Sequence[PatternSpec]:
         _keyword_rule(
             "twitter-key",
             r"twitter",
-            rf"A{{22}}[{_ALNUM}%]{{80,100}}|\d{{15,25}}-[{_ALNUM}]{{20,40}}|[{_ALNUM}]{{25,50}}",
+            # API key (25), secret (50), access token (id-random), bearer (A*22 + 80-100):
+            # one class, so the engine filter is its first 16 bytes.
+            rf"[{_ALNUM}%-]{{25,122}}",
             "Twitter (X) API key, secret or access token (next to its name)",
         ),
         _keyword_rule(
@@ -231,7 +233,7 @@ def _provider_rules() -> Sequence[PatternSpec]:
         _keyword_rule(
             "asana-token",
             r"asana",
-            r"\d/\d{16}(?:/\d{16})?:[a-f0-9]{32}|[A-Za-z0-9]{32}",
+            r"[A-Za-z0-9/:]{32,70}",  # 1/<16 digits>:<32 hex>, 2/<16>/<16>:<32>, or 32
             "Asana personal access token or client secret (next to its name)",
         ),
         _keyword_rule(
@@ -243,7 +245,7 @@ def _provider_rules() -> Sequence[PatternSpec]:
         _keyword_rule(
             "airtable-key",
             r"airtable",
-            rf"key[{_ALNUM}]{{14}}|[{_ALNUM}]{{17}}",
+            rf"[{_ALNUM}]{{17}}",  # key + 14, or 17
             "Airtable API key (next to its name)",
             min_length=17,
         ),
