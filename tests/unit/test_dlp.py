@@ -47,6 +47,7 @@ from claude_bottle.policy.validators import (
     luhn_ok,
     shannon_entropy,
 )
+from tests.unit.dlp_examples import MORE_EXAMPLES
 
 B62 = string.ascii_letters + string.digits
 B64U = B62 + "_-"
@@ -168,8 +169,8 @@ EXAMPLES: dict[str, tuple[list[Maker], list[Maker]]] = {
         ],
         [
             lambda r: "aws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY",
-            lambda r: "token = " + rand(r, 40, B64),
-            lambda r: "RawSecretAccessKey=" + rand(r, 43, B64) + "=",
+            lambda r: "aws_region = " + rand(r, 40, B64),
+            lambda r: "RawSecretAccessKey=" + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1234",
         ],
     ),
     "aws-session-token": (
@@ -178,8 +179,8 @@ EXAMPLES: dict[str, tuple[list[Maker], list[Maker]]] = {
             lambda r: '"SessionToken": "' + rand(r, 300, B64) + '"',
         ],
         [
-            lambda r: "aws_session_token=" + rand(r, 50, B64),
-            lambda r: '"sessionToken": "' + rand(r, 300, B64) + '"',
+            lambda r: "aws_session_token=" + "A" * 120,
+            lambda r: '"sessionTokenExpiry": "2026-12-07T04:00:00Z"',
         ],
     ),
     "google-api-key": (
@@ -390,12 +391,12 @@ EXAMPLES: dict[str, tuple[list[Maker], list[Maker]]] = {
         [lambda r: rand(r, 32, HEX) + "-eu14"],
     ),
     "stripe-secret-key": (
-        [lambda r: "sk_" + "live_" + rand(r, 99)],
-        [lambda r: "sk_" + "test_" + rand(r, 99)],
+        [lambda r: "sk_" + "live_" + rand(r, 99), lambda r: "sk_" + "test_" + rand(r, 24)],
+        [lambda r: "sk_" + "live_" + "x" * 30, lambda r: "ask_" + "test_" + rand(r, 24)],
     ),
     "stripe-restricted-key": (
-        [lambda r: "rk_" + "live_" + rand(r, 99)],
-        [lambda r: "rk_" + "test_" + rand(r, 99)],
+        [lambda r: "rk_" + "live_" + rand(r, 99), lambda r: "rk_" + "test_" + rand(r, 24)],
+        [lambda r: "rk_" + "live_" + "x" * 30, lambda r: "work_" + "test_" + rand(r, 24)],
     ),
     "stripe-webhook-secret": (
         [lambda r: "whsec_" + rand(r, 32)],
@@ -545,6 +546,7 @@ EXAMPLES: dict[str, tuple[list[Maker], list[Maker]]] = {
     ),
 }
 
+EXAMPLES.update(MORE_EXAMPLES)
 ENGINE_NAMES = available_engines()
 
 

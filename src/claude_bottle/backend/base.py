@@ -65,6 +65,8 @@ class BottlePlan(Printable):
     dlp_enabled: bool
     dlp_block: bool
     dlp_patterns: tuple[tuple[str, str], ...]
+    dlp_ignore: tuple[str, ...]
+    dlp_ignore_fingerprints: tuple[str, ...]
     anthropic_credential: str  # where the bundle reads it (env:NAME, file:PATH, keychain)
     anthropic_upstream: str
     gateway_ca_file: str | None
@@ -130,6 +132,12 @@ class BottlePlan(Printable):
                             + (
                                 f" (+{len(self.dlp_patterns)} own patterns)"
                                 if self.dlp_patterns
+                                else ""
+                            )
+                            + (
+                                f"; {len(self.dlp_ignore) + len(self.dlp_ignore_fingerprints)}"
+                                " ignore entries let matching findings through (audited)"
+                                if self.dlp_ignore or self.dlp_ignore_fingerprints
                                 else ""
                             )
                         )
@@ -251,6 +259,8 @@ def common_plan_fields(
         "dlp_enabled": config.dlp.enabled,
         "dlp_block": config.dlp.block,
         "dlp_patterns": tuple((p.name, p.regex) for p in config.dlp.patterns),
+        "dlp_ignore": config.dlp.ignore,
+        "dlp_ignore_fingerprints": config.dlp.ignore_fingerprints,
         "anthropic_credential": config.credentials.anthropic,
         "anthropic_upstream": config.gateway.anthropic_upstream,
         "gateway_ca_file": config.gateway.upstream_ca_file,

@@ -76,7 +76,14 @@ class DlpInspector:
         """Record the findings (one record, however many) and refuse as configured; True
         when something was found. `credentials` are the findings where HTTP carries
         credentials (authorization headers, cookies, URL userinfo): the bundle injected
-        none of them, so they are refused even when DLP only logs."""
+        none of them, so they are refused even when DLP only logs, and `[dlp] ignore*`
+        does not apply to them."""
+        ignored = [finding for finding in findings if finding.ignored]
+        if ignored:  # [dlp] ignore*: let through, and say so in the audit log (one record)
+            tally = Tally()
+            tally.add(ignored)
+            self._record(tally, "allow", (method, host, port, path))
+            findings = [finding for finding in findings if not finding.ignored]
         if credentials:
             findings = credentials + findings
         if not findings:
@@ -139,7 +146,7 @@ class DlpInspector:
         for name, value in headers:
             label = name.decode("latin-1")[:64]
             if name not in CREDENTIAL_HEADERS:
-                findings += self.scanner.scan(value, f"{label} header")
+                findings += self.scanner.scan_header(name, value, f"{label} header")
                 continue
             credentials += self.scanner.scan(value, f"{label} header")
             for location, view in credential_views(name, value):
@@ -323,8 +330,20 @@ class DirectoryCache:
 
 
 def default_inspector(
-    patterns: Iterable[tuple[str, str]], *, block: bool, record: Recorder
+    patterns: Iterable[tuple[str, str]],
+    *,
+    block: bool,
+    record: Recorder,
+    ignore: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> DlpInspector:
+    """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints)."""
     cache = DirectoryCache(cache_root() / "dlp")
-    scanner = Scanner(tuple(patterns), host_secrets(os.environ), cache=cache)
+    rules, fingerprints = ignore
+    scanner = Scanner(
+        tuple(patterns),
+        host_secrets(os.environ),
+        cache=cache,
+        ignore_rules=rules,
+        ignore_fingerprints=fingerprints,
+    )
     return DlpInspector(scanner, block=block, record=record)

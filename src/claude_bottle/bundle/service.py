@@ -364,4 +364,9 @@ def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
         return None
     from claude_bottle.bundle.scanning import default_inspector
 
-    return default_inspector(settings.dlp_patterns, block=settings.dlp_block, record=record)
+    return default_inspector(
+        settings.dlp_patterns,
+        block=settings.dlp_block,
+        record=record,
+        ignore=(settings.dlp_ignore, settings.dlp_ignore_fingerprints),
+    )

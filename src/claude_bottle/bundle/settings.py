@@ -45,6 +45,8 @@ class BundleSettings(NamedTuple):
     dlp_enabled: bool = False
     dlp_block: bool = True
     dlp_patterns: tuple[tuple[str, str], ...] = ()
+    dlp_ignore: tuple[str, ...] = ()
+    dlp_ignore_fingerprints: tuple[str, ...] = ()
     gateway_socket: str | None = None
     anthropic_credential: str = "env:ANTHROPIC_API_KEY"  # a spec, never the value
     anthropic_upstream: str = "https://api.anthropic.com"
@@ -69,4 +71,6 @@ class BundleSettings(NamedTuple):
         raw["intercept_exclude"] = tuple(raw.get("intercept_exclude", ()))
         raw["dlp_patterns"] = tuple(tuple(p) for p in raw.get("dlp_patterns", ()))
         raw["gateway_features"] = tuple(raw.get("gateway_features", ("web_search",)))
+        raw["dlp_ignore"] = tuple(raw.get("dlp_ignore", ()))
+        raw["dlp_ignore_fingerprints"] = tuple(raw.get("dlp_ignore_fingerprints", ()))
         return cls(**raw)

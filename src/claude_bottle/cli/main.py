@@ -184,6 +184,25 @@ def image_build(rebuild: bool) -> None:
         click.echo(tag)
 
 
+@cli.group()
+def dlp() -> None:
+    """Secret detection tools."""
+
+
+@dlp.command(name="scan")
+@click.argument("file", default="-", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="extra config file")
+def dlp_scan(file: str, config_file: str | None) -> None:
+    """Print the secrets the proxy would refuse in FILE (or stdin): rule, offset, redacted.
+
+    Uses the built-in rules plus the [dlp] patterns and ignore lists of the
+    configuration for the current directory. Exits 1 if anything would be refused.
+    """
+    from claude_bottle.cli.dlp_scan import dlp_scan as scan
+
+    sys.exit(scan(file, config_file))
+
+
 @cli.command()
 def doctor() -> None:
     """Preflight every backend: say what is missing and how to install it."""

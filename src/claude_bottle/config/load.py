@@ -10,10 +10,10 @@ Layers, later wins for scalars:
 5. command-line flags (`--allow`, `--backend`).
 
 `egress.allow`, `egress.deny`, `egress.resolve`, `dlp.patterns`,
-`bottle.read_only` and `bottle.env` accumulate across layers (duplicates
-dropped, first position kept; a pin or DLP pattern redefined under the same
-host or name takes the later value). `git.remotes` merge by remote name,
-key by key.
+`dlp.ignore`, `dlp.ignore_fingerprints`, `bottle.read_only` and `bottle.env`
+accumulate across layers (duplicates dropped, first position kept; a pin or
+DLP pattern redefined under the same host or name takes the later value).
+`git.remotes` merge by remote name, key by key.
 
 Every problem is a `ConfigError` whose message reads
 `<file>: <dotted.key>: <problem>`. Values that could be secrets (the
@@ -115,6 +115,8 @@ SCHEMA: Final = _Table(
                 "patterns": _ListOf(
                     _Table({"name": _STR, "regex": _STR}, frozenset({"name", "regex"}))
                 ),
+                "ignore": _STRS,
+                "ignore_fingerprints": _STRS,
             }
         ),
         "credentials": _Table({"anthropic": _STR}),
@@ -153,6 +155,7 @@ SCHEMA: Final = _Table(
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _DLP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # policy.dlp.finding_fingerprint
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SCP_URL = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!//).+")
 _URL_SCHEMES = ("https", "http", "ssh", "git", "file")
@@ -352,6 +355,9 @@ class _Merged:
     dlp_enabled: bool = True
     dlp_block: bool = True
     patterns: dict[str, DlpPattern] = field(default_factory=dict)
+    # rule id -> where it was named (checked once every file's own patterns are known)
+    dlp_ignore: dict[str, tuple[_Source, str]] = field(default_factory=dict)
+    dlp_ignore_fingerprints: dict[str, None] = field(default_factory=dict)
     anthropic: str = DEFAULT_ANTHROPIC_CREDENTIAL
     gateway: dict[str, object] = field(default_factory=dict)
     remotes: dict[str, _RemoteDraft] = field(default_factory=dict)
@@ -456,6 +462,37 @@ class _Merged:
             if self.patterns.get(pattern.name) != pattern:
                 self.patterns.pop(pattern.name, None)
                 self.patterns[pattern.name] = pattern
+        for index, rule in enumerate(_strs(dlp.get("ignore", []))):
+            rule = rule.removeprefix("dlp:")
+            self.dlp_ignore.setdefault(rule, (src, f"dlp.ignore[{index}]"))
+        for index, fingerprint in enumerate(_strs(dlp.get("ignore_fingerprints", []))):
+            if not _FINGERPRINT.fullmatch(fingerprint):
+                raise src.error(
+                    f"dlp.ignore_fingerprints[{index}]",
+                    f"{_quote(fingerprint)} is not a finding fingerprint",
+                    "copy the 16 hex digits `claude-bottle dlp scan` prints for the finding",
+                )
+            self.dlp_ignore_fingerprints[fingerprint] = None
+
+    def checked_dlp_ignore(self) -> tuple[str, ...]:
+        """`[dlp] ignore`: ids of built-in or own patterns, never the user's secret values."""
+        from claude_bottle.policy.dlp_patterns import PATTERN_NAMES
+
+        known = {*PATTERN_NAMES, *self.patterns}
+        for rule, (src, key) in self.dlp_ignore.items():
+            if rule.startswith("secret:"):
+                raise src.error(
+                    key,
+                    f"{_quote(rule)} cannot be ignored: your own secret values always block",
+                    "remove it; to send that value, take it out of the environment",
+                )
+            if rule not in known:
+                raise src.error(
+                    key,
+                    f"{_quote(rule)} is not a DLP rule id",
+                    "use an id `claude-bottle dlp scan` prints (the part after dlp:)",
+                )
+        return tuple(self.dlp_ignore)
 
     def apply_gateway(self, gateway: Mapping[str, object], src: _Source) -> None:
         for key in ("anthropic_upstream", "oauth_token_url"):
@@ -581,6 +618,8 @@ class _Merged:
                 enabled=self.dlp_enabled,
                 block=self.dlp_block,
                 patterns=tuple(self.patterns.values()),
+                ignore=self.checked_dlp_ignore(),
+                ignore_fingerprints=tuple(self.dlp_ignore_fingerprints),
             ),
             credentials=CredentialsConfig(anthropic=self.anthropic),
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]

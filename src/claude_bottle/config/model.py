@@ -48,6 +48,8 @@ class DlpConfig(NamedTuple):
     enabled: bool = True
     block: bool = True
     patterns: tuple[DlpPattern, ...] = ()
+    ignore: tuple[str, ...] = ()  # rule ids whose findings are let through (audited)
+    ignore_fingerprints: tuple[str, ...] = ()  # single findings let through (audited)
 
 
 class CredentialsConfig(NamedTuple):

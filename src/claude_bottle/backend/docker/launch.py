@@ -333,6 +333,8 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         dlp_enabled=plan.dlp_enabled,
         dlp_block=plan.dlp_block,
         dlp_patterns=plan.dlp_patterns,
+        dlp_ignore=plan.dlp_ignore,
+        dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
     )
 
 

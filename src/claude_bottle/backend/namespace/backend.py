@@ -262,6 +262,8 @@ class NamespaceBackend(BottleBackend):
             dlp_enabled=plan.dlp_enabled,
             dlp_block=plan.dlp_block,
             dlp_patterns=plan.dlp_patterns,
+            dlp_ignore=plan.dlp_ignore,
+            dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
             gateway_socket=str(runtime / "bundle" / "gateway.sock"),
             anthropic_credential=plan.anthropic_credential,
             anthropic_upstream=plan.anthropic_upstream,

@@ -121,6 +121,8 @@ def launch_bottle(
         dlp_enabled=plan.dlp_enabled,
         dlp_block=plan.dlp_block,
         dlp_patterns=plan.dlp_patterns,
+        dlp_ignore=plan.dlp_ignore,
+        dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
         gateway_socket=str(stage.gateway_socket),
         anthropic_credential=plan.anthropic_credential,
         anthropic_upstream=plan.anthropic_upstream,
