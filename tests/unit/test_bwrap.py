@@ -155,6 +155,7 @@ def test_plan_json_carries_the_spec_by_field_name(
     data = json.loads(plan.to_json())
     expected = json.loads(json.dumps(plan.bwrap._asdict()))
     expected["toolchain"] = [bind._asdict() for bind in plan.bwrap.toolchain]  # records too
+    expected["guard_mounts"] = [mount._asdict() for mount in plan.bwrap.guard_mounts]
     assert data["bwrap"] == expected
     assert data["bwrap"]["workspace"] == str(tmp_path / "ws")
     assert data["bwrap"]["masked"] == list(plan.bwrap.masked)
@@ -174,7 +175,7 @@ ROOT_SPEC = SPEC._replace(
     home_source="/root/.local/state/claude-bottle/bottles/proj-abcde/home",
     bundle_dir="/tmp/claude-bottle-0/proj-abcde/bundle",
     exec_dir="/tmp/claude-bottle-0/proj-abcde/exec",
-    toolchain=("/root/.nvm/versions/node/v20.1.0",),
+    toolchain=(Bind("/root/.nvm/versions/node/v20.1.0", "PATH"),),
     read_only=(),
     resolv_conf="/tmp/claude-bottle-0/proj-abcde/resolv.conf",
     host_id=2_000_000_000,

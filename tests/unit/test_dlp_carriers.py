@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from claude_bottle.bundle.gate import Blocked
+from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.scanning import DlpInspector
 from claude_bottle.policy.dlp import Scanner
 
@@ -105,7 +105,7 @@ def test_request_header_name_counts_as_the_keyword(scanner: Scanner) -> None:
     inspector = DlpInspector(
         scanner, block=True, record=lambda kind, decision, **fields: records.append(decision)
     )
-    with pytest.raises(Blocked):
+    with pytest.raises(Refusal):
         inspector.check_head("GET", "api.test", 443, "/", [(b"DD-API-KEY", value)])
     assert records == ["deny"]
 

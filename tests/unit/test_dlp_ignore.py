@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from claude_bottle.bundle.gate import Blocked
+from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.scanning import DlpInspector
 from claude_bottle.cli.main import cli
 from claude_bottle.config import load_config
@@ -95,13 +95,13 @@ def test_inspector_lets_ignored_findings_through_and_audits_them() -> None:
     assert [(kind, decision) for kind, decision, _ in records] == [("dlp", "allow")]
     fields = records[0][2]
     assert fields["rule"] == "dlp:github-pat"
-    assert fields["detail"]["ignored"] == finding_fingerprint("github-pat", TOKEN.encode())
+    assert fields["detail"]["ignored"] == [finding_fingerprint("github-pat", TOKEN.encode())]
     assert TOKEN not in repr(records)
 
 
 def test_inspector_still_blocks_what_is_not_ignored() -> None:
     inspector, records = _inspector(Scanner(ignore_rules=["slack-token"]))
-    with pytest.raises(Blocked):
+    with pytest.raises(Refusal):
         inspector.check_head("GET", "api.test", 443, "/?t=" + TOKEN, [])
     assert [decision for _, decision, _ in records] == ["deny"]
 

@@ -160,6 +160,7 @@ def test_only_harmless_keys_are_left_to_a_workspace_file() -> None:
         "egress.deny",
         "dlp.patterns",
         "bottle.command",
+        "bottle.git_identity",
     }
     assert len(set(USER_ONLY_KEYS)) == len(USER_ONLY_KEYS)
 

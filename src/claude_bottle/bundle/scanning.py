@@ -82,7 +82,13 @@ class DlpInspector:
         if ignored:  # [dlp] ignore*: let through, and say so in the audit log (one record)
             tally = Tally()
             tally.add(ignored)
-            self._record(tally, "allow", (method, host, port, path))
+            fingerprints = dict.fromkeys(finding.fingerprint for finding in ignored)
+            self._record(
+                tally,
+                "allow",
+                (method, host, port, path),
+                ignored=list(fingerprints)[:MAX_RULES_RECORDED],
+            )
             findings = [finding for finding in findings if not finding.ignored]
         if credentials:
             findings = credentials + findings
@@ -111,7 +117,9 @@ class DlpInspector:
             )
         return True
 
-    def _record(self, tally: Tally, decision: str, where: tuple[str, str, int, str]) -> None:
+    def _record(
+        self, tally: Tally, decision: str, where: tuple[str, str, int, str], **extra: object
+    ) -> None:
         method, host, port, path = where
         self.record(
             "dlp",
@@ -121,7 +129,7 @@ class DlpInspector:
             host=host,
             port=port,
             path=path,
-            detail=tally.detail(),
+            detail={**tally.detail(), **extra},
         )
 
     def check_host(self, method: str, host: str, port: int) -> None:

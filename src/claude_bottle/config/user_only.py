@@ -30,8 +30,20 @@ USER_ONLY_KEYS: Final = (
     "egress.upstream_ca_file",  # a CA the bundle trusts for every upstream
     "dlp.enabled",
     "dlp.block",
+    "dlp.ignore",  # silences a rule
+    "dlp.ignore_fingerprints",  # silences a value
     "bottle.read_only",  # host paths the bottle may read
     "bottle.env",  # host environment variables passed in
+    "bottle.nested_sandbox",  # the kernel's namespace and mount code becomes reachable
+    "bottle.audit_max",  # a larger budget lets the bottle fill the disk with audit records
+    "bottle.audit_rate",
+    "bottle.host_tools",  # "warn" where the user chose "revert"
+    "bottle.memory",  # limits: raised, a runaway bottle reaches the host
+    "bottle.pids",
+    "bottle.cpus",
+    "bottle.disk",
+    "bottle.require_limits",
+    "docker",  # base_image: the image the agent image is built on
 )
 
 
