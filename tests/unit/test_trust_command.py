@@ -192,6 +192,20 @@ def test_trust_shows_every_line_and_the_whole_hash(setup: Setup) -> None:
     assert "\u202e" not in result.stdout
 
 
+def test_retrusting_a_changed_file_shows_what_changed(setup: Setup) -> None:
+    setup.project.write_text('[egress]\nallow = ["one.example.com"]\n')
+    assert setup.cli("trust", "--yes").returncode == 0
+    setup.project.write_text('[egress]\nallow = ["one.example.com", "two.example.com"]  # \u202e\n')
+    result = setup.cli("trust", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert '  -allow = ["one.example.com"]' in result.stdout
+    assert '  +allow = ["one.example.com", "two.example.com"]  # \\u202e' in result.stdout
+    copies = sorted(p.name for p in (setup.store_path.parent / "trusted-content").iterdir())
+    assert copies == [hashlib.sha256(setup.project.read_bytes()).hexdigest()]
+    assert setup.cli("trust", "--revoke").returncode == 0
+    assert list((setup.store_path.parent / "trusted-content").iterdir()) == []
+
+
 def test_trust_refuses_a_file_with_a_user_only_key(setup: Setup) -> None:
     setup.project.write_text('[gateway]\nanthropic_upstream = "http://127.0.0.1:9/"\n')
     result = setup.cli("trust", "--yes")

@@ -57,6 +57,20 @@ def render(content: bytes) -> str:
     return (body or "(empty file)") + ending
 
 
+def render_diff(before: bytes, after: bytes) -> str:
+    """A unified diff of the trusted content and the new, every line escaped."""
+    import difflib  # only when a trusted file changed
+
+    diff = difflib.unified_diff(
+        before.decode("utf-8", "replace").split("\n"),
+        after.decode("utf-8").split("\n"),
+        "trusted",
+        "now",
+        lineterm="",
+    )
+    return "\n".join(f"  {escape(line)}" for line in diff)
+
+
 def trust(workspace: str | None, *, revoke: bool, yes: bool) -> None:
     directory = Path(workspace or os.getcwd()).resolve()
     file = directory / PROJECT_FILE
@@ -85,7 +99,13 @@ def trust(workspace: str | None, *, revoke: bool, yes: bool) -> None:
     if previously == "trusted":
         click.echo("(already trusted with exactly this content)")
     elif previously == "changed":
-        click.echo("(changed since you last trusted it)")
+        before = store.trusted_content(file)
+        if before is None:
+            click.echo("(changed since you last trusted it)")
+        else:
+            click.echo("changes since you last trusted it:")
+            click.echo(render_diff(before, content))
+            click.echo("the whole file:")
     click.echo(render(content))
     if not yes:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):

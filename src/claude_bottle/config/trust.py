@@ -133,22 +133,44 @@ class TrustStore:
 
     def trust(self, file: Path, content: bytes | None = None) -> str:
         """Record `content` (the bytes already read from `file` and shown to the user; else
-        its current content) as trusted; returns its SHA-256 (hex)."""
-        digest = digest_of(content if content is not None else self._read_subject(file))
+        its current content) as trusted; returns its SHA-256 (hex).
+
+        A copy of the content is kept beside the store, so that the next `trust` of a
+        changed file can show what changed.
+        """
+        if content is None:
+            content = self._read_subject(file)
+        digest = digest_of(content)
         with self._locked():
             entries = self._load()
+            self._write_private(self._copy_path(digest), content)
+            previous = entries.get(_key(file))
             entries[_key(file)] = digest
             self._save(entries)
+            self._drop_copy_unless_used(previous, entries)
         return digest
 
     def revoke(self, file: Path) -> bool:
         """Forget `file`; True if it had been trusted (whatever its content)."""
         with self._locked():
             entries = self._load()
-            if entries.pop(_key(file), None) is None:
+            previous = entries.pop(_key(file), None)
+            if previous is None:
                 return False
             self._save(entries)
+            self._drop_copy_unless_used(previous, entries)
         return True
+
+    def trusted_content(self, file: Path) -> bytes | None:
+        """The content `file` was last trusted with, if its copy is kept and intact."""
+        digest = self._load().get(_key(file))
+        if digest is None:
+            return None
+        try:
+            content = read_config_file(self._copy_path(digest), follow_symlinks=False)
+        except ConfigError:
+            return None
+        return content if content is not None and digest_of(content) == digest else None
 
     def trusted_files(self) -> dict[str, str]:
         """Every recorded path and the hash it was trusted with."""
@@ -195,22 +217,34 @@ class TrustStore:
                 raise self._corrupt(f"the entry for {key} is not a SHA-256 hex digest")
         return dict(files)
 
+    def _copy_path(self, digest: str) -> Path:
+        return self.path.parent / "trusted-content" / digest
+
+    def _drop_copy_unless_used(self, digest: str | None, entries: dict[str, str]) -> None:
+        if digest is not None and digest not in entries.values():
+            with contextlib.suppress(OSError):
+                self._copy_path(digest).unlink()
+
     def _save(self, entries: dict[str, str]) -> None:
-        directory = self.path.parent
-        self._ensure_dir(directory)
         body = json.dumps(
             {"version": _STORE_VERSION, "files": dict(sorted(entries.items()))}, indent=2
         )
+        self._write_private(self.path, (body + "\n").encode())
+
+    def _write_private(self, path: Path, data: bytes) -> None:
+        """Write `path` whole or not at all, readable by the user alone."""
+        directory = path.parent
+        self._ensure_dir(directory)
         import tempfile  # only when the store changes, not on every run
 
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            with os.fdopen(fd, "wb") as handle:
                 os.fchmod(handle.fileno(), 0o600)
-                handle.write(body + "\n")
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
