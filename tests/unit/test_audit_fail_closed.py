@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.bundle import audit
-from claude_bottle.bundle.audit import AuditBudget, AuditError, AuditLog, iter_records, verify
+from claude_bottle.bundle.audit import AuditError, AuditLog, iter_records, verify
+from claude_bottle.bundle.audit_limits import RESERVE, AuditBudget
 
 
 def _failures(log: AuditLog) -> tuple[list[AuditError], threading.Event]:
@@ -135,7 +135,7 @@ def test_a_full_disk_fails_closed_and_the_log_says_why(
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, "b1")
     reserve = tmp_path / "audit.jsonl.reserve"
-    assert reserve.stat().st_blocks * 512 >= audit.RESERVE
+    assert reserve.stat().st_blocks * 512 >= RESERVE
     _, told = _failures(log)
     log.record("egress", "allow")
     real_write = os.write

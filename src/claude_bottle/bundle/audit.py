@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+from claude_bottle.bundle.audit_limits import AuditBudget, BudgetMeter, DiskReserve
 from claude_bottle.errors import BottleError
 
 GENESIS = "0" * 64
@@ -88,27 +88,11 @@ class AuditError(BottleError):
     """The audit log cannot be written, or its chain cannot be resumed safely."""
 
 
-class AuditBudget(NamedTuple):  # not a dataclass: see bundle/settings.py
-    """How much one bottle's log may grow: `total` bytes in all (the file's size), and
-    `per_minute` bytes over any minute (a bucket that holds a minute's worth and refills
-    continuously). Past either, the log writes one last record saying so and fails
-    closed: a bottle that floods its audit log stops instead of filling the disk."""
-
-    total: int
-    per_minute: int
-
-
 _BUDGET_RECORD_ROOM = 4096  # the final over-budget record is written past the budget
 
 
 class _DiskError(AuditError):
     """A write or fsync of the log failed (a full disk, an I/O error)."""
-
-
-RESERVE = 64 * 1024
-"""Disk space held next to the log (`<log>.reserve`) and given back when a write fails, so
-that a full disk still leaves room to say why the bottle stopped: a last record in the log,
-the bundle's message, the CLI's record of the bottle."""
 
 
 class VerifyResult(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -380,7 +364,7 @@ class AuditLog:
 
     def __init__(self, path: Path, bottle: str, budget: AuditBudget | None = None) -> None:
         self.path = Path(path)
-        self.budget = budget or AuditBudget(DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE)
+        self.budget = budget or AuditBudget()
         self._on_failure: Callable[[AuditError], None] | None = None
         self.bottle = _clean(bottle, 256)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -401,7 +385,10 @@ class AuditLog:
             self._seq, self._prev = self._resume(fd, self._size)
             if not existed:
                 self._sync_dir()
-            self._reserve = self._hold_reserve()
+            try:
+                self._reserve = DiskReserve(self.path)
+            except OSError as exc:
+                raise self._write_error(exc) from exc
         except BaseException:
             self._fd = None
             os.close(fd)
@@ -425,8 +412,7 @@ class AuditLog:
             f"the audit log writer of {self.path} failed",
             "the bottle cannot run unaudited; see the bundle's log",
         )
-        self._rate_allowance = float(self.budget.per_minute)
-        self._rate_checked = time.monotonic()
+        self._meter = BudgetMeter(self.budget)
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._writer.start()
 
@@ -440,28 +426,6 @@ class AuditLog:
                 f"audit log {self.path} is already being written by another process",
                 "only the bottle's bundle writes its audit log; stop the other writer",
             ) from exc
-
-    def _hold_reserve(self) -> Path:
-        reserve = self.path.with_name(self.path.name + ".reserve")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(reserve, flags, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, RESERVE)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                reserve.unlink()
-            raise AuditError(
-                f"cannot write audit log {self.path}: {exc.strerror}",
-                "free disk space or fix the state directory; the bottle cannot run unaudited",
-            ) from exc
-        return reserve
-
-    def _release_reserve(self) -> None:
-        with contextlib.suppress(OSError):
-            self._reserve.unlink()
 
     def _sync_dir(self) -> None:
         with contextlib.suppress(OSError):
@@ -621,7 +585,7 @@ class AuditLog:
 
     def _last_words(self, failure: AuditError) -> AuditError:
         """After a failed write: give the reserve back, and try to end the log with why."""
-        self._release_reserve()
+        self._reserve.release()
         with contextlib.suppress(Exception):
             fd = self._fd
             assert fd is not None
@@ -679,7 +643,7 @@ class AuditLog:
             data = b"".join(lines)
             # What was submitted describes traffic that already happened: it is written
             # whole, and an exhausted budget stops the bottle after it.
-            over_budget = self._over_budget(len(data))
+            over_budget = self._meter.charge(len(data), self._size)
             if data:
                 try:
                     self._append(fd, data)
@@ -698,23 +662,6 @@ class AuditLog:
             with self._cond:
                 self._synced = target
                 self._cond.notify_all()
-
-    def _over_budget(self, size: int) -> str:
-        """Why writing `size` more bytes breaks the budget ("" when it does not)."""
-        budget = self.budget
-        if self._size + size > budget.total:
-            return f"the audit log reached its limit of {budget.total} bytes ([bottle] audit_max)"
-        now = time.monotonic()
-        refill = (now - self._rate_checked) * budget.per_minute / 60.0
-        self._rate_checked = now
-        self._rate_allowance = min(float(budget.per_minute), self._rate_allowance + refill)
-        self._rate_allowance -= size
-        if self._rate_allowance < 0:
-            return (
-                f"the bottle wrote more than {budget.per_minute} bytes of audit log in a "
-                "minute ([bottle] audit_rate)"
-            )
-        return ""
 
     def _stop_over_budget(self, fd: int, reason: str) -> None:
         """Record why the log stops (the one record written past the budget), then fail."""
@@ -759,7 +706,7 @@ class AuditLog:
             self._cond.notify_all()
         if self._writer.is_alive() and self._writer is not threading.current_thread():
             self._writer.join()
-        self._release_reserve()
+        self._reserve.release()
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
-from claude_bottle.bundle.audit import AuditBudget, AuditError, AuditLog
+from claude_bottle.bundle.audit import AuditError, AuditLog
+from claude_bottle.bundle.audit_limits import AuditBudget
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.settings import BundleSettings
 

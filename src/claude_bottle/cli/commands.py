@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -210,20 +211,36 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
 
 
 def _bundle_log_hint(name: str) -> str:
-    """Why a host bundle stopped, when it said (e.g. its audit log failed or hit its
-    budget), and where its log is; the docker backend's bundle logs elsewhere."""
-    log = paths.state_dir(name) / "bundle.log"
-    if not (log.is_file() and log.stat().st_size):
-        return ""
+    """Why the bundle stopped, when it said so (its audit log failed or hit its budget:
+    the log's last record, or a host bundle's last line), and where a host bundle's log
+    is; the docker backend's bundle logs elsewhere."""
     from claude_bottle.bundle.audit import printable
     from claude_bottle.bundle.server import STOPPED
 
-    with log.open("rb") as handle:
-        handle.seek(max(0, log.stat().st_size - 8192))
-        tail = handle.read(8192).decode("utf-8", "replace")
-    said = [line for line in tail.splitlines() if line.startswith(STOPPED)]
-    reason = f" ({printable(said[-1][len(STOPPED) :])[:500]})" if said else ""
-    return f"{reason}; see {log}"
+    state_dir = paths.state_dir(name)
+    reason = ""
+    last = _tail(state_dir / "audit.jsonl").rstrip("\n").rpartition("\n")[2]
+    with contextlib.suppress(ValueError):
+        record = json.loads(last)
+        detail = record.get("detail") if isinstance(record, dict) else None
+        if isinstance(detail, dict) and record.get("rule") in ("audit:budget", "audit:failed"):
+            reason = str(detail.get("reason", ""))
+    log = state_dir / "bundle.log"
+    said = [line for line in _tail(log).splitlines() if line.startswith(STOPPED)]
+    if said:
+        reason = said[-1][len(STOPPED) :]
+    hint = f" ({printable(reason)[:500]})" if reason else ""
+    return hint + (f"; see {log}" if log.is_file() and log.stat().st_size else "")
+
+
+def _tail(path: Path, size: int = 8192) -> str:
+    """The last `size` bytes of a file, "" when it cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read(size).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _record(name: str) -> dict[str, Any]:
