@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from claude_bottle.config.model import Config
 from claude_bottle.errors import MissingDependency
+from claude_bottle.limits import LimitsPlan
 from claude_bottle.plan import PlanSection, Printable
 
 
@@ -62,6 +63,7 @@ class BottlePlan(Printable):
     oauth_token_url: str | None
     intercept_exclude: tuple[str, ...]
     upstream_ca_file: str | None
+    limits: LimitsPlan  # resource limits in force and how this backend applies them
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -125,6 +127,7 @@ class BottlePlan(Printable):
                     ("token budget", str(self.max_tokens_total or "unlimited")),
                 ),
             ),
+            PlanSection("limits ([bottle] memory, pids, cpus, disk)", self.limits.rows()),
             PlanSection(
                 "environment (built from an allowlist)",
                 tuple((k, v) for k, v in sorted(self.env.items())),
@@ -155,6 +158,7 @@ def common_plan_fields(
     runtime_dir: str,
     env: dict[str, str],
     relay_port: int,
+    limits: LimitsPlan,
 ) -> dict[str, Any]:
     """Every BottlePlan field that comes straight from the request and its config.
 
@@ -187,6 +191,7 @@ def common_plan_fields(
         "gateway_ca_file": config.gateway.upstream_ca_file,
         "max_tokens_total": config.gateway.max_tokens_total,
         "oauth_token_url": config.gateway.oauth_token_url,
+        "limits": limits,
     }
 
 
@@ -223,6 +228,10 @@ class Bottle(abc.ABC):
     def alive(self) -> str | None:
         """None while healthy, else a one-line reason (e.g. the bundle died)."""
 
+    def limits_hit(self) -> list[str]:
+        """One line per resource limit the bottle ran into (memory kills, refused forks)."""
+        return []
+
 
 class BottleBackend(abc.ABC):
     name: ClassVar[str]
@@ -237,6 +246,10 @@ class BottleBackend(abc.ABC):
         problems = self.preflight()
         if problems:
             raise MissingDependency("; ".join(problems))
+
+    def limits_report(self) -> list[str]:
+        """For `doctor`: how this backend applies [bottle] limits here, and what is missing."""
+        return []
 
     @abc.abstractmethod
     def plan(self, request: LaunchRequest) -> BottlePlan:

@@ -44,6 +44,7 @@ class BundleSettings(NamedTuple):
     gateway_ca_file: str | None = None
     max_tokens_total: int | None = None
     oauth_token_url: str | None = None
+    limits: dict[str, object] | None = None  # the bottle's limits, for its first audit record
 
     def dump(self, path: Path) -> None:
         fields = {**self._asdict(), "pins": [pin._asdict() for pin in self.pins]}

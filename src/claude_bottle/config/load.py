@@ -53,6 +53,16 @@ from claude_bottle.config.model import (
 )
 from claude_bottle.config.trust import TrustStore, display_path, read_config_file
 from claude_bottle.errors import ConfigError
+from claude_bottle.limits import (
+    MAX_CPUS,
+    MAX_PIDS,
+    MIN_DISK,
+    MIN_MEMORY,
+    MIN_PIDS,
+    Limits,
+    format_size,
+    parse_size,
+)
 
 PROJECT_FILE: Final = ".claude-bottle.toml"
 CONFIG_ENV: Final = "CLAUDE_BOTTLE_CONFIG"
@@ -88,6 +98,15 @@ _STR: Final = _Scalar(str, "a string", "strings")
 _BOOL: Final = _Scalar(bool, "a boolean (true or false)", "booleans")
 _STRS: Final = _ListOf(_STR)
 _INT: Final = _Scalar(int, "an integer", "integers")
+_NUMBER: Final = _Scalar(float, "a number", "numbers")  # an integer is a number too
+
+LIMIT_KEYS: Final = {
+    "memory": _STR,
+    "pids": _INT,
+    "cpus": _NUMBER,
+    "disk": _STR,
+    "require_limits": _BOOL,
+}
 
 SCHEMA: Final = _Table(
     {
@@ -122,7 +141,14 @@ SCHEMA: Final = _Table(
             }
         ),
         "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
-        "bottle": _Table({"command": _STRS, "read_only": _STRS, "env": _STRS}),
+        "bottle": _Table(
+            {
+                "command": _STRS,
+                "read_only": _STRS,
+                "env": _STRS,
+                **LIMIT_KEYS,
+            }
+        ),
     }
 )
 
@@ -206,7 +232,7 @@ class _Source(NamedTuple):
 
 def _check(value: object, spec: _Spec, key: str, src: _Source) -> None:
     if isinstance(spec, _Scalar):
-        if type(value) is not spec.kind:
+        if type(value) is not spec.kind and not (spec.kind is float and type(value) is int):
             raise src.error(
                 key, f"expected {spec.what}, got {_toml_type(value)}", _type_hint(spec, key)
             )
@@ -336,6 +362,7 @@ class _Merged:
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: dict[str, None] = field(default_factory=dict)
     env: dict[str, None] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
     sources: list[str] = field(default_factory=list)
 
     # -- a whole file
@@ -491,6 +518,7 @@ class _Merged:
             self.read_only.setdefault(_read_only_path(raw, f"bottle.read_only[{index}]", src))
         for index, name in enumerate(_strs(bottle.get("env"))):
             self.env.setdefault(_env_name(name, f"bottle.env[{index}]", src))
+        self.limits = _limits(self.limits, bottle, src)
 
     # -- the result
 
@@ -524,7 +552,10 @@ class _Merged:
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(
-                command=self.command, read_only=tuple(self.read_only), env=tuple(self.env)
+                command=self.command,
+                read_only=tuple(self.read_only),
+                env=tuple(self.env),
+                limits=self.limits,
             ),
             sources=tuple(self.sources),
         )
@@ -724,6 +755,52 @@ def _read_only_path(raw: str, key: str, src: _Source) -> str:
             "relative paths are ambiguous; write the full path",
         )
     return raw
+
+
+def _limits(current: Limits, bottle: Mapping[str, object], src: _Source) -> Limits:
+    """`current` with the resource limits this layer sets, each checked against its bounds."""
+    if "memory" in bottle:
+        current = current._replace(memory=_size(_str(bottle["memory"]), "bottle.memory", src))
+    if "disk" in bottle:
+        current = current._replace(disk=_size(_str(bottle["disk"]), "bottle.disk", src))
+    if "pids" in bottle:
+        pids = bottle["pids"]
+        assert isinstance(pids, int)
+        if not MIN_PIDS <= pids <= MAX_PIDS:
+            raise src.error(
+                "bottle.pids",
+                f"expected {MIN_PIDS} to {MAX_PIDS} processes, got {pids}",
+                "e.g. pids = 4096",
+            )
+        current = current._replace(pids=pids)
+    if "cpus" in bottle:
+        cpus = bottle["cpus"]
+        assert isinstance(cpus, int | float)
+        if not 0.01 <= cpus <= MAX_CPUS:
+            raise src.error(
+                "bottle.cpus",
+                f"expected a number of CPUs from 0.01 to {MAX_CPUS:g}, got {cpus}",
+                "e.g. cpus = 2.0",
+            )
+        current = current._replace(cpus=float(cpus))
+    if "require_limits" in bottle:
+        current = current._replace(require=_bool(bottle["require_limits"]))
+    return current
+
+
+def _size(text: str, key: str, src: _Source) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise src.error(
+            key, f'expected a size such as "8G" or "512M", got {_quote(text)}', 'e.g. "8G"'
+        ) from None
+    least = MIN_MEMORY if key == "bottle.memory" else MIN_DISK
+    if size < least:
+        raise src.error(
+            key, f"{_quote(text)} is too small (at least {format_size(least)})", 'e.g. "8G"'
+        )
+    return size
 
 
 def _env_name(name: str, key: str, src: _Source) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from claude_bottle.limits import Limits
+
 EGRESS_MODES = ("enforce", "audit", "ask")
 DEFAULT_ALLOW = ("api.anthropic.com",)
 DEFAULT_COMMAND = ("claude", "--dangerously-skip-permissions")
@@ -67,6 +69,7 @@ class BottleSection(NamedTuple):
     command: tuple[str, ...] = DEFAULT_COMMAND
     read_only: tuple[str, ...] = ()  # host paths granted read-only (may start with ~/)
     env: tuple[str, ...] = ()  # extra host environment variable names to pass in
+    limits: Limits = Limits()  # memory, pids, cpus, disk, require_limits
 
 
 class Config(NamedTuple):

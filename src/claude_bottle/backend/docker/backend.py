@@ -54,9 +54,14 @@ from claude_bottle.backend.docker.bottle_plan import (
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
+from claude_bottle.limits import plan_with
 
-PIDS_LIMIT = 4096
-MEMORY = "8g"
+DISK = "a sized tmpfs at each of /tmp and /var/tmp"
+LIMIT_NOTES = (
+    "what the bottle writes to its tmpfs counts toward its memory",
+    "the bottle's home is a host directory: its size is bounded by the host's disk only",
+)
+
 IMAGE_CA_STORE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's + the host's extra CAs
 MIN_API = (1, 41)  # Docker Engine 20.10
 
@@ -249,6 +254,9 @@ class DockerBackend(BottleBackend):
             intercept=intercept,
         )
         env.update(_image_env(intercept))
+        limits = plan_with(
+            config.bottle.limits, "docker (the agent container's cgroup)", DISK, (), LIMIT_NOTES
+        )
         agent = AgentSpec(
             container=f"{prefix}-agent",
             image=agent_image.tag,
@@ -263,9 +271,11 @@ class DockerBackend(BottleBackend):
             exec_dir=str(runtime_dir / "exec"),
             read_only=tuple(read_only),
             relay_port=RELAY_PORT,
-            pids_limit=PIDS_LIMIT,
-            memory=MEMORY,
+            pids_limit=limits.pids,
+            memory=str(limits.memory),
             labels=(*labels, (LABEL_ROLE, ROLE_AGENT)),
+            cpus=limits.cpus,
+            tmpfs_size=limits.disk,
         )
         bundle = BundleSpec(
             container=f"{prefix}-bundle",
@@ -288,6 +298,7 @@ class DockerBackend(BottleBackend):
                 runtime_dir=str(runtime_dir),
                 env=env,
                 relay_port=RELAY_PORT,
+                limits=limits,
             ),
             detach=request.detach,
             gateway_port=GATEWAY_PORT,

@@ -328,6 +328,7 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         dlp_enabled=plan.dlp_enabled,
         dlp_block=plan.dlp_block,
         dlp_patterns=plan.dlp_patterns,
+        limits=plan.limits.audit_detail(),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import paths, state
+from claude_bottle import cgroups, paths, state
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -26,6 +26,12 @@ from claude_bottle.backend.base import (
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv
+from claude_bottle.backend.namespace.limits import (
+    confine,
+    doctor_lines,
+    from_record,
+    record_of,
+)
 from claude_bottle.backend.namespace.toolchain import (
     grant_read_only,
     host_sockets,
@@ -94,6 +100,9 @@ class NamespaceBackend(BottleBackend):
         problem = _userns_problem()
         return [problem] if problem else []
 
+    def limits_report(self) -> list[str]:
+        return doctor_lines()
+
     # --- plan -----------------------------------------------------------------
 
     def plan(self, request: LaunchRequest) -> NamespaceBottlePlan:
@@ -123,6 +132,7 @@ class NamespaceBackend(BottleBackend):
         workspace = str(request.workspace.resolve())
         masked_paths = masked_roots(home)
         masked = tuple(str(p) for p in masked_paths)
+        limits, confinement = confine(request.name, config.bottle.limits)
         spec = BwrapSpec(
             hostname=request.name[:63],
             workspace=workspace,
@@ -142,6 +152,7 @@ class NamespaceBackend(BottleBackend):
             if config.egress.intercept
             else None,
             die_with_parent=not request.detach,
+            tmpfs_size=limits.disk,
         )
         env = build_env(
             os.environ,
@@ -157,10 +168,12 @@ class NamespaceBackend(BottleBackend):
             runtime_dir=str(runtime_dir),
             env=env,
             relay_port=RELAY_PORT,
+            limits=limits,
         )
         return NamespaceBottlePlan(
             **common,
             bwrap=spec,
+            confinement=confinement,
         )
 
     # --- launch ---------------------------------------------------------------
@@ -221,6 +234,7 @@ class NamespaceBackend(BottleBackend):
             gateway_ca_file=plan.gateway_ca_file,
             max_tokens_total=plan.max_tokens_total,
             oauth_token_url=plan.oauth_token_url,
+            limits=plan.limits.audit_detail(),
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)
@@ -234,6 +248,7 @@ class NamespaceBackend(BottleBackend):
         argv = bwrap_argv(plan.bwrap)
         argv.insert(1, "--info-fd")
         argv.insert(2, str(info_w))
+        argv = _confined(plan, argv, stack)
         with (state_dir / "bottle.log").open("ab") as log:
             sandbox = subprocess.Popen(
                 argv,
@@ -257,6 +272,7 @@ class NamespaceBackend(BottleBackend):
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
         bundle = pending.wait_ready()
+        group = plan.confinement.cgroup or _scope_of(plan, sandbox.pid)
 
         processes = {
             "bundle": state.process_ref(bundle.pid),
@@ -277,6 +293,8 @@ class NamespaceBackend(BottleBackend):
                 "exec_socket": str(exec_socket),
                 "env": plan.env,
                 "command": list(plan.command),
+                "cgroup": record_of(plan.confinement.cgroup),
+                "cgroup_counters": record_of(group),
             },
         )
         return NamespaceBottle(
@@ -285,6 +303,7 @@ class NamespaceBackend(BottleBackend):
             env=plan.env,
             workspace=plan.workspace,
             processes=processes,
+            cgroup=group,
         )
 
     def attach(self, record: dict[str, Any]) -> Bottle:
@@ -294,6 +313,7 @@ class NamespaceBackend(BottleBackend):
             env=record["env"],
             workspace=record["workspace"],
             processes=record["processes"],
+            cgroup=from_record(record.get("cgroup_counters")),
         )
 
     def stop(self, record: dict[str, Any]) -> None:
@@ -307,6 +327,9 @@ class NamespaceBackend(BottleBackend):
         deadline = time.monotonic() + 5
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
+        group = from_record(record.get("cgroup"))
+        if group is not None:
+            cgroups.remove(group)
         runtime = record.get("runtime_dir")
         if runtime and Path(runtime).parent == paths.runtime_root():
             shutil.rmtree(runtime, ignore_errors=True)
@@ -323,6 +346,7 @@ class NamespaceBackend(BottleBackend):
             items.append(("runtime", str(directory)))
             for pid in _processes_using(directory):
                 items.append(("process", f"{pid} {_cmdline(pid)[:120]}"))
+        items += [("cgroup", d) for d in cgroups.leftovers(cgroups.detect(), live_names)]
         return CleanupPlan(self.name, tuple(items))
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
@@ -333,11 +357,39 @@ class NamespaceBackend(BottleBackend):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for kind, what in plan.items:
+            if kind == "cgroup" and cgroups.is_bottle_cgroup(what):
+                leftover = cgroups.BottleCgroup(1, (("", what),), 0, 0, None)
+                problems += cgroups.remove(leftover)
             if kind == "runtime":
                 shutil.rmtree(what, ignore_errors=True)
                 if Path(what).exists():
                     problems.append(f"could not remove {what}")
         return problems
+
+
+def _confined(plan: NamespaceBottlePlan, argv: list[str], stack: contextlib.ExitStack) -> list[str]:
+    """bubblewrap's command line under the bottle's limits; its cgroup exists from here on
+    and is removed at teardown, after the sandbox has stopped."""
+    group = plan.confinement.cgroup
+    if group is None:
+        return [*plan.confinement.launcher, *argv]
+    stack.callback(cgroups.remove, group)
+    try:
+        cgroups.create(group)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot create the bottle's cgroup ({exc.strerror}: {exc.filename})",
+            "see `claude-bottle doctor`; cgroup v1 needs root",
+        ) from None
+    return cgroups.join_argv(group, argv)
+
+
+def _scope_of(plan: NamespaceBottlePlan, pid: int) -> cgroups.BottleCgroup | None:
+    """The systemd scope the sandbox runs in, to read its counters (None without one)."""
+    launcher = plan.confinement.launcher
+    if not launcher or os.path.basename(launcher[0]) != "systemd-run":
+        return None
+    return cgroups.of_process(pid)
 
 
 USERNS_PROBE = (

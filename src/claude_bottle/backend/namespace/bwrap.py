@@ -27,6 +27,7 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     resolv_conf: str | None  # file to show as /etc/resolv.conf, or None to leave it
     ca_bundle: str | None = None  # host file shown as the system trust store (interception)
     die_with_parent: bool = True
+    tmpfs_size: int | None = None  # bytes each tmpfs the bottle can write may hold ([bottle] disk)
 
 
 def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
@@ -87,8 +88,20 @@ def bwrap_argv(spec: BwrapSpec, bwrap: str = "bwrap") -> list[str]:
         "PATH",
         "/usr/local/bin:/usr/bin:/bin",
     ]
+    if spec.tmpfs_size is not None:
+        argv = _sized_tmpfs(argv, spec.tmpfs_size)
     argv += relay_argv(spec.python, spec.relay_port)
     return argv
+
+
+def _sized_tmpfs(argv: list[str], size: int) -> list[str]:
+    """Every `--tmpfs` preceded by `--size`, so a write past `disk` fails with ENOSPC inside."""
+    sized: list[str] = []
+    for arg in argv:
+        if arg == "--tmpfs":
+            sized += ["--size", str(size)]
+        sized.append(arg)
+    return sized
 
 
 def relay_argv(python: str, relay_port: int) -> Sequence[str]:

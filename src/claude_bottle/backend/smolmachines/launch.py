@@ -9,6 +9,7 @@ runtime dir removed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bu
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
+from claude_bottle.limits import MIB
 
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
@@ -58,6 +60,8 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
         ),
         labels=((LABEL, plan.name),),
         user=plan.user,
+        memory_mib=max(1, plan.limits.memory // MIB),
+        cpus=None if plan.limits.cpus is None else math.ceil(plan.limits.cpus),
     )
 
 
@@ -123,6 +127,7 @@ def launch_bottle(
         gateway_ca_file=plan.gateway_ca_file,
         max_tokens_total=plan.max_tokens_total,
         oauth_token_url=plan.oauth_token_url,
+        limits=plan.limits.audit_detail(),
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
