@@ -155,6 +155,11 @@ class DockerBackend(BottleBackend):
     name = "docker"
     description = "Docker containers: agent with --network none, bundle on its own network"
 
+    def limits_report(self) -> list[str]:
+        return [
+            "the engine applies memory, pids and cpus to the agent container; disk sizes its tmpfs"
+        ]
+
     # --- preflight ------------------------------------------------------------
 
     def preflight(self) -> list[str]:
