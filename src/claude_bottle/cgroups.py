@@ -28,6 +28,8 @@ PARENT = "claude-bottle"  # every bottle's cgroup is <base>/claude-bottle/<bottl
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 REMOVE_TIMEOUT = 5.0
+# Present only when the kernel accounts swap: written where they exist, else skipped.
+SWAP_FILES = frozenset({"memory.swap.max", "memory.memsw.limit_in_bytes"})
 
 
 class CgroupHost(NamedTuple):
@@ -167,6 +169,8 @@ def create(group: BottleCgroup) -> None:
                 _enable_controllers(level)
         path.mkdir(parents=True, exist_ok=True)
         for file, value in _limit_files(group, controller):
+            if file in SWAP_FILES and not (path / file).exists():
+                continue
             (path / file).write_text(value)
 
 
@@ -188,8 +192,9 @@ def _limit_files(group: BottleCgroup, controller: str) -> list[tuple[str, str]]:
         # Swap would let a hog outlive its memory limit; without swap the file may be absent.
         files.append(("memory.swap.max", "0"))
         return files
-    if controller == "memory":
-        return [("memory.limit_in_bytes", str(group.memory))]
+    if controller == "memory":  # memsw after memory: it may never be below it
+        memory = str(group.memory)
+        return [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)]
     if controller == "pids":
         return [("pids.max", str(group.pids))]
     if controller == "cpu" and quota is not None:

@@ -189,8 +189,10 @@ def test_v2_create_enables_controllers_and_writes_limits(tmp_path: Path) -> None
     host = cgroups.CgroupHost("v2", (("unified", str(tmp_path)),))
     group = cgroups.for_bottle(host, "b", Limits(memory=256 * MIB, pids=256, cpus=1.5))
     assert group is not None
-    cgroups.create(group)
     bottle = tmp_path / "claude-bottle" / "b"
+    bottle.mkdir(parents=True)
+    (bottle / "memory.swap.max").write_text("max")  # as the kernel makes it, with swap
+    cgroups.create(group)
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
     assert (bottle / "memory.max").read_text() == str(256 * MIB)
     assert (bottle / "memory.swap.max").read_text() == "0"
@@ -208,6 +210,7 @@ def test_v1_create_writes_one_dir_per_controller(tmp_path: Path) -> None:
     assert (dirs["memory"] / "memory.limit_in_bytes").read_text() == str(64 * MIB)
     assert (dirs["pids"] / "pids.max").read_text() == "100"
     assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text() == "50000"
+    assert not (dirs["memory"] / "memory.memsw.limit_in_bytes").exists()  # no swap accounting
     assert all(d.parent.name == "claude-bottle" for d in dirs.values())
 
 
