@@ -148,6 +148,30 @@ def test_memory_hog_is_killed_inside_and_run_says_which_limit(bottle_env: Bottle
     assert first["detail"]["limits"]["pids"] == 256
 
 
+def test_after_a_memory_overrun_the_bottle_and_its_bundle_still_serve(
+    bottle_env: BottleEnv,
+) -> None:
+    _configure(bottle_env)
+    hog = _probe(bottle_env, MEMORY_HOG)
+    result = bottle_env.sh(
+        f"{_python(bottle_env)} -I -S {hog}; echo hog=$?; "
+        "curl -sS --max-time 10 http://allowed.test/after-the-hog"
+    )
+    assert "hog=137" in result.stdout, (result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr
+    assert any(r.path == "/after-the-hog" for r in bottle_env.upstream.requests)
+    assert "the bottle hit its memory limit (256M)" in result.stderr
+
+
+def test_plan_shows_the_limits_and_the_mechanism(bottle_env: BottleEnv) -> None:
+    _configure(bottle_env)
+    shown = bottle_env.cli("plan", "--json", "--backend", bottle_env.backend, "--", "true")
+    assert shown.returncode == 0, shown.stderr
+    limits = json.loads(shown.stdout)["limits"]
+    assert (limits["memory"], limits["pids"], limits["disk"]) == (256 << 20, 256, 64 << 20)
+    assert limits["mechanism"] and limits["cpus"] is None
+
+
 def test_write_past_disk_fails_with_enospc_inside(bottle_env: BottleEnv) -> None:
     _configure(bottle_env)
     name = f"filler-{secrets.token_hex(4)}"
