@@ -24,7 +24,7 @@ from typing import NamedTuple
 from claude_bottle.limits import Limits, format_size, hit_message, memory_in_force
 
 ROOT = Path("/sys/fs/cgroup")
-PARENT = "claude-bottle"  # every bottle's cgroup is <base>/claude-bottle/<bottle name>
+PARENT = "claude-bottle"  # every bottle's cgroup is <base>/claude-bottle/<group_name>
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 REMOVE_TIMEOUT = 5.0
@@ -147,8 +147,20 @@ def _systemd_user(env: Mapping[str, str]) -> bool:
     return bool(bus) and shutil.which("systemd-run") is not None
 
 
+def group_name(name: str, state_root: Path) -> str:
+    """`<bottle name>@<state root's checksum>`: cgroups are host-wide, bottle names are
+    unique only within a state root, and one root's cleanup must not touch another's."""
+    return f"{name}@{_root_label(state_root)}"
+
+
+def _root_label(state_root: Path) -> str:
+    import zlib  # a checksum, not security: only tells state roots apart
+
+    return f"{zlib.crc32(str(state_root.resolve()).encode()):08x}"
+
+
 def for_bottle(host: CgroupHost, name: str, limits: Limits) -> BottleCgroup | None:
-    """The cgroup a bottle named `name` gets on `host` (None: systemd or no cgroup)."""
+    """The cgroup named `name` (`group_name`) on `host` (None: systemd or no cgroup)."""
     if host.kind not in ("v1", "v2"):
         return None
     return BottleCgroup(
@@ -306,14 +318,19 @@ def remove(group: BottleCgroup) -> list[str]:
     return problems
 
 
-def leftovers(host: CgroupHost, live_names: set[str]) -> list[str]:
-    """Bottle cgroups on this host whose bottle is not live (for `cleanup`)."""
+def leftovers(host: CgroupHost, live_names: set[str], state_root: Path) -> list[str]:
+    """Cgroups of this state root's bottles that are not live (for `cleanup`)."""
+    suffix = f"@{_root_label(state_root)}"
     found = []
     for _, base in host.bases:
         parent = Path(base) / PARENT
         with contextlib.suppress(OSError):
             found += [
-                str(d) for d in sorted(parent.iterdir()) if d.is_dir() and d.name not in live_names
+                str(d)
+                for d in sorted(parent.iterdir())
+                if d.is_dir()
+                and d.name.endswith(suffix)
+                and d.name.removesuffix(suffix) not in live_names
             ]
     return found
 

@@ -204,7 +204,8 @@ def _check_own_cgroup(bottle_env: BottleEnv, host: cgroups.CgroupHost) -> None:
     """While the bottle runs its cgroup holds its limits; the CLI is outside it; at
     teardown it is gone."""
     _configure(bottle_env)
-    bottle = {c: Path(base) / cgroups.PARENT / "t" for c, base in host.bases}
+    name = cgroups.group_name("t", Path(bottle_env.env["CLAUDE_BOTTLE_STATE_DIR"]))
+    bottle = {c: Path(base) / cgroups.PARENT / name for c, base in host.bases}
     process = bottle_env.start("touch started; exec sleep 30")
     try:
         _wait_for(bottle_env.workspace / "started", process)
@@ -229,6 +230,41 @@ def test_cgroup_holds_the_limits_and_is_removed_at_teardown(bottle_env: BottleEn
     if host.kind not in ("v1", "v2"):
         pytest.skip(f"no cgroup this test can inspect here: {host.describe()}")
     _check_own_cgroup(bottle_env, host)
+
+
+def test_stop_removes_a_detached_bottles_cgroup_and_cleanup_finds_a_crashed_ones(
+    bottle_env: BottleEnv,
+) -> None:
+    if bottle_env.backend != "namespace":
+        pytest.skip("the bottle's own cgroup is the namespace backend's mechanism")
+    host = cgroups.detect()
+    if host.kind not in ("v1", "v2"):
+        pytest.skip(f"no cgroup this test can inspect here: {host.describe()}")
+    _configure(bottle_env)
+    state_root = Path(bottle_env.env["CLAUDE_BOTTLE_STATE_DIR"])
+
+    def dirs(name: str) -> list[Path]:
+        group = cgroups.group_name(name, state_root)
+        return [Path(base) / cgroups.PARENT / group for _, base in host.bases]
+
+    detached = bottle_env.run("sleep", "60", name="d", extra=("--detach",))
+    assert detached.returncode == 0, detached.stderr
+    assert all(d.is_dir() for d in dirs("d"))
+    assert bottle_env.cli("stop", "d").returncode == 0
+    assert not any(d.exists() for d in dirs("d"))
+
+    process = bottle_env.start("touch started; exec sleep 60", name="c")
+    _wait_for(bottle_env.workspace / "started", process)
+    process.kill()  # the CLI dies without tearing down: its cgroup is left behind
+    process.communicate(timeout=WAIT)
+    assert all(d.is_dir() for d in dirs("c"))
+    try:
+        listed = bottle_env.cli("cleanup", "--dry-run")
+        cgroup_lines = [line for line in listed.stdout.splitlines() if "  cgroup  " in line]
+        assert sorted(line.split()[-1] for line in cgroup_lines) == sorted(map(str, dirs("c")))
+    finally:  # `cleanup` itself would also remove other suites' stale images: not run here
+        leftover = cgroups.BottleCgroup(1, tuple(("", str(d)) for d in dirs("c")), 0, 0, None)
+        assert cgroups.remove(leftover) == []
 
 
 def test_cgroup_v2_path_runs_where_the_host_has_it(bottle_env: BottleEnv) -> None:

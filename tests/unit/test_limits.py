@@ -344,3 +344,16 @@ def test_require_limits_refuses_to_start() -> None:
     with pytest.raises(MissingDependency, match="require_limits") as caught:
         commands._check_limits(_plan(require=True))  # type: ignore[arg-type]
     assert caught.value.exit_code == 3
+
+
+def test_cleanup_lists_only_this_state_roots_dead_bottles(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "state-a", tmp_path / "state-b"
+    parent = tmp_path / "pids" / cgroups.PARENT
+    for name in ("live", "dead"):
+        for root in (ours, theirs):
+            (parent / cgroups.group_name(name, root)).mkdir(parents=True)
+    host = cgroups.CgroupHost("v1", (("pids", str(tmp_path / "pids")),))
+    assert cgroups.leftovers(host, {"live"}, ours) == [
+        str(parent / cgroups.group_name("dead", ours))
+    ]
+    assert cgroups.group_name("dead", ours) != cgroups.group_name("dead", theirs)

@@ -346,7 +346,8 @@ class NamespaceBackend(BottleBackend):
             items.append(("runtime", str(directory)))
             for pid in _processes_using(directory):
                 items.append(("process", f"{pid} {_cmdline(pid)[:120]}"))
-        items += [("cgroup", d) for d in cgroups.leftovers(cgroups.detect(), live_names)]
+        leftover_groups = cgroups.leftovers(cgroups.detect(), live_names, paths.state_root())
+        items += [("cgroup", d) for d in leftover_groups]
         return CleanupPlan(self.name, tuple(items))
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:

@@ -7,7 +7,7 @@ import os
 import shutil
 from typing import NamedTuple
 
-from claude_bottle import cgroups
+from claude_bottle import cgroups, paths
 from claude_bottle.limits import Limits, LimitsPlan, Unapplied, format_size, plan_with
 
 TMPFS_DISK = "a sized tmpfs at each of /tmp, /var/tmp, /run and the hidden dirs"
@@ -26,7 +26,7 @@ class Confinement(NamedTuple):  # not a dataclass: see bundle/settings.py
 def confine(name: str, limits: Limits) -> tuple[LimitsPlan, Confinement]:
     host = cgroups.detect()
     if host.kind in ("v1", "v2"):
-        group = cgroups.for_bottle(host, name, limits)
+        group = cgroups.for_bottle(host, cgroups.group_name(name, paths.state_root()), limits)
         unapplied = tuple(
             Unapplied(key, f"{host.describe()} has no controller for it") for key in host.missing
         )
