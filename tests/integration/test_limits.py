@@ -196,14 +196,16 @@ def test_require_limits_refuses_what_the_host_cannot_apply(bottle_env: BottleEnv
 LIMIT_FILES = {
     "memory": ("memory.limit_in_bytes", str(256 << 20)),
     "pids": ("pids.max", "256"),
+    "cpu": ("cpu.cfs_quota_us", "50000"),
     "unified": ("memory.max", str(256 << 20)),
 }
 
 
 def _check_own_cgroup(bottle_env: BottleEnv, host: cgroups.CgroupHost) -> None:
-    """While the bottle runs its cgroup holds its limits; the CLI is outside it; at
-    teardown it is gone."""
+    """While the bottle runs its cgroup holds its limits; the CLI and the bundle are
+    outside it; at teardown it is gone."""
     _configure(bottle_env)
+    bottle_env.config.write_text(bottle_env.config.read_text() + "cpus = 0.5\n")
     name = cgroups.group_name("t", Path(bottle_env.env["CLAUDE_BOTTLE_STATE_DIR"]))
     bottle = {c: Path(base) / cgroups.PARENT / name for c, base in host.bases}
     process = bottle_env.start("touch started; exec sleep 30")
@@ -215,8 +217,9 @@ def _check_own_cgroup(bottle_env: BottleEnv, host: cgroups.CgroupHost) -> None:
         inside = set()
         for directory in bottle.values():
             inside |= set((directory / "cgroup.procs").read_text().split())
-        assert str(process.pid) not in inside  # the CLI runs outside the bottle's cgroup
-        assert inside
+        record = json.loads((bottle_env.state_dir() / "bottle.json").read_text())
+        outside = {str(process.pid), str(record["processes"]["bundle"]["pid"])}
+        assert inside and not inside & outside  # the CLI and the bundle run outside it
     finally:
         process.terminate()
         process.communicate(timeout=WAIT)
