@@ -28,6 +28,9 @@ PARENT = "claude-bottle"  # every bottle's cgroup is <base>/claude-bottle/<group
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 REMOVE_TIMEOUT = 5.0
+BUNDLE_SUFFIX = ".bundle"  # the bundle's own cgroup, beside (never inside) its bottle's
+BUNDLE_MEMORY = 1 << 30  # idle it holds ~45 MiB; the rest is headroom for held requests
+BUNDLE_PIDS = 512  # threads: the event loop and its helpers
 # Present only when the kernel accounts swap: written where they exist, else skipped.
 SWAP_FILES = frozenset({"memory.swap.max", "memory.memsw.limit_in_bytes"})
 
@@ -170,6 +173,19 @@ def for_bottle(host: CgroupHost, name: str, limits: Limits) -> BottleCgroup | No
         pids=limits.pids,
         cpus=limits.cpus,
     )
+
+
+def for_bundle(bottle: BottleCgroup) -> BottleCgroup:
+    """The bundle's own small cgroup beside the bottle's: a bottle that drives its bundle
+    to its limits takes the bundle down (and so itself, fail closed), not the host."""
+    dirs = tuple((c, d + BUNDLE_SUFFIX) for c, d in bottle.dirs)
+    return BottleCgroup(bottle.version, dirs, BUNDLE_MEMORY, BUNDLE_PIDS, None)
+
+
+def move(group: BottleCgroup, pid: int) -> None:
+    """Move a running process (all its threads) into `group`; OSError if refused."""
+    for _, directory in group.dirs:
+        (Path(directory) / "cgroup.procs").write_text(str(pid))
 
 
 def create(group: BottleCgroup) -> None:
@@ -320,18 +336,15 @@ def remove(group: BottleCgroup) -> list[str]:
 
 def leftovers(host: CgroupHost, live_names: set[str], state_root: Path) -> list[str]:
     """Cgroups of this state root's bottles that are not live (for `cleanup`)."""
-    suffix = f"@{_root_label(state_root)}"
+    label = _root_label(state_root)
     found = []
     for _, base in host.bases:
         parent = Path(base) / PARENT
         with contextlib.suppress(OSError):
-            found += [
-                str(d)
-                for d in sorted(parent.iterdir())
-                if d.is_dir()
-                and d.name.endswith(suffix)
-                and d.name.removesuffix(suffix) not in live_names
-            ]
+            for directory in sorted(parent.iterdir()):
+                name, _, rest = directory.name.partition("@")
+                if rest.removesuffix(BUNDLE_SUFFIX) == label and name not in live_names:
+                    found.append(str(directory))
     return found
 
 

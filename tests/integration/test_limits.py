@@ -220,10 +220,14 @@ def _check_own_cgroup(bottle_env: BottleEnv, host: cgroups.CgroupHost) -> None:
         record = json.loads((bottle_env.state_dir() / "bottle.json").read_text())
         outside = {str(process.pid), str(record["processes"]["bundle"]["pid"])}
         assert inside and not inside & outside  # the CLI and the bundle run outside it
+        for directory in bottle.values():  # the bundle in its own small cgroup beside it
+            procs = Path(f"{directory}{cgroups.BUNDLE_SUFFIX}/cgroup.procs").read_text().split()
+            assert procs == [str(record["processes"]["bundle"]["pid"])]
     finally:
         process.terminate()
         process.communicate(timeout=WAIT)
-    assert not any(d.exists() for d in bottle.values())  # removed at teardown
+    bundle = [Path(f"{d}{cgroups.BUNDLE_SUFFIX}") for d in bottle.values()]
+    assert not any(d.exists() for d in [*bottle.values(), *bundle])  # removed at teardown
 
 
 def test_cgroup_holds_the_limits_and_is_removed_at_teardown(bottle_env: BottleEnv) -> None:
@@ -248,7 +252,8 @@ def test_stop_removes_a_detached_bottles_cgroup_and_cleanup_finds_a_crashed_ones
 
     def dirs(name: str) -> list[Path]:
         group = cgroups.group_name(name, state_root)
-        return [Path(base) / cgroups.PARENT / group for _, base in host.bases]
+        bottle = [Path(base) / cgroups.PARENT / group for _, base in host.bases]
+        return bottle + [Path(f"{d}{cgroups.BUNDLE_SUFFIX}") for d in bottle]
 
     detached = bottle_env.run("sleep", "60", name="d", extra=("--detach",))
     assert detached.returncode == 0, detached.stderr

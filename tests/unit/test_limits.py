@@ -351,9 +351,9 @@ def test_cleanup_lists_only_this_state_roots_dead_bottles(tmp_path: Path) -> Non
     parent = tmp_path / "pids" / cgroups.PARENT
     for name in ("live", "dead"):
         for root in (ours, theirs):
-            (parent / cgroups.group_name(name, root)).mkdir(parents=True)
+            for suffix in ("", cgroups.BUNDLE_SUFFIX):
+                (parent / (cgroups.group_name(name, root) + suffix)).mkdir(parents=True)
     host = cgroups.CgroupHost("v1", (("pids", str(tmp_path / "pids")),))
-    assert cgroups.leftovers(host, {"live"}, ours) == [
-        str(parent / cgroups.group_name("dead", ours))
-    ]
+    dead = str(parent / cgroups.group_name("dead", ours))
+    assert cgroups.leftovers(host, {"live"}, ours) == [dead, dead + cgroups.BUNDLE_SUFFIX]
     assert cgroups.group_name("dead", ours) != cgroups.group_name("dead", theirs)

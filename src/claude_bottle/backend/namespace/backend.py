@@ -241,8 +241,11 @@ class NamespaceBackend(BottleBackend):
         detach = not plan.bwrap.die_with_parent
         # The bundle's interpreter start-up overlaps with the sandbox's; both must be ready
         # before any command runs.
+        bundle_group = _bundle_cgroup(plan, stack)
         pending = spawn_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not detach)
         stack.callback(stop_process, pending.process)
+        if bundle_group is not None:
+            _join(bundle_group, pending.process.pid)
 
         info_r, info_w = os.pipe()
         argv = bwrap_argv(plan.bwrap)
@@ -294,6 +297,7 @@ class NamespaceBackend(BottleBackend):
                 "env": plan.env,
                 "command": list(plan.command),
                 "cgroup": record_of(plan.confinement.cgroup),
+                "bundle_cgroup": record_of(bundle_group),
                 "cgroup_counters": record_of(group),
             },
         )
@@ -327,9 +331,10 @@ class NamespaceBackend(BottleBackend):
         deadline = time.monotonic() + 5
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
-        group = from_record(record.get("cgroup"))
-        if group is not None:
-            cgroups.remove(group)
+        for key in ("cgroup", "bundle_cgroup"):
+            group = from_record(record.get(key))
+            if group is not None:
+                cgroups.remove(group)
         runtime = record.get("runtime_dir")
         if runtime and Path(runtime).parent == paths.runtime_root():
             shutil.rmtree(runtime, ignore_errors=True)
@@ -374,6 +379,22 @@ def _confined(plan: NamespaceBottlePlan, argv: list[str], stack: contextlib.Exit
     group = plan.confinement.cgroup
     if group is None:
         return [*plan.confinement.launcher, *argv]
+    _create(group, stack)
+    return cgroups.join_argv(group, argv)
+
+
+def _bundle_cgroup(
+    plan: NamespaceBottlePlan, stack: contextlib.ExitStack
+) -> cgroups.BottleCgroup | None:
+    """The bundle's own cgroup where the bottle has one; removed after the bundle stops."""
+    if plan.confinement.cgroup is None:
+        return None
+    group = cgroups.for_bundle(plan.confinement.cgroup)
+    _create(group, stack)
+    return group
+
+
+def _create(group: cgroups.BottleCgroup, stack: contextlib.ExitStack) -> None:
     stack.callback(cgroups.remove, group)
     try:
         cgroups.create(group)
@@ -382,7 +403,16 @@ def _confined(plan: NamespaceBottlePlan, argv: list[str], stack: contextlib.Exit
             f"cannot create the bottle's cgroup ({exc.strerror}: {exc.filename})",
             "see `claude-bottle doctor`; cgroup v1 needs root",
         ) from None
-    return cgroups.join_argv(group, argv)
+
+
+def _join(group: cgroups.BottleCgroup, pid: int) -> None:
+    try:
+        cgroups.move(group, pid)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot move the bundle into its cgroup ({exc.strerror}: {exc.filename})",
+            "see `claude-bottle doctor`",
+        ) from None
 
 
 def _scope_of(plan: NamespaceBottlePlan, pid: int) -> cgroups.BottleCgroup | None:

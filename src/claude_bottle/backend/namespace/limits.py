@@ -13,6 +13,10 @@ from claude_bottle.limits import Limits, LimitsPlan, Unapplied, format_size, pla
 TMPFS_DISK = "a sized tmpfs at each of /tmp, /var/tmp, /run and the hidden dirs"
 HOME_NOTE = "the bottle's home is a host directory: its size is bounded by the host's disk only"
 TMPFS_NOTE = "what the bottle writes to its tmpfs counts toward its memory"
+BUNDLE_NOTE = (
+    f"the bundle runs in its own cgroup beside the bottle's (memory "
+    f"{format_size(cgroups.BUNDLE_MEMORY)}, pids {cgroups.BUNDLE_PIDS})"
+)
 
 
 class Confinement(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -30,7 +34,8 @@ def confine(name: str, limits: Limits) -> tuple[LimitsPlan, Confinement]:
         unapplied = tuple(
             Unapplied(key, f"{host.describe()} has no controller for it") for key in host.missing
         )
-        plan = plan_with(limits, host.describe(), TMPFS_DISK, unapplied, (TMPFS_NOTE, HOME_NOTE))
+        notes = (TMPFS_NOTE, HOME_NOTE, BUNDLE_NOTE)
+        plan = plan_with(limits, host.describe(), TMPFS_DISK, unapplied, notes)
         return plan, Confinement(group, ())
     if host.kind == "systemd":
         unit = f"claude-bottle-{name}-{os.getpid()}"
