@@ -49,8 +49,10 @@ AGENT = AgentSpec(
     read_only=("/home/alice/src/lib",),
     relay_port=3128,
     pids_limit=4096,
-    memory="8g",
+    memory="8589934592",
     labels=(*LABELS, ("claude-bottle.role", "agent")),
+    cpus=1.5,
+    tmpfs_size=67108864,
 )
 
 BUNDLE = BundleSpec(
@@ -96,15 +98,19 @@ def test_agent_run_args_are_pinned() -> None:
         "--pids-limit",
         "4096",
         "--memory",
-        "8g",
+        "8589934592",
+        "--memory-swap",
+        "8589934592",
+        "--cpus",
+        "1.5",
         "--user",
         "1000:1000",
         "--workdir",
         "/home/alice/proj",
         "--tmpfs",
-        "/tmp:exec,mode=1777",
+        "/tmp:exec,mode=1777,size=67108864",
         "--tmpfs",
-        "/var/tmp:exec,mode=1777",
+        "/var/tmp:exec,mode=1777,size=67108864",
         "--mount",
         "type=bind,source=/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home,"
         "target=/home/alice",
@@ -361,7 +367,7 @@ def test_plan_prints_what_a_person_needs_to_judge_it(dirs: Path) -> None:
         "agent container (docker)",
         "none (loopback only)",
         "all capabilities dropped, no-new-privileges, seccomp profile",
-        "pids 4096, memory 8g",
+        "docker (the agent container's cgroup)",
         f"{plan.network} (per-bottle bridge, outbound access)",
         f"volume {plan.volume}",
         "audit.jsonl",
@@ -370,6 +376,7 @@ def test_plan_prints_what_a_person_needs_to_judge_it(dirs: Path) -> None:
     data = json.loads(plan.to_json())
     assert data["backend"] == "docker" and data["detach"] is True
     assert data["agent"]["container"] == plan.agent.container
+    assert data["limits"]["pids"] == 4096 and data["limits"]["disk"] == 10 * 1024**3
 
 
 def test_state_label_names_the_state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

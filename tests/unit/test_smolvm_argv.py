@@ -20,6 +20,7 @@ from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.launch import machine_spec
 from claude_bottle.backend.smolmachines.prepare import Stage, relay_command
 from claude_bottle.backend.smolmachines.util import wheel_binary
+from claude_bottle.limits import MIB, Limits, plan_with
 from claude_bottle.workspace_guard import GitMount
 
 EXE = "/usr/local/bin/smolvm"
@@ -187,8 +188,13 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
             GitMount("/work/p/.git/objects", "/work/p/.git/objects", False),
         )
     )
+    plan.limits = plan_with(Limits(memory=512 * MIB, cpus=1.5), "vm", "vm")
     stage = Stage.at(tmp_path)
     spec = machine_spec(plan, stage, Path("/cache/x.smolmachine"))
+    assert (spec.memory_mib, spec.cpus) == (512, 2)  # [bottle] memory and cpus, rounded up
+    assert smolvm.machine_create_argv(EXE, spec)[-len(spec.command) - 5 :][:4] == [
+        "--mem", "512", "--cpus", "2",
+    ]  # fmt: skip
     assert spec.mount_sockets == (
         (str(tmp_path / "bundle" / "proxy.sock"), "/run/claude-bottle/proxy.sock"),
         (str(tmp_path / "bundle" / "gateway.sock"), "/run/claude-bottle/gateway.sock"),

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 from claude_bottle.config.model import Config, GatewayConfig
 from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import GitIdentity, host_git_identity
+from claude_bottle.limits import LimitsPlan
 from claude_bottle.plan import PlanSection, Printable
 from claude_bottle.workspace_guard import GuardPlan, plan_guard
 
@@ -81,6 +82,7 @@ class BottlePlan(Printable):
     audit_rate: int  # bytes of audit log per minute, likewise
     workspace_guard: GuardPlan
     git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
+    limits: LimitsPlan  # resource limits in force and how this backend applies them
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -202,6 +204,7 @@ class BottlePlan(Printable):
                     ),
                 ),
             ),
+            PlanSection("limits ([bottle] memory, pids, cpus, disk)", self.limits.rows()),
             PlanSection(
                 "environment (built from an allowlist)",
                 tuple((k, v) for k, v in sorted(self.env.items())),
@@ -232,6 +235,7 @@ def common_plan_fields(
     runtime_dir: str,
     env: dict[str, str],
     relay_port: int,
+    limits: LimitsPlan,
 ) -> dict[str, Any]:
     """Every BottlePlan field that comes straight from the request and its config.
 
@@ -275,6 +279,7 @@ def common_plan_fields(
             str(request.workspace.resolve()), state_dir, config.bottle.host_tools
         ),
         "git_identity": host_git_identity() if config.bottle.git_identity else None,
+        "limits": limits,
     }
 
 
@@ -322,6 +327,10 @@ class Bottle(abc.ABC):
     def alive(self) -> str | None:
         """None while healthy, else a one-line reason (e.g. the bundle died)."""
 
+    def limits_hit(self) -> list[str]:
+        """One line per resource limit the bottle ran into (memory kills, refused forks)."""
+        return []
+
 
 class BottleBackend(abc.ABC):
     name: ClassVar[str]
@@ -336,6 +345,10 @@ class BottleBackend(abc.ABC):
         problems = self.preflight()
         if problems:
             raise MissingDependency("; ".join(problems))
+
+    def limits_report(self) -> list[str]:
+        """For `doctor`: how this backend applies [bottle] limits here, and what is missing."""
+        return []
 
     @abc.abstractmethod
     def plan(self, request: LaunchRequest) -> BottlePlan:

@@ -88,7 +88,12 @@ def open_bundle(settings: BundleSettings) -> Opened:
             "lifecycle",
             "info",
             rule="bundle-start",
-            detail={"pid": os.getpid(), "allow": list(settings.allow), "mode": settings.mode},
+            detail={
+                "pid": os.getpid(),
+                "allow": list(settings.allow),
+                "mode": settings.mode,
+                **({"limits": settings.limits} if settings.limits is not None else {}),
+            },
         )
     except BaseException:
         for sock in bound:

@@ -57,6 +57,7 @@ class BundleSettings(NamedTuple):
     gateway_dlp_block: bool = False  # a secret in a prompt refuses the call, else is recorded
     audit_max: int = DEFAULT_AUDIT_MAX
     audit_rate: int = DEFAULT_AUDIT_RATE
+    limits: dict[str, object] | None = None  # the bottle's limits, for its first audit record
 
     def dump(self, path: Path) -> None:
         fields = {**self._asdict(), "pins": [pin._asdict() for pin in self.pins]}

@@ -21,7 +21,7 @@ from claude_bottle.backend import registry
 from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
 from claude_bottle.cli import policy_record
 from claude_bottle.config import Config, load_config
-from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError
+from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError, MissingDependency
 from claude_bottle.safe_text import escape
 
 WATCH_INTERVAL = 0.25
@@ -124,6 +124,7 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
             discard_prestarted()
         say_where_credentials_go(plan)
         _check_credential(plan)
+        _check_limits(plan)
         existing = state.read_record(plan.name)
         if existing is not None and state.is_live(existing):
             raise ConfigError(
@@ -133,6 +134,21 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
         return _launch_and_run(backend, plan, policy, detach=detach)
     finally:
         discard_prestarted()  # unused: the launch failed before it needed a bundle
+
+
+def _check_limits(plan: BottlePlan) -> None:
+    """Say which limits this host cannot apply, before the bottle starts; with
+    `require_limits`, refuse to start instead (exit 3)."""
+    unapplied = plan.limits.unapplied
+    if not unapplied:
+        return
+    what = "; ".join(f"{u.key}: {u.reason}" for u in unapplied)
+    if plan.limits.require:
+        raise MissingDependency(
+            f"[bottle] require_limits is set, but this host cannot apply every limit ({what})",
+            "see `claude-bottle doctor`, or set require_limits = false",
+        )
+    _say(f"warning: limits not applied ({plan.limits.mechanism}): {what}")
 
 
 def _launch_and_run(
@@ -195,6 +211,8 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
             state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
         except OSError as exc:  # e.g. the disk is full: why the bottle stopped comes first
             _say(f"warning: cannot record how bottle {bottle.name} ended: {exc.strerror}")
+    for message in bottle.limits_hit():
+        _say(message)
     if failure:
         _say(
             f"bottle {bottle.name} stopped: {failure[0]}; it had no way out, so it was stopped"
@@ -459,6 +477,8 @@ def doctor() -> int:
         click.echo(f"{name}{suffix}: {mark} — {backend.description}")
         for problem in problems:
             click.echo(f"  - {problem}")
+        for line in backend.limits_report():
+            click.echo(f"  limits: {line}")
         if problems and name == default:
             worst = 3
     claude = shutil.which("claude")

@@ -58,6 +58,16 @@ from claude_bottle.config.model import (
 from claude_bottle.config.trust import TrustStore, digest_of, display_path, read_config_file
 from claude_bottle.config.user_only import refuse_user_only
 from claude_bottle.errors import ConfigError
+from claude_bottle.limits import (
+    MAX_CPUS,
+    MAX_PIDS,
+    MIN_DISK,
+    MIN_MEMORY,
+    MIN_PIDS,
+    Limits,
+    format_size,
+    parse_size,
+)
 
 PROJECT_FILE: Final = ".claude-bottle.toml"
 CONFIG_ENV: Final = "CLAUDE_BOTTLE_CONFIG"
@@ -93,6 +103,15 @@ _STR: Final = _Scalar(str, "a string", "strings")
 _BOOL: Final = _Scalar(bool, "a boolean (true or false)", "booleans")
 _STRS: Final = _ListOf(_STR)
 _INT: Final = _Scalar(int, "an integer", "integers")
+_NUMBER: Final = _Scalar(float, "a number", "numbers")  # an integer is a number too
+
+LIMIT_KEYS: Final = {
+    "memory": _STR,
+    "pids": _INT,
+    "cpus": _NUMBER,
+    "disk": _STR,
+    "require_limits": _BOOL,
+}
 
 SCHEMA: Final = _Table(
     {
@@ -144,6 +163,7 @@ SCHEMA: Final = _Table(
                 "audit_rate": _STR,
                 "host_tools": _STR,
                 "git_identity": _BOOL,
+                **LIMIT_KEYS,
             }
         ),
         "docker": _Table({"base_image": _STR}),
@@ -231,7 +251,7 @@ class _Source(NamedTuple):
 
 def _check(value: object, spec: _Spec, key: str, src: _Source) -> None:
     if isinstance(spec, _Scalar):
-        if type(value) is not spec.kind:
+        if type(value) is not spec.kind and not (spec.kind is float and type(value) is int):
             raise src.error(
                 key, f"expected {spec.what}, got {_toml_type(value)}", _type_hint(spec, key)
             )
@@ -369,6 +389,7 @@ class _Merged:
     host_tools: str = "warn"
     git_identity: bool = True
     base_image: str | None = None
+    limits: Limits = field(default_factory=Limits)
     sources: list[ConfigSource] = field(default_factory=list)
 
     # -- a whole file
@@ -590,6 +611,7 @@ class _Merged:
             self.host_tools = mode
         if "git_identity" in bottle:
             self.git_identity = _bool(bottle["git_identity"])
+        self.limits = _limits(self.limits, bottle, src)
 
     # -- the result
 
@@ -632,6 +654,7 @@ class _Merged:
                 **self.audit,
                 host_tools=self.host_tools,
                 git_identity=self.git_identity,
+                limits=self.limits,
             ),
             docker=DockerSection(base_image=self.base_image),
             sources=tuple(self.sources),
@@ -824,14 +847,12 @@ def _branch_pattern(pattern: str, key: str, src: _Source) -> str:
     return pattern
 
 
-_BYTE_SIZE = re.compile(r"([0-9]{1,15})\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
-_UNIT_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
-
-
 def _byte_size(raw: str, key: str, src: _Source) -> int:
     """A size such as "1G", "64M" or "65536" (binary units), at least 64 KiB."""
-    match = _BYTE_SIZE.fullmatch(raw.strip())
-    size = int(match[1]) << _UNIT_SHIFT[match[2].upper()] if match else 0
+    try:
+        size = parse_size(raw.strip())
+    except ValueError:
+        size = 0
     if size < 64 << 10:
         name = key.rpartition(".")[2]
         raise src.error(key, f"{raw!r} is not a size of at least 64K", f'e.g. {name} = "1G"')
@@ -867,6 +888,52 @@ def _image_reference(raw: str, src: _Source) -> str | None:
             'e.g. base_image = "ghcr.io/acme/dev:2024" (or "" for the built-in image)',
         )
     return raw
+
+
+def _limits(current: Limits, bottle: Mapping[str, object], src: _Source) -> Limits:
+    """`current` with the resource limits this layer sets, each checked against its bounds."""
+    if "memory" in bottle:
+        current = current._replace(memory=_size(_str(bottle["memory"]), "bottle.memory", src))
+    if "disk" in bottle:
+        current = current._replace(disk=_size(_str(bottle["disk"]), "bottle.disk", src))
+    if "pids" in bottle:
+        pids = bottle["pids"]
+        assert isinstance(pids, int)
+        if not MIN_PIDS <= pids <= MAX_PIDS:
+            raise src.error(
+                "bottle.pids",
+                f"expected {MIN_PIDS} to {MAX_PIDS} processes, got {pids}",
+                "e.g. pids = 4096",
+            )
+        current = current._replace(pids=pids)
+    if "cpus" in bottle:
+        cpus = bottle["cpus"]
+        assert isinstance(cpus, int | float)
+        if not 0.01 <= cpus <= MAX_CPUS:
+            raise src.error(
+                "bottle.cpus",
+                f"expected a number of CPUs from 0.01 to {MAX_CPUS:g}, got {cpus}",
+                "e.g. cpus = 2.0",
+            )
+        current = current._replace(cpus=float(cpus))
+    if "require_limits" in bottle:
+        current = current._replace(require=_bool(bottle["require_limits"]))
+    return current
+
+
+def _size(text: str, key: str, src: _Source) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise src.error(
+            key, f'expected a size such as "8G" or "512M", got {_quote(text)}', 'e.g. "8G"'
+        ) from None
+    least = MIN_MEMORY if key == "bottle.memory" else MIN_DISK
+    if size < least:
+        raise src.error(
+            key, f"{_quote(text)} is too small (at least {format_size(least)})", 'e.g. "8G"'
+        )
+    return size
 
 
 def _env_name(name: str, key: str, src: _Source) -> str:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 # The bundle's own defaults; it ships without this package (docker's bundle image).
 from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+from claude_bottle.limits import Limits
 
 EGRESS_MODES = ("enforce", "audit", "ask")
 GATEWAY_DLP_MODES = ("audit", "block")  # a secret in a prompt: recorded, or refused
@@ -87,6 +88,7 @@ class BottleSection(NamedTuple):
     audit_rate: int = DEFAULT_AUDIT_RATE  # bytes of audit log per minute
     host_tools: str = "warn"  # host-tool files the bottle changed: "warn" lists, "revert" restores
     git_identity: bool = True  # copy the host's git user.name/user.email into the bottle
+    limits: Limits = Limits()  # memory, pids, cpus, disk, require_limits
 
 
 class DockerSection(NamedTuple):

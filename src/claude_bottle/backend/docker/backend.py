@@ -54,9 +54,14 @@ from claude_bottle.backend.docker.bottle_plan import (
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
+from claude_bottle.limits import plan_with
 
-PIDS_LIMIT = 4096
-MEMORY = "8g"
+DISK = "a sized tmpfs at each of /tmp and /var/tmp"
+LIMIT_NOTES = (
+    "what the bottle writes to its tmpfs counts toward its memory",
+    "the bottle's home is a host directory: its size is bounded by the host's disk only",
+)
+
 IMAGE_CA_STORE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's + the host's extra CAs
 MIN_API = (1, 41)  # Docker Engine 20.10
 
@@ -147,6 +152,11 @@ def credential_access(spec: str, home: str, host_env: Mapping[str, str]) -> Cred
 class DockerBackend(BottleBackend):
     name = "docker"
     description = "Docker containers: agent with --network none, bundle on its own network"
+
+    def limits_report(self) -> list[str]:
+        return [
+            "the engine applies memory, pids and cpus to the agent container; disk sizes its tmpfs"
+        ]
 
     # --- preflight ------------------------------------------------------------
 
@@ -253,6 +263,9 @@ class DockerBackend(BottleBackend):
         env.update(_image_env(intercept))
         if base is not None and base.path:
             env["PATH"] = base.path  # the toolchain the user's image puts on PATH
+        limits = plan_with(
+            config.bottle.limits, "docker (the agent container's cgroup)", DISK, (), LIMIT_NOTES
+        )
         agent = AgentSpec(
             container=f"{prefix}-agent",
             image=agent_image.tag,
@@ -268,10 +281,12 @@ class DockerBackend(BottleBackend):
             seccomp_profile=str(runtime_dir / "seccomp.json"),
             read_only=tuple(read_only),
             relay_port=RELAY_PORT,
-            pids_limit=PIDS_LIMIT,
-            memory=MEMORY,
+            pids_limit=limits.pids,
+            memory=str(limits.memory),
             labels=(*labels, (LABEL_ROLE, ROLE_AGENT)),
             base_image=base,
+            cpus=limits.cpus,
+            tmpfs_size=limits.disk,
         )
         bundle = BundleSpec(
             container=f"{prefix}-bundle",
@@ -293,6 +308,7 @@ class DockerBackend(BottleBackend):
             runtime_dir=str(runtime_dir),
             env=env,
             relay_port=RELAY_PORT,
+            limits=limits,
         )
         agent = dataclasses.replace(agent, guard_mounts=common["workspace_guard"].mounts)
         return DockerBottlePlan(

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
+from claude_bottle import cgroups
 from claude_bottle.backend.docker import docker
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.state import process_alive
@@ -49,6 +50,12 @@ class DockerBottle(NamespaceBottle):
             if info is None or not info.get("State", {}).get("Running"):
                 return _reason(role)
         return None
+
+    def limits_hit(self) -> list[str]:
+        """Read from the agent container's cgroup: its process 1 is a host process."""
+        ref = self.processes.get("bottle")
+        group = cgroups.of_process(int(ref["pid"])) if ref and process_alive(ref) else None
+        return cgroups.hits(group) if group is not None else []
 
     def kill(self) -> None:
         """Fail closed: the agent container dies at once, and every command with it."""

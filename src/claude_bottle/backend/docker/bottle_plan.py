@@ -80,6 +80,8 @@ class AgentSpec:
     labels: tuple[tuple[str, str], ...]
     guard_mounts: tuple[GitMount, ...] = ()  # the bottle's own .git over the workspace's
     base_image: BaseImage | None = None  # `[docker] base_image`: the image is built on it
+    cpus: float | None = None  # CPU quota ([bottle] cpus)
+    tmpfs_size: int | None = None  # bytes /tmp and /var/tmp may each hold ([bottle] disk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,10 @@ def _labels(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return args
 
 
+def _size(size: int | None) -> str:
+    return "" if size is None else f",size={size}"
+
+
 def agent_run_args(spec: AgentSpec) -> list[str]:
     """Options for `docker run --detach` of the agent container."""
     args = [
@@ -129,14 +135,17 @@ def agent_run_args(spec: AgentSpec) -> list[str]:
         str(spec.pids_limit),
         "--memory",
         spec.memory,
+        "--memory-swap",  # the same as --memory: no swap to outlive the limit in
+        spec.memory,
+        *(["--cpus", f"{spec.cpus:g}"] if spec.cpus is not None else []),
         "--user",
         spec.user,
         "--workdir",
         spec.workspace,
         "--tmpfs",
-        "/tmp:exec,mode=1777",
+        f"/tmp:exec,mode=1777{_size(spec.tmpfs_size)}",
         "--tmpfs",
-        "/var/tmp:exec,mode=1777",
+        f"/var/tmp:exec,mode=1777{_size(spec.tmpfs_size)}",
         "--mount",
         Mount("bind", spec.home_source, spec.home).arg(),
         "--mount",
@@ -265,7 +274,6 @@ class DockerBottlePlan(BottlePlan):
             ("home", f"{agent.home} <- {agent.home_source} (bottle's own, writable)"),
             ("user", f"{agent.user} (the host user)"),
             ("privileges", "all capabilities dropped, no-new-privileges, seccomp profile"),
-            ("limits", f"pids {agent.pids_limit}, memory {agent.memory}"),
             ("sockets", f"volume {self.volume} at {SOCKETS_DIR} (read-only)"),
         ]
         agent_rows += [("read-only", p) for p in agent.read_only]

@@ -335,6 +335,7 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         dlp_patterns=plan.dlp_patterns,
         dlp_ignore=plan.dlp_ignore,
         dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
+        limits=plan.limits.audit_detail(),
     )
 
 

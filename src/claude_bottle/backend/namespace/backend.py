@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import paths, state, workspace_guard
+from claude_bottle import cgroups, paths, state, workspace_guard
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -27,6 +28,12 @@ from claude_bottle.backend.namespace import cleanup
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
+from claude_bottle.backend.namespace.limits import (
+    confine,
+    doctor_lines,
+    from_record,
+    record_of,
+)
 from claude_bottle.backend.namespace.toolchain import (
     Unreachable,
     grant_read_only,
@@ -103,6 +110,9 @@ class NamespaceBackend(BottleBackend):
         problem = _userns_problem()
         return [problem] if problem else []
 
+    def limits_report(self) -> list[str]:
+        return doctor_lines()
+
     # --- plan -----------------------------------------------------------------
 
     def plan(self, request: LaunchRequest) -> NamespaceBottlePlan:
@@ -161,6 +171,7 @@ class NamespaceBackend(BottleBackend):
             if host_id is not None
             else ()
         )
+        limits, confinement = confine(request.name, config.bottle.limits)
         spec = BwrapSpec(
             hostname=request.name[:63],
             workspace=workspace,
@@ -182,6 +193,7 @@ class NamespaceBackend(BottleBackend):
             die_with_parent=not request.detach,
             host_id=host_id,
             idmapped=idmapped,
+            tmpfs_size=limits.disk,
         )
         env = build_env(
             os.environ,
@@ -197,10 +209,12 @@ class NamespaceBackend(BottleBackend):
             runtime_dir=str(runtime_dir),
             env=env,
             relay_port=RELAY_PORT,
+            limits=limits,
         )
         return NamespaceBottlePlan(
             **common,
             bwrap=spec._replace(guard_mounts=common["workspace_guard"].mounts),
+            confinement=confinement,
         )
 
     # --- launch ---------------------------------------------------------------
@@ -274,14 +288,18 @@ class NamespaceBackend(BottleBackend):
             oauth_token_url=plan.oauth_token_url,
             audit_max=plan.audit_max,
             audit_rate=plan.audit_rate,
+            limits=plan.limits.audit_detail(),
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)
         detach = not plan.bwrap.die_with_parent
         # The bundle's interpreter start-up overlaps with the sandbox's; both must be ready
         # before any command runs.
+        bundle_group = _bundle_cgroup(plan, stack)
         pending = spawn_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not detach)
         stack.callback(stop_process, pending.process)
+        if bundle_group is not None:
+            _join(bundle_group, pending.process.pid)
 
         info_r, info_w = os.pipe()
         seccomp_fd = _seccomp_program(plan.nested_sandbox)
@@ -295,6 +313,7 @@ class NamespaceBackend(BottleBackend):
         argv.insert(1, "--info-fd")
         argv.insert(2, str(info_w))
         argv = unprivileged_argv(plan.bwrap, _python()[0], str(UNPRIVILEGED_EXEC), argv)
+        argv = _confined(plan, argv, stack)
         try:
             with (state_dir / "bottle.log").open("ab") as log:
                 sandbox = subprocess.Popen(
@@ -326,6 +345,7 @@ class NamespaceBackend(BottleBackend):
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
         bundle = pending.wait_ready()
+        group = plan.confinement.cgroup or _scope_of(plan, sandbox.pid)
 
         processes = {
             "bundle": state.process_ref(bundle.pid),
@@ -346,6 +366,9 @@ class NamespaceBackend(BottleBackend):
                 "exec_socket": str(exec_socket),
                 "env": plan.env,
                 "command": list(plan.command),
+                "cgroup": record_of(plan.confinement.cgroup),
+                "bundle_cgroup": record_of(bundle_group),
+                "cgroup_counters": record_of(group),
             },
         )
         return NamespaceBottle(
@@ -354,6 +377,7 @@ class NamespaceBackend(BottleBackend):
             env=plan.env,
             workspace=plan.workspace,
             processes=processes,
+            cgroup=group,
         )
 
     def attach(self, record: dict[str, Any]) -> Bottle:
@@ -363,6 +387,7 @@ class NamespaceBackend(BottleBackend):
             env=record["env"],
             workspace=record["workspace"],
             processes=record["processes"],
+            cgroup=from_record(record.get("cgroup_counters")),
         )
 
     def stop(self, record: dict[str, Any]) -> None:
@@ -373,15 +398,26 @@ class NamespaceBackend(BottleBackend):
         deadline = time.monotonic() + 5
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
+        for key in ("cgroup", "bundle_cgroup"):
+            group = from_record(record.get(key))
+            if group is not None:
+                cgroups.remove(group)
         paths.remove_runtime_dir(record)
 
     # --- cleanup --------------------------------------------------------------
 
     def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
-        return cleanup.plan(self.name, live_names)
+        found = cleanup.plan(self.name, live_names)
+        groups = cgroups.leftovers(cgroups.detect(), live_names, paths.state_root())
+        return dataclasses.replace(found, items=(*found.items, *(("cgroup", g) for g in groups)))
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
-        return cleanup.run(plan)
+        problems = cleanup.run(plan)  # the recorded processes first: then the cgroups empty
+        for kind, what in plan.items:
+            if kind == "cgroup" and cgroups.is_bottle_cgroup(what):
+                leftover = cgroups.BottleCgroup(1, (("", what),), 0, 0, None)
+                problems += cgroups.remove(leftover)
+        return problems
 
 
 def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency:
@@ -396,6 +432,56 @@ def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency
         message,
         f'grant it read-only in your user config: [bottle] read_only = ["{missing.path}"]',
     )
+
+
+def _confined(plan: NamespaceBottlePlan, argv: list[str], stack: contextlib.ExitStack) -> list[str]:
+    """bubblewrap's command line under the bottle's limits; its cgroup exists from here on
+    and is removed at teardown, after the sandbox has stopped."""
+    group = plan.confinement.cgroup
+    if group is None:
+        return [*plan.confinement.launcher, *argv]
+    _create(group, stack)
+    return cgroups.join_argv(group, argv)
+
+
+def _bundle_cgroup(
+    plan: NamespaceBottlePlan, stack: contextlib.ExitStack
+) -> cgroups.BottleCgroup | None:
+    """The bundle's own cgroup where the bottle has one; removed after the bundle stops."""
+    if plan.confinement.cgroup is None:
+        return None
+    group = cgroups.for_bundle(plan.confinement.cgroup)
+    _create(group, stack)
+    return group
+
+
+def _create(group: cgroups.BottleCgroup, stack: contextlib.ExitStack) -> None:
+    stack.callback(cgroups.remove, group)
+    try:
+        cgroups.create(group)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot create the bottle's cgroup ({exc.strerror}: {exc.filename})",
+            "see `claude-bottle doctor`; cgroup v1 needs root",
+        ) from None
+
+
+def _join(group: cgroups.BottleCgroup, pid: int) -> None:
+    try:
+        cgroups.move(group, pid)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot move the bundle into its cgroup ({exc.strerror}: {exc.filename})",
+            "see `claude-bottle doctor`",
+        ) from None
+
+
+def _scope_of(plan: NamespaceBottlePlan, pid: int) -> cgroups.BottleCgroup | None:
+    """The systemd scope the sandbox runs in, to read its counters (None without one)."""
+    launcher = plan.confinement.launcher
+    if not launcher or os.path.basename(launcher[0]) != "systemd-run":
+        return None
+    return cgroups.of_process(pid)
 
 
 USERNS_PROBE = (

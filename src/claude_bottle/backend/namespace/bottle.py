@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from claude_bottle import cgroups
 from claude_bottle.backend.base import Bottle, ExecResult
 from claude_bottle.errors import BottleError
 from claude_bottle.execproto import ExecSession
@@ -29,8 +30,10 @@ class NamespaceBottle(Bottle):
         env: Mapping[str, str],
         workspace: str,
         processes: Mapping[str, dict[str, int]],
+        cgroup: cgroups.BottleCgroup | None = None,
     ) -> None:
         self.name = name
+        self.cgroup = cgroup
         self.exec_socket = exec_socket
         self.env = dict(env)
         self.workspace = workspace
@@ -49,6 +52,9 @@ class NamespaceBottle(Bottle):
                 what = "the bundle (its only way out)" if role == "bundle" else "the bottle"
                 return f"{what} stopped"
         return None
+
+    def limits_hit(self) -> list[str]:
+        return cgroups.hits(self.cgroup) if self.cgroup is not None else []
 
     def _session(self, argv: Sequence[str], fds: tuple[int, int, int], tty: bool) -> ExecSession:
         return ExecSession(

@@ -7,12 +7,14 @@ from collections.abc import Sequence
 
 from claude_bottle.backend.base import BottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec
+from claude_bottle.backend.namespace.limits import Confinement
 from claude_bottle.plan import PlanSection
 
 
 @dataclasses.dataclass(frozen=True)
 class NamespaceBottlePlan(BottlePlan):
     bwrap: BwrapSpec
+    confinement: Confinement  # how the sandbox is put under [bottle] limits
 
     def sections(self) -> Sequence[PlanSection]:
         spec = self.bwrap

@@ -35,6 +35,7 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
     host_id: int | None = None
     idmapped: tuple[str, ...] = ()
     guard_mounts: tuple[GitMount, ...] = ()  # the bottle's own .git over the workspace's
+    tmpfs_size: int | None = None  # bytes each tmpfs the bottle can write may hold ([bottle] disk)
 
 
 def bwrap_argv(
@@ -116,6 +117,8 @@ def bwrap_argv(
         "PATH",
         "/usr/local/bin:/usr/bin:/bin",
     ]
+    if spec.tmpfs_size is not None:
+        argv = _sized_tmpfs(argv, spec.tmpfs_size)
     argv += relay_argv(spec.python, spec.relay_port)
     if lifeline_fd is not None:
         argv[-1:-1] = ["--lifeline", str(lifeline_fd)]  # before --hold
@@ -130,7 +133,7 @@ _OPTION_ARITY = {
     **dict.fromkeys(("--setenv", "--symlink"), 2),
     **dict.fromkeys(("--info-fd", "--uid", "--gid", "--cap-drop", "--cap-add", "--hostname"), 1),
     **dict.fromkeys(("--dev", "--proc", "--tmpfs", "--dir", "--remount-ro", "--perms"), 1),
-    **dict.fromkeys(("--seccomp", "--chdir", "--unsetenv"), 1),
+    **dict.fromkeys(("--seccomp", "--chdir", "--unsetenv", "--size"), 1),
     **dict.fromkeys(("--die-with-parent", "--as-pid-1", "--new-session", "--clearenv"), 0),
     **dict.fromkeys((f"--unshare-{ns}" for ns in ("pid", "ipc", "uts", "cgroup", "net")), 0),
 }
@@ -170,6 +173,16 @@ def unprivileged_argv(spec: BwrapSpec, python: str, helper: str, bwrap: list[str
         rewritten += [option, *args]
         index += 1 + arity
     return [*helper_argv, "--stage-root", STAGE, "--", *rewritten, *bwrap[index:]]
+
+
+def _sized_tmpfs(argv: list[str], size: int) -> list[str]:
+    """Every `--tmpfs` preceded by `--size`, so a write past `disk` fails with ENOSPC inside."""
+    sized: list[str] = []
+    for arg in argv:
+        if arg == "--tmpfs":
+            sized += ["--size", str(size)]
+        sized.append(arg)
+    return sized
 
 
 def relay_argv(python: str, relay_port: int) -> Sequence[str]:

@@ -35,6 +35,9 @@ class SmolmachinesBackend(BottleBackend):
     name = "smolmachines"
     description = "smolvm microVM with no network device (KVM or Hypervisor.framework)"
 
+    def limits_report(self) -> list[str]:
+        return ["memory and cpus size the microVM (--mem, --cpus); pids and disk are the guest's"]
+
     def __init__(
         self,
         *,

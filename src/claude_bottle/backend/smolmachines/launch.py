@@ -9,6 +9,7 @@ runtime dir removed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
 from claude_bottle.git_identity import seed_git_identity
+from claude_bottle.limits import MIB
 
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
@@ -60,6 +62,8 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
         ),
         labels=((LABEL, plan.name),),
         user=plan.user,
+        memory_mib=max(1, plan.limits.memory // MIB),
+        cpus=None if plan.limits.cpus is None else math.ceil(plan.limits.cpus),
     )
 
 
@@ -133,6 +137,7 @@ def launch_bottle(
         oauth_token_url=plan.oauth_token_url,
         audit_max=plan.audit_max,
         audit_rate=plan.audit_rate,
+        limits=plan.limits.audit_detail(),
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.

@@ -34,6 +34,7 @@ from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_con
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.errors import ConfigError, LaunchError
+from claude_bottle.limits import plan_with
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 IMAGE_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_IMAGE"
@@ -95,6 +96,16 @@ def resolve_plan(
         runtime_dir=str(runtime_dir),
         env=env,
         relay_port=RELAY_PORT,
+        limits=plan_with(
+            config.bottle.limits,
+            "the microVM's memory and vCPUs",
+            "the guest's own filesystems",
+            (),
+            (
+                "pids: the guest kernel's own; a fork bomb is bounded by the VM's memory and vCPUs",
+                "home is a host directory shared into the VM: bounded by the host's disk only",
+            ),
+        ),
     )
     return SmolmachinesBottlePlan(
         **common,

@@ -56,6 +56,8 @@ class MachineSpec:
     labels: tuple[tuple[str, str], ...] = ()
     user: str | None = None  # uid[:gid] the workload runs as
     stop_on_exit: bool = True  # the relay ending stops the machine: fail closed
+    memory_mib: int | None = None  # the VM's memory ([bottle] memory)
+    cpus: int | None = None  # its vCPUs ([bottle] cpus, rounded up)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,10 @@ def machine_create_argv(smolvm: str, spec: MachineSpec) -> list[str]:
         argv += ["--user", spec.user]
     if spec.stop_on_exit:
         argv.append("--stop-on-exit")
+    if spec.memory_mib is not None:
+        argv += ["--mem", str(spec.memory_mib)]
+    if spec.cpus is not None:
+        argv += ["--cpus", str(spec.cpus)]
     # No --net and none of the flags that imply it: the machine gets no network device.
     return [*argv, "--", *spec.command]
 
