@@ -159,7 +159,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.delenv("CLAUDE_BOTTLE_CONFIG", raising=False)
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ws").mkdir()
+    monkeypatch.chdir(tmp_path / "ws")  # config files beside it, not in it: user files
     return tmp_path
 
 

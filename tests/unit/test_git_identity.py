@@ -87,13 +87,19 @@ def test_git_identity_false_keeps_it_out_of_the_plan(
 ) -> None:
     from claude_bottle.backend.base import LaunchRequest, common_plan_fields
     from claude_bottle.config.model import BottleSection, Config
+    from claude_bottle.limits import Limits, plan_with
 
     (host_home / ".gitconfig").write_text(HOST_GITCONFIG)
     request = LaunchRequest("t", tmp_path, Config(), ("true",))
-    fields = common_plan_fields("x", request, state_dir="s", runtime_dir="r", env={}, relay_port=1)
+    limits = plan_with(Limits(), "test", "test")
+    fields = common_plan_fields(
+        "x", request, state_dir="s", runtime_dir="r", env={}, relay_port=1, limits=limits
+    )
     assert fields["git_identity"] == GitIdentity("Ada Lovelace", "ada@example.test")
     off = request._replace(config=Config(bottle=BottleSection(git_identity=False)))
-    fields = common_plan_fields("x", off, state_dir="s", runtime_dir="r", env={}, relay_port=1)
+    fields = common_plan_fields(
+        "x", off, state_dir="s", runtime_dir="r", env={}, relay_port=1, limits=limits
+    )
     assert fields["git_identity"] is None
 
 
@@ -102,13 +108,15 @@ def test_config_keys_git_identity_and_docker_base_image(tmp_path: Path) -> None:
     from claude_bottle.errors import ConfigError
 
     user = tmp_path / "config.toml"
+    workspace = tmp_path / "ws"  # the user config is outside it
+    workspace.mkdir()
     user.write_text('[bottle]\ngit_identity = false\n[docker]\nbase_image = "ghcr.io/acme/dev:1"\n')
-    config = load_config(workspace=tmp_path, known_backends=("namespace",), user_config=user)
+    config = load_config(workspace=workspace, known_backends=("namespace",), user_config=user)
     assert config.bottle.git_identity is False
     assert config.docker.base_image == "ghcr.io/acme/dev:1"
     user.write_text('[docker]\nbase_image = "Not An Image!"\n')
     with pytest.raises(ConfigError, match=r"docker\.base_image"):
-        load_config(workspace=tmp_path, known_backends=("namespace",), user_config=user)
+        load_config(workspace=workspace, known_backends=("namespace",), user_config=user)
     user.write_text('[docker]\nbase_image = ""\n')
-    config = load_config(workspace=tmp_path, known_backends=("namespace",), user_config=user)
+    config = load_config(workspace=workspace, known_backends=("namespace",), user_config=user)
     assert config.docker.base_image is None

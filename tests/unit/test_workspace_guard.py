@@ -246,14 +246,15 @@ def test_unparsable_refs_are_ignored(tmp_path: Path) -> None:
 
 
 def test_host_tools_must_be_warn_or_revert(tmp_path: Path) -> None:
-    config = tmp_path / "c.toml"
+    config = tmp_path / "c.toml"  # a --config file outside the workspace
+    (tmp_path / "ws").mkdir()
     config.write_text('[bottle]\nhost_tools = "revert"\n')
     assert (
         load_config(
-            workspace=tmp_path, extra_file=config, known_backends=("namespace",)
+            workspace=tmp_path / "ws", extra_file=config, known_backends=("namespace",)
         ).bottle.host_tools
         == "revert"
     )
     config.write_text('[bottle]\nhost_tools = "off"\n')
     with pytest.raises(ConfigError, match=r"bottle\.host_tools"):
-        load_config(workspace=tmp_path, extra_file=config, known_backends=("namespace",))
+        load_config(workspace=tmp_path / "ws", extra_file=config, known_backends=("namespace",))

@@ -48,6 +48,7 @@ from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
+from claude_bottle.workspace_guard import GitMount
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 UNPRIVILEGED_EXEC = Path(__file__).resolve().parent / "unprivileged_exec.py"
@@ -213,7 +214,7 @@ class NamespaceBackend(BottleBackend):
         )
         return NamespaceBottlePlan(
             **common,
-            bwrap=spec._replace(guard_mounts=common["workspace_guard"].mounts),
+            bwrap=_with_guard(spec, common["workspace_guard"].mounts),
             confinement=confinement,
         )
 
@@ -418,6 +419,15 @@ class NamespaceBackend(BottleBackend):
                 leftover = cgroups.BottleCgroup(1, (("", what),), 0, 0, None)
                 problems += cgroups.remove(leftover)
         return problems
+
+
+def _with_guard(spec: BwrapSpec, mounts: tuple[GitMount, ...]) -> BwrapSpec:
+    """The bottle's own .git over the workspace's; started by root, its sources are
+    idmapped like the workspace, so the bottle's uid writes them as the user's files."""
+    idmapped = spec.idmapped
+    if spec.host_id is not None:
+        idmapped += tuple(m.source for m in mounts)
+    return spec._replace(guard_mounts=mounts, idmapped=idmapped)
 
 
 def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency:
