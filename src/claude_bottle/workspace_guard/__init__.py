@@ -34,6 +34,7 @@ __all__ = [
 
 STATE_FILE = "workspace-guard.json"
 SHADOW_DIR = "git-shadow"
+MAX_FINDINGS = 10_000  # audit records per exit
 CTIME_SLACK_NS = 2_000_000_000  # clock granularity between the marker and other file systems
 
 
@@ -209,16 +210,11 @@ def finish(state_dir: str) -> list[Finding]:
     result = sweep(plan.workspace, since_ns, watch.watched)
     if plan.host_tools == "revert":
         saved = host_files.saved_from_json(record["saved"])
-        failed = set(host_files.revert(plan.workspace, saved, result.changed))
-        findings += [
-            Finding(
-                "host-file",
-                rel,
-                "failed" if rel in failed else "reverted",
-                "could not restore" if rel in failed else "",
-            )
-            for rel in result.changed
-        ]
+        # Saved paths too: a watched file the bottle deleted has no change time to show.
+        candidates = sorted(set(result.changed) | set(saved))
+        reverted, failed = host_files.revert(plan.workspace, saved, candidates)
+        findings += [Finding("host-file", rel, "reverted") for rel in reverted]
+        findings += [Finding("host-file", rel, "failed", "could not restore") for rel in failed]
     else:
         findings += [
             Finding("host-file", rel, "changed", "a host tool may run it; review before use")
@@ -237,6 +233,10 @@ def finish(state_dir: str) -> list[Finding]:
         findings += [Finding("setuid", rel, "failed") for rel in swept.failed]
         if swept.incomplete:
             findings.append(Finding("guard", "sweep", "failed", swept.incomplete[:200]))
+    if len(findings) > MAX_FINDINGS:
+        dropped = len(findings) - MAX_FINDINGS
+        findings = findings[:MAX_FINDINGS]
+        findings.append(Finding("guard", "report", "failed", f"{dropped} more findings dropped"))
     return findings
 
 
