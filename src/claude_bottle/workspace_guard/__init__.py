@@ -61,7 +61,7 @@ class GuardPlan(NamedTuple):
         elif self.git_dir:
             git = (
                 f"{self.git_dir}: the bottle's own copy (objects shared); refs, HEAD, "
-                "branch tracking and user.* carried back at exit, other config listed"
+                "branch tracking and user.name/email carried back at exit, other config listed"
             )
         else:
             git = f"{self.dot_git_file} read-only"

@@ -16,7 +16,7 @@ git dirs (`modules/*`, same recipe) are the shadow's. So:
 
 At exit, `carry_back` brings the bottle's ref and HEAD changes to the host's repository
 (compare-and-swap against what the host had at launch), resets the host index when HEAD
-moved, applies an allowlist of config keys (branch tracking, `user.*`) and lists
+moved, applies an allowlist of config keys (branch tracking, user name and email) and lists
 everything else it changed. Commits made in the bottle are visible on the host as
 uncommitted changes until then; their objects are already in the shared store.
 """
