@@ -149,7 +149,9 @@ def test_plan_json_carries_the_spec_by_field_name(
     request = LaunchRequest("proj-abcde", tmp_path / "ws", Config(), ("true",))
     plan = NamespaceBackend().plan(request)
     data = json.loads(plan.to_json())
-    assert data["bwrap"] == json.loads(json.dumps(plan.bwrap._asdict()))
+    plain = plan.bwrap._replace(guard_mounts=())  # records inside records: checked below
+    assert {**data["bwrap"], "guard_mounts": []} == json.loads(json.dumps(plain._asdict()))
+    assert data["bwrap"]["guard_mounts"] == [m._asdict() for m in plan.bwrap.guard_mounts]
     assert data["bwrap"]["workspace"] == str(tmp_path / "ws")
     assert data["bwrap"]["masked"] == list(plan.bwrap.masked)
     assert data["egress_allow"] == ["api.anthropic.com"]
