@@ -265,7 +265,10 @@ MAX_REPORTED = 40  # lines at the terminal; the audit log has them all
 
 def finish_and_report(name: str, state_dir: str, say: Callable[[str], None]) -> list[Finding]:
     """`finish`, then tell the user and append one audit record per finding."""
-    findings = finish(state_dir)
+    try:
+        findings = finish(state_dir)
+    except Exception as exc:  # the bottle is gone: say what was not checked, never crash here
+        findings = [Finding("guard", "exit check", "failed", f"{type(exc).__name__}: {exc}")]
     if not findings:
         return findings
     for finding in findings[:MAX_REPORTED]:
