@@ -99,6 +99,9 @@ git branch -d old
 git remote add origin "$WS/remote.git"
 git push -q -u origin agent
 git branch --set-upstream-to=origin/agent agent
+git checkout -q main && echo four > h && git add h && git commit -qm four
+git checkout -q agent && git rebase -q main
+echo stash >> f && git stash -q && git stash pop -q && git checkout -q -- f
 git pack-refs --all
 git gc -q
 git fsck --strict 2>&1
