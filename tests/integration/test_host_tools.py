@@ -99,6 +99,9 @@ git branch -d old
 git remote add origin "$WS/remote.git"
 git push -q -u origin agent
 git branch --set-upstream-to=origin/agent agent
+git checkout -q main && echo four > h && git add h && git commit -qm four
+git checkout -q agent && git rebase -q main
+echo stash >> f && git stash -q && git stash pop -q && git checkout -q -- f
 git pack-refs --all
 git gc -q
 git fsck --strict 2>&1
@@ -387,3 +390,33 @@ def test_a_repository_the_bottle_creates_is_not_the_hosts(bottle_env: BottleEnv)
     assert proc.returncode == 0, err
     assert not (ws / ".git").exists()
     assert "the bottle made a repository" in err
+
+
+def test_a_detached_bottle_is_reported_when_stopped(bottle_env: BottleEnv) -> None:
+    ws = bottle_env.workspace
+    make_repo(ws)
+    started = bottle_env.cli(
+        "run",
+        "--backend",
+        bottle_env.backend,
+        "--name",
+        "t",
+        "--detach",
+        "--",
+        "/bin/sh",
+        "-c",
+        f"cd {ws} && git config core.fsmonitor 'uname -n >> {ws}/marker #' && "
+        "git checkout -qb detached && touch ready && sleep 120",
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 60
+    while not (ws / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (ws / "ready").exists()
+    git(ws, "status")
+    assert host_ran(ws / "marker") == []
+    stopped = bottle_env.cli("stop", "t")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "git config core.fsmonitor: not applied" in stopped.stderr
+    assert git(ws, "symbolic-ref", "HEAD").strip() == "refs/heads/detached"
+    assert "fsmonitor" not in git(ws, "config", "--local", "--list")

@@ -154,7 +154,8 @@ def test_plan_json_carries_the_spec_by_field_name(
     plan = NamespaceBackend().plan(request)
     data = json.loads(plan.to_json())
     expected = json.loads(json.dumps(plan.bwrap._asdict()))
-    expected["toolchain"] = [bind._asdict() for bind in plan.bwrap.toolchain]  # records too
+    # Records inside records are objects with named fields too.
+    expected["toolchain"] = [bind._asdict() for bind in plan.bwrap.toolchain]
     expected["guard_mounts"] = [mount._asdict() for mount in plan.bwrap.guard_mounts]
     assert data["bwrap"] == expected
     assert data["bwrap"]["workspace"] == str(tmp_path / "ws")

@@ -218,7 +218,7 @@ def test_revert_restores_through_no_symlink(tmp_path: Path) -> None:
     (ws / ".vscode").rmdir()
     (ws / ".vscode").symlink_to(outside)  # the bottle swapped the directory for a link
     (ws / ".envrc").write_text("evil\n")
-    failed = host_files.revert(str(ws), saved, [".vscode/settings.json", ".envrc", ".vscode"])
+    _, failed = host_files.revert(str(ws), saved, [".vscode/settings.json", ".envrc", ".vscode"])
     assert not (outside / "settings.json").exists()
     assert ".vscode/settings.json" in failed
     assert not (ws / ".envrc").exists()
@@ -258,3 +258,64 @@ def test_host_tools_must_be_warn_or_revert(tmp_path: Path) -> None:
     config.write_text('[bottle]\nhost_tools = "off"\n')
     with pytest.raises(ConfigError, match=r"bottle\.host_tools"):
         load_config(workspace=tmp_path / "ws", extra_file=config, known_backends=("namespace",))
+
+
+def test_carried_keys_take_only_harmless_values(repo: Path, tmp_path: Path) -> None:
+    plan = launch(repo, tmp_path)
+    shadow = Path(plan.shadow)
+    git(repo, "config", "branch.main.remote", "ext::sh -c touch% pwned", git_dir=shadow)
+    git(repo, "config", "branch.main.merge", "refs/heads/main", git_dir=shadow)
+    git(repo, "config", "user.signingkey", "-oops", git_dir=shadow)
+    report = lines(workspace_guard.finish(plan.state_dir))
+    config = git(repo, "config", "--local", "--list")
+    assert "branch.main.remote" not in config and "signingkey" not in config
+    assert "branch.main.merge=refs/heads/main" in config
+    assert "git config branch.main.remote: not applied (an unexpected value)" in report
+    assert "git config user.signingkey: not applied (not an allowlisted key)" in report
+
+
+def test_many_new_refs_come_back_in_one_transaction(repo: Path, tmp_path: Path) -> None:
+    plan = launch(repo, tmp_path)
+    shadow = Path(plan.shadow)
+    head = git(repo, "rev-parse", "HEAD").strip()
+    lines_in = "".join(f"create refs/tags/t{i} {head}\n" for i in range(300))
+    subprocess.run(
+        ["git", "--git-dir", str(shadow), "update-ref", "--stdin"],
+        input=lines_in,
+        text=True,
+        check=True,
+        env={**os.environ, "GIT_OBJECT_DIRECTORY": str(repo / ".git" / "objects")},
+    )
+    report = lines(workspace_guard.finish(plan.state_dir))
+    assert len(git(repo, "tag").split()) == 300
+    assert sum("applied" in line and "not" not in line for line in report) == 300
+
+
+def test_revert_recreates_a_deleted_file(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / ".pre-commit-config.yaml").write_text("repos: []\n")
+    plan = launch(ws, tmp_path, mode="revert")
+    (ws / ".pre-commit-config.yaml").unlink()
+    (ws / ".envrc").write_text("evil\n")
+    report = lines(workspace_guard.finish(plan.state_dir))
+    assert (ws / ".pre-commit-config.yaml").read_text() == "repos: []\n"
+    assert not (ws / ".envrc").exists()
+    assert "host-file .pre-commit-config.yaml: reverted" in report
+
+
+def test_a_tree_too_deep_is_reported_not_silently_skipped(tmp_path: Path) -> None:
+    fd = safefs.open_dir(str(tmp_path))
+    try:
+        for _ in range(safefs.MAX_DEPTH + 2):
+            os.mkdir("d", dir_fd=fd)
+            child = safefs.open_dir("d", fd)
+            os.close(fd)
+            fd = child
+        suid = os.open("suid", os.O_CREAT | os.O_WRONLY, 0o755, dir_fd=fd)
+        os.fchmod(suid, 0o4755)
+        os.close(suid)
+    finally:
+        os.close(fd)
+    result = sweep(str(tmp_path), 0)
+    assert result.incomplete

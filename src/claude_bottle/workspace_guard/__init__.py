@@ -34,6 +34,7 @@ __all__ = [
 
 STATE_FILE = "workspace-guard.json"
 SHADOW_DIR = "git-shadow"
+MAX_FINDINGS = 10_000  # audit records per exit
 CTIME_SLACK_NS = 2_000_000_000  # clock granularity between the marker and other file systems
 
 
@@ -60,7 +61,7 @@ class GuardPlan(NamedTuple):
         elif self.git_dir:
             git = (
                 f"{self.git_dir}: the bottle's own copy (objects shared); refs, HEAD, "
-                "branch tracking and user.* carried back at exit, other config listed"
+                "branch tracking and user.name/email carried back at exit, other config listed"
             )
         else:
             git = f"{self.dot_git_file} read-only"
@@ -209,16 +210,11 @@ def finish(state_dir: str) -> list[Finding]:
     result = sweep(plan.workspace, since_ns, watch.watched)
     if plan.host_tools == "revert":
         saved = host_files.saved_from_json(record["saved"])
-        failed = set(host_files.revert(plan.workspace, saved, result.changed))
-        findings += [
-            Finding(
-                "host-file",
-                rel,
-                "failed" if rel in failed else "reverted",
-                "could not restore" if rel in failed else "",
-            )
-            for rel in result.changed
-        ]
+        # Saved paths too: a watched file the bottle deleted has no change time to show.
+        candidates = sorted(set(result.changed) | set(saved))
+        reverted, failed = host_files.revert(plan.workspace, saved, candidates)
+        findings += [Finding("host-file", rel, "reverted") for rel in reverted]
+        findings += [Finding("host-file", rel, "failed", "could not restore") for rel in failed]
     else:
         findings += [
             Finding("host-file", rel, "changed", "a host tool may run it; review before use")
@@ -237,6 +233,10 @@ def finish(state_dir: str) -> list[Finding]:
         findings += [Finding("setuid", rel, "failed") for rel in swept.failed]
         if swept.incomplete:
             findings.append(Finding("guard", "sweep", "failed", swept.incomplete[:200]))
+    if len(findings) > MAX_FINDINGS:
+        dropped = len(findings) - MAX_FINDINGS
+        findings = findings[:MAX_FINDINGS]
+        findings.append(Finding("guard", "report", "failed", f"{dropped} more findings dropped"))
     return findings
 
 
@@ -265,7 +265,10 @@ MAX_REPORTED = 40  # lines at the terminal; the audit log has them all
 
 def finish_and_report(name: str, state_dir: str, say: Callable[[str], None]) -> list[Finding]:
     """`finish`, then tell the user and append one audit record per finding."""
-    findings = finish(state_dir)
+    try:
+        findings = finish(state_dir)
+    except Exception as exc:  # the bottle is gone: say what was not checked, never crash here
+        findings = [Finding("guard", "exit check", "failed", f"{type(exc).__name__}: {exc}")]
     if not findings:
         return findings
     for finding in findings[:MAX_REPORTED]:

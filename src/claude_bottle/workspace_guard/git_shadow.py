@@ -16,7 +16,7 @@ git dirs (`modules/*`, same recipe) are the shadow's. So:
 
 At exit, `carry_back` brings the bottle's ref and HEAD changes to the host's repository
 (compare-and-swap against what the host had at launch), resets the host index when HEAD
-moved, applies an allowlist of config keys (branch tracking, `user.*`) and lists
+moved, applies an allowlist of config keys (branch tracking, user name and email) and lists
 everything else it changed. Commits made in the bottle are visible on the host as
 uncommitted changes until then; their objects are already in the shared store.
 """
@@ -44,14 +44,23 @@ MAX_PACKED_REFS = 256 << 20
 MAX_CONFIG = 4 << 20
 MAX_REFS = 200_000
 GIT_TIMEOUT = 60.0
+MAX_SYMBOLIC = 100  # symbolic refs are carried one git call each
 
 # Refs whose changes come back to the host; others (refs/bisect, refs/original, …) are listed.
 CARRIED_REFS = ("refs/heads/", "refs/tags/", "refs/remotes/", "refs/notes/", "refs/stash")
 # Config keys whose changes come back (lower-cased section and key, as `git config -l` says).
 CARRIED_CONFIG = re.compile(
-    r"branch\.[^\x00-\x1f]{1,255}\.(?:remote|merge|pushremote|rebase)|user\.[a-z]{1,32}",
-    re.DOTALL,
+    r"branch\.[^\x00-\x1f]{1,255}\.(?:remote|merge|pushremote|rebase)|user\.(?:name|email)"
 )
+# What each carried key may hold: a remote's name (never a URL or an option), a ref.
+_CARRIED_VALUE = {
+    "remote": re.compile(r"\.|[A-Za-z0-9_][A-Za-z0-9._/-]{0,99}"),
+    "pushremote": re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,99}"),
+    "merge": re.compile(r"refs/[A-Za-z0-9._/-]{1,1000}"),
+    "rebase": re.compile(r"true|false|merges|interactive|i|m|b|preserve"),
+    "name": re.compile(r"[^\x00-\x1f\x7f]{0,256}"),
+    "email": re.compile(r"[^\x00-\x1f\x7f]{0,256}"),
+}
 _OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _REF_NAME = re.compile(r"refs/[\x21-\x7e]{1,1000}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -353,28 +362,38 @@ def _carry_refs_and_head(
 def _carry_refs(
     real: str, start: RepoSnapshot, git_dir: str, end: Mapping[str, str]
 ) -> list[Change]:
+    """All plain ref changes in one compare-and-swap transaction; symbolic ones one by one."""
     host = read_refs(real, start.rel)
-    changes = []
+    changes: list[Change] = []
+    batch: list[tuple[str, bytes]] = []
+    symbolic: list[tuple[str, str]] = []
     for name in sorted(set(start.refs) | set(end)):
         before, after = start.refs.get(name), end.get(name)
         if before == after:
             continue
         if not name.startswith(CARRIED_REFS):
             changes.append(Change("ref", name, "not applied", "not a branch, tag or remote ref"))
-            continue
-        if host.get(name) != before:
+        elif host.get(name) != before:
             changes.append(Change("ref", name, "not applied", "it also changed on the host"))
-            continue
-        if after is None:
-            if before is None or before.startswith("ref: "):
-                continue
-            done = host_git(git_dir, "update-ref", "--no-deref", "-d", name, before)
+        elif (before or "").startswith("ref: ") or (after is None and before is None):
+            changes.append(Change("ref", name, "not applied", "a symbolic ref on the host"))
+        elif after is None:
+            batch.append((name, f"delete {name}\0{before}\0".encode()))
         elif after.startswith("ref: "):
-            done = host_git(git_dir, "symbolic-ref", name, after[5:])
+            symbolic.append((name, after[5:]))
         else:
-            old = before if before and not before.startswith("ref: ") else ""
-            done = host_git(git_dir, "update-ref", "--no-deref", name, after, old)
-        changes.append(_outcome("ref", name, done))
+            old = before or "0" * len(after)
+            batch.append((name, f"update {name}\0{after}\0{old}\0".encode()))
+    if batch:
+        stdin = b"".join(line for _, line in batch)
+        done = host_git(git_dir, "update-ref", "--no-deref", "--stdin", "-z", stdin=stdin)
+        changes += [_outcome("ref", name, done) for name, _ in batch]
+    for name, target in symbolic[:MAX_SYMBOLIC]:
+        changes.append(_outcome("ref", name, host_git(git_dir, "symbolic-ref", name, target)))
+    changes += [
+        Change("ref", n, "not applied", "too many symbolic refs")
+        for n, _ in symbolic[MAX_SYMBOLIC:]
+    ]
     return changes
 
 
@@ -408,10 +427,12 @@ def _carry_config(git_dir: str, shadow: str, start: RepoSnapshot) -> list[Change
     changes = []
     for key in sorted({key for key, _ in changed}):
         values = _by_key(end).get(key, ())
-        if not CARRIED_CONFIG.fullmatch(key) or any(
-            _CONTROL.search(v) or len(v) > 1024 for v in values
-        ):
+        if not CARRIED_CONFIG.fullmatch(key):
             changes.append(Change("config", key, "not applied", "not an allowlisted key"))
+            continue
+        allowed = _CARRIED_VALUE[key.rpartition(".")[2]]
+        if not all(allowed.fullmatch(v) for v in values):
+            changes.append(Change("config", key, "not applied", "an unexpected value"))
             continue
         config = os.path.join(git_dir, "config")
         host_git(None, "config", "--file", config, "--unset-all", key)

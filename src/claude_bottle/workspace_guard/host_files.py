@@ -128,19 +128,22 @@ def current(workspace: str, rels: Iterable[str]) -> dict[str, Saved | None]:
     return result
 
 
-def revert(workspace: str, saved: Mapping[str, Saved], changed: Iterable[str]) -> list[str]:
-    """Put back each changed path as it was at launch; return the ones that could not be."""
-    failed = []
-    now = current(workspace, changed)
-    for rel, found in now.items():
+def revert(
+    workspace: str, saved: Mapping[str, Saved], candidates: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """Put back each path that differs from launch: (reverted, could not be reverted)."""
+    reverted: list[str] = []
+    failed: list[str] = []
+    for rel, found in current(workspace, candidates).items():
         before = saved.get(rel)
         if found == before:
             continue
         try:
             _restore(workspace, rel, before)
+            reverted.append(rel)
         except (OSError, ValueError):
             failed.append(rel)
-    return failed
+    return reverted, failed
 
 
 def _restore(workspace: str, rel: str, before: Saved | None) -> None:

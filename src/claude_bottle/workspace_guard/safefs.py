@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-MAX_DEPTH = 64
+MAX_DEPTH = 256  # each level holds a directory fd open
 
 
 class TooLarge(Exception):
@@ -99,13 +99,16 @@ def walk(root_fd: int, max_entries: int, skip: frozenset[str] = frozenset()) -> 
     """Every entry below `root_fd`, depth first, directories before their contents.
 
     Symlinks are reported, never entered. `skip` names paths (relative) not descended
-    into. Raises TooLarge after `max_entries`, so a hostile tree cannot keep the host busy.
+    into. Raises TooLarge after `max_entries`, so a hostile tree cannot keep the host busy,
+    and at the end when some directory was deeper than MAX_DEPTH (the rest was walked).
     """
     seen = 0
+    too_deep: list[str] = []
 
     def visit(fd: int, prefix: str, depth: int) -> Iterator[Entry]:
         nonlocal seen
         if depth > MAX_DEPTH:
+            too_deep.append(prefix)
             return
         with os.scandir(fd) as entries:
             listing = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
@@ -126,6 +129,8 @@ def walk(root_fd: int, max_entries: int, skip: frozenset[str] = frozenset()) -> 
                     os.close(child)
 
     yield from visit(root_fd, "", 0)
+    if too_deep:
+        raise TooLarge(f"{len(too_deep)} directories deeper than {MAX_DEPTH} levels not read")
 
 
 def proc_path(fd: int) -> str:
