@@ -134,3 +134,14 @@ def test_aws_secret_in_a_json_body(scanner: Scanner) -> None:
     assert "aws-secret-access-key" in found
     escaped = json.dumps({"file": json.dumps({"aws_secret_access_key": secret})})
     assert "aws-secret-access-key" in {f.pattern for f in scanner.scan(escaped.encode(), "b")}
+
+
+def test_a_specific_rule_shadows_the_generic_one_on_the_same_bytes(scanner: Scanner) -> None:
+    rnd = random.Random(9)
+    token = "gh" + "p_" + rand(rnd, 36)
+    other = rand(rnd, 23) + "7"
+    lines = [f'token = "{token}"', f'client_secret = "{other}"'] * 300
+    found = scanner.scan("\n".join(lines).encode(), "body")
+    assert [f.pattern for f in found[:2]] == ["github-pat", "generic-secret"]
+    assert sum(f.pattern == "github-pat" for f in found) == 300
+    assert sum(f.pattern == "generic-secret" for f in found) == 300

@@ -30,6 +30,7 @@ about every URL, header, body chunk and host name leaving the bottle.
 from __future__ import annotations
 
 import base64
+import bisect
 import dataclasses
 import functools
 import hashlib
@@ -362,18 +363,26 @@ class Scanner:
     def _without_shadowed_generics(
         self, spans: list[tuple[int, int, int]]
     ) -> list[tuple[int, int, int]]:
-        """Drop generic-rule matches whose bytes a specific rule also matched (one finding)."""
-        specific = [
-            (start, end)
-            for index, start, end in spans
-            if self._rules[index].name not in GENERIC_RULES
-        ]
-        return [
-            (index, start, end)
-            for index, start, end in spans
-            if self._rules[index].name not in GENERIC_RULES
-            or not any(first < end and start < last for first, last in specific)
-        ]
+        """Drop generic-rule matches whose bytes a specific rule also matched (one finding).
+
+        `spans` is sorted by start; so are the specific spans, and the running
+        maximum of their ends answers "does one that starts before `end` reach past
+        `start`" with one bisection (no quadratic cost on a body full of matches).
+        """
+        starts: list[int] = []
+        reach: list[int] = []  # reach[i]: the furthest end among the first i+1 specific spans
+        for index, start, end in spans:
+            if self._rules[index].name not in GENERIC_RULES:
+                starts.append(start)
+                reach.append(max(end, reach[-1]) if reach else end)
+        kept: list[tuple[int, int, int]] = []
+        for index, start, end in spans:
+            if self._rules[index].name in GENERIC_RULES:
+                before = bisect.bisect_left(starts, end)  # specific spans starting before `end`
+                if before and reach[before - 1] > start:
+                    continue
+            kept.append((index, start, end))
+        return kept
 
     def _finding(
         self, index: int, location: str, data: bytes, start: int, end: int, base: int = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import re
 from collections.abc import Sequence
 
@@ -79,30 +78,17 @@ def _decodes_to_words(value: bytes) -> bool:
     return decoded.isascii() and decoded.count(b" ") >= 2 and decoded.decode().isprintable()
 
 
-def _class_turns(value: bytes) -> int:
-    """How often the value switches between digits, lowercase and uppercase letters."""
-    turns = 0
-    previous = -1
-    for byte in value:
-        if 48 <= byte <= 57:
-            kind = 0
-        elif 97 <= byte <= 122:
-            kind = 1
-        elif 65 <= byte <= 90:
-            kind = 2
-        else:
-            continue
-        if previous >= 0 and kind != previous:
-            turns += 1
-        previous = kind
-    return turns
-
-
+_NOT_ALNUM = re.compile(rb"[^A-Za-z0-9]+")
+_CLASS_RUNS = re.compile(rb"[0-9]+|[a-z]+|[A-Z]+")
+_DIGIT = re.compile(rb"[0-9]")
+_LETTER = re.compile(rb"[A-Za-z]")
+_UPPER_PAIR = re.compile(rb"[A-Z]{2}")
 _LOWER_WORD = re.compile(rb"[a-z]{8}")
 
 
-def _upper_pairs(value: bytes) -> int:
-    return sum(1 for a, b in itertools.pairwise(value) if 65 <= a <= 90 and 65 <= b <= 90)
+def _class_turns(value: bytes) -> int:
+    """How often the value switches between digits, lowercase and uppercase letters."""
+    return max(0, len(_CLASS_RUNS.findall(_NOT_ALNUM.sub(b"", value))) - 1)
 
 
 def _mixes_classes(value: bytes, min_turns: int) -> bool:
@@ -112,14 +98,14 @@ def _mixes_classes(value: bytes, min_turns: int) -> bool:
     (`jRNwkJTQMlysNBKLcUHI`), which camelCase names (`getAccessTokenFromEnv`) avoid,
     and no run of 8 lowercase letters spells a word (`ASAccountAuthenticationRequest`).
     """
-    if not any(48 <= byte <= 57 for byte in value):
+    if _DIGIT.search(value) is None:
         return (
             len(value) >= 20
-            and _upper_pairs(value) >= 1
+            and _UPPER_PAIR.search(value) is not None
             and value.upper() != value
             and _LOWER_WORD.search(value) is None
         )
-    has_letter = any(65 <= byte <= 90 or 97 <= byte <= 122 for byte in value)
+    has_letter = _LETTER.search(value) is not None
     return has_letter and _class_turns(value) >= max(min_turns, len(value) // 8)
 
 
@@ -139,16 +125,17 @@ def _value_checker(
             begin -= 1
         if end < len(data) and data[end] not in _ENDS and len(value) < _LONG_VALUE:
             return False  # part of a longer word or expression: get_token(), a.b.c
-        name = data[begin : found.start("value")]
-        if _NOT_A_CREDENTIAL.search(name) or _unquoted_argument(name):
+        # Cheapest tests first: a candidate is mostly an ordinary assignment.
+        if len(value) < min_length or (min_turns and not _mixes_classes(value, min_turns)):
+            return False
+        if shannon_entropy(value) < min_entropy or not looks_random(value, 6):
+            return False
+        if _PLACEHOLDER.search(value) or _decodes_to_words(value):
             return False
         if _DOTTED_NAME.fullmatch(value) or (words and _CODE_WORDS.search(value)):
             return False
-        if len(value) < min_length or _PLACEHOLDER.search(value) or _decodes_to_words(value):
-            return False
-        if min_turns and not _mixes_classes(value, min_turns):
-            return False
-        return shannon_entropy(value) >= min_entropy and looks_random(value, 6)
+        name = data[begin : found.start("value")]
+        return not (_NOT_A_CREDENTIAL.search(name) or _unquoted_argument(name))
 
     return check
 

@@ -105,7 +105,8 @@ _K8S_DATA = re.compile(
     # not the end of `metadata`.
     rb"(?:^|[^A-Za-z]|\\n)(?:string)?[Dd]ata" + QUOTE.encode() + rb"?[ \t]{0,5}:[ \t]{0,5}"
     rb"(?:\{|\r?\n|\\n|\\r\\n)"
-    rb"(?:[ \t]|\r?\n|\\[nrt]|\{|#.{0,200}?(?:\\n|\n))*"
+    # Blanks, newlines and comment lines, each consumed one way only (no backtracking blow-up).
+    rb"(?:[ \t{]|\r?\n|\\[nrt]|#(?:[^\r\n\\]|\\[^n]){0,200}(?:\\n|\r?\n)){0,40}"
     rb"[\w.\\\"'-]{1,120}[ \t]{0,5}:[ \t]{0,5}(?:[|>][-+]?(?:\s|\\n)+)?"
     + QUOTE.encode()
     + rb"?(?!\{\{)(?P<value>[A-Za-z0-9+/_.-]{8,}={0,3})"
