@@ -331,6 +331,10 @@ class Bottle(abc.ABC):
         """One line per resource limit the bottle ran into (memory kills, refused forks)."""
         return []
 
+    # Set when the user's second Ctrl-C or SIGTERM stopped the bottle: its end is then
+    # the user's doing, not a failure to report.
+    stopped_on_request = False
+
 
 class BottleBackend(abc.ABC):
     name: ClassVar[str]

@@ -205,7 +205,7 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
         watcher.join()
     # A short command can end before the watcher looks again; it still ran without its way
     # out (or its bottle), so that is reported, not hidden behind the command's own status.
-    died_meanwhile = None if failure else bottle.alive()
+    died_meanwhile = None if failure or bottle.stopped_on_request else bottle.alive()
     if owns_bottle:
         try:
             state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())

@@ -67,22 +67,29 @@ class NamespaceBottle(Bottle):
         deferred = _DeferredSignals(on_second_stop=self.kill)
         with _forward_signals(deferred, tty=tty):
             try:
-                if tty:
-
-                    def start(slave: int) -> ExecSession:
-                        return deferred.started(self._session(argv, (slave, slave, slave), True))
-
-                    return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
-
-                # Never the user's own fds: stdout or stderr may be their terminal.
-                def start_piped(fds: tuple[int, int, int]) -> ExecSession:
-                    return deferred.started(self._session(argv, fds, False))
-
-                return run_with_pipes(start_piped, lambda s: s.fileno(), lambda s: s.wait())
+                status = self._attach(argv, tty, deferred)
             except BottleError:
                 if deferred.stopped_by is None:
                     raise
-                return 128 + deferred.stopped_by  # killed on the user's second request
+                status = 0
+        if deferred.stopped_by is not None:  # killed on the user's second request
+            self.stopped_on_request = True
+            return 128 + deferred.stopped_by
+        return status
+
+    def _attach(self, argv: Sequence[str], tty: bool, deferred: _DeferredSignals) -> int:
+        if tty:
+
+            def start(slave: int) -> ExecSession:
+                return deferred.started(self._session(argv, (slave, slave, slave), True))
+
+            return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
+
+        # Never the user's own fds: stdout or stderr may be their terminal.
+        def start_piped(fds: tuple[int, int, int]) -> ExecSession:
+            return deferred.started(self._session(argv, fds, False))
+
+        return run_with_pipes(start_piped, lambda s: s.fileno(), lambda s: s.wait())
 
     def exec(self, script: str, timeout: float | None = None) -> ExecResult:
         return self.exec_argv(["/bin/sh", "-c", script], timeout=timeout)
