@@ -388,9 +388,19 @@ USERNS_PROBE = (
 )
 
 
+INIT_USER_NS_MAP = ["0", "0", "4294967295"]  # /proc/self/uid_map in the host's user namespace
+
+
 def _unprivileged_host_id() -> int | None:
-    """The host uid a bottle runs as when root starts it; None: the caller's own uid."""
-    return UNPRIVILEGED_HOST_ID if os.geteuid() == 0 else None
+    """The host uid a bottle runs as when host root starts it; None: the caller's own uid
+    (bubblewrap maps it; root of a user namespace of its own is not host root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        uid_map = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        return UNPRIVILEGED_HOST_ID  # cannot tell: assume the worst
+    return UNPRIVILEGED_HOST_ID if uid_map == INIT_USER_NS_MAP else None
 
 
 def _seccomp_program(nested_sandbox: bool) -> int:

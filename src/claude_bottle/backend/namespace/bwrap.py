@@ -122,10 +122,11 @@ def bwrap_argv(
 _BIND_OPTIONS = ("--bind", "--ro-bind", "--dev-bind", "--bind-try", "--ro-bind-try")
 _OPTION_ARITY = {
     **dict.fromkeys(_BIND_OPTIONS, 2),
-    **dict.fromkeys(("--setenv", "--symlink"), 2),
+    **dict.fromkeys(("--setenv", "--symlink", "--chmod", "--file", "--bind-data"), 2),
+    "--ro-bind-data": 2,
     **dict.fromkeys(("--info-fd", "--uid", "--gid", "--cap-drop", "--cap-add", "--hostname"), 1),
     **dict.fromkeys(("--dev", "--proc", "--tmpfs", "--dir", "--remount-ro", "--perms"), 1),
-    **dict.fromkeys(("--seccomp", "--chdir", "--unsetenv"), 1),
+    **dict.fromkeys(("--seccomp", "--chdir", "--unsetenv", "--size", "--mqueue"), 1),
     **dict.fromkeys(("--die-with-parent", "--as-pid-1", "--new-session", "--clearenv"), 0),
     **dict.fromkeys((f"--unshare-{ns}" for ns in ("pid", "ipc", "uts", "cgroup", "net")), 0),
 }
