@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from claude_bottle.policy import seccomp
@@ -94,3 +100,41 @@ def test_docker_profile_carries_the_same_rules() -> None:
     chmod = [e for e in entries if e["names"] == ["chmod"]]
     assert {e["args"][0]["valueTwo"] for e in chmod} == {0o4000, 0o2000}
     assert all(e["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for e in chmod)
+
+
+LOADER = Path(seccomp.__file__).resolve().parents[1] / "bundle" / "seccomp_exec.py"
+
+
+def _load_and_run(
+    tmp_path: Path, program: bytes, *command: str
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "seccomp.bpf"
+    path.write_bytes(program)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(LOADER), str(path), "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the probe's syscall numbers")
+def test_the_loader_runs_the_command_under_the_filter(tmp_path: Path) -> None:
+    probe = (
+        "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+        "print(libc.syscall(272, 0x10000000), ctypes.get_errno(), "
+        "open('/proc/self/status').read().count('NoNewPrivs:\\t1'), "
+        "sorted({l.split()[1] for l in open('/proc/self/status') if l.startswith('Cap')}))"
+    )
+    result = _load_and_run(tmp_path, seccomp.compile_bpf(False), sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    # unshare(CLONE_NEWUSER) refused, no-new-privileges set, and no capability in any set
+    assert result.stdout.split() == ["-1", str(errno.EPERM), "1", "['0000000000000000']"]
+
+
+def test_the_loader_runs_nothing_without_a_valid_filter(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    result = _load_and_run(tmp_path, b"\x00" * 7, "touch", str(marker))
+    assert result.returncode == 125
+    assert "not a BPF program" in result.stderr
+    assert not marker.exists()

@@ -33,9 +33,10 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, build_env
-from claude_bottle.errors import ConfigError, LaunchError
+from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
+SECCOMP_EXEC = RELAY_SCRIPT.with_name("seccomp_exec.py")
 IMAGE_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_IMAGE"
 NETWORK_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_NETWORK"
 DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the docker backend's image builder is absent
@@ -151,8 +152,17 @@ def write_stage(plan: SmolmachinesBottlePlan, root: Path) -> Stage:
     stage = Stage.at(root, plan.network)
     for directory in (stage.proxy_socket.parent, stage.lib, stage.guest_state):
         directory.mkdir(mode=0o755)
-    shutil.copyfile(RELAY_SCRIPT, stage.lib / "relay.py")
-    os.chmod(stage.lib / "relay.py", 0o644)
+    for script in (RELAY_SCRIPT, SECCOMP_EXEC):
+        shutil.copyfile(script, stage.lib / script.name)
+        os.chmod(stage.lib / script.name, 0o644)
+    # The guest runs this host's architecture: the filter is compiled here, loaded there.
+    from claude_bottle.policy.seccomp import UnsupportedArchitecture, compile_bpf
+
+    try:
+        (stage.lib / "seccomp.bpf").write_bytes(compile_bpf(plan.nested_sandbox))
+    except UnsupportedArchitecture as exc:
+        raise MissingDependency(str(exc), "use a host of a listed architecture") from None
+    os.chmod(stage.lib / "seccomp.bpf", 0o644)
     if stage.gvproxy_config is not None:
         stage.gvproxy_config.write_text(
             render_gvproxy_config(
