@@ -2,7 +2,7 @@
 # System packages claude-bottle and its tests need on Debian 12. Idempotent.
 set -euo pipefail
 need=()
-for pkg in bubblewrap git iproute2 util-linux ca-certificates curl; do
+for pkg in bubblewrap libseccomp2 git iproute2 util-linux ca-certificates curl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

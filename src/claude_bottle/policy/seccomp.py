@@ -144,7 +144,11 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-class UnsupportedArchitecture(Exception):
+class SeccompUnavailable(Exception):
+    """The filter cannot be built here; the message names what is missing and the fix."""
+
+
+class UnsupportedArchitecture(SeccompUnavailable):
     pass
 
 
@@ -155,7 +159,8 @@ def architecture(machine: str | None = None) -> Architecture:
             return arch
     raise UnsupportedArchitecture(
         f"no system-call filter is defined for {machine} "
-        f"(defined: {', '.join(a.machine for a in ARCHITECTURES)})"
+        f"(defined: {', '.join(a.machine for a in ARCHITECTURES)}); "
+        "fix: use a host of a listed architecture"
     )
 
 
@@ -172,9 +177,14 @@ def compile_bpf(nested_sandbox: bool, machine: str | None = None) -> bytes:
     """The filter as the classic BPF program bubblewrap loads (`--seccomp FD`)."""
     import tempfile
 
-    import pyseccomp
-
     arch = architecture(machine)
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError, OSError):  # RuntimeError: no libseccomp.so found
+        raise SeccompUnavailable(
+            "libseccomp, which builds the bottle's system-call filter, is not installed; "
+            "fix: sudo apt-get install libseccomp2"
+        ) from None
     filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     native = getattr(pyseccomp.Arch, arch.libseccomp[0])
     # A filter made on this machine starts with its native architecture; one built for

@@ -405,12 +405,12 @@ def _unprivileged_host_id() -> int | None:
 
 def _seccomp_program(nested_sandbox: bool) -> int:
     """A readable fd holding the compiled seccomp filter, for bwrap's `--seccomp FD`."""
-    from claude_bottle.policy.seccomp import UnsupportedArchitecture, compile_bpf
+    from claude_bottle.policy.seccomp import SeccompUnavailable, compile_bpf
 
     try:
         program = compile_bpf(nested_sandbox)
-    except UnsupportedArchitecture as exc:
-        raise MissingDependency(str(exc), "use --backend docker") from None
+    except SeccompUnavailable as exc:
+        raise MissingDependency(str(exc)) from None
     fd = os.memfd_create("claude-bottle-seccomp", 0)  # not close-on-exec: bwrap reads it
     os.write(fd, program)
     os.lseek(fd, 0, os.SEEK_SET)

@@ -156,12 +156,12 @@ def write_stage(plan: SmolmachinesBottlePlan, root: Path) -> Stage:
         shutil.copyfile(script, stage.lib / script.name)
         os.chmod(stage.lib / script.name, 0o644)
     # The guest runs this host's architecture: the filter is compiled here, loaded there.
-    from claude_bottle.policy.seccomp import UnsupportedArchitecture, compile_bpf
+    from claude_bottle.policy.seccomp import SeccompUnavailable, compile_bpf
 
     try:
         (stage.lib / "seccomp.bpf").write_bytes(compile_bpf(plan.nested_sandbox))
-    except UnsupportedArchitecture as exc:
-        raise MissingDependency(str(exc), "use a host of a listed architecture") from None
+    except SeccompUnavailable as exc:
+        raise MissingDependency(str(exc)) from None
     os.chmod(stage.lib / "seccomp.bpf", 0o644)
     if stage.gvproxy_config is not None:
         stage.gvproxy_config.write_text(
