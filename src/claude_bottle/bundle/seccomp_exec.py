@@ -2,13 +2,13 @@
 
 Usage (inside a bottle; standalone, stdlib only, run as ``python3 -I -S seccomp_exec.py``)::
 
-    seccomp_exec.py PROGRAM -- CMD [ARGS...]
+    seccomp_exec.py PROGRAM [PROGRAM...] -- CMD [ARGS...]
 
-PROGRAM is a file holding a classic BPF program as libseccomp exports it (the host
-compiles policy/seccomp.py's rules). Where no sandbox tool loads the filter for us (the
-smolmachines guest, whose commands its own init starts), this drops every capability,
-sets no-new-privileges, installs the filter on itself and executes CMD, which inherits all
-three and cannot undo them.
+Each PROGRAM is a file holding a classic BPF program as libseccomp exports it (the host
+compiles policy/seccomp.py's rules); all are loaded. Where no sandbox tool loads the
+filter for us (the smolmachines guest, whose commands its own init starts), this drops
+every capability, sets no-new-privileges, installs the filters on itself and executes
+CMD, which inherits all three and cannot undo them.
 
 Exit codes of its own: 125 when the filter cannot be read or loaded (the command is then
 never run), 126/127 when the command cannot be executed (like a shell).
@@ -69,36 +69,43 @@ def drop_capabilities(libc: ctypes.CDLL) -> str | None:
     return None
 
 
-def load_filter(program: bytes) -> str | None:
-    """Install `program` on this process; why not, if it could not be."""
-    count, rest = divmod(len(program), BPF_INSTRUCTION_SIZE)
-    if rest or not 0 < count <= MAX_INSTRUCTIONS:
-        return f"not a BPF program ({len(program)} bytes)"
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = SockFprog(count, ctypes.cast(buffer, ctypes.c_void_p))
+def load_filters(programs: list[bytes]) -> str | None:
+    """Drop capabilities, then install every program on this process; why not, if not."""
+    for program in programs:
+        count, rest = divmod(len(program), BPF_INSTRUCTION_SIZE)
+        if rest or not 0 < count <= MAX_INSTRUCTIONS:
+            return f"not a BPF program ({len(program)} bytes)"
     libc = ctypes.CDLL(None, use_errno=True)
     problem = drop_capabilities(libc)
     if problem is not None:
         return problem
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         return f"no-new-privileges: {os.strerror(ctypes.get_errno())}"
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        return f"seccomp: {os.strerror(ctypes.get_errno())}"
+    for program in programs:
+        buffer = ctypes.create_string_buffer(program, len(program))
+        fprog = SockFprog(
+            len(program) // BPF_INSTRUCTION_SIZE, ctypes.cast(buffer, ctypes.c_void_p)
+        )
+        if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+            return f"seccomp: {os.strerror(ctypes.get_errno())}"
     return None
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[1] != "--":
-        return _fail("usage: seccomp_exec.py PROGRAM -- CMD [ARGS...]", EXIT_FILTER)
-    path, command = argv[0], argv[2:]
-    try:
-        with open(path, "rb") as handle:
-            program = handle.read(MAX_INSTRUCTIONS * BPF_INSTRUCTION_SIZE + 1)
-    except OSError as exc:
-        return _fail(f"cannot read the seccomp filter {path}: {exc.strerror}", EXIT_FILTER)
-    problem = load_filter(program)
+    split = argv.index("--") if "--" in argv else 0
+    paths, command = argv[:split], argv[split + 1 :]
+    if not paths or not command:
+        return _fail("usage: seccomp_exec.py PROGRAM [PROGRAM...] -- CMD [ARGS...]", EXIT_FILTER)
+    programs = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                programs.append(handle.read(MAX_INSTRUCTIONS * BPF_INSTRUCTION_SIZE + 1))
+        except OSError as exc:
+            return _fail(f"cannot read the seccomp filter {path}: {exc.strerror}", EXIT_FILTER)
+    problem = load_filters(programs)
     if problem is not None:
-        return _fail(f"cannot load the seccomp filter {path}: {problem}", EXIT_FILTER)
+        return _fail(f"cannot load the seccomp filter: {problem}", EXIT_FILTER)
     try:
         os.execvp(command[0], command)
     except FileNotFoundError:

@@ -257,14 +257,14 @@ class NamespaceBackend(BottleBackend):
         stack.callback(stop_process, pending.process)
 
         info_r, info_w = os.pipe()
-        seccomp_fd = _seccomp_program(plan.nested_sandbox)
-        passed = [info_w, seccomp_fd]
+        seccomp_fds = _seccomp_programs(plan.nested_sandbox)
+        passed = [info_w, *seccomp_fds]
         lifeline = None
         if not detach:  # the bottle lives while this process holds the pipe's write end
             lifeline, lifeline_w = os.pipe()
             stack.callback(os.close, lifeline_w)
             passed.append(lifeline)
-        argv = bwrap_argv(plan.bwrap, seccomp_fd=seccomp_fd, lifeline_fd=lifeline)
+        argv = bwrap_argv(plan.bwrap, seccomp_fds=seccomp_fds, lifeline_fd=lifeline)
         argv.insert(1, "--info-fd")
         argv.insert(2, str(info_w))
         argv = unprivileged_argv(plan.bwrap, _python()[0], str(UNPRIVILEGED_EXEC), argv)
@@ -403,18 +403,21 @@ def _unprivileged_host_id() -> int | None:
     return UNPRIVILEGED_HOST_ID if uid_map == INIT_USER_NS_MAP else None
 
 
-def _seccomp_program(nested_sandbox: bool) -> int:
-    """A readable fd holding the compiled seccomp filter, for bwrap's `--seccomp FD`."""
+def _seccomp_programs(nested_sandbox: bool) -> list[int]:
+    """Readable fds holding the compiled seccomp filter, for bwrap's `--add-seccomp-fd`."""
     from claude_bottle.policy.seccomp import SeccompUnavailable, compile_bpf
 
     try:
-        program = compile_bpf(nested_sandbox)
+        programs = compile_bpf(nested_sandbox)
     except SeccompUnavailable as exc:
         raise MissingDependency(str(exc)) from None
-    fd = os.memfd_create("claude-bottle-seccomp", 0)  # not close-on-exec: bwrap reads it
-    os.write(fd, program)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+    fds = []
+    for program in programs:
+        fd = os.memfd_create("claude-bottle-seccomp", 0)  # not close-on-exec: bwrap reads it
+        os.write(fd, program)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fds.append(fd)
+    return fds
 
 
 def _installation_problems() -> list[str]:

@@ -17,12 +17,13 @@ GUEST_STATE = f"{GUEST_RUN}/state"  # host-backed, read-write: the relay's ready
 GUEST_READY_FILE = f"{GUEST_STATE}/ready"
 GUEST_LIB = "/opt/claude-bottle"  # host-backed, read-only: relay.py, the seccomp loader
 # Every agent command starts through the loader, under policy/seccomp.py's rules.
+GUEST_SECCOMP_PROGRAMS = (f"{GUEST_LIB}/seccomp-named.bpf", f"{GUEST_LIB}/seccomp-numbered.bpf")
 GUEST_SECCOMP = (
     "python3",
     "-I",
     "-S",
     f"{GUEST_LIB}/seccomp_exec.py",
-    f"{GUEST_LIB}/seccomp.bpf",
+    *GUEST_SECCOMP_PROGRAMS,
     "--",
 )
 GUEST_HOME = "/home/bottle"  # host-backed (state dir), read-write

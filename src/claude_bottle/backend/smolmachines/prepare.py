@@ -28,6 +28,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_READY_FILE,
+    GUEST_SECCOMP_PROGRAMS,
     SmolmachinesBottlePlan,
 )
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
@@ -159,10 +160,13 @@ def write_stage(plan: SmolmachinesBottlePlan, root: Path) -> Stage:
     from claude_bottle.policy.seccomp import SeccompUnavailable, compile_bpf
 
     try:
-        (stage.lib / "seccomp.bpf").write_bytes(compile_bpf(plan.nested_sandbox))
+        programs = compile_bpf(plan.nested_sandbox)
     except SeccompUnavailable as exc:
         raise MissingDependency(str(exc)) from None
-    os.chmod(stage.lib / "seccomp.bpf", 0o644)
+    for name, program in zip(GUEST_SECCOMP_PROGRAMS, programs, strict=True):
+        path = stage.lib / Path(name).name
+        path.write_bytes(program)
+        os.chmod(path, 0o644)
     if stage.gvproxy_config is not None:
         stage.gvproxy_config.write_text(
             render_gvproxy_config(
