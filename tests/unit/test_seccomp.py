@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import platform
 import subprocess
 import sys
@@ -146,3 +147,21 @@ def test_the_loader_runs_nothing_without_a_valid_filter(tmp_path: Path) -> None:
     assert result.returncode == 125
     assert "not a BPF program" in result.stderr
     assert not marker.exists()
+
+
+def test_bubblewrap_gets_the_programs_from_the_cache_after_the_first_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from claude_bottle.backend.namespace import filters
+
+    monkeypatch.setenv("CLAUDE_BOTTLE_CACHE_DIR", str(tmp_path))
+    first = filters.seccomp_program_fds(nested_sandbox=False)
+    try:
+        programs = [os.read(fd, 1 << 20) for fd in first]
+    finally:
+        for fd in first:
+            os.close(fd)
+    assert tuple(programs) == seccomp.compile_bpf(nested_sandbox=False)
+    cached = filters.cached_programs_dir(nested_sandbox=False)
+    assert [p.read_bytes() for p in sorted(cached.iterdir())] == programs
+    assert filters.cached_programs_dir(nested_sandbox=True) != cached  # its own variant

@@ -26,6 +26,7 @@ from claude_bottle.backend.base import (
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
+from claude_bottle.backend.namespace.filters import seccomp_program_fds
 from claude_bottle.backend.namespace.toolchain import (
     grant_read_only,
     host_sockets,
@@ -257,7 +258,7 @@ class NamespaceBackend(BottleBackend):
         stack.callback(stop_process, pending.process)
 
         info_r, info_w = os.pipe()
-        seccomp_fds = _seccomp_programs(plan.nested_sandbox)
+        seccomp_fds = seccomp_program_fds(plan.nested_sandbox)
         passed = [info_w, *seccomp_fds]
         lifeline = None
         if not detach:  # the bottle lives while this process holds the pipe's write end
@@ -401,23 +402,6 @@ def _unprivileged_host_id() -> int | None:
     except OSError:
         return UNPRIVILEGED_HOST_ID  # cannot tell: assume the worst
     return UNPRIVILEGED_HOST_ID if uid_map == INIT_USER_NS_MAP else None
-
-
-def _seccomp_programs(nested_sandbox: bool) -> list[int]:
-    """Readable fds holding the compiled seccomp filter, for bwrap's `--add-seccomp-fd`."""
-    from claude_bottle.policy.seccomp import SeccompUnavailable, compile_bpf
-
-    try:
-        programs = compile_bpf(nested_sandbox)
-    except SeccompUnavailable as exc:
-        raise MissingDependency(str(exc)) from None
-    fds = []
-    for program in programs:
-        fd = os.memfd_create("claude-bottle-seccomp", 0)  # not close-on-exec: bwrap reads it
-        os.write(fd, program)
-        os.lseek(fd, 0, os.SEEK_SET)
-        fds.append(fd)
-    return fds
 
 
 def _installation_problems() -> list[str]:
