@@ -298,6 +298,8 @@ class Bottle(abc.ABC):
     """A running bottle: run commands in it, copy files in, close it."""
 
     name: str
+    # Killed because the user asked twice (Ctrl-C, SIGTERM): its end is no failure to report.
+    stopped_on_request: bool = False
 
     @abc.abstractmethod
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
@@ -330,10 +332,6 @@ class Bottle(abc.ABC):
     def limits_hit(self) -> list[str]:
         """One line per resource limit the bottle ran into (memory kills, refused forks)."""
         return []
-
-    # Set when the user's second Ctrl-C or SIGTERM stopped the bottle: its end is then
-    # the user's doing, not a failure to report.
-    stopped_on_request = False
 
 
 class BottleBackend(abc.ABC):

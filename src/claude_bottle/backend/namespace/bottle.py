@@ -64,7 +64,7 @@ class NamespaceBottle(Bottle):
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
         # Forwarding starts before the command does: a signal that arrives while it is being
         # started (the command may already run and print) waits for it, not kills the CLI.
-        deferred = _DeferredSignals(on_second_stop=self.kill)
+        deferred = _DeferredSignals(on_second_stop=self._stop_on_request)
         with _forward_signals(deferred, tty=tty):
             try:
                 status = self._attach(argv, tty, deferred)
@@ -73,7 +73,6 @@ class NamespaceBottle(Bottle):
                     raise
                 status = 0
         if deferred.stopped_by is not None:  # killed on the user's second request
-            self.stopped_on_request = True
             return 128 + deferred.stopped_by
         return status
 
@@ -162,6 +161,10 @@ class NamespaceBottle(Bottle):
             os.close(out)
         session.close()
         self.detached = True
+
+    def _stop_on_request(self) -> None:
+        self.stopped_on_request = True
+        self.kill()
 
     def kill(self) -> None:
         ref = self.processes.get("bottle")
