@@ -13,6 +13,7 @@ cache and the npm cache are made in the bottle's own home).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -102,17 +103,44 @@ def host_sockets(
     return tuple(sorted(found))
 
 
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer if outer.endswith("/") else f"{outer}/")
+
+
 def _is_within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+    # On strings: pathlib's `parents` costs ~50x more, and this runs thousands of times a start.
+    return _within(str(path), str(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _secrets(home: str) -> tuple[frozenset[str], dict[str, str]]:
+    """The secret paths, and each of them and their ancestors -> a secret they hold."""
+    secrets = [os.path.join(home, relative) for relative in SECRET_PATHS]
+    holders: dict[str, str] = {}
+    for secret in secrets:
+        directory = secret
+        while directory not in holders:
+            holders[directory] = secret
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+    return frozenset(secrets), holders
 
 
 def exposes_secret(path: Path, home: Path) -> str | None:
-    """The secret path that binding `path` would reveal, if any."""
-    for relative in SECRET_PATHS:
-        secret = home / relative
-        if _is_within(secret, path) or _is_within(path, secret):
-            return str(secret)
-    return None
+    """The secret path that binding `path` would reveal (it holds one, or is inside one)."""
+    secrets, holders = _secrets(str(home))
+    shown = os.path.normpath(str(path))
+    if shown in holders:
+        return holders[shown]
+    while True:
+        if shown in secrets:
+            return shown
+        parent = os.path.dirname(shown)
+        if parent == shown:
+            return None
+        shown = parent
 
 
 def grant_read_only(raw_paths: Iterable[str], home: Path) -> list[str]:
@@ -184,10 +212,16 @@ class _Binds:
         self.workspace = workspace
         self.roots = masked_roots(home)
         self.found: dict[Path, str] = {}
+        self.resolved: dict[Path, Path] = {}
+
+    def real(self, path: Path) -> Path:
+        if path not in self.resolved:
+            self.resolved[path] = path.resolve()
+        return self.resolved[path]
 
     def agent_writable(self, path: Path) -> bool:
         return self.workspace is not None and (
-            _is_within(path, self.workspace) or _is_within(path.resolve(), self.workspace)
+            _is_within(path, self.workspace) or _is_within(self.real(path), self.workspace)
         )
 
     def root_of(self, path: Path) -> Path | None:
@@ -204,7 +238,7 @@ class _Binds:
         if self.root_of(path) is None or self.agent_writable(path):
             return False
         # bwrap binds what a symlink points to: judge both names.
-        if exposes_secret(path, self.home) or exposes_secret(path.resolve(), self.home):
+        if exposes_secret(path, self.home) or exposes_secret(self.real(path), self.home):
             return False
         self.found.setdefault(path, reason)
         return True
@@ -223,7 +257,7 @@ class _Binds:
     def file(self, path: Path, reason: str) -> None:
         """An executable, and its symlink target: each with its prefix when that is specific."""
         chain = [path]
-        real = path.resolve()
+        real = self.real(path)
         if real != path:
             chain.append(real)
         for item in chain:
@@ -237,7 +271,7 @@ class _Binds:
         """A PATH entry: the directory (or its prefix), its real location, and what its
         symlinks point to under the masked roots."""
         reason = f"PATH {entry}"
-        real = entry.resolve()
+        real = self.real(entry)
         for directory in {entry, real}:
             if self.root_of(directory) is not None:
                 self.prefix_or_self(directory, reason)
@@ -273,13 +307,16 @@ class _Binds:
 
     def result(self) -> tuple[Bind, ...]:
         unique = sorted(self.found, key=lambda p: (len(p.parts), str(p)))
-        kept = [p for p in unique if not any(q in p.parents for q in unique if q != p)]
+        kept: list[Path] = []
+        for path in unique:  # parents first: a path inside a kept one is already shown
+            if not any(_is_within(path, parent) for parent in kept):
+                kept.append(path)
         return tuple(Bind(str(p), self.found[p]) for p in kept)
 
 
 def _path_entries(path_env: str) -> list[Path]:
-    entries = [Path(e) for e in path_env.split(os.pathsep) if e and os.path.isabs(e)]
-    return entries[:_MAX_PATH_ENTRIES]
+    entries = dict.fromkeys(e for e in path_env.split(os.pathsep) if e and os.path.isabs(e))
+    return [Path(e) for e in itertools.islice(entries, _MAX_PATH_ENTRIES)]
 
 
 def resolve_binds(
