@@ -59,6 +59,7 @@ _MIN_PREFIX_DEPTH = 2
 _MAX_PATH_ENTRIES = 256
 _MAX_DIR_ENTRIES = 4096  # symlinks looked at per PATH directory
 _PYVENV_CFG_LIMIT = 4096
+_MAX_WORKSPACE_VENVS = 8
 
 
 # Container engines keep sockets (their own and other bottles') in their state dirs.
@@ -188,11 +189,7 @@ def _interpreter(executable: Path) -> str | None:
 
 def _pyvenv_home(prefix: Path) -> Path | None:
     """The `home` (the base interpreter's bin dir) a virtualenv's pyvenv.cfg names."""
-    try:
-        with (prefix / "pyvenv.cfg").open("rb") as handle:
-            text = handle.read(_PYVENV_CFG_LIMIT).decode(errors="replace")
-    except OSError:
-        return None
+    text = version_managers.read_head(prefix / "pyvenv.cfg", _PYVENV_CFG_LIMIT) or ""
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() == "home" and Path(value.strip()).is_absolute():
@@ -305,6 +302,21 @@ class _Binds:
             self.prefix_or_self(base, f"base interpreter of {prefix}")
             pending += [p for p in self.found if p not in before]
 
+    def workspace_venv_bases(self, entries: Sequence[Path], stores: Sequence[Path]) -> None:
+        """The base interpreter of a venv in the workspace (activated on PATH, or `.venv`,
+        uv's default), so `.venv/bin/python` runs inside. The agent writes its pyvenv.cfg:
+        only a whole interpreter in a version manager's store is ever bound for it."""
+        if self.workspace is None:
+            return
+        venvs = [e.parent for e in entries if e.name == "bin" and self.agent_writable(e)]
+        for venv in [*venvs, self.workspace / ".venv"][:_MAX_WORKSPACE_VENVS]:
+            base = _pyvenv_home(venv)
+            if base is None or base.name != "bin":
+                continue
+            prefix = self.real(base.parent)
+            if any(prefix.parent == self.real(store) for store in stores):
+                self.add(prefix, f"base interpreter of {venv}")
+
     def result(self) -> tuple[Bind, ...]:
         unique = sorted(self.found, key=lambda p: (len(p.parts), str(p)))
         kept: list[Path] = []
@@ -341,6 +353,7 @@ def resolve_binds(
             binds.add(path, reason)
     for path, reason in version_managers.rustup_paths(environ, home, entries):
         binds.add(path, reason)
+    binds.workspace_venv_bases(entries, version_managers.interpreter_stores(home, environ))
     pending = list(executables)
     seen: set[str] = set()
     while pending:
