@@ -196,7 +196,7 @@ def test_unreachable_names_the_hidden_file_and_the_secret(tmp_path: Path) -> Non
     assert unreachable(str(tool), home=home, path_env="", visible=visible) is not None
     plain = _exe(home / "tools/plain")
     assert unreachable(str(plain), home=home, path_env="", visible=[]) == Unreachable(
-        str(plain), None
+        str(plain), None, is_command=True
     )
     assert unreachable(str(plain), home=home, path_env="", visible=[str(home / "tools")]) is None
 

@@ -382,6 +382,7 @@ class Unreachable(NamedTuple):
 
     path: str
     secret: str | None  # the credential path that keeps it hidden, if that is why
+    is_command: bool = False  # the command's own file (else what it runs: interpreter, …)
 
 
 def unreachable(
@@ -421,7 +422,8 @@ def unreachable(
             needed.append(version_managers.pyenv_libexec(path, environ, entries))
         for item in needed:
             if hidden(item):
-                return Unreachable(str(item), exposes_secret(item, home))
+                is_command = name == program and item == needed[0]
+                return Unreachable(str(item), exposes_secret(item, home), is_command)
         if workspace is not None and any(_is_within(item, workspace) for item in needed):
             continue
         interpreter = _interpreter(path.resolve())
