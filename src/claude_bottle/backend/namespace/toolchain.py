@@ -274,8 +274,8 @@ class _Binds:
                 self.prefix_or_self(directory, reason)
         try:
             with os.scandir(real) as scan:
-                entries = itertools.islice(scan, _MAX_DIR_ENTRIES)
-                links = [entry.path for entry in entries if entry.is_symlink()]
+                items = itertools.islice(scan, _MAX_DIR_ENTRIES)
+                links = [item.path for item in items if item.is_symlink()]
         except OSError:
             return
         for link in links:
