@@ -433,7 +433,12 @@ def _with_guard(spec: BwrapSpec, mounts: tuple[GitMount, ...]) -> BwrapSpec:
 
 def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency:
     """Say which host file keeps `program` from running inside, and how to show it."""
-    message = f"{program} needs {missing.path}, which the bottle does not show"
+    if not missing.is_command:
+        message = f"{program} needs {missing.path}, which the bottle does not show"
+    elif program == missing.path:
+        message = f"{program} is not shown in the bottle"
+    else:
+        message = f"{program} ({missing.path}) is not shown in the bottle"
     if missing.secret is not None:
         return MissingDependency(
             f"{message} (it is inside {missing.secret}, which is never shown in a bottle)",
