@@ -40,6 +40,7 @@ from claude_bottle.bundle.connection import (
 )
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Destination, EgressGate
+from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.tunnel import reading_transport, relay
@@ -173,6 +174,7 @@ class ProxyConnection(ClientConnection):
         """Open a tunnel; True when it was intercepted and requests follow inside TLS."""
         authority = request.target.decode("ascii", "replace")
         started = time.monotonic()
+        REQUEST_LINE.set(("CONNECT", authority))  # what `pending` shows if it is held
         try:
             dest = await self.admission.destination("CONNECT", authority, 443)
             if self.interception is not None and self.interception.applies_to(dest.host):
@@ -292,6 +294,7 @@ class ProxyConnection(ClientConnection):
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
         started = time.monotonic()
+        REQUEST_LINE.set((method, target))
         try:
             dest, origin_target = await self.admission.route(target, self.intercepted)
             self.admission.head(method, dest, origin_target, request.headers)
