@@ -340,6 +340,11 @@ def _default_user_config() -> tuple[Path, bool]:
     return platformdirs.user_config_path("claude-bottle") / "config.toml", False
 
 
+def user_config_path() -> Path:
+    """Where the user config is (`$CLAUDE_BOTTLE_CONFIG`, else the platform's default)."""
+    return _default_user_config()[0]
+
+
 def _inside(path: Path, directory: Path) -> bool:
     try:
         return path.resolve().is_relative_to(directory.resolve())
