@@ -48,7 +48,7 @@ def counts(log: Path) -> tuple[Counter[str], int]:
 
 
 def suggest(seen: Counter[str]) -> list[tuple[str, int]]:
-    """(pattern, requests) covering every host in `seen`, sorted by pattern."""
+    """(pattern, requests) covering every host in `seen`."""
     from claude_bottle.tui.text import registrable_domain
 
     by_domain: dict[str, list[str]] = defaultdict(list)
@@ -62,7 +62,11 @@ def suggest(seen: Counter[str]) -> list[tuple[str, int]]:
             hosts = [h for h in hosts if h not in below]
         for host in hosts:
             entries[host] = seen[host]
-    return sorted(entries.items(), key=lambda item: (item[0].lstrip("*."), item[0]))
+    # Grouped by domain (labels right to left), a domain before its wildcard.
+    return sorted(
+        entries.items(),
+        key=lambda item: (item[0].removeprefix("*.").split(".")[::-1], item[0][0] == "*"),
+    )
 
 
 def render(name: str, entries: list[tuple[str, int]], records_checked: str) -> str:

@@ -15,13 +15,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from claude_bottle import state
+from claude_bottle import paths, state
 from claude_bottle.cli.supervise_commands import Pending, pending_of
 
 MAX_EVENT_LINE = 16 * 1024
+LOG_TAIL = 64 * 1024  # bytes of a bottle's audit log read once, when the view finds it
 EVENTS_KEPT = 200  # per bottle, for the events pane
 WINDOW = 60.0  # seconds the per-bottle counters cover
 ALLOWED = frozenset({"allow", "audit-allow"})
@@ -67,9 +69,8 @@ def parse_event(line: bytes) -> Event | None:
             f"{key}={detail[key]}" for key in ("by", "status", "reason") if key in detail
         )
     port = raw.get("port")
-    ts = raw.get("ts")
     return Event(
-        float(ts) if isinstance(ts, int | float) else time.time(),
+        _timestamp(raw.get("ts")),
         str(raw.get("kind", ""))[:64],
         str(raw.get("decision", ""))[:64],
         str(raw.get("rule", ""))[:200],
@@ -79,6 +80,30 @@ def parse_event(line: bytes) -> Event | None:
         str(raw.get("path", ""))[:300],
         said[:300],
     )
+
+
+def _timestamp(ts: object) -> float:
+    """A stream event's epoch seconds, or an audit record's ISO time."""
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return float(ts)
+    if isinstance(ts, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(ts).timestamp()
+    return time.time()
+
+
+def recent_records(log: Path, before: float, size: int = LOG_TAIL) -> list[Event]:
+    """The events a bottle recorded before `before` (its log's last `size` bytes), read
+    once when its subscription starts: what happened before the view was watching."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(0, log.stat().st_size - size))
+            tail = handle.read(size)
+    except OSError:
+        return []
+    lines = tail.split(b"\n")[1:-1] if len(tail) == size else tail.split(b"\n")[:-1]
+    events = [event for line in lines if (event := parse_event(line)) is not None]
+    return [event for event in events if event.ts < before][-EVENTS_KEPT:]
 
 
 class BottleActivity:
@@ -91,15 +116,16 @@ class BottleActivity:
     def add(self, event: Event) -> None:
         self.events.append(event)
         if event.kind in ("egress", "gateway"):
-            self._decisions.append((time.monotonic(), event.decision))
+            self._decisions.append((event.ts, event.decision))
 
     def counts(self) -> tuple[int, int, int]:
-        cutoff = time.monotonic() - WINDOW
+        cutoff = time.time() - WINDOW
         while self._decisions and self._decisions[0][0] < cutoff:
             self._decisions.popleft()
-        allowed = sum(1 for _, d in self._decisions if d in ALLOWED)
-        refused = sum(1 for _, d in self._decisions if d in REFUSED)
-        held = sum(1 for _, d in self._decisions if d == "pending")
+        recent = [decision for ts, decision in self._decisions if ts >= cutoff]
+        allowed = sum(1 for d in recent if d in ALLOWED)
+        refused = sum(1 for d in recent if d in REFUSED)
+        held = sum(1 for d in recent if d == "pending")
         return allowed, refused, held
 
 
@@ -132,6 +158,8 @@ class Subscription(threading.Thread):
     def _pump(self, sock: socket.socket) -> None:
         buffer = b""
         first = True
+        started = time.time()
+        seeded = False
         while not self.stopped.is_set():
             chunk = sock.recv(65536)
             if not chunk:
@@ -142,6 +170,11 @@ class Subscription(threading.Thread):
                 return  # not what a bundle sends
             if first and lines:
                 lines, first = lines[1:], False  # the {"ok": true} greeting
+            if not first and not seeded:  # subscribed: what came before is in the log
+                seeded = True
+                earlier = recent_records(paths.state_dir(self.bottle) / "audit.jsonl", started)
+                if earlier:
+                    self.deliver(self.bottle, earlier)
             batch = [event for line in lines if (event := parse_event(line)) is not None]
             if batch:
                 self.deliver(self.bottle, batch)
