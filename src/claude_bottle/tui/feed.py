@@ -205,6 +205,9 @@ class Feed:
         """On the UI thread: keep what a subscription delivered."""
         activity = self.activity.setdefault(name, BottleActivity())
         for event in events:
+            # Once subscribed again, the log's tail repeats what was already shown.
+            if activity.events and event.ts < activity.events[-1].ts:
+                continue
             activity.add(event)
 
     def live_records(self) -> list[dict[str, Any]]:
