@@ -145,3 +145,14 @@ def test_the_view_caps_held_hosts_per_bottle_and_escapes_them(
             assert "+5 more hosts" in cells[-1]
 
     asyncio.run(scenario())
+
+
+def test_the_bundle_image_leaves_the_cli_only_requirements_out() -> None:
+    from claude_bottle.backend.docker import images
+
+    names = " ".join(images.bundle_requirements())
+    assert "httptools" in names
+    assert not any(name in names for name in images.CLI_ONLY_REQUIREMENTS)
+    bundle_modules = " ".join(images._package_files())
+    assert "claude_bottle/bundle/held.py" in bundle_modules
+    assert "claude_bottle/tui/" not in bundle_modules
