@@ -174,3 +174,23 @@ def test_supervise_allows_denies_and_stops(bottle_env: BottleEnv) -> None:
     )
     listed = json.loads(bottle_env.cli("ls", "--json").stdout)
     assert {row["name"]: row["state"] for row in listed}["three"] != "running"
+
+
+def test_held_requests_are_answered_when_the_cli_dies(bottle_env: BottleEnv) -> None:
+    import os
+    import signal
+
+    _ask_config(bottle_env)
+    cli = bottle_env.start(f"{CURL} http://denied.test/orphan", "orphan")
+    _wait_pending(bottle_env, 1)
+    os.kill(cli.pid, signal.SIGKILL)
+    cli.wait(timeout=10)
+    log = bottle_env.state_dir("orphan") / "audit.jsonl"
+    deadline = time.monotonic() + 30
+    while '"bundle-stop"' not in log.read_text():  # the bundle stops with its CLI
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    answered = [r for r in records if r["rule"] == "ask-unavailable"]
+    assert answered and answered[0]["detail"]["status"] == 503
+    assert records[-1]["rule"] == "bundle-stop"
