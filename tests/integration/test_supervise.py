@@ -13,7 +13,10 @@ import pytest
 
 from tests.integration.conftest import BottleEnv
 
-pytestmark = pytest.mark.parametrize("backend", ["namespace"], indirect=True)
+# The bundle's side is the same code on every backend: the shell test runs on docker
+# too (its bundle runs in a container), the rest on namespace.
+NAMESPACE = pytest.mark.parametrize("backend", ["namespace"], indirect=True)
+NAMESPACE_AND_DOCKER = pytest.mark.parametrize("backend", ["namespace", "docker"], indirect=True)
 
 HELD_HOSTS = ("denied.test", "other.test", "s1.many.test", "s2.many.test", "s3.many.test")
 
@@ -48,6 +51,7 @@ def _wait_pending(be: BottleEnv, count: int, timeout: float = 30) -> list[dict[s
 CURL = "curl -sS --max-time 60 -o /dev/null -w '%{http_code} %header{x-claude-bottle-block}\\n'"
 
 
+@NAMESPACE_AND_DOCKER
 def test_pending_deny_and_allow_always_from_the_shell(bottle_env: BottleEnv) -> None:
     _ask_config(bottle_env)
     first = bottle_env.start(f"{CURL} http://denied.test/a; {CURL} http://denied.test/b", "one")
@@ -87,6 +91,7 @@ def test_pending_deny_and_allow_always_from_the_shell(bottle_env: BottleEnv) -> 
     )
 
 
+@NAMESPACE
 def test_nobody_deciding_answers_ask_timeout(bottle_env: BottleEnv) -> None:
     _ask_config(bottle_env, extra="ask_timeout = 1\n")
     result = bottle_env.run("/bin/sh", "-c", f"{CURL} http://denied.test/slow", name="late")
@@ -94,6 +99,7 @@ def test_nobody_deciding_answers_ask_timeout(bottle_env: BottleEnv) -> None:
     assert result.stdout.strip() == "403 ask-timeout"
 
 
+@NAMESPACE
 def test_policy_suggest_output_is_config_run_accepts(bottle_env: BottleEnv, tmp_path: Path) -> None:
     _ask_config(bottle_env, mode="audit")
     script = "; ".join(
@@ -130,6 +136,7 @@ def test_policy_suggest_output_is_config_run_accepts(bottle_env: BottleEnv, tmp_
     assert "not suggesting" in broken.stderr
 
 
+@NAMESPACE
 def test_supervise_with_nothing_running_says_so(bottle_env: BottleEnv) -> None:
     from tests.integration.tmux import TmuxScreen
 
@@ -139,6 +146,7 @@ def test_supervise_with_nothing_running_says_so(bottle_env: BottleEnv) -> None:
         screen.wait_closed()
 
 
+@NAMESPACE
 def test_supervise_allows_denies_and_stops(bottle_env: BottleEnv) -> None:
     from tests.integration.tmux import TmuxScreen
 
@@ -176,6 +184,7 @@ def test_supervise_allows_denies_and_stops(bottle_env: BottleEnv) -> None:
     assert {row["name"]: row["state"] for row in listed}["three"] != "running"
 
 
+@NAMESPACE
 def test_held_requests_are_answered_when_the_cli_dies(bottle_env: BottleEnv) -> None:
     import os
     import signal
