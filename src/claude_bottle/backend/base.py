@@ -300,6 +300,8 @@ class Bottle(abc.ABC):
     """A running bottle: run commands in it, copy files in, close it."""
 
     name: str
+    # Killed because the user asked twice (Ctrl-C, SIGTERM): its end is no failure to report.
+    stopped_on_request: bool = False
 
     @abc.abstractmethod
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:

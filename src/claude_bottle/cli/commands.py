@@ -203,6 +203,10 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
     finally:
         done.set()
         watcher.join()
+    if bottle.stopped_on_request:  # the watcher may have seen it die: that was asked for
+        if owns_bottle:
+            state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+        return status
     # A short command can end before the watcher looks again; it still ran without its way
     # out (or its bottle), so that is reported, not hidden behind the command's own status.
     died_meanwhile = None if failure else bottle.alive()

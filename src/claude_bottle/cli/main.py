@@ -223,10 +223,16 @@ def image() -> None:
     "--rebuild", is_flag=True, help="build without the cache: newest packages and Claude Code"
 )
 def image_build(rebuild: bool) -> None:
-    """Build the agent and bundle images (`run` also builds them when missing)."""
-    from claude_bottle.backend.docker.backend import image_build as build
+    """Build the agent and bundle images (`run` also builds them when missing); the agent
+    image on `[docker] base_image` when the configuration here names one."""
+    from pathlib import Path
 
-    for tag in build(rebuild=rebuild):
+    from claude_bottle.backend import registry
+    from claude_bottle.backend.docker.backend import image_build as build
+    from claude_bottle.config import load_config
+
+    config = load_config(workspace=Path(os.getcwd()), known_backends=registry.names())
+    for tag in build(rebuild=rebuild, base_image=config.docker.base_image):
         click.echo(tag)
 
 
