@@ -99,7 +99,7 @@ class HeldRequests:
         name = normalize_host(host)  # the gate checked it parses
         hint = f"claude-bottle allow {self.bottle} {name}"
         if name in self.denied:
-            raise Refusal(403, "ask-denied", f"{name} was denied for this bottle")
+            raise Refusal(403, "ask-denied", f"{name} was denied for this bottle", hint)
         if self.closed:
             raise Refusal(503, "ask-unavailable", "the bundle is stopping")
         if self.held >= self.capacity:
@@ -138,7 +138,7 @@ class HeldRequests:
                 403, "ask-timeout", f"nobody decided within {self.timeout:g} seconds", hint
             )
         if outcome == "deny":
-            raise Refusal(403, "ask-denied", f"{name} was denied for this bottle")
+            raise Refusal(403, "ask-denied", f"{name} was denied for this bottle", hint)
         raise Refusal(503, "ask-unavailable", "the bundle stopped before anyone decided")
 
     async def _wait(self, waiter: asyncio.Future[str]) -> str:

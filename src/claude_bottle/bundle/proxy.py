@@ -43,6 +43,7 @@ from claude_bottle.bundle.gate import Destination, EgressGate
 from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable, refusal_response
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -168,6 +169,23 @@ class ProxyConnection(ClientConnection):
         )
         await self._respond(exc.status, exc.rule, block_body(self.bottle, host, exc), close=True)
 
+    async def _deny_inside_tls(self, host: str, port: int, exc: Refusal) -> None:
+        """Record the refusal, then say it inside TLS, where the client shows it."""
+        assert self.interception is not None
+        self.stats.blocked += 1
+        record_refusal(
+            self.record,
+            "egress",
+            exc,
+            decision=exc.decision,
+            method="CONNECT",
+            host=host,
+            port=port,
+            path="",
+        )
+        answer = refusal_response(exc.status, exc.rule, block_body(self.bottle, host, exc))
+        await answer_inside_tls(self.reader, self.writer, self.interception, host, answer)
+
     # --- CONNECT -------------------------------------------------------------
 
     async def _tunnel(self, request: http1.RequestHead) -> bool:
@@ -181,7 +199,11 @@ class ProxyConnection(ClientConnection):
                 return await self._intercept(dest)
             up_reader, up_writer = await self._open(dest)
         except Refusal as exc:
-            await self._deny("CONNECT", *refused_where(authority, 443), exc)
+            host, port, path = refused_where(authority, 443)
+            if answerable(self.interception, host, port, exc) and not self._connect_trailing():
+                await self._deny_inside_tls(host, port, exc)
+            else:
+                await self._deny("CONNECT", host, port, path, exc)
             return False
         self.stats.tunnels += 1
         await self.send(ESTABLISHED)
