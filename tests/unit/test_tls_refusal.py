@@ -4,6 +4,7 @@ shows the rule and the hint; hosts that are not intercepted keep the plain refus
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 from pathlib import Path
@@ -84,9 +85,12 @@ def test_without_interception_the_refusal_stays_plain(tmp_path: Path) -> None:
         running.stop()
 
 
-def test_a_client_that_does_not_speak_tls_is_just_closed(intercepting: Any) -> None:
+def test_a_client_that_does_not_speak_tls_is_just_closed(
+    intercepting: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     sock, head = _connect(intercepting.proxy_socket, "denied.test")
     with sock:
         assert head.startswith(b"HTTP/1.1 200 ")
         sock.sendall(b"GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n")  # plain text, not TLS
-        assert b"hello" not in _read_all(sock)
+        assert b"403" not in _read_all(sock)  # closed: nothing to show it in
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
