@@ -137,7 +137,7 @@ def allow(name: str, host: str, always: bool) -> None:
     from claude_bottle.cli import supervise_commands
 
     pattern = supervise_commands.allow(name, host, always=always)
-    click.echo(f"bottle {name} may now reach {pattern}", err=True)
+    click.echo(f"claude-bottle: bottle {name} may now reach {pattern}", err=True)
 
 
 @cli.command()
@@ -148,7 +148,10 @@ def deny(name: str, host: str) -> None:
     from claude_bottle.cli import supervise_commands
 
     denied, answered = supervise_commands.deny(name, host)
-    click.echo(f"bottle {name}: {denied} denied ({answered} held requests refused)", err=True)
+    click.echo(
+        f"claude-bottle: bottle {name}: {denied} denied ({answered} held requests refused)",
+        err=True,
+    )
 
 
 @cli.command()

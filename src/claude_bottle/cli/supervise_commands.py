@@ -116,7 +116,7 @@ def allow(name: str, host: str, *, always: bool, by: str = ALLOW_BY) -> str:
         from claude_bottle.cli.user_config import append_allow
 
         path = append_allow(pattern, bottle=str(record["name"]))
-        click.echo(f"added {pattern} to [egress] allow in {path}", err=True)
+        click.echo(f"claude-bottle: added {pattern} to [egress] allow in {path}", err=True)
     return pattern
 
 
