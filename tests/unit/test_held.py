@@ -157,3 +157,29 @@ def test_ask_timeout_is_configurable_and_bounded(tmp_path: Any) -> None:
     config.write_text("[egress]\nask_timeout = 0\n")
     with pytest.raises(ConfigError, match=r"egress\.ask_timeout"):
         load(config)
+
+
+def test_a_flood_of_held_hosts_still_fits_one_pending_answer() -> None:
+    import json
+
+    from claude_bottle.bundle.control import MAX_LINE
+    from claude_bottle.bundle.events import EventStream
+    from claude_bottle.bundle.supervision import Supervision
+
+    async def scenario() -> None:
+        gate = _gate(Records(), capacity=300)
+        assert gate.held is not None
+        waiting = []
+        for n in range(200):
+            REQUEST_LINE.set(("GET", f"http://h{n}.test/" + "\u4e2d\\" * 400))
+            waiting.append(asyncio.create_task(gate.check(f"{'x' * 60}.h{n}.test", 80)))
+        await _settle()
+        answer = Supervision(gate, gate.held, EventStream("b")).control("pending", {})
+        assert answer is not None and answer["pending"]
+        assert len(json.dumps(answer)) < MAX_LINE
+        assert len(answer["pending"]) + answer["more"] == 200
+        assert answer["pending"][0]["first_line"].isascii()
+        gate.held.close()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    asyncio.run(scenario())

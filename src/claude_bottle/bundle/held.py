@@ -225,4 +225,5 @@ def _first_line() -> str:
     if not method:
         return ""
     shown = target if method == "CONNECT" else redact_path(target)
-    return printable(f"{method[:16]} {shown}")[:MAX_LINE]
+    line = printable(f"{method[:16]} {shown}")[:MAX_LINE]
+    return line.encode("ascii", "backslashreplace").decode("ascii")[:MAX_LINE]

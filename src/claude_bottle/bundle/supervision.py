@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from claude_bottle.bundle import events
+from claude_bottle.bundle.control import MAX_LINE
 from claude_bottle.bundle.events import EventStream
 from claude_bottle.bundle.held import HeldRequests, decider
 from claude_bottle.policy.allowlist import HostError
@@ -20,7 +21,8 @@ from claude_bottle.policy.allowlist import HostError
 if TYPE_CHECKING:
     from claude_bottle.bundle.gate import EgressGate
 
-MAX_PENDING_LISTED = 200  # hosts one `pending` answer lists, oldest first
+MAX_PENDING_LISTED = 50  # hosts one `pending` answer lists, oldest first
+ANSWER_BYTES = MAX_LINE - 4096  # what one answer may take of the control socket's line
 END_SECONDS = 1.0  # how long a stopping bundle lets held requests write their 503
 
 
@@ -49,15 +51,24 @@ class Supervision:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "host": host, "answered": count}
         if op == "pending":
-            items = sorted(self.held.pending(), key=lambda item: item.since)
-            return {
+            return self._pending()
+        return None
+
+    def _pending(self) -> dict[str, Any]:
+        """The held hosts, oldest first, as many as fit in one control-socket line."""
+        items = sorted(self.held.pending(), key=lambda item: item.since)
+        listed = [item._asdict() for item in items[:MAX_PENDING_LISTED]]
+        while True:
+            answer = {
                 "ok": True,
                 "mode": self.gate.mode,
-                "pending": [item._asdict() for item in items[:MAX_PENDING_LISTED]],
-                "more": max(0, len(items) - MAX_PENDING_LISTED),
+                "pending": listed,
+                "more": len(items) - len(listed),
                 "denied": list(self.held.denied)[-MAX_PENDING_LISTED:],
             }
-        return None
+            if len(json.dumps(answer)) <= ANSWER_BYTES or not listed:
+                return answer
+            listed = listed[:-1]
 
     async def subscribe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Stream events to this connection until it goes or falls behind."""

@@ -44,16 +44,16 @@ def live_record(name: str) -> dict[str, Any]:
     return record
 
 
-def call(record: dict[str, Any], op: str, **args: Any) -> dict[str, Any]:
+def call(record: dict[str, Any], op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
     from claude_bottle.bundle import control
 
-    return control.call(Path(record["control_socket"]), op, **args)
+    return control.call(Path(record["control_socket"]), op, timeout=timeout, **args)
 
 
 def pending_of(record: dict[str, Any]) -> list[Pending]:
     """The held hosts of one running bottle (empty when its bundle does not answer)."""
     try:
-        answer = call(record, "pending")
+        answer = call(record, "pending", timeout=2.0)
     except BottleError:
         return []
     items = answer.get("pending") if answer.get("ok") else None
