@@ -58,6 +58,7 @@ class BottlePlan(Printable):
     egress_allow: tuple[str, ...]
     egress_deny: tuple[str, ...]
     egress_mode: str
+    egress_ask_timeout: float  # seconds a held request waits (mode ask)
     egress_pins: tuple[tuple[str, str, int | None], ...]
     env: dict[str, str]
     relay_port: int
@@ -253,6 +254,7 @@ def common_plan_fields(
         "egress_allow": config.egress.allow,
         "egress_deny": config.egress.deny,
         "egress_mode": config.egress.mode,
+        "egress_ask_timeout": config.egress.ask_timeout,
         "egress_pins": tuple((p.host, p.address, p.port) for p in config.egress.resolve),
         "env": env,
         "relay_port": relay_port,
