@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from claude_bottle.bundle.connection import HOP_BY_HOP, connection_tokens, forwarded_headers
 from claude_bottle.bundle.credentials import Credential
+from claude_bottle.bundle.held import HeldBytes, Hold
 from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:  # the DLP engine is imported only when enabled
@@ -310,7 +311,7 @@ class GatewayPolicy:
                 kept.append((name, b",".join(known)))
         return kept, dropped
 
-    def check_body(self, body: bytes) -> None:
+    def check_body(self, body: bytes | bytearray) -> None:
         """Refuse a JSON request body that names an API feature turned off."""
         try:
             data = json.loads(body, object_pairs_hook=_duplicate_keys_refused)
@@ -342,21 +343,31 @@ class BodyCheck:
     JSON body is kept (bounded by MAX_JSON_BODY) to be parsed once it has ended.
     """
 
-    def __init__(self, policy: GatewayPolicy, route: Route, watch: BodyWatch | None) -> None:
+    def __init__(
+        self,
+        policy: GatewayPolicy,
+        route: Route,
+        watch: BodyWatch | None,
+        held: HeldBytes | None = None,
+    ) -> None:
         self.policy = policy
         self.watch = watch
         self.body: bytearray | None = bytearray() if route.json_body else None
+        # The kept JSON body counts toward the bundle's budget for held bytes.
+        self.hold = Hold(
+            HeldBytes() if held is None else held,
+            MAX_JSON_BODY,
+            "gateway:body-too-large",
+            "the request body is over the API's limit",
+        )
         self.window = watch.overlap if watch is not None else 1
         self.held = b""
         self.ended = False
 
     def feed(self, chunk: bytes) -> bytes:
         if self.body is not None:
+            self.hold.add(len(chunk))
             self.body += chunk
-            if len(self.body) > MAX_JSON_BODY:
-                raise Refusal(
-                    413, "gateway:body-too-large", "the request body is over the API's limit"
-                )
         if self.watch is not None:
             self.watch.feed(chunk)
         self.held += chunk
@@ -367,11 +378,17 @@ class BodyCheck:
     def finish(self) -> bytes:
         self.ended = True
         if self.body is not None:
-            self.policy.check_body(bytes(self.body))
+            self.policy.check_body(self.body)  # parsed in place: no second copy
         if self.watch is not None:
             self.watch.finish()
         ready, self.held = self.held, b""
+        self.release()
         return ready
+
+    def release(self) -> None:
+        """Let go of the kept body, however the request ended (idempotent)."""
+        self.body = None
+        self.hold.release()
 
 
 def _feature_off(feature: str, what: str) -> Refusal:

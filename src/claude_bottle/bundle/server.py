@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 MAX_HANDOFF = 64 * 1024
 PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
 CONTROL_BACKLOG = 100
+GATEWAY_BACKLOG = 128
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOPPED = "claude-bottle bundle stopped: "
 """How the bundle's last line in its log starts when it stopped on an error (the CLI
@@ -77,7 +78,7 @@ def open_bundle(settings: BundleSettings) -> Opened:
             control = _listen(settings.control_socket, CONTROL_BACKLOG, bound)
             gateway = None
             if settings.gateway_socket:
-                gateway = _listen(settings.gateway_socket, CONTROL_BACKLOG, bound)
+                gateway = _listen(settings.gateway_socket, GATEWAY_BACKLOG, bound)
         finally:
             os.umask(old_umask)
         # The bottle may run as another uid (docker): its sockets must stay connectable.
