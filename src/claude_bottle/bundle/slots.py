@@ -3,8 +3,8 @@
 Each socket the bottle reaches (the egress proxy, the API gateway) has its own `Slots`:
 so many connections served at once, so many more waiting for a turn, each for at most
 `SLOT_WAIT` seconds. A connection reads nothing until it has a slot (its transport is
-paused from the moment it is accepted), so a waiting connection holds no buffered
-bytes; past the waiting cap a connection is answered 503 at once and closed. The
+gated from the moment it is accepted), so a waiting connection holds almost no
+buffered bytes; past the waiting cap a connection is answered 503 at once and closed. The
 proxy and the gateway do not share slots: connections to one cannot lock the other out.
 """
 
@@ -61,13 +61,15 @@ class Slots:
         self, handler: ClientHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Run `handler` once the connection has a slot; refuse it (503, closed) if none
-        comes free in time or too many already wait. The connection's transport was
-        paused when it was accepted (`paused_server`); it reads once it has its slot."""
+        comes free in time or too many already wait. The connection was gated when it
+        was accepted (`paused_server`); it reads at full size once it has its slot."""
         if not await self._acquire():
             self._turn_away(writer)
             return
         try:
-            cast(asyncio.ReadTransport, writer.transport).resume_reading()
+            protocol = writer.transport.get_protocol()
+            if isinstance(protocol, _Gated):
+                protocol.open()
             await handler(reader, writer)
         finally:
             self.free.release()
@@ -98,23 +100,66 @@ class Slots:
             self.waiting -= 1
 
 
-class _PausedAtAccept(asyncio.StreamReaderProtocol):
-    """A stream protocol whose transport reads nothing until its handler resumes it."""
+WAITING_READ = 1024  # bytes a connection waiting for its slot may have read
+_READ_BUFFER = bytearray(CLIENT_BUFFER)  # shared: emptied into the stream as each read ends
+
+
+class _Gated(asyncio.BufferedProtocol):
+    """A stream's protocol that reads almost nothing until its connection has a slot.
+
+    The event loop starts reading as soon as a connection is accepted (uvloop ignores a
+    pause in `connection_made`), so until `open` the reads go into a small buffer and
+    the first one pauses the transport: a waiting connection holds at most WAITING_READ
+    bytes. Reads land in one buffer all connections share, copied into the stream at
+    once. Everything else is the wrapped stream protocol's (a buffered protocol cannot
+    be one: uvloop reads into those only when they are no `asyncio.Protocol`).
+    """
+
+    def __init__(self, stream: asyncio.StreamReaderProtocol) -> None:
+        self.stream = stream
+        self.gated = True
+        self.transport: asyncio.ReadTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.ReadTransport, transport).pause_reading()  # uvloop's are not subclasses
-        super().connection_made(transport)
+        self.transport = cast(asyncio.ReadTransport, transport)
+        self.stream.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stream.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.stream.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self.stream.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(_READ_BUFFER)[: WAITING_READ if self.gated else CLIENT_BUFFER]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.stream.data_received(bytes(_READ_BUFFER[:nbytes]))
+        if self.gated and self.transport is not None:
+            self.transport.pause_reading()
+
+    def open(self) -> None:
+        """The connection has its slot: read at full size."""
+        self.gated = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
 
 async def paused_server(
     handler: ClientHandler, sock: object, backlog: int
 ) -> asyncio.AbstractServer:
-    """`asyncio.start_unix_server` on `sock`, except that each connection's transport
-    starts paused (see `Slots.serve`) and its read buffer is CLIENT_BUFFER."""
+    """`asyncio.start_unix_server` on `sock`, except that each connection is gated until
+    it has a slot (see `Slots.serve`) and its stream buffers CLIENT_BUFFER."""
     loop = asyncio.get_running_loop()
 
-    def protocol() -> asyncio.StreamReaderProtocol:
+    def protocol() -> _Gated:
         reader = asyncio.StreamReader(limit=CLIENT_BUFFER, loop=loop)
-        return _PausedAtAccept(reader, handler, loop=loop)
+        return _Gated(asyncio.StreamReaderProtocol(reader, handler, loop=loop))
 
     return await loop.create_unix_server(protocol, sock=sock, backlog=backlog)  # type: ignore[arg-type]
