@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import socket
 from pathlib import Path
@@ -22,6 +23,7 @@ from benchmarks.attack_bundle import (
 )
 
 from claude_bottle.bundle import connection, http1
+from claude_bottle.bundle.api_policy import MAX_JSON_VALUES, GatewayPolicy
 from claude_bottle.bundle.held import HELD_RULE, HeldBytes, Hold
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.scanning import DlpInspector
@@ -223,3 +225,15 @@ def test_the_bundle_runs_under_its_own_file_and_address_space_limits(tmp_path: P
         limits = _limits(bundle.process.pid)
     assert limits["Max open files"] == str(BUNDLE_FILES)
     assert limits["Max address space"] == str(BUNDLE_ADDRESS_SPACE)
+
+
+def test_a_json_body_of_millions_of_values_is_refused_before_it_is_parsed() -> None:
+    """32 MiB of `[],` parses to 770 MiB of lists: the gateway counts values first."""
+    bomb = b"[" + b"[]," * (MAX_JSON_VALUES + 1) + b"[]]"
+    with pytest.raises(Refusal) as refused:
+        GatewayPolicy().check_body(bomb)
+    assert (refused.value.status, refused.value.rule) == (413, "gateway:body-too-complex")
+    # Commas and brackets inside strings (code in a prompt) are not values.
+    prompt = 'a, [{b}], " c, ' * (MAX_JSON_VALUES // 2)
+    body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+    GatewayPolicy().check_body(json.dumps(body).encode())
