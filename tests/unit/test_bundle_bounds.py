@@ -237,3 +237,11 @@ def test_a_json_body_of_millions_of_values_is_refused_before_it_is_parsed() -> N
     prompt = 'a, [{b}], " c, ' * (MAX_JSON_VALUES // 2)
     body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
     GatewayPolicy().check_body(json.dumps(body).encode())
+
+
+def test_a_body_with_stacked_codings_is_not_decoded() -> None:
+    """Each stage may expand 100:1: two would let one slice decode to 64 MiB at once."""
+    inspector = DlpInspector(Scanner(), block=True, record=lambda *a, **k: None)
+    with pytest.raises(Refusal) as refused:
+        inspector.body([(b"content-encoding", b"gzip, gzip")], "POST", "h.test", 80, "/")
+    assert refused.value.status == 415

@@ -278,6 +278,14 @@ class BodyGuard:
             "an encoded body this large is not inspected",
         )
         self.decoder = None
+        if self.encoded and "," in encoding.strip(", "):
+            # Each stage may expand 100:1, so two would let one slice decode to 64 MiB at
+            # once; no client stacks codings on a request.
+            raise Refusal(
+                415,
+                "dlp:undecodable-body",
+                "a body with more than one content-coding is not inspected",
+            )
         if self.encoded:
             try:
                 self.decoder = decoded_stream(encoding, MAX_DECODED_BODY)
