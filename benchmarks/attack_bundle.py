@@ -83,14 +83,26 @@ def running_bundle(directory: Path) -> Iterator[Bundle]:
     upstream.daemon_threads = True
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     port = upstream.server_address[1]
+    stalled = socket.create_server(("127.0.0.1", 0), backlog=4096)  # accepts, never reads
+    accepted: list[socket.socket] = []
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(stalled.accept()[0])
+
+    threading.Thread(target=hold, daemon=True).start()
     settings = BundleSettings(
         bottle="attack",
         proxy_socket=str(directory / "proxy.sock"),
         control_socket=str(directory / "control.sock"),
         gateway_socket=str(directory / "gateway.sock"),
         audit_log=str(directory / "audit.jsonl"),
-        allow=("allowed.test",),
-        pins=(Pin("allowed.test", "127.0.0.1", port),),
+        allow=("allowed.test", "stalled.test"),
+        pins=(
+            Pin("allowed.test", "127.0.0.1", port),
+            Pin("stalled.test", "127.0.0.1", stalled.getsockname()[1]),
+        ),
         dlp_enabled=True,
         anthropic_upstream=f"http://127.0.0.1:{port}",
     )
@@ -119,6 +131,9 @@ def running_bundle(directory: Path) -> Iterator[Bundle]:
         process.kill()
         process.wait()
         upstream.shutdown()
+        stalled.close()
+        for sock in accepted:
+            sock.close()
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -272,15 +287,54 @@ def waiting_connections(bundle: Bundle, idle: int, pushing: int) -> Outcome:
             client.close()
 
 
+def stalled_upstream(bundle: Bundle, connections: int) -> Outcome:
+    """Connections with a slot each upload to a server that never reads: what the bundle
+    buffers per connection (its stream and its write buffer), times every slot."""
+    before = peak = bundle.rss_mib()
+    head = (
+        b"POST http://stalled.test/upload HTTP/1.1\r\nHost: stalled.test\r\n"
+        b"Content-Length: %d\r\n\r\n" % (64 << 20)
+    )
+    chunk = b"U" * (64 * 1024)
+    open_: list[socket.socket] = []
+    try:
+        for _ in range(connections):
+            try:
+                client = _connect(bundle.settings.proxy_socket, 10)
+                client.sendall(head)
+            except OSError:
+                continue
+            client.setblocking(False)
+            open_.append(client)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # push until nothing more is taken
+            moved = 0
+            for client in open_:
+                with contextlib.suppress(OSError):
+                    moved += client.send(chunk)
+            peak = max(peak, bundle.rss_mib())
+            if not moved:
+                break
+        time.sleep(1)
+        peak = max(peak, bundle.rss_mib())
+        return Outcome(
+            "stalled-upstream", before, peak, {}, gateway_status(bundle), control_answers(bundle)
+        )
+    finally:
+        for client in open_:
+            client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the short version (CI)")
     args = parser.parse_args(argv)
-    held, idle, pushing = (4, 1024, 600) if args.quick else (40, 1024, 1900)
+    held, idle, pushing, uploading = (4, 1024, 600, 256) if args.quick else (40, 1024, 1900, 1024)
     bounded = True
     for attack in (
         lambda bundle: held_bodies(bundle, held),
         lambda bundle: waiting_connections(bundle, idle, pushing),
+        lambda bundle: stalled_upstream(bundle, uploading),
     ):
         with tempfile.TemporaryDirectory() as directory, running_bundle(Path(directory)) as bundle:
             outcome = attack(bundle)
