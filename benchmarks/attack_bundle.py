@@ -136,11 +136,25 @@ def running_bundle(directory: Path) -> Iterator[Bundle]:
             sock.close()
 
 
-def _connect(path: str, timeout: float) -> socket.socket:
+def _connect_once(path: str, timeout: float) -> socket.socket:
     client = socket.socket(socket.AF_UNIX)
     client.settimeout(timeout)
-    client.connect(path)
+    try:
+        client.connect(path)
+    except OSError:
+        client.close()
+        raise
     return client
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A connection to `path`, retried for a second while the listener's backlog is full
+    (as a client would): what stays refused is counted as not accepted."""
+    for _ in range(49):
+        with contextlib.suppress(BlockingIOError):
+            return _connect_once(path, timeout)
+        time.sleep(0.02)
+    return _connect_once(path, timeout)
 
 
 def _status(client: socket.socket) -> int:
