@@ -34,6 +34,7 @@ from claude_bottle.bundle.connection import (
     ClientConnection,
     KeptAlive,
     discard_body,
+    drain,
     forwarded_headers,
     pull,
     response,
@@ -135,7 +136,7 @@ class ProxyConnection(ClientConnection):
         if out:
             self.writer.write(bytes(out))
             out.clear()
-            await self.writer.drain()
+            await drain(self.writer)
 
     async def _respond(self, status: int, rule: str, body: bytes, close: bool = False) -> None:
         headers = [
@@ -436,6 +437,9 @@ class ProxyConnection(ClientConnection):
             upstream.close()
             self.upstream = None
             raise
+        finally:
+            if guard is not None:
+                guard.release()  # however the body ended: its held bytes go back
         replayable = (
             upstream.reused
             and not replay

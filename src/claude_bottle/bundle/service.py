@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,12 +21,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditError
+from claude_bottle.bundle.body_budget import HeldBytes
 from claude_bottle.bundle.control import MAX_LINE, Stats
 from claude_bottle.bundle.events import EventStream
 from claude_bottle.bundle.gate import EgressGate
 from claude_bottle.bundle.held import HeldRequests
 from claude_bottle.bundle.pool import UpstreamPool
-from claude_bottle.bundle.server import PROXY_BACKLOG
+from claude_bottle.bundle.server import GATEWAY_BACKLOG, PROXY_BACKLOG
+from claude_bottle.bundle.slots import (
+    GATEWAY_SLOTS,
+    GATEWAY_WAITING,
+    PROXY_SLOTS,
+    PROXY_WAITING,
+    SLOTS_RULE,
+    Slots,
+    paused_server,
+)
 from claude_bottle.bundle.supervision import Supervision
 
 T = TypeVar("T")
@@ -36,7 +47,6 @@ if TYPE_CHECKING:
     from claude_bottle.bundle.server import Opened
     from claude_bottle.bundle.settings import BundleSettings
 
-MAX_CLIENTS = 1024
 CLIENT_END_SECONDS = 2.0  # how long a stopping bundle waits for its cancelled clients
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
@@ -64,10 +74,16 @@ class Bundle:
         self._preparation_timer: asyncio.TimerHandle | None = None
         self.stats = Stats()
         self.pool = UpstreamPool()  # idle upstream connections, shared by all clients
-        self._slots = asyncio.Semaphore(MAX_CLIENTS)
+        # Separate slots: connections to the proxy cannot lock the gateway out.
+        self.proxy_slots = Slots(PROXY_SLOTS, PROXY_WAITING, self._slots_full("proxy"))
+        self.gateway_slots = Slots(GATEWAY_SLOTS, GATEWAY_WAITING, self._slots_full("gateway"))
+        self.held = HeldBytes()  # request bytes held for scanning, by all connections
         self.events = EventStream(settings.bottle)
         self.gate.held = HeldRequests(
-            settings.bottle, self.record, timeout=settings.ask_timeout, shared_slots=self._slots
+            settings.bottle,
+            self.record,
+            timeout=settings.ask_timeout,
+            shared_slots=self.proxy_slots.free,  # a held request gives its slot back
         )
         self.supervision = Supervision(self.gate, self.gate.held, self.events)
         self._clients: set[asyncio.Task[None]] = set()  # ended when the bundle stops
@@ -84,7 +100,7 @@ class Bundle:
 
         if self.interception is not None:
             self.interception.warm()
-        return _inspector(self.settings, self.record)
+        return _inspector(self.settings, self.record, self.held)
 
     def _prepare_now(self) -> None:
         """Start preparing inspection, once: on the first proxy connection, or
@@ -117,6 +133,17 @@ class Bundle:
             raise
         self.stats.bytes_up += fields.get("bytes_up", 0)
         self.events.publish(kind, decision, fields)
+
+    def _slots_full(self, server: str) -> Callable[[int], None]:
+        def full(turned_away: int) -> None:
+            self.record(
+                "lifecycle",
+                "error",
+                rule=SLOTS_RULE,
+                detail={"server": server, "turned_away": turned_away},
+            )
+
+        return full
 
     def _client(self, handler: ClientHandler) -> ClientHandler:
         """`handler` as a server callback whose connection ends when the bundle stops,
@@ -155,18 +182,17 @@ class Bundle:
         inspector = await asyncio.shield(self._inspector)
         from claude_bottle.bundle.proxy import ProxyConnection  # loaded by the preparation
 
-        async with self._slots:
-            await ProxyConnection(
-                self.gate,
-                self.record,
-                self.settings.bottle,
-                reader,
-                writer,
-                self.stats,
-                self.interception,
-                inspector,
-                self.pool,
-            ).serve()
+        await ProxyConnection(
+            self.gate,
+            self.record,
+            self.settings.bottle,
+            reader,
+            writer,
+            self.stats,
+            self.interception,
+            inspector,
+            self.pool,
+        ).serve()
 
     async def _gateway_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -182,18 +208,18 @@ class Bundle:
         self._prepare_now()
         inspector = await asyncio.shield(self._inspector)  # prompts are scanned too
         upstream, credentials, budget = self._gateway
-        async with self._slots:
-            await AnthropicGateway(
-                upstream,
-                credentials,
-                self.record,
-                reader,
-                writer,
-                budget=budget,
-                policy=self._gateway_policy,
-                inspector=inspector,
-                dlp_block=self.settings.gateway_dlp_block,
-            ).serve()
+        await AnthropicGateway(
+            upstream,
+            credentials,
+            self.record,
+            reader,
+            writer,
+            budget=budget,
+            policy=self._gateway_policy,
+            inspector=inspector,
+            dlp_block=self.settings.gateway_dlp_block,
+            held=self.held,
+        ).serve()
 
     async def _control_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -260,19 +286,20 @@ class Bundle:
                 loop.add_signal_handler(sig, self._stopping.set)
         self.audit.on_failure(self._audit_failed)
         opened = self._opened
-        proxy = await asyncio.start_unix_server(
-            self._client(self._proxy_client),
-            sock=opened.proxy,
-            limit=256 * 1024,
-            backlog=PROXY_BACKLOG,
+        proxy = await paused_server(
+            self._client(functools.partial(self.proxy_slots.serve, self._proxy_client)),
+            opened.proxy,
+            PROXY_BACKLOG,
         )
         control = await asyncio.start_unix_server(
             self._client(self._control_client), sock=opened.control
         )
         gateway = None
         if opened.gateway is not None:
-            gateway = await asyncio.start_unix_server(
-                self._client(self._gateway_client), sock=opened.gateway, limit=256 * 1024
+            gateway = await paused_server(
+                self._client(functools.partial(self.gateway_slots.serve, self._gateway_client)),
+                opened.gateway,
+                GATEWAY_BACKLOG,
             )
         # What only traffic needs is prepared after the bottle's start-up, not before it.
         inspector.add_done_callback(self._inspection_prepared)
@@ -360,7 +387,7 @@ def _in_daemon_thread(
     threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
 
 
-def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
+def _inspector(settings: BundleSettings, record: Any, held: HeldBytes) -> DlpInspector | None:
     if not settings.dlp_enabled:
         return None
     from claude_bottle.bundle.scanning import default_inspector
@@ -370,4 +397,5 @@ def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
         block=settings.dlp_block,
         record=record,
         ignore=(settings.dlp_ignore, settings.dlp_ignore_fingerprints),
+        held=held,
     )

@@ -20,6 +20,11 @@ DEFAULT_AUDIT_RATE = 64 << 20
 agent writes well under 1 MiB a minute (a record is ~300 bytes to a few KiB); a flood
 of a gigabyte a minute stops within seconds."""
 
+BUNDLE_FILES = 8192
+"""The bundle's descriptor limit, on every backend: the proxy's and the gateway's slots,
+each with its upstream, the connections waiting for a slot, the pool and the audit log
+(bundle/slots.py) fit well within it."""
+
 
 class Pin(NamedTuple):
     host: str
