@@ -193,7 +193,7 @@ def test_precedence_and_accumulation(env: Env) -> None:
     assert config.credentials.anthropic == "file:~/.anthropic-key"
     assert config.git_remotes == (
         GitRemote("origin", "https://github.com/acme/app.git", ("feature/*",), False),
-        GitRemote("upstream", "git@github.com:acme/app.git", (), False),
+        GitRemote("upstream", "git@github.com:acme/app.git"),  # push defaults to bottle/*
     )
     assert config.bottle.command == ("bash",)
     assert config.bottle.read_only == ("~/docs", "/opt/data")

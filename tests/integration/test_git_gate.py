@@ -1,0 +1,191 @@
+"""The git gate with real git on both sides (issue 21).
+
+The upstream is `GitHost`: `git http-backend` behind TLS on loopback, every request
+requiring a token. The token is given to the bundle host-side (`credential =
+"env:GATE_TEST_TOKEN"`); the bottle's git uses the remote's real URL, which its
+~/.gitconfig rewrites to the gate. Each attack of a prompt-injected agent is one push
+that must be refused whole, with the rule on git's `remote:` lines and nothing upstream.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import BottleEnv
+from tests.integration.git_host import GitHost
+
+pytestmark = pytest.mark.integration
+
+RUN_TIMEOUT = 180
+AWS_KEY_ID = "AKIA" + "Q3EGRTJ7WXMPLZ5K"  # shaped like a key, assembled so no scanner trips here
+CLONE = "git clone -q https://git.test:{port}/repo.git app && cd app && "
+COMMIT = "git -c user.name=Agent -c user.email=agent@bottle.test commit -q"
+
+
+@pytest.fixture
+def host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
+    if bottle_env.backend != "namespace":
+        pytest.skip("the git gate is wired into the namespace backend only so far")
+    token = secrets.token_hex(20)
+    directory = tmp_path / "githost"
+    directory.mkdir()
+    server = GitHost(directory, token)
+    bottle_env.env["GATE_TEST_TOKEN"] = token
+    bottle_env.write_config(f"""
+        [egress]
+        allow = ["git.test"]
+        upstream_ca_file = "{server.ca_file}"
+        [egress.resolve]
+        "git.test" = "127.0.0.1"
+        [git.remotes.origin]
+        url = "{server.url}"
+        push = ["bottle/*"]
+        credential = "env:GATE_TEST_TOKEN"
+    """)
+    yield server
+    server.close()
+
+
+def _sh(bottle_env: BottleEnv, host: GitHost, script: str) -> subprocess.CompletedProcess[str]:
+    return bottle_env.sh(CLONE.format(port=host.port) + script, timeout=RUN_TIMEOUT)
+
+
+def _refused(result: subprocess.CompletedProcess[str], rule: str) -> None:
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("remote:")]
+    assert any(f"rule {rule}" in line for line in lines), result.stderr
+
+
+def test_clone_and_push_an_allowed_branch_arrives_upstream(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        "cat README && git checkout -q -b bottle/work && echo more >> README && "
+        f"{COMMIT} -am work && git push -q origin bottle/work && git rev-parse HEAD",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "seeded" in result.stdout
+    head = result.stdout.split()[-1]
+    assert host.ref("refs/heads/bottle/work") == head
+    # The exchanges upstream carried the host-side token (git asks for it after a 401).
+    posts = [authorised for method, _, authorised in host.requests if method == "POST"]
+    assert posts and all(posts)
+    assert any(path.endswith("git-receive-pack") for _, path, _ in host.requests)
+
+
+def test_push_to_a_branch_outside_the_patterns_is_refused(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    main = host.ref("refs/heads/main")
+    result = _sh(
+        bottle_env, host, f"echo x >> README && {COMMIT} -am x && git push origin HEAD:main"
+    )
+    _refused(result, "git:branch")
+    assert 'push = [..., "main"]' in result.stderr
+    assert host.ref("refs/heads/main") == main
+
+
+def test_force_push_is_refused(bottle_env: BottleEnv, host: GitHost) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        f"git checkout -q -b bottle/f && echo a > a && git add a && {COMMIT} -m a && "
+        "git push -q origin bottle/f && "
+        f"git reset -q --hard HEAD~1 && echo b > b && git add b && {COMMIT} -m b && "
+        "git push -f origin bottle/f",
+    )
+    _refused(result, "git:force")
+    pushed = host.ref("refs/heads/bottle/f")
+    assert pushed is not None  # the first, fast-forward push went through; the force did not
+    log = subprocess.run(
+        ["git", "-C", str(host.bare), "log", "--format=%s", "-1", pushed],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert log.stdout.strip() == "a"
+
+
+def test_delete_is_refused(bottle_env: BottleEnv, host: GitHost) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        "git push -q origin HEAD:refs/heads/bottle/keep && git push origin :bottle/keep",
+    )
+    _refused(result, "git:delete")
+    assert host.ref("refs/heads/bottle/keep") is not None
+
+
+def test_tag_is_refused(bottle_env: BottleEnv, host: GitHost) -> None:
+    result = _sh(bottle_env, host, "git tag v1 && git push origin v1")
+    _refused(result, "git:tag")
+    assert host.ref("refs/tags/v1") is None
+
+
+def test_a_secret_in_pushed_content_is_refused(bottle_env: BottleEnv, host: GitHost) -> None:
+    (bottle_env.workspace / "leak.txt").write_text(f"line one\naws_access_key_id = {AWS_KEY_ID}\n")
+    result = _sh(
+        bottle_env,
+        host,
+        f"git checkout -q -b bottle/leak && cp {bottle_env.workspace}/leak.txt . && "
+        f"git add leak.txt && {COMMIT} -m leak && git push origin bottle/leak",
+    )
+    _refused(result, "dlp:")
+    assert "leak.txt" in result.stderr and "line 2" in result.stderr
+    assert AWS_KEY_ID not in result.stderr
+    assert host.ref("refs/heads/bottle/leak") is None
+
+
+def test_the_hosts_own_secret_base64_encoded_is_refused(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    token = bottle_env.env["GATE_TEST_TOKEN"]
+    encoded = base64.b64encode(token.encode()).decode()
+    (bottle_env.workspace / "enc.txt").write_text(f"blob: {encoded}\n")
+    result = _sh(
+        bottle_env,
+        host,
+        f"git checkout -q -b bottle/enc && cp {bottle_env.workspace}/enc.txt . && "
+        f"git add enc.txt && {COMMIT} -m enc && git push origin bottle/enc",
+    )
+    _refused(result, "dlp:secret:")
+    assert token not in result.stderr and encoded not in result.stderr
+    assert host.ref("refs/heads/bottle/enc") is None
+
+
+def test_the_credential_is_nowhere_inside(bottle_env: BottleEnv, host: GitHost) -> None:
+    token = bottle_env.env["GATE_TEST_TOKEN"]
+    result = _sh(
+        bottle_env,
+        host,
+        "env; cat ~/.gitconfig; git config --list --show-origin; "
+        "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; "
+        "grep -rs . ~ 2>/dev/null | head -c 2000000",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "insteadof" in result.stdout.lower()
+    assert token not in result.stdout and token not in result.stderr
+
+
+def test_push_through_the_proxy_is_refused_even_to_an_allowed_host(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    # Without the bottle's rewrite, git goes through the egress proxy: no push that way.
+    result = bottle_env.sh(
+        f"git init -q p && cd p && {COMMIT} --allow-empty -m e && "
+        f"GIT_CONFIG_GLOBAL=/dev/null git push https://git.test:{host.port}/repo.git "
+        "HEAD:refs/heads/bottle/direct",
+        timeout=RUN_TIMEOUT,
+    )
+    assert result.returncode != 0
+    assert "403" in result.stderr, result.stderr
+    assert host.ref("refs/heads/bottle/direct") is None
+    assert not any("receive-pack" in path for _, path, _ in host.requests)
