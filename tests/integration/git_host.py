@@ -108,7 +108,7 @@ class GitHost:
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"https://git.test:{self.port}/repo.git"
+        self.url = "https://git.test/repo.git"  # pinned to 127.0.0.1:port
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 RUN_TIMEOUT = 180
 AWS_KEY_ID = "AKIA" + "Q3EGRTJ7WXMPLZ5K"  # shaped like a key, assembled so no scanner trips here
-CLONE = "git clone -q https://git.test:{port}/repo.git app && cd app && "
+CLONE = "git clone -q https://git.test/repo.git app && cd app && "
 COMMIT = "git -c user.name=Agent -c user.email=agent@bottle.test commit -q"
 
 
@@ -42,7 +42,7 @@ def host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
         allow = ["git.test"]
         upstream_ca_file = "{server.ca_file}"
         [egress.resolve]
-        "git.test" = "127.0.0.1"
+        "git.test" = "127.0.0.1:{server.port}"
         [git.remotes.origin]
         url = "{server.url}"
         push = ["bottle/*"]
@@ -53,7 +53,7 @@ def host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
 
 
 def _sh(bottle_env: BottleEnv, host: GitHost, script: str) -> subprocess.CompletedProcess[str]:
-    return bottle_env.sh(CLONE.format(port=host.port) + script, timeout=RUN_TIMEOUT)
+    return bottle_env.sh(CLONE + script, timeout=RUN_TIMEOUT)
 
 
 def _refused(result: subprocess.CompletedProcess[str], rule: str) -> None:
@@ -181,11 +181,13 @@ def test_push_through_the_proxy_is_refused_even_to_an_allowed_host(
     # Without the bottle's rewrite, git goes through the egress proxy: no push that way.
     result = bottle_env.sh(
         f"git init -q p && cd p && {COMMIT} --allow-empty -m e && "
-        f"GIT_CONFIG_GLOBAL=/dev/null git push https://git.test:{host.port}/repo.git "
+        "GIT_CONFIG_GLOBAL=/dev/null git push https://git.test/repo.git "
         "HEAD:refs/heads/bottle/direct",
         timeout=RUN_TIMEOUT,
     )
     assert result.returncode != 0
     assert "403" in result.stderr, result.stderr
+    audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert '"rule":"git-push-outside-gate"' in audit
     assert host.ref("refs/heads/bottle/direct") is None
     assert not any("receive-pack" in path for _, path, _ in host.requests)

@@ -105,7 +105,14 @@ def hardened_env(
     host, port = upstream_host(remote.url)
     for pin in git_env.pins:
         if pin.host == host and not is_ssh(remote.url):
-            config.append(("http.curloptResolve", f"{host}:{port}:{pin.address}"))
+            # `[egress.resolve]`: the host's name (TLS, Host) at the pinned address and port
+            connect_port = pin.port or port
+            config.append(("http.curloptResolve", f"{host}:{connect_port}:{pin.address}"))
+            if connect_port != port:
+                spelled = urlsplit(remote.url).netloc
+                config.append(
+                    (f"url.https://{host}:{connect_port}/.insteadOf", f"https://{spelled}/")
+                )
     return with_config(env, config)
 
 
