@@ -191,3 +191,81 @@ def test_push_through_the_proxy_is_refused_even_to_an_allowed_host(
     assert '"rule":"git-push-outside-gate"' in audit
     assert host.ref("refs/heads/bottle/direct") is None
     assert not any("receive-pack" in path for _, path, _ in host.requests)
+
+
+def test_shallow_and_partial_clones_and_fetch_work(bottle_env: BottleEnv, host: GitHost) -> None:
+    result = bottle_env.sh(
+        "git clone -q --depth 1 https://git.test/repo.git shallow && "
+        "git clone -q --filter=blob:none https://git.test/repo.git partial && "
+        "cat shallow/README partial/README && cd partial && git fetch -q origin && echo fetched",
+        timeout=RUN_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("seeded") == 2 and "fetched" in result.stdout
+
+
+def test_other_repositories_and_ref_namespaces_are_refused(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    # A repository the user did not configure, under the gate's address; a path that
+    # tries to climb out of the gate's mirrors; a ref outside branches and tags.
+    result = _sh(
+        bottle_env,
+        host,
+        "git push http://127.0.0.1:3130/other.git HEAD:refs/heads/bottle/x; "
+        "git ls-remote http://127.0.0.1:3130/../origin.git; "
+        "git push origin HEAD:refs/notes/x",
+    )
+    assert "no [git.remotes.other] is configured" in result.stderr
+    _refused(result, "git:ref-namespace")
+    assert host.ref("refs/notes/x") is None
+
+
+def test_a_malformed_request_gets_an_http_error_and_the_gate_stays_up(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        "curl -s -o /dev/null -w '%{http_code}\\n' -X POST --data-binary 'garbage' "
+        "-H 'content-type: application/x-git-receive-pack-request' "
+        "http://127.0.0.1:3130/origin.git/git-receive-pack; "
+        "printf 'NOT HTTP\\r\\n\\r\\n' | timeout 5 python3 -c "
+        '\'import socket,sys; s=socket.create_connection(("127.0.0.1",3130)); '
+        "s.sendall(sys.stdin.buffer.read()); print(s.recv(100)[:12])'; "
+        "git ls-remote origin refs/heads/main",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HTTP/1.1 400" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith("refs/heads/main")
+    audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert '"rule":"git:bad-request"' in audit
+
+
+def test_pushes_are_audited_per_ref(bottle_env: BottleEnv, host: GitHost) -> None:
+    _sh(
+        bottle_env,
+        host,
+        f"git checkout -q -b bottle/a && {COMMIT} --allow-empty -m a && "
+        "git push -q origin bottle/a; git push origin HEAD:main",
+    )
+    records = [
+        line
+        for line in (bottle_env.state_dir() / "audit.jsonl").read_text().splitlines()
+        if '"kind":"git"' in line
+    ]
+    assert any('"rule":"git:fetch"' in r and '"decision":"allow"' in r for r in records)
+    assert any('"rule":"git:push"' in r and "refs/heads/bottle/a" in r for r in records)
+    assert any(
+        '"rule":"git:branch"' in r and '"decision":"deny"' in r and "refs/heads/main" in r
+        for r in records
+    )
+
+
+def test_an_upstream_that_rejects_the_credential_is_named(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    bottle_env.env["GATE_TEST_TOKEN"] = "wrong-token-value-0123456789"
+    result = bottle_env.sh("git clone https://git.test/repo.git app", timeout=RUN_TIMEOUT)
+    assert result.returncode != 0
+    assert "remote origin" in result.stderr and "git:upstream" in result.stderr

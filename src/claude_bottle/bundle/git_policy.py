@@ -56,7 +56,7 @@ def route(remotes: dict[str, GateRemote], method: str, target: str) -> Route:
     Only git's smart protocol is served: the refs advertisement and the two services.
     """
     parts = urlsplit(target)
-    found = _REMOTE_PATH.fullmatch(parts.path)
+    found = _REMOTE_PATH.fullmatch(parts.path) if target.startswith("/") else None
     if found is None:
         raise Refusal(404, "git:unknown-path", "the git gate serves /<remote>.git only")
     name, rest = found.groups()
