@@ -125,3 +125,68 @@ class GitHost:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SshGitHost:
+    """Debian's sshd on a loopback port, with a throwaway host key and one authorized key,
+    serving `repo.git` (a fresh copy) to the current user over ssh. `ssh_command` is what
+    the bundle's git uses (`GIT_SSH_COMMAND` in the CLI's environment, never the bottle's)."""
+
+    def __init__(self, directory: Path) -> None:
+        import getpass
+        import time
+
+        self.root = directory / "git"
+        self.root.mkdir()
+        self.bare = make_git_repository(self.root)
+        keys = directory / "keys"
+        keys.mkdir(mode=0o700)
+        for name in ("host", "client"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)],
+                check=True,
+            )
+        (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = directory / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+            f"AuthorizedKeysFile {keys / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\n"
+            f"PidFile {directory / 'sshd.pid'}\nLogLevel ERROR\n"
+        )
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        self.process = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(directory / "sshd.log").open("wb"),
+        )
+        known = directory / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{self.port} {(keys / 'host.pub').read_text()}")
+        self.ssh_command = (
+            f"ssh -F /dev/null -i {keys / 'client'} -o IdentitiesOnly=yes "
+            f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o BatchMode=yes"
+        )
+        self.url = f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{self.bare}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.05)
+
+    def ref(self, name: str) -> str | None:
+        found = subprocess.run(
+            ["git", "-C", str(self.bare), "rev-parse", "--verify", "-q", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return found.stdout.strip() or None
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)

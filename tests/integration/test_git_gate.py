@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import BottleEnv
-from tests.integration.git_host import GitHost
+from tests.integration.git_host import GitHost, SshGitHost
 
 pytestmark = pytest.mark.integration
 
@@ -269,3 +269,38 @@ def test_an_upstream_that_rejects_the_credential_is_named(
     result = bottle_env.sh("git clone https://git.test/repo.git app", timeout=RUN_TIMEOUT)
     assert result.returncode != 0
     assert "remote origin" in result.stderr and "git:upstream" in result.stderr
+
+
+@pytest.fixture
+def ssh_host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[SshGitHost]:
+    if bottle_env.backend != "namespace":
+        pytest.skip("the git gate is wired into the namespace backend only so far")
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.skip("no sshd: run scripts/install-system-deps.sh (openssh-server)")
+    directory = tmp_path / "sshhost"
+    directory.mkdir()
+    server = SshGitHost(directory)
+    bottle_env.env["GIT_SSH_COMMAND"] = server.ssh_command
+    bottle_env.write_config(f"""
+        [git.remotes.origin]
+        url = "{server.url}"
+    """)
+    yield server
+    server.close()
+
+
+def test_an_ssh_remote_clones_and_pushes_with_the_hosts_ssh(
+    bottle_env: BottleEnv, ssh_host: SshGitHost
+) -> None:
+    result = bottle_env.sh(
+        f"git clone -q {ssh_host.url} app && cd app && cat README && "
+        f"git checkout -q -b bottle/ssh && echo s >> README && {COMMIT} -am s && "
+        "git push -q origin bottle/ssh && git rev-parse HEAD && "
+        "git push origin HEAD:main; ls ~/.ssh 2>&1; env | grep -c SSH_COMMAND",
+        timeout=RUN_TIMEOUT,
+    )
+    assert "seeded" in result.stdout, result.stderr
+    assert ssh_host.ref("refs/heads/bottle/ssh") == result.stdout.split()[1]
+    _refused(result, "git:branch")
+    assert ssh_host.ref("refs/heads/main") != ssh_host.ref("refs/heads/bottle/ssh")
+    assert result.stdout.rstrip().endswith("0")  # the key's ssh command stays host-side

@@ -32,12 +32,13 @@ def test_hardened_env_drops_the_callers_git_variables_and_config() -> None:
     base = {
         "PATH": "/usr/bin:/bin",
         "GIT_DIR": "/elsewhere",
-        "GIT_SSH_COMMAND": "evil",
+        "GIT_SSH_COMMAND": "ssh -i ~/.ssh/deploy",
         "GIT_CONFIG_PARAMETERS": "'core.hooksPath'='/tmp/evil'",
         "SSH_ASKPASS": "/tmp/evil",
     }
     env = hardened_env(base, REMOTE, GitEnv())
-    assert "GIT_DIR" not in env and "GIT_SSH_COMMAND" not in env and "SSH_ASKPASS" not in env
+    assert "GIT_DIR" not in env and "SSH_ASKPASS" not in env
+    assert env["GIT_SSH_COMMAND"] == "ssh -i ~/.ssh/deploy"  # the user's own way to their hosts
     assert "GIT_CONFIG_PARAMETERS" not in env
     assert env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"
     config = dict(_config(env))

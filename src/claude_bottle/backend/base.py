@@ -85,15 +85,19 @@ class BottlePlan(Printable):
     git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
     limits: LimitsPlan  # resource limits in force and how this backend applies them
     git_remotes: tuple[GitRemote, ...]  # served by the bundle's git gate
+    # Whether this backend wires the git gate (relay port, socket, settings) yet.
+    serves_git_gate: ClassVar[bool] = False
 
     @property
     def git_rewrites(self) -> tuple[GateRewrite, ...]:
         """The insteadOf rewrites the bottle's ~/.gitconfig gets, one per remote."""
+        if not self.serves_git_gate:
+            return ()
         return tuple(GateRewrite(remote.name, remote.url) for remote in self.git_remotes)
 
     def git_gate_settings(self) -> dict[str, Any]:
         """The bundle settings of the git gate (none without remotes)."""
-        if not self.git_remotes:
+        if not (self.git_remotes and self.serves_git_gate):
             return {}
         return {
             "git_cache": str(Path(self.state_dir) / "git"),
@@ -122,10 +126,15 @@ class BottlePlan(Printable):
                 or remote.url.startswith("ssh://")
                 else remote.credential
             )
+            served = (
+                f"{gate_url(remote.name)} (git gate)"
+                if self.serves_git_gate
+                else f"not served: the {self.backend} backend does not run the git gate yet"
+            )
             rows.append(
                 (
                     f"git remote {remote.name}",
-                    f"{remote.url} -> {gate_url(remote.name)} (git gate); "
+                    f"{remote.url} -> {served}; "
                     f"{'; '.join(allowed)}; credential: {credential} (host side)",
                 )
             )

@@ -157,7 +157,16 @@ class GitGateConnection(ClientConnection):
             async with gate.lock(remote):
                 await refresh_mirror(gate.mirror(remote), remote, upstream_env)
             if where.service == UPLOAD:
-                gate.record("git", "allow", rule="git:fetch", detail={"remote": remote.name})
+                host, port = upstream_host(remote.url)
+                gate.record(
+                    "git",
+                    "allow",
+                    rule="git:fetch",
+                    method="FETCH",
+                    host=host[:253],
+                    port=port,
+                    detail={"remote": remote.name},
+                )
         report = None
         env = upstream_env
         if where.service == RECEIVE and not where.advertise:
@@ -189,14 +198,24 @@ class GitGateConnection(ClientConnection):
             outcomes = json.loads(report.read_text() or "[]")
         except (OSError, ValueError):
             outcomes = []
-        if not outcomes:
-            self.gate.record("git", "error", rule="git:push", detail={"remote": remote.name})
+        host, port = upstream_host(remote.url)
+        if not outcomes:  # the hook did not run: receive-pack refused the request itself
+            self.gate.record(
+                "git",
+                "error",
+                rule="git:push",
+                host=host,
+                port=port,
+                detail={"remote": remote.name},
+            )
         for outcome in outcomes:
             self.gate.record(
                 "git",
                 outcome["decision"],
                 rule=outcome["rule"],
                 method="PUSH",
+                host=host[:253],
+                port=port,
                 path=str(outcome["ref"])[:500],
                 detail={
                     "remote": remote.name,

@@ -33,6 +33,7 @@ FETCH_TIMEOUT = 600.0
 MAX_CREDENTIAL = 16 * 1024
 USERNAME_VAR = "CLAUDE_BOTTLE_GIT_USERNAME"
 PASSWORD_VAR = "CLAUDE_BOTTLE_GIT_PASSWORD"
+USER_SSH_VARS = frozenset({"GIT_SSH_COMMAND", "GIT_SSH", "GIT_SSH_VARIANT"})
 TOKEN_USERNAME = "x-access-token"  # what GitHub and others accept with a bare token
 SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 _HELPER = (
@@ -76,7 +77,13 @@ def hardened_env(
     credential: Credential | None = None,
 ) -> dict[str, str]:
     """The environment of a git the gate runs for `remote`."""
-    env = {k: v for k, v in base.items() if not k.startswith("GIT_") and k != "SSH_ASKPASS"}
+    # The bundle's environment is the user's (never the bottle's): how they reach ssh hosts
+    # stays; any other GIT_* variable (GIT_DIR, GIT_CONFIG_PARAMETERS…) would steer git.
+    env = {
+        k: v
+        for k, v in base.items()
+        if (not k.startswith("GIT_") or k in USER_SSH_VARS) and k != "SSH_ASKPASS"
+    }
     env.update(
         GIT_CONFIG_NOSYSTEM="1",
         GIT_CONFIG_GLOBAL="/dev/null",
