@@ -115,3 +115,12 @@ def test_an_unreadable_credential_names_the_remote_never_a_value(source: str) ->
     assert refused.value.status == 502 and refused.value.rule == "git:credential-unavailable"
     assert "remote origin" in refused.value.message
     assert "[git.remotes.origin] credential" in refused.value.hint
+
+
+def test_secrets_the_hardened_env_drops_still_reach_the_push_hooks_dlp() -> None:
+    from claude_bottle.bundle.git_gate import _stripped_secrets
+
+    host = {"GIT_TOKEN": SECRET, "GITHUB_TOKEN": "other-secret-value-123", "PATH": "/bin"}
+    env = hardened_env(host, REMOTE, GitEnv())
+    added = _stripped_secrets(host, env)
+    assert added == {"CLAUDE_BOTTLE_SECRET_GIT_TOKEN": SECRET}  # GITHUB_TOKEN was kept as is

@@ -167,6 +167,10 @@ class GitGateConnection(ClientConnection):
                     port=port,
                     detail={"remote": remote.name},
                 )
+        elif not (gate.mirror(remote) / "HEAD").exists():
+            raise Refusal(
+                400, "git:no-advertisement", "ask for the refs (info/refs) before an exchange"
+            )
         report = None
         env = upstream_env
         if where.service == RECEIVE and not where.advertise:
@@ -177,6 +181,7 @@ class GitGateConnection(ClientConnection):
                 os.environ, remote, gate.git_env, hooks=str(gate._hooks), credential=credential
             )
             env[REMOTE_VAR] = json.dumps(remote._asdict())
+            env.update(_stripped_secrets(os.environ, env))
             env[REPORT_VAR] = str(report)
             if gate.dlp is not None:
                 env[DLP_VAR] = json.dumps(gate.dlp)
@@ -184,10 +189,10 @@ class GitGateConnection(ClientConnection):
         try:
             if report is not None:
                 async with gate.lock(remote):  # one push at a time moves the mirror
-                    await self._run_backend(request, env)
+                    await self._run_backend(request, env, gate.mirror(remote))
                 self._audit_push(remote, report)
             else:
-                await self._run_backend(request, env)
+                await self._run_backend(request, env, gate.mirror(remote))
         finally:
             if report is not None:
                 with contextlib.suppress(OSError):
@@ -226,11 +231,14 @@ class GitGateConnection(ClientConnection):
                 },
             )
 
-    async def _run_backend(self, request: http1.RequestHead, env: dict[str, str]) -> None:
+    async def _run_backend(
+        self, request: http1.RequestHead, env: dict[str, str], cwd: Path
+    ) -> None:
         process = await asyncio.create_subprocess_exec(
             "git",
             "http-backend",
             env=env,
+            cwd=cwd,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -238,7 +246,7 @@ class GitGateConnection(ClientConnection):
         )
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
-        errors = asyncio.ensure_future(process.stderr.read(65536))
+        errors = asyncio.ensure_future(_tail(process.stderr))
         feeding = asyncio.ensure_future(self._feed(request, process.stdin))
         try:
             async with asyncio.timeout(EXCHANGE_TIMEOUT):
@@ -288,6 +296,14 @@ class GitGateConnection(ClientConnection):
                 stdin.close()
 
 
+async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
+    """Read `stream` to its end (so its writer never blocks), keeping the last bytes."""
+    kept = b""
+    while chunk := await stream.read(READ_SIZE):
+        kept = (kept + chunk)[-keep:]
+    return kept
+
+
 async def _cgi_head(stdout: asyncio.StreamReader) -> bytes:
     """http-backend's CGI header block as an HTTP/1.1 response head (the body follows until
     the connection closes)."""
@@ -309,6 +325,20 @@ async def _cgi_head(stdout: asyncio.StreamReader) -> bytes:
             headers.append((name, value))
     headers.append((b"connection", b"close"))
     return response(status, headers)
+
+
+def _stripped_secrets(
+    host: dict[str, str] | os._Environ[str], env: dict[str, str]
+) -> dict[str, str]:
+    """The user's secret values the hardened environment dropped (GIT_TOKEN…), under names
+    the hook's DLP still reads as secrets: a push must not carry them either."""
+    from claude_bottle.bundle.scanning import host_secrets
+
+    return {
+        f"CLAUDE_BOTTLE_SECRET_{name}": value
+        for name, value in host_secrets(host).items()
+        if name not in env
+    }
 
 
 def _cgi_env(request: http1.RequestHead, where: Route, root: Path) -> dict[str, str]:

@@ -29,6 +29,7 @@ from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.settings import Pin
 
 CREDENTIAL_TIMEOUT = 15.0
+MAX_PACK = 1 << 30  # bytes of one pushed pack
 FETCH_TIMEOUT = 600.0
 MAX_CREDENTIAL = 16 * 1024
 USERNAME_VAR = "CLAUDE_BOTTLE_GIT_USERNAME"
@@ -102,6 +103,7 @@ def hardened_env(
         ("http.receivepack", "true"),
         ("receive.denyDeletes", "false"),
         ("receive.denyNonFastForwards", "false"),
+        ("receive.maxInputSize", str(MAX_PACK)),
         ("credential.helper", ""),
     ]
     if credential is not None:
@@ -206,6 +208,7 @@ def _run(
         input=stdin,
         capture_output=True,
         env=dict(env),
+        cwd=Path.home(),  # not the bundle's working directory: the workspace
         timeout=CREDENTIAL_TIMEOUT,
         check=False,
     )
@@ -221,13 +224,16 @@ def _unavailable(remote: GateRemote, where: str, why: str) -> Refusal:
 
 
 async def run_git(
-    args: Sequence[str], env: Mapping[str, str], timeout: float = FETCH_TIMEOUT
+    args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = FETCH_TIMEOUT
 ) -> tuple[int, bytes]:
-    """Run a hardened git to completion; (exit status, stderr capped at 64 KiB)."""
+    """Run a hardened git to completion in `cwd`, a directory the gate owns (never the
+    bundle's own working directory, the workspace, whose repository git would discover);
+    (exit status, stderr capped at 64 KiB)."""
     process = await asyncio.create_subprocess_exec(
         "git",
         *args,
         env=dict(env),
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -253,7 +259,9 @@ async def refresh_mirror(mirror: Path, remote: GateRemote, env: Mapping[str, str
     Raises `Refusal` (502) with git's own words when the upstream cannot be reached.
     """
     if not (mirror / "HEAD").exists():
-        status, err = await run_git(["init", "--bare", "--quiet", str(mirror)], env, 30)
+        status, err = await run_git(
+            ["init", "--bare", "--quiet", str(mirror)], env, mirror.parent, 30
+        )
         if status != 0:
             raise Refusal(500, "git:mirror", f"cannot create the gate's mirror: {_tail(err)}")
     status, err = await run_git(
@@ -269,6 +277,7 @@ async def refresh_mirror(mirror: Path, remote: GateRemote, env: Mapping[str, str
             "+refs/tags/*:refs/tags/*",
         ],
         env,
+        mirror,
     )
     if status != 0:
         raise Refusal(
@@ -291,6 +300,7 @@ async def _follow_head(mirror: Path, remote: GateRemote, env: Mapping[str, str])
         remote.url,
         "HEAD",
         env=dict(env),
+        cwd=mirror,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -305,7 +315,7 @@ async def _follow_head(mirror: Path, remote: GateRemote, env: Mapping[str, str])
     for line in out.decode(errors="replace").splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
             head = line[len("ref: ") : -len("\tHEAD")]
-            await run_git(["-C", str(mirror), "symbolic-ref", "HEAD", head], env, 30)
+            await run_git(["-C", str(mirror), "symbolic-ref", "HEAD", head], env, mirror, 30)
             return
 
 
