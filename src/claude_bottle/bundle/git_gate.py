@@ -132,6 +132,18 @@ class GitGateConnection(ClientConnection):
             )
             with contextlib.suppress(Exception):
                 await self._answer(refusal)
+        except (http1.ProtocolError, ConnectionError, TimeoutError) as exc:
+            # The client broke the exchange off (truncated, malformed or stalled body):
+            # git's quarantine keeps the mirror as it was; record it, and end the connection.
+            self.gate.record(
+                "git",
+                "error",
+                rule="git:aborted",
+                method=method,
+                path=target[:500],
+                detail={"remote": remote_name, "reason": f"{type(exc).__name__}: {exc}"[:200]},
+            )
+            raise
         return False  # one exchange per connection: git's curl reconnects
 
     async def _answer(self, refusal: Refusal) -> None:
