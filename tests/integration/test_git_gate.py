@@ -304,3 +304,16 @@ def test_an_ssh_remote_clones_and_pushes_with_the_hosts_ssh(
     _refused(result, "git:branch")
     assert ssh_host.ref("refs/heads/main") != ssh_host.ref("refs/heads/bottle/ssh")
     assert result.stdout.rstrip().endswith("0")  # the key's ssh command stays host-side
+
+
+def test_two_pushes_at_once_both_arrive(bottle_env: BottleEnv, host: GitHost) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        f"{COMMIT} --allow-empty -m one && {{ "
+        "(git push -q origin HEAD:refs/heads/bottle/one > one.log 2>&1; echo one=$? >> one.log) & "
+        "(git push -q origin HEAD:refs/heads/bottle/two > two.log 2>&1; echo two=$? >> two.log) & "
+        "wait; }; cat one.log two.log",
+    )
+    assert "one=0" in result.stdout and "two=0" in result.stdout, result.stdout + result.stderr
+    assert host.ref("refs/heads/bottle/one") == host.ref("refs/heads/bottle/two") is not None
