@@ -258,7 +258,8 @@ async def refresh_mirror(mirror: Path, remote: GateRemote, env: Mapping[str, str
 
     Raises `Refusal` (502) with git's own words when the upstream cannot be reached.
     """
-    if not (mirror / "HEAD").exists():
+    created = not (mirror / "HEAD").exists()
+    if created:
         status, err = await run_git(
             ["init", "--bare", "--quiet", str(mirror)], env, mirror.parent, 30
         )
@@ -286,7 +287,8 @@ async def refresh_mirror(mirror: Path, remote: GateRemote, env: Mapping[str, str
             f"remote {remote.name}: the upstream refused or could not be reached: {_tail(err)}",
             f"check the upstream and [git.remotes.{remote.name}] credential on the host",
         )
-    await _follow_head(mirror, remote, env)
+    if created:  # the upstream's default branch, once: a round trip less per request
+        await _follow_head(mirror, remote, env)
 
 
 async def _follow_head(mirror: Path, remote: GateRemote, env: Mapping[str, str]) -> None:
