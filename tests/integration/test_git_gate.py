@@ -317,3 +317,32 @@ def test_two_pushes_at_once_both_arrive(bottle_env: BottleEnv, host: GitHost) ->
     )
     assert "one=0" in result.stdout and "two=0" in result.stdout, result.stdout + result.stderr
     assert host.ref("refs/heads/bottle/one") == host.ref("refs/heads/bottle/two") is not None
+
+
+def test_a_secret_in_a_commit_message_or_a_path_is_refused(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        f"git checkout -q -b bottle/msg && {COMMIT} --allow-empty -m 'key {AWS_KEY_ID}' && "
+        "git push origin bottle/msg; "
+        f"git checkout -q -b bottle/path main && touch {AWS_KEY_ID}.txt && "
+        f"git add . && {COMMIT} -m path && git push origin bottle/path",
+    )
+    refusals = [line for line in result.stderr.splitlines() if "rule dlp:" in line]
+    assert len(refusals) == 2, result.stderr
+    assert "commit" in refusals[0] and "the path" in refusals[1]
+    assert AWS_KEY_ID not in "\n".join(refusals)
+    assert host.ref("refs/heads/bottle/msg") is None and host.ref("refs/heads/bottle/path") is None
+
+
+def test_a_secret_in_a_ref_name_is_refused_and_kept_out_of_the_audit_log(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    result = _sh(bottle_env, host, f"git push origin HEAD:refs/heads/bottle/{AWS_KEY_ID}")
+    _refused(result, "dlp:")
+    gate_lines = [line for line in result.stderr.splitlines() if line.startswith("remote:")]
+    assert gate_lines and AWS_KEY_ID not in "\n".join(gate_lines)  # git itself echoes its ref
+    assert AWS_KEY_ID not in (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert host.ref(f"refs/heads/bottle/{AWS_KEY_ID}") is None

@@ -55,10 +55,11 @@ class Outcome(NamedTuple):
 
 
 class DlpHit(Exception):
-    def __init__(self, rule: str, where: str) -> None:
+    def __init__(self, rule: str, where: str, name: str = "", shown: str = "") -> None:
         super().__init__(where)
         self.rule = rule
         self.where = where
+        self.name, self.shown = name, shown  # a name that held the secret, and as shown
 
 
 def _git(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -103,10 +104,20 @@ class ContentScan:
                 line = data.count(b"\n", 0, finding.start) + 1
                 raise DlpHit(finding.pattern, f"{where}, line {line}")
 
+    def check_name(self, name: str, what: str) -> None:
+        """A path or ref name: the hit is named with the secret cut out of it."""
+        data = name.encode()
+        for finding in self.scanner.scan(data, what):
+            if not finding.ignored:
+                shown = (data[: finding.start] + b"[...]" + data[finding.end :]).decode(
+                    errors="replace"
+                )
+                raise DlpHit(finding.pattern, f"{what} {shown!r}", name, shown)
+
     def scan_push(self, updates: list[RefUpdate]) -> None:
         tips = [u.new for u in updates if u.new != ZERO_SHA]
         for update in updates:
-            self.check(update.ref.encode(), "the ref name")
+            self.check_name(update.ref, "the ref")
         if not tips:
             return
         listed = _git("rev-list", "--objects", *tips, "--not", "--all")
@@ -117,7 +128,7 @@ class ContentScan:
             sha, _, path = line.partition(" ")
             paths[sha] = path
             if path:
-                self.check(path.encode(), f"the path {path!r}")
+                self.check_name(path, "the path")
         self._scan_objects(paths)
 
     def _scan_objects(self, paths: dict[str, str]) -> None:
@@ -235,6 +246,8 @@ def main() -> int:
         say(lines)
     except DlpHit as hit:
         rule = f"dlp:{hit.rule}"
+        # The audit record names the ref: never with the secret in it.
+        updates = [u._replace(ref=hit.shown) if u.ref == hit.name else u for u in updates]
         say(
             [
                 f"push refused, rule {rule}: a secret in {hit.where}",
