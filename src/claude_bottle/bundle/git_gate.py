@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 MAX_REQUEST = 1 << 30  # bytes of one request body (a push's pack)
 EXCHANGE_TIMEOUT = 900.0  # one http-backend exchange, a push's upstream leg included
 MAX_CGI_HEAD = 16 * 1024
+MAX_EXCHANGES = 8  # git processes the gate runs at once; more requests wait their turn
 READ_SIZE = 256 * 1024
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:.,_-]{1,256}")
 Recorder = Callable[..., Any]
@@ -72,6 +73,9 @@ class GitGate:
         self.record = record
         self.dlp = dlp
         self._locks = {name: asyncio.Lock() for name in self.remotes}
+        # A bottle opening connections by the thousand gets them queued, not a thousand
+        # host-side git processes.
+        self.exchanges = asyncio.Semaphore(MAX_EXCHANGES)
         self._hooks = cache / "hooks"
 
     def prepare(self) -> None:
@@ -120,7 +124,8 @@ class GitGateConnection(ClientConnection):
             host, port = upstream_host(where.remote.url)
             if self.inspector is not None:
                 self.inspector.check_head(method, host, port, target, request.headers)
-            await self._exchange(request, where)
+            async with self.gate.exchanges:
+                await self._exchange(request, where)
         except Refusal as refusal:
             self.gate.record(
                 "git",
