@@ -53,10 +53,11 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
     tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' -cf - . \
         | tar -C "$tree" -xf -
     chown -R "$test_user:" "$tree"
-    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt-get install -y -qq python3-venv
+    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq python3-venv; }
     as_user=(runuser -u "$test_user" -- env -i HOME="$user_home" PATH=/usr/local/bin:/usr/bin:/bin
         LANG=C.UTF-8)
-    "${as_user[@]}" bash -c "cd '$tree' && { [ -x venv/bin/python ] || /usr/bin/python3 -m venv venv; } \
+    "${as_user[@]}" bash -c "cd '$tree' && /usr/bin/python3 -m venv venv \
         && venv/bin/pip install --quiet --disable-pip-version-check . pytest pytest-timeout h11"
     echo "== the isolation and escape suites as $test_user (uid $(id -u "$test_user"))"
     "${as_user[@]}" bash -c "cd '$tree' && venv/bin/python -m pytest -ra -p no:cacheprovider \

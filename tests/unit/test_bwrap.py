@@ -166,8 +166,8 @@ def test_plan_json_carries_the_spec_by_field_name(
 
 
 def test_seccomp_and_lifeline_fds_are_passed_on() -> None:
-    argv = bwrap_argv(SPEC, seccomp_fd=7, lifeline_fd=8)
-    assert argv[argv.index("--seccomp") + 1] == "7"
+    argv = bwrap_argv(SPEC, seccomp_fds=(6, 7), lifeline_fd=8)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--add-seccomp-fd"] == ["6", "7"]
     relay = argv[argv.index("--") :]
     assert relay[-3:] == ["--lifeline", "8", "--hold"]
 

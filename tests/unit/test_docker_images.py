@@ -212,3 +212,28 @@ def test_building_on_a_base_checks_it_first(monkeypatch: pytest.MonkeyPatch) -> 
         images.ensure(spec, output=io.StringIO())
     assert "no python3" in caught.value.message and "Node.js" in caught.value.message
     assert caught.value.exit_code == 3 and built == []
+
+
+def test_image_build_builds_on_the_configured_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from claude_bottle.backend.docker import backend
+    from claude_bottle.cli.main import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text('[docker]\nbase_image = "team:1"\n')
+    monkeypatch.setenv("CLAUDE_BOTTLE_CONFIG", str(config))
+    (tmp_path / "ws").mkdir()
+    monkeypatch.chdir(tmp_path / "ws")
+    asked: list[str | None] = []
+
+    def fake_build(rebuild: bool = False, base_image: str | None = None) -> list[str]:
+        asked.append(base_image)
+        return ["claude-bottle-agent:0123456789abcdef"]
+
+    monkeypatch.setattr(backend, "image_build", fake_build)
+    result = CliRunner().invoke(cli, ["image", "build"])
+    assert result.exit_code == 0, result.output
+    assert asked == ["team:1"] and "claude-bottle-agent:0123456789abcdef" in result.output

@@ -272,3 +272,20 @@ def test_an_upload_is_refused_unless_enabled(fake: FakeAnthropic, audit: AuditLo
         gw.close()
     assert (reply.status, reply.headers[b"x-claude-bottle-block"]) == (403, b"gateway:files")
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status", "rule"),
+    [
+        (b"POST", b"//evil.test/v1/messages", 400, "gateway:bad-target"),
+        (b"POST", b"/v1/%2e%2e/admin", 400, "gateway:bad-target"),
+        (b"TRACE", b"/v1/messages", 405, "gateway:method"),
+        (b"POST", b"/api/oauth/profile", 404, "gateway:not-api"),
+        (b"POST", b"/v1/agents", 404, "gateway:path"),
+    ],
+)
+def test_head_admission_in_one_step(method: bytes, target: bytes, status: int, rule: str) -> None:
+    with pytest.raises(Refusal) as caught:
+        GatewayPolicy().admit(method, target)
+    assert (caught.value.status, caught.value.rule) == (status, rule)
+    assert GatewayPolicy().admit(b"POST", b"/v1/messages?beta=true")[0] == "/v1/messages?beta=true"

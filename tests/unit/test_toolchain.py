@@ -196,7 +196,7 @@ def test_unreachable_names_the_hidden_file_and_the_secret(tmp_path: Path) -> Non
     assert unreachable(str(tool), home=home, path_env="", visible=visible) is not None
     plain = _exe(home / "tools/plain")
     assert unreachable(str(plain), home=home, path_env="", visible=[]) == Unreachable(
-        str(plain), None
+        str(plain), None, is_command=True
     )
     assert unreachable(str(plain), home=home, path_env="", visible=[str(home / "tools")]) is None
 
@@ -298,3 +298,37 @@ def test_nothing_the_agent_wrote_in_the_workspace_is_followed(tmp_path: Path) ->
         str(script), home=home, path_env="", visible=[str(workspace)], workspace=workspace
     )
     assert found is None  # the agent's shebang is not followed for a hint either
+
+
+def test_a_workspace_venv_gets_its_base_interpreter_only_from_a_version_managers_store(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    uv_python = home / ".local/share/uv/python/cpython-3.12.4-linux-x86_64-gnu"
+    _exe(uv_python / "bin/python3.12", "\x7fELF")
+    workspace = home / "proj"
+    (workspace / ".venv").mkdir(parents=True)
+    (workspace / ".venv/pyvenv.cfg").write_text(f"home = {uv_python}/bin\n")
+    binds = _paths(resolve_binds([], home=home, path_env="", workspace=workspace))
+    assert binds == [uv_python]
+    # The agent rewrites pyvenv.cfg to name something else of the home: nothing is bound.
+    _exe(home / "notes/bin/python", "\x7fELF")
+    (workspace / ".venv/pyvenv.cfg").write_text(f"home = {home}/notes/bin\n")
+    assert resolve_binds([], home=home, path_env="", workspace=workspace) == ()
+    (workspace / ".venv/pyvenv.cfg").write_text(f"home = {home}/.local/share/uv/python/bin\n")
+    assert resolve_binds([], home=home, path_env="", workspace=workspace) == ()  # the store
+
+
+def test_a_fifo_planted_as_a_version_file_does_not_hang_the_plan(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    root = _pyenv(home)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    os.mkfifo(workspace / ".python-version")
+    (workspace / ".venv").mkdir()
+    os.mkfifo(workspace / ".venv/pyvenv.cfg")
+    from claude_bottle.backend.namespace import version_managers
+
+    assert version_managers.read_head(workspace / ".python-version", 10) is None
+    binds = _paths(resolve_binds([], home=home, path_env=f"{root}/shims", workspace=workspace))
+    assert root / "libexec" in binds

@@ -59,6 +59,7 @@ class BottlePlan(Printable):
     egress_allow: tuple[str, ...]
     egress_deny: tuple[str, ...]
     egress_mode: str
+    egress_ask_timeout: float  # seconds a held request waits (mode ask)
     egress_pins: tuple[tuple[str, str, int | None], ...]
     env: dict[str, str]
     relay_port: int
@@ -310,6 +311,7 @@ def common_plan_fields(
         "egress_allow": config.egress.allow,
         "egress_deny": config.egress.deny,
         "egress_mode": config.egress.mode,
+        "egress_ask_timeout": config.egress.ask_timeout,
         "egress_pins": tuple((p.host, p.address, p.port) for p in config.egress.resolve),
         "env": env,
         "relay_port": relay_port,
@@ -356,6 +358,8 @@ class Bottle(abc.ABC):
     """A running bottle: run commands in it, copy files in, close it."""
 
     name: str
+    # Killed because the user asked twice (Ctrl-C, SIGTERM): its end is no failure to report.
+    stopped_on_request: bool = False
 
     @abc.abstractmethod
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:

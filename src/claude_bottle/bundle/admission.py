@@ -9,7 +9,11 @@ it arrives (absolute-form HTTP, a CONNECT tunnel, a request inside an intercepte
 2. request head: the URL and every header are scanned (`scanning.DlpInspector`), and
    credentials are decoded where HTTP carries them (`policy.dlp_http`);
 3. body: a `scanning.BodyGuard` releases only bytes it has scanned;
-4. audit: one record per decision, built here so each caller records the same fields.
+4. response: only end-to-end headers go back (`connection.forwarded_headers`);
+5. audit: one record per decision, built here so each caller records the same fields.
+
+The API gateway runs the same stages with its own policy (`api_policy.GatewayPolicy`:
+head admission, `BodyCheck`, `downstream_headers`) and the same `Refusal`.
 
 A stage says no by raising `Refusal`; the connection turns it into the answer. Nothing
 here touches a socket: the gate's resolver is injected, and the recorder is a callable.

@@ -256,6 +256,14 @@ class GatewayPolicy:
                 betas |= extra
         self.betas = frozenset(betas)
 
+    def admit(self, method: bytes, raw_target: bytes) -> tuple[str, Route]:
+        """Request-head admission: a clean API target, a method the API uses, and a route
+        Claude Code uses with its feature on; the target to forward and its route."""
+        target = api_target(raw_target)
+        if method not in ALLOWED_METHODS:
+            raise Refusal(405, "gateway:method", "method not used by the API")
+        return target, self.route(method, target)
+
     def route_of(self, method: bytes, target: str) -> Route | None:
         """The listed route a request matches, whether or not its feature is on."""
         path = target.split("?", 1)[0]

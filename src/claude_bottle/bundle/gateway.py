@@ -35,11 +35,9 @@ from urllib.parse import urlsplit
 from claude_bottle.bundle import http1
 from claude_bottle.bundle.admission import record_refusal
 from claude_bottle.bundle.api_policy import (
-    ALLOWED_METHODS,
     BodyCheck,
     GatewayPolicy,
     Route,
-    api_target,
     downstream_headers,
     error_body,
     upstream_headers,
@@ -315,9 +313,7 @@ class AnthropicGateway(ClientConnection):
             )
             return ended
         try:
-            target = api_target(request.target)
-            if request.method not in ALLOWED_METHODS:
-                raise Refusal(405, "gateway:method", "method not used by the API")
+            target, route = self.policy.admit(request.method, request.target)
             if self.budget is not None and self.budget.exhausted():
                 raise Refusal(
                     429,
@@ -326,7 +322,6 @@ class AnthropicGateway(ClientConnection):
                     f"{self.budget.limit} ([gateway] max_tokens_total); raise it or start "
                     "a new bottle",
                 )
-            route = self.policy.route(request.method, target)
         except Refusal as exc:
             return await self._refuse(request, exc)
         return await self._forward(request, target, route)

@@ -230,12 +230,14 @@ class BodyWatch:
         self.scan: StreamScan = inspector.scanner.stream("body")
         self.overlap = inspector.scanner.overlap
         self.reported = False
-        self.later = Tally()
+        self.later: Tally | None = None  # made only when a second chunk has findings
 
     def _check(self, findings: list[Finding]) -> None:
         if not findings:
             return
         if self.reported:
+            if self.later is None:
+                self.later = Tally()
             self.later.add(findings)
         else:
             self.reported = self.inspector._hit(findings, *self.where, block=self.block)
@@ -245,7 +247,7 @@ class BodyWatch:
 
     def finish(self) -> None:
         self._check(self.scan.finish())
-        if self.later.count:
+        if self.later is not None:
             self.inspector._record(self.later, "log", self.where)
 
 

@@ -21,9 +21,12 @@ from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditError
 from claude_bottle.bundle.control import MAX_LINE, Stats
+from claude_bottle.bundle.events import EventStream
 from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.held import HeldRequests
 from claude_bottle.bundle.pool import UpstreamPool
 from claude_bottle.bundle.server import PROXY_BACKLOG
+from claude_bottle.bundle.supervision import Supervision
 
 T = TypeVar("T")
 
@@ -52,9 +55,7 @@ class Bundle:
             settings.deny,
             mode=settings.mode,
             pins=settings.pins,
-            ask_timeout=settings.ask_timeout,
         )
-        self.gate.on_pending = self._on_pending
         self.interception = opened.interception
         # Compiling the DLP engine takes a while: it happens in a thread once the bundle
         # serves, and every proxy connection waits for it, so nothing leaves unscanned.
@@ -64,6 +65,11 @@ class Bundle:
         self.stats = Stats()
         self.pool = UpstreamPool()  # idle upstream connections, shared by all clients
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
+        self.events = EventStream(settings.bottle)
+        self.gate.held = HeldRequests(
+            settings.bottle, self.record, timeout=settings.ask_timeout, shared_slots=self._slots
+        )
+        self.supervision = Supervision(self.gate, self.gate.held, self.events)
         self._clients: set[asyncio.Task[None]] = set()  # ended when the bundle stops
         self._ending = False
         # Built on the first gateway connection: the gateway is not needed to
@@ -110,16 +116,8 @@ class Bundle:
         except AuditError:
             self._stopping.set()  # fail closed: nothing leaves this bottle unaudited
             raise
-
-    def _on_pending(self, host: str, port: int) -> None:
-        self.record(
-            "egress",
-            "pending",
-            rule="ask",
-            host=host[:253],
-            port=port,
-            detail={"hint": f"claude-bottle allow {self.settings.bottle} {host[:253]}"},
-        )
+        self.stats.bytes_up += fields.get("bytes_up", 0)
+        self.events.publish(kind, decision, fields)
 
     def _client(self, handler: ClientHandler) -> ClientHandler:
         """`handler` as a server callback whose connection ends when the bundle stops,
@@ -214,7 +212,11 @@ class Bundle:
     ) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            answer = await self._control(json.loads(line[:MAX_LINE]))
+            request = json.loads(line[:MAX_LINE])
+            if isinstance(request, dict) and request.get("op") == "subscribe":
+                await self.supervision.subscribe(reader, writer)
+                return
+            answer = await self._control(request)
         except (ValueError, TimeoutError, ConnectionError) as exc:
             answer = {"ok": False, "error": f"bad request: {exc}"}
         with contextlib.suppress(ConnectionError):
@@ -238,17 +240,15 @@ class Bundle:
                 "ok": True,
                 **self.stats.__dict__,
                 **tokens,
+                "max_tokens_total": self.settings.max_tokens_total,
+                "held": self.supervision.held.held,
+                "subscribers_dropped": self.events.dropped,
+                "mode": self.gate.mode,
                 "allow": list(self.gate.allowlist.patterns),
             }
-        if op == "allow":
-            try:
-                pattern = await self.gate.allow(str(request.get("host", "")))
-            except ValueError as exc:
-                return {"ok": False, "error": str(exc)}
-            self.record(
-                "policy", "info", rule=f"allow:{pattern}", detail={"by": "claude-bottle allow"}
-            )
-            return {"ok": True, "pattern": pattern}
+        supervised = self.supervision.control(op, request)
+        if supervised is not None:
+            return supervised
         if op == "event":
             detail = request.get("detail")
             self.record(
@@ -300,6 +300,7 @@ class Bundle:
         for server in (gateway, git):
             if server is not None:
                 server.close()
+        await self.supervision.stop()
         await self._end_clients()
         self.pool.close()
         self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})

@@ -38,7 +38,7 @@ class BundleSettings(NamedTuple):
     deny: tuple[str, ...] = ()
     mode: str = "enforce"
     pins: tuple[Pin, ...] = ()
-    ask_timeout: float = 60.0
+    ask_timeout: float = 300.0  # `[egress] ask_timeout`
     intercept: bool = False
     intercept_exclude: tuple[str, ...] = ()
     ca_cert: str | None = None  # where the bundle publishes its CA certificate

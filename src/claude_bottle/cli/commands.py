@@ -203,6 +203,10 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
     finally:
         done.set()
         watcher.join()
+    if bottle.stopped_on_request:  # the watcher may have seen it die: that was asked for
+        if owns_bottle:
+            state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+        return status
     # A short command can end before the watcher looks again; it still ran without its way
     # out (or its bottle), so that is reported, not hidden behind the command's own status.
     died_meanwhile = None if failure else bottle.alive()
@@ -439,20 +443,6 @@ def logs(name: str, follow: bool, as_json: bool) -> None:
             click.echo(json.dumps(event, ensure_ascii=True) if as_json else format_record(event))
     except BrokenPipeError:
         pass
-
-
-def allow(name: str, host: str) -> None:
-    from claude_bottle.bundle import control
-
-    record = _record(name)
-    if not state.is_live(record):
-        raise BottleError(
-            f"bottle {name} is not running", "start it, or add the host to your config"
-        )
-    answer = control.call(Path(record["control_socket"]), "allow", host=host)
-    if not answer.get("ok"):
-        raise ConfigError(f"cannot allow {host!r}: {answer.get('error')}")
-    _say(f"bottle {name} may now reach {answer['pattern']}")
 
 
 def audit_verify(file: str) -> int:

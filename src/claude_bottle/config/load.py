@@ -122,6 +122,7 @@ SCHEMA: Final = _Table(
                 "allow": _STRS,
                 "deny": _STRS,
                 "mode": _STR,
+                "ask_timeout": _NUMBER,
                 "resolve": _MapOf(_STR),
                 "intercept": _BOOL,
                 "intercept_exclude": _STRS,
@@ -355,6 +356,11 @@ def _default_user_config() -> tuple[Path, bool]:
     return platformdirs.user_config_path("claude-bottle") / "config.toml", False
 
 
+def user_config_path() -> Path:
+    """Where the user config is (`$CLAUDE_BOTTLE_CONFIG`, else the platform's default)."""
+    return _default_user_config()[0]
+
+
 def _inside(path: Path, directory: Path) -> bool:
     try:
         return path.resolve().is_relative_to(directory.resolve())
@@ -387,6 +393,7 @@ class _Merged:
     allow: dict[str, None] = field(default_factory=lambda: _ordered(DEFAULT_ALLOW))
     deny: dict[str, None] = field(default_factory=dict)
     mode: str = "enforce"
+    ask_timeout: float = 300.0
     resolve: dict[str, ResolvePin] = field(default_factory=dict)
     intercept: bool = True
     intercept_exclude: dict[str, None] = field(default_factory=dict)
@@ -464,6 +471,16 @@ class _Merged:
                     "enforce blocks, audit only logs, ask holds each new host for approval",
                 )
             self.mode = mode
+        if "ask_timeout" in egress:
+            timeout = egress["ask_timeout"]
+            assert isinstance(timeout, int | float)  # the schema checked it
+            if not 1 <= timeout <= 86400:
+                raise src.error(
+                    "egress.ask_timeout",
+                    f"expected seconds from 1 to 86400, got {timeout:g}",
+                    "set it to how long a held request may wait for `claude-bottle allow`",
+                )
+            self.ask_timeout = float(timeout)
         if "intercept" in egress:
             self.intercept = _bool(egress["intercept"])
         for index, pattern in enumerate(_strs(egress.get("intercept_exclude"))):
@@ -663,6 +680,7 @@ class _Merged:
                 allow=tuple(self.allow),
                 deny=tuple(self.deny),
                 mode=self.mode,
+                ask_timeout=self.ask_timeout,
                 resolve=tuple(self.resolve.values()),
                 intercept=self.intercept,
                 intercept_exclude=tuple(self.intercept_exclude),

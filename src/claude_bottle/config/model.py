@@ -34,6 +34,7 @@ class EgressConfig(NamedTuple):
     allow: tuple[str, ...] = DEFAULT_ALLOW
     deny: tuple[str, ...] = ()
     mode: str = "enforce"  # enforce | audit | ask
+    ask_timeout: float = 300.0  # seconds a request held in ask mode waits for a decision
     resolve: tuple[ResolvePin, ...] = ()
     intercept: bool = True  # TLS interception of allowed hosts, so DLP sees HTTPS too
     intercept_exclude: tuple[str, ...] = ()  # host patterns tunnelled without interception

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import platform
 import stat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # clone()'s flags are its first argument on every architecture listed below (s390 would
 # need index 1); CLONE_NEWTIME (0x80) is not a clone() flag (it overlaps the exit signal).
@@ -131,6 +131,15 @@ RULES: tuple[Rule, ...] = (
         )
         for bit in SET_ID_BITS
     ),
+    # File capabilities: with nested_sandbox a namespace root could write security.capability
+    # on a workspace file, and through the idmapped workspace of a bottle started by root its
+    # root would be host root. A filter cannot read the name, so extended attributes are
+    # refused as a filesystem without them would (cp -a and tar carry on).
+    Rule(
+        ("setxattr", "lsetxattr", "fsetxattr", "setxattrat"),
+        errno.EOPNOTSUPP,
+        "file capabilities (security.capability)",
+    ),
     # openat2 passes its mode in memory: refuse it, libc's open() uses openat.
     Rule(("openat2",), ENOSYS, "a mode a filter cannot inspect"),
     # --- process 1 (the relay): never traced, whatever the dumpable flag says ---
@@ -144,7 +153,11 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-class UnsupportedArchitecture(Exception):
+class SeccompUnavailable(Exception):
+    """The filter cannot be built here; the message names what is missing and the fix."""
+
+
+class UnsupportedArchitecture(SeccompUnavailable):
     pass
 
 
@@ -155,7 +168,8 @@ def architecture(machine: str | None = None) -> Architecture:
             return arch
     raise UnsupportedArchitecture(
         f"no system-call filter is defined for {machine} "
-        f"(defined: {', '.join(a.machine for a in ARCHITECTURES)})"
+        f"(defined: {', '.join(a.machine for a in ARCHITECTURES)}); "
+        "fix: use a host of a listed architecture"
     )
 
 
@@ -168,23 +182,51 @@ def denied_syscalls(nested_sandbox: bool) -> tuple[str, ...]:
     return tuple(sorted({name for r in active_rules(nested_sandbox) for name in r.syscalls}))
 
 
-def compile_bpf(nested_sandbox: bool, machine: str | None = None) -> bytes:
-    """The filter as the classic BPF program bubblewrap loads (`--seccomp FD`)."""
-    import tempfile
+# System calls newer than some libseccomp that builds the filter (Debian 12 ships 2.5.4),
+# by their number in the kernel's unified table, which x86_64 and aarch64 share.
+UNIFIED_NUMBERS = {"setxattrat": 463}
+UNKNOWN_TO_LIBSECCOMP = -1  # __NR_SCMP_ERROR
 
-    import pyseccomp
 
+def compile_bpf(nested_sandbox: bool, machine: str | None = None) -> tuple[bytes, bytes]:
+    """The filter as two classic BPF programs, both to be loaded (bwrap `--add-seccomp-fd`).
+
+    The first names every call libseccomp knows, for each architecture of the machine. The
+    second refuses by number the calls this libseccomp does not know (`UNIFIED_NUMBERS`,
+    for the native architecture; it lets other architectures' calls through to the first):
+    a deny list that silently skipped them would let them in. Often it refuses nothing.
+    """
     arch = architecture(machine)
-    filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError, OSError):  # RuntimeError: no libseccomp.so found
+        raise SeccompUnavailable(
+            "libseccomp, which builds the bottle's system-call filter, is not installed; "
+            "fix: sudo apt-get install libseccomp2"
+        ) from None
     native = getattr(pyseccomp.Arch, arch.libseccomp[0])
-    # A filter made on this machine starts with its native architecture; one built for
-    # another (tests) swaps it. Secondary ones (32-bit x86, x32, arm) are added so that
-    # their system calls are filtered too instead of all being killed.
-    if native != pyseccomp.system_arch():
-        filt.add_arch(native)
-        filt.remove_arch(pyseccomp.Arch.NATIVE)
-    for name in arch.libseccomp[1:]:
-        filt.add_arch(getattr(pyseccomp.Arch, name))
+    cross = native != pyseccomp.system_arch()  # built for another machine (tests)
+    every_arch = [getattr(pyseccomp.Arch, name) for name in arch.libseccomp]
+
+    def known(name: str) -> bool:
+        # -1 is "no such name"; a name an architecture lacks (umount on x86_64) resolves to
+        # a negative pseudo-number libseccomp leaves out of that architecture's part.
+        return bool(pyseccomp.resolve_syscall(native, name) != UNKNOWN_TO_LIBSECCOMP)
+
+    def new_filter() -> Any:
+        filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+        # A filter starts with this machine's architecture; one built for another swaps it.
+        if cross:
+            filt.add_arch(native)
+            filt.remove_arch(pyseccomp.Arch.NATIVE)
+        return filt
+
+    named = new_filter()
+    # Secondary architectures (32-bit x86, x32, arm): their calls filtered, not all killed.
+    for extra in every_arch[1:]:
+        named.add_arch(extra)
+    numbered = new_filter()
+    numbered.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.ALLOW)
     for rule in active_rules(nested_sandbox):
         args = (
             ()
@@ -196,7 +238,23 @@ def compile_bpf(nested_sandbox: bool, machine: str | None = None) -> bytes:
             )
         )
         for name in rule.syscalls:
-            filt.add_rule(pyseccomp.ERRNO(rule.error), name, *args)
+            if known(name):
+                named.add_rule(pyseccomp.ERRNO(rule.error), name, *args)
+            elif name in UNIFIED_NUMBERS and cross:
+                continue  # libseccomp takes raw numbers for the native architecture only
+            elif name in UNIFIED_NUMBERS:
+                numbered.add_rule(pyseccomp.ERRNO(rule.error), UNIFIED_NUMBERS[name], *args)
+            else:
+                raise SeccompUnavailable(
+                    f"this libseccomp does not know the system call {name} and no number is "
+                    "listed for it; fix: update libseccomp2"
+                )
+    return _export(named), _export(numbered)
+
+
+def _export(filt: Any) -> bytes:
+    import tempfile
+
     with tempfile.TemporaryFile() as out:
         filt.export_bpf(out)
         out.seek(0)

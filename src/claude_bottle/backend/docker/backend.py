@@ -453,7 +453,10 @@ def _stale_images() -> list[tuple[str, str]]:
     return stale
 
 
-def image_build(rebuild: bool = False) -> list[str]:
-    """`claude-bottle image build`: build (or refresh) the agent and bundle images; their tags."""
+def image_build(rebuild: bool = False, base_image: str | None = None) -> list[str]:
+    """`claude-bottle image build`: build (or refresh) the agent and bundle images; their tags.
+
+    With `base_image` (`[docker] base_image`) the agent image is built on it."""
     DockerBackend().require()
-    return images.build_images(rebuild=rebuild)
+    base = images.base_image(base_image) if base_image else None
+    return images.build_images(rebuild=rebuild, base=base)

@@ -337,7 +337,8 @@ def run_once(
     image: str, command: Sequence[str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run `command` in a throwaway container of `image`: no network, never pulled."""
-    options = ["--rm", "--network", "none", "--pull", "never", "--entrypoint", command[0]]
+    options = ["--rm", "--network", "none", "--pull", "never", "--cap-drop", "ALL"]
+    options += ["--security-opt", "no-new-privileges", "--entrypoint", command[0]]
     return _run(["run", *options, image, *command[1:]], check=False, timeout=timeout)
 
 

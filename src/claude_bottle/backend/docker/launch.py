@@ -314,6 +314,7 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         allow=plan.egress_allow,
         deny=plan.egress_deny,
         mode=plan.egress_mode,
+        ask_timeout=plan.egress_ask_timeout,
         pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
         intercept=plan.egress_intercept,
         intercept_exclude=plan.intercept_exclude,
@@ -357,12 +358,12 @@ def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> d
 
 def _write_seccomp_profile(path: Path, nested_sandbox: bool) -> None:
     """The agent container's seccomp profile: the same rules bubblewrap loads."""
-    from claude_bottle.policy.seccomp import UnsupportedArchitecture, docker_profile
+    from claude_bottle.policy.seccomp import SeccompUnavailable, docker_profile
 
     try:
         profile = docker_profile(nested_sandbox)
-    except UnsupportedArchitecture as exc:
-        raise MissingDependency(str(exc), "use a host of a listed architecture") from None
+    except SeccompUnavailable as exc:
+        raise MissingDependency(str(exc)) from None
     path.write_text(json.dumps(profile))
 
 

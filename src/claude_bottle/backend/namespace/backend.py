@@ -28,6 +28,7 @@ from claude_bottle.backend.namespace import cleanup
 from claude_bottle.backend.namespace.bottle import NamespaceBottle
 from claude_bottle.backend.namespace.bottle_plan import NamespaceBottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec, bwrap_argv, unprivileged_argv
+from claude_bottle.backend.namespace.filters import seccomp_program_fds
 from claude_bottle.backend.namespace.limits import (
     confine,
     doctor_lines,
@@ -268,6 +269,7 @@ class NamespaceBackend(BottleBackend):
             allow=plan.egress_allow,
             deny=plan.egress_deny,
             mode=plan.egress_mode,
+            ask_timeout=plan.egress_ask_timeout,
             pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
             intercept=plan.egress_intercept,
             intercept_exclude=plan.intercept_exclude,
@@ -305,14 +307,14 @@ class NamespaceBackend(BottleBackend):
             _join(bundle_group, pending.process.pid)
 
         info_r, info_w = os.pipe()
-        seccomp_fd = _seccomp_program(plan.nested_sandbox)
-        passed = [info_w, seccomp_fd]
+        seccomp_fds = seccomp_program_fds(plan.nested_sandbox)
+        passed = [info_w, *seccomp_fds]
         lifeline = None
         if not detach:  # the bottle lives while this process holds the pipe's write end
             lifeline, lifeline_w = os.pipe()
             stack.callback(os.close, lifeline_w)
             passed.append(lifeline)
-        argv = bwrap_argv(plan.bwrap, seccomp_fd=seccomp_fd, lifeline_fd=lifeline)
+        argv = bwrap_argv(plan.bwrap, seccomp_fds=seccomp_fds, lifeline_fd=lifeline)
         argv.insert(1, "--info-fd")
         argv.insert(2, str(info_w))
         argv = unprivileged_argv(plan.bwrap, _python()[0], str(UNPRIVILEGED_EXEC), argv)
@@ -434,7 +436,12 @@ def _with_guard(spec: BwrapSpec, mounts: tuple[GitMount, ...]) -> BwrapSpec:
 
 def _hidden_from_bottle(program: str, missing: Unreachable) -> MissingDependency:
     """Say which host file keeps `program` from running inside, and how to show it."""
-    message = f"{program} needs {missing.path}, which the bottle does not show"
+    if not missing.is_command:
+        message = f"{program} needs {missing.path}, which the bottle does not show"
+    elif program == missing.path:
+        message = f"{program} is not shown in the bottle"
+    else:
+        message = f"{program} ({missing.path}) is not shown in the bottle"
     if missing.secret is not None:
         return MissingDependency(
             f"{message} (it is inside {missing.secret}, which is never shown in a bottle)",
@@ -502,23 +509,19 @@ USERNS_PROBE = (
 )
 
 
+INIT_USER_NS_MAP = ["0", "0", "4294967295"]  # /proc/self/uid_map in the host's user namespace
+
+
 def _unprivileged_host_id() -> int | None:
-    """The host uid a bottle runs as when root starts it; None: the caller's own uid."""
-    return UNPRIVILEGED_HOST_ID if os.geteuid() == 0 else None
-
-
-def _seccomp_program(nested_sandbox: bool) -> int:
-    """A readable fd holding the compiled seccomp filter, for bwrap's `--seccomp FD`."""
-    from claude_bottle.policy.seccomp import UnsupportedArchitecture, compile_bpf
-
+    """The host uid a bottle runs as when host root starts it; None: the caller's own uid
+    (bubblewrap maps it; root of a user namespace of its own is not host root)."""
+    if os.geteuid() != 0:
+        return None
     try:
-        program = compile_bpf(nested_sandbox)
-    except UnsupportedArchitecture as exc:
-        raise MissingDependency(str(exc), "use --backend docker") from None
-    fd = os.memfd_create("claude-bottle-seccomp", 0)  # not close-on-exec: bwrap reads it
-    os.write(fd, program)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+        uid_map = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        return UNPRIVILEGED_HOST_ID  # cannot tell: assume the worst
+    return UNPRIVILEGED_HOST_ID if uid_map == INIT_USER_NS_MAP else None
 
 
 def _installation_problems() -> list[str]:

@@ -64,25 +64,31 @@ class NamespaceBottle(Bottle):
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
         # Forwarding starts before the command does: a signal that arrives while it is being
         # started (the command may already run and print) waits for it, not kills the CLI.
-        deferred = _DeferredSignals(on_second_stop=self.kill)
+        deferred = _DeferredSignals(on_second_stop=self._stop_on_request)
         with _forward_signals(deferred, tty=tty):
             try:
-                if tty:
-
-                    def start(slave: int) -> ExecSession:
-                        return deferred.started(self._session(argv, (slave, slave, slave), True))
-
-                    return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
-
-                # Never the user's own fds: stdout or stderr may be their terminal.
-                def start_piped(fds: tuple[int, int, int]) -> ExecSession:
-                    return deferred.started(self._session(argv, fds, False))
-
-                return run_with_pipes(start_piped, lambda s: s.fileno(), lambda s: s.wait())
+                status = self._attach(argv, tty, deferred)
             except BottleError:
                 if deferred.stopped_by is None:
                     raise
-                return 128 + deferred.stopped_by  # killed on the user's second request
+                status = 0
+        if deferred.stopped_by is not None:  # killed on the user's second request
+            return 128 + deferred.stopped_by
+        return status
+
+    def _attach(self, argv: Sequence[str], tty: bool, deferred: _DeferredSignals) -> int:
+        if tty:
+
+            def start(slave: int) -> ExecSession:
+                return deferred.started(self._session(argv, (slave, slave, slave), True))
+
+            return run_in_pty(start, lambda s: s.fileno(), lambda s: s.wait())
+
+        # Never the user's own fds: stdout or stderr may be their terminal.
+        def start_piped(fds: tuple[int, int, int]) -> ExecSession:
+            return deferred.started(self._session(argv, fds, False))
+
+        return run_with_pipes(start_piped, lambda s: s.fileno(), lambda s: s.wait())
 
     def exec(self, script: str, timeout: float | None = None) -> ExecResult:
         return self.exec_argv(["/bin/sh", "-c", script], timeout=timeout)
@@ -155,6 +161,10 @@ class NamespaceBottle(Bottle):
             os.close(out)
         session.close()
         self.detached = True
+
+    def _stop_on_request(self) -> None:
+        self.stopped_on_request = True
+        self.kill()
 
     def kill(self) -> None:
         ref = self.processes.get("bottle")

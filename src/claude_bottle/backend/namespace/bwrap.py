@@ -41,10 +41,10 @@ class BwrapSpec(NamedTuple):  # not a dataclass: see bundle/settings.py
 def bwrap_argv(
     spec: BwrapSpec,
     bwrap: str = "bwrap",
-    seccomp_fd: int | None = None,
+    seccomp_fds: Sequence[int] = (),
     lifeline_fd: int | None = None,
 ) -> list[str]:
-    """bubblewrap's argv. Passed on: `seccomp_fd`, a readable fd with the compiled filter;
+    """bubblewrap's argv. Passed on: `seccomp_fds`, readable fds with the compiled filter;
     `lifeline_fd`, a pipe's read end whose end of file stops the bottle (relay.py)."""
     # Started by root, the user namespace is made beforehand (it must not map host uid 0)
     # and given to bwrap by unprivileged_exec.py, which inserts `--userns FD`.
@@ -83,8 +83,8 @@ def bwrap_argv(
     ]
     if spec.die_with_parent:
         argv.insert(1, "--die-with-parent")
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
+    for fd in seccomp_fds:
+        argv += ["--add-seccomp-fd", str(fd)]
     for path in spec.masked:
         argv += ["--tmpfs", path]
     for path in spec.hidden_sockets:
@@ -130,10 +130,12 @@ def bwrap_argv(
 _BIND_OPTIONS = ("--bind", "--ro-bind", "--dev-bind", "--bind-try", "--ro-bind-try")
 _OPTION_ARITY = {
     **dict.fromkeys(_BIND_OPTIONS, 2),
-    **dict.fromkeys(("--setenv", "--symlink"), 2),
+    **dict.fromkeys(("--setenv", "--symlink", "--chmod", "--file", "--bind-data"), 2),
+    "--ro-bind-data": 2,
     **dict.fromkeys(("--info-fd", "--uid", "--gid", "--cap-drop", "--cap-add", "--hostname"), 1),
     **dict.fromkeys(("--dev", "--proc", "--tmpfs", "--dir", "--remount-ro", "--perms"), 1),
-    **dict.fromkeys(("--seccomp", "--chdir", "--unsetenv", "--size"), 1),
+    **dict.fromkeys(("--seccomp", "--add-seccomp-fd", "--chdir", "--unsetenv"), 1),
+    **dict.fromkeys(("--size", "--mqueue"), 1),
     **dict.fromkeys(("--die-with-parent", "--as-pid-1", "--new-session", "--clearenv"), 0),
     **dict.fromkeys((f"--unshare-{ns}" for ns in ("pid", "ipc", "uts", "cgroup", "net")), 0),
 }

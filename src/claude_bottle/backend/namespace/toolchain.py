@@ -13,6 +13,7 @@ cache and the npm cache are made in the bottle's own home).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -58,6 +59,7 @@ _MIN_PREFIX_DEPTH = 2
 _MAX_PATH_ENTRIES = 256
 _MAX_DIR_ENTRIES = 4096  # symlinks looked at per PATH directory
 _PYVENV_CFG_LIMIT = 4096
+_MAX_WORKSPACE_VENVS = 8
 
 
 # Container engines keep sockets (their own and other bottles') in their state dirs.
@@ -102,17 +104,44 @@ def host_sockets(
     return tuple(sorted(found))
 
 
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer if outer.endswith("/") else f"{outer}/")
+
+
 def _is_within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+    # On strings: pathlib's `parents` costs ~50x more, and this runs thousands of times a start.
+    return _within(str(path), str(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _secrets(home: str) -> tuple[frozenset[str], dict[str, str]]:
+    """The secret paths, and each of them and their ancestors -> a secret they hold."""
+    secrets = [os.path.join(home, relative) for relative in SECRET_PATHS]
+    holders: dict[str, str] = {}
+    for secret in secrets:
+        directory = secret
+        while directory not in holders:
+            holders[directory] = secret
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+    return frozenset(secrets), holders
 
 
 def exposes_secret(path: Path, home: Path) -> str | None:
-    """The secret path that binding `path` would reveal, if any."""
-    for relative in SECRET_PATHS:
-        secret = home / relative
-        if _is_within(secret, path) or _is_within(path, secret):
-            return str(secret)
-    return None
+    """The secret path that binding `path` would reveal (it holds one, or is inside one)."""
+    secrets, holders = _secrets(str(home))
+    shown = os.path.normpath(str(path))
+    if shown in holders:
+        return holders[shown]
+    while True:
+        if shown in secrets:
+            return shown
+        parent = os.path.dirname(shown)
+        if parent == shown:
+            return None
+        shown = parent
 
 
 def grant_read_only(raw_paths: Iterable[str], home: Path) -> list[str]:
@@ -160,11 +189,7 @@ def _interpreter(executable: Path) -> str | None:
 
 def _pyvenv_home(prefix: Path) -> Path | None:
     """The `home` (the base interpreter's bin dir) a virtualenv's pyvenv.cfg names."""
-    try:
-        with (prefix / "pyvenv.cfg").open("rb") as handle:
-            text = handle.read(_PYVENV_CFG_LIMIT).decode(errors="replace")
-    except OSError:
-        return None
+    text = version_managers.read_head(prefix / "pyvenv.cfg", _PYVENV_CFG_LIMIT) or ""
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() == "home" and Path(value.strip()).is_absolute():
@@ -184,10 +209,16 @@ class _Binds:
         self.workspace = workspace
         self.roots = masked_roots(home)
         self.found: dict[Path, str] = {}
+        self.resolved: dict[Path, Path] = {}
+
+    def real(self, path: Path) -> Path:
+        if path not in self.resolved:
+            self.resolved[path] = path.resolve()
+        return self.resolved[path]
 
     def agent_writable(self, path: Path) -> bool:
         return self.workspace is not None and (
-            _is_within(path, self.workspace) or _is_within(path.resolve(), self.workspace)
+            _is_within(path, self.workspace) or _is_within(self.real(path), self.workspace)
         )
 
     def root_of(self, path: Path) -> Path | None:
@@ -204,7 +235,7 @@ class _Binds:
         if self.root_of(path) is None or self.agent_writable(path):
             return False
         # bwrap binds what a symlink points to: judge both names.
-        if exposes_secret(path, self.home) or exposes_secret(path.resolve(), self.home):
+        if exposes_secret(path, self.home) or exposes_secret(self.real(path), self.home):
             return False
         self.found.setdefault(path, reason)
         return True
@@ -223,7 +254,7 @@ class _Binds:
     def file(self, path: Path, reason: str) -> None:
         """An executable, and its symlink target: each with its prefix when that is specific."""
         chain = [path]
-        real = path.resolve()
+        real = self.real(path)
         if real != path:
             chain.append(real)
         for item in chain:
@@ -237,14 +268,14 @@ class _Binds:
         """A PATH entry: the directory (or its prefix), its real location, and what its
         symlinks point to under the masked roots."""
         reason = f"PATH {entry}"
-        real = entry.resolve()
+        real = self.real(entry)
         for directory in {entry, real}:
             if self.root_of(directory) is not None:
                 self.prefix_or_self(directory, reason)
         try:
             with os.scandir(real) as scan:
-                entries = itertools.islice(scan, _MAX_DIR_ENTRIES)
-                links = [entry.path for entry in entries if entry.is_symlink()]
+                items = itertools.islice(scan, _MAX_DIR_ENTRIES)
+                links = [item.path for item in items if item.is_symlink()]
         except OSError:
             return
         for link in links:
@@ -271,15 +302,33 @@ class _Binds:
             self.prefix_or_self(base, f"base interpreter of {prefix}")
             pending += [p for p in self.found if p not in before]
 
+    def workspace_venv_bases(self, entries: Sequence[Path], stores: Sequence[Path]) -> None:
+        """The base interpreter of a venv in the workspace (activated on PATH, or `.venv`,
+        uv's default), so `.venv/bin/python` runs inside. The agent writes its pyvenv.cfg:
+        only a whole interpreter in a version manager's store is ever bound for it."""
+        if self.workspace is None:
+            return
+        venvs = [e.parent for e in entries if e.name == "bin" and self.agent_writable(e)]
+        for venv in [*venvs, self.workspace / ".venv"][:_MAX_WORKSPACE_VENVS]:
+            base = _pyvenv_home(venv)
+            if base is None or base.name != "bin":
+                continue
+            prefix = self.real(base.parent)
+            if any(prefix.parent == self.real(store) for store in stores):
+                self.add(prefix, f"base interpreter of {venv}")
+
     def result(self) -> tuple[Bind, ...]:
         unique = sorted(self.found, key=lambda p: (len(p.parts), str(p)))
-        kept = [p for p in unique if not any(q in p.parents for q in unique if q != p)]
+        kept: list[Path] = []
+        for path in unique:  # parents first: a path inside a kept one is already shown
+            if not any(_is_within(path, parent) for parent in kept):
+                kept.append(path)
         return tuple(Bind(str(p), self.found[p]) for p in kept)
 
 
 def _path_entries(path_env: str) -> list[Path]:
-    entries = [Path(e) for e in path_env.split(os.pathsep) if e and os.path.isabs(e)]
-    return entries[:_MAX_PATH_ENTRIES]
+    entries = dict.fromkeys(e for e in path_env.split(os.pathsep) if e and os.path.isabs(e))
+    return [Path(e) for e in itertools.islice(entries, _MAX_PATH_ENTRIES)]
 
 
 def resolve_binds(
@@ -304,6 +353,7 @@ def resolve_binds(
             binds.add(path, reason)
     for path, reason in version_managers.rustup_paths(environ, home, entries):
         binds.add(path, reason)
+    binds.workspace_venv_bases(entries, version_managers.interpreter_stores(home, environ))
     pending = list(executables)
     seen: set[str] = set()
     while pending:
@@ -332,6 +382,7 @@ class Unreachable(NamedTuple):
 
     path: str
     secret: str | None  # the credential path that keeps it hidden, if that is why
+    is_command: bool = False  # the command's own file (else what it runs: interpreter, …)
 
 
 def unreachable(
@@ -371,7 +422,8 @@ def unreachable(
             needed.append(version_managers.pyenv_libexec(path, environ, entries))
         for item in needed:
             if hidden(item):
-                return Unreachable(str(item), exposes_secret(item, home))
+                is_command = name == program and item == needed[0]
+                return Unreachable(str(item), exposes_secret(item, home), is_command)
         if workspace is not None and any(_is_within(item, workspace) for item in needed):
             continue
         interpreter = _interpreter(path.resolve())

@@ -12,10 +12,15 @@ downloads).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 # The parts of $PYENV_ROOT that `pyenv exec` reads (besides the selected versions).
+# Where version managers keep whole interpreters, one per directory (relative to the home):
+# a venv in the workspace may name one of these as its base, and only one of these.
+INTERPRETER_STORES = (".pyenv/versions", ".local/share/uv/python")
 PYENV_PARTS = ("bin", "libexec", "shims", "plugins", "pyenv.d", "version")
 RUSTUP_PARTS = ("settings.toml", "toolchains")
 _VERSION_FILE_LIMIT = 4096  # a .python-version is a few names; read no more than this
@@ -34,13 +39,26 @@ def pyenv_root(environ: Mapping[str, str], path_entries: Sequence[Path]) -> Path
     return None
 
 
+def read_head(path: Path, limit: int) -> str | None:
+    """The first `limit` bytes of a regular file; None for anything else. The file may be
+    in the workspace, where the agent can make it a FIFO (an open would block) or huge."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_names(path: Path) -> list[str]:
     """Version names in a pyenv version file: whitespace-separated, `#` comments skipped."""
-    try:
-        with path.open("rb") as handle:
-            text = handle.read(_VERSION_FILE_LIMIT).decode(errors="replace")
-    except OSError:
-        return []
+    text = read_head(path, _VERSION_FILE_LIMIT) or ""
     names = []
     for line in text.splitlines():
         names += [word for word in line.split("#", 1)[0].split() if word]
@@ -114,6 +132,15 @@ def pyenv_libexec(shim: Path, environ: Mapping[str, str], path_entries: Sequence
 def is_pyenv_shim(path: Path, environ: Mapping[str, str], path_entries: Sequence[Path]) -> bool:
     root = pyenv_root(environ, path_entries)
     return root is not None and path.parent.name == "shims" and path.parent.parent == root
+
+
+def interpreter_stores(home: Path, environ: Mapping[str, str]) -> list[Path]:
+    stores = [home / store for store in INTERPRETER_STORES]
+    for variable, sub in (("PYENV_ROOT", "versions"), ("UV_PYTHON_INSTALL_DIR", "")):
+        configured = environ.get(variable)
+        if configured and Path(configured).is_absolute():
+            stores.append(Path(configured) / sub if sub else Path(configured))
+    return stores
 
 
 def rustup_paths(

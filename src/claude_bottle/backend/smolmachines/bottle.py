@@ -22,6 +22,7 @@ from typing import IO, Any
 from claude_bottle import state
 from claude_bottle.backend.base import Bottle, ExecResult
 from claude_bottle.backend.smolmachines import smolvm
+from claude_bottle.backend.smolmachines.bottle_plan import GUEST_SECCOMP
 from claude_bottle.errors import BottleError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -66,10 +67,11 @@ class SmolmachinesBottle(Bottle):
         self.detached = False
 
     def _exec_argv(self, argv: Sequence[str], *, interactive: bool, tty: bool) -> list[str]:
+        """smolvm's argv for an agent command: in the guest, under the bottle's filter."""
         return smolvm.machine_exec_argv(
             self.smolvm_path,
             self.machine,
-            argv,
+            [*GUEST_SECCOMP, *argv],
             env=self.env,
             workdir=self.workspace,
             user=self.user,

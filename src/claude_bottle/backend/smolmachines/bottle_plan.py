@@ -15,7 +15,17 @@ GUEST_PROXY_SOCKET = f"{GUEST_RUN}/proxy.sock"  # --mount-socket of the bundle's
 GUEST_GATEWAY_SOCKET = f"{GUEST_RUN}/gateway.sock"  # --mount-socket of its gateway.sock
 GUEST_STATE = f"{GUEST_RUN}/state"  # host-backed, read-write: the relay's ready file
 GUEST_READY_FILE = f"{GUEST_STATE}/ready"
-GUEST_LIB = "/opt/claude-bottle"  # host-backed, read-only: relay.py
+GUEST_LIB = "/opt/claude-bottle"  # host-backed, read-only: relay.py, the seccomp loader
+# Every agent command starts through the loader, under policy/seccomp.py's rules.
+GUEST_SECCOMP_PROGRAMS = (f"{GUEST_LIB}/seccomp-named.bpf", f"{GUEST_LIB}/seccomp-numbered.bpf")
+GUEST_SECCOMP = (
+    "python3",
+    "-I",
+    "-S",
+    f"{GUEST_LIB}/seccomp_exec.py",
+    *GUEST_SECCOMP_PROGRAMS,
+    "--",
+)
 GUEST_HOME = "/home/bottle"  # host-backed (state dir), read-write
 
 

@@ -28,15 +28,17 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_READY_FILE,
+    GUEST_SECCOMP_PROGRAMS,
     SmolmachinesBottlePlan,
 )
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
-from claude_bottle.errors import ConfigError, LaunchError
+from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.limits import plan_with
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
+SECCOMP_EXEC = RELAY_SCRIPT.with_name("seccomp_exec.py")
 IMAGE_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_IMAGE"
 NETWORK_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_NETWORK"
 DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the docker backend's image builder is absent
@@ -158,8 +160,20 @@ def write_stage(plan: SmolmachinesBottlePlan, root: Path) -> Stage:
     stage = Stage.at(root, plan.network)
     for directory in (stage.proxy_socket.parent, stage.lib, stage.guest_state):
         directory.mkdir(mode=0o755)
-    shutil.copyfile(RELAY_SCRIPT, stage.lib / "relay.py")
-    os.chmod(stage.lib / "relay.py", 0o644)
+    for script in (RELAY_SCRIPT, SECCOMP_EXEC):
+        shutil.copyfile(script, stage.lib / script.name)
+        os.chmod(stage.lib / script.name, 0o644)
+    # The guest runs this host's architecture: the filter is compiled here, loaded there.
+    from claude_bottle.policy.seccomp import SeccompUnavailable, compile_bpf
+
+    try:
+        programs = compile_bpf(plan.nested_sandbox)
+    except SeccompUnavailable as exc:
+        raise MissingDependency(str(exc)) from None
+    for name, program in zip(GUEST_SECCOMP_PROGRAMS, programs, strict=True):
+        path = stage.lib / Path(name).name
+        path.write_bytes(program)
+        os.chmod(path, 0o644)
     if stage.gvproxy_config is not None:
         stage.gvproxy_config.write_text(
             render_gvproxy_config(
