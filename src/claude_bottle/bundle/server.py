@@ -56,9 +56,10 @@ class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
     proxy: socket.socket
     control: socket.socket
     gateway: socket.socket | None
+    git: socket.socket | None = None  # the git gate, when remotes are configured
 
     def close(self) -> None:
-        for sock in (self.proxy, self.control, self.gateway):
+        for sock in (self.proxy, self.control, self.gateway, self.git):
             if sock is not None:
                 sock.close()
         self.audit.close()
@@ -82,12 +83,16 @@ def open_bundle(settings: BundleSettings) -> Opened:
             gateway = None
             if settings.gateway_socket:
                 gateway = _listen(settings.gateway_socket, GATEWAY_BACKLOG, bound)
+            git = None
+            if settings.git_socket:
+                git = _listen(settings.git_socket, CONTROL_BACKLOG, bound)
         finally:
             os.umask(old_umask)
         # The bottle may run as another uid (docker): its sockets must stay connectable.
         os.chmod(settings.proxy_socket, 0o666)
-        if settings.gateway_socket:
-            os.chmod(settings.gateway_socket, 0o666)
+        for shared in (settings.gateway_socket, settings.git_socket):
+            if shared:
+                os.chmod(shared, 0o666)
         audit.submit(
             "lifecycle",
             "info",
@@ -104,7 +109,7 @@ def open_bundle(settings: BundleSettings) -> Opened:
             sock.close()
         audit.close()
         raise
-    return Opened(settings, audit, interception, proxy, control, gateway)
+    return Opened(settings, audit, interception, proxy, control, gateway, git)
 
 
 def _listen(path: str, backlog: int, bound: list[socket.socket]) -> socket.socket:

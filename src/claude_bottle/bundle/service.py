@@ -77,6 +77,8 @@ class Bundle:
         # Separate slots: connections to the proxy cannot lock the gateway out.
         self.proxy_slots = Slots(PROXY_SLOTS, PROXY_WAITING, self._slots_full("proxy"))
         self.gateway_slots = Slots(GATEWAY_SLOTS, GATEWAY_WAITING, self._slots_full("gateway"))
+        # The git gate's own, as many as the gateway's (it runs at most a few git at once).
+        self.git_slots = Slots(GATEWAY_SLOTS, GATEWAY_WAITING, self._slots_full("git"))
         self.held = HeldBytes()  # request bytes held for scanning, by all connections
         self.events = EventStream(settings.bottle)
         self.gate.held = HeldRequests(
@@ -92,6 +94,7 @@ class Bundle:
         # be ready, and the bottle's command takes a while to make its first call.
         self._gateway: tuple[Any, Any, Any] | None = None
         self._gateway_policy: GatewayPolicy | None = None
+        self._git_gate: Any = None  # git_gate.GitGate, built on the first git connection
 
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
@@ -221,6 +224,16 @@ class Bundle:
             held=self.held,
         ).serve()
 
+    async def _git_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from claude_bottle.bundle.git_gate import GitGateConnection
+
+        assert self._inspector is not None
+        if self._git_gate is None:
+            self._git_gate = _git_gate(self.settings, self.record)
+        self._prepare_now()
+        inspector = await asyncio.shield(self._inspector)
+        await GitGateConnection(self._git_gate, reader, writer, inspector).serve()
+
     async def _control_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -301,14 +314,22 @@ class Bundle:
                 opened.gateway,
                 GATEWAY_BACKLOG,
             )
+        git = None
+        if opened.git is not None:
+            git = await paused_server(
+                self._client(functools.partial(self.git_slots.serve, self._git_client)),
+                opened.git,
+                GATEWAY_BACKLOG,
+            )
         # What only traffic needs is prepared after the bottle's start-up, not before it.
         inspector.add_done_callback(self._inspection_prepared)
         if not self._preparing:
             self._preparation_timer = loop.call_later(PREPARE_DELAY, self._prepare_now)
         async with proxy, control:
             await self._stopping.wait()
-        if gateway is not None:
-            gateway.close()
+        for server in (gateway, git):
+            if server is not None:
+                server.close()
         await self.supervision.stop()
         await self._end_clients()
         self.pool.close()
@@ -359,6 +380,27 @@ def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
 
     provider = CredentialProvider(credential, refresher, on_error=on_error)
     return upstream, provider, TokenBudget(settings.max_tokens_total)
+
+
+def _git_gate(settings: BundleSettings, record: Any) -> Any:
+    """The git gate's shared state: its mirrors live in `git_cache`, on the host."""
+    from claude_bottle.bundle.git_gate import GitGate
+    from claude_bottle.bundle.git_upstream import GitEnv, combined_ca
+
+    assert settings.git_cache is not None
+    cache = Path(settings.git_cache)
+    dlp: dict[str, object] | None = None
+    if settings.dlp_enabled:
+        dlp = {
+            "patterns": [list(p) for p in settings.dlp_patterns],
+            "ignore": list(settings.dlp_ignore),
+            "ignore_fingerprints": list(settings.dlp_ignore_fingerprints),
+        }
+    gate = GitGate(settings.git_remotes, cache, GitEnv(settings.pins), record, dlp)
+    gate.prepare()
+    ca_file = combined_ca(settings.upstream_ca_file, cache)
+    gate.git_env = GitEnv(settings.pins, ca_file)
+    return gate
 
 
 def _in_daemon_thread(

@@ -71,11 +71,19 @@ class GatewayConfig(NamedTuple):
     dlp: str = "audit"  # GATEWAY_DLP_MODES
 
 
+DEFAULT_PUSH = ("bottle/*",)
+
+
 class GitRemote(NamedTuple):
+    """`[git.remotes.NAME]`: served to the bottle by the bundle's git gate."""
+
     name: str
     url: str
-    push: tuple[str, ...] = ()  # branch patterns the agent may push
-    force: bool = False
+    push: tuple[str, ...] = DEFAULT_PUSH  # branch patterns the agent may push
+    force: bool = False  # non-fast-forward updates
+    tags: bool = False  # may it create tags (never move or delete one)
+    delete: bool = False  # branch deletion
+    credential: str = "git"  # git | env:VAR | file:PATH | command:... (a source, not a value)
 
 
 class BottleSection(NamedTuple):
