@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from claude_bottle.bottle_env import injected_env
+from claude_bottle.bundle.settings import InjectionSpec, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig
 from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import GitIdentity, host_git_identity
@@ -83,6 +85,9 @@ class BottlePlan(Printable):
     workspace_guard: GuardPlan
     git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
     limits: LimitsPlan  # resource limits in force and how this backend applies them
+    egress_rules: tuple[RuleSpec, ...]  # the user's [[egress.rules]]
+    rules_in_force: tuple[RuleSpec, ...]  # with the built-in sets, for the hosts allowed
+    injections: tuple[InjectionSpec, ...]  # with this bottle's placeholders, no secret
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -145,6 +150,23 @@ class BottlePlan(Printable):
                         )
                         if self.dlp_enabled
                         else "not scanned ([dlp] enabled = false)",
+                    ),
+                    *(
+                        (
+                            f"rule {rule.host}",
+                            f"{' '.join(rule.methods)} {' '.join(rule.paths)}"
+                            + (" (websocket)" if rule.websocket else ""),
+                        )
+                        for rule in self.rules_in_force
+                    ),
+                    *(
+                        (
+                            f"inject {injection.env}",
+                            f"{injection.secret.partition(':')[0]}: secret swapped in at the "
+                            f"edge for {', '.join(injection.hosts)}; the bottle holds a "
+                            "placeholder",
+                        )
+                        for injection in self.injections
                     ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
                     (
@@ -243,6 +265,8 @@ def common_plan_fields(
     added in one place.
     """
     config = request.config
+    injections = plan_injections(config)
+    env.update(injected_env(injections))
     return {
         "backend": backend,
         "name": request.name,
@@ -280,7 +304,41 @@ def common_plan_fields(
         ),
         "git_identity": host_git_identity() if config.bottle.git_identity else None,
         "limits": limits,
+        "egress_rules": config.egress.rules,
+        "rules_in_force": rules_in_force(config),
+        "injections": injections,
     }
+
+
+def plan_injections(config: Config) -> tuple[InjectionSpec, ...]:
+    """Each `[[credentials.inject]]` with a placeholder of its secret's shape, chosen for
+    this bottle; the secret is read to learn that shape, and is not kept."""
+    from claude_bottle.bundle.secret_sources import load_secret, placeholder_for
+
+    planned = []
+    for index, injection in enumerate(config.credentials.inject):
+        key = f"credentials.inject[{index}].secret ({injection.env})"
+        placeholder = placeholder_for(load_secret(injection.secret, key=key))
+        planned.append(injection._replace(placeholder=placeholder))
+    return tuple(planned)
+
+
+def rules_in_force(config: Config) -> tuple[RuleSpec, ...]:
+    """The `[[egress.rules]]` and built-in rules that apply to the hosts the bottle may
+    reach (a built-in set for a host allowed only by a wildcard applies too)."""
+    from claude_bottle.bundle.l7 import EgressRule, RuleBook
+    from claude_bottle.policy.allowlist import Allowlist
+
+    book = RuleBook(
+        (EgressRule(*rule) for rule in config.egress.rules),
+        (host for injection in config.credentials.inject for host in injection.hosts),
+    )
+    allowlist = Allowlist(config.egress.allow, config.egress.deny)
+    hosts = [host for host in book.rules if allowlist.check(host).allowed]
+    return tuple(
+        RuleSpec(rule.host, rule.methods, rule.paths, rule.websocket)
+        for rule in book.in_force(hosts)
+    )
 
 
 def gateway_features(gateway: GatewayConfig) -> tuple[str, ...]:

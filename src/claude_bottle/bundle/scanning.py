@@ -345,13 +345,15 @@ def default_inspector(
     block: bool,
     record: Recorder,
     ignore: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    secrets: Mapping[str, str] | None = None,
 ) -> DlpInspector:
-    """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints)."""
+    """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints); `secrets` are values DLP
+    looks for besides the host's own (injected credentials and their placeholders)."""
     cache = DirectoryCache(cache_root() / "dlp")
     rules, fingerprints = ignore
     scanner = Scanner(
         tuple(patterns),
-        host_secrets(os.environ),
+        {**host_secrets(os.environ), **(secrets or {})},
         cache=cache,
         ignore_rules=rules,
         ignore_fingerprints=fingerprints,

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from claude_bottle.bundle.audit import AuditError
 from claude_bottle.bundle.control import MAX_LINE, Stats
 from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.l7 import EgressRule, RuleBook
 from claude_bottle.bundle.pool import UpstreamPool
 from claude_bottle.bundle.server import PROXY_BACKLOG
 
@@ -29,6 +30,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.api_policy import GatewayPolicy
+    from claude_bottle.bundle.injection import Injector
     from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.server import Opened
     from claude_bottle.bundle.settings import BundleSettings
@@ -70,6 +72,11 @@ class Bundle:
         # be ready, and the bottle's command takes a while to make its first call.
         self._gateway: tuple[Any, Any, Any] | None = None
         self._gateway_policy: GatewayPolicy | None = None
+        self.rules = RuleBook(
+            (EgressRule(r.host, r.methods, r.paths, r.websocket) for r in settings.egress_rules),
+            (host for injection in settings.injections for host in injection.hosts),
+        )
+        self.injector: Injector | None = None  # made with the DLP engine, off the loop
 
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
@@ -78,7 +85,8 @@ class Bundle:
 
         if self.interception is not None:
             self.interception.warm()
-        return _inspector(self.settings, self.record)
+        self.injector, secrets = _injector(self.settings)
+        return _inspector(self.settings, self.record, secrets)
 
     def _prepare_now(self) -> None:
         """Start preparing inspection, once: on the first proxy connection, or
@@ -168,6 +176,8 @@ class Bundle:
                 self.interception,
                 inspector,
                 self.pool,
+                self.rules,
+                self.injector,
             ).serve()
 
     async def _gateway_client(
@@ -359,7 +369,29 @@ def _in_daemon_thread(
     threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
 
 
-def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
+def _injector(settings: BundleSettings) -> tuple[Injector | None, dict[str, str]]:
+    """The injections with their secrets, read here in the bundle from the host; and the
+    values DLP must know: each secret, and each placeholder (a canary elsewhere)."""
+    if not settings.injections:
+        return None, {}
+    from claude_bottle.bundle.injection import Injection, Injector
+    from claude_bottle.bundle.secret_sources import load_secret
+
+    injections = []
+    known: dict[str, str] = {}
+    for spec in settings.injections:
+        secret = load_secret(spec.secret, key=f"[[credentials.inject]] {spec.env}")
+        injections.append(
+            Injection(spec.env, frozenset(spec.hosts), spec.placeholder.encode(), secret.encode())
+        )
+        known[f"inject:{spec.env}"] = secret
+        known[f"placeholder:{spec.env}"] = spec.placeholder
+    return Injector(injections), known
+
+
+def _inspector(
+    settings: BundleSettings, record: Any, secrets: dict[str, str]
+) -> DlpInspector | None:
     if not settings.dlp_enabled:
         return None
     from claude_bottle.bundle.scanning import default_inspector
@@ -369,4 +401,5 @@ def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
         block=settings.dlp_block,
         record=record,
         ignore=(settings.dlp_ignore, settings.dlp_ignore_fingerprints),
+        secrets=secrets,
     )

@@ -336,6 +336,7 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         dlp_ignore=plan.dlp_ignore,
         dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
         limits=plan.limits.audit_detail(),
+        egress_rules=plan.egress_rules,
     )
 
 

@@ -290,6 +290,8 @@ class NamespaceBackend(BottleBackend):
             audit_max=plan.audit_max,
             audit_rate=plan.audit_rate,
             limits=plan.limits.audit_detail(),
+            egress_rules=plan.egress_rules,
+            injections=plan.injections,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)
