@@ -144,6 +144,8 @@ class EgressAdmission:
         """Request-head admission: rules, credential injection, DLP of the URL and every
         header. The injected head, when credentials went in, replaces the request's."""
         headers = list(headers)
+        if self.injector is not None:
+            self.injector.check_method(method, dest.host)
         self.rules.check(dest.host, method, path, is_websocket(headers))
         injected = None
         if self.injector is not None:

@@ -90,6 +90,16 @@ class Injector:
     def _foreign(self, host: str) -> list[Injection]:
         return [i for i in self.injections if host not in i.hosts]
 
+    def check_method(self, method: str, host: str) -> None:
+        """TRACE echoes the request head back: never to a host that receives a secret,
+        whatever the rules say."""
+        if method.upper() == "TRACE" and host in self.hosts:
+            raise Refusal(
+                403,
+                TRACE_RULE,
+                f"{host} receives an injected credential; TRACE would echo it back",
+            )
+
     def check_target(self, host: str, target: str) -> None:
         """A placeholder in the URL is never swapped, and goes to no other host."""
         raw = target.encode("latin-1", "replace")
@@ -103,12 +113,7 @@ class Injector:
     def apply(self, method: str, host: str, target: str, headers: Headers) -> InjectedHead | None:
         """Swap placeholders for `host`, refuse them for any other; None when the head
         carries none and `host` receives none (the request is left as it is)."""
-        if method.upper() == "TRACE" and host in self.hosts:
-            raise Refusal(
-                403,
-                TRACE_RULE,
-                f"{host} receives an injected credential; TRACE would echo it back",
-            )
+        self.check_method(method, host)
         self.check_target(host, target)
         for injection in self._foreign(host):
             for name, value in headers:
