@@ -138,6 +138,8 @@ class AuthUpstreams:
             return 200, page.encode(), {"content-type": "text/html"}
         if host == "files.pythonhosted.org" and path == f"/packages/{self.wheel_name}":
             return 200, self.wheel, {"content-type": "application/octet-stream"}
+        if host == "api.github.com" and path == "/graphql":
+            return 200, b'{"data": {"viewer": {"login": "octocat"}}}\n', {}
         if host == "api.github.com" and path == "/user":
             return 200, b'{"login": "octocat"}\n', {"content-type": "application/json"}
         if host == "registry.npmjs.org":

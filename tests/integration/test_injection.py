@@ -133,6 +133,8 @@ curl -sS --max-time 20 -H "Authorization: Bearer $GITHUB_TOKEN" https://api.gith
 curl -sS --max-time 20 -H "Authorization: token $GH_TOKEN" -o /dev/null -w '%{{http_code}}\\n' \
     https://api.github.com/user
 curl -sS --max-time 20 -H "Authorization: Bearer $GITHUB_TOKEN" http://plain.test/plain
+curl -sS --max-time 20 -H "Authorization: bearer $GITHUB_TOKEN" https://api.github.com/graphql \
+    -d '{{"query": "query {{ viewer {{ login }} }}"}}'
 echo "== git"
 git clone -q "https://x-access-token:$GITHUB_TOKEN@github.com/acme/repo.git" clone && \
     cat clone/README
@@ -146,6 +148,7 @@ echo "== probe"
 """
     out = _ok(be.sh(script, timeout=RUN_TIMEOUT))
     assert '"login": "octocat"' in out and "\n200\n" in out, out
+    assert '{"data": {"viewer": {"login": "octocat"}}}' in out, out
     assert "seeded" in out, out
     assert NPM_VALUE in out, out
     assert "placeholder True" in out and "found []" in out, out
@@ -187,6 +190,8 @@ curl -sS --max-time 20 -u "me:$NPM_TOKEN" https://api.github.com/user
 echo "== write"
 curl -sS --max-time 20 -X DELETE -H "Authorization: Bearer $GITHUB_TOKEN" \
     https://api.github.com/repos/acme/repo
+curl -sS --max-time 20 -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/graphql \
+    -d '{"query": "mutation { deleteRepository(input: {}) { clientMutationId } }"}'
 echo "== trace"
 curl -sS --max-time 20 -X TRACE https://api.github.com/
 echo "== reflect"
@@ -206,6 +211,8 @@ cd pkg && npm publish --registry https://registry.npmjs.org/ 2>&1 | grep -o 'E40
     assert out.count("rule credential-wrong-host") == 2, out
     assert "rule l7:api.github.com" in out and "[[egress.rules]]" in out, out
     assert "rule credential-trace" in out, out
+    assert "has a mutation operation" in out, out
+    assert not [s for s in auth.seen if b"mutation" in s.body]
     assert "you sent" not in out, out
     assert "E403" in out, out
     assert "HTTP 403" in out and _denied(be, "l7:github.com"), out

@@ -4,10 +4,13 @@ refusal with the hint that names the rule that would allow the request."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from claude_bottle.bundle.l7 import EgressRule, RuleBook, is_websocket
 from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.policy.graphql import NotReadOnly, check_request_body
 from claude_bottle.policy.l7_paths import AmbiguousPath, glob_matches, normalise_path
 
 
@@ -168,10 +171,90 @@ def test_write_capable_apis_are_read_only_for_injected_hosts() -> None:
     for host, method, target in [
         ("api.github.com", "DELETE", "/repos/acme/x"),
         ("api.github.com", "PUT", "/repos/acme/x/contents/README.md"),
-        ("api.github.com", "POST", "/graphql"),
         ("github.com", "POST", "/acme/x.git/git-receive-pack"),
         ("gitlab.com", "POST", "/api/v4/projects/1/repository/commits"),
     ]:
         refusal = refused(book, host, method, target)
         assert refusal.rule == f"l7:{host}" and "[[egress.rules]]" in refusal.hint
     assert next(iter(book.in_force(["api.github.com"]))).origin == "github"
+
+
+# --- GraphQL: one endpoint for reads and writes; the built-in rules admit queries only
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "{ viewer { login } }",
+        'query { repository(owner: "a", name: "b") { id } }',
+        'query Q($mutation: String = "mutation { x }") { a(b: $mutation) }',
+        "# mutation { deleteRepository }\nquery { a }",
+        '"""mutation""" query { a }',
+        "fragment F on Mutation { a } query { ...F }",
+    ],
+)
+def test_graphql_queries_are_read_only(document: str) -> None:
+    check_request_body(json.dumps({"query": document}).encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "mutation { createIssue(input: {}) { issue { id } } }"},
+        {"query": "query { a } mutation M { deleteRef(input: {}) { clientMutationId } }"},
+        {"query": "subscription { x }"},
+        {"query": "\ufeff  mutation{a}"},
+        {"query": "# comment\r\nmutation{a}"},
+        [{"query": "{ a }"}, {"query": "mutation { b }"}],  # a batch
+        {"extensions": {"persistedQuery": {"sha256Hash": "ab"}}},  # no document to check
+        {"query": "{ a } }"},
+        [],
+    ],
+)
+def test_graphql_writes_are_not(body: object) -> None:
+    with pytest.raises(NotReadOnly):
+        check_request_body(json.dumps(body).encode())
+
+
+def test_graphql_ambiguous_bodies_are_not_read_only() -> None:
+    for raw in (
+        b'{"query": "{ a }", "query": "mutation { b }"}',  # which key wins differs
+        b"query { a }",
+        b"\xff",
+    ):
+        with pytest.raises(NotReadOnly):
+            check_request_body(raw)
+
+
+def test_the_builtin_github_rules_hold_and_check_graphql_bodies() -> None:
+    import asyncio
+
+    from claude_bottle.bundle.admission import EgressAdmission, ReadOnlyGraphql
+    from claude_bottle.bundle.gate import EgressGate
+
+    async def public(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]
+
+    admission = EgressAdmission(
+        EgressGate(["api.github.com"], resolver=public),
+        rules=RuleBook(injected_hosts=["api.github.com"]),
+    )
+
+    async def run() -> None:
+        dest = await admission.gate.check("api.github.com", 443)
+        admission.head("POST", dest, "/graphql", [])
+        guard = admission.body("POST", dest, "/graphql", [])
+        assert isinstance(guard, ReadOnlyGraphql)
+        assert guard.feed(b'{"query": "{ viewer') == b""  # held until checked
+        assert guard.feed(b' { login } }"}') == b""
+        assert guard.finish() == b'{"query": "{ viewer { login } }"}'
+        guard = admission.body("POST", dest, "/graphql", [])
+        assert guard is not None
+        guard.feed(b'{"query": "mutation { deleteRepository(input: {}) { x } }"}')
+        with pytest.raises(Refusal) as caught:
+            guard.finish()
+        assert caught.value.rule == "l7:api.github.com"
+        assert "[[egress.rules]]" in caught.value.hint and "mutation" in caught.value.message
+        assert admission.body("GET", dest, "/user", []) is None
+
+    asyncio.run(run())

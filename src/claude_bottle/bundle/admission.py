@@ -27,17 +27,18 @@ here touches a socket: the gate's resolver is injected, and the recorder is a ca
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from claude_bottle.bundle.gate import Destination, EgressGate, parse_authority
-from claude_bottle.bundle.l7 import RuleBook, is_websocket
+from claude_bottle.bundle.l7 import RuleBook, is_websocket, rule_hint
 from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:  # the DLP engine is imported only when enabled
     from claude_bottle.bundle.injection import InjectedHead, Injector
-    from claude_bottle.bundle.scanning import BodyGuard, DlpInspector
+    from claude_bottle.bundle.scanning import DlpInspector
 
 Recorder = Callable[..., Any]
+MAX_GRAPHQL_BODY = 1 << 20  # a GraphQL request held for its check; larger ones are refused
 
 
 def absolute_target(target: str) -> tuple[str, str]:
@@ -157,11 +158,59 @@ class EgressAdmission:
 
     def body(
         self, method: str, dest: Destination, path: str, headers: Iterable[tuple[bytes, bytes]]
-    ) -> BodyGuard | None:
-        """The guard a request body streams through, or None when bodies are not scanned."""
-        if self.inspector is None:
-            return None
-        return self.inspector.body(headers, method, dest.host, dest.port, path)
+    ) -> BodyStage | None:
+        """The guard a request body streams through, or None when bodies are not checked."""
+        scanned = None
+        if self.inspector is not None:
+            scanned = self.inspector.body(headers, method, dest.host, dest.port, path)
+        if dest.host in self.rules:
+            rule = self.rules.check(dest.host, method, path)  # admitted at head already
+            if rule is not None and rule.graphql_read_only:
+                return ReadOnlyGraphql(scanned, dest.host, path)
+        return scanned
+
+
+class BodyStage(Protocol):
+    """What a request body streams through: `feed` returns what may be forwarded so far,
+    `finish` the rest; either raises `Refusal`."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class ReadOnlyGraphql:
+    """Holds a GraphQL request's body (after DLP's scan) until it has been checked to
+    hold only queries: a rule that admits GraphQL reads on an API of writes too."""
+
+    def __init__(self, scanned: BodyStage | None, host: str, path: str) -> None:
+        self.scanned = scanned
+        self.host = host
+        self.path = path
+        self.held = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.held += chunk if self.scanned is None else self.scanned.feed(chunk)
+        if len(self.held) > MAX_GRAPHQL_BODY:
+            raise Refusal(413, f"l7:{self.host}", "a GraphQL request this large is not checked")
+        return b""
+
+    def finish(self) -> bytes:
+        if self.scanned is not None:
+            self.held += self.scanned.finish()
+        from claude_bottle.policy.graphql import NotReadOnly, check_request_body
+
+        try:
+            check_request_body(bytes(self.held))
+        except NotReadOnly as exc:
+            raise Refusal(
+                403,
+                f"l7:{self.host}",
+                f"{exc}; the built-in rules of {self.host} admit only GraphQL queries",
+                hint=rule_hint(self.host, "POST", self.path.split("?", 1)[0], False)
+                + " (rules of your own replace the built-in read-only ones)",
+            ) from exc
+        return bytes(self.held)
 
 
 def allow_decision(dest: Destination) -> str:

@@ -39,6 +39,7 @@ class EgressRule(NamedTuple):
     paths: tuple[str, ...]
     websocket: bool = False
     origin: str = "config"  # "config", or the built-in set's name
+    graphql_read_only: bool = False  # the body must be a read-only GraphQL request
 
     def admits(self, method: str, path: str, websocket: bool) -> bool:
         if method not in self.methods and "*" not in self.methods:
@@ -81,13 +82,15 @@ REGISTRY_RULES: tuple[EgressRule, ...] = (
     *_builtin("maven", ["repo.maven.apache.org", "repo1.maven.org"]),
 )
 
-# Read-only, for hosts that receive an injected credential: the API reads, and git's
-# fetch (its one POST). GraphQL is one POST endpoint for reads and writes alike, so it
-# is closed here; a rule of the user's own opens it.
+# Read-only, for hosts that receive an injected credential: the API reads, git's fetch
+# (its one POST), and GraphQL queries (one POST endpoint for reads and writes alike: the
+# body is held and checked to hold no mutation, `policy.graphql`).
 WRITE_CAPABLE_RULES: tuple[EgressRule, ...] = (
     *_builtin("github", ["api.github.com", "uploads.github.com"]),
+    EgressRule("api.github.com", ("POST",), ("/graphql",), False, "github", True),
     *_builtin("github", ["github.com"], ("POST", ("/**/git-upload-pack",))),
     *_builtin("gitlab", ["gitlab.com"], ("POST", ("/**/git-upload-pack",))),
+    EgressRule("gitlab.com", ("POST",), ("/api/graphql",), False, "gitlab", True),
 )
 
 
@@ -123,11 +126,14 @@ class RuleBook:
         for host in dict.fromkeys(hosts):
             yield from self.rules.get(host, ())
 
-    def check(self, host: str, method: str, target: str, websocket: bool = False) -> None:
-        """Refuse the request unless a rule for `host` admits it; no rules, no say."""
+    def check(
+        self, host: str, method: str, target: str, websocket: bool = False
+    ) -> EgressRule | None:
+        """Refuse the request unless a rule for `host` admits it: the first that does, or
+        None for a host without rules (no rules, no say)."""
         rules = self.rules.get(host)
         if rules is None:
-            return
+            return None
         try:
             path = normalise_path(target)
         except AmbiguousPath as exc:
@@ -136,7 +142,7 @@ class RuleBook:
             ) from exc
         for rule in rules:
             if rule.admits(method, path, websocket):
-                return
+                return rule
         raise Refusal(
             403,
             f"l7:{host}",
