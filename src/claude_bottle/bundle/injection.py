@@ -20,9 +20,11 @@ Sans-IO: bytes in, bytes out, `Refusal` for a no.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
+from urllib.parse import unquote_to_bytes
 
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.policy.dlp import secret_forms
@@ -103,8 +105,6 @@ class Injector:
     def check_target(self, host: str, target: str) -> None:
         """A placeholder in the URL is never swapped, and goes to no other host."""
         raw = target.encode("latin-1", "replace")
-        from urllib.parse import unquote_to_bytes
-
         decoded = unquote_to_bytes(raw)
         for injection in self._foreign(host):
             if injection.placeholder in raw or injection.placeholder in decoded:
@@ -155,14 +155,21 @@ def _wrong_host(injection: Injection, host: str, where: str) -> Refusal:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _reflection_pattern(secrets: tuple[bytes, ...]) -> tuple[re.Pattern[bytes], int]:
+    """Every encoding of `secrets` DLP knows, as one regex, and the longest one's length
+    less one (made once per set of secrets: a bottle has a handful)."""
+    literals = sorted({form for secret in secrets for _, form, _ in secret_forms(secret)})
+    pattern = re.compile(b"|".join(re.escape(literal) for literal in literals))
+    return pattern, max((len(literal) for literal in literals), default=1) - 1
+
+
 class ResponseGuard:
     """Scans a response from a host a credential went to for that credential, in every
     encoding DLP knows; holds back a window so no complete match passes unscanned."""
 
     def __init__(self, secrets: Iterable[bytes]) -> None:
-        literals = {form for secret in secrets for _, form, _ in secret_forms(secret)}
-        self.pattern = re.compile(b"|".join(re.escape(literal) for literal in literals))
-        self.window = max((len(literal) for literal in literals), default=1) - 1
+        self.pattern, self.window = _reflection_pattern(tuple(secrets))
         self.held = b""
 
     def _refuse(self, where: str) -> Refusal:

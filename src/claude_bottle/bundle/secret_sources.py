@@ -98,16 +98,19 @@ def load_secret(spec: str, env: Mapping[str, str] | None = None, key: str = "sec
 
 
 def placeholder_for(secret: str) -> str:
-    """A random stand-in with the secret's prefix word, alphabet and length."""
+    """A random stand-in with the secret's prefix word, alphabet and length: each letter
+    or digit drawn from the classes the secret uses, each separator kept in its place
+    (`github_pat_…_…` keeps its second underscore)."""
     match = _PREFIX.match(secret)
     prefix = match.group(0) if match else ""
     rest = secret[len(prefix) :]
     alphabet = "".join(a for a in _ALPHABETS if any(c in a for c in rest))
-    alphabet += "".join(sorted({c for c in rest if not c.isalnum()}))
-    if len(set(alphabet)) < 10:  # too few symbols to be random: widen
+    if len(alphabet) < 26:  # digits only, say: too few symbols to be random, widen
         alphabet = string.ascii_letters + string.digits
-    length = max(len(rest), MIN_PLACEHOLDER - len(prefix))
+    rest = rest.ljust(MIN_PLACEHOLDER - len(prefix), "x")
     while True:
-        candidate = prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+        candidate = prefix + "".join(
+            secrets.choice(alphabet) if c.isascii() and c.isalnum() else c for c in rest
+        )
         if candidate != secret:
             return candidate

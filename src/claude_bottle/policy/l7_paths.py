@@ -30,6 +30,8 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _NPM_SCOPE = re.compile(r"@[^/%.][^/%]*%2F[^/%]+")
 _AMBIGUOUS_BYTES = re.compile(rb"[\x00-\x1f\x7f\\;]")
+# A path of plain characters only: no escape to decode, nothing to refuse but its segments.
+_PLAIN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,=:@/-]*")
 
 
 class AmbiguousPath(ValueError):
@@ -76,6 +78,9 @@ def normalise_path(target: str) -> str:
         raise AmbiguousPath("the target is not an absolute path")
     if len(path) > MAX_PATH:
         raise AmbiguousPath("the path is too long to match")
+    if _PLAIN.fullmatch(path):  # the common case, checked the same way without decoding
+        _check_segments(path.encode("ascii"), "the path")
+        return path
     try:
         raw = path.encode("ascii")
     except UnicodeEncodeError as exc:
