@@ -152,3 +152,17 @@ def test_bundle_settings_carry_specs_never_secrets(tmp_path: Path) -> None:
     assert SECRET not in text and "env:HOST_GITHUB_TOKEN" in text
     assert BundleSettings.load(tmp_path / "bundle.json") == settings
     assert json.loads(text)["egress_rules"][0]["host"] == "api.github.com"
+
+
+def test_a_resumed_bottle_keeps_its_placeholders(tmp_path: Path) -> None:
+    config = load(tmp_path, INJECT)
+    first = plan_injections(config, tmp_path / "absent.json")
+    earlier = tmp_path / "plan.json"
+    earlier.write_text(json.dumps({"injections": [i._asdict() for i in first]}))
+    assert plan_injections(config, earlier) == first
+    assert plan_injections(config) != first  # a new bottle: a new placeholder
+    # a plan that holds no placeholder of the secret's shape is not believed
+    forged = [{**first[0]._asdict(), "placeholder": "Bearer"}]
+    earlier.write_text(json.dumps({"injections": forged}))
+    (again,) = plan_injections(config, earlier)
+    assert again.placeholder not in ("Bearer", first[0].placeholder)

@@ -26,7 +26,7 @@ from claude_bottle.bundle.injection import (
 from claude_bottle.bundle.l7 import RuleBook
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.scanning import DlpInspector
-from claude_bottle.bundle.secret_sources import load_secret, placeholder_for
+from claude_bottle.bundle.secret_sources import load_secret, placeholder_for, same_shape
 from claude_bottle.errors import MissingDependency
 from claude_bottle.policy.dlp import Scanner
 
@@ -52,6 +52,17 @@ def test_the_placeholder_has_the_secrets_shape_and_is_new_each_time() -> None:
     assert len(short) >= 20
     pat = placeholder_for("github_pat_11ABCDEFG0abcdefghijkl_" + "x" * 40)
     assert re.fullmatch(r"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{40}", pat)
+
+
+def test_a_placeholder_kept_from_an_earlier_run_must_still_fit_the_secret() -> None:
+    assert same_shape(PLACEHOLDER, SECRET)
+    assert same_shape(placeholder_for("hunter2hunter"), "hunter2hunter")
+    pat = "github_pat_11ABCDEFG0abcdefghijkl_" + "x" * 40
+    assert same_shape(placeholder_for(pat), pat)
+    forgeries = (SECRET, "Bearer", PLACEHOLDER[:-1], "gho_" + PLACEHOLDER[4:])
+    forgeries += (PLACEHOLDER[:-1] + "/",)
+    for forged in forgeries:
+        assert not same_shape(forged, SECRET), forged
 
 
 def test_secret_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

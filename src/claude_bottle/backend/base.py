@@ -265,7 +265,7 @@ def common_plan_fields(
     added in one place.
     """
     config = request.config
-    injections = plan_injections(config)
+    injections = plan_injections(config, Path(state_dir) / "plan.json")
     env.update(injected_env(injections))
     return {
         "backend": backend,
@@ -310,17 +310,34 @@ def common_plan_fields(
     }
 
 
-def plan_injections(config: Config) -> tuple[InjectionSpec, ...]:
+def plan_injections(config: Config, earlier_plan: Path | None = None) -> tuple[InjectionSpec, ...]:
     """Each `[[credentials.inject]]` with a placeholder of its secret's shape, chosen for
-    this bottle; the secret is read to learn that shape, and is not kept."""
-    from claude_bottle.bundle.secret_sources import load_secret, placeholder_for
+    this bottle; the secret is read to learn that shape, and is not kept. A bottle that
+    ran before (`resume`) keeps the placeholders its files may hold, while they still
+    have the secret's shape."""
+    from claude_bottle.bundle.secret_sources import load_secret, placeholder_for, same_shape
 
+    earlier = _earlier_placeholders(earlier_plan)
     planned = []
     for index, injection in enumerate(config.credentials.inject):
         key = f"credentials.inject[{index}].secret ({injection.env})"
-        placeholder = placeholder_for(load_secret(injection.secret, key=key))
+        secret = load_secret(injection.secret, key=key)
+        placeholder = earlier.get(injection.env, "")
+        if not same_shape(placeholder, secret):
+            placeholder = placeholder_for(secret)
         planned.append(injection._replace(placeholder=placeholder))
     return tuple(planned)
+
+
+def _earlier_placeholders(plan_file: Path | None) -> dict[str, str]:
+    import json
+
+    try:
+        assert plan_file is not None
+        recorded = json.loads(plan_file.read_text())["injections"]
+        return {str(i["env"]): str(i["placeholder"]) for i in recorded}
+    except (AssertionError, OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def rules_in_force(config: Config) -> tuple[RuleSpec, ...]:

@@ -97,6 +97,23 @@ def load_secret(spec: str, env: Mapping[str, str] | None = None, key: str = "sec
     return value
 
 
+def same_shape(placeholder: str, secret: str) -> bool:
+    """Whether `placeholder` could have been made for `secret` by `placeholder_for` (so
+    one kept from an earlier run of the bottle stays usable)."""
+    if placeholder == secret or len(placeholder) != max(len(secret), MIN_PLACEHOLDER):
+        return False
+    match = _PREFIX.match(secret)
+    prefix = match.group(0) if match else ""
+    if not placeholder.startswith(prefix):
+        return False
+    rest = secret[len(prefix) :].ljust(len(placeholder) - len(prefix))
+    pairs = zip(placeholder[len(prefix) :], rest, strict=True)
+    return all(
+        (p.isascii() and p.isalnum()) if (s.isascii() and s.isalnum()) or s == " " else p == s
+        for p, s in pairs
+    )
+
+
 def placeholder_for(secret: str) -> str:
     """A random stand-in with the secret's prefix word, alphabet and length: each letter
     or digit drawn from the classes the secret uses, each separator kept in its place
