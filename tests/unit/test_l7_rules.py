@@ -145,6 +145,7 @@ def test_registries_install(host: str, method: str, target: str) -> None:
         ("registry.npmjs.org", "PUT", "/-/user/org.couchdb.user:me"),  # npm adduser
         ("registry.npmjs.org", "DELETE", "/my-package/-rev/1"),  # npm unpublish
         ("upload.pypi.org", "POST", "/legacy/"),  # twine upload
+        ("test.pypi.org", "POST", "/legacy/"),
         ("crates.io", "PUT", "/api/v1/crates/new"),  # cargo publish
         ("rubygems.org", "POST", "/api/v1/gems"),  # gem push
         ("repo1.maven.org", "PUT", "/maven2/acme/x/1/x-1.jar"),  # a deploy

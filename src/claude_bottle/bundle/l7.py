@@ -75,7 +75,10 @@ REGISTRY_RULES: tuple[EgressRule, ...] = (
             ),
         ),
     ),
-    *_builtin("pypi", ["pypi.org", "files.pythonhosted.org", "upload.pypi.org"]),
+    *_builtin(
+        "pypi",
+        ["pypi.org", "files.pythonhosted.org", "upload.pypi.org", "test.pypi.org"],
+    ),
     *_builtin("crates.io", ["crates.io", "index.crates.io", "static.crates.io"]),
     *_builtin("go", ["proxy.golang.org", "sum.golang.org"]),
     *_builtin("rubygems", ["rubygems.org", "index.rubygems.org"]),
