@@ -30,8 +30,6 @@ RUN_TIMEOUT = 180
 
 @pytest.fixture
 def auth(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[AuthUpstreams]:
-    if bottle_env.backend == "docker":
-        pytest.skip("[[credentials.inject]] is not supported by the docker backend yet")
     directory = tmp_path / "auth"
     directory.mkdir()
     upstreams = AuthUpstreams(directory, GITHUB_TOKEN, NPM_TOKEN)

@@ -208,12 +208,6 @@ class DockerBackend(BottleBackend):
             raise ConfigError(
                 "no command to run", "give one after --, e.g. claude-bottle run -- bash"
             )
-        if config.credentials.inject:
-            # The bundle container cannot run command: sources nor read the host's files.
-            raise ConfigError(
-                "credentials.inject: not supported by the docker backend yet",
-                "use the namespace backend for bottles with injected credentials",
-            )
         home = str(Path(os.path.expanduser("~")).resolve())
         workspace = str(request.workspace.resolve())
         for what, path in (("home", home), ("workspace", workspace)):
