@@ -13,7 +13,8 @@ Layers, later wins for scalars:
 `dlp.ignore`, `dlp.ignore_fingerprints`, `bottle.read_only` and `bottle.env`
 accumulate across layers (duplicates dropped, first position kept; a pin or
 DLP pattern redefined under the same host or name takes the later value).
-`git.remotes` merge by remote name, key by key.
+`git.remotes` merge by remote name, key by key. `egress.rules` and `credentials.inject`
+(user-only, `config.edge`) accumulate too; two injections may not name one variable.
 
 Every problem is a `ConfigError` whose message reads
 `<file>: <dotted.key>: <problem>`. Values that could be secrets (the
