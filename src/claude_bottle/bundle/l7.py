@@ -21,7 +21,7 @@ host with rules. Nothing here touches a socket.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from claude_bottle.bundle.refusal import Refusal
@@ -168,17 +168,3 @@ def rule_hint(host: str, method: str, path: str, websocket: bool) -> str:
 
 def is_websocket(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
-
-
-def rules_for_plan(book: RuleBook, hosts: Iterable[str]) -> list[Mapping[str, object]]:
-    """The rules in force for `hosts`, as plain data for `plan --json`."""
-    return [
-        {
-            "host": rule.host,
-            "methods": list(rule.methods),
-            "paths": list(rule.paths),
-            "websocket": rule.websocket,
-            "origin": rule.origin,
-        }
-        for rule in book.in_force(hosts)
-    ]
