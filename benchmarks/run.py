@@ -171,6 +171,7 @@ def bundle_process(
     intercept: bool = False,
     dlp: bool = False,
     upstream_ca_file: str | None = None,
+    **extra: Any,
 ) -> Iterator[tuple[BundleSettings, int]]:
     """A real bundle process allowing `hosts`, each pinned to the loopback upstream:
     its settings and pid. With `intercept` it mints its CA into its temporary dir."""
@@ -189,6 +190,7 @@ def bundle_process(
             ca_cert=f"{tmp}/ca.pem" if intercept else None,
             upstream_ca_file=upstream_ca_file,
             dlp_enabled=dlp,
+            **extra,
         )
         settings.dump(Path(tmp) / "bundle.json")
         proc = start_bundle(

@@ -228,10 +228,22 @@ def client_context(ca_file: Path) -> ssl.SSLContext:
 
 @contextmanager
 def bundle(
-    up_port: int, ca_file: Path, hosts: list[str], *, intercept: bool, dlp: bool, name: str
+    up_port: int,
+    ca_file: Path,
+    hosts: list[str],
+    *,
+    intercept: bool,
+    dlp: bool,
+    name: str,
+    **extra: Any,
 ) -> Iterator[Route]:
     with bundle_process(
-        up_port, tuple(hosts), intercept=intercept, dlp=dlp, upstream_ca_file=str(ca_file)
+        up_port,
+        tuple(hosts),
+        intercept=intercept,
+        dlp=dlp,
+        upstream_ca_file=str(ca_file),
+        **extra,
     ) as (settings, pid):
         trusted = Path(settings.ca_cert) if settings.ca_cert else ca_file
         yield Route(name, client_context(trusted), settings.proxy_socket, pid=pid)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.settings import InjectionSpec
 
 RELAY_PORT = 3128  # inside the bottle's own network namespace, so any port is free
 GATEWAY_PORT = 3129
@@ -102,6 +105,16 @@ def java_options(relay_port: int, ca: CaFiles | None) -> str:
             "-Djavax.net.ssl.trustStoreType=PKCS12",
         ]
     return " ".join(options)
+
+
+def injected_env(injections: Iterable[InjectionSpec]) -> dict[str, str]:
+    """The variables that hold `[[credentials.inject]]` placeholders: the bundle swaps
+    the real secret in at the edge, for the injection's hosts only."""
+    return {
+        name: injection.placeholder
+        for injection in injections
+        for name in (injection.env, *injection.also_env)
+    }
 
 
 def build_env(

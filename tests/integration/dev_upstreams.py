@@ -44,7 +44,7 @@ CGI_TIMEOUT = 30
 MAX_BODY = 16 << 20
 
 
-def _tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+def _tls(directory: Path, hosts: tuple[str, ...] = HOSTS) -> tuple[ssl.SSLContext, Path]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev upstreams test CA")])
@@ -62,14 +62,14 @@ def _tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTS[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in HOSTS]), False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), False)
         .sign(ca_key, hashes.SHA256())
     )
     ca_file = directory / "dev-ca.pem"

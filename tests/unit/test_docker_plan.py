@@ -393,3 +393,22 @@ def test_state_label_names_the_state_root(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "b"))
     assert state_label() != first
     assert len(first) == 12
+
+
+def test_injected_secrets_reach_the_bundle_container_by_its_env_file_only(dirs: Path) -> None:
+    from claude_bottle.backend.docker.launch import _settings, bundle_environment
+    from claude_bottle.bundle.settings import InjectionSpec
+    from claude_bottle.config.model import CredentialsConfig
+
+    secret = "ghp_" + "Zq8Xw2Lk9Vb4Nm7Rt1Yp3Hs6Jd5Fg0Ca8Ue2Wo"[:36]
+    (dirs / "token").write_text(secret)
+    injection = InjectionSpec(("api.github.com",), "GITHUB_TOKEN", f"file:{dirs / 'token'}")
+    config = Config(credentials=CredentialsConfig(inject=(injection,)))
+    plan = DockerBackend().plan(_request(dirs, config))
+    placeholder = plan.env["GITHUB_TOKEN"]
+    assert placeholder.startswith("ghp_") and placeholder != secret
+    settings = _settings(plan)
+    (spec,) = settings.injections
+    assert spec.secret == "env:CLAUDE_BOTTLE_INJECTED_0" and spec.placeholder == placeholder
+    assert secret not in plan.to_json() and secret not in json.dumps(settings._asdict())
+    assert bundle_environment(plan, {})["CLAUDE_BOTTLE_INJECTED_0"] == secret

@@ -13,7 +13,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from claude_bottle.bottle_env import injected_env
 from claude_bottle.bundle.git_policy import GateRemote
+from claude_bottle.bundle.settings import InjectionSpec, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import GateRewrite, GitIdentity, gate_url, host_git_identity
@@ -85,6 +87,9 @@ class BottlePlan(Printable):
     workspace_guard: GuardPlan
     git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
     limits: LimitsPlan  # resource limits in force and how this backend applies them
+    egress_rules: tuple[RuleSpec, ...]  # the user's [[egress.rules]]
+    rules_in_force: tuple[RuleSpec, ...]  # with the built-in sets, for the hosts allowed
+    injections: tuple[InjectionSpec, ...]  # with this bottle's placeholders, no secret
     git_remotes: tuple[GitRemote, ...]  # served by the bundle's git gate
     # Whether this backend wires the git gate (relay port, socket, settings) yet.
     serves_git_gate: ClassVar[bool] = False
@@ -204,6 +209,23 @@ class BottlePlan(Printable):
                         if self.dlp_enabled
                         else "not scanned ([dlp] enabled = false)",
                     ),
+                    *(
+                        (
+                            f"rule {rule.host}",
+                            f"{' '.join(rule.methods)} {' '.join(rule.paths)}"
+                            + (" (websocket)" if rule.websocket else ""),
+                        )
+                        for rule in self.rules_in_force
+                    ),
+                    *(
+                        (
+                            f"inject {injection.env}",
+                            f"{injection.secret.partition(':')[0]}: secret swapped in at the "
+                            f"edge for {', '.join(injection.hosts)}; the bottle holds a "
+                            "placeholder",
+                        )
+                        for injection in self.injections
+                    ),
                     ("other", "no DNS, no UDP, no IPv6, no route: loopback only"),
                     (
                         "audit log",
@@ -301,6 +323,8 @@ def common_plan_fields(
     added in one place.
     """
     config = request.config
+    injections = plan_injections(config, Path(state_dir) / "plan.json")
+    env.update(injected_env(injections))
     return {
         "backend": backend,
         "name": request.name,
@@ -340,7 +364,58 @@ def common_plan_fields(
         "git_identity": host_git_identity() if config.bottle.git_identity else None,
         "limits": limits,
         "git_remotes": config.git_remotes,
+        "egress_rules": config.egress.rules,
+        "rules_in_force": rules_in_force(config),
+        "injections": injections,
     }
+
+
+def plan_injections(config: Config, earlier_plan: Path | None = None) -> tuple[InjectionSpec, ...]:
+    """Each `[[credentials.inject]]` with a placeholder of its secret's shape, chosen for
+    this bottle; the secret is read to learn that shape, and is not kept. A bottle that
+    ran before (`resume`) keeps the placeholders its files may hold, while they still
+    have the secret's shape."""
+    from claude_bottle.bundle.secret_sources import load_secret, placeholder_for, same_shape
+
+    earlier = _earlier_placeholders(earlier_plan)
+    planned = []
+    for index, injection in enumerate(config.credentials.inject):
+        key = f"credentials.inject[{index}].secret ({injection.env})"
+        secret = load_secret(injection.secret, key=key)
+        placeholder = earlier.get(injection.env, "")
+        if not same_shape(placeholder, secret):
+            placeholder = placeholder_for(secret)
+        planned.append(injection._replace(placeholder=placeholder))
+    return tuple(planned)
+
+
+def _earlier_placeholders(plan_file: Path | None) -> dict[str, str]:
+    import json
+
+    try:
+        assert plan_file is not None
+        recorded = json.loads(plan_file.read_text())["injections"]
+        return {str(i["env"]): str(i["placeholder"]) for i in recorded}
+    except (AssertionError, OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def rules_in_force(config: Config) -> tuple[RuleSpec, ...]:
+    """The `[[egress.rules]]` and built-in rules that apply to the hosts the bottle may
+    reach (a built-in set for a host allowed only by a wildcard applies too)."""
+    from claude_bottle.bundle.l7 import EgressRule, RuleBook
+    from claude_bottle.policy.allowlist import Allowlist
+
+    book = RuleBook(
+        (EgressRule(*rule) for rule in config.egress.rules),
+        (host for injection in config.credentials.inject for host in injection.hosts),
+    )
+    allowlist = Allowlist(config.egress.allow, config.egress.deny)
+    hosts = [host for host in book.rules if allowlist.check(host).allowed]
+    return tuple(
+        RuleSpec(rule.host, rule.methods, rule.paths, rule.websocket)
+        for rule in book.in_force(hosts)
+    )
 
 
 def gateway_features(gateway: GatewayConfig) -> tuple[str, ...]:

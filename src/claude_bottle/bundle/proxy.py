@@ -32,6 +32,7 @@ from claude_bottle.bundle.connection import (
     MAX_HEADER_BYTES,
     READ_SIZE,
     ClientConnection,
+    ConnectionEnded,
     KeptAlive,
     discard_body,
     drain,
@@ -48,6 +49,8 @@ from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable, refu
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
+    from claude_bottle.bundle.injection import InjectedHead, Injector, ResponseGuard
+    from claude_bottle.bundle.l7 import RuleBook
     from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.tls import Interception
 
@@ -105,10 +108,12 @@ class ProxyConnection(ClientConnection):
         interception: Interception | None = None,
         inspector: DlpInspector | None = None,
         pool: UpstreamPool | None = None,
+        rules: RuleBook | None = None,
+        injector: Injector | None = None,
     ) -> None:
         super().__init__(reader, writer)
         self.pool = pool
-        self.admission = EgressAdmission(gate, inspector)
+        self.admission = EgressAdmission(gate, inspector, rules, injector)
         self.interception = interception
         self.intercepted: Destination | None = None  # set once a CONNECT is intercepted
         self.record = record
@@ -196,8 +201,11 @@ class ProxyConnection(ClientConnection):
         REQUEST_LINE.set(("CONNECT", authority))  # what `pending` shows if it is held
         try:
             dest = await self.admission.destination("CONNECT", authority, 443)
-            if self.interception is not None and self.interception.applies_to(dest.host):
+            if self.interception is not None and (
+                self.interception.applies_to(dest.host) or self.admission.must_intercept(dest.host)
+            ):
                 return await self._intercept(dest)
+            self.admission.opaque_tunnel(dest)
             up_reader, up_writer = await self._open(dest)
         except Refusal as exc:
             host, port, path = refused_where(authority, 443)
@@ -320,7 +328,7 @@ class ProxyConnection(ClientConnection):
         REQUEST_LINE.set((method, target))
         try:
             dest, origin_target = await self.admission.route(target, self.intercepted)
-            self.admission.head(method, dest, origin_target, request.headers)
+            injected = self.admission.head(method, dest, origin_target, request.headers)
         except Refusal as exc:
             if self.intercepted is not None:
                 where = (self.intercepted.host, self.intercepted.port, target)
@@ -333,12 +341,12 @@ class ProxyConnection(ClientConnection):
             upstream = await self._upstream_for(dest)
             try:
                 status, up_bytes, down_bytes, keep_client = await self._exchange(
-                    request, upstream, origin_target
+                    request, upstream, origin_target, injected
                 )
             except _StaleUpstream:
                 upstream = await self._upstream_for(dest, fresh=True)
                 status, up_bytes, down_bytes, keep_client = await self._exchange(
-                    request, upstream, origin_target, replay=True
+                    request, upstream, origin_target, injected, replay=True
                 )
         except Refusal as exc:
             await self._deny(method, dest.host, dest.port, origin_target, exc)
@@ -353,7 +361,11 @@ class ProxyConnection(ClientConnection):
             path=origin_target,
             bytes_up=up_bytes,
             bytes_down=down_bytes,
-            detail={"status": status, "ms": round((time.monotonic() - started) * 1000)},
+            detail={
+                "status": status,
+                "ms": round((time.monotonic() - started) * 1000),
+                **({"injected": list(injected.injected)} if injected is not None else {}),
+            },
         )
         return keep_client
 
@@ -388,6 +400,7 @@ class ProxyConnection(ClientConnection):
         request: http1.RequestHead,
         upstream: Upstream,
         origin_target: str,
+        injected: InjectedHead | None = None,
         *,
         replay: bool = False,
     ) -> tuple[int, int, int, bool]:
@@ -398,7 +411,7 @@ class ProxyConnection(ClientConnection):
         default_port = 443 if dest.tls else 80
         host_header = dest.host if dest.port == default_port else f"{dest.host}:{dest.port}"
         headers = [(b"host", host_header.encode("ascii"))]
-        headers += forwarded_headers(request.headers)
+        headers += forwarded_headers(request.headers if injected is None else injected.forward)
         if request.expects_continue and not replay:
             await self.send(http1.CONTINUE)
         # The head goes out with the first scanned body bytes (or at the end), so a
@@ -461,6 +474,17 @@ class ProxyConnection(ClientConnection):
                 raise _StaleUpstream
             # Nothing went to the client yet: it gets an answer, not a dropped connection.
             raise Refusal(502, "error:upstream", f"{dest.host} {problem}")
+        reflected = None
+        if injected is not None:
+            from claude_bottle.bundle.injection import ResponseGuard
+
+            reflected = ResponseGuard(injected.secrets)
+            try:
+                reflected.check_head(response.headers)
+            except Refusal:
+                upstream.close()  # its body was not read: it cannot carry another exchange
+                self.upstream = None
+                raise
         # What the upstream already sent goes to the client in one write (a small response
         # is one send, not three); we flush before waiting for more, and every READ_SIZE.
         head, chunk_out, keep_client = http1.relay_head(
@@ -475,10 +499,14 @@ class ProxyConnection(ClientConnection):
                 event = await pull(messages, upstream.reader, IDLE_TIMEOUT)
             if isinstance(event, bytes):
                 down_bytes += len(event)
+                if reflected is not None:
+                    event = self._unreflected(reflected, event, request, dest, origin_target)
                 out += http1.frame(event, chunk_out)
                 if len(out) >= READ_SIZE:
                     await self._write(out)
             elif event is http1.END:
+                if reflected is not None:
+                    out += http1.frame(reflected.finish(), chunk_out)
                 out += http1.end_of_body(chunk_out)
                 await self._write(out)
                 break
@@ -491,3 +519,32 @@ class ProxyConnection(ClientConnection):
             upstream.close()
             self.upstream = None
         return response.status, up_bytes, down_bytes, keep_client
+
+    def _unreflected(
+        self,
+        guard: ResponseGuard,
+        chunk: bytes,
+        request: http1.RequestHead,
+        dest: Destination,
+        path: str,
+    ) -> bytes:
+        """What of a response body chunk may go to the client; a body that carries the
+        injected credential back ends both connections (its head has gone out already)."""
+        try:
+            return guard.feed(chunk)
+        except Refusal as exc:
+            if self.upstream is not None:
+                self.upstream.close()
+                self.upstream = None
+            self.stats.blocked += 1
+            record_refusal(
+                self.record,
+                "egress",
+                exc,
+                decision="deny",
+                method=request.method.decode("ascii", "replace"),
+                host=dest.host,
+                port=dest.port,
+                path=path,
+            )
+            raise ConnectionEnded(exc.message) from exc

@@ -42,6 +42,9 @@ _CACHE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 Recorder = Callable[..., Any]
 CREDENTIAL_RULE = "dlp:credential-in-auth-header"
+WRONG_HOST_RULE = "credential-wrong-host"  # as injection.WRONG_HOST_RULE
+# DLP's rule for a placeholder, named `placeholder.<ENV>` by the bundle (service._injector)
+PLACEHOLDER_RULE = "secret:placeholder."
 MAX_RULES_RECORDED = 16  # distinct rules counted in one audit record; more are only counted
 MAX_LOCATIONS_RECORDED = 8
 
@@ -78,12 +81,14 @@ class DlpInspector:
         credentials: list[Finding] | None = None,
         *,
         block: bool | None = None,
+        canary: bool = False,
     ) -> bool:
         """Record the findings (one record, however many) and refuse as configured; True
         when something was found. `credentials` are the findings where HTTP carries
         credentials (authorization headers, cookies, URL userinfo): the bundle injected
         none of them, so they are refused even when DLP only logs, and `[dlp] ignore*`
-        does not apply to them."""
+        does not apply to them. With `canary` (what the proxy sends), a placeholder of an
+        injected credential is refused likewise: it was left where it is not swapped."""
         ignored = [finding for finding in findings if finding.ignored]
         if ignored:  # [dlp] ignore*: let through, and say so in the audit log (one record)
             tally = Tally()
@@ -102,11 +107,22 @@ class DlpInspector:
             return False
         if block is None:
             block = self.block
-        refused = block or bool(credentials)
+        tripped = None
+        if canary:
+            tripped = next((f for f in findings if f.pattern.startswith(PLACEHOLDER_RULE)), None)
+        refused = block or bool(credentials) or tripped is not None
         tally = Tally()
         tally.add(findings)
         self._record(tally, "deny" if refused else "log", (method, host, port, path))
         first = findings[0]
+        if tripped is not None:
+            raise Refusal(
+                403,
+                WRONG_HOST_RULE,
+                f"the placeholder of an injected credential is in the {tripped.location}; "
+                "it is swapped only in the request heads of its own hosts, so the request "
+                "was not sent",
+            )
         if credentials:
             raise Refusal(
                 403,
@@ -165,7 +181,7 @@ class DlpInspector:
             credentials += self.scanner.scan(value, f"{label} header")
             for location, view in credential_views(name, value):
                 credentials += self.scanner.scan(view, location)
-        self._hit(findings, method, host, port, target, credentials)
+        self._hit(findings, method, host, port, target, credentials, canary=True)
 
     def check_userinfo(self, method: str, authority: str, port: int) -> None:
         """Scan the user and password of an authority (`user:pass@host`), decoded."""
@@ -237,6 +253,7 @@ class BodyWatch:
         self.overlap = inspector.scanner.overlap
         self.reported = False
         self.later: Tally | None = None  # made only when a second chunk has findings
+        self.canary = False  # placeholders are refused whatever `block` says (the proxy)
 
     def _check(self, findings: list[Finding]) -> None:
         if not findings:
@@ -246,7 +263,9 @@ class BodyWatch:
                 self.later = Tally()
             self.later.add(findings)
         else:
-            self.reported = self.inspector._hit(findings, *self.where, block=self.block)
+            self.reported = self.inspector._hit(
+                findings, *self.where, block=self.block, canary=self.canary
+            )
 
     def feed(self, chunk: bytes) -> None:
         self._check(self.scan.feed(chunk))
@@ -268,6 +287,7 @@ class BodyGuard:
         self, inspector: DlpInspector, encoding: str, where: tuple[str, str, int, str]
     ) -> None:
         self.watch = BodyWatch(inspector, where, inspector.block)
+        self.watch.canary = True
         self.encoded = encoding.lower() not in ("", "identity")
         self.window = inspector.scanner.overlap
         self.held = bytearray()
@@ -377,13 +397,15 @@ def default_inspector(
     record: Recorder,
     ignore: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
     held: HeldBytes | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> DlpInspector:
-    """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints)."""
+    """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints); `secrets` are values DLP
+    looks for besides the host's own (injected credentials and their placeholders)."""
     cache = DirectoryCache(cache_root() / "dlp")
     rules, fingerprints = ignore
     scanner = Scanner(
         tuple(patterns),
-        host_secrets(os.environ),
+        {**host_secrets(os.environ), **(secrets or {})},
         cache=cache,
         ignore_rules=rules,
         ignore_fingerprints=fingerprints,

@@ -26,6 +26,7 @@ from claude_bottle.bundle.control import MAX_LINE, Stats
 from claude_bottle.bundle.events import EventStream
 from claude_bottle.bundle.gate import EgressGate
 from claude_bottle.bundle.held import HeldRequests
+from claude_bottle.bundle.l7 import EgressRule, RuleBook
 from claude_bottle.bundle.pool import UpstreamPool
 from claude_bottle.bundle.server import GATEWAY_BACKLOG, PROXY_BACKLOG
 from claude_bottle.bundle.slots import (
@@ -43,6 +44,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.api_policy import GatewayPolicy
+    from claude_bottle.bundle.injection import Injector
     from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.server import Opened
     from claude_bottle.bundle.settings import BundleSettings
@@ -95,6 +97,11 @@ class Bundle:
         self._gateway: tuple[Any, Any, Any] | None = None
         self._gateway_policy: GatewayPolicy | None = None
         self._git_gate: Any = None  # git_gate.GitGate, built on the first git connection
+        self.rules = RuleBook(
+            (EgressRule(r.host, r.methods, r.paths, r.websocket) for r in settings.egress_rules),
+            (host for injection in settings.injections for host in injection.hosts),
+        )
+        self.injector: Injector | None = None  # made with the DLP engine, off the loop
 
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
@@ -103,7 +110,8 @@ class Bundle:
 
         if self.interception is not None:
             self.interception.warm()
-        return _inspector(self.settings, self.record, self.held)
+        self.injector, secrets = _injector(self.settings)
+        return _inspector(self.settings, self.record, self.held, secrets)
 
     def _prepare_now(self) -> None:
         """Start preparing inspection, once: on the first proxy connection, or
@@ -195,6 +203,8 @@ class Bundle:
             self.interception,
             inspector,
             self.pool,
+            self.rules,
+            self.injector,
         ).serve()
 
     async def _gateway_client(
@@ -429,7 +439,29 @@ def _in_daemon_thread(
     threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
 
 
-def _inspector(settings: BundleSettings, record: Any, held: HeldBytes) -> DlpInspector | None:
+def _injector(settings: BundleSettings) -> tuple[Injector | None, dict[str, str]]:
+    """The injections with their secrets, read here in the bundle from the host; and the
+    values DLP must know: each secret, and each placeholder (a canary elsewhere)."""
+    if not settings.injections:
+        return None, {}
+    from claude_bottle.bundle.injection import Injection, Injector
+    from claude_bottle.bundle.secret_sources import load_secret
+
+    injections = []
+    known: dict[str, str] = {}
+    for spec in settings.injections:
+        secret = load_secret(spec.secret, key=f"[[credentials.inject]] {spec.env}")
+        injections.append(
+            Injection(spec.env, frozenset(spec.hosts), spec.placeholder.encode(), secret.encode())
+        )
+        known[f"inject.{spec.env}"] = secret
+        known[f"placeholder.{spec.env}"] = spec.placeholder  # scanning.PLACEHOLDER_RULE
+    return Injector(injections), known
+
+
+def _inspector(
+    settings: BundleSettings, record: Any, held: HeldBytes, secrets: dict[str, str]
+) -> DlpInspector | None:
     if not settings.dlp_enabled:
         return None
     from claude_bottle.bundle.scanning import default_inspector
@@ -440,4 +472,5 @@ def _inspector(settings: BundleSettings, record: Any, held: HeldBytes) -> DlpIns
         record=record,
         ignore=(settings.dlp_ignore, settings.dlp_ignore_fingerprints),
         held=held,
+        secrets=secrets,
     )

@@ -34,6 +34,26 @@ class Pin(NamedTuple):
     port: int | None
 
 
+class RuleSpec(NamedTuple):
+    """One `[[egress.rules]]` entry as written (`bundle.l7` matches with it)."""
+
+    host: str
+    methods: tuple[str, ...]
+    paths: tuple[str, ...]
+    websocket: bool = False
+
+
+class InjectionSpec(NamedTuple):
+    """One `[[credentials.inject]]` entry: where the secret is read (a spec, never the
+    value) and the placeholder the bottle holds in its place (not a secret)."""
+
+    hosts: tuple[str, ...]
+    env: str
+    secret: str  # env:VAR | file:PATH | command:ARGV
+    also_env: tuple[str, ...] = ()
+    placeholder: str = ""  # chosen per bottle when it is planned
+
+
 class BundleSettings(NamedTuple):
     bottle: str
     proxy_socket: str
@@ -68,12 +88,16 @@ class BundleSettings(NamedTuple):
     git_socket: str | None = None  # the git gate; None when no [git.remotes] is configured
     git_cache: str | None = None  # the gate's mirrors of the remotes (host side)
     git_remotes: tuple[GateRemote, ...] = ()
+    egress_rules: tuple[RuleSpec, ...] = ()
+    injections: tuple[InjectionSpec, ...] = ()
 
     def dump(self, path: Path) -> None:
         fields = {
             **self._asdict(),
             "pins": [pin._asdict() for pin in self.pins],
             "git_remotes": [remote._asdict() for remote in self.git_remotes],
+            "egress_rules": [rule._asdict() for rule in self.egress_rules],
+            "injections": [injection._asdict() for injection in self.injections],
         }
         path.write_text(json.dumps(fields, indent=2) + "\n")
 
@@ -90,5 +114,15 @@ class BundleSettings(NamedTuple):
         raw["dlp_ignore_fingerprints"] = tuple(raw.get("dlp_ignore_fingerprints", ()))
         raw["git_remotes"] = tuple(
             GateRemote(**{**r, "push": tuple(r["push"])}) for r in raw.get("git_remotes", ())
+        )
+        raw["egress_rules"] = tuple(
+            RuleSpec(r["host"], tuple(r["methods"]), tuple(r["paths"]), r["websocket"])
+            for r in raw.get("egress_rules", ())
+        )
+        raw["injections"] = tuple(
+            InjectionSpec(
+                tuple(i["hosts"]), i["env"], i["secret"], tuple(i["also_env"]), i["placeholder"]
+            )
+            for i in raw.get("injections", ())
         )
         return cls(**raw)

@@ -13,7 +13,8 @@ Layers, later wins for scalars:
 `dlp.ignore`, `dlp.ignore_fingerprints`, `bottle.read_only` and `bottle.env`
 accumulate across layers (duplicates dropped, first position kept; a pin or
 DLP pattern redefined under the same host or name takes the later value).
-`git.remotes` merge by remote name, key by key.
+`git.remotes` merge by remote name, key by key. `egress.rules` and `credentials.inject`
+(user-only, `config.edge`) accumulate too; two injections may not name one variable.
 
 Every problem is a `ConfigError` whose message reads
 `<file>: <dotted.key>: <problem>`. Values that could be secrets (the
@@ -35,6 +36,13 @@ from urllib.parse import urlsplit
 
 # SECRET_NAME: the same rule the bottle environment builder applies as a last line of defence.
 from claude_bottle.bottle_env import SECRET_NAME
+from claude_bottle.bundle.settings import InjectionSpec, RuleSpec
+from claude_bottle.config.edge import (
+    check_injection,
+    check_interception,
+    check_rule,
+    check_unique_env,
+)
 from claude_bottle.config.model import (
     DEFAULT_ALLOW,
     DEFAULT_ANTHROPIC_CREDENTIAL,
@@ -127,6 +135,12 @@ SCHEMA: Final = _Table(
                 "intercept": _BOOL,
                 "intercept_exclude": _STRS,
                 "upstream_ca_file": _STR,
+                "rules": _ListOf(
+                    _Table(
+                        {"host": _STR, "methods": _STRS, "paths": _STRS, "websocket": _BOOL},
+                        frozenset({"host"}),
+                    )
+                ),
             }
         ),
         "dlp": _Table(
@@ -140,7 +154,17 @@ SCHEMA: Final = _Table(
                 "ignore_fingerprints": _STRS,
             }
         ),
-        "credentials": _Table({"anthropic": _STR}),
+        "credentials": _Table(
+            {
+                "anthropic": _STR,
+                "inject": _ListOf(
+                    _Table(
+                        {"hosts": _STRS, "env": _STR, "secret": _STR, "also_env": _STRS},
+                        frozenset({"hosts", "env", "secret"}),
+                    )
+                ),
+            }
+        ),
         "gateway": _Table(
             {
                 "anthropic_upstream": _STR,
@@ -398,6 +422,8 @@ class _Merged:
     intercept: bool = True
     intercept_exclude: dict[str, None] = field(default_factory=dict)
     upstream_ca_file: str | None = None
+    rules: list[RuleSpec] = field(default_factory=list)
+    inject: list[InjectionSpec] = field(default_factory=list)
     dlp_enabled: bool = True
     dlp_block: bool = True
     patterns: dict[str, DlpPattern] = field(default_factory=dict)
@@ -436,6 +462,13 @@ class _Merged:
             self.anthropic = _check_credential(
                 _str(credentials["anthropic"]), "credentials.anthropic", src
             )
+        for index, entry in enumerate(_tables(credentials.get("inject"))):
+            key = f"credentials.inject[{index}]"
+            hosts = [
+                _host_pattern(host, f"{key}.hosts[{n}]", src)
+                for n, host in enumerate(_strs(entry.get("hosts")))
+            ]
+            self.inject.append(check_injection(entry, key, hosts, src.error))
         self.apply_gateway(_table(data.get("gateway")), src)
         remotes = _table(_table(data.get("git")).get("remotes"))
         for name, remote in remotes.items():
@@ -495,6 +528,11 @@ class _Merged:
                     "point it at a PEM file of CA certificates, or remove the key",
                 )
             self.upstream_ca_file = str(ca_file.resolve())
+        for index, entry in enumerate(_tables(egress.get("rules"))):
+            key = f"egress.rules[{index}]"
+            host = _host_pattern(_str(entry["host"]), f"{key}.host", src)
+            self.rules.append(check_rule(entry, key, host, src.error))
+            self.allow.setdefault(host)  # rules imply the host, for what they admit
         for host, target_value in _table(egress.get("resolve")).items():
             pin = _resolve_pin(host, _str(target_value), _key("egress.resolve", host), src)
             self.resolve.pop(pin.host, None)
@@ -655,6 +693,16 @@ class _Merged:
     # -- the result
 
     def build(self) -> Config:
+        from claude_bottle.policy.allowlist import Allowlist
+
+        excluded = Allowlist(tuple(self.intercept_exclude))
+        check_interception(
+            self.rules,
+            self.inject,
+            intercept=self.intercept,
+            excluded=lambda host: excluded.check(host).allowed,
+        )
+        check_unique_env(self.inject)
         remotes = []
         for name, draft in self.remotes.items():
             if draft.url is None:
@@ -685,6 +733,7 @@ class _Merged:
                 intercept=self.intercept,
                 intercept_exclude=tuple(self.intercept_exclude),
                 upstream_ca_file=self.upstream_ca_file,
+                rules=tuple(self.rules),
             ),
             dlp=DlpConfig(
                 enabled=self.dlp_enabled,
@@ -693,7 +742,7 @@ class _Merged:
                 ignore=self.checked_dlp_ignore(),
                 ignore_fingerprints=tuple(self.dlp_ignore_fingerprints),
             ),
-            credentials=CredentialsConfig(anthropic=self.anthropic),
+            credentials=CredentialsConfig(anthropic=self.anthropic, inject=tuple(self.inject)),
             gateway=GatewayConfig(**self.gateway),  # type: ignore[arg-type]
             git_remotes=tuple(remotes),
             bottle=BottleSection(

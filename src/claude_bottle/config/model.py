@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # The bundle's own defaults; it ships without this package (docker's bundle image).
-from claude_bottle.bundle.settings import DEFAULT_AUDIT_MAX, DEFAULT_AUDIT_RATE
+from claude_bottle.bundle.settings import (
+    DEFAULT_AUDIT_MAX,
+    DEFAULT_AUDIT_RATE,
+    InjectionSpec,
+    RuleSpec,
+)
 from claude_bottle.limits import Limits
 
 EGRESS_MODES = ("enforce", "audit", "ask")
@@ -39,6 +44,7 @@ class EgressConfig(NamedTuple):
     intercept: bool = True  # TLS interception of allowed hosts, so DLP sees HTTPS too
     intercept_exclude: tuple[str, ...] = ()  # host patterns tunnelled without interception
     upstream_ca_file: str | None = None  # extra CA for verifying upstreams (tests)
+    rules: tuple[RuleSpec, ...] = ()  # [[egress.rules]]: per-method, per-path (bundle.l7)
 
 
 class DlpPattern(NamedTuple):
@@ -56,6 +62,7 @@ class DlpConfig(NamedTuple):
 
 class CredentialsConfig(NamedTuple):
     anthropic: str = DEFAULT_ANTHROPIC_CREDENTIAL  # env:NAME | file:PATH | keychain
+    inject: tuple[InjectionSpec, ...] = ()  # [[credentials.inject]], placeholders unset
 
 
 class GatewayConfig(NamedTuple):

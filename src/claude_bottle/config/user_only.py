@@ -24,6 +24,7 @@ USER_ONLY_KEYS: Final = (
     "gateway",  # the API upstream and OAuth URLs the real key goes to, their CA, the budget
     "git",  # remotes: where the host's git credentials are used, what may be pushed
     "egress.mode",  # audit lets every host through
+    "egress.rules",  # a rule implies its host is allowed, and can open a registry's writes
     "egress.resolve",  # pins a host name to an address of the file's choosing
     "egress.intercept",  # off: HTTPS bodies are no longer scanned
     "egress.intercept_exclude",

@@ -337,7 +337,16 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         dlp_ignore=plan.dlp_ignore,
         dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
         limits=plan.limits.audit_detail(),
+        egress_rules=plan.egress_rules,
+        # The bundle container reads each injected secret from its environment file.
+        injections=tuple(
+            injection._replace(secret=f"env:{_INJECTED}{index}")
+            for index, injection in enumerate(plan.injections)
+        ),
     )
+
+
+_INJECTED = "CLAUDE_BOTTLE_INJECTED_"
 
 
 def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> dict[str, str]:
@@ -353,6 +362,12 @@ def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> d
         if name in host_env:
             env[name] = host_env[name]
     env.update(plan.bundle_env)
+    if plan.injections:  # read here, on the host: command: and file: sources work as on it
+        from claude_bottle.bundle.secret_sources import load_secret
+
+        for index, injection in enumerate(plan.injections):
+            key = f"credentials.inject[{index}].secret ({injection.env})"
+            env[f"{_INJECTED}{index}"] = load_secret(injection.secret, host_env, key)
     return env
 
 

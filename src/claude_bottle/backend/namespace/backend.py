@@ -294,6 +294,8 @@ class NamespaceBackend(BottleBackend):
             limits=plan.limits.audit_detail(),
             git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
             **plan.git_gate_settings(),
+            egress_rules=plan.egress_rules,
+            injections=plan.injections,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

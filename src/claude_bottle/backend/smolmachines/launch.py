@@ -139,6 +139,8 @@ def launch_bottle(
         audit_max=plan.audit_max,
         audit_rate=plan.audit_rate,
         limits=plan.limits.audit_detail(),
+        egress_rules=plan.egress_rules,
+        injections=plan.injections,
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.

@@ -1,0 +1,222 @@
+"""HTTPS upstreams on loopback that require real credentials: what test_injection uses.
+
+One TLS server, signed by a throwaway CA, answers for:
+
+- `api.github.com`: `GET /user` answers only the real GitHub token (Bearer or `token`);
+  `GET /echo-auth` reflects the Authorization header it got (a reflecting endpoint);
+- `github.com`: real `git http-backend` over `acme/repo.git`, behind Basic auth whose
+  password must be the real token (git asks after a 401, as with GitHub);
+- `registry.npmjs.org`: an npm registry (packument, tarball, the audit endpoint) that
+  answers only the real npm token; a publish (`PUT`) is answered 201 and recorded;
+- `pypi.org` and `files.pythonhosted.org`: a PEP 503 index with one wheel (no token);
+- `other.test`, `upload.pypi.org`: any request, answered 200 (no credential goes there).
+
+Every request is recorded with its Authorization header, so a test proves what reached
+which host. Listens on 127.0.0.1 only; bottles reach it through `[egress.resolve]` pins.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+from tests.integration.dev_upstreams import (
+    CGI_TIMEOUT,
+    MAX_BODY,
+    NPM_PACKAGE,
+    WHEEL_PROJECT,
+    _tls,
+    build_npm_tarball,
+    build_wheel,
+    make_git_repository,
+)
+
+HOSTS = (
+    "api.github.com",
+    "github.com",
+    "registry.npmjs.org",
+    "other.test",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "upload.pypi.org",
+)
+
+
+class Seen(NamedTuple):
+    host: str
+    method: str
+    path: str
+    authorization: str
+    body: bytes
+
+
+def _credential(authorization: str) -> str:
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "basic":
+        user, _, password = base64.b64decode(value).decode(errors="replace").partition(":")
+        return password or user
+    return value.strip()
+
+
+class AuthUpstreams:
+    def __init__(self, directory: Path, github_token: str, npm_token: str) -> None:
+        context, self.ca_file = _tls(directory, HOSTS)
+        self.tokens = {
+            "api.github.com": github_token,
+            "github.com": github_token,
+            "registry.npmjs.org": npm_token,
+        }
+        self.npm_tarball = build_npm_tarball()
+        self.wheel_name, self.wheel = build_wheel()
+        self.git_root = directory / "git"
+        (self.git_root / "acme").mkdir(parents=True)
+        bare = make_git_repository(directory)
+        bare.rename(self.git_root / "acme" / "repo.git")
+        self.seen: list[Seen] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for name, value in {"content-type": "text/plain", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self) -> None:
+                host = (self.headers.get("host") or "").split(":")[0]
+                length = min(int(self.headers.get("content-length") or 0), MAX_BODY)
+                body = self.rfile.read(length) if length else b""
+                authorization = self.headers.get("authorization") or ""
+                outer.seen.append(Seen(host, self.command, self.path, authorization, body))
+                token = outer.tokens.get(host)
+                if token is not None and _credential(authorization) != token:
+                    self._send(401, b"bad credentials\n", {"www-authenticate": 'Basic realm="t"'})
+                    return
+                status, payload, headers = outer.answer(host, self.command, self.path, body)
+                if host == "api.github.com" and self.path == "/echo-auth":
+                    payload = f"you sent: {authorization}\n".encode()
+                self._send(status, payload, headers)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _handle
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(
+        self, host: str, method: str, path: str, body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        if host == "github.com":
+            return self._git(method, path, body)
+        if host == "pypi.org" and path == f"/simple/{WHEEL_PROJECT}/":
+            import hashlib
+
+            digest = hashlib.sha256(self.wheel).hexdigest()
+            href = f"https://files.pythonhosted.org/packages/{self.wheel_name}#sha256={digest}"
+            page = f'<!DOCTYPE html><html><body><a href="{href}">{self.wheel_name}</a>'
+            return 200, page.encode(), {"content-type": "text/html"}
+        if host == "files.pythonhosted.org" and path == f"/packages/{self.wheel_name}":
+            return 200, self.wheel, {"content-type": "application/octet-stream"}
+        if host == "api.github.com" and path == "/graphql":
+            return 200, b'{"data": {"viewer": {"login": "octocat"}}}\n', {}
+        if host == "api.github.com" and path == "/user":
+            return 200, b'{"login": "octocat"}\n', {"content-type": "application/json"}
+        if host == "registry.npmjs.org":
+            tarball = f"{NPM_PACKAGE}-1.0.0.tgz"
+            if method == "PUT":
+                return 201, b'{"ok": true}\n', {"content-type": "application/json"}
+            if path.split("?")[0] == f"/{NPM_PACKAGE}":
+                return 200, json.dumps(self.packument(tarball)).encode(), {}
+            if path == f"/{NPM_PACKAGE}/-/{tarball}":
+                return 200, self.npm_tarball, {"content-type": "application/octet-stream"}
+            if method == "POST" and path.startswith("/-/npm/v1/security/"):
+                return 200, b"{}", {"content-type": "application/json"}
+            return 404, b"{}", {"content-type": "application/json"}
+        return 200, b"hello\n", {}
+
+    def _git(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        path_info, _, query = path.partition("?")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": str(self.git_root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path_info,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": "application/x-git-upload-pack-request" if body else "",
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_USER": "x-access-token",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+        }
+        result = subprocess.run(
+            ["git", "http-backend"],
+            input=body,
+            env=env,
+            capture_output=True,
+            timeout=CGI_TIMEOUT,
+            check=False,
+        )
+        head, _, payload = result.stdout.partition(b"\r\n\r\n")
+        status, headers = 200, {}
+        for line in head.decode(errors="replace").splitlines():
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name.lower() == "content-type":
+                headers["content-type"] = value.strip()
+        return status, payload, headers
+
+    def packument(self, tarball: str) -> dict[str, object]:
+        import hashlib
+
+        sha1 = hashlib.sha1(self.npm_tarball).hexdigest()
+        sha512 = base64.b64encode(hashlib.sha512(self.npm_tarball).digest()).decode()
+        version = {
+            "name": NPM_PACKAGE,
+            "version": "1.0.0",
+            "main": "index.js",
+            "dist": {
+                "tarball": f"https://registry.npmjs.org/{NPM_PACKAGE}/-/{tarball}",
+                "shasum": sha1,
+                "integrity": f"sha512-{sha512}",
+            },
+        }
+        return {
+            "name": NPM_PACKAGE,
+            "dist-tags": {"latest": "1.0.0"},
+            "versions": {"1.0.0": version},
+        }
+
+    def egress_config(self) -> str:
+        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in HOSTS)
+        allow = ", ".join(f'"{host}"' for host in HOSTS)
+        return (
+            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
+            f"[egress.resolve]\n{pins}"
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
