@@ -198,7 +198,7 @@ curl -sS --max-time 20 -H "Authorization: Bearer $GITHUB_TOKEN" https://api.gith
 echo "== push"
 git clone -q "https://x-access-token:$GITHUB_TOKEN@github.com/acme/repo.git" clone
 cd clone && echo change >> README && git -c user.name=a -c user.email=a@b commit -qam change
-git push -q origin HEAD:main 2>&1 | grep -o 'HTTP 403\|git-push-outside-gate' | head -1
+git push -q origin HEAD:main 2>&1 | grep -oE 'HTTP 403|git-push-outside-gate' | head -1
 cd ..
 echo "== publish"
 printf '//registry.npmjs.org/:_authToken=%s\\n' "$NPM_TOKEN" > ~/.npmrc
