@@ -84,6 +84,10 @@ class BottlePlan(Printable):
     git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
     limits: LimitsPlan  # resource limits in force and how this backend applies them
 
+    def runs_host_bundle(self) -> bool:
+        """Whether the bundle is a host process (started by `bundle.launcher`)."""
+        return True
+
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
         return [
@@ -350,6 +354,10 @@ class BottleBackend(abc.ABC):
 
     def limits_report(self) -> list[str]:
         """For `doctor`: how this backend applies [bottle] limits here, and what is missing."""
+        return []
+
+    def doctor_notes(self) -> list[str]:
+        """For `doctor`: other choices this backend makes on this host, and why."""
         return []
 
     @abc.abstractmethod

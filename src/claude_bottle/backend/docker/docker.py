@@ -333,6 +333,13 @@ def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
     return lines[-1] if lines else ""
 
 
+def run_attached(
+    options: Sequence[str], image: str, command: Sequence[str] = (), timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`docker run OPTIONS IMAGE COMMAND` in the foreground (never pulled): its result."""
+    return _run(["run", "--pull", "never", *options, image, *command], check=False, timeout=timeout)
+
+
 def run_once(
     image: str, command: Sequence[str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

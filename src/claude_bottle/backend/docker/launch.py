@@ -380,19 +380,112 @@ def start(
     seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
     workspace_guard.prepare(plan.workspace_guard)
     seed_git_identity(home, plan.git_identity)
-    _settings(plan).dump(runtime / "bundle.json")
-    env_file = runtime / "bundle-env.json"
-    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(bundle_environment(plan, os.environ), handle)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     _write_seccomp_profile(Path(plan.agent.seccomp_profile), plan.nested_sandbox)
+
+    if plan.bundle is not None:
+        _write_bundle_files(plan, runtime)
 
     labels = plan.labels()
     watchdog = Watchdog.spawn(labels, state_dir / "docker.log")
     stack.callback(watchdog.release, "done")  # last out: after the teardown below
     created = _Created()
     stack.callback(created.remove)
+    if plan.bundle is None:
+        processes = _start_with_host_bundle(plan, stack, runtime, state_dir, created, preflight)
+    else:
+        processes = _start_with_bundle_container(plan, runtime, state_dir, created, preflight)
+    containers = {"bottle": plan.agent.container}
+    if plan.bundle is not None:
+        containers["bundle"] = plan.bundle.container
+    exec_socket = runtime / "exec" / "exec.sock"
+    state.write_record(
+        plan.name,
+        {
+            "name": plan.name,
+            "backend": plan.backend,
+            "workspace": plan.workspace,
+            "created": time.time(),
+            "status": "running",
+            "detached": plan.detach,
+            "placement": plan.placement,
+            "processes": processes,
+            "containers": containers,
+            "network": plan.network,
+            "volume": plan.volume,
+            "labels": labels,
+            "runtime_dir": str(runtime),
+            "control_socket": str(runtime / "control" / "control.sock"),
+            "exec_socket": str(exec_socket),
+            "env": plan.env,
+            "command": list(plan.command),
+            "bundle_cgroup": None if plan.bundle_cgroup is None else plan.bundle_cgroup._asdict(),
+        },
+    )
+    bottle = DockerBottle(
+        plan.name,
+        exec_socket=exec_socket,
+        env=plan.env,
+        workspace=plan.workspace,
+        processes=processes,
+        containers=containers,
+    )
+    return bottle, watchdog
+
+
+def _write_bundle_files(plan: DockerBottlePlan, runtime: Path) -> None:
+    """The bundle container's settings, and its environment in a file only it reads."""
+    _settings(plan).dump(runtime / "bundle.json")
+    fd = os.open(runtime / "bundle-env.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(bundle_environment(plan, os.environ), handle)
+
+
+def _start_with_host_bundle(
+    plan: DockerBottlePlan,
+    stack: contextlib.ExitStack,
+    runtime: Path,
+    state_dir: Path,
+    created: _Created,
+    preflight: Callable[[], list[str]],
+) -> dict[str, dict[str, int]]:
+    """The bundle as a host process beside the agent container (host placement)."""
+    from claude_bottle.backend.docker import host_bundle
+
+    bundle_ready = host_bundle.start_bundle(plan, runtime, state_dir, stack)
+    building = threading.Lock()
+
+    def build(tag: str) -> None:
+        with building:
+            _build(tag, plan.agent.base_image)
+
+    try:
+        host_bundle.run_agent(plan, build, preflight)
+    finally:
+        # A failed run may still have created it: the teardown removes it either way.
+        created.agents.append(plan.agent.container)
+    exec_socket = runtime / "exec" / "exec.sock"
+    host_bundle.wait_for_relay(exec_socket, plan.agent.container, _died)
+    processes = {"bundle": host_bundle.bundle_ref(bundle_ready())}
+    with contextlib.suppress(OSError):
+        ref = _host_pid(_listener_pid(exec_socket), PROCESS_MARKERS["bottle"])
+        if ref is not None:
+            processes["bottle"] = ref
+    return processes
+
+
+def _start_with_bundle_container(
+    plan: DockerBottlePlan,
+    runtime: Path,
+    state_dir: Path,
+    created: _Created,
+    preflight: Callable[[], list[str]],
+) -> dict[str, dict[str, int]]:
+    """The bundle in a container beside the agent container (container placement)."""
+    assert plan.bundle is not None and plan.volume is not None
+    bundle_spec, volume_name = plan.bundle, plan.volume
+    env_file = runtime / "bundle-env.json"
+    labels = plan.labels()
 
     # Everything at once: the engine check, the volume, the network, and each container as
     # soon as what it mounts exists (the agent needs only the volume). A run whose image is
@@ -400,11 +493,11 @@ def start(
     problems: list[str] = []
     volume_done = threading.Event()
     building = threading.Lock()
-    containers = {"bundle": plan.bundle.container, "bottle": plan.agent.container}
+    containers = {"bundle": bundle_spec.container, "bottle": plan.agent.container}
 
     def run(role: str) -> None:
         if role == "bundle":
-            image, args, command = plan.bundle.image, bundle_run_args(plan.bundle), bundle_command()
+            image, args, command = bundle_spec.image, bundle_run_args(bundle_spec), bundle_command()
         else:
             image, args = plan.agent.image, agent_run_args(plan.agent)
             command = agent_command(plan.relay_port, plan.gateway_port)
@@ -421,11 +514,11 @@ def start(
     def volume() -> None:
         try:
             docker.volume_create(
-                plan.volume,
+                volume_name,
                 labels={**labels, LABEL_ROLE: "sockets"},
                 options=sockets_volume_options(plan.agent.uid, plan.agent.gid),
             )
-            created.volumes.append(plan.volume)
+            created.volumes.append(volume_name)
         finally:
             volume_done.set()
 
@@ -434,12 +527,12 @@ def start(
             docker.network_create(plan.network, labels={**labels, LABEL_ROLE: "network"})
             created.networks.append(plan.network)
         volume_done.wait()
-        if plan.volume in created.volumes:  # otherwise the volume's own error says why
+        if volume_name in created.volumes:  # otherwise the volume's own error says why
             run("bundle")
 
     def agent_chain() -> None:
         volume_done.wait()
-        if plan.volume in created.volumes:
+        if volume_name in created.volumes:
             run("bottle")
 
     errors = parallel(lambda: problems.extend(preflight()), volume, bundle_chain, agent_chain)
@@ -452,37 +545,7 @@ def start(
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
     env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
-
-    state.write_record(
-        plan.name,
-        {
-            "name": plan.name,
-            "backend": plan.backend,
-            "workspace": plan.workspace,
-            "created": time.time(),
-            "status": "running",
-            "detached": plan.detach,
-            "processes": processes,
-            "containers": containers,
-            "network": plan.network,
-            "volume": plan.volume,
-            "labels": labels,
-            "runtime_dir": str(runtime),
-            "control_socket": str(control_socket),
-            "exec_socket": str(exec_socket),
-            "env": plan.env,
-            "command": list(plan.command),
-        },
-    )
-    bottle = DockerBottle(
-        plan.name,
-        exec_socket=exec_socket,
-        env=plan.env,
-        workspace=plan.workspace,
-        processes=processes,
-        containers=containers,
-    )
-    return bottle, watchdog
+    return processes
 
 
 def _raise_first(errors: list[BaseException]) -> None:
