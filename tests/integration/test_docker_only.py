@@ -44,6 +44,13 @@ def backend() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _bundle_container_unless_said(bottle_env: BottleEnv) -> None:
+    """These tests look at the bundle container's topology unless they ask for the host
+    placement (`bottle_env.docker_bundle = "host"` in the test)."""
+    bottle_env.docker_bundle = "container"
+
+
+@pytest.fixture(autouse=True)
 def _remove_what_a_failed_test_left(bottle_env: BottleEnv) -> Iterator[None]:
     """Tests must not leak into each other: after each, remove what carries its state label."""
     yield
@@ -280,3 +287,97 @@ def test_files_written_in_the_workspace_belong_to_the_user(bottle_env: BottleEnv
     for path in (bottle_env.workspace / "made-in-bottle", bottle_env.workspace / "sub" / "f"):
         assert path.stat().st_uid == os.getuid()
         assert path.stat().st_gid == os.getgid()
+
+
+# --- host placement: the bundle is a host process ---------------------------------------
+
+
+def _process_gone(ref: dict[str, int], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{ref['pid']}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_host_placement_is_one_hardened_container_and_a_host_bundle(
+    bottle_env: BottleEnv,
+) -> None:
+    bottle_env.docker_bundle = "host"
+    secret = "hostsecret-" + "Z3kP8" * 6
+    bottle_env.env["MY_API_KEY"] = secret
+    record = _detach(
+        bottle_env, "hp", "curl -sS --max-time 5 http://allowed.test/via-host; sleep 300"
+    )
+    assert record["placement"] == "host"
+    assert list(record["containers"]) == ["bottle"]
+    assert _leftovers("hp") == {
+        "container": [record["containers"]["bottle"]],
+        "network": [],
+        "volume": [],
+    }
+    agent = _inspect(record["containers"]["bottle"])
+    host = agent["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert any(opt.startswith("seccomp=") for opt in host["SecurityOpt"])
+    assert host["PidsLimit"] > 0 and host["Memory"] > 0
+    mounts = {m["Destination"]: m for m in agent["Mounts"]}
+    sockets = mounts["/run/claude-bottle/bundle"]
+    assert sockets["Type"] == "bind" and sockets["RW"] is False
+    assert sockets["Source"] == str(Path(record["runtime_dir"]) / "bundle")
+    assert secret not in json.dumps(agent)
+    bundle = record["processes"]["bundle"]
+    cmdline = Path(f"/proc/{bundle['pid']}/cmdline").read_bytes()
+    assert b"claude_bottle" in cmdline or b"claude-bottle" in cmdline
+    deadline = time.monotonic() + 15
+    while not bottle_env.upstream.requests:
+        assert time.monotonic() < deadline, "the bottle's request never arrived"
+        time.sleep(0.05)
+    assert [r.path for r in bottle_env.upstream.requests] == ["/via-host"]
+    assert bottle_env.cli("stop", "hp").returncode == 0
+    _wait_for_no_leftovers("hp")
+    assert _process_gone(bundle)
+    audit = (bottle_env.state_dir("hp") / "audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["rule"] == "bundle-stop"
+
+
+def test_host_placement_killing_the_bundle_stops_the_run(bottle_env: BottleEnv) -> None:
+    bottle_env.docker_bundle = "host"
+    flag = bottle_env.workspace / "go"
+    proc = bottle_env.start(
+        "curl -sS --max-time 5 http://allowed.test/before; echo started; "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done; "
+        "curl -sS --max-time 5 http://allowed.test/after; sleep 30",
+        name="hk",
+    )
+    assert proc.stdout is not None
+    assert "hello from upstream /before" in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "started"
+    record = _record(bottle_env, "hk")
+    os.kill(record["processes"]["bundle"]["pid"], signal.SIGKILL)
+    flag.write_text("")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 125, (out, err)
+    assert "bundle (host process) stopped" in err
+    assert "/after" not in out
+    assert [r.path for r in bottle_env.upstream.requests] == ["/before"]
+    _wait_for_no_leftovers("hk")
+
+
+def test_host_placement_sigkilled_cli_leaves_nothing_behind(bottle_env: BottleEnv) -> None:
+    bottle_env.docker_bundle = "host"
+    proc = bottle_env.start("echo started; sleep 300", name="hz")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    record = _record(bottle_env, "hz")
+    assert len(_labelled("container", "hz")) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _wait_for_no_leftovers("hz")  # the watchdog tore the agent container down
+    assert _process_gone(record["processes"]["bundle"])  # it dies with the CLI
+    cleaned = bottle_env.cli("cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not Path(record["runtime_dir"]).exists()
