@@ -23,7 +23,7 @@ import pytest
 from claude_bottle import state
 from claude_bottle.backend.base import LaunchRequest
 from claude_bottle.backend.docker import backend as docker_backend
-from claude_bottle.backend.docker import docker, images, launch
+from claude_bottle.backend.docker import docker, images, launch, network
 from claude_bottle.backend.docker.backend import (
     DockerBackend,
     credential_access,
@@ -52,6 +52,7 @@ class FakeEngine:
     networks: list[dict[str, Any]] = field(default_factory=list)
     volumes: list[dict[str, Any]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
+    shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # network_inspect by name
 
     def _act(self, what: str, names: list[str]) -> None:
         self.calls.append((what, tuple(names)))
@@ -76,6 +77,7 @@ class FakeEngine:
             docker, "volume_ls", lambda labels: self._matching(self.volumes, labels)
         )
         monkeypatch.setattr(docker, "image_ls", lambda labels: list(self.images))
+        monkeypatch.setattr(docker, "network_inspect", lambda name: self.shared.get(name))
         monkeypatch.setattr(docker, "image_rm", lambda refs: self._act("image_rm", list(refs)))
 
     @staticmethod
@@ -309,6 +311,69 @@ def test_cleanup_plan_lists_orphans_and_stale_launches_of_live_bottles(
     assert ("rm", ("dead-agent", "live-old-agent")) in engine.calls
     assert ("network_rm", ("dead-net",)) in engine.calls
     assert all("other-users-agent" not in names for _, names in engine.calls)
+
+
+SHARED = {
+    "Name": "claude-bottle",
+    "Driver": "bridge",
+    "Labels": {"claude-bottle.shared": "engine", "claude-bottle.role": "network"},
+    "Options": {"com.docker.network.bridge.enable_icc": "false"},
+    "Containers": {},
+}
+
+
+@pytest.mark.parametrize(
+    ("shared", "listed"),
+    [
+        (SHARED, True),
+        ({**SHARED, "Containers": {"c1": {"Name": "someone's bundle"}}}, False),  # in use
+        ({**SHARED, "Labels": {}}, False),  # not ours: never removed
+        ({**SHARED, "Options": {}}, False),  # not ours: containers may reach each other
+    ],
+)
+def test_cleanup_removes_the_shared_network_only_when_ours_and_unused(
+    engine: FakeEngine,
+    dirs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shared: dict[str, Any],
+    listed: bool,
+) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    engine.shared = {"claude-bottle": shared}
+    plan = DockerBackend().cleanup_plan(set())
+    assert (("network", "claude-bottle (shared by bundle containers, unused)") in plan.items) is (
+        listed
+    )
+    assert DockerBackend().cleanup(plan) == []
+    assert (("network_rm", ("claude-bottle",)) in engine.calls) is listed
+
+
+def test_the_shared_network_is_made_with_traffic_between_containers_off(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[tuple[str, dict[str, str], dict[str, str]]] = []
+
+    def create(name: str, *, labels: dict[str, str], options: dict[str, str]) -> str:
+        made.append((name, labels, options))
+        engine.shared[name] = {**SHARED, "Labels": labels, "Options": options}
+        return "id"
+
+    monkeypatch.setattr(docker, "network_create", create)
+    network.ensure()
+    network.ensure()  # exists now: made once
+    assert made == [
+        (
+            "claude-bottle",
+            {"claude-bottle.role": "network", "claude-bottle.shared": "engine"},
+            {"com.docker.network.bridge.enable_icc": "false"},
+        )
+    ]
+
+
+def test_a_network_of_that_name_we_did_not_make_is_refused(engine: FakeEngine) -> None:
+    engine.shared = {"claude-bottle": {**SHARED, "Labels": {}, "Options": {}}}
+    with pytest.raises(LaunchError, match="did not make"):
+        network.ensure()
 
 
 def test_cleanup_lists_our_images_built_from_older_inputs(
@@ -560,18 +625,17 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
         assert network_started.wait(5), "the network waited for the volume"
         return name
 
-    def network_create(name: str, **_: Any) -> str:
+    def ensure_network() -> None:
         network_started.set()
         time.sleep(0.05)
         events.append("network")
-        return name
 
     def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
         events.append("run " + options[options.index("--name") + 1].rsplit("-", 1)[-1])
         return "id"
 
     monkeypatch.setattr(docker, "volume_create", volume_create)
-    monkeypatch.setattr(docker, "network_create", network_create)
+    monkeypatch.setattr(network, "ensure", ensure_network)
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))

@@ -287,7 +287,7 @@ def test_plan_names_labels_and_bridge_network(dirs: Path) -> None:
     assert plan.agent.container == f"{prefix}-agent"
     assert plan.bundle.container == f"{prefix}-bundle"
     assert plan.volume == f"{prefix}-sockets"
-    assert plan.network == prefix and plan.bundle.network == prefix
+    assert plan.network == "claude-bottle" and plan.bundle.network == "claude-bottle"
     assert plan.labels() == {
         "claude-bottle.bottle": "proj-abcde",
         "claude-bottle.state": state_label(),

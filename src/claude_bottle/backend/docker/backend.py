@@ -36,7 +36,7 @@ from claude_bottle.backend.base import (
     LaunchRequest,
     common_plan_fields,
 )
-from claude_bottle.backend.docker import docker, images, placement
+from claude_bottle.backend.docker import docker, images, network, placement
 from claude_bottle.backend.docker.bottle_plan import (
     CA_BUNDLE,
     CA_CERT,
@@ -54,6 +54,7 @@ from claude_bottle.backend.docker.bottle_plan import (
     DockerBottlePlan,
     Mount,
 )
+from claude_bottle.backend.docker.network import SHARED_NETWORK
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
@@ -273,7 +274,7 @@ class DockerBackend(BottleBackend):
         chosen = placement.choose(config.docker.bundle, agent_image.tag, uid, gid)
         host_bundle = chosen.kind == placement.HOST
         volume = None if host_bundle else f"{prefix}-sockets"
-        network = None if host_bundle or needs_host_network(config) else prefix
+        network = None if host_bundle or needs_host_network(config) else SHARED_NETWORK
         label = state_label()
         labels = (
             (LABEL_BOTTLE, request.name),
@@ -445,6 +446,8 @@ class DockerBackend(BottleBackend):
                 bottle = orphan(row)
                 if bottle is not None:
                     items.append((kind, f"{row.get('Name')} (bottle {bottle})"))
+        if network.unused():
+            items.append(("network", f"{SHARED_NETWORK} (shared by bundle containers, unused)"))
         return CleanupPlan(self.name, tuple(items))
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
@@ -463,12 +466,17 @@ class DockerBackend(BottleBackend):
                 found[f"{kind}s"].append(name)
         from claude_bottle.backend.docker import launch
 
+        shared = SHARED_NETWORK in found["networks"]
+        found["networks"] = [n for n in found["networks"] if n != SHARED_NETWORK]
+
         problems = launch.teardown(
             agents=found["agents"],
             bundles=found["bundles"],
             networks=found["networks"],
             volumes=found["volumes"],
         )
+        if shared:  # after the bottles' containers: it may be unused only now
+            problems += network.remove_if_unused()
         for ref in found["images"]:
             try:
                 docker.image_rm([ref])

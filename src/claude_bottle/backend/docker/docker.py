@@ -304,9 +304,31 @@ def volume_ls(labels: Mapping[str, str]) -> list[dict[str, Any]]:
 # --- networks -------------------------------------------------------------------------
 
 
-def network_create(name: str, *, labels: Mapping[str, str] | None = None) -> str:
-    args = ["network", "create", "--driver", "bridge", *_label_args(labels or {}), name]
+def network_create(
+    name: str, *, labels: Mapping[str, str] | None = None, options: Mapping[str, str] | None = None
+) -> str:
+    args = ["network", "create", "--driver", "bridge", *_label_args(labels or {})]
+    for key, value in (options or {}).items():
+        args += ["--opt", f"{key}={value}"]
+    args.append(name)
     return _run(args).stdout.strip()
+
+
+def network_inspect(name: str) -> dict[str, Any] | None:
+    """`docker network inspect`: the network (driver, options, labels, containers), or None
+    when it does not exist."""
+    result = _run(["network", "inspect", "--format", "{{json .}}", name], check=False)
+    if result.returncode != 0:
+        text = result.stderr.lower()
+        if "no such" in text or "not found" in text:
+            return None
+        raise DockerError(
+            f"docker network inspect failed: {_engine_message(result.stderr)}",
+            hint_for(result.stderr),
+            stderr=result.stderr,
+        )
+    data = json.loads(result.stdout)
+    return data if isinstance(data, dict) else None
 
 
 def network_rm(names: Iterable[str]) -> None:

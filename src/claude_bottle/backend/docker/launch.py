@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from claude_bottle import paths, state, workspace_guard
-from claude_bottle.backend.docker import docker, images
+from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
     BUNDLE_STATE,
@@ -504,10 +504,13 @@ def _start_with_bundle_container(
         try:
             docker.run(args, image, command)
         except docker.DockerError as exc:
-            if "no such image" not in exc.stderr.lower():
+            if network.vanished(exc):  # `cleanup` removed the shared network just now
+                network.ensure()
+            elif "no such image" in exc.stderr.lower():
+                with building:
+                    _build(image, plan.agent.base_image)
+            else:
                 raise
-            with building:
-                _build(image, plan.agent.base_image)
             docker.run(args, image, command)
         (created.bundles if role == "bundle" else created.agents).append(containers[role])
 
@@ -523,9 +526,8 @@ def _start_with_bundle_container(
             volume_done.set()
 
     def bundle_chain() -> None:
-        if plan.network:
-            docker.network_create(plan.network, labels={**labels, LABEL_ROLE: "network"})
-            created.networks.append(plan.network)
+        if plan.network:  # the engine's shared network, kept: never in `created`
+            network.ensure()
         volume_done.wait()
         if volume_name in created.volumes:  # otherwise the volume's own error says why
             run("bundle")
