@@ -3,7 +3,7 @@
 The shared suite (test_isolation.py and friends) proves the bottle's guarantees for every
 backend. These tests look at the docker resources themselves: the agent container's
 hardening as the engine reports it, that it cannot reach the bundle's network or the
-engine's socket, that the bundle's own bridge network gives it a way out, that killing
+engine's socket, that the engine's bundle network gives the bundle a way out, that killing
 the bundle container cuts egress, and that nothing labelled with the bottle survives
 `stop`, `cleanup` or a CLI killed with SIGKILL.
 """
@@ -184,7 +184,12 @@ def test_bridge_network_is_the_bundle_s_way_out_and_the_agent_cannot_reach_it(
     record = _detach(bottle_env, "b")
     bundle = _inspect(record["containers"]["bundle"])
     (network,) = bundle["NetworkSettings"]["Networks"]
-    assert network == record["network"] and network.startswith("claude-bottle-b-")
+    # The engine's one bundle network, kept between bottles; its containers cannot reach
+    # each other (one bottle's bundle is not another's way in).
+    assert network == record["network"] == "claude-bottle"
+    shared = json.loads(_docker("network", "inspect", network))[0]
+    assert shared["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert shared["Labels"]["claude-bottle.shared"] == "engine"
     bundle_ip = bundle["NetworkSettings"]["Networks"][network]["IPAddress"]
     gateway_ip = bundle["NetworkSettings"]["Networks"][network]["Gateway"]
     assert bundle_ip and gateway_ip
