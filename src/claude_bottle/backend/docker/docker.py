@@ -362,6 +362,18 @@ def run_attached(
     return _run(["run", "--pull", "never", *options, image, *command], check=False, timeout=timeout)
 
 
+def run_process(
+    options: Sequence[str], image: str, command: Sequence[str], output: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """`docker run --rm OPTIONS IMAGE COMMAND`, attached, in the background (never pulled):
+    the client ends once the container has ended and the engine has removed it. In its own
+    session, so a signal for the CLI's process group does not end it early."""
+    argv = [_binary(), "run", "--rm", "--pull", "never", *options, image, *command]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
+    )
+
+
 def run_once(
     image: str, command: Sequence[str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

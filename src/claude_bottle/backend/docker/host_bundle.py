@@ -11,6 +11,8 @@ no-new-privileges, the seccomp profile and the limits.
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from claude_bottle.bundle.settings import BundleSettings, Pin
 from claude_bottle.errors import LaunchError, MissingDependency
 
 READY_TIMEOUT = 30.0
+AGENT_EXIT_TIMEOUT = 20.0
 
 
 def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSettings:
@@ -61,82 +64,129 @@ def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSe
     )
 
 
-def start_bundle(
-    plan: DockerBottlePlan, runtime: Path, state_dir: Path, stack: contextlib.ExitStack
-) -> Callable[[], BundleProcess]:
-    """Start the host bundle (the prestarted one when there is one); the call that waits
-    until it serves. It is stopped (SIGTERM: its audit log ends with `bundle-stop`) and
-    its cgroup removed at teardown."""
-    (runtime / "bundle").mkdir(mode=0o755)
-    settings_file = runtime / "bundle.json"
-    settings(plan, runtime, state_dir).dump(settings_file)
-    group = plan.bundle_cgroup
-    if group is not None:
-        stack.callback(cgroups.remove, group)
-        try:
-            cgroups.create(group)
-        except OSError as exc:
-            raise LaunchError(
-                f"cannot create the bundle's cgroup ({exc.strerror}: {exc.filename})",
-                "see `claude-bottle doctor`; cgroup v1 needs root",
-            ) from None
-    pending = spawn_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not plan.detach)
-    stack.callback(stop_process, pending.process)
-    if group is not None:
-        try:
-            cgroups.move(group, pending.process.pid)
-        except OSError as exc:
-            raise LaunchError(
-                f"cannot move the bundle into its cgroup ({exc.strerror}: {exc.filename})",
-                "see `claude-bottle doctor`",
-            ) from None
-    return pending.wait_ready
+class HostBundleLaunch:
+    """One launch's host bundle and agent container, and their teardown (side by side:
+    the agent container killed and removed, the bundle stopped so its audit log ends
+    with `bundle-stop`, then its cgroup removed)."""
+
+    def __init__(self, plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.state_dir = state_dir
+        self.bundle: BundleProcess | None = None
+        self.cgroup_made = False
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.agent_log = state_dir / "agent-container.log"
+        self.relay: dict[str, int] | None = None  # the agent container's process 1
+
+    def start_bundle(self) -> Callable[[], BundleProcess]:
+        """Start the host bundle (the prestarted one when there is one); the call that
+        waits until it serves."""
+        plan, runtime = self.plan, self.runtime
+        (runtime / "bundle").mkdir(mode=0o755)
+        settings_file = runtime / "bundle.json"
+        settings(plan, runtime, self.state_dir).dump(settings_file)
+        group = plan.bundle_cgroup
+        if group is not None:
+            self.cgroup_made = True
+            try:
+                cgroups.create(group)
+            except OSError as exc:
+                raise LaunchError(
+                    f"cannot create the bundle's cgroup ({exc.strerror}: {exc.filename})",
+                    "see `claude-bottle doctor`; cgroup v1 needs root",
+                ) from None
+        log = self.state_dir / "bundle.log"
+        pending = spawn_bundle(settings_file, log, die_with_parent=not plan.detach)
+        self.bundle = pending.process
+        if group is not None:
+            try:
+                cgroups.move(group, pending.process.pid)
+            except OSError as exc:
+                raise LaunchError(
+                    f"cannot move the bundle into its cgroup ({exc.strerror}: {exc.filename})",
+                    "see `claude-bottle doctor`",
+                ) from None
+        return pending.wait_ready
+
+    def run_agent(self) -> None:
+        """`docker run --rm` of the agent container, attached, as a plain `docker run` is:
+        one client for create, start and remove. It ends when the relay (process 1) does."""
+        args = agent_run_args(self.plan.agent)
+        command = agent_command(self.plan.relay_port, self.plan.gateway_port)
+        with self.agent_log.open("ab") as log:
+            self.agent = docker.run_process(args, self.plan.agent.image, command, log)
+
+    def wait_for_relay(
+        self, build: Callable[[str], None], preflight: Callable[[], list[str]]
+    ) -> None:
+        """Until the relay serves exec. A missing image is built and the container run
+        again; an engine problem is named by preflight (`docker version`), which is run
+        only then: a check on every start would cost a docker client run."""
+        exec_socket = self.runtime / "exec" / "exec.sock"
+        deadline = time.monotonic() + READY_TIMEOUT
+        rebuilt = False
+        while not exec_socket.exists():
+            assert self.agent is not None
+            if self.agent.poll() is not None:
+                said = _tail(self.agent_log)
+                if not rebuilt and _missing_image(said):
+                    rebuilt = True
+                    build(self.plan.agent.image)
+                    self.run_agent()
+                    deadline = time.monotonic() + READY_TIMEOUT
+                    continue
+                problems = preflight()
+                if problems:
+                    raise MissingDependency("; ".join(problems))
+                raise LaunchError(
+                    f"the agent container exited while starting: {said or 'no output'}",
+                    f"see {self.agent_log}",
+                )
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"the agent container's relay did not start within {READY_TIMEOUT:.0f}s",
+                    f"see {self.agent_log}",
+                )
+            time.sleep(0.002)  # the command waits for this: poll finely, it is a few stats
+
+    def remove(self) -> None:
+        from claude_bottle.backend.docker.launch import parallel
+
+        parallel(self._remove_agent, self._stop_bundle)
+
+    def _remove_agent(self) -> None:
+        agent, self.agent = self.agent, None
+        if agent is None:
+            return
+        container = self.plan.agent.container
+        if self.relay is not None and state.signal_process(self.relay, signal.SIGKILL):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(AGENT_EXIT_TIMEOUT)  # the engine removes it (--rm), then the client ends
+        if agent.poll() is None or self.relay is None:
+            with contextlib.suppress(docker.DockerError):
+                docker.rm([container])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(AGENT_EXIT_TIMEOUT)
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+    def _stop_bundle(self) -> None:
+        if self.bundle is not None:
+            stop_process(self.bundle)
+        if self.cgroup_made and self.plan.bundle_cgroup is not None:
+            cgroups.remove(self.plan.bundle_cgroup)
 
 
-def run_agent(
-    plan: DockerBottlePlan,
-    build: Callable[[str], None],
-    preflight: Callable[[], list[str]],
-) -> None:
-    """`docker run -d` of the agent container; a missing image is built and the run tried
-    again. The engine is checked (`docker version`) only when the run fails: a check on
-    every start would cost a docker client run on a two-core machine."""
-    args = agent_run_args(plan.agent)
-    command = agent_command(plan.relay_port, plan.gateway_port)
+def _missing_image(said: str) -> bool:
+    text = said.lower()
+    return "no such image" in text or "unable to find image" in text
+
+
+def _tail(log: Path) -> str:
     try:
-        try:
-            docker.run(args, plan.agent.image, command)
-        except docker.DockerError as exc:
-            if "no such image" not in exc.stderr.lower():
-                raise
-            build(plan.agent.image)
-            docker.run(args, plan.agent.image, command)
-    except docker.DockerError:
-        problems = preflight()
-        if problems:
-            raise MissingDependency("; ".join(problems)) from None
-        raise
-
-
-def wait_for_relay(exec_socket: Path, container: str, died: Callable[[str, str], None]) -> None:
-    """Until the relay (the agent container's process 1) serves exec; fail fast if the
-    container exited (one `docker inspect` every 0.5 s while waiting)."""
-    started = time.monotonic()
-    next_check = started + 0.5
-    while not exec_socket.exists():
-        now = time.monotonic()
-        if now >= next_check:
-            next_check = now + 0.5
-            info = docker.inspect(container)
-            if info is None or not info.get("State", {}).get("Running"):
-                died("bottle", container)
-        if now > started + READY_TIMEOUT:
-            raise LaunchError(
-                f"the agent container's relay did not start within {READY_TIMEOUT:.0f}s",
-                f"see `docker logs {container}`",
-            )
-        time.sleep(0.002)  # the command waits for this: poll finely, it is a few stats
-
-
-def bundle_ref(process: BundleProcess) -> dict[str, int]:
-    return state.process_ref(process.pid)
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(lines[-3:])

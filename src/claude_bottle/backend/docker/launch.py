@@ -392,7 +392,7 @@ def start(
     created = _Created()
     stack.callback(created.remove)
     if plan.bundle is None:
-        processes = _start_with_host_bundle(plan, stack, runtime, state_dir, created, preflight)
+        processes = _start_with_host_bundle(plan, stack, runtime, state_dir, preflight)
     else:
         processes = _start_with_bundle_container(plan, runtime, state_dir, created, preflight)
     containers = {"bottle": plan.agent.container}
@@ -446,31 +446,22 @@ def _start_with_host_bundle(
     stack: contextlib.ExitStack,
     runtime: Path,
     state_dir: Path,
-    created: _Created,
     preflight: Callable[[], list[str]],
 ) -> dict[str, dict[str, int]]:
     """The bundle as a host process beside the agent container (host placement)."""
-    from claude_bottle.backend.docker import host_bundle
+    from claude_bottle.backend.docker.host_bundle import HostBundleLaunch
 
-    bundle_ready = host_bundle.start_bundle(plan, runtime, state_dir, stack)
-    building = threading.Lock()
-
-    def build(tag: str) -> None:
-        with building:
-            _build(tag, plan.agent.base_image)
-
-    try:
-        host_bundle.run_agent(plan, build, preflight)
-    finally:
-        # A failed run may still have created it: the teardown removes it either way.
-        created.agents.append(plan.agent.container)
-    exec_socket = runtime / "exec" / "exec.sock"
-    host_bundle.wait_for_relay(exec_socket, plan.agent.container, _died)
-    processes = {"bundle": host_bundle.bundle_ref(bundle_ready())}
+    launch = HostBundleLaunch(plan, runtime, state_dir)
+    stack.callback(launch.remove)
+    bundle_ready = launch.start_bundle()
+    launch.run_agent()
+    launch.wait_for_relay(lambda tag: _build(tag, plan.agent.base_image), preflight)
+    processes = {"bundle": state.process_ref(bundle_ready().pid)}
     with contextlib.suppress(OSError):
+        exec_socket = runtime / "exec" / "exec.sock"
         ref = _host_pid(_listener_pid(exec_socket), PROCESS_MARKERS["bottle"])
         if ref is not None:
-            processes["bottle"] = ref
+            processes["bottle"] = launch.relay = ref
     return processes
 
 
