@@ -387,3 +387,25 @@ def test_host_placement_sigkilled_cli_leaves_nothing_behind(bottle_env: BottleEn
     cleaned = bottle_env.cli("cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
     assert not Path(record["runtime_dir"]).exists()
+
+
+def test_plan_and_doctor_say_where_auto_puts_the_bundle(bottle_env: BottleEnv) -> None:
+    bottle_env.docker_bundle = None  # the default: auto
+    shown = bottle_env.cli("plan", "--backend", "docker", "--json", "--", "true")
+    assert shown.returncode == 0, shown.stderr
+    plan = json.loads(shown.stdout)
+    assert plan["placement"] in ("host", "container")
+    assert plan["placement_reason"].startswith("auto: ")
+    assert (plan["bundle"] is None) is (plan["placement"] == "host")
+    doctor = bottle_env.cli("doctor")
+    assert f"bundle placement (auto): {plan['placement']}; auto: " in doctor.stdout
+
+
+def test_the_socket_probe_reaches_a_host_socket_from_a_real_container() -> None:
+    """On this native engine the probe auto relies on succeeds (a VM's would not)."""
+    from claude_bottle.backend.docker import images, placement
+
+    image = images.agent_image().tag
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        pytest.skip("the agent image is not built")
+    assert placement.probe_bind(image, os.getuid(), os.getgid()) is None

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from claude_bottle import state
-from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend.base import CleanupPlan, LaunchRequest
 from claude_bottle.backend.docker import backend as docker_backend
 from claude_bottle.backend.docker import docker, images, launch, network
 from claude_bottle.backend.docker.backend import (
@@ -726,3 +726,24 @@ def test_parallel_runs_concurrently_and_collects_errors() -> None:
     errors = launch.parallel(slow, slow, boom)
     assert time.monotonic() - begin < 0.35
     assert [type(e) for e in errors] == [ValueError]
+
+
+def test_an_image_taken_into_use_after_it_was_listed_is_not_a_problem(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another bottle (or another user's) may start from a listed image before cleanup
+    removes it: the engine refuses, and the image was not stale after all."""
+
+    def refuse(refs: list[str]) -> None:
+        raise docker.DockerError(
+            "docker image failed: conflict",
+            stderr="Error response from daemon: conflict: unable to remove repository reference "
+            '"claude-bottle-bundle:1111" (must force) - container cb3f is using its referenced '
+            "image 8dc1",
+        )
+
+    monkeypatch.setattr(docker, "image_rm", refuse)
+    plan = CleanupPlan(
+        "docker", (("image", "claude-bottle-bundle:1111 (1GB, built from older inputs)"),)
+    )
+    assert DockerBackend().cleanup(plan) == []

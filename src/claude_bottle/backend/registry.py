@@ -30,7 +30,7 @@ _HOST_BUNDLE = frozenset({"namespace", "smolmachines", "docker"})
 def runs_host_bundle(name: str, docker_bundle: str | None = None) -> bool:
     """Whether a `run` on backend `name` likely needs a host bundle (`--docker-bundle`
     container says it does not)."""
-    return name in _HOST_BUNDLE and docker_bundle != "container"
+    return name in _HOST_BUNDLE and not (name == "docker" and docker_bundle == "container")
 
 
 def names() -> tuple[str, ...]:

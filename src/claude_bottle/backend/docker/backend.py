@@ -481,7 +481,9 @@ class DockerBackend(BottleBackend):
             try:
                 docker.image_rm([ref])
             except docker.DockerError as exc:
-                if not exc.missing:
+                # A container started from it since it was listed: in use, so not stale.
+                in_use = "is using its referenced image" in exc.stderr
+                if not exc.missing and not in_use:
                     problems.append(f"could not remove image {ref}: {exc.message}")
         return problems
 
