@@ -83,7 +83,6 @@ class HostBundleLaunch:
         """Start the host bundle (the prestarted one when there is one); the call that
         waits until it serves."""
         plan, runtime = self.plan, self.runtime
-        (runtime / "bundle").mkdir(mode=0o755)
         settings_file = runtime / "bundle.json"
         settings(plan, runtime, self.state_dir).dump(settings_file)
         group = plan.bundle_cgroup
@@ -111,7 +110,10 @@ class HostBundleLaunch:
 
     def run_agent(self) -> None:
         """`docker run --rm` of the agent container, attached, as a plain `docker run` is:
-        one client for create, start and remove. It ends when the relay (process 1) does."""
+        one client for create, start and remove. It ends when the relay (process 1) does.
+        Started before the bundle is handed its settings: the engine's part is the longest,
+        and the relay connects to the bundle's sockets only per connection."""
+        (self.runtime / "bundle").mkdir(mode=0o755, exist_ok=True)  # bound: must exist
         args = agent_run_args(self.plan.agent)
         command = agent_command(self.plan.relay_port, self.plan.gateway_port)
         with self.agent_log.open("ab") as log:

@@ -453,8 +453,8 @@ def _start_with_host_bundle(
 
     launch = HostBundleLaunch(plan, runtime, state_dir)
     stack.callback(launch.remove)
-    bundle_ready = launch.start_bundle()
     launch.run_agent()
+    bundle_ready = launch.start_bundle()
     launch.wait_for_relay(lambda tag: _build(tag, plan.agent.base_image), preflight)
     processes = {"bundle": state.process_ref(bundle_ready().pid)}
     with contextlib.suppress(OSError):
