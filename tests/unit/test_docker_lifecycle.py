@@ -610,8 +610,9 @@ def test_launch_writes_the_environment_file_private(
 def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_can(
     dirs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The network does not wait for the volume; the bundle waits for both, the agent for
-    the volume only; no docker client runs between the containers' start and ready."""
+    """The network check does not wait for the volume, nor the bundle for the network
+    check; both containers wait for the volume only; no docker client runs between the
+    containers' start and ready."""
     (dirs / "ws").mkdir()
     monkeypatch.setenv("HOME", str(dirs / "home"))
     config = Config(egress=EgressConfig(allow=("example.com",)))
@@ -640,9 +641,11 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
+    asked: list[str] = []
     with contextlib.ExitStack() as stack:
-        bottle, _ = launch.start(plan, stack)
-    assert events.index("run bundle") > events.index("network")
+        bottle, _ = launch.start(plan, stack, preflight=lambda: asked.append("x") or [])
+    assert "network" in events  # checked beside the containers' start
+    assert asked == []  # the engine is asked what is wrong only when something failed
     assert events.index("run bundle") > events.index("volume")
     assert events.index("run agent") > events.index("volume")
     assert events[-1] == "ready"
@@ -747,3 +750,35 @@ def test_an_image_taken_into_use_after_it_was_listed_is_not_a_problem(
         "docker", (("image", "claude-bottle-bundle:1111 (1GB, built from older inputs)"),)
     )
     assert DockerBackend().cleanup(plan) == []
+
+
+def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (dirs / "ws").mkdir()
+    monkeypatch.setenv("HOME", str(dirs / "home"))
+    config = Config(egress=EgressConfig(allow=("example.com",)))
+    plan = DockerBackend().plan(LaunchRequest("n", dirs / "ws", config, ("true",)))
+    runs: list[str] = []
+    made: list[str] = []
+
+    def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
+        role = options[options.index("--name") + 1].rsplit("-", 1)[-1]
+        runs.append(role)
+        if role == "bundle" and runs.count("bundle") == 1:  # removed by a cleanup just now
+            raise docker.DockerError(
+                "docker run failed",
+                stderr="docker: Error response from daemon: network claude-bottle not found.",
+            )
+        return "id"
+
+    monkeypatch.setattr(docker, "volume_create", lambda name, **_: name)
+    monkeypatch.setattr(network, "ensure", lambda: made.append("net"))
+    monkeypatch.setattr(docker, "run", run)
+    monkeypatch.setattr(launch, "_wait_ready", lambda *args: {})
+    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
+    monkeypatch.setattr(launch._Created, "remove", lambda self: None)
+    with contextlib.ExitStack() as stack:
+        launch.start(plan, stack)
+    assert sorted(runs) == ["agent", "bundle", "bundle"]
+    assert made == ["net", "net"]  # the check beside the start, and again before the rerun

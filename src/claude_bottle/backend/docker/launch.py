@@ -481,7 +481,6 @@ def _start_with_bundle_container(
     # Everything at once: the engine check, the volume, the network, and each container as
     # soon as what it mounts exists (the agent needs only the volume). A run whose image is
     # missing fails at once (--pull never); the image is built, and the run tried again.
-    problems: list[str] = []
     volume_done = threading.Event()
     building = threading.Lock()
     containers = {"bundle": bundle_spec.container, "bottle": plan.agent.container}
@@ -516,9 +515,15 @@ def _start_with_bundle_container(
         finally:
             volume_done.set()
 
-    def bundle_chain() -> None:
-        if plan.network:  # the engine's shared network, kept: never in `created`
+    def check_network() -> None:
+        # The engine's shared network, kept (never in `created`): made on first use and
+        # checked to be ours beside the containers' start, not before it. Until the check
+        # fails the launch, a bundle on a foreign network exposes nothing: it listens on
+        # unix sockets only. A bundle run that finds no network makes it and runs again.
+        if plan.network:
             network.ensure()
+
+    def bundle_chain() -> None:
         volume_done.wait()
         if volume_name in created.volumes:  # otherwise the volume's own error says why
             run("bundle")
@@ -528,9 +533,13 @@ def _start_with_bundle_container(
         if volume_name in created.volumes:
             run("bottle")
 
-    errors = parallel(lambda: problems.extend(preflight()), volume, bundle_chain, agent_chain)
-    if problems:
-        raise MissingDependency("; ".join(problems))
+    errors = parallel(volume, check_network, bundle_chain, agent_chain)
+    if errors:
+        # The engine is asked what is wrong (`docker version`) only now: a check on every
+        # start would cost a docker client run.
+        problems = preflight()
+        if problems:
+            raise MissingDependency("; ".join(problems))
     _raise_first(errors)
     exec_socket = runtime / "exec" / "exec.sock"
     control_socket = runtime / "control" / "control.sock"
