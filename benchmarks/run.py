@@ -117,11 +117,14 @@ def server_process(code: str, *args: str) -> Iterator[int]:
 class Proxy:
     """A running proxy: how to reach it, how to address the upstream, its pid."""
 
-    def __init__(self, name: str, connect: Connector, target: str, pid: int) -> None:
+    def __init__(
+        self, name: str, connect: Connector, target: str, pid: int, control: str = ""
+    ) -> None:
         self.name = name
         self.connect = connect
         self.target = target  # host:port to put in CONNECT / absolute-form URLs
         self.pid = pid
+        self.control = control  # claude-bottle's control socket
 
 
 def tcp(port: int) -> Connector:
@@ -200,7 +203,13 @@ def bundle_process(
 @contextmanager
 def our_bundle(up_port: int) -> Iterator[Proxy]:
     with bundle_process(up_port, (HOST,)) as (settings, pid):
-        yield Proxy("claude-bottle", unix(settings.proxy_socket), f"{HOST}:443", pid)
+        yield Proxy(
+            "claude-bottle",
+            unix(settings.proxy_socket),
+            f"{HOST}:443",
+            pid,
+            settings.control_socket,
+        )
 
 
 @contextmanager
@@ -692,6 +701,24 @@ def case_concurrency(proxies: list[Proxy], n: int, rounds: int) -> dict[str, Any
     return out
 
 
+def case_stuck_viewer(ours: Proxy, n: int, rounds: int) -> dict[str, Any]:
+    """The concurrency case with a `supervise` subscriber attached that never reads: the
+    bundle must drop it rather than slow down (docs/supervise.md)."""
+    viewer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    viewer.connect(ours.control)
+    viewer.sendall(b'{"op": "subscribe"}\n')
+    try:
+        result: dict[str, Any] = case_concurrency([ours], n, rounds)["claude-bottle"]
+    finally:
+        viewer.close()
+    from claude_bottle.bundle import control
+
+    stats = control.call(Path(ours.control), "stats")
+    result["viewers_dropped"] = stats.get("subscribers_dropped")
+    return result
+
+
 def case_dlp(options: tuple[str, ...], results: Path) -> dict[str, Any]:
     """benchmarks/dlp_throughput.py with `options`, writing its figures to `results`."""
     argv = [sys.executable, str(HERE / "dlp_throughput.py"), *options, "--results", str(results)]
@@ -887,6 +914,14 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"| {n} concurrent CONNECT tunnels × {cc['rounds'] if cc else '?'} rounds | {cdesc(cc)} | tinyproxy {cdesc(tc)}; mitmdump {cdesc(mc)} | – | no errors, no stalls | "
         f"{('yes' if cc['errors'] == 0 and cc['stalls_over_5s'] == 0 else 'no') if cc else '–'} |"
     )
+
+    stuck = res.get("concurrency_stuck_viewer")
+    if stuck:
+        L.append(
+            f"| the same with one `supervise` viewer that never reads | {cdesc(stuck)}, "
+            f"viewer dropped: {stuck.get('viewers_dropped')} | – | – | no errors, no stalls | "
+            f"{'yes' if stuck['errors'] == 0 and stuck['stalls_over_5s'] == 0 else 'no'} |"
+        )
 
     def mem(x: dict[str, Any] | None, k: str) -> str:
         return f"{x[k]:.1f} MiB" if x else "n/a"
@@ -1100,6 +1135,10 @@ def main() -> None:
         res["small"] = case_small(up, proxies, sizes.requests)
         print("concurrency + memory")
         res["concurrency"] = case_concurrency(proxies, sizes.tunnels, sizes.tunnel_rounds)
+        print("concurrency with a stuck supervise viewer")
+        res["concurrency_stuck_viewer"] = case_stuck_viewer(
+            ours, sizes.tunnels, sizes.tunnel_rounds
+        )
         for name, p in missing.items():
             if p is None:
                 res["bulk"][name + "_error"] = "not installed (run benchmarks/install.sh)"

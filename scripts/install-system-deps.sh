@@ -4,7 +4,8 @@
 # tests/integration/test_real_work.py checks, so the test suite does not skip them.
 set -euo pipefail
 need=()
-for pkg in bubblewrap libseccomp2 git iproute2 util-linux ca-certificates curl; do
+# openssh-server: the git gate's tests start sshd on loopback for an ssh remote.
+for pkg in bubblewrap libseccomp2 git iproute2 util-linux ca-certificates curl openssh-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${1:-}" = "--tls-clients" ]; then

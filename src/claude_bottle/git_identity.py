@@ -1,4 +1,4 @@
-"""The user's git identity in the bottle's home, and nothing else of their git config.
+"""The bottle's ~/.gitconfig: the user's git identity, the git gate's URL rewrites, nothing else.
 
 `git commit` inside needs `user.name` and `user.email`. The host's
 ~/.gitconfig may also hold credential helpers, `insteadOf` rules with tokens
@@ -6,6 +6,10 @@ in URLs and `include` paths, so only those two values are read (from
 `git config --global`, as the user's git resolves them) and written into a
 fresh ~/.gitconfig in the bottle's home. `[bottle] git_identity = false`
 turns this off.
+
+Each `[git.remotes.NAME]` adds `url.<gate>.insteadOf` lines for every spelling of the
+remote's URL (https, scp-style and ssh://), so the real URL works unchanged inside and
+goes to the bundle's git gate (`bundle/git_gate.py`) at `gate_url(NAME)`.
 
 The bottle's home is a host directory the agent writes to: the file is
 created with O_EXCL|O_NOFOLLOW, and a name that already exists is left alone
@@ -16,8 +20,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from claude_bottle.bottle_env import GIT_PORT
 
 GIT_TIMEOUT = 5.0
 _MAX_VALUE = 256  # a name or an address; anything longer is not an identity
@@ -71,16 +79,58 @@ def _quoted(value: str) -> str:
     return f'"{escaped}"'
 
 
-def render(identity: GitIdentity) -> bytes:
-    return (
-        "# written by claude-bottle: your git identity, and nothing else of your git config\n"
-        f"[user]\n\tname = {_quoted(identity.name)}\n\temail = {_quoted(identity.email)}\n"
-    ).encode()
+class GateRewrite(NamedTuple):
+    """A configured remote as the bottle's git sees it: its name and real URL."""
+
+    name: str
+    url: str
 
 
-def seed_git_identity(bottle_home: Path, identity: GitIdentity | None) -> None:
+def gate_url(name: str) -> str:
+    return f"http://127.0.0.1:{GIT_PORT}/{name}.git"
+
+
+def url_spellings(url: str) -> list[str]:
+    """The ways a user writes the same repository: https, scp-style ssh and ssh://."""
+    if "://" in url:
+        parts = urlsplit(url)
+        user = f"{parts.username}@" if parts.username else ""
+        host, path = parts.hostname or "", parts.path.lstrip("/")
+        port = f":{parts.port}" if parts.port else ""
+    else:  # scp-style: [user@]host:path
+        authority, _, path = url.partition(":")
+        user, _, host = authority.rpartition("@")
+        user, port = f"{user}@" if user else "", ""
+    bases = {path, path.removesuffix(".git")}
+    spellings = {url}
+    for base in sorted(bases):
+        spellings.add(f"https://{host}/{base}")
+        spellings.add(f"{user or 'git@'}{host}:{base}")
+        spellings.add(f"ssh://{user or 'git@'}{host}{port}/{base}")
+        if port:
+            spellings.add(f"https://{host}{port}/{base}")
+    return sorted(spellings)
+
+
+def render(identity: GitIdentity | None, rewrites: Sequence[GateRewrite] = ()) -> bytes:
+    lines = ["# written by claude-bottle: your git identity and the git gate, nothing else"]
+    if identity is not None:
+        lines += [
+            "[user]",
+            f"\tname = {_quoted(identity.name)}",
+            f"\temail = {_quoted(identity.email)}",
+        ]
+    for rewrite in rewrites:
+        lines.append(f"[url {_quoted(gate_url(rewrite.name))}]")
+        lines += [f"\tinsteadOf = {_quoted(spelling)}" for spelling in url_spellings(rewrite.url)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def seed_git_identity(
+    bottle_home: Path, identity: GitIdentity | None, rewrites: Sequence[GateRewrite] = ()
+) -> None:
     """Write ~/.gitconfig in the bottle's home, unless the name exists in any form."""
-    if identity is None:
+    if identity is None and not rewrites:
         return
     try:
         fd = os.open(
@@ -89,4 +139,4 @@ def seed_git_identity(bottle_home: Path, identity: GitIdentity | None) -> None:
     except FileExistsError:
         return
     with os.fdopen(fd, "wb") as handle:
-        handle.write(render(identity))
+        handle.write(render(identity, rewrites))

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from claude_bottle.bundle.settings import BUNDLE_FILES
+from claude_bottle.cgroups import BUNDLE_MEMORY, BUNDLE_PIDS
 from tests.integration.conftest import BottleEnv, backend_unavailable
 from tests.integration.upstream import RecordingHTTPServer
 
@@ -167,6 +169,12 @@ def test_agent_container_is_hardened_and_labelled(bottle_env: BottleEnv) -> None
     bundle = _inspect(record["containers"]["bundle"])
     assert bundle["HostConfig"]["ReadonlyRootfs"] is True
     assert bundle["HostConfig"]["CapDrop"] == ["ALL"]
+    # Issue 27 item 2: the bundle has its own limits; the agent's do not contain what the
+    # bottle makes the bundle hold.
+    assert bundle["HostConfig"]["Memory"] == BUNDLE_MEMORY
+    assert bundle["HostConfig"]["PidsLimit"] == BUNDLE_PIDS
+    files = {u["Name"]: (u["Soft"], u["Hard"]) for u in bundle["HostConfig"]["Ulimits"]}
+    assert files["nofile"] == (BUNDLE_FILES, BUNDLE_FILES)
     # The user's secret values reach the bundle (for DLP) through a file that is gone once
     # it has started, never through the containers' configuration.
     assert secret not in json.dumps(bundle) and secret not in json.dumps(agent)

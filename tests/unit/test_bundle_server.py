@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from claude_bottle.bundle.audit import verify
@@ -105,6 +106,9 @@ def test_a_bottle_flooding_its_audit_log_stops_its_bundle(tmp_path: Path) -> Non
         for _ in range(200):  # ~2 KB of audit log each, ~400 KB in all: six times the budget
             if bundle.poll() is not None:
                 break
+            # Paced: a batch already submitted is written whole, so a writer starved of CPU
+            # on a loaded machine could otherwise take all 200 in one batch before stopping.
+            time.sleep(0.005)
             with socket.socket(socket.AF_UNIX) as client:
                 client.settimeout(10)
                 with contextlib.suppress(OSError):  # refused or reset once it has stopped

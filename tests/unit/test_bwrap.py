@@ -106,6 +106,8 @@ def test_argv_is_pinned() -> None:
         "3128=/run/claude-bottle/bundle/proxy.sock",
         "--listen",
         "3129=/run/claude-bottle/bundle/gateway.sock",
+        "--listen",
+        "3130=/run/claude-bottle/bundle/git.sock",
         "--exec-socket",
         "/run/claude-bottle/exec/exec.sock",
         "--hold",

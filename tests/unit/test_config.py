@@ -193,7 +193,7 @@ def test_precedence_and_accumulation(env: Env) -> None:
     assert config.credentials.anthropic == "file:~/.anthropic-key"
     assert config.git_remotes == (
         GitRemote("origin", "https://github.com/acme/app.git", ("feature/*",), False),
-        GitRemote("upstream", "git@github.com:acme/app.git", (), False),
+        GitRemote("upstream", "git@github.com:acme/app.git"),  # push defaults to bottle/*
     )
     assert config.bottle.command == ("bash",)
     assert config.bottle.read_only == ("~/docs", "/opt/data")
@@ -536,6 +536,54 @@ def test_known_backends_come_from_the_caller(env: Env) -> None:
     assert config.backend == "smolmachines"
     err = _error(env.load)
     assert err.message.startswith(f'{env.user}: backend: unknown backend "smolmachines"')
+
+
+def test_git_remote_policy_keys_and_defaults(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATE_TOKEN", "x")
+    env.write_user(
+        '[git.remotes.origin]\nurl = "https://github.com/acme/app.git"\n'
+        'tags = true\ndelete = true\ncredential = "env:GATE_TOKEN"\n'
+        '[git.remotes.mirror]\nurl = "ssh://git@host:2222/acme/app.git"\n'
+    )
+    origin, mirror = env.load().git_remotes
+    assert (origin.tags, origin.delete, origin.force) == (True, True, False)
+    assert origin.credential == "env:GATE_TOKEN"
+    assert mirror.push == ("bottle/*",) and mirror.credential == "git"
+    assert not (mirror.tags or mirror.delete or mirror.force)
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///srv/repo.git", "/srv/repo.git", "ext::sh -c id", "git://h/r", "http://h/r"]
+)
+def test_git_remote_urls_are_https_or_ssh_only(env: Env, url: str) -> None:
+    env.write_user(f'[git.remotes.origin]\nurl = "{url}"\n')
+    err = _error(env.load)
+    assert err.message.startswith(f"{env.user}: git.remotes.origin.url: ")
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("env:NOT_SET_ANYWHERE_123", "is not set"),
+        ("file:/nonexistent/token", "does not exist"),
+        ("ghp_pastedtokenvalue1234567890", "value not shown"),
+        ("command:", "value not shown"),
+    ],
+)
+def test_git_remote_credential_sources_are_checked_at_load(
+    env: Env, source: str, problem: str
+) -> None:
+    env.write_user(f'[git.remotes.origin]\nurl = "https://h.test/r.git"\ncredential = "{source}"\n')
+    err = _error(env.load)
+    assert err.message.startswith(f"{env.user}: git.remotes.origin.credential: ")
+    assert problem in err.message
+    assert "ghp_" not in str(err)
+
+
+def test_a_workspace_file_may_not_define_git_remotes(env: Env) -> None:
+    env.write_project('[git.remotes.origin]\nurl = "https://h.test/r.git"\n')
+    err = _error(env.load)
+    assert "git.remotes" in err.message and "config.toml" in err.hint
 
 
 # -- [docker] bundle --------------------------------------------------------------------

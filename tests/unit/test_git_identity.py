@@ -120,3 +120,35 @@ def test_config_keys_git_identity_and_docker_base_image(tmp_path: Path) -> None:
     user.write_text('[docker]\nbase_image = ""\n')
     config = load_config(workspace=workspace, known_backends=("namespace",), user_config=user)
     assert config.docker.base_image is None
+
+
+def test_each_remote_is_rewritten_to_the_gate_in_every_spelling(tmp_path: Path) -> None:
+    from claude_bottle.git_identity import GateRewrite, gate_url
+
+    home = tmp_path / "bottle-home"
+    home.mkdir()
+    seed_git_identity(home, None, (GateRewrite("origin", "https://github.com/acme/app.git"),))
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1"}
+    gate = gate_url("origin")
+    for spelling in (
+        "https://github.com/acme/app.git",
+        "https://github.com/acme/app",
+        "git@github.com:acme/app.git",
+        "ssh://git@github.com/acme/app.git",
+    ):
+        found = subprocess.run(
+            ["git", "ls-remote", "--get-url", spelling],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert found.stdout.strip() == gate, spelling
+    other = subprocess.run(
+        ["git", "ls-remote", "--get-url", "https://github.com/other/repo.git"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == "https://github.com/other/repo.git"

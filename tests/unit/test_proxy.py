@@ -316,8 +316,8 @@ def test_bundle_stops_when_the_audit_log_cannot_be_synced(
 def test_stopping_ends_a_request_still_waiting(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A request held for approval (`ask`) is cut when the bundle stops, not left open,
-    and quietly: its ending is no error in the bundle's log."""
+    """A request held for approval (`ask`) is answered (503 ask-unavailable) when the
+    bundle stops, not left open, and quietly: its ending is no error in the bundle's log."""
     settings = bundle_settings(tmp_path, mode="ask", ask_timeout=60, dlp_enabled=False)
     running = RunningBundle(settings)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -330,7 +330,10 @@ def test_stopping_ends_a_request_still_waiting(
             time.sleep(0.02)
         running.stop()
         assert not running.thread.is_alive()
-        assert sock.recv(65536) == b""  # closed at once, long before the approval timeout
+        answer = sock.recv(65536)  # at once, long before the approval timeout
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"x-claude-bottle-block: ask-unavailable" in answer
+        assert sock.recv(65536) == b""
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 

@@ -158,6 +158,7 @@ def test_only_harmless_keys_are_left_to_a_workspace_file() -> None:
         "backend",
         "egress.allow",
         "egress.deny",
+        "egress.ask_timeout",  # how long a held request waits: it is refused after either way
         "dlp.patterns",
         "bottle.command",
         "bottle.git_identity",

@@ -13,9 +13,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from claude_bottle.config.model import Config, GatewayConfig
+from claude_bottle.bundle.git_policy import GateRemote
+from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
-from claude_bottle.git_identity import GitIdentity, host_git_identity
+from claude_bottle.git_identity import GateRewrite, GitIdentity, gate_url, host_git_identity
 from claude_bottle.limits import LimitsPlan
 from claude_bottle.plan import PlanSection, Printable
 from claude_bottle.workspace_guard import GuardPlan, plan_guard
@@ -58,6 +59,7 @@ class BottlePlan(Printable):
     egress_allow: tuple[str, ...]
     egress_deny: tuple[str, ...]
     egress_mode: str
+    egress_ask_timeout: float  # seconds a held request waits (mode ask)
     egress_pins: tuple[tuple[str, str, int | None], ...]
     env: dict[str, str]
     relay_port: int
@@ -83,6 +85,61 @@ class BottlePlan(Printable):
     workspace_guard: GuardPlan
     git_identity: GitIdentity | None  # written to the bottle's ~/.gitconfig
     limits: LimitsPlan  # resource limits in force and how this backend applies them
+    git_remotes: tuple[GitRemote, ...]  # served by the bundle's git gate
+    # Whether this backend wires the git gate (relay port, socket, settings) yet.
+    serves_git_gate: ClassVar[bool] = False
+
+    @property
+    def git_rewrites(self) -> tuple[GateRewrite, ...]:
+        """The insteadOf rewrites the bottle's ~/.gitconfig gets, one per remote."""
+        if not self.serves_git_gate:
+            return ()
+        return tuple(GateRewrite(remote.name, remote.url) for remote in self.git_remotes)
+
+    def git_gate_settings(self) -> dict[str, Any]:
+        """The bundle settings of the git gate (none without remotes)."""
+        if not (self.git_remotes and self.serves_git_gate):
+            return {}
+        return {
+            "git_cache": str(Path(self.state_dir) / "git"),
+            "git_remotes": tuple(
+                GateRemote(
+                    name=remote.name,
+                    url=remote.url,
+                    push=remote.push,
+                    tags=remote.tags,
+                    force=remote.force,
+                    delete=remote.delete,
+                    credential=remote.credential,
+                )
+                for remote in self.git_remotes
+            ),
+        }
+
+    def git_gate_rows(self) -> list[tuple[str, str]]:
+        rows = []
+        for remote in self.git_remotes:
+            allowed = [f"push {', '.join(remote.push) or '(nothing)'}"]
+            allowed += [flag for flag in ("tags", "force", "delete") if getattr(remote, flag)]
+            credential = (
+                "the host's ssh"
+                if (remote.credential == "git" and "://" not in remote.url)
+                or remote.url.startswith("ssh://")
+                else remote.credential
+            )
+            served = (
+                f"{gate_url(remote.name)} (git gate)"
+                if self.serves_git_gate
+                else f"not served: the {self.backend} backend does not run the git gate yet"
+            )
+            rows.append(
+                (
+                    f"git remote {remote.name}",
+                    f"{remote.url} -> {served}; "
+                    f"{'; '.join(allowed)}; credential: {credential} (host side)",
+                )
+            )
+        return rows
 
     def runs_host_bundle(self) -> bool:
         """Whether the bundle is a host process (started by `bundle.launcher`)."""
@@ -106,6 +163,7 @@ class BottlePlan(Printable):
                         if self.git_identity
                         else "none (commits need git config user.name/user.email inside)",
                     ),
+                    *self.git_gate_rows(),
                 ),
             ),
             PlanSection(
@@ -257,6 +315,7 @@ def common_plan_fields(
         "egress_allow": config.egress.allow,
         "egress_deny": config.egress.deny,
         "egress_mode": config.egress.mode,
+        "egress_ask_timeout": config.egress.ask_timeout,
         "egress_pins": tuple((p.host, p.address, p.port) for p in config.egress.resolve),
         "env": env,
         "relay_port": relay_port,
@@ -284,6 +343,7 @@ def common_plan_fields(
         ),
         "git_identity": host_git_identity() if config.bottle.git_identity else None,
         "limits": limits,
+        "git_remotes": config.git_remotes,
     }
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from claude_bottle.bundle.gate import Destination, EgressGate, parse_authority
+from claude_bottle.bundle.git_policy import push_outside_gate
 from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:  # the DLP engine is imported only when enabled
@@ -110,7 +111,11 @@ class EgressAdmission:
         path: str,
         headers: Iterable[tuple[bytes, bytes]],
     ) -> None:
-        """Request-head admission: DLP of the URL and every header."""
+        """Request-head admission: git's push protocol (never outside the git gate), then
+        DLP of the URL and every header."""
+        refusal = push_outside_gate(path)
+        if refusal is not None:
+            raise refusal
         if self.inspector is not None:
             self.inspector.check_head(method, dest.host, dest.port, path, headers)
 

@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from claude_bottle.bundle.body_budget import HeldBytes, Hold
 from claude_bottle.bundle.connection import HOP_BY_HOP, connection_tokens, forwarded_headers
 from claude_bottle.bundle.credentials import Credential
 from claude_bottle.bundle.refusal import Refusal
@@ -227,6 +228,11 @@ FEATURE_BETAS = {
 MAX_DROPPED_SHOWN = 8  # beta values named in one audit record
 _BETA_SHOWN = re.compile(rb"[a-z0-9][a-z0-9.-]{0,63}")
 MAX_JSON_BODY = 32 * 1024 * 1024  # the Messages API's own request limit
+MAX_JSON_VALUES = 1_000_000
+"""Values (counted as separators and containers outside strings) a JSON body may have to
+be parsed: 32 MiB of `[],` parses to ~11 million lists, 770 MiB. A long session's request
+has a few tens of thousands."""
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def _segments_match(pattern: str, path: str) -> bool:
@@ -310,8 +316,14 @@ class GatewayPolicy:
                 kept.append((name, b",".join(known)))
         return kept, dropped
 
-    def check_body(self, body: bytes) -> None:
+    def check_body(self, body: bytes | bytearray) -> None:
         """Refuse a JSON request body that names an API feature turned off."""
+        structure = _JSON_STRING.sub(b"", body)  # what parsing makes objects of
+        if sum(structure.count(mark) for mark in (b",", b"[", b"{")) > MAX_JSON_VALUES:
+            raise Refusal(
+                413, "gateway:body-too-complex", "the request body has too many JSON values"
+            )
+        del structure
         try:
             data = json.loads(body, object_pairs_hook=_duplicate_keys_refused)
         except (ValueError, RecursionError):
@@ -342,21 +354,31 @@ class BodyCheck:
     JSON body is kept (bounded by MAX_JSON_BODY) to be parsed once it has ended.
     """
 
-    def __init__(self, policy: GatewayPolicy, route: Route, watch: BodyWatch | None) -> None:
+    def __init__(
+        self,
+        policy: GatewayPolicy,
+        route: Route,
+        watch: BodyWatch | None,
+        held: HeldBytes | None = None,
+    ) -> None:
         self.policy = policy
         self.watch = watch
         self.body: bytearray | None = bytearray() if route.json_body else None
+        # The kept JSON body counts toward the bundle's budget for held bytes.
+        self.hold = Hold(
+            HeldBytes() if held is None else held,
+            MAX_JSON_BODY,
+            "gateway:body-too-large",
+            "the request body is over the API's limit",
+        )
         self.window = watch.overlap if watch is not None else 1
         self.held = b""
         self.ended = False
 
     def feed(self, chunk: bytes) -> bytes:
         if self.body is not None:
+            self.hold.add(len(chunk))
             self.body += chunk
-            if len(self.body) > MAX_JSON_BODY:
-                raise Refusal(
-                    413, "gateway:body-too-large", "the request body is over the API's limit"
-                )
         if self.watch is not None:
             self.watch.feed(chunk)
         self.held += chunk
@@ -367,11 +389,17 @@ class BodyCheck:
     def finish(self) -> bytes:
         self.ended = True
         if self.body is not None:
-            self.policy.check_body(bytes(self.body))
+            self.policy.check_body(self.body)  # parsed in place: no second copy
         if self.watch is not None:
             self.watch.finish()
         ready, self.held = self.held, b""
+        self.release()
         return ready
+
+    def release(self) -> None:
+        """Let go of the kept body, however the request ended (idempotent)."""
+        self.body = None
+        self.hold.release()
 
 
 def _feature_off(feature: str, what: str) -> Refusal:

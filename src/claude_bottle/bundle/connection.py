@@ -1,6 +1,7 @@
 """Connection plumbing the egress proxy and the API gateway share.
 
-Reading events off a socket with a timeout per read, framing limits, hop-by-hop headers,
+Reading events off a socket with a timeout per read (and a deadline for a request's
+head), writes with a deadline, framing limits, hop-by-hop headers,
 discarding the body of a refused request, keep-alive connections to servers, and the
 loop that serves one client connection from the bottle request after request. Nothing
 here decides whether a request may pass: that is `admission`'s job.
@@ -16,8 +17,10 @@ from claude_bottle.bundle import http1
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 256 * 1024  # bytes asked of a socket per read
-HEADER_TIMEOUT = 30.0  # a request's head must arrive within this
+HEADER_TIMEOUT = 30.0  # a request's head must arrive within this, from its first byte
 IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
+WRITE_TIMEOUT = 60.0  # a write must drain within this: a reader that stalls is let go
+CLIENT_BUFFER = 64 * 1024  # a client connection's read buffer (asyncio pauses at twice it)
 CONNECT_TIMEOUT = 10.0
 MAX_DRAIN = 1024 * 1024  # body of a refused request read and discarded before answering
 
@@ -93,6 +96,37 @@ async def discard_body(
     return False
 
 
+async def pull_head(
+    messages: http1.RequestReader,
+    reader: asyncio.StreamReader,
+    wait: float,
+) -> http1.Event:
+    """The next request head (or end) of `messages`: its first byte must arrive within
+    `wait`, and the whole head within HEADER_TIMEOUT of that, however it trickles in (one
+    byte a minute renews nothing)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(wait) as deadline:
+        started = False
+        while True:
+            event = messages.next_event()
+            if event is not http1.NEED_DATA:
+                return event
+            data = await reader.read(READ_SIZE)
+            if data and not started:
+                started = True
+                when = deadline.when()
+                head_by = loop.time() + HEADER_TIMEOUT
+                deadline.reschedule(head_by if when is None else min(when, head_by))
+            messages.receive(data)
+
+
+async def drain(writer: asyncio.StreamWriter) -> None:
+    """Wait until `writer` has taken what was written, within WRITE_TIMEOUT (TimeoutError):
+    a peer that stops reading would otherwise hold the connection, and its bytes, forever."""
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()
+
+
 def response(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
     """A whole response the bundle answers itself, with the status's standard phrase."""
     phrase = http.HTTPStatus(status).phrase.encode()
@@ -120,7 +154,7 @@ class KeptAlive:
         self.idle = False
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            await drain(self.writer)
 
 
 class ClientConnection:
@@ -138,10 +172,12 @@ class ClientConnection:
         self.requests = http1.RequestReader(MAX_HEADER_BYTES)
 
     async def serve(self) -> None:
+        wait = HEADER_TIMEOUT  # a new connection owes its first request at once
         try:
             while True:
                 try:
-                    event = await self.client_event(IDLE_TIMEOUT)
+                    event = await pull_head(self.requests, self.reader, wait)
+                    wait = IDLE_TIMEOUT  # between requests on a kept-alive connection
                 except http1.ProtocolError as exc:
                     await self.bad_request(exc)
                     return
@@ -178,4 +214,4 @@ class ClientConnection:
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        await drain(self.writer)

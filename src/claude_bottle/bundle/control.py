@@ -25,6 +25,7 @@ class Stats:  # not a dataclass: see bundle/settings.py
         self.tunnels = 0
         self.blocked = 0
         self.upstreams_reused = 0  # requests that took a parked upstream connection
+        self.bytes_up = 0  # request bytes sent on to upstreams, as the audit records count
 
 
 def call(control_socket: Path, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:

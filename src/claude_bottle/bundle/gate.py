@@ -17,11 +17,15 @@ import dataclasses
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.settings import Pin
 from claude_bottle.policy.allowlist import Allowlist, Decision, normalize_host
 from claude_bottle.policy.netguard import forbidden_range
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.held import HeldRequests
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -58,7 +62,6 @@ class EgressGate:
         mode: str = "enforce",
         pins: Iterable[Pin] = (),
         resolver: Resolver = system_resolver,
-        ask_timeout: float = 60.0,
         resolved_ttl: float = RESOLVED_TTL,
     ) -> None:
         self.allowlist = Allowlist(allow, deny)
@@ -69,15 +72,13 @@ class EgressGate:
         # (name, port) -> (when it expires, the address checked). Only answers that passed
         # the range check are kept, and a connection still goes to the address checked.
         self._resolved: dict[tuple[str, int], tuple[float, str]] = {}
-        self._ask_timeout = ask_timeout
-        self._changed = asyncio.Condition()
-        self.on_pending: Callable[[str, int], None] | None = None
+        self.held: HeldRequests | None = None  # where `ask` mode holds requests
 
-    async def allow(self, pattern: str) -> str:
-        """Add a pattern at run time (`claude-bottle allow`); wakes held requests."""
+    def allow(self, pattern: str, by: str) -> str:
+        """Add a pattern at run time (`claude-bottle allow`); lets held requests through."""
         normalised = self.allowlist.add(pattern)
-        async with self._changed:
-            self._changed.notify_all()
+        if self.held is not None:
+            self.held.release(lambda host: self.allowlist.check(host).allowed, by)
         return normalised
 
     async def check(self, host: str, port: int) -> Destination:
@@ -97,28 +98,12 @@ class EgressGate:
         not_listed = decision.rule == "deny:not-allowlisted"
         if self.mode == "audit" and not_listed:
             return decision, True
-        if self.mode == "ask" and not_listed:
-            if self.on_pending is not None:
-                self.on_pending(host, port)
-            decision = await self._wait_for_approval(host, decision)
+        if self.mode == "ask" and not_listed and self.held is not None:
+            await self.held.hold(host, port)  # raises Refusal unless someone allows it
+            decision = self.allowlist.check(host)
             if decision.allowed:
                 return decision, False
         raise Refusal(403, decision.rule, decision.reason)
-
-    async def _wait_for_approval(self, host: str, decision: Decision) -> Decision:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ask_timeout
-        async with self._changed:
-            while not decision.allowed:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
-                except TimeoutError:
-                    break
-                decision = self.allowlist.check(host)
-        return decision
 
     async def _resolve(self, name: str, port: int) -> str:
         pin = self.pins.get(name)

@@ -42,6 +42,7 @@ from claude_bottle.bundle.api_policy import (
     error_body,
     upstream_headers,
 )
+from claude_bottle.bundle.body_budget import HeldBytes
 from claude_bottle.bundle.connection import (
     CONNECT_TIMEOUT,
     IDLE_TIMEOUT,
@@ -225,8 +226,10 @@ class AnthropicGateway(ClientConnection):
         policy: GatewayPolicy = DEFAULT_POLICY,
         inspector: DlpInspector | None = None,
         dlp_block: bool = False,
+        held: HeldBytes | None = None,
     ) -> None:
         super().__init__(reader, writer)
+        self.held = held  # the bundle's budget for held bytes (None: this connection's own)
         self.upstream = upstream
         self.credentials = credentials
         self.record = record
@@ -370,7 +373,7 @@ class AnthropicGateway(ClientConnection):
                 target,
                 block=self.dlp_block,
             )
-        return BodyCheck(self.policy, route, watch)
+        return BodyCheck(self.policy, route, watch, self.held)
 
     async def _forward(self, request: http1.RequestHead, target: str, route: Route) -> bool:
         call = _Call(
@@ -437,6 +440,8 @@ class AnthropicGateway(ClientConnection):
             self._drop_upstream()
             raise
         finally:
+            if check is not None:
+                check.release()
             self._account(call, meter)
         if messages.reusable:
             up.idle = True

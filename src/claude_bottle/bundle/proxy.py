@@ -34,14 +34,17 @@ from claude_bottle.bundle.connection import (
     ClientConnection,
     KeptAlive,
     discard_body,
+    drain,
     forwarded_headers,
     pull,
     response,
 )
 from claude_bottle.bundle.control import Stats
 from claude_bottle.bundle.gate import Destination, EgressGate
+from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable, refusal_response
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -133,7 +136,7 @@ class ProxyConnection(ClientConnection):
         if out:
             self.writer.write(bytes(out))
             out.clear()
-            await self.writer.drain()
+            await drain(self.writer)
 
     async def _respond(self, status: int, rule: str, body: bytes, close: bool = False) -> None:
         headers = [
@@ -167,19 +170,41 @@ class ProxyConnection(ClientConnection):
         )
         await self._respond(exc.status, exc.rule, block_body(self.bottle, host, exc), close=True)
 
+    async def _deny_inside_tls(self, host: str, port: int, exc: Refusal) -> None:
+        """Record the refusal, then say it inside TLS, where the client shows it."""
+        assert self.interception is not None
+        self.stats.blocked += 1
+        record_refusal(
+            self.record,
+            "egress",
+            exc,
+            decision=exc.decision,
+            method="CONNECT",
+            host=host,
+            port=port,
+            path="",
+        )
+        answer = refusal_response(exc.status, exc.rule, block_body(self.bottle, host, exc))
+        await answer_inside_tls(self.reader, self.writer, self.interception, host, answer)
+
     # --- CONNECT -------------------------------------------------------------
 
     async def _tunnel(self, request: http1.RequestHead) -> bool:
         """Open a tunnel; True when it was intercepted and requests follow inside TLS."""
         authority = request.target.decode("ascii", "replace")
         started = time.monotonic()
+        REQUEST_LINE.set(("CONNECT", authority))  # what `pending` shows if it is held
         try:
             dest = await self.admission.destination("CONNECT", authority, 443)
             if self.interception is not None and self.interception.applies_to(dest.host):
                 return await self._intercept(dest)
             up_reader, up_writer = await self._open(dest)
         except Refusal as exc:
-            await self._deny("CONNECT", *refused_where(authority, 443), exc)
+            host, port, path = refused_where(authority, 443)
+            if answerable(self.interception, host, port, exc) and not self._connect_trailing():
+                await self._deny_inside_tls(host, port, exc)
+            else:
+                await self._deny("CONNECT", host, port, path, exc)
             return False
         self.stats.tunnels += 1
         await self.send(ESTABLISHED)
@@ -292,6 +317,7 @@ class ProxyConnection(ClientConnection):
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
         started = time.monotonic()
+        REQUEST_LINE.set((method, target))
         try:
             dest, origin_target = await self.admission.route(target, self.intercepted)
             self.admission.head(method, dest, origin_target, request.headers)
@@ -411,6 +437,9 @@ class ProxyConnection(ClientConnection):
             upstream.close()
             self.upstream = None
             raise
+        finally:
+            if guard is not None:
+                guard.release()  # however the body ended: its held bytes go back
         replayable = (
             upstream.reused
             and not replay

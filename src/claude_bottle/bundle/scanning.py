@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from claude_bottle.bottle_env import SECRET_NAME
+from claude_bottle.bundle.body_budget import HeldBytes, Hold
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.paths import cache_root
 from claude_bottle.policy.dlp import (
@@ -34,6 +35,8 @@ from claude_bottle.policy.dlp import (
 from claude_bottle.policy.dlp_http import CREDENTIAL_HEADERS, credential_views, userinfo_views
 
 MAX_ENCODED_BODY = 32 * 1024 * 1024  # raw bytes held while an encoded body is scanned
+DECODE_SLICE = 16 * 1024  # encoded bytes decoded at a time: what they decode to is scanned
+# and dropped before the next slice, so decoding holds at most ~100 times this (the ratio cap)
 MAX_DECODED_BODY = 64 * 1024 * 1024
 _CACHE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
@@ -57,10 +60,13 @@ def host_secrets(env: Mapping[str, str]) -> dict[str, str]:
 
 
 class DlpInspector:
-    def __init__(self, scanner: Scanner, *, block: bool, record: Recorder) -> None:
+    def __init__(
+        self, scanner: Scanner, *, block: bool, record: Recorder, held: HeldBytes | None = None
+    ) -> None:
         self.scanner = scanner
         self.block = block
         self.record = record
+        self.held = HeldBytes() if held is None else held  # the bundle's, shared by all bodies
 
     def _hit(
         self,
@@ -252,7 +258,11 @@ class BodyWatch:
 
 
 class BodyGuard:
-    """Feeds a request body through the scanner; returns what may be forwarded so far."""
+    """Feeds a request body through the scanner; returns what may be forwarded so far.
+
+    An encoded body is held whole (its own cap, and the bundle's budget for held bytes)
+    until it has been decoded and scanned; `release` gives its bytes back however the
+    request ends."""
 
     def __init__(
         self, inspector: DlpInspector, encoding: str, where: tuple[str, str, int, str]
@@ -260,8 +270,22 @@ class BodyGuard:
         self.watch = BodyWatch(inspector, where, inspector.block)
         self.encoded = encoding.lower() not in ("", "identity")
         self.window = inspector.scanner.overlap
-        self.held = b""
+        self.held = bytearray()
+        self.hold = Hold(
+            inspector.held,
+            MAX_ENCODED_BODY,
+            "dlp:body-too-large",
+            "an encoded body this large is not inspected",
+        )
         self.decoder = None
+        if self.encoded and "," in encoding.strip(", "):
+            # Each stage may expand 100:1, so two would let one slice decode to 64 MiB at
+            # once; no client stacks codings on a request.
+            raise Refusal(
+                415,
+                "dlp:undecodable-body",
+                "a body with more than one content-coding is not inspected",
+            )
         if self.encoded:
             try:
                 self.decoder = decoded_stream(encoding, MAX_DECODED_BODY)
@@ -271,25 +295,32 @@ class BodyGuard:
                 ) from exc
 
     def feed(self, chunk: bytes) -> bytes:
-        self.held += chunk
         if self.decoder is not None:
-            if len(self.held) > MAX_ENCODED_BODY:
-                raise Refusal(
-                    413, "dlp:body-too-large", "an encoded body this large is not inspected"
-                )
-            self.watch.feed(self._decode(chunk, final=False))
+            self.hold.add(len(chunk))
+            self.held += chunk
+            for start in range(0, len(chunk), DECODE_SLICE):
+                piece = chunk[start : start + DECODE_SLICE]
+                self.watch.feed(self._decode(piece, final=False))
             return b""
+        self.held += chunk
         self.watch.feed(chunk)
         cut = max(0, len(self.held) - self.window)
-        ready, self.held = self.held[:cut], self.held[cut:]
+        ready = bytes(self.held[:cut])
+        del self.held[:cut]
         return ready
 
     def finish(self) -> bytes:
         if self.decoder is not None:
             self.watch.feed(self._decode(b"", final=True))
         self.watch.finish()
-        ready, self.held = self.held, b""
+        ready = bytes(self.held)
+        self.release()
         return ready
+
+    def release(self) -> None:
+        """Let go of what the body holds (idempotent)."""
+        self.held = bytearray()
+        self.hold.release()
 
     def _decode(self, chunk: bytes, *, final: bool) -> bytes:
         assert self.decoder is not None
@@ -345,6 +376,7 @@ def default_inspector(
     block: bool,
     record: Recorder,
     ignore: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    held: HeldBytes | None = None,
 ) -> DlpInspector:
     """`ignore` is ([dlp] ignore, [dlp] ignore_fingerprints)."""
     cache = DirectoryCache(cache_root() / "dlp")
@@ -356,4 +388,4 @@ def default_inspector(
         ignore_rules=rules,
         ignore_fingerprints=fingerprints,
     )
-    return DlpInspector(scanner, block=block, record=record)
+    return DlpInspector(scanner, block=block, record=record, held=held)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 from claude_bottle.bundle.audit import AuditError, AuditLog
 from claude_bottle.bundle.audit_limits import AuditBudget
 from claude_bottle.bundle.control import Stats
-from claude_bottle.bundle.settings import BundleSettings
+from claude_bottle.bundle.settings import BUNDLE_FILES, BundleSettings
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 MAX_HANDOFF = 64 * 1024
 PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
 CONTROL_BACKLOG = 100
+GATEWAY_BACKLOG = 128
+BUNDLE_ADDRESS_SPACE = 2 << 30
+"""RLIMIT_AS: a bundle maps ~270 MiB at its peak and holds at most ~100 MiB under
+attack (benchmarks/attack_bundle.py); this is the backstop where it has no cgroup."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOPPED = "claude-bottle bundle stopped: "
 """How the bundle's last line in its log starts when it stopped on an error (the CLI
@@ -52,9 +56,10 @@ class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
     proxy: socket.socket
     control: socket.socket
     gateway: socket.socket | None
+    git: socket.socket | None = None  # the git gate, when remotes are configured
 
     def close(self) -> None:
-        for sock in (self.proxy, self.control, self.gateway):
+        for sock in (self.proxy, self.control, self.gateway, self.git):
             if sock is not None:
                 sock.close()
         self.audit.close()
@@ -77,13 +82,17 @@ def open_bundle(settings: BundleSettings) -> Opened:
             control = _listen(settings.control_socket, CONTROL_BACKLOG, bound)
             gateway = None
             if settings.gateway_socket:
-                gateway = _listen(settings.gateway_socket, CONTROL_BACKLOG, bound)
+                gateway = _listen(settings.gateway_socket, GATEWAY_BACKLOG, bound)
+            git = None
+            if settings.git_socket:
+                git = _listen(settings.git_socket, CONTROL_BACKLOG, bound)
         finally:
             os.umask(old_umask)
         # The bottle may run as another uid (docker): its sockets must stay connectable.
         os.chmod(settings.proxy_socket, 0o666)
-        if settings.gateway_socket:
-            os.chmod(settings.gateway_socket, 0o666)
+        for shared in (settings.gateway_socket, settings.git_socket):
+            if shared:
+                os.chmod(shared, 0o666)
         audit.submit(
             "lifecycle",
             "info",
@@ -100,7 +109,7 @@ def open_bundle(settings: BundleSettings) -> Opened:
             sock.close()
         audit.close()
         raise
-    return Opened(settings, audit, interception, proxy, control, gateway)
+    return Opened(settings, audit, interception, proxy, control, gateway, git)
 
 
 def _listen(path: str, backlog: int, bound: list[socket.socket]) -> socket.socket:
@@ -157,6 +166,25 @@ def _stop_on_signals(opened: Opened) -> None:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
+
+
+def _limit_self() -> None:
+    """The bundle's own rlimits: files and address space, whatever it was started with.
+
+    The bundle runs outside its bottle's limits (a bottle that eats its own must leave
+    its bundle responsive); where the host offers no cgroup for it (docker's host
+    placement, a host without cgroups) these keep a bottle from making it take the
+    host's memory or descriptors. Its own bounds (connection slots, held bytes) stay
+    well within them."""
+    import resource
+
+    for which, wanted in (
+        (resource.RLIMIT_NOFILE, BUNDLE_FILES),
+        (resource.RLIMIT_AS, BUNDLE_ADDRESS_SPACE),
+    ):
+        _, hard = resource.getrlimit(which)
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(which, (limit, limit))
 
 
 def _die_with_parent() -> None:
@@ -221,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 def serve(settings: Path | int, *, ready_fd: int | None, parent_pid: int | None) -> NoReturn:
     """Serve until stopped, then leave the process. `settings` is the settings file, or
     the descriptor a prestarted bundle learns it from (`--handoff-fd`)."""
+    _limit_self()
     if parent_pid:
         _die_with_parent()
         if os.getppid() != parent_pid:

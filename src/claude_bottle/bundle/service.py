@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,10 +21,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from claude_bottle.bundle.audit import AuditError
+from claude_bottle.bundle.body_budget import HeldBytes
 from claude_bottle.bundle.control import MAX_LINE, Stats
+from claude_bottle.bundle.events import EventStream
 from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.held import HeldRequests
 from claude_bottle.bundle.pool import UpstreamPool
-from claude_bottle.bundle.server import PROXY_BACKLOG
+from claude_bottle.bundle.server import GATEWAY_BACKLOG, PROXY_BACKLOG
+from claude_bottle.bundle.slots import (
+    GATEWAY_SLOTS,
+    GATEWAY_WAITING,
+    PROXY_SLOTS,
+    PROXY_WAITING,
+    SLOTS_RULE,
+    Slots,
+    paused_server,
+)
+from claude_bottle.bundle.supervision import Supervision
 
 T = TypeVar("T")
 
@@ -33,7 +47,6 @@ if TYPE_CHECKING:
     from claude_bottle.bundle.server import Opened
     from claude_bottle.bundle.settings import BundleSettings
 
-MAX_CLIENTS = 1024
 CLIENT_END_SECONDS = 2.0  # how long a stopping bundle waits for its cancelled clients
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PREPARE_DELAY = 0.5  # seconds after ready; the first proxy connection starts it sooner
@@ -52,9 +65,7 @@ class Bundle:
             settings.deny,
             mode=settings.mode,
             pins=settings.pins,
-            ask_timeout=settings.ask_timeout,
         )
-        self.gate.on_pending = self._on_pending
         self.interception = opened.interception
         # Compiling the DLP engine takes a while: it happens in a thread once the bundle
         # serves, and every proxy connection waits for it, so nothing leaves unscanned.
@@ -63,13 +74,27 @@ class Bundle:
         self._preparation_timer: asyncio.TimerHandle | None = None
         self.stats = Stats()
         self.pool = UpstreamPool()  # idle upstream connections, shared by all clients
-        self._slots = asyncio.Semaphore(MAX_CLIENTS)
+        # Separate slots: connections to the proxy cannot lock the gateway out.
+        self.proxy_slots = Slots(PROXY_SLOTS, PROXY_WAITING, self._slots_full("proxy"))
+        self.gateway_slots = Slots(GATEWAY_SLOTS, GATEWAY_WAITING, self._slots_full("gateway"))
+        # The git gate's own, as many as the gateway's (it runs at most a few git at once).
+        self.git_slots = Slots(GATEWAY_SLOTS, GATEWAY_WAITING, self._slots_full("git"))
+        self.held = HeldBytes()  # request bytes held for scanning, by all connections
+        self.events = EventStream(settings.bottle)
+        self.gate.held = HeldRequests(
+            settings.bottle,
+            self.record,
+            timeout=settings.ask_timeout,
+            shared_slots=self.proxy_slots.free,  # a held request gives its slot back
+        )
+        self.supervision = Supervision(self.gate, self.gate.held, self.events)
         self._clients: set[asyncio.Task[None]] = set()  # ended when the bundle stops
         self._ending = False
         # Built on the first gateway connection: the gateway is not needed to
         # be ready, and the bottle's command takes a while to make its first call.
         self._gateway: tuple[Any, Any, Any] | None = None
         self._gateway_policy: GatewayPolicy | None = None
+        self._git_gate: Any = None  # git_gate.GitGate, built on the first git connection
 
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
@@ -78,7 +103,7 @@ class Bundle:
 
         if self.interception is not None:
             self.interception.warm()
-        return _inspector(self.settings, self.record)
+        return _inspector(self.settings, self.record, self.held)
 
     def _prepare_now(self) -> None:
         """Start preparing inspection, once: on the first proxy connection, or
@@ -109,16 +134,19 @@ class Bundle:
         except AuditError:
             self._stopping.set()  # fail closed: nothing leaves this bottle unaudited
             raise
+        self.stats.bytes_up += fields.get("bytes_up", 0)
+        self.events.publish(kind, decision, fields)
 
-    def _on_pending(self, host: str, port: int) -> None:
-        self.record(
-            "egress",
-            "pending",
-            rule="ask",
-            host=host[:253],
-            port=port,
-            detail={"hint": f"claude-bottle allow {self.settings.bottle} {host[:253]}"},
-        )
+    def _slots_full(self, server: str) -> Callable[[int], None]:
+        def full(turned_away: int) -> None:
+            self.record(
+                "lifecycle",
+                "error",
+                rule=SLOTS_RULE,
+                detail={"server": server, "turned_away": turned_away},
+            )
+
+        return full
 
     def _client(self, handler: ClientHandler) -> ClientHandler:
         """`handler` as a server callback whose connection ends when the bundle stops,
@@ -157,18 +185,17 @@ class Bundle:
         inspector = await asyncio.shield(self._inspector)
         from claude_bottle.bundle.proxy import ProxyConnection  # loaded by the preparation
 
-        async with self._slots:
-            await ProxyConnection(
-                self.gate,
-                self.record,
-                self.settings.bottle,
-                reader,
-                writer,
-                self.stats,
-                self.interception,
-                inspector,
-                self.pool,
-            ).serve()
+        await ProxyConnection(
+            self.gate,
+            self.record,
+            self.settings.bottle,
+            reader,
+            writer,
+            self.stats,
+            self.interception,
+            inspector,
+            self.pool,
+        ).serve()
 
     async def _gateway_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -184,25 +211,39 @@ class Bundle:
         self._prepare_now()
         inspector = await asyncio.shield(self._inspector)  # prompts are scanned too
         upstream, credentials, budget = self._gateway
-        async with self._slots:
-            await AnthropicGateway(
-                upstream,
-                credentials,
-                self.record,
-                reader,
-                writer,
-                budget=budget,
-                policy=self._gateway_policy,
-                inspector=inspector,
-                dlp_block=self.settings.gateway_dlp_block,
-            ).serve()
+        await AnthropicGateway(
+            upstream,
+            credentials,
+            self.record,
+            reader,
+            writer,
+            budget=budget,
+            policy=self._gateway_policy,
+            inspector=inspector,
+            dlp_block=self.settings.gateway_dlp_block,
+            held=self.held,
+        ).serve()
+
+    async def _git_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from claude_bottle.bundle.git_gate import GitGateConnection
+
+        assert self._inspector is not None
+        if self._git_gate is None:
+            self._git_gate = _git_gate(self.settings, self.record)
+        self._prepare_now()
+        inspector = await asyncio.shield(self._inspector)
+        await GitGateConnection(self._git_gate, reader, writer, inspector).serve()
 
     async def _control_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            answer = await self._control(json.loads(line[:MAX_LINE]))
+            request = json.loads(line[:MAX_LINE])
+            if isinstance(request, dict) and request.get("op") == "subscribe":
+                await self.supervision.subscribe(reader, writer)
+                return
+            answer = await self._control(request)
         except (ValueError, TimeoutError, ConnectionError) as exc:
             answer = {"ok": False, "error": f"bad request: {exc}"}
         with contextlib.suppress(ConnectionError):
@@ -226,17 +267,15 @@ class Bundle:
                 "ok": True,
                 **self.stats.__dict__,
                 **tokens,
+                "max_tokens_total": self.settings.max_tokens_total,
+                "held": self.supervision.held.held,
+                "subscribers_dropped": self.events.dropped,
+                "mode": self.gate.mode,
                 "allow": list(self.gate.allowlist.patterns),
             }
-        if op == "allow":
-            try:
-                pattern = await self.gate.allow(str(request.get("host", "")))
-            except ValueError as exc:
-                return {"ok": False, "error": str(exc)}
-            self.record(
-                "policy", "info", rule=f"allow:{pattern}", detail={"by": "claude-bottle allow"}
-            )
-            return {"ok": True, "pattern": pattern}
+        supervised = self.supervision.control(op, request)
+        if supervised is not None:
+            return supervised
         if op == "event":
             detail = request.get("detail")
             self.record(
@@ -260,19 +299,27 @@ class Bundle:
                 loop.add_signal_handler(sig, self._stopping.set)
         self.audit.on_failure(self._audit_failed)
         opened = self._opened
-        proxy = await asyncio.start_unix_server(
-            self._client(self._proxy_client),
-            sock=opened.proxy,
-            limit=256 * 1024,
-            backlog=PROXY_BACKLOG,
+        proxy = await paused_server(
+            self._client(functools.partial(self.proxy_slots.serve, self._proxy_client)),
+            opened.proxy,
+            PROXY_BACKLOG,
         )
         control = await asyncio.start_unix_server(
             self._client(self._control_client), sock=opened.control
         )
         gateway = None
         if opened.gateway is not None:
-            gateway = await asyncio.start_unix_server(
-                self._client(self._gateway_client), sock=opened.gateway, limit=256 * 1024
+            gateway = await paused_server(
+                self._client(functools.partial(self.gateway_slots.serve, self._gateway_client)),
+                opened.gateway,
+                GATEWAY_BACKLOG,
+            )
+        git = None
+        if opened.git is not None:
+            git = await paused_server(
+                self._client(functools.partial(self.git_slots.serve, self._git_client)),
+                opened.git,
+                GATEWAY_BACKLOG,
             )
         # What only traffic needs is prepared after the bottle's start-up, not before it.
         inspector.add_done_callback(self._inspection_prepared)
@@ -280,8 +327,10 @@ class Bundle:
             self._preparation_timer = loop.call_later(PREPARE_DELAY, self._prepare_now)
         async with proxy, control:
             await self._stopping.wait()
-        if gateway is not None:
-            gateway.close()
+        for server in (gateway, git):
+            if server is not None:
+                server.close()
+        await self.supervision.stop()
         await self._end_clients()
         self.pool.close()
         self.record("lifecycle", "info", rule="bundle-stop", detail={**self.stats.__dict__})
@@ -333,6 +382,27 @@ def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
     return upstream, provider, TokenBudget(settings.max_tokens_total)
 
 
+def _git_gate(settings: BundleSettings, record: Any) -> Any:
+    """The git gate's shared state: its mirrors live in `git_cache`, on the host."""
+    from claude_bottle.bundle.git_gate import GitGate
+    from claude_bottle.bundle.git_upstream import GitEnv, combined_ca
+
+    assert settings.git_cache is not None
+    cache = Path(settings.git_cache)
+    dlp: dict[str, object] | None = None
+    if settings.dlp_enabled:
+        dlp = {
+            "patterns": [list(p) for p in settings.dlp_patterns],
+            "ignore": list(settings.dlp_ignore),
+            "ignore_fingerprints": list(settings.dlp_ignore_fingerprints),
+        }
+    gate = GitGate(settings.git_remotes, cache, GitEnv(settings.pins), record, dlp)
+    gate.prepare()
+    ca_file = combined_ca(settings.upstream_ca_file, cache)
+    gate.git_env = GitEnv(settings.pins, ca_file)
+    return gate
+
+
 def _in_daemon_thread(
     loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], work: Callable[[], T]
 ) -> None:
@@ -359,7 +429,7 @@ def _in_daemon_thread(
     threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
 
 
-def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
+def _inspector(settings: BundleSettings, record: Any, held: HeldBytes) -> DlpInspector | None:
     if not settings.dlp_enabled:
         return None
     from claude_bottle.bundle.scanning import default_inspector
@@ -369,4 +439,5 @@ def _inspector(settings: BundleSettings, record: Any) -> DlpInspector | None:
         block=settings.dlp_block,
         record=record,
         ignore=(settings.dlp_ignore, settings.dlp_ignore_fingerprints),
+        held=held,
     )

@@ -13,12 +13,19 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from claude_bottle.bundle.git_policy import GateRemote
+
 DEFAULT_AUDIT_MAX = 1 << 30
 """`[bottle] audit_max`: how large one bottle's audit log may grow (1 GiB)."""
 DEFAULT_AUDIT_RATE = 64 << 20
 """`[bottle] audit_rate`: audit log bytes a bottle may cause per minute (64 MiB). A busy
 agent writes well under 1 MiB a minute (a record is ~300 bytes to a few KiB); a flood
 of a gigabyte a minute stops within seconds."""
+
+BUNDLE_FILES = 8192
+"""The bundle's descriptor limit, on every backend: the proxy's and the gateway's slots,
+each with its upstream, the connections waiting for a slot, the pool and the audit log
+(bundle/slots.py) fit well within it."""
 
 
 class Pin(NamedTuple):
@@ -36,7 +43,7 @@ class BundleSettings(NamedTuple):
     deny: tuple[str, ...] = ()
     mode: str = "enforce"
     pins: tuple[Pin, ...] = ()
-    ask_timeout: float = 60.0
+    ask_timeout: float = 300.0  # `[egress] ask_timeout`
     intercept: bool = False
     intercept_exclude: tuple[str, ...] = ()
     ca_cert: str | None = None  # where the bundle publishes its CA certificate
@@ -58,9 +65,16 @@ class BundleSettings(NamedTuple):
     audit_max: int = DEFAULT_AUDIT_MAX
     audit_rate: int = DEFAULT_AUDIT_RATE
     limits: dict[str, object] | None = None  # the bottle's limits, for its first audit record
+    git_socket: str | None = None  # the git gate; None when no [git.remotes] is configured
+    git_cache: str | None = None  # the gate's mirrors of the remotes (host side)
+    git_remotes: tuple[GateRemote, ...] = ()
 
     def dump(self, path: Path) -> None:
-        fields = {**self._asdict(), "pins": [pin._asdict() for pin in self.pins]}
+        fields = {
+            **self._asdict(),
+            "pins": [pin._asdict() for pin in self.pins],
+            "git_remotes": [remote._asdict() for remote in self.git_remotes],
+        }
         path.write_text(json.dumps(fields, indent=2) + "\n")
 
     @classmethod
@@ -74,4 +88,7 @@ class BundleSettings(NamedTuple):
         raw["gateway_features"] = tuple(raw.get("gateway_features", ("web_search",)))
         raw["dlp_ignore"] = tuple(raw.get("dlp_ignore", ()))
         raw["dlp_ignore_fingerprints"] = tuple(raw.get("dlp_ignore_fingerprints", ()))
+        raw["git_remotes"] = tuple(
+            GateRemote(**{**r, "push": tuple(r["push"])}) for r in raw.get("git_remotes", ())
+        )
         return cls(**raw)

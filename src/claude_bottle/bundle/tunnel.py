@@ -19,6 +19,8 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+from claude_bottle.bundle.connection import drain
+
 PIPE_SIZE = 1 << 20  # bytes in flight per direction; the kernel may grant less
 COPY_SIZE = 256 * 1024
 
@@ -195,7 +197,7 @@ async def _copy(
     while data := await reader.read(COPY_SIZE):
         counts[index] += len(data)
         writer.write(data)
-        await writer.drain()
+        await drain(writer)
         touch()
     if writer.can_write_eof():
         writer.write_eof()

@@ -447,20 +447,6 @@ def logs(name: str, follow: bool, as_json: bool) -> None:
         pass
 
 
-def allow(name: str, host: str) -> None:
-    from claude_bottle.bundle import control
-
-    record = _record(name)
-    if not state.is_live(record):
-        raise BottleError(
-            f"bottle {name} is not running", "start it, or add the host to your config"
-        )
-    answer = control.call(Path(record["control_socket"]), "allow", host=host)
-    if not answer.get("ok"):
-        raise ConfigError(f"cannot allow {host!r}: {answer.get('error')}")
-    _say(f"bottle {name} may now reach {answer['pattern']}")
-
-
 def audit_verify(file: str) -> int:
     from claude_bottle.bundle.audit import verify
 

@@ -138,11 +138,60 @@ def logs(name: str, follow: bool, as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.argument("host")
-def allow(name: str, host: str) -> None:
-    """Approve HOST for a running bottle."""
-    from claude_bottle.cli import commands
+@click.option("--always", is_flag=True, help="also add HOST to [egress] allow in your user config")
+def allow(name: str, host: str, always: bool) -> None:
+    """Approve HOST for a running bottle (and its held requests)."""
+    from claude_bottle.cli import supervise_commands
 
-    commands.allow(name, host)
+    pattern = supervise_commands.allow(name, host, always=always)
+    click.echo(f"claude-bottle: bottle {name} may now reach {pattern}", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("host")
+def deny(name: str, host: str) -> None:
+    """Refuse HOST for a running bottle: its held requests now, later ones for its life."""
+    from claude_bottle.cli import supervise_commands
+
+    denied, answered = supervise_commands.deny(name, host)
+    click.echo(
+        f"claude-bottle: bottle {name}: {denied} denied ({answered} held requests refused)",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def pending(name: str | None, as_json: bool) -> None:
+    """Requests held for a decision (mode = "ask"), one per bottle and host."""
+    from claude_bottle.cli import supervise_commands
+
+    supervise_commands.pending(name, as_json)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+def supervise(names: Sequence[str]) -> None:
+    """Full-screen live view of the running bottles: events, held requests, decisions."""
+    from claude_bottle.tui.app import supervise as run_view
+
+    run_view(tuple(names))
+
+
+@cli.group()
+def policy() -> None:
+    """Egress policy tools."""
+
+
+@policy.command(name="suggest")
+@click.argument("name")
+def policy_suggest(name: str) -> None:
+    """Print the smallest [egress] allow covering what bottle NAME reached."""
+    from claude_bottle.cli.policy_suggest import policy_suggest as suggest
+
+    click.echo(suggest(name), nl=False)
 
 
 @cli.group()

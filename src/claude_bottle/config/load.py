@@ -40,6 +40,7 @@ from claude_bottle.config.model import (
     DEFAULT_ANTHROPIC_CREDENTIAL,
     DEFAULT_BACKEND,
     DEFAULT_COMMAND,
+    DEFAULT_PUSH,
     DOCKER_BUNDLE_PLACEMENTS,
     EGRESS_MODES,
     GATEWAY_DLP_MODES,
@@ -122,6 +123,7 @@ SCHEMA: Final = _Table(
                 "allow": _STRS,
                 "deny": _STRS,
                 "mode": _STR,
+                "ask_timeout": _NUMBER,
                 "resolve": _MapOf(_STR),
                 "intercept": _BOOL,
                 "intercept_exclude": _STRS,
@@ -153,7 +155,22 @@ SCHEMA: Final = _Table(
                 "dlp": _STR,
             }
         ),
-        "git": _Table({"remotes": _MapOf(_Table({"url": _STR, "push": _STRS, "force": _BOOL}))}),
+        "git": _Table(
+            {
+                "remotes": _MapOf(
+                    _Table(
+                        {
+                            "url": _STR,
+                            "push": _STRS,
+                            "force": _BOOL,
+                            "tags": _BOOL,
+                            "delete": _BOOL,
+                            "credential": _STR,
+                        }
+                    )
+                )
+            }
+        ),
         "bottle": _Table(
             {
                 "command": _STRS,
@@ -179,7 +196,7 @@ _DLP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # policy.dlp.finding_fingerprint
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SCP_URL = re.compile(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!//).+")
-_URL_SCHEMES = ("https", "http", "ssh", "git", "file")
+_URL_SCHEMES = ("https", "ssh")  # the git gate's hardened git speaks only these
 _BAD_BRANCH_CHARS = frozenset("~^:\\")
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 _PATTERN_HINT = "fix the pattern or remove it"
@@ -340,6 +357,11 @@ def _default_user_config() -> tuple[Path, bool]:
     return platformdirs.user_config_path("claude-bottle") / "config.toml", False
 
 
+def user_config_path() -> Path:
+    """Where the user config is (`$CLAUDE_BOTTLE_CONFIG`, else the platform's default)."""
+    return _default_user_config()[0]
+
+
 def _inside(path: Path, directory: Path) -> bool:
     try:
         return path.resolve().is_relative_to(directory.resolve())
@@ -354,8 +376,11 @@ def _inside(path: Path, directory: Path) -> bool:
 class _RemoteDraft:
     source: _Source
     url: str | None = None
-    push: tuple[str, ...] = ()
+    push: tuple[str, ...] = DEFAULT_PUSH
     force: bool = False
+    tags: bool = False
+    delete: bool = False
+    credential: str = "git"
 
 
 def _ordered(items: Iterable[str]) -> dict[str, None]:
@@ -369,6 +394,7 @@ class _Merged:
     allow: dict[str, None] = field(default_factory=lambda: _ordered(DEFAULT_ALLOW))
     deny: dict[str, None] = field(default_factory=dict)
     mode: str = "enforce"
+    ask_timeout: float = 300.0
     resolve: dict[str, ResolvePin] = field(default_factory=dict)
     intercept: bool = True
     intercept_exclude: dict[str, None] = field(default_factory=dict)
@@ -462,6 +488,16 @@ class _Merged:
                     "enforce blocks, audit only logs, ask holds each new host for approval",
                 )
             self.mode = mode
+        if "ask_timeout" in egress:
+            timeout = egress["ask_timeout"]
+            assert isinstance(timeout, int | float)  # the schema checked it
+            if not 1 <= timeout <= 86400:
+                raise src.error(
+                    "egress.ask_timeout",
+                    f"expected seconds from 1 to 86400, got {timeout:g}",
+                    "set it to how long a held request may wait for `claude-bottle allow`",
+                )
+            self.ask_timeout = float(timeout)
         if "intercept" in egress:
             self.intercept = _bool(egress["intercept"])
         for index, pattern in enumerate(_strs(egress.get("intercept_exclude"))):
@@ -595,8 +631,11 @@ class _Merged:
                     for index, item in enumerate(_strs(remote["push"]))
                 )
             )
-        if "force" in remote:
-            draft.force = _bool(remote["force"])
+        for flag in ("force", "tags", "delete"):
+            if flag in remote:
+                setattr(draft, flag, _bool(remote[flag]))
+        if "credential" in remote:
+            draft.credential = _git_credential(_str(remote["credential"]), f"{key}.credential", src)
 
     def apply_bottle(self, bottle: Mapping[str, object], src: _Source) -> None:
         if "command" in bottle:
@@ -641,13 +680,24 @@ class _Merged:
                     "missing; every remote needs a url",
                     'add url = "https://…" to the remote',
                 )
-            remotes.append(GitRemote(name=name, url=draft.url, push=draft.push, force=draft.force))
+            remotes.append(
+                GitRemote(
+                    name=name,
+                    url=draft.url,
+                    push=draft.push,
+                    force=draft.force,
+                    tags=draft.tags,
+                    delete=draft.delete,
+                    credential=draft.credential,
+                )
+            )
         return Config(
             backend=self.backend,
             egress=EgressConfig(
                 allow=tuple(self.allow),
                 deny=tuple(self.deny),
                 mode=self.mode,
+                ask_timeout=self.ask_timeout,
                 resolve=tuple(self.resolve.values()),
                 intercept=self.intercept,
                 intercept_exclude=tuple(self.intercept_exclude),
@@ -816,6 +866,26 @@ def _check_credential(spec: str, key: str, src: _Source) -> str:
     raise src.error(key, "expected env:NAME, file:PATH or keychain (value not shown)", hint)
 
 
+def _git_credential(spec: str, key: str, src: _Source) -> str:
+    # The value is never echoed: a user may have pasted the token itself here.
+    hint = (
+        'use "git" (the host\'s git credential fill), env:NAME, file:PATH (absolute or ~/…) '
+        'or "command:PROGRAM ARGS" (its first line of output)'
+    )
+    kind, sep, rest = spec.partition(":")
+    if spec == "git" or (sep and kind == "command" and rest.strip()):
+        return spec
+    if sep and kind == "env" and _ENV_NAME.fullmatch(rest):
+        if rest not in os.environ:
+            raise src.error(key, f"the variable {rest} is not set", f"export {rest}, or {hint}")
+        return spec
+    if sep and kind == "file" and rest.startswith(("/", "~/")):
+        if not Path(rest).expanduser().is_file():
+            raise src.error(key, "names a file that does not exist", hint)
+        return spec
+    raise src.error(key, "expected git, env:NAME, file:PATH or command:… (value not shown)", hint)
+
+
 def _check_git_url(url: str, key: str, src: _Source) -> str:
     # URLs are not echoed: they may embed a token.
     hint = "use https://host/owner/repo.git, ssh://host/path or git@host:owner/repo.git"
@@ -840,12 +910,12 @@ def _check_git_url(url: str, key: str, src: _Source) -> str:
                 "embeds credentials (value not shown); they would appear in plans and logs",
                 "remove them from the URL; the git gate uses the host's git credentials",
             )
-        if scheme != "file" and not hostname:
+        if not hostname:
             raise src.error(key, "has no host name (value not shown)", hint)
         return url
-    if url.startswith("/") or _SCP_URL.fullmatch(url):
+    if _SCP_URL.fullmatch(url):
         return url
-    raise src.error(key, "is not a URL, an scp-style address or an absolute path", hint)
+    raise src.error(key, "is not an https:// or ssh:// URL nor an scp-style address", hint)
 
 
 def _branch_pattern(pattern: str, key: str, src: _Source) -> str:

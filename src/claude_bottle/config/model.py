@@ -34,6 +34,7 @@ class EgressConfig(NamedTuple):
     allow: tuple[str, ...] = DEFAULT_ALLOW
     deny: tuple[str, ...] = ()
     mode: str = "enforce"  # enforce | audit | ask
+    ask_timeout: float = 300.0  # seconds a request held in ask mode waits for a decision
     resolve: tuple[ResolvePin, ...] = ()
     intercept: bool = True  # TLS interception of allowed hosts, so DLP sees HTTPS too
     intercept_exclude: tuple[str, ...] = ()  # host patterns tunnelled without interception
@@ -70,11 +71,19 @@ class GatewayConfig(NamedTuple):
     dlp: str = "audit"  # GATEWAY_DLP_MODES
 
 
+DEFAULT_PUSH = ("bottle/*",)
+
+
 class GitRemote(NamedTuple):
+    """`[git.remotes.NAME]`: served to the bottle by the bundle's git gate."""
+
     name: str
     url: str
-    push: tuple[str, ...] = ()  # branch patterns the agent may push
-    force: bool = False
+    push: tuple[str, ...] = DEFAULT_PUSH  # branch patterns the agent may push
+    force: bool = False  # non-fast-forward updates
+    tags: bool = False  # may it create tags (never move or delete one)
+    delete: bool = False  # branch deletion
+    credential: str = "git"  # git | env:VAR | file:PATH | command:... (a source, not a value)
 
 
 class BottleSection(NamedTuple):

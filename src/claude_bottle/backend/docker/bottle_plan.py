@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from claude_bottle.backend.base import BottlePlan
 from claude_bottle.backend.docker.images import BaseImage
-from claude_bottle.cgroups import BottleCgroup
+from claude_bottle.bundle.settings import BUNDLE_FILES
+from claude_bottle.cgroups import BUNDLE_MEMORY, BUNDLE_PIDS, BottleCgroup
 from claude_bottle.plan import PlanSection
 from claude_bottle.workspace_guard import GitMount
 
@@ -196,6 +197,16 @@ def bundle_run_args(spec: BundleSpec) -> list[str]:
         "no-new-privileges",
         "--user",
         spec.user,
+        # Its own limits: a bottle that drives its bundle to every cap takes the bundle
+        # down (and so itself, fail closed), not the host.
+        "--memory",
+        str(BUNDLE_MEMORY),
+        "--memory-swap",
+        str(BUNDLE_MEMORY),
+        "--pids-limit",
+        str(BUNDLE_PIDS),
+        "--ulimit",
+        f"nofile={BUNDLE_FILES}:{BUNDLE_FILES}",
         "--entrypoint",
         BUNDLE_PYTHON,
         "--tmpfs",

@@ -294,8 +294,21 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+CLI_ONLY_REQUIREMENTS = frozenset({"textual", "tomlkit", "publicsuffixlist"})
+"""Runtime requirements of the CLI's own commands (`supervise`, `allow --always`, `policy
+suggest`) that the bundle never imports: left out of its image."""
+
+
+def bundle_requirements() -> list[str]:
+    declared = declared_requirements()
+    needed = [
+        r for r in declared if (m := _NAME.match(r)) and m.group(0) not in CLI_ONLY_REQUIREMENTS
+    ]
+    return pinned_requirements(needed, _installed_version)
+
+
 def bundle_image() -> ImageSpec:
-    requirements = pinned_requirements(declared_requirements(), _installed_version)
+    requirements = bundle_requirements()
     return ImageSpec(
         role="bundle",
         repo=BUNDLE_REPO,

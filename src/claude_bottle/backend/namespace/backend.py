@@ -259,7 +259,7 @@ class NamespaceBackend(BottleBackend):
             os.chmod(path, 0o644)
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
         workspace_guard.prepare(plan.workspace_guard)
-        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity)
+        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity, plan.git_rewrites)
 
         settings = BundleSettings(
             bottle=plan.name,
@@ -269,6 +269,7 @@ class NamespaceBackend(BottleBackend):
             allow=plan.egress_allow,
             deny=plan.egress_deny,
             mode=plan.egress_mode,
+            ask_timeout=plan.egress_ask_timeout,
             pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
             intercept=plan.egress_intercept,
             intercept_exclude=plan.intercept_exclude,
@@ -291,6 +292,8 @@ class NamespaceBackend(BottleBackend):
             audit_max=plan.audit_max,
             audit_rate=plan.audit_rate,
             limits=plan.limits.audit_detail(),
+            git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
+            **plan.git_gate_settings(),
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

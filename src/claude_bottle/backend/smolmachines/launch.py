@@ -116,6 +116,7 @@ def launch_bottle(
         allow=plan.egress_allow,
         deny=plan.egress_deny,
         mode=plan.egress_mode,
+        ask_timeout=plan.egress_ask_timeout,
         pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
         intercept=plan.egress_intercept,
         intercept_exclude=plan.intercept_exclude,

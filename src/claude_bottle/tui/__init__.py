@@ -1,0 +1,1 @@
+"""`claude-bottle supervise`: the live view of running bottles (textual, imported lazily)."""

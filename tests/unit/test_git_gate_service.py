@@ -1,0 +1,102 @@
+"""The git gate's connection handling (bundle/git_gate.py) with real git, no bottle: what a
+hostile client can do to the bundle through it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_bottle.bundle import git_gate
+from claude_bottle.bundle.git_gate import GitGate, GitGateConnection
+from claude_bottle.bundle.git_policy import GateRemote
+from claude_bottle.bundle.git_upstream import GitEnv
+
+REMOTE = GateRemote("origin", "https://git.test/repo.git", credential="env:NO_SUCH_VAR")
+
+
+def _gate(tmp_path: Path, records: list[dict[str, Any]]) -> GitGate:
+    def record(kind: str, decision: str, **fields: Any) -> None:
+        records.append({"kind": kind, "decision": decision, **fields})
+
+    gate = GitGate((REMOTE,), tmp_path / "cache", GitEnv(), record, None)
+    gate.prepare()
+    subprocess.run(["git", "init", "-q", "--bare", str(gate.mirror(REMOTE))], check=True)
+    return gate
+
+
+async def _exchange(gate: GitGate, request: bytes) -> bytes:
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    client_reader, client_writer = await asyncio.open_connection(sock=theirs)
+    serving = asyncio.ensure_future(GitGateConnection(gate, reader, writer, None).serve())
+    client_writer.write(request)
+    await client_writer.drain()
+    answer = await asyncio.wait_for(client_reader.read(), 30)
+    await asyncio.wait_for(serving, 30)
+    client_writer.close()
+    return answer
+
+
+def test_an_oversized_push_is_refused_and_nothing_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(git_gate, "MAX_REQUEST", 4096)
+    monkeypatch.setenv("NO_SUCH_VAR", "token-value-for-the-test-1234")
+    records: list[dict[str, Any]] = []
+    gate = _gate(tmp_path, records)
+    body = b"0" * 10000
+    head = (
+        b"POST /origin.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1:3130\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    answer = asyncio.run(_exchange(gate, head + body))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"git:too-large" in answer
+    assert any(r["rule"] == "git:too-large" for r in records)
+
+
+def test_a_truncated_push_gets_an_error_and_leaves_the_mirror_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_SUCH_VAR", "token-value-for-the-test-1234")
+    records: list[dict[str, Any]] = []
+    gate = _gate(tmp_path, records)
+    head = (
+        b"POST /origin.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1:3130\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Content-Length: 5000\r\n\r\n"
+    )
+    body = (
+        b"00a4" + b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/bottle/x\x00 report-status\n0000PACK"
+    )
+
+    async def truncated() -> bytes:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        client_reader, client_writer = await asyncio.open_connection(sock=theirs)
+        serving = asyncio.ensure_future(GitGateConnection(gate, reader, writer, None).serve())
+        client_writer.write(head + body)
+        await client_writer.drain()
+        client_writer.write_eof()  # the client goes away mid-body
+        answer = await asyncio.wait_for(client_reader.read(), 30)
+        await asyncio.wait_for(serving, 30)
+        return answer
+
+    answer = asyncio.run(truncated())
+    assert b"unpack ok" not in answer
+    assert [r["rule"] for r in records] == ["git:aborted"]
+    refs = subprocess.run(
+        ["git", "-C", str(gate.mirror(REMOTE)), "for-each-ref"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert refs.stdout == ""
+    quarantine = list(gate.mirror(REMOTE).glob("objects/tmp_objdir-*"))
+    assert quarantine == []
