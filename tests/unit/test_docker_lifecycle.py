@@ -774,6 +774,8 @@ def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
 
     monkeypatch.setattr(docker, "volume_create", lambda name, **_: name)
     monkeypatch.setattr(network, "ensure", lambda: made.append("net"))
+    removed: list[str] = []
+    monkeypatch.setattr(docker, "rm", lambda names, force=True: removed.extend(names))
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: {})
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
@@ -782,3 +784,41 @@ def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
         launch.start(plan, stack)
     assert sorted(runs) == ["agent", "bundle", "bundle"]
     assert made == ["net", "net"]  # the check beside the start, and again before the rerun
+    assert removed == [plan.bundle.container]  # what the failed run may have left created
+
+
+def test_duplicate_shared_networks_made_by_a_race_are_removed_but_the_oldest(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The engine lets two concurrent creates make two networks of one name; a name that
+    has become ambiguous is repaired: the oldest of ours kept, the unused others removed."""
+    monkeypatch.setenv("CLAUDE_BOTTLE_CACHE_DIR", str(tmp_path / "cache"))
+    old = {**SHARED, "Id": "old", "Created": "2026-12-07T04:04:47.9Z"}
+    new = {**SHARED, "Id": "new", "Created": "2026-12-07T04:04:48.0Z"}
+    networks = {"old": old, "new": new}
+
+    def inspect(name: str) -> dict[str, Any] | None:
+        if name == "claude-bottle":
+            if len(networks) > 1:
+                raise docker.DockerError(
+                    "x",
+                    stderr="Error: 2 matches found based on name: network claude-bottle "
+                    "is ambiguous",
+                )
+            return next(iter(networks.values()))
+        return networks.get(name)
+
+    def remove(names: list[str]) -> None:
+        engine.calls.append(("network_rm", tuple(names)))
+        for name in names:
+            networks.pop(name)
+
+    engine.networks = [
+        {"ID": key, "Name": "claude-bottle", "Labels": "claude-bottle.shared=engine"}
+        for key in networks
+    ]
+    monkeypatch.setattr(docker, "network_inspect", inspect)
+    monkeypatch.setattr(docker, "network_rm", remove)
+    network.ensure()
+    assert list(networks) == ["old"]
+    assert engine.calls == [("network_rm", ("new",))]

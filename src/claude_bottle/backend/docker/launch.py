@@ -492,6 +492,9 @@ def _start_with_bundle_container(
         else:
             image, args = plan.agent.image, agent_run_args(plan.agent)
             command = agent_command(plan.relay_port, plan.gateway_port)
+        # Listed first: a `docker run -d` that fails to start the container leaves it
+        # created, and the teardown must remove it (a missing one counts as removed).
+        (created.bundles if role == "bundle" else created.agents).append(containers[role])
         try:
             docker.run(args, image, command)
         except docker.DockerError as exc:
@@ -502,8 +505,9 @@ def _start_with_bundle_container(
                     _build(image, plan.agent.base_image)
             else:
                 raise
+            with contextlib.suppress(docker.DockerError):
+                docker.rm([containers[role]])  # what the failed run left, so the name is free
             docker.run(args, image, command)
-        (created.bundles if role == "bundle" else created.agents).append(containers[role])
 
     def volume() -> None:
         try:
