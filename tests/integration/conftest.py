@@ -23,6 +23,14 @@ import pytest
 from tests.integration.upstream import RecordingHTTPServer
 
 BACKENDS = os.environ.get("CLAUDE_BOTTLE_TEST_BACKENDS", "namespace,docker,smolmachines").split(",")
+# The docker backend runs the suite once per bundle placement: "docker:host" and
+# "docker:container" (a plain "docker" param means the configured placement, auto).
+DOCKER_PLACEMENTS = ("host", "container")
+VARIANTS = [
+    variant
+    for name in BACKENDS
+    for variant in ([f"docker:{p}" for p in DOCKER_PLACEMENTS] if name == "docker" else [name])
+]
 
 
 def backend_unavailable(name: str) -> str | None:
@@ -40,6 +48,7 @@ class BottleEnv:
     env: dict[str, str]
     config: Path
     upstream: RecordingHTTPServer
+    docker_bundle: str | None = None  # --docker-bundle for run and plan (docker only)
 
     def write_config(self, text: str) -> None:
         self.config.write_text(textwrap.dedent(text))
@@ -47,6 +56,8 @@ class BottleEnv:
     def cli(
         self, *args: str, timeout: float = 60, input: bytes | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        if self.docker_bundle and args and args[0] in ("run", "plan"):
+            args = (args[0], "--docker-bundle", self.docker_bundle, *args[1:])
         result = subprocess.run(
             [sys.executable, "-m", "claude_bottle", *args],
             env=self.env,
@@ -83,6 +94,8 @@ class BottleEnv:
     def start(self, script: str, name: str = "t") -> subprocess.Popen[str]:
         """`run -- /bin/sh -c script` in the background, with text pipes for stdout/stderr."""
         argv = [sys.executable, "-m", "claude_bottle", "run", "--backend", self.backend]
+        if self.docker_bundle:
+            argv += ["--docker-bundle", self.docker_bundle]
         return subprocess.Popen(
             [*argv, "--name", name, "--", "/bin/sh", "-c", script],
             env=self.env,
@@ -115,9 +128,10 @@ def real_python() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=VARIANTS)
 def backend(request: pytest.FixtureRequest) -> str:
-    name = str(request.param)
+    """The backend's name; its variant (`docker:host`) is read by `bottle_env`."""
+    name = str(request.param).partition(":")[0]
     reason = backend_unavailable(name)
     if reason:
         pytest.skip(f"{name} backend unavailable here: {reason}")
@@ -132,7 +146,9 @@ def upstream() -> Iterator[RecordingHTTPServer]:
 
 
 @pytest.fixture
-def bottle_env(tmp_path: Path, backend: str, upstream: RecordingHTTPServer) -> Iterator[BottleEnv]:
+def bottle_env(
+    tmp_path: Path, backend: str, upstream: RecordingHTTPServer, request: pytest.FixtureRequest
+) -> Iterator[BottleEnv]:
     root = tmp_path
     workspace = root / "workspace"
     workspace.mkdir()
@@ -147,7 +163,10 @@ def bottle_env(tmp_path: Path, backend: str, upstream: RecordingHTTPServer) -> I
         "XDG_DATA_HOME": str(root / "data"),
     }
     config = root / "config.toml"
-    be = BottleEnv(backend, root, workspace, env, config, upstream)
+    callspec = getattr(request.node, "callspec", None)
+    variant = str(callspec.params.get("backend", "")) if callspec else ""
+    placement = variant.partition(":")[2] or None
+    be = BottleEnv(backend, root, workspace, env, config, upstream, placement)
     be.write_config(f"""
         [egress]
         allow = ["allowed.test", "*.wild.test"]

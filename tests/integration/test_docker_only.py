@@ -3,7 +3,7 @@
 The shared suite (test_isolation.py and friends) proves the bottle's guarantees for every
 backend. These tests look at the docker resources themselves: the agent container's
 hardening as the engine reports it, that it cannot reach the bundle's network or the
-engine's socket, that the bundle's own bridge network gives it a way out, that killing
+engine's socket, that the engine's bundle network gives the bundle a way out, that killing
 the bundle container cuts egress, and that nothing labelled with the bottle survives
 `stop`, `cleanup` or a CLI killed with SIGKILL.
 """
@@ -43,6 +43,13 @@ def backend() -> str:
     if reason:
         pytest.skip(f"docker backend unavailable here: {reason}")
     return "docker"
+
+
+@pytest.fixture(autouse=True)
+def _bundle_container_unless_said(bottle_env: BottleEnv) -> None:
+    """These tests look at the bundle container's topology unless they ask for the host
+    placement (`bottle_env.docker_bundle = "host"` in the test)."""
+    bottle_env.docker_bundle = "container"
 
 
 @pytest.fixture(autouse=True)
@@ -185,7 +192,12 @@ def test_bridge_network_is_the_bundle_s_way_out_and_the_agent_cannot_reach_it(
     record = _detach(bottle_env, "b")
     bundle = _inspect(record["containers"]["bundle"])
     (network,) = bundle["NetworkSettings"]["Networks"]
-    assert network == record["network"] and network.startswith("claude-bottle-b-")
+    # The engine's one bundle network, kept between bottles; its containers cannot reach
+    # each other (one bottle's bundle is not another's way in).
+    assert network == record["network"] == "claude-bottle"
+    shared = json.loads(_docker("network", "inspect", network))[0]
+    assert shared["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert shared["Labels"]["claude-bottle.shared"] == "engine"
     bundle_ip = bundle["NetworkSettings"]["Networks"][network]["IPAddress"]
     gateway_ip = bundle["NetworkSettings"]["Networks"][network]["Gateway"]
     assert bundle_ip and gateway_ip
@@ -267,7 +279,8 @@ def test_cleanup_removes_what_a_crash_left(
         time.sleep(0.1)
     listed = bottle_env.cli("cleanup", "--dry-run")
     assert listed.returncode == 0, listed.stderr
-    for name in (*record["containers"].values(), record["network"], record["volume"]):
+    # (the engine's shared bundle network is listed only while no bottle at all uses it)
+    for name in (*record["containers"].values(), record["volume"]):
         assert name in listed.stdout
     assert len(_labelled("container", "c")) == 2  # a dry run removes nothing
     cleaned = bottle_env.cli("cleanup")
@@ -288,3 +301,119 @@ def test_files_written_in_the_workspace_belong_to_the_user(bottle_env: BottleEnv
     for path in (bottle_env.workspace / "made-in-bottle", bottle_env.workspace / "sub" / "f"):
         assert path.stat().st_uid == os.getuid()
         assert path.stat().st_gid == os.getgid()
+
+
+# --- host placement: the bundle is a host process ---------------------------------------
+
+
+def _process_gone(ref: dict[str, int], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{ref['pid']}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_host_placement_is_one_hardened_container_and_a_host_bundle(
+    bottle_env: BottleEnv,
+) -> None:
+    bottle_env.docker_bundle = "host"
+    secret = "hostsecret-" + "Z3kP8" * 6
+    bottle_env.env["MY_API_KEY"] = secret
+    record = _detach(
+        bottle_env, "hp", "curl -sS --max-time 5 http://allowed.test/via-host; sleep 300"
+    )
+    assert record["placement"] == "host"
+    assert list(record["containers"]) == ["bottle"]
+    assert _leftovers("hp") == {
+        "container": [record["containers"]["bottle"]],
+        "network": [],
+        "volume": [],
+    }
+    agent = _inspect(record["containers"]["bottle"])
+    host = agent["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert any(opt.startswith("seccomp=") for opt in host["SecurityOpt"])
+    assert host["PidsLimit"] > 0 and host["Memory"] > 0
+    mounts = {m["Destination"]: m for m in agent["Mounts"]}
+    sockets = mounts["/run/claude-bottle/bundle"]
+    assert sockets["Type"] == "bind" and sockets["RW"] is False
+    assert sockets["Source"] == str(Path(record["runtime_dir"]) / "bundle")
+    assert secret not in json.dumps(agent)
+    bundle = record["processes"]["bundle"]
+    cmdline = Path(f"/proc/{bundle['pid']}/cmdline").read_bytes()
+    assert b"claude_bottle" in cmdline or b"claude-bottle" in cmdline
+    deadline = time.monotonic() + 15
+    while not bottle_env.upstream.requests:
+        assert time.monotonic() < deadline, "the bottle's request never arrived"
+        time.sleep(0.05)
+    assert [r.path for r in bottle_env.upstream.requests] == ["/via-host"]
+    assert bottle_env.cli("stop", "hp").returncode == 0
+    _wait_for_no_leftovers("hp")
+    assert _process_gone(bundle)
+    audit = (bottle_env.state_dir("hp") / "audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["rule"] == "bundle-stop"
+
+
+def test_host_placement_killing_the_bundle_stops_the_run(bottle_env: BottleEnv) -> None:
+    bottle_env.docker_bundle = "host"
+    flag = bottle_env.workspace / "go"
+    proc = bottle_env.start(
+        "curl -sS --max-time 5 http://allowed.test/before; echo started; "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done; "
+        "curl -sS --max-time 5 http://allowed.test/after; sleep 30",
+        name="hk",
+    )
+    assert proc.stdout is not None
+    assert "hello from upstream /before" in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "started"
+    record = _record(bottle_env, "hk")
+    os.kill(record["processes"]["bundle"]["pid"], signal.SIGKILL)
+    flag.write_text("")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 125, (out, err)
+    assert "bundle (host process) stopped" in err
+    assert "/after" not in out
+    assert [r.path for r in bottle_env.upstream.requests] == ["/before"]
+    _wait_for_no_leftovers("hk")
+
+
+def test_host_placement_sigkilled_cli_leaves_nothing_behind(bottle_env: BottleEnv) -> None:
+    bottle_env.docker_bundle = "host"
+    proc = bottle_env.start("echo started; sleep 300", name="hz")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    record = _record(bottle_env, "hz")
+    assert len(_labelled("container", "hz")) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _wait_for_no_leftovers("hz")  # the watchdog tore the agent container down
+    assert _process_gone(record["processes"]["bundle"])  # it dies with the CLI
+    cleaned = bottle_env.cli("cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not Path(record["runtime_dir"]).exists()
+
+
+def test_plan_and_doctor_say_where_auto_puts_the_bundle(bottle_env: BottleEnv) -> None:
+    bottle_env.docker_bundle = None  # the default: auto
+    shown = bottle_env.cli("plan", "--backend", "docker", "--json", "--", "true")
+    assert shown.returncode == 0, shown.stderr
+    plan = json.loads(shown.stdout)
+    assert plan["placement"] in ("host", "container")
+    assert plan["placement_reason"].startswith("auto: ")
+    assert (plan["bundle"] is None) is (plan["placement"] == "host")
+    doctor = bottle_env.cli("doctor")
+    assert f"bundle placement (auto): {plan['placement']}; auto: " in doctor.stdout
+
+
+def test_the_socket_probe_reaches_a_host_socket_from_a_real_container() -> None:
+    """On this native engine the probe auto relies on succeeds (a VM's would not)."""
+    from claude_bottle.backend.docker import images, placement
+
+    image = images.agent_image().tag
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        pytest.skip("the agent image is not built")
+    assert placement.probe_bind(image, os.getuid(), os.getgid()) is None

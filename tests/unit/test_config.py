@@ -584,3 +584,38 @@ def test_a_workspace_file_may_not_define_git_remotes(env: Env) -> None:
     env.write_project('[git.remotes.origin]\nurl = "https://h.test/r.git"\n')
     err = _error(env.load)
     assert "git.remotes" in err.message and "config.toml" in err.hint
+
+
+# -- [docker] bundle --------------------------------------------------------------------
+
+
+def test_docker_bundle_defaults_to_auto_and_takes_each_placement(env: Env) -> None:
+    assert env.load().docker.bundle == "auto"
+    for placement in ("host", "container", "auto"):
+        env.write_user(f'[docker]\nbundle = "{placement}"\n')
+        assert env.load().docker.bundle == placement
+
+
+def test_docker_bundle_flag_overrides_the_config(env: Env) -> None:
+    env.write_user('[docker]\nbundle = "container"\n')
+    config = load_config(
+        workspace=env.workspace,
+        docker_bundle="host",
+        known_backends=BACKENDS,
+        user_config=env.user,
+        trust_store=env.store,
+        warn=env.warnings.append,
+    )
+    assert config.docker.bundle == "host"
+
+
+def test_docker_bundle_rejects_other_values(env: Env) -> None:
+    env.write_user('[docker]\nbundle = "vm"\n')
+    error = _error(env.load)
+    assert "docker.bundle" in error.message and "auto, host, container" in error.message
+
+
+def test_a_workspace_file_cannot_move_the_bundle(env: Env) -> None:
+    env.write_project('[docker]\nbundle = "container"\n')
+    error = _error(env.load)
+    assert "docker.bundle" in error.message and "may be set only" in error.message

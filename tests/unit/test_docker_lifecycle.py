@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from claude_bottle import state
-from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend.base import CleanupPlan, LaunchRequest
 from claude_bottle.backend.docker import backend as docker_backend
-from claude_bottle.backend.docker import docker, images, launch
+from claude_bottle.backend.docker import docker, images, launch, network
 from claude_bottle.backend.docker.backend import (
     DockerBackend,
     credential_access,
@@ -52,6 +52,7 @@ class FakeEngine:
     networks: list[dict[str, Any]] = field(default_factory=list)
     volumes: list[dict[str, Any]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
+    shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # network_inspect by name
 
     def _act(self, what: str, names: list[str]) -> None:
         self.calls.append((what, tuple(names)))
@@ -76,6 +77,7 @@ class FakeEngine:
             docker, "volume_ls", lambda labels: self._matching(self.volumes, labels)
         )
         monkeypatch.setattr(docker, "image_ls", lambda labels: list(self.images))
+        monkeypatch.setattr(docker, "network_inspect", lambda name: self.shared.get(name))
         monkeypatch.setattr(docker, "image_rm", lambda refs: self._act("image_rm", list(refs)))
 
     @staticmethod
@@ -309,6 +311,69 @@ def test_cleanup_plan_lists_orphans_and_stale_launches_of_live_bottles(
     assert ("rm", ("dead-agent", "live-old-agent")) in engine.calls
     assert ("network_rm", ("dead-net",)) in engine.calls
     assert all("other-users-agent" not in names for _, names in engine.calls)
+
+
+SHARED = {
+    "Name": "claude-bottle",
+    "Driver": "bridge",
+    "Labels": {"claude-bottle.shared": "engine", "claude-bottle.role": "network"},
+    "Options": {"com.docker.network.bridge.enable_icc": "false"},
+    "Containers": {},
+}
+
+
+@pytest.mark.parametrize(
+    ("shared", "listed"),
+    [
+        (SHARED, True),
+        ({**SHARED, "Containers": {"c1": {"Name": "someone's bundle"}}}, False),  # in use
+        ({**SHARED, "Labels": {}}, False),  # not ours: never removed
+        ({**SHARED, "Options": {}}, False),  # not ours: containers may reach each other
+    ],
+)
+def test_cleanup_removes_the_shared_network_only_when_ours_and_unused(
+    engine: FakeEngine,
+    dirs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shared: dict[str, Any],
+    listed: bool,
+) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    engine.shared = {"claude-bottle": shared}
+    plan = DockerBackend().cleanup_plan(set())
+    assert (("network", "claude-bottle (shared by bundle containers, unused)") in plan.items) is (
+        listed
+    )
+    assert DockerBackend().cleanup(plan) == []
+    assert (("network_rm", ("claude-bottle",)) in engine.calls) is listed
+
+
+def test_the_shared_network_is_made_with_traffic_between_containers_off(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[tuple[str, dict[str, str], dict[str, str]]] = []
+
+    def create(name: str, *, labels: dict[str, str], options: dict[str, str]) -> str:
+        made.append((name, labels, options))
+        engine.shared[name] = {**SHARED, "Labels": labels, "Options": options}
+        return "id"
+
+    monkeypatch.setattr(docker, "network_create", create)
+    network.ensure()
+    network.ensure()  # exists now: made once
+    assert made == [
+        (
+            "claude-bottle",
+            {"claude-bottle.role": "network", "claude-bottle.shared": "engine"},
+            {"com.docker.network.bridge.enable_icc": "false"},
+        )
+    ]
+
+
+def test_a_network_of_that_name_we_did_not_make_is_refused(engine: FakeEngine) -> None:
+    engine.shared = {"claude-bottle": {**SHARED, "Labels": {}, "Options": {}}}
+    with pytest.raises(LaunchError, match="did not make"):
+        network.ensure()
 
 
 def test_cleanup_lists_our_images_built_from_older_inputs(
@@ -545,8 +610,9 @@ def test_launch_writes_the_environment_file_private(
 def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_can(
     dirs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The network does not wait for the volume; the bundle waits for both, the agent for
-    the volume only; no docker client runs between the containers' start and ready."""
+    """The network check does not wait for the volume, nor the bundle for the network
+    check; both containers wait for the volume only; no docker client runs between the
+    containers' start and ready."""
     (dirs / "ws").mkdir()
     monkeypatch.setenv("HOME", str(dirs / "home"))
     config = Config(egress=EgressConfig(allow=("example.com",)))
@@ -560,25 +626,26 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
         assert network_started.wait(5), "the network waited for the volume"
         return name
 
-    def network_create(name: str, **_: Any) -> str:
+    def ensure_network() -> None:
         network_started.set()
         time.sleep(0.05)
         events.append("network")
-        return name
 
     def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
         events.append("run " + options[options.index("--name") + 1].rsplit("-", 1)[-1])
         return "id"
 
     monkeypatch.setattr(docker, "volume_create", volume_create)
-    monkeypatch.setattr(docker, "network_create", network_create)
+    monkeypatch.setattr(network, "ensure", ensure_network)
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
+    asked: list[str] = []
     with contextlib.ExitStack() as stack:
-        bottle, _ = launch.start(plan, stack)
-    assert events.index("run bundle") > events.index("network")
+        bottle, _ = launch.start(plan, stack, preflight=lambda: asked.append("x") or [])
+    assert "network" in events  # checked beside the containers' start
+    assert asked == []  # the engine is asked what is wrong only when something failed
     assert events.index("run bundle") > events.index("volume")
     assert events.index("run agent") > events.index("volume")
     assert events[-1] == "ready"
@@ -662,3 +729,96 @@ def test_parallel_runs_concurrently_and_collects_errors() -> None:
     errors = launch.parallel(slow, slow, boom)
     assert time.monotonic() - begin < 0.35
     assert [type(e) for e in errors] == [ValueError]
+
+
+def test_an_image_taken_into_use_after_it_was_listed_is_not_a_problem(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another bottle (or another user's) may start from a listed image before cleanup
+    removes it: the engine refuses, and the image was not stale after all."""
+
+    def refuse(refs: list[str]) -> None:
+        raise docker.DockerError(
+            "docker image failed: conflict",
+            stderr="Error response from daemon: conflict: unable to remove repository reference "
+            '"claude-bottle-bundle:1111" (must force) - container cb3f is using its referenced '
+            "image 8dc1",
+        )
+
+    monkeypatch.setattr(docker, "image_rm", refuse)
+    plan = CleanupPlan(
+        "docker", (("image", "claude-bottle-bundle:1111 (1GB, built from older inputs)"),)
+    )
+    assert DockerBackend().cleanup(plan) == []
+
+
+def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (dirs / "ws").mkdir()
+    monkeypatch.setenv("HOME", str(dirs / "home"))
+    config = Config(egress=EgressConfig(allow=("example.com",)))
+    plan = DockerBackend().plan(LaunchRequest("n", dirs / "ws", config, ("true",)))
+    runs: list[str] = []
+    made: list[str] = []
+
+    def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
+        role = options[options.index("--name") + 1].rsplit("-", 1)[-1]
+        runs.append(role)
+        if role == "bundle" and runs.count("bundle") == 1:  # removed by a cleanup just now
+            raise docker.DockerError(
+                "docker run failed",
+                stderr="docker: Error response from daemon: network claude-bottle not found.",
+            )
+        return "id"
+
+    monkeypatch.setattr(docker, "volume_create", lambda name, **_: name)
+    monkeypatch.setattr(network, "ensure", lambda: made.append("net"))
+    removed: list[str] = []
+    monkeypatch.setattr(docker, "rm", lambda names, force=True: removed.extend(names))
+    monkeypatch.setattr(docker, "run", run)
+    monkeypatch.setattr(launch, "_wait_ready", lambda *args: {})
+    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
+    monkeypatch.setattr(launch._Created, "remove", lambda self: None)
+    with contextlib.ExitStack() as stack:
+        launch.start(plan, stack)
+    assert sorted(runs) == ["agent", "bundle", "bundle"]
+    assert made == ["net", "net"]  # the check beside the start, and again before the rerun
+    assert removed == [plan.bundle.container]  # what the failed run may have left created
+
+
+def test_duplicate_shared_networks_made_by_a_race_are_removed_but_the_oldest(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The engine lets two concurrent creates make two networks of one name; a name that
+    has become ambiguous is repaired: the oldest of ours kept, the unused others removed."""
+    monkeypatch.setenv("CLAUDE_BOTTLE_CACHE_DIR", str(tmp_path / "cache"))
+    old = {**SHARED, "Id": "old", "Created": "2026-12-07T04:04:47.9Z"}
+    new = {**SHARED, "Id": "new", "Created": "2026-12-07T04:04:48.0Z"}
+    networks = {"old": old, "new": new}
+
+    def inspect(name: str) -> dict[str, Any] | None:
+        if name == "claude-bottle":
+            if len(networks) > 1:
+                raise docker.DockerError(
+                    "x",
+                    stderr="Error: 2 matches found based on name: network claude-bottle "
+                    "is ambiguous",
+                )
+            return next(iter(networks.values()))
+        return networks.get(name)
+
+    def remove(names: list[str]) -> None:
+        engine.calls.append(("network_rm", tuple(names)))
+        for name in names:
+            networks.pop(name)
+
+    engine.networks = [
+        {"ID": key, "Name": "claude-bottle", "Labels": "claude-bottle.shared=engine"}
+        for key in networks
+    ]
+    monkeypatch.setattr(docker, "network_inspect", inspect)
+    monkeypatch.setattr(docker, "network_rm", remove)
+    network.ensure()
+    assert list(networks) == ["old"]
+    assert engine.calls == [("network_rm", ("new",))]

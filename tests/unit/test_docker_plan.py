@@ -24,7 +24,13 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
-from claude_bottle.config.model import BottleSection, Config, EgressConfig, ResolvePin
+from claude_bottle.config.model import (
+    BottleSection,
+    Config,
+    DockerSection,
+    EgressConfig,
+    ResolvePin,
+)
 from claude_bottle.errors import ConfigError
 
 LABELS = (
@@ -43,7 +49,7 @@ AGENT = AgentSpec(
     workspace="/home/alice/proj",
     home="/home/alice",
     home_source="/home/alice/.local/state/claude-bottle/bottles/proj-abcde/home",
-    volume="claude-bottle-proj-abcde-0a1b2c-sockets",
+    sockets=Mount("volume", "claude-bottle-proj-abcde-0a1b2c-sockets", "/run/claude-bottle/bundle"),
     exec_dir="/run/user/1000/claude-bottle/proj-abcde/exec",
     seccomp_profile="/run/user/1000/claude-bottle/proj-abcde/seccomp.json",
     read_only=("/home/alice/src/lib",),
@@ -270,6 +276,9 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _request(root: Path, config: Config, detach: bool = False) -> LaunchRequest:
+    """A request; "auto" placement becomes "container" (auto asks the engine)."""
+    if config.docker.bundle == "auto":
+        config = config._replace(docker=config.docker._replace(bundle="container"))
     return LaunchRequest(
         name="proj-abcde",
         workspace=root / "ws",
@@ -286,7 +295,7 @@ def test_plan_names_labels_and_bridge_network(dirs: Path) -> None:
     assert plan.agent.container == f"{prefix}-agent"
     assert plan.bundle.container == f"{prefix}-bundle"
     assert plan.volume == f"{prefix}-sockets"
-    assert plan.network == prefix and plan.bundle.network == prefix
+    assert plan.network == "claude-bottle" and plan.bundle.network == "claude-bottle"
     assert plan.labels() == {
         "claude-bottle.bottle": "proj-abcde",
         "claude-bottle.state": state_label(),
@@ -376,7 +385,8 @@ def test_plan_prints_what_a_person_needs_to_judge_it(dirs: Path) -> None:
         "none (loopback only)",
         "all capabilities dropped, no-new-privileges, seccomp profile",
         "docker (the agent container's cgroup)",
-        f"{plan.network} (per-bottle bridge, outbound access)",
+        f"{plan.network} (bridge, outbound access)",
+        'chosen: [docker] bundle = "container"',
         f"volume {plan.volume}",
         "audit.jsonl",
     ):
@@ -412,3 +422,27 @@ def test_injected_secrets_reach_the_bundle_container_by_its_env_file_only(dirs: 
     assert spec.secret == "env:CLAUDE_BOTTLE_INJECTED_0" and spec.placeholder == placeholder
     assert secret not in plan.to_json() and secret not in json.dumps(settings._asdict())
     assert bundle_environment(plan, {})["CLAUDE_BOTTLE_INJECTED_0"] == secret
+
+
+def test_host_placement_has_no_bundle_container_network_or_volume(dirs: Path) -> None:
+    config = Config(docker=DockerSection(bundle="host"))
+    plan = DockerBackend().plan(_request(dirs, config))
+    assert plan.placement == "host" and plan.runs_host_bundle()
+    assert plan.bundle is None and plan.network is None and plan.volume is None
+    sockets = dirs / "rt" / "proj-abcde" / "bundle"
+    assert plan.agent.sockets == Mount("bind", str(sockets), "/run/claude-bottle/bundle", True)
+    args = agent_run_args(plan.agent)
+    # The agent container keeps every restriction; the socket dir is bound read-only.
+    for flag in ("--read-only", "--cap-drop", "no-new-privileges", "--pids-limit", "--memory"):
+        assert flag in args
+    assert args[args.index("--network") + 1] == "none"
+    assert f"type=bind,source={sockets},target=/run/claude-bottle/bundle,readonly" in args
+    text = plan.render()
+    assert "bundle (host process)" in text and 'chosen: [docker] bundle = "host"' in text
+    assert json.loads(plan.to_json())["placement"] == "host"
+
+
+def test_container_placement_does_not_run_a_host_bundle(dirs: Path) -> None:
+    plan = DockerBackend().plan(_request(dirs, Config()))
+    assert plan.placement == "container" and not plan.runs_host_bundle()
+    assert plan.bundle is not None and plan.agent.sockets.kind == "volume"

@@ -47,3 +47,23 @@ def test_value_options_are_the_ones_click_defines_for_run() -> None:
         for name in param.opts
     }
     assert defined == RUN_VALUE_OPTIONS
+
+
+@pytest.mark.parametrize(
+    ("args", "prestart"),
+    [
+        (["run", "--backend", "docker", "--", "true"], True),  # auto: usually a host bundle
+        (["run", "--backend", "docker", "--docker-bundle", "host", "true"], True),
+        (["run", "--backend", "docker", "--docker-bundle=container", "true"], False),
+        (["run", "--docker-bundle", "container", "--backend", "namespace", "true"], True),
+    ],
+)
+def test_a_bundle_is_prestarted_unless_it_will_run_in_a_container(
+    args: list[str], prestart: bool
+) -> None:
+    from claude_bottle.backend import registry
+
+    guess = guess_run(args)
+    assert guess is not None
+    backend = guess.backend or registry.default_name()
+    assert registry.runs_host_bundle(backend, guess.docker_bundle) is prestart

@@ -146,6 +146,10 @@ class BottlePlan(Printable):
             )
         return rows
 
+    def runs_host_bundle(self) -> bool:
+        """Whether the bundle is a host process (started by `bundle.launcher`)."""
+        return True
+
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
         return [
@@ -485,6 +489,10 @@ class BottleBackend(abc.ABC):
 
     def limits_report(self) -> list[str]:
         """For `doctor`: how this backend applies [bottle] limits here, and what is missing."""
+        return []
+
+    def doctor_notes(self) -> list[str]:
+        """For `doctor`: other choices this backend makes on this host, and why."""
         return []
 
     @abc.abstractmethod

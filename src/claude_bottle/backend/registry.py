@@ -21,12 +21,16 @@ _BACKENDS: dict[str, str] = {
 }
 
 
-# Backends whose bundle is a process on this host (started by `bundle.launcher`).
-_HOST_BUNDLE = frozenset({"namespace", "smolmachines"})
+# Backends whose bundle is (or, for docker, usually is) a process on this host, started
+# by `bundle.launcher`. The entry point prestarts one for them; the plan decides
+# (`BottlePlan.runs_host_bundle`) and an unneeded one is discarded.
+_HOST_BUNDLE = frozenset({"namespace", "smolmachines", "docker"})
 
 
-def runs_host_bundle(name: str) -> bool:
-    return name in _HOST_BUNDLE
+def runs_host_bundle(name: str, docker_bundle: str | None = None) -> bool:
+    """Whether a `run` on backend `name` likely needs a host bundle (`--docker-bundle`
+    container says it does not)."""
+    return name in _HOST_BUNDLE and not (name == "docker" and docker_bundle == "container")
 
 
 def names() -> tuple[str, ...]:

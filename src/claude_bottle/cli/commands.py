@@ -53,6 +53,7 @@ def _prepare(
     workspace: str | None,
     config_file: str | None,
     detach: bool = False,
+    docker_bundle: str | None = None,
 ) -> _Prepared:
     ws = Path(workspace or os.getcwd()).resolve()
     config = load_config(
@@ -60,6 +61,7 @@ def _prepare(
         extra_file=Path(config_file) if config_file else None,
         allow=allow,
         backend=backend,
+        docker_bundle=docker_bundle,
         known_backends=registry.names(),
         warn=_say,
     )
@@ -120,7 +122,7 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
 
     try:
         backend, plan, _, policy = _prepare(command, detach=detach, **options)
-        if not registry.runs_host_bundle(backend.name):
+        if not plan.runs_host_bundle():
             discard_prestarted()
         say_where_credentials_go(plan)
         _check_credential(plan)
@@ -469,6 +471,9 @@ def doctor() -> int:
             click.echo(f"  - {problem}")
         for line in backend.limits_report():
             click.echo(f"  limits: {line}")
+        if not problems:
+            for line in backend.doctor_notes():
+                click.echo(f"  {line}")
         if problems and name == default:
             worst = 3
     claude = shutil.which("claude")

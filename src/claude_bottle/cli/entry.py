@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 # `run` options that take a value, so the value is not taken for the command's start.
 # tests/unit/test_entry.py checks this against the options click defines for `run`.
-RUN_VALUE_OPTIONS = frozenset({"--backend", "--allow", "--name", "--workspace", "--config"})
+RUN_VALUE_OPTIONS = frozenset(
+    {"--backend", "--allow", "--name", "--workspace", "--config", "--docker-bundle"}
+)
 _GLOBAL_FLAGS = frozenset({"--debug"})
 _HELP = frozenset({"-h", "--help"})
 
@@ -21,9 +23,10 @@ _HELP = frozenset({"-h", "--help"})
 class RunGuess:
     """What the raw arguments say about a `run`: the backend asked for, and `--detach`."""
 
-    def __init__(self, backend: str | None, detach: bool) -> None:
+    def __init__(self, backend: str | None, detach: bool, docker_bundle: str | None = None) -> None:
         self.backend = backend
         self.detach = detach
+        self.docker_bundle = docker_bundle
 
 
 def guess_run(args: Sequence[str]) -> RunGuess | None:
@@ -39,6 +42,7 @@ def guess_run(args: Sequence[str]) -> RunGuess | None:
     if position >= len(args) or args[position] != "run":
         return None
     backend: str | None = None
+    docker_bundle: str | None = None
     detach = False
     rest = iter(args[position + 1 :])
     for arg in rest:
@@ -54,13 +58,15 @@ def guess_run(args: Sequence[str]) -> RunGuess | None:
                 value = next(rest, "")
             if name == "--backend":
                 backend = value
-    return RunGuess(backend, detach)
+            elif name == "--docker-bundle":
+                docker_bundle = value
+    return RunGuess(backend, detach, docker_bundle)
 
 
 def _prestart_for(guess: RunGuess) -> None:
     from claude_bottle.backend import registry
 
-    if registry.runs_host_bundle(guess.backend or registry.default_name()):
+    if registry.runs_host_bundle(guess.backend or registry.default_name(), guess.docker_bundle):
         from claude_bottle.bundle import prestart
 
         if not prestart.fork_bundle(die_with_parent=not guess.detach):

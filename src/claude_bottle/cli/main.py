@@ -29,6 +29,13 @@ _RUN_OPTIONS = [
     click.option(
         "--config", "config_file", type=click.Path(dir_okay=False), help="extra config file"
     ),
+    click.option(
+        "--docker-bundle",
+        "docker_bundle",
+        type=click.Choice(["auto", "host", "container"]),
+        help="docker backend: run the bundle as a host process or in a container "
+        "(default from config, else auto)",
+    ),
 ]
 
 

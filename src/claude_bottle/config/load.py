@@ -49,6 +49,7 @@ from claude_bottle.config.model import (
     DEFAULT_BACKEND,
     DEFAULT_COMMAND,
     DEFAULT_PUSH,
+    DOCKER_BUNDLE_PLACEMENTS,
     EGRESS_MODES,
     GATEWAY_DLP_MODES,
     HOST_TOOLS_MODES,
@@ -207,7 +208,7 @@ SCHEMA: Final = _Table(
                 **LIMIT_KEYS,
             }
         ),
-        "docker": _Table({"base_image": _STR}),
+        "docker": _Table({"base_image": _STR, "bundle": _STR}),
     }
 )
 
@@ -441,6 +442,7 @@ class _Merged:
     host_tools: str = "warn"
     git_identity: bool = True
     base_image: str | None = None
+    docker_bundle: str = "auto"
     limits: Limits = field(default_factory=Limits)
     sources: list[ConfigSource] = field(default_factory=list)
 
@@ -478,6 +480,21 @@ class _Merged:
         docker = _table(data.get("docker"))
         if "base_image" in docker:
             self.base_image = _image_reference(_str(docker["base_image"]), src)
+        if "bundle" in docker:
+            self.docker_bundle = self.check_docker_bundle(
+                _str(docker["bundle"]), "docker.bundle", src
+            )
+
+    def check_docker_bundle(self, value: str, key: str, src: _Source) -> str:
+        if value in DOCKER_BUNDLE_PLACEMENTS:
+            return value
+        choices = ", ".join(DOCKER_BUNDLE_PLACEMENTS)
+        raise src.error(
+            key,
+            f"expected one of {choices}, got {_quote(value)}",
+            "host runs the bundle as a host process, container in a container beside the "
+            "agent; auto picks host when the engine can reach a host socket",
+        )
 
     def check_backend(self, name: str, key: str, src: _Source) -> str:
         if name in self.known_backends:
@@ -755,7 +772,7 @@ class _Merged:
                 git_identity=self.git_identity,
                 limits=self.limits,
             ),
-            docker=DockerSection(base_image=self.base_image),
+            docker=DockerSection(base_image=self.base_image, bundle=self.docker_bundle),
             sources=tuple(self.sources),
         )
 
@@ -1090,6 +1107,7 @@ def load_config(
     extra_file: Path | None = None,
     allow: Sequence[str] = (),
     backend: str | None = None,
+    docker_bundle: str | None = None,
     known_backends: Iterable[str],
     user_config: Path | None = None,
     trust_store: TrustStore | None = None,
@@ -1153,6 +1171,10 @@ def load_config(
         merged.allow.setdefault(_host_pattern(pattern, "", _Source("--allow")))
     if backend is not None:
         merged.backend = merged.check_backend(backend, "", _Source("--backend"))
+    if docker_bundle is not None:
+        merged.docker_bundle = merged.check_docker_bundle(
+            docker_bundle, "", _Source("--docker-bundle")
+        )
     return merged.build()
 
 

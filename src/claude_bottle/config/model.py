@@ -107,8 +107,13 @@ class BottleSection(NamedTuple):
     limits: Limits = Limits()  # memory, pids, cpus, disk, require_limits
 
 
+DOCKER_BUNDLE_PLACEMENTS = ("auto", "host", "container")
+
+
 class DockerSection(NamedTuple):
     base_image: str | None = None  # build the agent image on this image (the user's toolchain)
+    bundle: str = "auto"  # where the bundle runs: a host process, or a container (auto: host
+    # when the engine can reach a host unix socket)
 
 
 class ConfigSource(NamedTuple):

@@ -44,7 +44,8 @@ USER_ONLY_KEYS: Final = (
     "bottle.cpus",
     "bottle.disk",
     "bottle.require_limits",
-    "docker",  # base_image: the image the agent image is built on
+    "docker",  # base_image: the image the agent image is built on; bundle: where the
+    # bundle runs (a container on a bridge network, or a host process)
 )
 
 

@@ -19,13 +19,15 @@ import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from claude_bottle import paths, state
+from claude_bottle import cgroups, paths, state
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -34,7 +36,7 @@ from claude_bottle.backend.base import (
     LaunchRequest,
     common_plan_fields,
 )
-from claude_bottle.backend.docker import docker, images
+from claude_bottle.backend.docker import docker, images, network, placement
 from claude_bottle.backend.docker.bottle_plan import (
     CA_BUNDLE,
     CA_CERT,
@@ -45,21 +47,28 @@ from claude_bottle.backend.docker.bottle_plan import (
     LABEL_STATE,
     ROLE_AGENT,
     ROLE_BUNDLE,
+    SOCKETS_DIR,
     UPSTREAM_CA,
     AgentSpec,
     BundleSpec,
     DockerBottlePlan,
     Mount,
 )
+from claude_bottle.backend.docker.network import SHARED_NETWORK
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
-from claude_bottle.limits import plan_with
+from claude_bottle.limits import format_size, plan_with
 
 DISK = "a sized tmpfs at each of /tmp and /var/tmp"
 LIMIT_NOTES = (
     "what the bottle writes to its tmpfs counts toward its memory",
     "the bottle's home is a host directory: its size is bounded by the host's disk only",
+)
+
+BUNDLE_NOTE = (
+    f"the host-process bundle runs in its own cgroup (memory "
+    f"{format_size(cgroups.BUNDLE_MEMORY)}, pids {cgroups.BUNDLE_PIDS}) where the host has one"
 )
 
 IMAGE_CA_STORE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's + the host's extra CAs
@@ -92,6 +101,16 @@ def needs_host_network(config: Config) -> bool:
         or _loopback(upstream)
         or any(_loopback(p.address) for p in config.egress.resolve)
     )
+
+
+def _bundle_cgroup(name: str, config: Config) -> cgroups.BottleCgroup | None:
+    """A host-process bundle's own cgroup, as the namespace backend's bundle has: beside
+    where a namespace bottle's cgroup would be (the agent's is the engine's)."""
+    host = cgroups.detect()
+    bottle = cgroups.for_bottle(
+        host, cgroups.group_name(name, paths.state_root()), config.bottle.limits
+    )
+    return None if bottle is None else cgroups.for_bundle(bottle)
 
 
 def _api(text: str) -> tuple[int, ...]:
@@ -151,7 +170,9 @@ def credential_access(spec: str, home: str, host_env: Mapping[str, str]) -> Cred
 
 class DockerBackend(BottleBackend):
     name = "docker"
-    description = "Docker containers: agent with --network none, bundle on its own network"
+    description = (
+        "Docker containers: agent with --network none; bundle a host process or a container"
+    )
 
     def limits_report(self) -> list[str]:
         return [
@@ -159,6 +180,15 @@ class DockerBackend(BottleBackend):
         ]
 
     # --- preflight ------------------------------------------------------------
+
+    def doctor_notes(self) -> list[str]:
+        """Where `[docker] bundle = "auto"` puts the bundle on this engine, and why."""
+        try:
+            tag = images.agent_image().tag
+        except OSError:
+            return []
+        found = placement.detect(tag, os.getuid(), os.getgid())
+        return [f"bundle placement (auto): {found.kind}; {found.reason}"]
 
     def preflight(self) -> list[str]:
         """A missing client, a stopped daemon and an unusable engine, each with its fix."""
@@ -241,9 +271,10 @@ class DockerBackend(BottleBackend):
         uid, gid = os.getuid(), os.getgid()
         instance = secrets.token_hex(3)
         prefix = f"claude-bottle-{request.name}-{instance}"
-        volume = f"{prefix}-sockets"
-        host_network = needs_host_network(config)
-        network = None if host_network else prefix
+        chosen = placement.choose(config.docker.bundle, agent_image.tag, uid, gid)
+        host_bundle = chosen.kind == placement.HOST
+        volume = None if host_bundle else f"{prefix}-sockets"
+        network = None if host_bundle or needs_host_network(config) else SHARED_NETWORK
         label = state_label()
         labels = (
             (LABEL_BOTTLE, request.name),
@@ -263,8 +294,14 @@ class DockerBackend(BottleBackend):
         env.update(_image_env(intercept))
         if base is not None and base.path:
             env["PATH"] = base.path  # the toolchain the user's image puts on PATH
+        notes = (*LIMIT_NOTES, BUNDLE_NOTE) if host_bundle else LIMIT_NOTES
         limits = plan_with(
-            config.bottle.limits, "docker (the agent container's cgroup)", DISK, (), LIMIT_NOTES
+            config.bottle.limits, "docker (the agent container's cgroup)", DISK, (), notes
+        )
+        sockets = (
+            Mount("bind", str(runtime_dir / "bundle"), SOCKETS_DIR, readonly=True)
+            if volume is None
+            else Mount("volume", volume, SOCKETS_DIR, readonly=True)
         )
         agent = AgentSpec(
             container=f"{prefix}-agent",
@@ -276,7 +313,7 @@ class DockerBackend(BottleBackend):
             workspace=workspace,
             home=home,
             home_source=str(state_dir / "home"),
-            volume=volume,
+            sockets=sockets,
             exec_dir=str(runtime_dir / "exec"),
             seccomp_profile=str(runtime_dir / "seccomp.json"),
             read_only=tuple(read_only),
@@ -288,18 +325,22 @@ class DockerBackend(BottleBackend):
             cpus=limits.cpus,
             tmpfs_size=limits.disk,
         )
-        bundle = BundleSpec(
-            container=f"{prefix}-bundle",
-            image=bundle_image.tag,
-            user=f"{uid}:{gid}",
-            network=network or "host",
-            volume=volume,
-            control_dir=str(runtime_dir / "control"),
-            settings_file=str(runtime_dir / "bundle.json"),
-            env_file=str(runtime_dir / "bundle-env.json"),
-            state_dir=str(state_dir),
-            mounts=(*ca_mounts, *credential.mounts),
-            labels=(*labels, (LABEL_ROLE, ROLE_BUNDLE)),
+        bundle = (
+            None
+            if volume is None
+            else BundleSpec(
+                container=f"{prefix}-bundle",
+                image=bundle_image.tag,
+                user=f"{uid}:{gid}",
+                network=network or "host",
+                volume=volume,
+                control_dir=str(runtime_dir / "control"),
+                settings_file=str(runtime_dir / "bundle.json"),
+                env_file=str(runtime_dir / "bundle-env.json"),
+                state_dir=str(state_dir),
+                mounts=(*ca_mounts, *credential.mounts),
+                labels=(*labels, (LABEL_ROLE, ROLE_BUNDLE)),
+            )
         )
         common = common_plan_fields(
             self.name,
@@ -324,6 +365,9 @@ class DockerBackend(BottleBackend):
             volume=volume,
             agent=agent,
             bundle=bundle,
+            placement=chosen.kind,
+            placement_reason=chosen.reason,
+            bundle_cgroup=_bundle_cgroup(request.name, config) if host_bundle else None,
         )
 
     # --- launch ---------------------------------------------------------------
@@ -361,6 +405,7 @@ class DockerBackend(BottleBackend):
         from claude_bottle.backend.docker import launch
 
         problems = launch.remove_by_labels({LABEL_BOTTLE: name, LABEL_STATE: state_label()})
+        _stop_host_bundle(record)
         paths.remove_runtime_dir(record)
         if problems:
             print(f"claude-bottle: {'; '.join(problems)}", file=sys.stderr)
@@ -401,6 +446,8 @@ class DockerBackend(BottleBackend):
                 bottle = orphan(row)
                 if bottle is not None:
                     items.append((kind, f"{row.get('Name')} (bottle {bottle})"))
+        if network.unused():
+            items.append(("network", f"{SHARED_NETWORK} (shared by bundle containers, unused)"))
         return CleanupPlan(self.name, tuple(items))
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
@@ -419,19 +466,44 @@ class DockerBackend(BottleBackend):
                 found[f"{kind}s"].append(name)
         from claude_bottle.backend.docker import launch
 
+        shared = SHARED_NETWORK in found["networks"]
+        found["networks"] = [n for n in found["networks"] if n != SHARED_NETWORK]
+
         problems = launch.teardown(
             agents=found["agents"],
             bundles=found["bundles"],
             networks=found["networks"],
             volumes=found["volumes"],
         )
+        if shared:  # after the bottles' containers: it may be unused only now
+            problems += network.remove_if_unused()
         for ref in found["images"]:
             try:
                 docker.image_rm([ref])
             except docker.DockerError as exc:
-                if not exc.missing:
+                # A container started from it since it was listed: in use, so not stale.
+                in_use = "is using its referenced image" in exc.stderr
+                if not exc.missing and not in_use:
                     problems.append(f"could not remove image {ref}: {exc.message}")
         return problems
+
+
+def _stop_host_bundle(record: Mapping[str, Any]) -> None:
+    """A host-process bundle (host placement) gets SIGTERM, so it writes its last audit
+    record; its cgroup goes once it has stopped."""
+    from claude_bottle.backend.namespace.limits import from_record
+
+    bundle = (record.get("processes") or {}).get("bundle")
+    if record.get("placement") != placement.HOST or bundle is None:
+        return
+    state.signal_process(bundle, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while state.process_alive(bundle) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    state.signal_process(bundle, signal.SIGKILL)
+    group = from_record(record.get("bundle_cgroup"))
+    if group is not None:
+        cgroups.remove(group)
 
 
 def _stale_images() -> list[tuple[str, str]]:

@@ -43,13 +43,19 @@ class DockerBottle(NamespaceBottle):
         if self.processes:
             for role, ref in self.processes.items():
                 if not process_alive(ref):
-                    return _reason(role)
+                    return self._reason(role)
             return None
         for role, container in self.containers.items():
             info = docker.inspect(container)
             if info is None or not info.get("State", {}).get("Running"):
-                return _reason(role)
+                return self._reason(role)
         return None
+
+    def _reason(self, role: str) -> str:
+        if role == "bottle":
+            return "the agent container stopped"
+        where = "bundle container" if "bundle" in self.containers else "bundle (host process)"
+        return f"the {where} stopped (it was the bottle's only way out)"
 
     def limits_hit(self) -> list[str]:
         """Read from the agent container's cgroup: its process 1 is a host process."""
@@ -68,9 +74,3 @@ class DockerBottle(NamespaceBottle):
         if container:
             with contextlib.suppress(docker.DockerError):
                 docker.kill(container)
-
-
-def _reason(role: str) -> str:
-    if role == "bundle":
-        return "the bundle container stopped (it was the bottle's only way out)"
-    return "the agent container stopped"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from claude_bottle.backend.base import BottlePlan
 from claude_bottle.backend.docker.images import BaseImage
 from claude_bottle.bundle.settings import BUNDLE_FILES
-from claude_bottle.cgroups import BUNDLE_MEMORY, BUNDLE_PIDS
+from claude_bottle.cgroups import BUNDLE_MEMORY, BUNDLE_PIDS, BottleCgroup
 from claude_bottle.plan import PlanSection
 from claude_bottle.workspace_guard import GitMount
 
@@ -72,7 +72,7 @@ class AgentSpec:
     workspace: str
     home: str  # the host home's path, backed by the bottle's own home dir
     home_source: str  # host dir: per-bottle, writable, seeded for Claude Code
-    volume: str  # the bundle's sockets (read-only here)
+    sockets: Mount  # the bundle's sockets: its volume, or a host dir (read-only here)
     exec_dir: str  # host dir where the relay creates its exec socket
     seccomp_profile: str  # host file: policy/seccomp.py's rules as a Docker profile
     read_only: tuple[str, ...]  # user-granted host paths, read-only at the same path
@@ -159,7 +159,7 @@ def agent_run_args(spec: AgentSpec) -> list[str]:
         args += ["--mount", Mount("bind", path, path, readonly=True).arg()]
     args += [
         "--mount",
-        Mount("volume", spec.volume, SOCKETS_DIR, readonly=True).arg(),
+        dataclasses.replace(spec.sockets, target=SOCKETS_DIR, readonly=True).arg(),
         "--mount",
         Mount("bind", spec.exec_dir, EXEC_DIR).arg(),
     ]
@@ -255,10 +255,16 @@ class DockerBottlePlan(BottlePlan):
     bundle_env_copy: tuple[str, ...]  # host variables it needs besides the secret-named
     instance: str
     state_label: str
-    network: str | None  # per-bottle bridge network to create; None when the bundle uses host
-    volume: str
+    network: str | None  # bridge network the bundle container joins; None: none or host
+    volume: str | None  # the sockets volume; None when the bundle is a host process
     agent: AgentSpec
-    bundle: BundleSpec
+    bundle: BundleSpec | None  # the bundle container; None when it is a host process
+    placement: str  # where the bundle runs: "host" (a process) or "container"
+    placement_reason: str
+    bundle_cgroup: BottleCgroup | None  # a host-process bundle's own cgroup, if any
+
+    def runs_host_bundle(self) -> bool:
+        return self.bundle is None
 
     def labels(self) -> dict[str, str]:
         return {
@@ -269,11 +275,7 @@ class DockerBottlePlan(BottlePlan):
 
     def sections(self) -> Sequence[PlanSection]:
         agent, bundle = self.agent, self.bundle
-        network = (
-            f"{bundle.network} (per-bottle bridge, outbound access)"
-            if self.network
-            else "host (a pin or the gateway's upstream is on the host's loopback)"
-        )
+        sockets = self.agent.sockets
         agent_rows: list[tuple[str, str]] = [
             ("container", f"{agent.container} from {agent.image}"),
             *(
@@ -286,13 +288,35 @@ class DockerBottlePlan(BottlePlan):
             ("home", f"{agent.home} <- {agent.home_source} (bottle's own, writable)"),
             ("user", f"{agent.user} (the host user)"),
             ("privileges", "all capabilities dropped, no-new-privileges, seccomp profile"),
-            ("sockets", f"volume {self.volume} at {SOCKETS_DIR} (read-only)"),
+            ("sockets", f"{sockets.kind} {sockets.source} at {SOCKETS_DIR} (read-only)"),
         ]
         agent_rows += [("read-only", p) for p in agent.read_only]
-        return [
-            *self.common_sections(),
-            PlanSection("agent container (docker)", tuple(agent_rows)),
-            PlanSection(
+        placement = PlanSection(
+            "bundle placement (docker)",
+            (("bundle", self.placement), ("why", self.placement_reason)),
+        )
+        if bundle is None:
+            bundle_section = PlanSection(
+                "bundle (host process)",
+                (
+                    ("sockets", f"{sockets.source} (bound read-only into the agent container)"),
+                    ("network", "the host's (the agent container has none)"),
+                    ("audit", f"{self.state_dir}/audit.jsonl"),
+                    (
+                        "cgroup",
+                        ", ".join(d for _, d in self.bundle_cgroup.dirs)
+                        if self.bundle_cgroup
+                        else "none (no usable cgroup here)",
+                    ),
+                ),
+            )
+        else:
+            network = (
+                f"{bundle.network} (bridge, outbound access)"
+                if self.network
+                else "host (a pin or the gateway's upstream is on the host's loopback)"
+            )
+            bundle_section = PlanSection(
                 "bundle container (docker)",
                 (
                     ("container", f"{bundle.container} from {bundle.image}"),
@@ -304,7 +328,12 @@ class DockerBottlePlan(BottlePlan):
                         for m in bundle.mounts
                     ),
                 ),
-            ),
+            )
+        return [
+            *self.common_sections(),
+            placement,
+            PlanSection("agent container (docker)", tuple(agent_rows)),
+            bundle_section,
             PlanSection(
                 "docker resources",
                 tuple(

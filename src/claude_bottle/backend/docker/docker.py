@@ -304,9 +304,31 @@ def volume_ls(labels: Mapping[str, str]) -> list[dict[str, Any]]:
 # --- networks -------------------------------------------------------------------------
 
 
-def network_create(name: str, *, labels: Mapping[str, str] | None = None) -> str:
-    args = ["network", "create", "--driver", "bridge", *_label_args(labels or {}), name]
+def network_create(
+    name: str, *, labels: Mapping[str, str] | None = None, options: Mapping[str, str] | None = None
+) -> str:
+    args = ["network", "create", "--driver", "bridge", *_label_args(labels or {})]
+    for key, value in (options or {}).items():
+        args += ["--opt", f"{key}={value}"]
+    args.append(name)
     return _run(args).stdout.strip()
+
+
+def network_inspect(name: str) -> dict[str, Any] | None:
+    """`docker network inspect`: the network (driver, options, labels, containers), or None
+    when it does not exist."""
+    result = _run(["network", "inspect", "--format", "{{json .}}", name], check=False)
+    if result.returncode != 0:
+        text = result.stderr.lower()
+        if "no such" in text or "not found" in text:
+            return None
+        raise DockerError(
+            f"docker network inspect failed: {_engine_message(result.stderr)}",
+            hint_for(result.stderr),
+            stderr=result.stderr,
+        )
+    data = json.loads(result.stdout)
+    return data if isinstance(data, dict) else None
 
 
 def network_rm(names: Iterable[str]) -> None:
@@ -331,6 +353,25 @@ def run(options: Sequence[str], image: str, command: Sequence[str] = ()) -> str:
     result = _run(["run", "--detach", "--pull", "never", *options, image, *command])
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def run_attached(
+    options: Sequence[str], image: str, command: Sequence[str] = (), timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`docker run OPTIONS IMAGE COMMAND` in the foreground (never pulled): its result."""
+    return _run(["run", "--pull", "never", *options, image, *command], check=False, timeout=timeout)
+
+
+def run_process(
+    options: Sequence[str], image: str, command: Sequence[str], output: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """`docker run --rm OPTIONS IMAGE COMMAND`, attached, in the background (never pulled):
+    the client ends once the container has ended and the engine has removed it. In its own
+    session, so a signal for the CLI's process group does not end it early."""
+    argv = [_binary(), "run", "--rm", "--pull", "never", *options, image, *command]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
+    )
 
 
 def run_once(

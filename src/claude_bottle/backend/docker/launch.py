@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from claude_bottle import paths, state, workspace_guard
-from claude_bottle.backend.docker import docker, images
+from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
     BUNDLE_STATE,
@@ -396,79 +396,25 @@ def start(
     seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
     workspace_guard.prepare(plan.workspace_guard)
     seed_git_identity(home, plan.git_identity)
-    _settings(plan).dump(runtime / "bundle.json")
-    env_file = runtime / "bundle-env.json"
-    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(bundle_environment(plan, os.environ), handle)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     _write_seccomp_profile(Path(plan.agent.seccomp_profile), plan.nested_sandbox)
+
+    if plan.bundle is not None:
+        _write_bundle_files(plan, runtime)
 
     labels = plan.labels()
     watchdog = Watchdog.spawn(labels, state_dir / "docker.log")
     stack.callback(watchdog.release, "done")  # last out: after the teardown below
     created = _Created()
     stack.callback(created.remove)
-
-    # Everything at once: the engine check, the volume, the network, and each container as
-    # soon as what it mounts exists (the agent needs only the volume). A run whose image is
-    # missing fails at once (--pull never); the image is built, and the run tried again.
-    problems: list[str] = []
-    volume_done = threading.Event()
-    building = threading.Lock()
-    containers = {"bundle": plan.bundle.container, "bottle": plan.agent.container}
-
-    def run(role: str) -> None:
-        if role == "bundle":
-            image, args, command = plan.bundle.image, bundle_run_args(plan.bundle), bundle_command()
-        else:
-            image, args = plan.agent.image, agent_run_args(plan.agent)
-            command = agent_command(plan.relay_port, plan.gateway_port)
-        try:
-            docker.run(args, image, command)
-        except docker.DockerError as exc:
-            if "no such image" not in exc.stderr.lower():
-                raise
-            with building:
-                _build(image, plan.agent.base_image)
-            docker.run(args, image, command)
-        (created.bundles if role == "bundle" else created.agents).append(containers[role])
-
-    def volume() -> None:
-        try:
-            docker.volume_create(
-                plan.volume,
-                labels={**labels, LABEL_ROLE: "sockets"},
-                options=sockets_volume_options(plan.agent.uid, plan.agent.gid),
-            )
-            created.volumes.append(plan.volume)
-        finally:
-            volume_done.set()
-
-    def bundle_chain() -> None:
-        if plan.network:
-            docker.network_create(plan.network, labels={**labels, LABEL_ROLE: "network"})
-            created.networks.append(plan.network)
-        volume_done.wait()
-        if plan.volume in created.volumes:  # otherwise the volume's own error says why
-            run("bundle")
-
-    def agent_chain() -> None:
-        volume_done.wait()
-        if plan.volume in created.volumes:
-            run("bottle")
-
-    errors = parallel(lambda: problems.extend(preflight()), volume, bundle_chain, agent_chain)
-    if problems:
-        raise MissingDependency("; ".join(problems))
-    _raise_first(errors)
+    if plan.bundle is None:
+        processes = _start_with_host_bundle(plan, stack, runtime, state_dir, preflight)
+    else:
+        processes = _start_with_bundle_container(plan, runtime, state_dir, created, preflight)
+    containers = {"bottle": plan.agent.container}
+    if plan.bundle is not None:
+        containers["bundle"] = plan.bundle.container
     exec_socket = runtime / "exec" / "exec.sock"
-    control_socket = runtime / "control" / "control.sock"
-    processes = _wait_ready(exec_socket, control_socket, containers)
-    created.control_socket = control_socket
-    created.audit_log = state_dir / "audit.jsonl"
-    env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
-
     state.write_record(
         plan.name,
         {
@@ -478,16 +424,18 @@ def start(
             "created": time.time(),
             "status": "running",
             "detached": plan.detach,
+            "placement": plan.placement,
             "processes": processes,
             "containers": containers,
             "network": plan.network,
             "volume": plan.volume,
             "labels": labels,
             "runtime_dir": str(runtime),
-            "control_socket": str(control_socket),
+            "control_socket": str(runtime / "control" / "control.sock"),
             "exec_socket": str(exec_socket),
             "env": plan.env,
             "command": list(plan.command),
+            "bundle_cgroup": None if plan.bundle_cgroup is None else plan.bundle_cgroup._asdict(),
         },
     )
     bottle = DockerBottle(
@@ -499,6 +447,127 @@ def start(
         containers=containers,
     )
     return bottle, watchdog
+
+
+def _write_bundle_files(plan: DockerBottlePlan, runtime: Path) -> None:
+    """The bundle container's settings, and its environment in a file only it reads."""
+    _settings(plan).dump(runtime / "bundle.json")
+    fd = os.open(runtime / "bundle-env.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(bundle_environment(plan, os.environ), handle)
+
+
+def _start_with_host_bundle(
+    plan: DockerBottlePlan,
+    stack: contextlib.ExitStack,
+    runtime: Path,
+    state_dir: Path,
+    preflight: Callable[[], list[str]],
+) -> dict[str, dict[str, int]]:
+    """The bundle as a host process beside the agent container (host placement)."""
+    from claude_bottle.backend.docker.host_bundle import HostBundleLaunch
+
+    launch = HostBundleLaunch(plan, runtime, state_dir)
+    stack.callback(launch.remove)
+    launch.run_agent()
+    bundle_ready = launch.start_bundle()
+    launch.wait_for_relay(lambda tag: _build(tag, plan.agent.base_image), preflight)
+    processes = {"bundle": state.process_ref(bundle_ready().pid)}
+    with contextlib.suppress(OSError):
+        exec_socket = runtime / "exec" / "exec.sock"
+        ref = _host_pid(_listener_pid(exec_socket), PROCESS_MARKERS["bottle"])
+        if ref is not None:
+            processes["bottle"] = launch.relay = ref
+    return processes
+
+
+def _start_with_bundle_container(
+    plan: DockerBottlePlan,
+    runtime: Path,
+    state_dir: Path,
+    created: _Created,
+    preflight: Callable[[], list[str]],
+) -> dict[str, dict[str, int]]:
+    """The bundle in a container beside the agent container (container placement)."""
+    assert plan.bundle is not None and plan.volume is not None
+    bundle_spec, volume_name = plan.bundle, plan.volume
+    env_file = runtime / "bundle-env.json"
+    labels = plan.labels()
+
+    # Everything at once: the engine check, the volume, the network, and each container as
+    # soon as what it mounts exists (the agent needs only the volume). A run whose image is
+    # missing fails at once (--pull never); the image is built, and the run tried again.
+    volume_done = threading.Event()
+    building = threading.Lock()
+    containers = {"bundle": bundle_spec.container, "bottle": plan.agent.container}
+
+    def run(role: str) -> None:
+        if role == "bundle":
+            image, args, command = bundle_spec.image, bundle_run_args(bundle_spec), bundle_command()
+        else:
+            image, args = plan.agent.image, agent_run_args(plan.agent)
+            command = agent_command(plan.relay_port, plan.gateway_port)
+        # Listed first: a `docker run -d` that fails to start the container leaves it
+        # created, and the teardown must remove it (a missing one counts as removed).
+        (created.bundles if role == "bundle" else created.agents).append(containers[role])
+        try:
+            docker.run(args, image, command)
+        except docker.DockerError as exc:
+            if network.vanished(exc):  # `cleanup` removed the shared network just now
+                network.ensure()
+            elif "no such image" in exc.stderr.lower():
+                with building:
+                    _build(image, plan.agent.base_image)
+            else:
+                raise
+            with contextlib.suppress(docker.DockerError):
+                docker.rm([containers[role]])  # what the failed run left, so the name is free
+            docker.run(args, image, command)
+
+    def volume() -> None:
+        try:
+            docker.volume_create(
+                volume_name,
+                labels={**labels, LABEL_ROLE: "sockets"},
+                options=sockets_volume_options(plan.agent.uid, plan.agent.gid),
+            )
+            created.volumes.append(volume_name)
+        finally:
+            volume_done.set()
+
+    def check_network() -> None:
+        # The engine's shared network, kept (never in `created`): made on first use and
+        # checked to be ours beside the containers' start, not before it. Until the check
+        # fails the launch, a bundle on a foreign network exposes nothing: it listens on
+        # unix sockets only. A bundle run that finds no network makes it and runs again.
+        if plan.network:
+            network.ensure()
+
+    def bundle_chain() -> None:
+        volume_done.wait()
+        if volume_name in created.volumes:  # otherwise the volume's own error says why
+            run("bundle")
+
+    def agent_chain() -> None:
+        volume_done.wait()
+        if volume_name in created.volumes:
+            run("bottle")
+
+    errors = parallel(volume, check_network, bundle_chain, agent_chain)
+    if errors:
+        # The engine is asked what is wrong (`docker version`) only now: a check on every
+        # start would cost a docker client run.
+        problems = preflight()
+        if problems:
+            raise MissingDependency("; ".join(problems))
+    _raise_first(errors)
+    exec_socket = runtime / "exec" / "exec.sock"
+    control_socket = runtime / "control" / "control.sock"
+    processes = _wait_ready(exec_socket, control_socket, containers)
+    created.control_socket = control_socket
+    created.audit_log = state_dir / "audit.jsonl"
+    env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
+    return processes
 
 
 def _raise_first(errors: list[BaseException]) -> None:
