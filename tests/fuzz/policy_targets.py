@@ -171,8 +171,8 @@ def connect_authority(data: bytes) -> None:
     assert host and isinstance(port, int) and 0 <= port <= 99999, (host, port)
     assert "@" not in host
     ALLOWLIST.check(host)
-    if "]" in host:
-        return  # a "bare IPv6 literal" with junk in it: normalize_host refuses it
+    if "[" in host or "]" in host:
+        return  # "[[]" or a "bare IPv6 literal" with junk in it: normalize_host refuses it
     written = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     assert parse_authority(written, default) == (host, port), (authority, written)
 
