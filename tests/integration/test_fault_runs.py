@@ -2,10 +2,11 @@
 then `claude-bottle cleanup`, and nothing of that bottle may be left: no container,
 network or volume, no process, mount or cgroup, no runtime dir (issue 18).
 
-Each point is a delay drawn uniformly from a generator seeded by the backend and the
-point's number, from when the CLI has imported to a little past the moment the command
-inside usually starts (measured here: namespace 0.5 s state dir, 0.75 s started; docker
-0.35 s state dir, 6.3 s started); the test says which stage the kill landed in. CI runs
+Each point is a seeded fraction (by the backend and the point's number) of the launch:
+the delay runs from when the CLI has imported to a little past the moment the command
+inside started in a first, measured launch of that backend (launch times vary with the
+machine's load and the image cache: 0.3 to 1 s for namespace, 0.5 to 6 s for docker
+here); the test says which stage each kill landed in. CI runs
 POINTS points per backend; `scripts/fault-runs.sh` runs 50 per backend
 (CLAUDE_BOTTLE_FAULT_POINTS) with a seed of its own (CLAUDE_BOTTLE_FAULT_SEED).
 
@@ -37,15 +38,33 @@ pytestmark = pytest.mark.integration
 POINTS = int(os.environ.get("CLAUDE_BOTTLE_FAULT_POINTS", "5"))
 SEED = os.environ.get("CLAUDE_BOTTLE_FAULT_SEED", "0")
 EARLIEST = 0.25  # seconds after the CLI started: before this, Python is still importing
-LATEST = {"namespace": 1.2, "docker": 8.0}  # a little past a typical start on this machine
+OVERSHOOT = 1.0  # the latest point, as a share of the measured launch time
+_launch_seconds: dict[str, float] = {}  # per backend, measured once per session
 ORPHANS = 20.0  # the killed CLI's own children have this long to finish or die
 SETTLE = 15.0  # what SIGKILL and cleanup leave dying must be gone by then
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def _kill_delay(backend: str, point: int) -> float:
-    rng = random.Random(f"{SEED}-{backend}-{point}")
-    return rng.uniform(EARLIEST, LATEST.get(backend, 8.0))
+def _kill_delay(backend: str, point: int, launch: float) -> float:
+    fraction = random.Random(f"{SEED}-{backend}-{point}").random()
+    return EARLIEST + fraction * max(0.0, OVERSHOOT * launch - EARLIEST)
+
+
+def _measured_launch(be: BottleEnv) -> float:
+    """Seconds from `run` to the command's first output, for this backend (measured by a
+    bottle of its own, stopped and cleaned up before the point's)."""
+    if be.backend not in _launch_seconds:
+        began = time.monotonic()
+        proc = be.start("echo started; exec sleep 300", name="calibrate")
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        _launch_seconds[be.backend] = time.monotonic() - began
+        proc.kill()
+        proc.wait(30)
+        assert line.strip() == "started", proc.stderr.read() if proc.stderr else ""
+        be.cli("stop", "calibrate", timeout=120)
+        _cleanup(be)
+    return _launch_seconds[be.backend]
 
 
 # -- what one bottle left, found by this test's own marks ---------------------------------
@@ -198,14 +217,15 @@ def _stage(be: BottleEnv, name: str, started: bool) -> str:
 def test_kill_9_during_launch_then_cleanup_leaves_nothing(
     bottle_env: BottleEnv, point: int
 ) -> None:
-    delay = _kill_delay(bottle_env.backend, point)
+    delay = _kill_delay(bottle_env.backend, point, _measured_launch(bottle_env))
     name = f"fault{point}"
     proc = bottle_env.start("echo started; exec sleep 300", name=name)
     assert proc.stdout is not None
     time.sleep(delay)
+    # Looked at before the kill: the launch's orphans may still print it afterwards.
+    started = _printed(proc.stdout.fileno(), b"started")
     proc.kill()  # SIGKILL to the CLI alone, as `kill -9 <pid>` does
     proc.wait(30)
-    started = _printed(proc.stdout.fileno(), b"started")
     proc.stdout.close()  # orphans of the CLI may hold the pipes open: read no further
     if proc.stderr is not None:
         proc.stderr.close()
