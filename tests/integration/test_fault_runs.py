@@ -247,4 +247,5 @@ def test_kill_9_during_launch_then_cleanup_leaves_nothing(
         time.sleep(0.25)
         left = _leftovers(bottle_env)
     assert not left, f"{where}; cleanup left: {left}"
-    print(f"{bottle_env.backend} point {point}: {where}: clean")
+    launch = _launch_seconds[bottle_env.backend]
+    print(f"{bottle_env.backend} point {point} (launch {launch:.2f}s): {where}: clean")
