@@ -10,7 +10,9 @@ no edit goes unnoticed.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from claude_bottle.bundle.audit import AuditLog, verify
 from tests.fuzz.source import Source
 
 _DIR = Path(tempfile.mkdtemp(prefix="fuzz-audit-"))  # one per process, in the temp dir
+atexit.register(shutil.rmtree, _DIR, True)
 LOG = _DIR / "fuzzed.jsonl"
 
 

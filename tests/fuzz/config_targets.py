@@ -9,9 +9,11 @@ and what a load accepts is normalised (every host pattern is its own normal form
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from tests.fuzz.source import Source
 
 BACKENDS = ("namespace", "docker")
 _DIR = Path(tempfile.mkdtemp(prefix="fuzz-config-"))  # one per process, in the temp dir
+atexit.register(shutil.rmtree, _DIR, True)
 WORKSPACE = _DIR / "ws"
 WORKSPACE.mkdir()
 USER_CONFIG = _DIR / "config.toml"
