@@ -197,6 +197,20 @@ def test_watchdog_main_refuses_to_tear_down_without_labels(engine: FakeEngine) -
     assert engine.calls == [("volume_rm", ("x-vol",))]
 
 
+def test_watchdog_main_removes_the_runtime_dir_after_the_resources(
+    engine: FakeEngine, tmp_path: Path
+) -> None:
+    # A `cleanup` run before the watchdog acted saw a live bottle and left the dir.
+    runtime = tmp_path / "runtime" / "x"
+    (runtime / "exec").mkdir(parents=True)
+    (runtime / "bundle-env.json").write_text("{}")
+    engine.volumes = [_row("x-vol", "x", "i1", label="s")]
+    labels = json.dumps({"claude-bottle.instance": "i1"})
+    assert launch.main(["--teardown", labels, str(runtime)]) == 0
+    assert engine.calls == [("volume_rm", ("x-vol",))]
+    assert not runtime.exists()
+
+
 # --- the watchdog --------------------------------------------------------------------
 
 
@@ -227,13 +241,15 @@ def test_watchdog_stands_down_when_told(tmp_path: Path, word: str) -> None:
 def test_watchdog_tears_down_when_the_cli_vanishes(tmp_path: Path) -> None:
     python, ran = _recorder(tmp_path)
     labels = {"claude-bottle.bottle": "t", "claude-bottle.instance": "abc123"}
-    dog = launch.Watchdog.spawn(labels, tmp_path / "log", python=str(python))
+    runtime = tmp_path / "runtime"
+    dog = launch.Watchdog.spawn(labels, tmp_path / "log", python=str(python), runtime_dir=runtime)
     assert dog.process is not None and dog.process.stdin is not None
     dog.process.stdin.close()  # what the kernel does when the CLI is killed
     _wait_exit(dog)
     args = ran.read_text().splitlines()
     assert args[:3] == ["-m", "claude_bottle.backend.docker.launch", "--teardown"]
     assert json.loads(args[3]) == labels
+    assert args[4:] == [str(runtime)]
 
 
 # --- the launch's own teardown ---------------------------------------------------------
@@ -584,7 +600,7 @@ def test_launch_writes_the_environment_file_private(
 
     seen: dict[str, Any] = {}
 
-    def look_then_stop(*_: object) -> None:
+    def look_then_stop(*_: object, **__: object) -> None:
         runtime = Path(plan.runtime_dir)
         env_file = runtime / "bundle-env.json"
         seen["mode"] = stat.S_IMODE(env_file.stat().st_mode)
@@ -639,7 +655,7 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
     monkeypatch.setattr(network, "ensure", ensure_network)
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
-    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
+    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args, **kw: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
     asked: list[str] = []
     with contextlib.ExitStack() as stack:

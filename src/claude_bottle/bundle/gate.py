@@ -164,6 +164,7 @@ def parse_authority(authority: str, default_port: int) -> tuple[str, int]:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5:
+    # isdigit alone passes "²" and "١٢", which int() then refuses (or reads) unasked
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise Refusal(400, "deny:bad-port", "port must be a number from 1 to 65535")
     return int(text)

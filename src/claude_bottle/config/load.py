@@ -537,14 +537,8 @@ class _Merged:
             key = f"egress.intercept_exclude[{index}]"
             self.intercept_exclude.setdefault(_host_pattern(pattern, key, src))
         if "upstream_ca_file" in egress:
-            ca_file = Path(_str(egress["upstream_ca_file"])).expanduser()
-            if not ca_file.is_file():
-                raise src.error(
-                    "egress.upstream_ca_file",
-                    f"{ca_file} is not a file",
-                    "point it at a PEM file of CA certificates, or remove the key",
-                )
-            self.upstream_ca_file = str(ca_file.resolve())
+            raw = _str(egress["upstream_ca_file"])
+            self.upstream_ca_file = _ca_file(raw, "egress.upstream_ca_file", src)
         for index, entry in enumerate(_tables(egress.get("rules"))):
             key = f"egress.rules[{index}]"
             host = _host_pattern(_str(entry["host"]), f"{key}.host", src)
@@ -610,8 +604,7 @@ class _Merged:
         for key in ("anthropic_upstream", "oauth_token_url"):
             if key in gateway:
                 url = _str(gateway[key])
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+                if not _http_url(url):
                     raise src.error(
                         f"gateway.{key}",
                         f"expected an http(s):// URL, got {_quote(url)}",
@@ -619,14 +612,8 @@ class _Merged:
                     )
                 self.gateway[key] = url
         if "upstream_ca_file" in gateway:
-            ca_file = Path(_str(gateway["upstream_ca_file"])).expanduser()
-            if not ca_file.is_file():
-                raise src.error(
-                    "gateway.upstream_ca_file",
-                    f"{ca_file} is not a file",
-                    "point it at a PEM file of CA certificates, or remove the key",
-                )
-            self.gateway["upstream_ca_file"] = str(ca_file.resolve())
+            raw = _str(gateway["upstream_ca_file"])
+            self.gateway["upstream_ca_file"] = _ca_file(raw, "gateway.upstream_ca_file", src)
         if "max_tokens_total" in gateway:
             limit = gateway["max_tokens_total"]
             if not isinstance(limit, int) or limit <= 0:
@@ -965,6 +952,29 @@ def _check_git_url(url: str, key: str, src: _Source) -> str:
     if _SCP_URL.fullmatch(url):
         return url
     raise src.error(key, "is not an https:// or ssh:// URL nor an scp-style address", hint)
+
+
+def _http_url(url: str) -> bool:
+    """Whether `url` is an http(s) URL with a host name and no user information."""
+    try:
+        parts = urlsplit(url)  # raises on a malformed IPv6 host such as "https://[::1/"
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.username
+
+
+def _ca_file(raw: str, key: str, src: _Source) -> str:
+    """The absolute path of a CA bundle file that exists."""
+    hint = "point it at a PEM file of CA certificates, or remove the key"
+    try:
+        ca_file = Path(raw).expanduser()
+        if ca_file.is_file():
+            return str(ca_file.resolve())
+    except RuntimeError:  # ~user of an unknown user
+        raise src.error(key, f"{_quote(raw)}: no such user's home directory", hint) from None
+    except OSError as exc:  # a name too long, a loop: anything but "not there"
+        raise src.error(key, f"{_quote(raw)} cannot be read: {exc.strerror}", hint) from None
+    raise src.error(key, f"{ca_file} is not a file", hint)
 
 
 def _branch_pattern(pattern: str, key: str, src: _Source) -> str:

@@ -171,17 +171,26 @@ class Watchdog:
 
     SCRIPT = (
         'read -r word; case "$word" in done|detach) exit 0;; esac; '
-        'exec "$0" -m claude_bottle.backend.docker.launch --teardown "$1"'
+        'exec "$0" -m claude_bottle.backend.docker.launch --teardown "$@"'
     )
 
     def __init__(self, process: subprocess.Popen[bytes] | None) -> None:
         self.process = process
 
     @classmethod
-    def spawn(cls, labels: Mapping[str, str], log: Path, python: str = sys.executable) -> Watchdog:
+    def spawn(
+        cls,
+        labels: Mapping[str, str],
+        log: Path,
+        python: str = sys.executable,
+        runtime_dir: Path | None = None,
+    ) -> Watchdog:
+        """`runtime_dir`: removed too, as the CLI's own teardown would have (a `cleanup`
+        run before the watchdog acted saw a live bottle and left it)."""
+        extra = [str(runtime_dir)] if runtime_dir is not None else []
         with log.open("ab") as out:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", cls.SCRIPT, python, json.dumps(dict(labels))],
+                ["/bin/sh", "-c", cls.SCRIPT, python, json.dumps(dict(labels)), *extra],
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=out,
@@ -403,7 +412,7 @@ def start(
         _write_bundle_files(plan, runtime)
 
     labels = plan.labels()
-    watchdog = Watchdog.spawn(labels, state_dir / "docker.log")
+    watchdog = Watchdog.spawn(labels, state_dir / "docker.log", runtime_dir=runtime)
     stack.callback(watchdog.release, "done")  # last out: after the teardown below
     created = _Created()
     stack.callback(created.remove)
@@ -640,16 +649,19 @@ def _died(role: str, container: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m claude_bottle.backend.docker.launch --teardown LABELS_JSON` (the watchdog)."""
+    """`python -m claude_bottle.backend.docker.launch --teardown LABELS_JSON [RUNTIME_DIR]`
+    (the watchdog)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "--teardown":
-        print("usage: launch.py --teardown LABELS_JSON", file=sys.stderr)
+    if len(args) not in (2, 3) or args[0] != "--teardown":
+        print("usage: launch.py --teardown LABELS_JSON [RUNTIME_DIR]", file=sys.stderr)
         return 2
     labels = json.loads(args[1])
     if not isinstance(labels, dict) or not labels:
         print("launch.py: refusing to tear down without labels", file=sys.stderr)
         return 2
     problems = remove_by_labels({str(k): str(v) for k, v in labels.items()})
+    if len(args) == 3:
+        shutil.rmtree(args[2], ignore_errors=True)  # rmtree follows no symlink inside
     for problem in problems:
         print(f"claude-bottle watchdog: {problem}", file=sys.stderr)
     return 1 if problems else 0
