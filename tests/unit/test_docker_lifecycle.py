@@ -794,7 +794,7 @@ def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
     monkeypatch.setattr(docker, "rm", lambda names, force=True: removed.extend(names))
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: {})
-    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args: launch.Watchdog(None))
+    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args, **_: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
     with contextlib.ExitStack() as stack:
         launch.start(plan, stack)
