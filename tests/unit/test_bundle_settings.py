@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from claude_bottle.bundle.settings import BundleSettings, Pin
 from tests.unit.bundle_settings import bundle_settings
 
@@ -37,3 +39,42 @@ def test_pins_are_written_as_named_fields(tmp_path: Path) -> None:
     ]
     assert written["allow"] == ["example.com", "*.example.org"]
     assert written["bottle"] == "unit"
+
+
+# Where each backend's bundle finds its sockets, log and files: the only settings a launch
+# sets itself. Everything else is policy and comes from BottlePlan.bundle_policy, the same
+# for every backend (the docker container only renames where its injected secrets are).
+_WHERE = {
+    "bottle",
+    "proxy_socket",
+    "control_socket",
+    "audit_log",
+    "ca_cert",
+    "ca_bundle",
+    "upstream_ca_file",
+    "gateway_socket",
+    "anthropic_credential",
+    "gateway_ca_file",
+    "git_socket",
+    "git_cache",
+    "git_remotes",
+}
+
+
+def test_every_bundle_setting_is_either_policy_or_where_things_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new setting must join bundle_policy (and so reach every backend's bundle) or be
+    named here as a path each launch sets: a docker bundle once missed three policies."""
+    from claude_bottle.backend.base import LaunchRequest
+    from claude_bottle.backend.namespace.backend import NamespaceBackend
+    from claude_bottle.config.model import Config
+
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    plan = NamespaceBackend().plan(LaunchRequest("t-abcde", workspace, Config(), ("true",)))
+    policy = set(plan.bundle_policy())
+    assert policy.isdisjoint(_WHERE)
+    assert policy | _WHERE == set(BundleSettings._fields)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from claude_bottle.bottle_env import injected_env
 from claude_bottle.bundle.git_policy import GateRemote
-from claude_bottle.bundle.settings import InjectionSpec, RuleSpec
+from claude_bottle.bundle.settings import InjectionSpec, Pin, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import GateRewrite, GitIdentity, gate_url, host_git_identity
@@ -149,6 +149,35 @@ class BottlePlan(Printable):
     def runs_host_bundle(self) -> bool:
         """Whether the bundle is a host process (started by `bundle.launcher`)."""
         return True
+
+    def bundle_policy(self) -> dict[str, Any]:
+        """The bundle settings that are policy, the same on every backend and placement:
+        each launch adds only where the bundle's sockets, log and files are. One place, so
+        a new policy setting cannot reach one backend's bundle and miss another's."""
+        return {
+            "allow": self.egress_allow,
+            "deny": self.egress_deny,
+            "mode": self.egress_mode,
+            "ask_timeout": self.egress_ask_timeout,
+            "pins": tuple(Pin(host, address, port) for host, address, port in self.egress_pins),
+            "intercept": self.egress_intercept,
+            "intercept_exclude": self.intercept_exclude,
+            "dlp_enabled": self.dlp_enabled,
+            "dlp_block": self.dlp_block,
+            "dlp_patterns": self.dlp_patterns,
+            "dlp_ignore": self.dlp_ignore,
+            "dlp_ignore_fingerprints": self.dlp_ignore_fingerprints,
+            "anthropic_upstream": self.anthropic_upstream,
+            "max_tokens_total": self.max_tokens_total,
+            "gateway_features": self.gateway_features,
+            "gateway_dlp_block": self.gateway_dlp == "block",
+            "oauth_token_url": self.oauth_token_url,
+            "audit_max": self.audit_max,
+            "audit_rate": self.audit_rate,
+            "limits": self.limits.audit_detail(),
+            "egress_rules": self.egress_rules,
+            "injections": self.injections,
+        }
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"

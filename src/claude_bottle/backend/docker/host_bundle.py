@@ -21,7 +21,7 @@ from claude_bottle import cgroups, state
 from claude_bottle.backend.docker import docker
 from claude_bottle.backend.docker.bottle_plan import DockerBottlePlan, agent_command, agent_run_args
 from claude_bottle.bundle.launcher import BundleProcess, spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.errors import LaunchError, MissingDependency
 
 READY_TIMEOUT = 30.0
@@ -32,38 +32,17 @@ def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSe
     """The bundle's settings with host paths, as the namespace backend writes them."""
     sockets = runtime / "bundle"
     return BundleSettings(
+        **plan.bundle_policy(),
         bottle=plan.name,
         proxy_socket=str(sockets / "proxy.sock"),
         control_socket=str(runtime / "control" / "control.sock"),
         audit_log=str(state_dir / "audit.jsonl"),
-        allow=plan.egress_allow,
-        deny=plan.egress_deny,
-        mode=plan.egress_mode,
-        ask_timeout=plan.egress_ask_timeout,
-        pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
-        intercept=plan.egress_intercept,
-        intercept_exclude=plan.intercept_exclude,
         ca_cert=str(sockets / "ca.pem"),
         ca_bundle=str(sockets / "ca-bundle.pem") if plan.egress_intercept else None,
         upstream_ca_file=plan.upstream_ca_file,
         gateway_socket=str(sockets / "gateway.sock"),
         anthropic_credential=plan.anthropic_credential,
-        anthropic_upstream=plan.anthropic_upstream,
         gateway_ca_file=plan.gateway_ca_file,
-        max_tokens_total=plan.max_tokens_total,
-        gateway_features=plan.gateway_features,
-        gateway_dlp_block=plan.gateway_dlp == "block",
-        oauth_token_url=plan.oauth_token_url,
-        audit_max=plan.audit_max,
-        audit_rate=plan.audit_rate,
-        dlp_enabled=plan.dlp_enabled,
-        dlp_block=plan.dlp_block,
-        dlp_patterns=plan.dlp_patterns,
-        dlp_ignore=plan.dlp_ignore,
-        dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
-        limits=plan.limits.audit_detail(),
-        egress_rules=plan.egress_rules,
-        injections=plan.injections,  # a host process reads each secret where it is
     )
 
 

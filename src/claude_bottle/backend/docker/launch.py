@@ -53,7 +53,7 @@ from claude_bottle.backend.docker.bottle_plan import (
 )
 from claude_bottle.bottle_env import SECRET_NAME
 from claude_bottle.bundle import control
-from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
@@ -315,43 +315,24 @@ def _listener_pid(path: Path) -> int:
 
 
 def _settings(plan: DockerBottlePlan) -> BundleSettings:
+    policy = plan.bundle_policy()
+    # The bundle container reads each injected secret from its environment file.
+    policy["injections"] = tuple(
+        injection._replace(secret=f"env:{_INJECTED}{index}")
+        for index, injection in enumerate(plan.injections)
+    )
     return BundleSettings(
+        **policy,
         bottle=plan.name,
         proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
         control_socket=f"{CONTROL_DIR}/control.sock",
         audit_log=f"{BUNDLE_STATE}/audit.jsonl",
-        allow=plan.egress_allow,
-        deny=plan.egress_deny,
-        mode=plan.egress_mode,
-        ask_timeout=plan.egress_ask_timeout,
-        pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
-        intercept=plan.egress_intercept,
-        intercept_exclude=plan.intercept_exclude,
         ca_cert=CA_CERT,
         ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
         upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
         gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
         anthropic_credential=plan.bundle_credential,
-        anthropic_upstream=plan.anthropic_upstream,
         gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
-        max_tokens_total=plan.max_tokens_total,
-        gateway_features=plan.gateway_features,
-        gateway_dlp_block=plan.gateway_dlp == "block",
-        oauth_token_url=plan.oauth_token_url,
-        audit_max=plan.audit_max,
-        audit_rate=plan.audit_rate,
-        dlp_enabled=plan.dlp_enabled,
-        dlp_block=plan.dlp_block,
-        dlp_patterns=plan.dlp_patterns,
-        dlp_ignore=plan.dlp_ignore,
-        dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
-        limits=plan.limits.audit_detail(),
-        egress_rules=plan.egress_rules,
-        # The bundle container reads each injected secret from its environment file.
-        injections=tuple(
-            injection._replace(secret=f"env:{_INJECTED}{index}")
-            for index, injection in enumerate(plan.injections)
-        ),
     )
 
 

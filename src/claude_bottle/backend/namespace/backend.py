@@ -45,7 +45,7 @@ from claude_bottle.backend.namespace.toolchain import (
 )
 from claude_bottle.bottle_env import NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
@@ -262,40 +262,19 @@ class NamespaceBackend(BottleBackend):
         seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity, plan.git_rewrites)
 
         settings = BundleSettings(
+            **plan.bundle_policy(),
             bottle=plan.name,
             proxy_socket=str(runtime / "bundle" / "proxy.sock"),
             control_socket=str(runtime / "control.sock"),
             audit_log=str(state_dir / "audit.jsonl"),
-            allow=plan.egress_allow,
-            deny=plan.egress_deny,
-            mode=plan.egress_mode,
-            ask_timeout=plan.egress_ask_timeout,
-            pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
-            intercept=plan.egress_intercept,
-            intercept_exclude=plan.intercept_exclude,
             ca_cert=str(runtime / "bundle" / "ca.pem"),
             ca_bundle=plan.bwrap.ca_bundle,
             upstream_ca_file=plan.upstream_ca_file,
-            dlp_enabled=plan.dlp_enabled,
-            dlp_block=plan.dlp_block,
-            dlp_patterns=plan.dlp_patterns,
-            dlp_ignore=plan.dlp_ignore,
-            dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
             gateway_socket=str(runtime / "bundle" / "gateway.sock"),
             anthropic_credential=plan.anthropic_credential,
-            anthropic_upstream=plan.anthropic_upstream,
             gateway_ca_file=plan.gateway_ca_file,
-            max_tokens_total=plan.max_tokens_total,
-            gateway_features=plan.gateway_features,
-            gateway_dlp_block=plan.gateway_dlp == "block",
-            oauth_token_url=plan.oauth_token_url,
-            audit_max=plan.audit_max,
-            audit_rate=plan.audit_rate,
-            limits=plan.limits.audit_detail(),
             git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
             **plan.git_gate_settings(),
-            egress_rules=plan.egress_rules,
-            injections=plan.injections,
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

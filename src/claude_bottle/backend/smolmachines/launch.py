@@ -31,7 +31,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack, write_stage
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
 from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings, Pin
+from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
 from claude_bottle.git_identity import seed_git_identity
@@ -109,38 +109,17 @@ def launch_bottle(
 
     bundle_dir = stage.proxy_socket.parent
     settings = BundleSettings(
+        **plan.bundle_policy(),
         bottle=plan.name,
         proxy_socket=str(stage.proxy_socket),
         control_socket=str(stage.control_socket),
         audit_log=str(state_dir / "audit.jsonl"),
-        allow=plan.egress_allow,
-        deny=plan.egress_deny,
-        mode=plan.egress_mode,
-        ask_timeout=plan.egress_ask_timeout,
-        pins=tuple(Pin(h, a, p) for h, a, p in plan.egress_pins),
-        intercept=plan.egress_intercept,
-        intercept_exclude=plan.intercept_exclude,
         ca_cert=str(bundle_dir / "ca.pem"),
         ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
         upstream_ca_file=plan.upstream_ca_file,
-        dlp_enabled=plan.dlp_enabled,
-        dlp_block=plan.dlp_block,
-        dlp_patterns=plan.dlp_patterns,
-        dlp_ignore=plan.dlp_ignore,
-        dlp_ignore_fingerprints=plan.dlp_ignore_fingerprints,
         gateway_socket=str(stage.gateway_socket),
         anthropic_credential=plan.anthropic_credential,
-        anthropic_upstream=plan.anthropic_upstream,
         gateway_ca_file=plan.gateway_ca_file,
-        max_tokens_total=plan.max_tokens_total,
-        gateway_features=plan.gateway_features,
-        gateway_dlp_block=plan.gateway_dlp == "block",
-        oauth_token_url=plan.oauth_token_url,
-        audit_max=plan.audit_max,
-        audit_rate=plan.audit_rate,
-        limits=plan.limits.audit_detail(),
-        egress_rules=plan.egress_rules,
-        injections=plan.injections,
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
