@@ -513,14 +513,13 @@ class _Merged:
             for index, pattern in enumerate(_strs(egress.get(name))):
                 target.setdefault(_host_pattern(pattern, f"egress.{name}[{index}]", src))
         if "mode" in egress:
-            mode = _str(egress["mode"])
-            if mode not in EGRESS_MODES:
-                raise src.error(
-                    "egress.mode",
-                    f"expected one of {', '.join(EGRESS_MODES)}, got {_quote(mode)}",
-                    "enforce blocks, audit only logs, ask holds each new host for approval",
-                )
-            self.mode = mode
+            self.mode = _one_of(
+                egress["mode"],
+                EGRESS_MODES,
+                "egress.mode",
+                "enforce blocks, audit only logs, ask holds each new host for approval",
+                src,
+            )
         if "ask_timeout" in egress:
             timeout = egress["ask_timeout"]
             assert isinstance(timeout, int | float)  # the schema checked it
@@ -627,14 +626,13 @@ class _Merged:
             if key in gateway:
                 self.gateway[key] = _bool(gateway[key])
         if "dlp" in gateway:
-            mode = _str(gateway["dlp"])
-            if mode not in GATEWAY_DLP_MODES:
-                raise src.error(
-                    "gateway.dlp",
-                    f"expected one of {', '.join(GATEWAY_DLP_MODES)}, got {_quote(mode)}",
-                    "audit records a secret found in a prompt, block refuses the call",
-                )
-            self.gateway["dlp"] = mode
+            self.gateway["dlp"] = _one_of(
+                gateway["dlp"],
+                GATEWAY_DLP_MODES,
+                "gateway.dlp",
+                "audit records a secret found in a prompt, block refuses the call",
+                src,
+            )
 
     def apply_remote(self, name: str, remote: Mapping[str, object], src: _Source) -> None:
         key = _key("git.remotes", name)
@@ -682,14 +680,13 @@ class _Merged:
             if key in bottle:
                 self.audit[key] = _byte_size(_str(bottle[key]), f"bottle.{key}", src)
         if "host_tools" in bottle:
-            mode = _str(bottle["host_tools"])
-            if mode not in HOST_TOOLS_MODES:
-                raise src.error(
-                    "bottle.host_tools",
-                    f"must be one of {', '.join(HOST_TOOLS_MODES)}, not {mode!r}",
-                    '"warn" lists changed host-tool files at exit; "revert" restores them',
-                )
-            self.host_tools = mode
+            self.host_tools = _one_of(
+                bottle["host_tools"],
+                HOST_TOOLS_MODES,
+                "bottle.host_tools",
+                '"warn" lists changed host-tool files at exit; "revert" restores them',
+                src,
+            )
         if "git_identity" in bottle:
             self.git_identity = _bool(bottle["git_identity"])
         self.limits = _limits(self.limits, bottle, src)
@@ -799,6 +796,14 @@ def _tables(value: object) -> list[Mapping[str, object]]:
 
 
 # -- per-value rules --------------------------------------------------------------------
+
+
+def _one_of(value: object, choices: tuple[str, ...], key: str, hint: str, src: _Source) -> str:
+    """A string that must be one of `choices` (a mode such as egress.mode)."""
+    choice = _str(value)
+    if choice not in choices:
+        raise src.error(key, f"expected one of {', '.join(choices)}, got {_quote(choice)}", hint)
+    return choice
 
 
 def _host_pattern(pattern: str, key: str, src: _Source) -> str:
