@@ -4,8 +4,10 @@
 # tests/integration/test_real_work.py checks, so the test suite does not skip them.
 set -euo pipefail
 need=()
-# openssh-server: the git gate's tests start sshd on loopback for an ssh remote.
-for pkg in bubblewrap libseccomp2 git iproute2 util-linux ca-certificates curl openssh-server; do
+# openssh-server: the git gate's tests start sshd on loopback for an ssh remote; git-lfs:
+# they push LFS objects to check the proxy refuses an LFS upload outside the gate.
+for pkg in bubblewrap libseccomp2 git git-lfs iproute2 util-linux ca-certificates curl \
+    openssh-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${1:-}" = "--tls-clients" ]; then

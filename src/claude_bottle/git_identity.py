@@ -1,4 +1,5 @@
-"""The bottle's ~/.gitconfig: the user's git identity, the git gate's URL rewrites, nothing else.
+"""The bottle's git config: the user's identity in ~/.gitconfig, the git gate's URL
+rewrites in a system-level file the bottle can read and not change.
 
 `git commit` inside needs `user.name` and `user.email`. The host's
 ~/.gitconfig may also hold credential helpers, `insteadOf` rules with tokens
@@ -9,7 +10,13 @@ turns this off.
 
 Each `[git.remotes.NAME]` adds `url.<gate>.insteadOf` lines for every spelling of the
 remote's URL (https, scp-style and ssh://), so the real URL works unchanged inside and
-goes to the bundle's git gate (`bundle/git_gate.py`) at `gate_url(NAME)`.
+goes to the bundle's git gate (`bundle/git_gate.py`) at `gate_url(NAME)`. They are not in
+~/.gitconfig (written once, then the agent's own): the bundle publishes them as
+`gitconfig` beside its sockets, read-only in the bottle at `GATE_GIT_CONFIG`, and the
+bottle's environment names that file as git's system config (`GIT_CONFIG_SYSTEM`; it
+includes the image's or host's own /etc/gitconfig first). So they hold whatever the
+home's file says, on every start. The agent can still unset the variable or add rewrites
+of its own: then its git goes through the egress proxy, which refuses every push.
 
 The bottle's home is a host directory the agent writes to: the file is
 created with O_EXCL|O_NOFOLLOW, and a name that already exists is left alone
@@ -25,9 +32,10 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from claude_bottle.bottle_env import GIT_PORT
+from claude_bottle.bottle_env import GATE_GIT_CONFIG, GIT_PORT
 
 GIT_TIMEOUT = 5.0
+SYSTEM_GIT_CONFIG = "/etc/gitconfig"  # the image's or host's own, still read inside
 _MAX_VALUE = 256  # a name or an address; anything longer is not an identity
 
 
@@ -112,25 +120,37 @@ def url_spellings(url: str) -> list[str]:
     return sorted(spellings)
 
 
-def render(identity: GitIdentity | None, rewrites: Sequence[GateRewrite] = ()) -> bytes:
-    lines = ["# written by claude-bottle: your git identity and the git gate, nothing else"]
-    if identity is not None:
-        lines += [
-            "[user]",
-            f"\tname = {_quoted(identity.name)}",
-            f"\temail = {_quoted(identity.email)}",
-        ]
+def render(identity: GitIdentity) -> bytes:
+    lines = [
+        "# written by claude-bottle: your git identity, nothing else",
+        "[user]",
+        f"\tname = {_quoted(identity.name)}",
+        f"\temail = {_quoted(identity.email)}",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def render_gate_config(rewrites: Sequence[GateRewrite]) -> bytes:
+    """The bottle's system-level git config: the gate's rewrites after the system's own."""
+    lines = [
+        "# written by claude-bottle's bundle: the git gate's URL rewrites (read-only here)",
+        "[include]",
+        f"\tpath = {_quoted(SYSTEM_GIT_CONFIG)}",
+    ]
     for rewrite in rewrites:
         lines.append(f"[url {_quoted(gate_url(rewrite.name))}]")
         lines += [f"\tinsteadOf = {_quoted(spelling)}" for spelling in url_spellings(rewrite.url)]
     return ("\n".join(lines) + "\n").encode()
 
 
-def seed_git_identity(
-    bottle_home: Path, identity: GitIdentity | None, rewrites: Sequence[GateRewrite] = ()
-) -> None:
+def gate_config_env(rewrites: Sequence[GateRewrite]) -> dict[str, str]:
+    """The bottle's variable naming the gate's config as git's system config."""
+    return {"GIT_CONFIG_SYSTEM": GATE_GIT_CONFIG} if rewrites else {}
+
+
+def seed_git_identity(bottle_home: Path, identity: GitIdentity | None) -> None:
     """Write ~/.gitconfig in the bottle's home, unless the name exists in any form."""
-    if identity is None and not rewrites:
+    if identity is None:
         return
     try:
         fd = os.open(
@@ -139,4 +159,4 @@ def seed_git_identity(
     except FileExistsError:
         return
     with os.fdopen(fd, "wb") as handle:
-        handle.write(render(identity, rewrites))
+        handle.write(render(identity))

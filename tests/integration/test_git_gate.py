@@ -30,8 +30,6 @@ COMMIT = "git -c user.name=Agent -c user.email=agent@bottle.test commit -q"
 
 @pytest.fixture
 def host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
-    if bottle_env.backend != "namespace":
-        pytest.skip("the git gate is wired into the namespace backend only so far")
     token = secrets.token_hex(20)
     directory = tmp_path / "githost"
     directory.mkdir()
@@ -178,10 +176,11 @@ def test_the_credential_is_nowhere_inside(bottle_env: BottleEnv, host: GitHost) 
 def test_push_through_the_proxy_is_refused_even_to_an_allowed_host(
     bottle_env: BottleEnv, host: GitHost
 ) -> None:
-    # Without the bottle's rewrite, git goes through the egress proxy: no push that way.
+    # Without the bottle's rewrite (the agent can drop it: the variable is its own), git
+    # goes through the egress proxy: no push that way.
     result = bottle_env.sh(
         f"git init -q p && cd p && {COMMIT} --allow-empty -m e && "
-        "GIT_CONFIG_GLOBAL=/dev/null git push https://git.test/repo.git "
+        "GIT_CONFIG_SYSTEM=/dev/null git push https://git.test/repo.git "
         "HEAD:refs/heads/bottle/direct",
         timeout=RUN_TIMEOUT,
     )
@@ -273,8 +272,8 @@ def test_an_upstream_that_rejects_the_credential_is_named(
 
 @pytest.fixture
 def ssh_host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[SshGitHost]:
-    if bottle_env.backend != "namespace":
-        pytest.skip("the git gate is wired into the namespace backend only so far")
+    if bottle_env.docker_bundle == "container":
+        pytest.skip("ssh remotes are not served by a bundle container yet (docs/git-gate.md)")
     if not Path("/usr/sbin/sshd").exists():
         pytest.skip("no sshd: run scripts/install-system-deps.sh (openssh-server)")
     directory = tmp_path / "sshhost"

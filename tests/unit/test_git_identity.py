@@ -123,12 +123,18 @@ def test_config_keys_git_identity_and_docker_base_image(tmp_path: Path) -> None:
 
 
 def test_each_remote_is_rewritten_to_the_gate_in_every_spelling(tmp_path: Path) -> None:
-    from claude_bottle.git_identity import GateRewrite, gate_url
+    from claude_bottle.git_identity import GateRewrite, gate_url, render_gate_config
 
     home = tmp_path / "bottle-home"
     home.mkdir()
-    seed_git_identity(home, None, (GateRewrite("origin", "https://github.com/acme/app.git"),))
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1"}
+    # The agent's own ~/.gitconfig (an earlier run's, or its own edits) stays as it is, and
+    # the rewrites hold anyway: they come from the system-level file the bundle publishes.
+    (home / ".gitconfig").write_text("[user]\n\tname = Agent\n[core]\n\tpager = cat\n")
+    system = tmp_path / "gitconfig"
+    system.write_bytes(
+        render_gate_config((GateRewrite("origin", "https://github.com/acme/app.git"),))
+    )
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "GIT_CONFIG_SYSTEM": str(system)}
     gate = gate_url("origin")
     for spelling in (
         "https://github.com/acme/app.git",
@@ -152,3 +158,18 @@ def test_each_remote_is_rewritten_to_the_gate_in_every_spelling(tmp_path: Path) 
         check=True,
     )
     assert other.stdout.strip() == "https://github.com/other/repo.git"
+    assert (home / ".gitconfig").read_text().startswith("[user]\n\tname = Agent")
+    name = subprocess.run(
+        ["git", "config", "user.name"], env=env, capture_output=True, text=True, check=True
+    )
+    assert name.stdout == "Agent\n"
+
+
+def test_the_gate_config_keeps_the_systems_own_and_the_env_names_it() -> None:
+    from claude_bottle.bottle_env import GATE_GIT_CONFIG
+    from claude_bottle.git_identity import GateRewrite, gate_config_env, render_gate_config
+
+    rendered = render_gate_config((GateRewrite("o", "https://h.test/r.git"),)).decode()
+    assert rendered.index('path = "/etc/gitconfig"') < rendered.index("[url")
+    assert gate_config_env(()) == {}
+    assert gate_config_env((GateRewrite("o", "u"),)) == {"GIT_CONFIG_SYSTEM": GATE_GIT_CONFIG}

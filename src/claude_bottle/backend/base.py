@@ -18,7 +18,13 @@ from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.settings import InjectionSpec, Pin, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
-from claude_bottle.git_identity import GateRewrite, GitIdentity, gate_url, host_git_identity
+from claude_bottle.git_identity import (
+    GateRewrite,
+    GitIdentity,
+    gate_config_env,
+    gate_url,
+    host_git_identity,
+)
 from claude_bottle.limits import LimitsPlan
 from claude_bottle.plan import PlanSection, Printable
 from claude_bottle.workspace_guard import GuardPlan, plan_guard
@@ -91,19 +97,10 @@ class BottlePlan(Printable):
     rules_in_force: tuple[RuleSpec, ...]  # with the built-in sets, for the hosts allowed
     injections: tuple[InjectionSpec, ...]  # with this bottle's placeholders, no secret
     git_remotes: tuple[GitRemote, ...]  # served by the bundle's git gate
-    # Whether this backend wires the git gate (relay port, socket, settings) yet.
-    serves_git_gate: ClassVar[bool] = False
-
-    @property
-    def git_rewrites(self) -> tuple[GateRewrite, ...]:
-        """The insteadOf rewrites the bottle's ~/.gitconfig gets, one per remote."""
-        if not self.serves_git_gate:
-            return ()
-        return tuple(GateRewrite(remote.name, remote.url) for remote in self.git_remotes)
 
     def git_gate_settings(self) -> dict[str, Any]:
-        """The bundle settings of the git gate (none without remotes)."""
-        if not (self.git_remotes and self.serves_git_gate):
+        """The bundle settings of the git gate (none without remotes), with host paths."""
+        if not self.git_remotes:
             return {}
         return {
             "git_cache": str(Path(self.state_dir) / "git"),
@@ -132,11 +129,7 @@ class BottlePlan(Printable):
                 or remote.url.startswith("ssh://")
                 else remote.credential
             )
-            served = (
-                f"{gate_url(remote.name)} (git gate)"
-                if self.serves_git_gate
-                else f"not served: the {self.backend} backend does not run the git gate yet"
-            )
+            served = f"{gate_url(remote.name)} (git gate)"
             rows.append(
                 (
                     f"git remote {remote.name}",
@@ -358,6 +351,8 @@ def common_plan_fields(
     config = request.config
     injections = plan_injections(config, Path(state_dir) / "plan.json")
     env.update(injected_env(injections))
+    rewrites = tuple(GateRewrite(remote.name, remote.url) for remote in config.git_remotes)
+    env.update(gate_config_env(rewrites))
     return {
         "backend": backend,
         "name": request.name,

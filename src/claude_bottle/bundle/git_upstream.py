@@ -37,6 +37,11 @@ PASSWORD_VAR = "CLAUDE_BOTTLE_GIT_PASSWORD"
 USER_SSH_VARS = frozenset({"GIT_SSH_COMMAND", "GIT_SSH", "GIT_SSH_VARIANT"})
 TOKEN_USERNAME = "x-access-token"  # what GitHub and others accept with a bare token
 SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+# A bundle in a container cannot run the host's credential helper, command or read its
+# files: the CLI resolves the credential on the host at start and hands it over the control
+# socket (`hand_credential`); the container's settings name this source instead.
+HANDED = "handed"
+_handed: dict[str, Credential] = {}
 _HELPER = (
     '!f() { test "$1" = get && '
     f'printf \'username=%s\\npassword=%s\\n\' "${USERNAME_VAR}" "${PASSWORD_VAR}"; }}; f'
@@ -162,6 +167,11 @@ def resolve_credential(remote: GateRemote, env: Mapping[str, str]) -> Credential
         return None
     source = remote.credential
     where = f"[git.remotes.{remote.name}] credential"
+    if source == HANDED:
+        handed = _handed.get(remote.name)
+        if handed is None:
+            raise _unavailable(remote, where, "not handed over by the CLI at start")
+        return handed
     if source == "git":
         return _git_credential_fill(remote, env, where)
     kind, _, rest = source.partition(":")
@@ -179,6 +189,15 @@ def resolve_credential(remote: GateRemote, env: Mapping[str, str]) -> Credential
     if not value:
         raise _unavailable(remote, where, "empty or missing")
     return Credential(TOKEN_USERNAME, value.splitlines()[0])
+
+
+def hand_credential(remote: GateRemote, username: str, password: str) -> None:
+    """Keep the credential the CLI resolved on the host for `remote` (in memory only)."""
+    if remote.credential != HANDED or is_ssh(remote.url):
+        raise ValueError(f"remote {remote.name} does not take a handed credential")
+    if not username or not password or len(username) + len(password) > MAX_CREDENTIAL:
+        raise ValueError(f"remote {remote.name}: not a credential")
+    _handed[remote.name] = Credential(username, password)
 
 
 def _git_credential_fill(remote: GateRemote, env: Mapping[str, str], where: str) -> Credential:

@@ -93,6 +93,8 @@ def open_bundle(settings: BundleSettings) -> Opened:
         for shared in (settings.gateway_socket, settings.git_socket):
             if shared:
                 os.chmod(shared, 0o666)
+        if settings.git_socket:
+            _publish_gate_config(settings)
         audit.submit(
             "lifecycle",
             "info",
@@ -110,6 +112,19 @@ def open_bundle(settings: BundleSettings) -> Opened:
         audit.close()
         raise
     return Opened(settings, audit, interception, proxy, control, gateway, git)
+
+
+def _publish_gate_config(settings: BundleSettings) -> None:
+    """The git gate's URL rewrites beside its socket, where the bottle reads them (read-only)
+    as git's system config (`git_identity.py`); written anew on every start."""
+    from claude_bottle.git_identity import GateRewrite, render_gate_config
+
+    target = Path(settings.git_socket or "").with_name("gitconfig")
+    partial = target.with_name(f".gitconfig.{os.getpid()}")
+    rewrites = [GateRewrite(remote.name, remote.url) for remote in settings.git_remotes]
+    partial.write_bytes(render_gate_config(rewrites))
+    os.chmod(partial, 0o644)
+    os.replace(partial, target)
 
 
 def _listen(path: str, backlog: int, bound: list[socket.socket]) -> socket.socket:

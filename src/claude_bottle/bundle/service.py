@@ -298,7 +298,25 @@ class Bundle:
         if op == "stop":
             self._stopping.set()
             return {"ok": True}
+        if op == "git-credential":
+            return self._hand_git_credential(request)
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _hand_git_credential(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A git remote's credential, resolved by the CLI on the host (a bundle in a
+        container cannot run the host's helper). Kept in memory; never echoed or logged."""
+        from claude_bottle.bundle.git_upstream import hand_credential
+
+        name, username, password = (request.get(k) for k in ("remote", "username", "password"))
+        remote = next((r for r in self.settings.git_remotes if r.name == name), None)
+        if remote is None or not isinstance(username, str) or not isinstance(password, str):
+            return {"ok": False, "error": "git-credential: no such remote, or not a credential"}
+        try:
+            hand_credential(remote, username, password)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.record("git", "info", rule="git:credential-handed", detail={"remote": remote.name})
+        return {"ok": True}
 
     async def run(self) -> None:
         loop = self._loop = asyncio.get_running_loop()

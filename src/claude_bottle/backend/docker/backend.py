@@ -273,6 +273,10 @@ class DockerBackend(BottleBackend):
         prefix = f"claude-bottle-{request.name}-{instance}"
         chosen = placement.choose(config.docker.bundle, agent_image.tag, uid, gid)
         host_bundle = chosen.kind == placement.HOST
+        if not host_bundle and config.git_remotes:
+            from claude_bottle.backend.docker.git_credentials import check_container_remotes
+
+            check_container_remotes(config.git_remotes)
         volume = None if host_bundle else f"{prefix}-sockets"
         network = None if host_bundle or needs_host_network(config) else SHARED_NETWORK
         label = state_label()

@@ -43,6 +43,8 @@ def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSe
         gateway_socket=str(sockets / "gateway.sock"),
         anthropic_credential=plan.anthropic_credential,
         gateway_ca_file=plan.gateway_ca_file,
+        git_socket=str(sockets / "git.sock") if plan.git_remotes else None,
+        **plan.git_gate_settings(),
     )
 
 

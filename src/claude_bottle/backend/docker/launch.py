@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from claude_bottle import paths, state, workspace_guard
 from claude_bottle.backend.docker import docker, images, network
@@ -333,7 +334,22 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
         anthropic_credential=plan.bundle_credential,
         gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
+        **_git_gate_settings(plan),
     )
+
+
+def _git_gate_settings(plan: DockerBottlePlan) -> dict[str, Any]:
+    """The git gate as the bundle container sees it: its mirrors in the bottle's state dir,
+    each credential handed over the control socket at start (`git_credentials.py`)."""
+    if not plan.git_remotes:
+        return {}
+    from claude_bottle.backend.docker.git_credentials import container_remotes
+
+    return {
+        "git_socket": f"{SOCKETS_DIR}/git.sock",
+        "git_cache": f"{BUNDLE_STATE}/git",
+        "git_remotes": container_remotes(plan.git_gate_settings()["git_remotes"]),
+    }
 
 
 _INJECTED = "CLAUDE_BOTTLE_INJECTED_"
@@ -556,6 +572,11 @@ def _start_with_bundle_container(
     processes = _wait_ready(exec_socket, control_socket, containers)
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
+    if plan.git_remotes:  # before the bottle's command runs: its first clone needs them
+        from claude_bottle.backend.docker.git_credentials import hand_credentials
+
+        remotes = plan.git_gate_settings()["git_remotes"]
+        hand_credentials(remotes, control_socket, os.environ)
     env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
     return processes
 

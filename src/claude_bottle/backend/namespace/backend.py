@@ -259,7 +259,7 @@ class NamespaceBackend(BottleBackend):
             os.chmod(path, 0o644)
         seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
         workspace_guard.prepare(plan.workspace_guard)
-        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity, plan.git_rewrites)
+        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity)
 
         settings = BundleSettings(
             **plan.bundle_policy(),

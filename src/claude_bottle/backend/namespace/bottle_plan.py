@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import ClassVar
 
 from claude_bottle.backend.base import BottlePlan
 from claude_bottle.backend.namespace.bwrap import BwrapSpec
@@ -14,7 +13,6 @@ from claude_bottle.plan import PlanSection
 
 @dataclasses.dataclass(frozen=True)
 class NamespaceBottlePlan(BottlePlan):
-    serves_git_gate: ClassVar[bool] = True
     bwrap: BwrapSpec
     confinement: Confinement  # how the sandbox is put under [bottle] limits
 
