@@ -10,8 +10,16 @@ that must be refused whole, with the rule on git's `remote:` lines and nothing u
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import os
 import secrets
+import shutil
+import socket
+import socketserver
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -345,3 +353,118 @@ def test_a_secret_in_a_ref_name_is_refused_and_kept_out_of_the_audit_log(
     assert gate_lines and AWS_KEY_ID not in "\n".join(gate_lines)  # git itself echoes its ref
     assert AWS_KEY_ID not in (bottle_env.state_dir() / "audit.jsonl").read_text()
     assert host.ref(f"refs/heads/bottle/{AWS_KEY_ID}") is None
+
+
+# --- smolmachines, through its recording fake -------------------------------------------
+# No microVM boots here: tests/fakes/fake_smolvm stands in for smolvm (NOT smolvm). The
+# bundle is the real one, wired by the real smolmachines launch; the guest's relay is
+# played by a forwarder from a loopback port to the git socket the machine would mount.
+
+FAKE_SMOLVM = Path(__file__).resolve().parents[1] / "fakes" / "fake_smolvm"
+
+
+def _forward(port_holder: list[int], target: Path) -> socketserver.ThreadingTCPServer:
+    """What the guest's relay does for port 3130: each connection to the git gate's socket."""
+
+    class Pipe(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with socket.socket(socket.AF_UNIX) as upstream:
+                upstream.connect(str(target))
+
+                def pump(src: socket.socket, dst: socket.socket) -> None:
+                    with contextlib.suppress(OSError):
+                        while data := src.recv(65536):
+                            dst.sendall(data)
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+
+                back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+                back.start()
+                pump(self.request, upstream)
+                back.join(RUN_TIMEOUT)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Pipe)
+    server.daemon_threads = True
+    port_holder.append(server.server_address[1])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_smolmachines_serves_the_gate_through_its_fake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from claude_bottle.backend.base import LaunchRequest
+    from claude_bottle.backend.smolmachines import SmolmachinesBackend
+    from claude_bottle.bottle_env import GATE_GIT_CONFIG
+    from claude_bottle.config import load_config
+
+    token = secrets.token_hex(20)
+    (tmp_path / "githost").mkdir()
+    server = GitHost(tmp_path / "githost", token)
+    runtime = Path(tempfile.mkdtemp(prefix="cbsg-"))  # short: unix socket paths are limited
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "smolvm").symlink_to(FAKE_SMOLVM)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    monkeypatch.setenv("FAKE_SMOLVM_STATE", str(tmp_path / "fake"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("GATE_TEST_TOKEN", token)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    user = tmp_path / "config.toml"
+    user.write_text(
+        f'[egress]\nupstream_ca_file = "{server.ca_file}"\n'
+        f'[egress.resolve]\n"git.test" = "127.0.0.1:{server.port}"\n'
+        f'[git.remotes.origin]\nurl = "{server.url}"\npush = ["bottle/*"]\n'
+        'credential = "env:GATE_TEST_TOKEN"\n'
+    )
+    config = load_config(workspace=workspace, known_backends=("smolmachines",), user_config=user)
+    pack = tmp_path / "agent.smolmachine"
+    pack.write_text("fake pack")
+    backend = SmolmachinesBackend(checks=lambda: [], pack_image=lambda image, exe: pack)
+    plan = backend.plan(LaunchRequest("gate", workspace, config, ("true",)))
+    assert plan.env["GIT_CONFIG_SYSTEM"] == GATE_GIT_CONFIG
+    assert "3130=/run/claude-bottle/git.sock" in plan.relay_command
+    ports: list[int] = []
+    try:
+        with backend.launch(plan):
+            calls = [
+                json.loads(line)["argv"]
+                for line in (tmp_path / "fake" / "calls.jsonl").read_text().splitlines()
+            ]
+            create = next(argv for argv in calls if argv[:2] == ["machine", "create"])
+            git_socket = runtime / "gate" / "bundle" / "git.sock"
+            assert f"{git_socket}:/run/claude-bottle/git.sock" in create
+            # The rewrites the guest reads as its system git config (the bundle dir is
+            # mounted read-only at /run/claude-bottle/bundle).
+            published = (git_socket.parent / "gitconfig").read_text()
+            assert 'insteadOf = "https://git.test/repo.git"' in published
+            forwarder = _forward(ports, git_socket)
+            gate = f"http://127.0.0.1:{ports[0]}/origin.git"
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(tmp_path),
+                "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": "/dev/null",
+            }
+            script = (
+                f"git clone -q {gate} app && cd app && git checkout -q -b bottle/vm && "
+                f"echo vm >> README && {COMMIT} -am vm && git push -q origin bottle/vm && "
+                "git rev-parse HEAD && git push origin HEAD:main"
+            )
+            result = subprocess.run(
+                ["/bin/sh", "-c", script],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT,
+            )
+            forwarder.shutdown()
+    finally:
+        server.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert server.ref("refs/heads/bottle/vm") == result.stdout.split()[0], result.stderr
+    _refused(result, "git:branch")
+    assert server.ref("refs/heads/main") != server.ref("refs/heads/bottle/vm")

@@ -162,6 +162,7 @@ def test_machine_create_argv_has_no_network_flag() -> None:
         "python3", "-I", "-S", "/opt/claude-bottle/relay.py",
         "--listen", "3128=/run/claude-bottle/proxy.sock",
         "--listen", "3129=/run/claude-bottle/gateway.sock",
+        "--listen", "3130=/run/claude-bottle/git.sock",
         "--ready-file", "/run/claude-bottle/state/ready",
         "--hold",
     ]  # fmt: skip
@@ -181,6 +182,7 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
     plan = mock.Mock(spec=SmolmachinesBottlePlan)
     plan.machine, plan.name, plan.user = "cb-p", "p", "1000:1000"
     plan.relay_command = relay_command()
+    plan.git_remotes = ()  # no [git.remotes]: no git socket to mount
     plan.workspace, plan.home, plan.home_source = "/work/p", "/home/bottle", "/state/p/home"
     plan.workspace_guard = mock.Mock(
         mounts=(

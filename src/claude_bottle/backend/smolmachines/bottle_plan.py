@@ -13,6 +13,7 @@ GUEST_RUN = "/run/claude-bottle"
 GUEST_BUNDLE = f"{GUEST_RUN}/bundle"  # host-backed, read-only: the bundle's CA files
 GUEST_PROXY_SOCKET = f"{GUEST_RUN}/proxy.sock"  # --mount-socket of the bundle's proxy.sock
 GUEST_GATEWAY_SOCKET = f"{GUEST_RUN}/gateway.sock"  # --mount-socket of its gateway.sock
+GUEST_GIT_SOCKET = f"{GUEST_RUN}/git.sock"  # --mount-socket of its git.sock ([git.remotes])
 GUEST_STATE = f"{GUEST_RUN}/state"  # host-backed, read-write: the relay's ready file
 GUEST_READY_FILE = f"{GUEST_STATE}/ready"
 GUEST_LIB = "/opt/claude-bottle"  # host-backed, read-only: relay.py, the seccomp loader
@@ -53,6 +54,11 @@ class SmolmachinesBottlePlan(BottlePlan):
             ("network", network),
             ("bundle", f"{GUEST_PROXY_SOCKET} <- bundle proxy.sock (--mount-socket, vsock)"),
             ("gateway", f"{GUEST_GATEWAY_SOCKET} <- bundle gateway.sock (--mount-socket, vsock)"),
+            *(
+                (("git gate", f"{GUEST_GIT_SOCKET} <- bundle git.sock (--mount-socket, vsock)"),)
+                if self.git_remotes
+                else ()
+            ),
             ("relay", " ".join(self.relay_command)),
             ("workspace", f"{self.workspace} (virtiofs, read-write)"),
             ("home", f"{self.home} <- {self.home_source} (bottle's own, writable)"),

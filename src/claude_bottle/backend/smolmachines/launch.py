@@ -23,6 +23,7 @@ from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, proces
 from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
     GUEST_GATEWAY_SOCKET,
+    GUEST_GIT_SOCKET,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_STATE,
@@ -51,6 +52,7 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
         mount_sockets=(
             (str(stage.proxy_socket), GUEST_PROXY_SOCKET),
             (str(stage.gateway_socket), GUEST_GATEWAY_SOCKET),
+            *(((str(stage.git_socket), GUEST_GIT_SOCKET),) if plan.git_remotes else ()),
         ),
         volumes=(
             (str(stage.lib), GUEST_LIB, True),
@@ -120,6 +122,8 @@ def launch_bottle(
         gateway_socket=str(stage.gateway_socket),
         anthropic_credential=plan.anthropic_credential,
         gateway_ca_file=plan.gateway_ca_file,
+        git_socket=str(stage.git_socket) if plan.git_remotes else None,
+        **plan.git_gate_settings(),
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.

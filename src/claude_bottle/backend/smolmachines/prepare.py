@@ -24,6 +24,7 @@ from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
     GUEST_GATEWAY_SOCKET,
+    GUEST_GIT_SOCKET,
     GUEST_HOME,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
@@ -33,7 +34,14 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
-from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
+from claude_bottle.bottle_env import (
+    DEFAULT_PATH,
+    GATEWAY_PORT,
+    GIT_PORT,
+    RELAY_PORT,
+    CaFiles,
+    build_env,
+)
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.limits import plan_with
 
@@ -48,7 +56,9 @@ PACK_SUFFIX = ".smolmachine"
 
 
 def relay_command(python: str = "python3") -> tuple[str, ...]:
-    """The machine's workload: the relay, serving the proxy and gateway ports until stopped."""
+    """The machine's workload: the relay, serving the proxy, gateway and git gate ports until
+    stopped (the git gate's socket is mounted only with [git.remotes]; without, a connection
+    to its port just fails)."""
     return (
         python,
         "-I",
@@ -58,6 +68,8 @@ def relay_command(python: str = "python3") -> tuple[str, ...]:
         f"{RELAY_PORT}={GUEST_PROXY_SOCKET}",
         "--listen",
         f"{GATEWAY_PORT}={GUEST_GATEWAY_SOCKET}",
+        "--listen",
+        f"{GIT_PORT}={GUEST_GIT_SOCKET}",
         "--ready-file",
         GUEST_READY_FILE,
         "--hold",
@@ -131,6 +143,7 @@ class Stage:
     root: Path
     proxy_socket: Path  # the bundle listens here; mounted into the guest
     gateway_socket: Path  # the bundle's API gateway; mounted into the guest
+    git_socket: Path  # the bundle's git gate; mounted into the guest with [git.remotes]
     control_socket: Path
     settings: Path  # bundle.json
     lib: Path  # mounted read-only at GUEST_LIB (relay.py)
@@ -147,6 +160,7 @@ class Stage:
             root=root,
             proxy_socket=root / "bundle" / "proxy.sock",
             gateway_socket=root / "bundle" / "gateway.sock",
+            git_socket=root / "bundle" / "git.sock",
             control_socket=root / "control.sock",
             settings=root / "bundle.json",
             lib=root / "lib",
