@@ -355,6 +355,54 @@ def test_a_secret_in_a_ref_name_is_refused_and_kept_out_of_the_audit_log(
     assert host.ref(f"refs/heads/bottle/{AWS_KEY_ID}") is None
 
 
+LFS_BATCH = "https://git.test/repo.git/info/lfs/objects/batch"
+LFS_OBJECT = '"objects":[{"oid":"' + "a" * 64 + '","size":3}]'
+
+
+def test_an_lfs_upload_through_the_proxy_is_refused_and_a_download_passes(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    post = (
+        "curl -s -o /dev/null -w '%{http_code}\\n' -X POST "
+        "-H 'content-type: application/vnd.git-lfs+json' "
+        "-H 'accept: application/vnd.git-lfs+json' "
+    )
+    result = bottle_env.sh(
+        f'{post} --data \'{{"operation":"upload",{LFS_OBJECT}}}\' {LFS_BATCH}; '
+        f'{post} --data \'{{"operation":"download",{LFS_OBJECT}}}\' {LFS_BATCH}',
+        timeout=RUN_TIMEOUT,
+    )
+    assert result.stdout.split() == ["403", "401"], result.stdout + result.stderr
+    audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert '"rule":"git-push-outside-gate"' in audit
+    # Only the download reached the upstream (which wants its token: 401).
+    assert [m for m, path, _ in host.requests if path.endswith("/objects/batch")] == ["POST"]
+
+
+def test_git_lfs_cannot_push_objects_past_the_gate(bottle_env: BottleEnv, host: GitHost) -> None:
+    result = _sh(
+        bottle_env,
+        host,
+        "command -v git-lfs >/dev/null || { echo no-git-lfs; exit 0; }; "
+        "git lfs install --local >/dev/null && git lfs track '*.bin' >/dev/null && "
+        "git checkout -q -b bottle/lfs && echo big > a.bin && git add .gitattributes a.bin && "
+        f"{COMMIT} -m lfs && "
+        # The remote's own LFS endpoint is the gate's address, which serves no LFS; one
+        # named by hand, without the gate's rewrites, goes through the egress proxy.
+        "{ git push origin bottle/lfs; echo gate=$?; } && "
+        "{ GIT_CONFIG_SYSTEM=/dev/null git -c lfs.locksverify=false "
+        f"-c lfs.url={LFS_BATCH.removesuffix('/objects/batch')} lfs push origin "
+        "bottle/lfs; echo proxy=$?; }",
+    )
+    if "no-git-lfs" in result.stdout:
+        pytest.skip("git-lfs is not installed inside this bottle")
+    assert "gate=0" not in result.stdout and "proxy=0" not in result.stdout, result.stdout
+    assert host.ref("refs/heads/bottle/lfs") is None
+    assert not any("/info/lfs" in path for _, path, _ in host.requests)
+    audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert '"rule":"git-push-outside-gate"' in audit, result.stdout + result.stderr
+
+
 # --- smolmachines, through its recording fake -------------------------------------------
 # No microVM boots here: tests/fakes/fake_smolvm stands in for smolvm (NOT smolvm). The
 # bundle is the real one, wired by the real smolmachines launch; the guest's relay is

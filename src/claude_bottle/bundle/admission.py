@@ -11,7 +11,8 @@ it arrives (absolute-form HTTP, a CONNECT tunnel, a request inside an intercepte
    (`injection.Injector`), then the URL and every header are scanned
    (`scanning.DlpInspector`; credentials decoded where HTTP carries them,
    `policy.dlp_http`), the head as the bottle sent it, swapped placeholders masked;
-3. body: a `scanning.BodyGuard` releases only bytes it has scanned;
+3. body: a `scanning.BodyGuard` releases only bytes it has scanned; a Git LFS API call
+   is held until read as a batch download (`git_lfs`: no LFS upload outside the gate);
 4. response: only end-to-end headers go back (`connection.forwarded_headers`), and an
    answer to a request that carried an injected credential is scanned for it
    (`injection.ResponseGuard`);
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from claude_bottle.bundle.gate import Destination, EgressGate, parse_authority
+from claude_bottle.bundle.git_lfs import LfsDownloadOnly, is_lfs_api
 from claude_bottle.bundle.git_policy import push_outside_gate
 from claude_bottle.bundle.l7 import RuleBook, is_websocket, rule_hint
 from claude_bottle.bundle.refusal import Refusal
@@ -165,9 +167,12 @@ class EgressAdmission:
         self, method: str, dest: Destination, path: str, headers: Iterable[tuple[bytes, bytes]]
     ) -> BodyStage | None:
         """The guard a request body streams through, or None when bodies are not checked."""
+        headers = list(headers)
         scanned = None
         if self.inspector is not None:
             scanned = self.inspector.body(headers, method, dest.host, dest.port, path)
+        if is_lfs_api(method, path, headers):  # no LFS upload outside the git gate
+            return LfsDownloadOnly(scanned, path)
         if dest.host in self.rules:
             rule = self.rules.check(dest.host, method, path)  # admitted at head already
             if rule is not None and rule.graphql_read_only:
