@@ -355,6 +355,26 @@ def test_a_secret_in_a_ref_name_is_refused_and_kept_out_of_the_audit_log(
     assert host.ref(f"refs/heads/bottle/{AWS_KEY_ID}") is None
 
 
+def test_the_rewrites_hold_whatever_the_homes_gitconfig_says(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    # The agent replaces its ~/.gitconfig (the file is its own, and it outlives the run)
+    # and cannot touch the gate's file; the next run of the bottle still clones through
+    # the gate, whose rewrites are git's system config.
+    first = bottle_env.sh(
+        "rm -f ~/.gitconfig; printf '[core]\\n\\tpager = cat\\n' > ~/.gitconfig; "
+        'echo "[url \\"https://evil.test/\\"]" >> "$GIT_CONFIG_SYSTEM" || echo read-only',
+        timeout=RUN_TIMEOUT,
+    )
+    assert "read-only" in first.stdout, first.stdout + first.stderr
+    result = bottle_env.sh(
+        "cat ~/.gitconfig && git clone -q https://git.test/repo.git app && cat app/README",
+        timeout=RUN_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pager = cat" in result.stdout and "seeded" in result.stdout
+
+
 LFS_BATCH = "https://git.test/repo.git/info/lfs/objects/batch"
 LFS_OBJECT = '"objects":[{"oid":"' + "a" * 64 + '","size":3}]'
 
