@@ -572,12 +572,12 @@ def _start_with_bundle_container(
     processes = _wait_ready(exec_socket, control_socket, containers)
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
+    env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
     if plan.git_remotes:  # before the bottle's command runs: its first clone needs them
         from claude_bottle.backend.docker.git_credentials import hand_credentials
 
         remotes = plan.git_gate_settings()["git_remotes"]
         hand_credentials(remotes, control_socket, os.environ)
-    env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
     return processes
 
 
