@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 RELAY_PORT = 3128  # inside the bottle's own network namespace, so any port is free
 GATEWAY_PORT = 3129
 GIT_PORT = 3130  # the bundle's git gate (`[git.remotes]`)
+HOOK_PORT = 3131  # Claude Code's tool-call hooks (`bundle/tool_calls.py`)
 # What the bottle holds instead of a key: the gateway swaps in the real credential.
 PLACEHOLDER_API_KEY = "sk-ant-claude-bottle-placeholder-the-real-key-stays-on-the-host"
 # Claude Code's own switches for traffic the bottle would refuse anyway.

@@ -143,6 +143,8 @@ def test_agent_command_is_the_relay_holding_the_bottle_open() -> None:
         "3128=/run/claude-bottle/bundle/proxy.sock",
         "--listen",
         "3129=/run/claude-bottle/bundle/gateway.sock",
+        "--listen",
+        "3131=/run/claude-bottle/bundle/hook.sock",
         "--exec-socket",
         "/run/claude-bottle/exec/exec.sock",
         "--hold",

@@ -25,6 +25,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
     GUEST_GATEWAY_SOCKET,
     GUEST_HOME,
+    GUEST_HOOK_SOCKET,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_READY_FILE,
@@ -33,7 +34,14 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.gvproxy_config import render_gvproxy_config
 from claude_bottle.backend.smolmachines.util import bottle_subnet, machine_name
-from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
+from claude_bottle.bottle_env import (
+    DEFAULT_PATH,
+    GATEWAY_PORT,
+    HOOK_PORT,
+    RELAY_PORT,
+    CaFiles,
+    build_env,
+)
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.limits import plan_with
 
@@ -58,6 +66,8 @@ def relay_command(python: str = "python3") -> tuple[str, ...]:
         f"{RELAY_PORT}={GUEST_PROXY_SOCKET}",
         "--listen",
         f"{GATEWAY_PORT}={GUEST_GATEWAY_SOCKET}",
+        "--listen",
+        f"{HOOK_PORT}={GUEST_HOOK_SOCKET}",
         "--ready-file",
         GUEST_READY_FILE,
         "--hold",
@@ -131,6 +141,7 @@ class Stage:
     root: Path
     proxy_socket: Path  # the bundle listens here; mounted into the guest
     gateway_socket: Path  # the bundle's API gateway; mounted into the guest
+    hook_socket: Path  # the bundle's tool-call hook channel; mounted into the guest
     control_socket: Path
     settings: Path  # bundle.json
     lib: Path  # mounted read-only at GUEST_LIB (relay.py)
@@ -147,6 +158,7 @@ class Stage:
             root=root,
             proxy_socket=root / "bundle" / "proxy.sock",
             gateway_socket=root / "bundle" / "gateway.sock",
+            hook_socket=root / "bundle" / "hook.sock",
             control_socket=root / "control.sock",
             settings=root / "bundle.json",
             lib=root / "lib",
