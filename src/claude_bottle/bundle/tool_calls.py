@@ -51,7 +51,7 @@ RATE = 20.0  # records a second, sustained ...
 BURST = 60.0  # ... after a burst of this many
 DROP_REPORT_SECONDS = 10.0
 TAGGED_KINDS = frozenset({"egress", "gateway", "git"})
-ADVISORY = "advisory: reported by the bottle's Claude Code hooks"
+ADVISORY = "advisory (from the bottle's Claude Code hooks)"
 
 EVENTS = {"PreToolUse": "start", "PostToolUse": "end", "PostToolUseFailure": "end"}
 _FIELDS = frozenset({"event", "tool", "id", "summary"})
@@ -250,3 +250,20 @@ class ToolCalls:
             detail={"reason": reason, "dropped": self.dropped - self._dropped_reported},
         )
         self._dropped_reported = self.dropped
+
+
+def concerns(record: Mapping[str, object], call_id: str) -> bool:
+    """Whether an audit record is about tool call `call_id`: its own `tool` records, and
+    every event made while it ran (`logs NAME --tool ID`)."""
+    detail = record.get("detail")
+    if not isinstance(detail, Mapping):
+        return False
+    if record.get("kind") == "tool":
+        return detail.get("id") == call_id
+    tagged = detail.get("tool_use")
+    ids = tagged.get("ids") if isinstance(tagged, Mapping) else None
+    return isinstance(ids, list) and call_id in ids
+
+
+def valid_id(text: str) -> bool:
+    return _TOOL_USE_ID.fullmatch(text) is not None
