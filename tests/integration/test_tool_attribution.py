@@ -1,0 +1,126 @@
+"""Which tool call made a request (issue 22), with the real Claude Code CLI in a real bottle.
+
+The fake API (tests/fakes/fake_anthropic.py) answers Claude Code's first turn with a
+canned `tool_use` (Bash running curl, or WebFetch), and the turn after the tool result
+with text. The bottle's seeded settings run the tool-call hook, which reports the call
+to the bundle through the relay; the audit events made meanwhile carry its id.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.integration.conftest import BottleEnv
+
+pytestmark = pytest.mark.integration
+
+REAL_KEY = "sk-ant-api03-" + "TestOnlyRealKey" * 6 + "-AbCdEfAA"
+TOOL_USE_ID = "toolu_01BottleAttribution"
+DONE = "Done with the tool call."
+
+
+class ToolTurn:
+    """Replies with one tool_use to the first call that offers the tool, then text once
+    the tool's result comes back; records that result."""
+
+    def __init__(self, tool: str, tool_input: dict[str, Any]) -> None:
+        self.tool = tool
+        self.tool_input = tool_input
+        self.results: list[Any] = []
+
+    def __call__(self, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+        messages = params.get("messages") or []
+        last = messages[-1] if messages else {}
+        content = last.get("content") if isinstance(last, dict) else None
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("tool_use_id") == TOOL_USE_ID:
+                    self.results.append(block.get("content"))
+                    return [{"type": "text", "text": DONE}]
+        tools = [t.get("name") for t in params.get("tools") or [] if isinstance(t, dict)]
+        if self.tool in tools and not self.results:
+            return [
+                {"type": "tool_use", "id": TOOL_USE_ID, "name": self.tool, "input": self.tool_input}
+            ]
+        return None
+
+
+def _claude_config(env: BottleEnv, fake: FakeAnthropic, extra: str = "") -> None:
+    env.env["ANTHROPIC_API_KEY"] = REAL_KEY  # on the host only
+    env.write_config(f"""
+        [egress]
+        allow = ["allowed.test"]
+        [egress.resolve]
+        "allowed.test" = "127.0.0.1:{env.upstream.port}"
+        "denied.test" = "127.0.0.1:{env.upstream.port}"
+        [gateway]
+        anthropic_upstream = "{fake.url}"
+        [dlp]
+        enabled = true
+        {extra}
+    """)
+
+
+@pytest.fixture
+def claude_here(bottle_env: BottleEnv) -> BottleEnv:
+    if shutil.which("claude", path=bottle_env.env["PATH"]) is None:
+        pytest.skip("Claude Code is not installed: npm install -g @anthropic-ai/claude-code")
+    return bottle_env
+
+
+def _events(env: BottleEnv) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (env.state_dir() / "audit.jsonl").open()]
+
+
+def _run_claude(env: BottleEnv) -> None:
+    result = env.run(
+        "claude", "-p", "--dangerously-skip-permissions", "Use the tool.", timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert DONE in result.stdout
+
+
+@pytest.fixture
+def bash_turn() -> Iterator[tuple[ToolTurn, FakeAnthropic]]:
+    turn = ToolTurn(
+        "Bash",
+        {"command": "curl -s http://allowed.test/from-the-tool", "description": "fetch"},
+    )
+    with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
+        yield turn, fake
+
+
+def test_a_bash_tool_calls_request_carries_its_tool_use_id(
+    claude_here: BottleEnv, bash_turn: tuple[ToolTurn, FakeAnthropic]
+) -> None:
+    turn, fake = bash_turn
+    _claude_config(claude_here, fake)
+    _run_claude(claude_here)
+    assert any("from-the-tool" in r.path for r in claude_here.upstream.requests)
+    events = _events(claude_here)
+    tool = [e for e in events if e["kind"] == "tool"]
+    assert [(e["decision"], e["detail"]["id"], e["detail"]["tool"]) for e in tool] == [
+        ("start", TOOL_USE_ID, "Bash"),
+        ("end", TOOL_USE_ID, "Bash"),
+    ]
+    assert tool[0]["detail"]["summary"] == "curl -s http://allowed.test/from-the-tool"
+    (fetched,) = [e for e in events if e["kind"] == "egress" and e["host"] == "allowed.test"]
+    assert fetched["decision"] == "allow"
+    assert fetched["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
+    assert fetched["detail"]["tool_use"]["attribution"].startswith("advisory")
+    # Claude Code's calls before the tool ran are not attributed to it.
+    first_call = next(e for e in events if e["kind"] == "gateway")
+    assert "tool_use" not in (first_call.get("detail") or {})
+
+    listed = claude_here.cli("logs", "t", "--tool", TOOL_USE_ID, check=True).stdout
+    lines = listed.splitlines()
+    assert len(lines) >= 3, listed  # start, the request, end
+    assert all(TOOL_USE_ID in line for line in lines), listed
+    assert any("allowed.test" in line for line in lines)
+    assert "bundle-start" not in listed
