@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,9 +82,7 @@ def _events(env: BottleEnv) -> list[dict[str, Any]]:
 
 
 def _run_claude(env: BottleEnv) -> None:
-    result = env.run(
-        "claude", "-p", "--dangerously-skip-permissions", "Use the tool.", timeout=180
-    )
+    result = env.run("claude", "-p", "--dangerously-skip-permissions", "Use the tool.", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert DONE in result.stdout
 
@@ -102,6 +103,7 @@ def test_a_bash_tool_calls_request_carries_its_tool_use_id(
     turn, fake = bash_turn
     _claude_config(claude_here, fake)
     _run_claude(claude_here)
+    assert turn.results  # Claude Code ran the tool and sent its result back
     assert any("from-the-tool" in r.path for r in claude_here.upstream.requests)
     events = _events(claude_here)
     tool = [e for e in events if e["kind"] == "tool"]
@@ -124,3 +126,71 @@ def test_a_bash_tool_calls_request_carries_its_tool_use_id(
     assert all(TOOL_USE_ID in line for line in lines), listed
     assert any("allowed.test" in line for line in lines)
     assert "bundle-start" not in listed
+
+
+NAMESPACE = pytest.mark.parametrize("backend", ["namespace"], indirect=True)
+
+
+@NAMESPACE
+def test_a_held_request_shows_the_tool_call_that_made_it(claude_here: BottleEnv) -> None:
+    turn = ToolTurn(
+        "Bash",
+        {
+            "command": "curl -sS -w ' %{http_code}' http://denied.test/npm-install",
+            "description": "fetch",
+        },
+    )
+    with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
+        _claude_config(claude_here, fake)
+        claude_here.config.write_text(
+            claude_here.config.read_text().replace("[egress]\n", '[egress]\nmode = "ask"\n', 1)
+        )
+        cli = [*_cli_prefix(claude_here), "claude", "-p", "--dangerously-skip-permissions", "go"]
+        running = subprocess.Popen(
+            cli,
+            env=claude_here.env,
+            cwd=claude_here.workspace,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            item = _wait_held(claude_here)
+            assert (item["host"], item["port"]) == ("denied.test", 80)
+            assert item["tool_call"].startswith("Bash: curl -sS")
+            text = claude_here.cli("pending").stdout
+            assert "Bash: curl -sS" in text and "TOOL CALL (advisory)" in text
+            assert claude_here.cli("deny", "t", "denied.test").returncode == 0
+            out, err = running.communicate(timeout=120)
+        finally:
+            if running.poll() is None:
+                running.kill()
+        assert running.returncode == 0, out + err
+    assert turn.results and "ask-denied" in json.dumps(turn.results)  # the agent saw why
+    held = [e for e in _events(claude_here) if e["decision"] == "pending"]
+    assert held and held[0]["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
+
+
+def _cli_prefix(env: BottleEnv) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "claude_bottle",
+        "run",
+        "--backend",
+        env.backend,
+        "--name",
+        "t",
+        "--",
+    ]
+
+
+def _wait_held(env: BottleEnv) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        items = json.loads(env.cli("pending", "--json", check=True).stdout)
+        if items:
+            return dict(items[0])
+        assert time.monotonic() < deadline, "nothing was held"
+        time.sleep(0.3)
