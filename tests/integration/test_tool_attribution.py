@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import BottleEnv
+from tests.integration.tls_upstream import TLSUpstream
 
 pytestmark = pytest.mark.integration
 
@@ -54,20 +56,23 @@ class ToolTurn:
         return None
 
 
-def _claude_config(env: BottleEnv, fake: FakeAnthropic, extra: str = "") -> None:
+def _claude_config(
+    env: BottleEnv, fake: FakeAnthropic, *, egress: str = "", resolve: str = ""
+) -> None:
     env.env["ANTHROPIC_API_KEY"] = REAL_KEY  # on the host only
     env.write_config(f"""
-        [egress]
-        allow = ["allowed.test"]
-        [egress.resolve]
-        "allowed.test" = "127.0.0.1:{env.upstream.port}"
-        "denied.test" = "127.0.0.1:{env.upstream.port}"
-        [gateway]
-        anthropic_upstream = "{fake.url}"
-        [dlp]
-        enabled = true
-        {extra}
-    """)
+[egress]
+{egress}
+allow = ["allowed.test", "tls.test"]
+[egress.resolve]
+"allowed.test" = "127.0.0.1:{env.upstream.port}"
+"denied.test" = "127.0.0.1:{env.upstream.port}"
+{resolve}
+[gateway]
+anthropic_upstream = "{fake.url}"
+[dlp]
+enabled = true
+""")
 
 
 @pytest.fixture
@@ -141,10 +146,7 @@ def test_a_held_request_shows_the_tool_call_that_made_it(claude_here: BottleEnv)
         },
     )
     with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
-        _claude_config(claude_here, fake)
-        claude_here.config.write_text(
-            claude_here.config.read_text().replace("[egress]\n", '[egress]\nmode = "ask"\n', 1)
-        )
+        _claude_config(claude_here, fake, egress='mode = "ask"')
         cli = [*_cli_prefix(claude_here), "claude", "-p", "--dangerously-skip-permissions", "go"]
         running = subprocess.Popen(
             cli,
@@ -194,3 +196,71 @@ def _wait_held(env: BottleEnv) -> dict[str, Any]:
             return dict(items[0])
         assert time.monotonic() < deadline, "nothing was held"
         time.sleep(0.3)
+
+
+@pytest.fixture
+def tls_upstream(tmp_path: Path) -> Iterator[TLSUpstream]:
+    server = TLSUpstream(tmp_path, "tls.test")
+    yield server
+    server.close()
+
+
+def _webfetch(env: BottleEnv, upstream: TLSUpstream, url: str) -> tuple[ToolTurn, FakeAnthropic]:
+    """Claude Code runs one WebFetch of `url`; tls.test is allowed (and intercepted),
+    denied.test is not."""
+    turn = ToolTurn("WebFetch", {"url": url, "prompt": "What does the page say?"})
+    with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
+        _claude_config(
+            env,
+            fake,
+            egress=f'upstream_ca_file = "{upstream.ca_file}"',
+            resolve=f'"tls.test" = "127.0.0.1:{upstream.port}"',
+        )
+        _run_claude(env)
+    return turn, fake
+
+
+@NAMESPACE
+def test_webfetch_goes_straight_to_the_host_and_is_attributed(
+    claude_here: BottleEnv, tls_upstream: TLSUpstream
+) -> None:
+    turn, fake = _webfetch(claude_here, tls_upstream, "https://tls.test/page")
+    (fetched,) = tls_upstream.requests  # through the bundle's interception, our CA trusted
+    assert fetched.path == "/page"
+    # WebFetch hands the page to a model call of its own (the gateway, then the fake).
+    assert any(b"hello from upstream /page" in r.body for r in fake.requests)
+    events = _events(claude_here)
+    get = next(e for e in events if e["kind"] == "egress" and e["method"] == "GET")
+    assert (get["host"], get["path"], get["decision"]) == ("tls.test", "/page", "allow")
+    assert get["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
+    # No domain check first (skipWebFetchPreflight): only tls.test left the bottle.
+    assert {e["host"] for e in events if e["kind"] == "egress"} == {"tls.test"}
+    assert turn.results
+
+
+@NAMESPACE
+def test_webfetch_of_a_refused_host_reports_the_403(
+    claude_here: BottleEnv, tls_upstream: TLSUpstream
+) -> None:
+    turn, _ = _webfetch(claude_here, tls_upstream, "https://denied.test/page")
+    # Claude Code's WebFetch reports an error status without its body ("The response body
+    # was not retrieved"): the agent learns 403, the rule and hint are in the audit log.
+    (result,) = turn.results
+    assert "HTTP 403" in json.dumps(result), result
+    assert not claude_here.upstream.requests and not tls_upstream.requests
+    (refused,) = [e for e in _events(claude_here) if e["kind"] == "egress"]
+    assert (refused["host"], refused["decision"]) == ("denied.test", "deny")
+    assert refused["rule"] == "deny:not-allowlisted"
+    assert refused["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
+
+
+@NAMESPACE
+def test_webfetch_of_an_excluded_host_gets_no_status_at_all(claude_here: BottleEnv) -> None:
+    """The contrast: a host excluded from interception keeps the plain CONNECT refusal,
+    and WebFetch then reports only a dropped connection (no 403, no rule)."""
+    turn = ToolTurn("WebFetch", {"url": "https://denied.test/page", "prompt": "x"})
+    with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
+        _claude_config(claude_here, fake, egress='intercept_exclude = ["denied.test"]')
+        _run_claude(claude_here)
+    (result,) = turn.results
+    assert "403" not in json.dumps(result), result
