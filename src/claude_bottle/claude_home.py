@@ -184,13 +184,7 @@ def seed_claude_home(
 
 def _install_tool_hook(target: Path, tool_hook: ToolHook) -> None:
     """Copy the hook in and register it in the bottle's settings.json, every launch (the
-    agent may have edited either: attribution is advisory, launch restores it).
-
-    `skipWebFetchPreflight`: before each WebFetch, Claude Code asks api.anthropic.com
-    whether the domain may be fetched (`/api/web/domain_info`). The bottle's egress
-    policy is what decides here; that request would be refused like any other host not
-    allowed, and WebFetch would then fail with "unable to verify" instead of showing the
-    bundle's refusal and its hint."""
+    agent may have edited either: attribution is advisory, launch restores it)."""
     _replace(target / HOOK_NAME, HOOK_SCRIPT.read_bytes())
     raw = _read_file(target / "settings.json", MAX_SETTINGS, follow=False)
     try:
@@ -212,7 +206,6 @@ def _install_tool_hook(target: Path, tool_hook: ToolHook) -> None:
         ]
         hooks[event] = [*kept, ours]
     settings["hooks"] = hooks
-    settings["skipWebFetchPreflight"] = True
     _replace(target / "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
 
 

@@ -8,26 +8,32 @@ to the bundle through the relay; the audit events made meanwhile carry its id.
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import BottleEnv
-from tests.integration.tls_upstream import TLSUpstream
+from tests.integration.tls_upstream import TLSUpstream, _cert
 
 pytestmark = pytest.mark.integration
 
 REAL_KEY = "sk-ant-api03-" + "TestOnlyRealKey" * 6 + "-AbCdEfAA"
 TOOL_USE_ID = "toolu_01BottleAttribution"
 DONE = "Done with the tool call."
+API_HOST = "api.anthropic.com"
 
 
 class ToolTurn:
@@ -198,69 +204,169 @@ def _wait_held(env: BottleEnv) -> dict[str, Any]:
         time.sleep(0.3)
 
 
+class DomainInfo:
+    """Stands in for api.anthropic.com's `/api/web/domain_info`, which Claude Code asks
+    before each WebFetch whether a domain may be fetched (this machine is offline). A
+    fake: TLS with its own throwaway CA, answering `can_fetch: true` for every domain."""
+
+    def __init__(self, directory: Path) -> None:
+        self.asked: list[str] = []
+        ca_key, key = (
+            ec.generate_private_key(ec.SECP256R1()),
+            ec.generate_private_key(ec.SECP256R1()),
+        )
+        ca = _cert("domain-info test CA", ca_key, None, ca_key, ca=True)
+        leaf = _cert(API_HOST, key, ca.subject, ca_key, ca=False, san=API_HOST)
+        self.ca_file = directory / "domain-info-ca.pem"
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        (directory / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        (directory / "leaf.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        asked = self.asked
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                asked.append(self.path)
+                domain = self.path.partition("domain=")[2]
+                body = json.dumps({"domain": domain, "can_fetch": True}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+
 @pytest.fixture
 def tls_upstream(tmp_path: Path) -> Iterator[TLSUpstream]:
-    server = TLSUpstream(tmp_path, "tls.test")
+    (tmp_path / "site").mkdir()
+    server = TLSUpstream(tmp_path / "site", "tls.test")
     yield server
     server.close()
 
 
-def _webfetch(env: BottleEnv, upstream: TLSUpstream, url: str) -> tuple[ToolTurn, FakeAnthropic]:
-    """Claude Code runs one WebFetch of `url`; tls.test is allowed (and intercepted),
-    denied.test is not."""
+@pytest.fixture
+def domain_info(tmp_path: Path) -> Iterator[DomainInfo]:
+    (tmp_path / "api").mkdir()
+    fake = DomainInfo(tmp_path / "api")
+    yield fake
+    fake.close()
+
+
+def _webfetch(
+    env: BottleEnv, upstream: TLSUpstream, domain_info: DomainInfo, url: str, egress: str = ""
+) -> tuple[ToolTurn, FakeAnthropic]:
+    """Claude Code runs one WebFetch of `url`; tls.test and api.anthropic.com (allowed by
+    default) are allowed and intercepted, denied.test is not."""
+    cas = env.root / "upstream-cas.pem"
+    cas.write_bytes(upstream.ca_file.read_bytes() + domain_info.ca_file.read_bytes())
     turn = ToolTurn("WebFetch", {"url": url, "prompt": "What does the page say?"})
     with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
         _claude_config(
             env,
             fake,
-            egress=f'upstream_ca_file = "{upstream.ca_file}"',
-            resolve=f'"tls.test" = "127.0.0.1:{upstream.port}"',
+            egress=f'upstream_ca_file = "{cas}"\n{egress}',
+            resolve=(
+                f'"tls.test" = "127.0.0.1:{upstream.port}"\n'
+                f'"api.anthropic.com" = "127.0.0.1:{domain_info.port}"'
+            ),
         )
         _run_claude(env)
     return turn, fake
 
 
 @NAMESPACE
-def test_webfetch_goes_straight_to_the_host_and_is_attributed(
-    claude_here: BottleEnv, tls_upstream: TLSUpstream
+def test_webfetch_checks_the_domain_then_fetches_and_both_are_attributed(
+    claude_here: BottleEnv, tls_upstream: TLSUpstream, domain_info: DomainInfo
 ) -> None:
-    turn, fake = _webfetch(claude_here, tls_upstream, "https://tls.test/page")
+    turn, fake = _webfetch(claude_here, tls_upstream, domain_info, "https://tls.test/page")
+    # Claude Code's own extra request: the domain check, through the egress proxy.
+    assert domain_info.asked == ["/api/web/domain_info?domain=tls.test"]
     (fetched,) = tls_upstream.requests  # through the bundle's interception, our CA trusted
     assert fetched.path == "/page"
     # WebFetch hands the page to a model call of its own (the gateway, then the fake).
     assert any(b"hello from upstream /page" in r.body for r in fake.requests)
-    events = _events(claude_here)
-    get = next(e for e in events if e["kind"] == "egress" and e["method"] == "GET")
-    assert (get["host"], get["path"], get["decision"]) == ("tls.test", "/page", "allow")
-    assert get["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
-    # No domain check first (skipWebFetchPreflight): only tls.test left the bottle.
-    assert {e["host"] for e in events if e["kind"] == "egress"} == {"tls.test"}
+    gets = [e for e in _events(claude_here) if e["kind"] == "egress" and e["method"] == "GET"]
+    assert [(e["host"], e["decision"]) for e in gets] == [
+        ("api.anthropic.com", "allow"),
+        ("tls.test", "allow"),
+    ]
+    assert all(e["detail"]["tool_use"]["ids"] == [TOOL_USE_ID] for e in gets)
     assert turn.results
 
 
 @NAMESPACE
 def test_webfetch_of_a_refused_host_reports_the_403(
-    claude_here: BottleEnv, tls_upstream: TLSUpstream
+    claude_here: BottleEnv, tls_upstream: TLSUpstream, domain_info: DomainInfo
 ) -> None:
-    turn, _ = _webfetch(claude_here, tls_upstream, "https://denied.test/page")
+    turn, _ = _webfetch(claude_here, tls_upstream, domain_info, "https://denied.test/page")
     # Claude Code's WebFetch reports an error status without its body ("The response body
     # was not retrieved"): the agent learns 403, the rule and hint are in the audit log.
     (result,) = turn.results
     assert "HTTP 403" in json.dumps(result), result
     assert not claude_here.upstream.requests and not tls_upstream.requests
-    (refused,) = [e for e in _events(claude_here) if e["kind"] == "egress"]
-    assert (refused["host"], refused["decision"]) == ("denied.test", "deny")
-    assert refused["rule"] == "deny:not-allowlisted"
-    assert refused["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
+    egress = [e for e in _events(claude_here) if e["kind"] == "egress"]
+    refused = [e for e in egress if e["host"] == "denied.test"]
+    assert [(e["decision"], e["rule"]) for e in refused] == [("deny", "deny:not-allowlisted")]
+    assert refused[0]["detail"]["tool_use"]["ids"] == [TOOL_USE_ID]
 
 
 @NAMESPACE
-def test_webfetch_of_an_excluded_host_gets_no_status_at_all(claude_here: BottleEnv) -> None:
+def test_webfetch_of_an_excluded_host_gets_no_status_at_all(
+    claude_here: BottleEnv, tls_upstream: TLSUpstream, domain_info: DomainInfo
+) -> None:
     """The contrast: a host excluded from interception keeps the plain CONNECT refusal,
     and WebFetch then reports only a dropped connection (no 403, no rule)."""
-    turn = ToolTurn("WebFetch", {"url": "https://denied.test/page", "prompt": "x"})
-    with FakeAnthropic("Hello.", api_key=REAL_KEY, reply=turn) as fake:
-        _claude_config(claude_here, fake, egress='intercept_exclude = ["denied.test"]')
-        _run_claude(claude_here)
+    turn, _ = _webfetch(
+        claude_here,
+        tls_upstream,
+        domain_info,
+        "https://denied.test/page",
+        egress='intercept_exclude = ["denied.test"]',
+    )
     (result,) = turn.results
     assert "403" not in json.dumps(result), result
+
+
+@NAMESPACE
+def test_webfetch_without_its_domain_check_fails_before_fetching(
+    claude_here: BottleEnv, tls_upstream: TLSUpstream, domain_info: DomainInfo
+) -> None:
+    """api.anthropic.com denied: the domain check is refused like any
+    other host, and WebFetch gives up before it fetches anything."""
+    turn, _ = _webfetch(
+        claude_here,
+        tls_upstream,
+        domain_info,
+        "https://tls.test/page",
+        egress='deny = ["api.anthropic.com"]',
+    )
+    assert not tls_upstream.requests and not domain_info.asked
+    (result,) = turn.results
+    assert "tls.test" in json.dumps(result), result
+    refused = [e for e in _events(claude_here) if e["host"] == "api.anthropic.com"]
+    assert refused and refused[0]["decision"] == "deny"

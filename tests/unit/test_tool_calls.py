@@ -184,7 +184,7 @@ def test_seeding_registers_the_hooks_and_keeps_the_bottles_own(tmp_path: Path) -
     for _ in range(2):  # every launch: once, not once per launch
         seed_claude_home(bottle, host, Path("/w"), ToolHook("/usr/bin/python3", 3131))
     settings = json.loads((bottle / ".claude" / "settings.json").read_text())
-    assert settings["skipWebFetchPreflight"] is True
+    assert "skipWebFetchPreflight" not in settings  # Claude Code's own checks stay
     pre = settings["hooks"]["PreToolUse"]
     assert pre[0] == own["hooks"]["PreToolUse"][0] and len(pre) == 2
     ours = pre[1]["hooks"][0]
