@@ -60,5 +60,6 @@ def test_npm_sees_the_refusal_inside_tls(bottle_env: BottleEnv) -> None:
     )
     out = result.stdout
     assert "E403" in out, result
+    assert "403 Forbidden - GET https://denied.test/left-pad - claude-bottle: blocked" in out
     assert HINT in out
     assert "CONNECT tunnel failed" not in out
