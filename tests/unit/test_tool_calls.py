@@ -335,3 +335,16 @@ def test_a_held_request_names_the_tool_call_that_made_it(
         assert answers[0].startswith(b"HTTP/1.1 403")
     finally:
         bundle.stop()
+
+
+def test_supervise_shows_the_tool_call_escaped_and_never_as_markup() -> None:
+    from claude_bottle.cli.supervise_commands import Pending
+    from claude_bottle.tui.app import held_text
+
+    item = Pending("b", "registry.test", 443, 1, 0.0, "CONNECT registry.test:443", "")
+    assert held_text(item) == "CONNECT registry.test:443"
+    hostile = item._replace(tool_call="Bash: npm i\x1b[2J[b]x[/b]\u202e" + "y" * 500)
+    shown = held_text(hostile)
+    assert shown.startswith("Bash: npm i\\x1b[2J[b]x[/b]") and "\x1b" not in shown
+    assert "\u202e" not in shown and len(shown) <= 80
+    assert shown.endswith("→ CONNECT registry.test:443")
