@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import BottleEnv
 from tests.integration.tls_upstream import TLSUpstream, _cert
+from tests.integration.tmux import TmuxScreen
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +170,9 @@ def test_a_held_request_shows_the_tool_call_that_made_it(claude_here: BottleEnv)
             assert item["tool_call"].startswith("Bash: curl -sS")
             text = claude_here.cli("pending").stdout
             assert "Bash: curl -sS" in text and "TOOL CALL (advisory)" in text
+            with TmuxScreen(claude_here, "supervise", cols=80, rows=24) as screen:
+                screen.wait_for("Bash: curl -sS")  # the live view's held list, at 80×24
+                screen.wait_for("TOOL CALL (advisory)")
             assert claude_here.cli("deny", "t", "denied.test").returncode == 0
             out, err = running.communicate(timeout=120)
         finally:
