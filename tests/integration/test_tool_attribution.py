@@ -173,6 +173,7 @@ def test_a_held_request_shows_the_tool_call_that_made_it(claude_here: BottleEnv)
             with TmuxScreen(claude_here, "supervise", cols=80, rows=24) as screen:
                 screen.wait_for("Bash: curl -sS")  # the live view's held list, at 80×24
                 screen.wait_for("TOOL CALL (advisory)")
+                screen.wait_for("rule=PreToolUse  tool=Bash")  # the events pane
             assert claude_here.cli("deny", "t", "denied.test").returncode == 0
             out, err = running.communicate(timeout=120)
         finally:
