@@ -19,6 +19,7 @@ from claude_bottle.bundle import control
 from claude_bottle.bundle.tool_calls import (
     ADVISORY,
     BURST,
+    MAX_CONNECTIONS,
     MAX_RECORD,
     ToolCalls,
     concerns,
@@ -348,3 +349,28 @@ def test_supervise_shows_the_tool_call_escaped_and_never_as_markup() -> None:
     assert shown.startswith("Bash: npm i\\x1b[2J[b]x[/b]") and "\x1b" not in shown
     assert "\u202e" not in shown and len(shown) <= 80
     assert shown.endswith("→ CONNECT registry.test:443")
+
+
+def test_a_flood_through_the_socket_is_bounded_and_idle_connections_are_capped(
+    hooked: RunningBundle,
+) -> None:
+    answers = [_hook(hooked, _line(id=f"toolu_{n}") + b"\n") for n in range(300)]
+    assert answers.count(b"ok\n") <= BURST + 40  # the burst, and the rate's refill meanwhile
+    assert answers.count(b"dropped\n") >= 300 - BURST - 40
+    assert hooked.bundle is not None and len(hooked.bundle.tool_calls.running) <= 32
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):  # each sends nothing: a slot held until it times out
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(hooked.settings.hook_socket))
+            idle.append(sock)
+        for _ in range(200):  # bounded: until the bundle has accepted them all
+            if hooked.bundle.tool_calls.connections == MAX_CONNECTIONS:
+                break
+            threading.Event().wait(0.02)
+        assert _hook(hooked, _line() + b"\n") == b""  # closed at once, unanswered
+    finally:
+        for sock in idle:
+            sock.close()
+    get = b"GET http://allowed.test/x HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    assert hooked.request(get).startswith(b"HTTP/1.1 200")  # the proxy never noticed

@@ -151,7 +151,7 @@ class ToolCalls:
         self.accepted = 0
         self.dropped = 0
         self._bucket = _Bucket(RATE, BURST)
-        self._connections = 0
+        self.connections = 0  # hook connections being served
         self._dropped_reported = 0
         self._reported_at = -DROP_REPORT_SECONDS
 
@@ -186,11 +186,11 @@ class ToolCalls:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One hook connection: one record line in, `ok` or `dropped` out."""
-        if self._connections >= MAX_CONNECTIONS:
+        if self.connections >= MAX_CONNECTIONS:
             self.drop("busy")
             writer.close()
             return
-        self._connections += 1
+        self.connections += 1
         try:
             try:
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_SECONDS)
@@ -205,7 +205,7 @@ class ToolCalls:
                 writer.write(b"ok\n" if accepted else b"dropped\n")
                 await writer.drain()
         finally:
-            self._connections -= 1
+            self.connections -= 1
             writer.close()
 
     def accept(self, line: bytes) -> bool:
