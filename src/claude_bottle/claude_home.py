@@ -5,7 +5,9 @@ allowlist of keys of `~/.claude/settings.json` (`SETTINGS`), and CLAUDE.md,
 commands and agents. Never `.credentials.json` or `~/.claude.json` (tokens, MCP
 servers with their headers and env, per-project history), and never a setting
 that holds secrets or names a program: `env`, `apiKeyHelper`, `awsAuthRefresh`,
-`awsCredentialExport`, `otelHeadersHelper`, `hooks`, `statusLine`, MCP servers.
+`awsCredentialExport`, `otelHeadersHelper`, `hooks`, `statusLine`, MCP servers. The one
+program the settings do name is the bottle's own: the tool-call hook (`ToolHook`,
+`bundle/tool_hook.py`), which tells the bundle which tool call runs.
 
 The bottle's home is a host directory the agent writes to, so anything in it
 may be a planted symlink: nothing here follows one. A file is created with
