@@ -194,13 +194,15 @@ class ToolCalls:
         try:
             try:
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_SECONDS)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                line = b""
+                accepted = self.accept(line[:-1])
+            except TimeoutError:
+                accepted = False
+                self.drop("timeout")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):  # no line, or too long
+                accepted = False
+                self.drop("malformed")
             except ConnectionError:
                 return
-            accepted = bool(line) and self.accept(line[:-1])
-            if not line:
-                self.drop("malformed")
             with contextlib.suppress(ConnectionError):
                 writer.write(b"ok\n" if accepted else b"dropped\n")
                 await writer.drain()
