@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from claude_bottle.bundle import control
+from claude_bottle.bundle import control, tool_calls
 from claude_bottle.bundle.tool_calls import (
     ADVISORY,
     BURST,
@@ -92,13 +93,21 @@ def test_the_running_set_tags_only_traffic_events_and_says_it_is_advisory() -> N
     assert end["detail"]["summary"] == "curl x"  # the start's summary, not the end's claim
 
 
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flood arrives in no time at all: nothing refills the rate's bucket meanwhile,
+    however slowly this machine runs the test."""
+    monkeypatch.setattr(tool_calls, "time", types.SimpleNamespace(monotonic=lambda: 1000.0))
+
+
+@pytest.mark.usefixtures("frozen_clock")
 def test_a_flood_of_hook_records_is_bounded_and_its_drops_audited_once() -> None:
     recorded: list[tuple[Any, ...]] = []
     calls = ToolCalls(lambda *a, **f: recorded.append((a, f)), lambda: None)
     for n in range(5000):
         calls.accept(_line(id=f"toolu_{n}"))
-    assert calls.accepted <= BURST + 5  # the burst, and what the rate refilled meanwhile
-    assert calls.dropped >= 5000 - calls.accepted
+    assert calls.accepted == BURST
+    assert calls.dropped == 5000 - BURST
     assert len(calls.running) <= 32
     drops = [f for (kind, decision), f in recorded if decision == "dropped"]
     assert len(drops) == 1 and drops[0]["detail"]["reason"] == "rate"
@@ -351,12 +360,13 @@ def test_supervise_shows_the_tool_call_escaped_and_never_as_markup() -> None:
     assert shown.endswith("→ CONNECT registry.test:443")
 
 
+@pytest.mark.usefixtures("frozen_clock")
 def test_a_flood_through_the_socket_is_bounded_and_idle_connections_are_capped(
     hooked: RunningBundle,
 ) -> None:
     answers = [_hook(hooked, _line(id=f"toolu_{n}") + b"\n") for n in range(300)]
-    assert answers.count(b"ok\n") <= BURST + 40  # the burst, and the rate's refill meanwhile
-    assert answers.count(b"dropped\n") >= 300 - BURST - 40
+    assert answers.count(b"ok\n") == BURST
+    assert answers.count(b"dropped\n") == 300 - BURST
     assert hooked.bundle is not None and len(hooked.bundle.tool_calls.running) <= 32
     idle = []
     try:
