@@ -15,6 +15,7 @@ GIT_PORT = 3130  # the bundle's git gate (`[git.remotes]`)
 # The gate's URL rewrites, published by the bundle beside its sockets; every backend shows
 # that directory read-only at /run/claude-bottle/bundle (git_identity.py).
 GATE_GIT_CONFIG = "/run/claude-bottle/bundle/gitconfig"
+HOOK_PORT = 3131  # Claude Code's tool-call hooks (`bundle/tool_calls.py`)
 # What the bottle holds instead of a key: the gateway swaps in the real credential.
 PLACEHOLDER_API_KEY = "sk-ant-claude-bottle-placeholder-the-real-key-stays-on-the-host"
 # Claude Code's own switches for traffic the bottle would refuse anyway.

@@ -5,7 +5,9 @@ allowlist of keys of `~/.claude/settings.json` (`SETTINGS`), and CLAUDE.md,
 commands and agents. Never `.credentials.json` or `~/.claude.json` (tokens, MCP
 servers with their headers and env, per-project history), and never a setting
 that holds secrets or names a program: `env`, `apiKeyHelper`, `awsAuthRefresh`,
-`awsCredentialExport`, `otelHeadersHelper`, `hooks`, `statusLine`, MCP servers.
+`awsCredentialExport`, `otelHeadersHelper`, `hooks`, `statusLine`, MCP servers. The one
+program the settings do name is the bottle's own: the tool-call hook (`ToolHook`,
+`bundle/tool_hook.py`), which tells the bundle which tool call runs.
 
 The bottle's home is a host directory the agent writes to, so anything in it
 may be a planted symlink: nothing here follows one. A file is created with
@@ -21,11 +23,19 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from claude_bottle.bottle_env import PLACEHOLDER_API_KEY
 
 COPIED = ("CLAUDE.md", "commands", "agents")
 """Copied as they are: prompts the user wrote for Claude Code."""
+
+HOOK_SCRIPT = Path(__file__).resolve().parent / "bundle" / "tool_hook.py"
+HOOK_NAME = "claude-bottle-tool-hook.py"
+"""The tool-call hook, copied into the bottle's `~/.claude` at every launch."""
+HOOK_EVENTS = ("PreToolUse", "PostToolUse", "PostToolUseFailure")
+HOOK_TIMEOUT = 5
+"""Seconds Claude Code gives the hook; it gives up on the bundle itself after one."""
 
 MAX_SETTINGS = 1 << 20
 """A host settings.json larger than this is not carried in."""
@@ -125,11 +135,20 @@ def _create(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> None:
+class ToolHook(NamedTuple):
+    """How the bottle runs the tool-call hook: its interpreter and the relay's hook port."""
+
+    python: str  # a path or name the bottle's shell finds
+    port: int
+
+
+def seed_claude_home(
+    bottle_home: Path, host_home: Path, workspace: Path, tool_hook: ToolHook | None = None
+) -> None:
     """Prepare the bottle's home so `claude` starts without prompts or credentials.
 
     `workspace` is the workspace's path inside the bottle (every backend mounts it at
-    its host path).
+    its host path). With `tool_hook`, its settings run the tool-call hook.
     """
     state = {
         "hasCompletedOnboarding": True,
@@ -160,6 +179,48 @@ def seed_claude_home(bottle_home: Path, host_home: Path, workspace: Path) -> Non
             _create(dst, src.read_bytes())
         elif src.is_dir():
             shutil.copytree(src, dst, symlinks=True)
+    if tool_hook is not None:
+        with contextlib.suppress(OSError):  # something planted there: advisory, go without
+            _install_tool_hook(target, tool_hook)
+
+
+def _install_tool_hook(target: Path, tool_hook: ToolHook) -> None:
+    """Copy the hook in and register it in the bottle's settings.json, every launch (the
+    agent may have edited either: attribution is advisory, launch restores it)."""
+    _replace(target / HOOK_NAME, HOOK_SCRIPT.read_bytes())
+    raw = _read_file(target / "settings.json", MAX_SETTINGS, follow=False)
+    try:
+        settings = json.loads(raw) if raw is not None else {}
+    except (ValueError, RecursionError):
+        settings = {}
+    if not isinstance(settings, dict):
+        settings = {}
+    hooks = settings.get("hooks")
+    hooks = dict(hooks) if isinstance(hooks, dict) else {}
+    command = f'{tool_hook.python} -I -S "$HOME/.claude/{HOOK_NAME}" {tool_hook.port}'
+    ours = {"hooks": [{"type": "command", "command": command, "timeout": HOOK_TIMEOUT}]}
+    for event in HOOK_EVENTS:
+        theirs = hooks.get(event)
+        kept = [
+            entry
+            for entry in (theirs if isinstance(theirs, list) else [])
+            if HOOK_NAME not in json.dumps(entry)
+        ]
+        hooks[event] = [*kept, ours]
+    settings["hooks"] = hooks
+    _replace(target / "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` anew: a fresh file renamed over it (a symlink there is replaced, never
+    followed)."""
+    fresh = path.with_name(path.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        fresh.unlink()
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(fresh, path)
 
 
 def _strip_host_secrets(path: Path) -> None:
@@ -173,13 +234,7 @@ def _strip_host_secrets(path: Path) -> None:
     if not isinstance(settings, dict) or not any(k in settings for k in SECRET_SETTINGS):
         return
     kept = {k: v for k, v in settings.items() if k not in SECRET_SETTINGS}
-    fresh = path.with_name(path.name + ".stripped")
     try:
-        with contextlib.suppress(FileNotFoundError):
-            fresh.unlink()
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write((json.dumps(kept, indent=2) + "\n").encode())
-        os.replace(fresh, path)
+        _replace(path, (json.dumps(kept, indent=2) + "\n").encode())
     except OSError:  # something odd was planted there: the secrets go with the whole file
         path.unlink()

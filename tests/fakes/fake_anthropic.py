@@ -11,6 +11,10 @@ It is a fake, not a mock of any client: it speaks HTTP/1.1 with keep-alive and a
 - `POST /v1/messages/count_tokens`, `GET /v1/models`;
 - `HEAD /` and `GET /` with 200; anything else with the API's JSON 404.
 
+`reply`, when given, chooses the content of each `/v1/messages` answer from the request
+(a list of content blocks, e.g. a `tool_use` block to make Claude Code run a tool; None
+for the canned text); a reply with a `tool_use` block stops with `stop_reason: tool_use`.
+
 Every request is recorded (method, path, headers, body) for assertions. If `api_key` or
 `oauth_token` is set, calls without exactly that credential get the API's 401, so a test
 (or Claude Code end to end) proves the real credential arrived. A client that disconnects
@@ -29,12 +33,14 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 DEFAULT_TEXT = "Hello from the fake Anthropic API."
 DEFAULT_MODEL = "claude-fake-1"
+Reply = Callable[[dict[str, Any]], list[dict[str, Any]] | None]
 
 
 @dataclass
@@ -66,8 +72,10 @@ class FakeAnthropic:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ssl.SSLContext | None = None,
+        reply: Reply | None = None,
     ) -> None:
         self.text = text
+        self.reply = reply
         self.event_delay = event_delay
         self.deltas = max(1, deltas)
         self.input_tokens = input_tokens
@@ -209,8 +217,11 @@ class FakeAnthropic:
         with self._lock:
             self._message_seq += 1
             message_id = f"msg_fake{self._message_seq:020d}"
+        blocks = self.reply(params) if self.reply is not None else None
+        if blocks is None:
+            blocks = [{"type": "text", "text": self.text}]
         if params.get("stream") is True:
-            self._stream(h, message_id, model)
+            self._stream(h, message_id, model, blocks)
             return
         _send_json(
             h,
@@ -220,8 +231,8 @@ class FakeAnthropic:
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": self.text}],
-                "stop_reason": "end_turn",
+                "content": blocks,
+                "stop_reason": _stop_reason(blocks),
                 "stop_sequence": None,
                 "usage": self._usage(self.output_tokens),
             },
@@ -235,12 +246,11 @@ class FakeAnthropic:
             "output_tokens": output_tokens,
         }
 
-    def events(self, message_id: str, model: str) -> list[tuple[str, dict[str, Any]]]:
+    def events(
+        self, message_id: str, model: str, blocks: list[dict[str, Any]] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         """The SSE events of one streamed reply, in the real API's order and shapes."""
-        words = self.text.split(" ")
-        per = max(1, -(-len(words) // self.deltas))
-        pieces = [" ".join(words[i : i + per]) for i in range(0, len(words), per)]
-        pieces = [p if i == 0 else " " + p for i, p in enumerate(pieces)]
+        blocks = blocks if blocks is not None else [{"type": "text", "text": self.text}]
         start: dict[str, Any] = {
             "id": message_id,
             "type": "message",
@@ -253,28 +263,36 @@ class FakeAnthropic:
         }
         events: list[tuple[str, dict[str, Any]]] = [
             ("message_start", {"type": "message_start", "message": start}),
-            (
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-            ("ping", {"type": "ping"}),
         ]
-        for piece in pieces:
-            delta = {"type": "text_delta", "text": piece}
+        for index, block in enumerate(blocks):
+            if block["type"] == "tool_use":
+                opened = {**block, "input": {}}
+                deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"])}]
+            else:
+                opened = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": p} for p in self._pieces(block["text"])]
             events.append(
-                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": opened},
+                )
             )
+            if index == 0:
+                events.append(("ping", {"type": "ping"}))
+            for delta in deltas:
+                events.append(
+                    (
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": delta},
+                    )
+                )
+            events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
         events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             (
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "delta": {"stop_reason": _stop_reason(blocks), "stop_sequence": None},
                     "usage": {"output_tokens": self.output_tokens},
                 },
             ),
@@ -282,7 +300,20 @@ class FakeAnthropic:
         ]
         return events
 
-    def _stream(self, h: http.server.BaseHTTPRequestHandler, message_id: str, model: str) -> None:
+    def _pieces(self, text: str) -> list[str]:
+        """`text` in `deltas` pieces, split at spaces."""
+        words = text.split(" ")
+        per = max(1, -(-len(words) // self.deltas))
+        pieces = [" ".join(words[i : i + per]) for i in range(0, len(words), per)]
+        return [p if i == 0 else " " + p for i, p in enumerate(pieces)]
+
+    def _stream(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        message_id: str,
+        model: str,
+        blocks: list[dict[str, Any]],
+    ) -> None:
         h.send_response(200)
         h.send_header("content-type", "text/event-stream; charset=utf-8")
         h.send_header("cache-control", "no-cache")
@@ -291,7 +322,7 @@ class FakeAnthropic:
         h.end_headers()
         try:
             h.wfile.flush()
-            for index, (name, data) in enumerate(self.events(message_id, model)):
+            for index, (name, data) in enumerate(self.events(message_id, model, blocks)):
                 if index and self._peer_closed(h.connection, self.event_delay):
                     raise ConnectionResetError("peer closed")
                 frame = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
@@ -323,6 +354,10 @@ class FakeAnthropic:
                 time.sleep(min(0.01, max(0.0, remaining)))  # pipelined data: keep waiting
             if remaining <= 0:
                 return False
+
+
+def _stop_reason(blocks: list[dict[str, Any]]) -> str:
+    return "tool_use" if any(block["type"] == "tool_use" for block in blocks) else "end_turn"
 
 
 def _read_body(h: http.server.BaseHTTPRequestHandler) -> bytes | None:

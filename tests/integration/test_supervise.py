@@ -61,7 +61,8 @@ def test_pending_deny_and_allow_always_from_the_shell(bottle_env: BottleEnv) -> 
     by_bottle = {item["bottle"]: item for item in items}
     assert set(by_bottle) == {"one", "two"}
     one = by_bottle["one"]
-    assert set(one) == {"bottle", "host", "port", "waiting", "since", "first_line"}
+    assert set(one) == {"bottle", "host", "port", "waiting", "since", "first_line", "tool_call"}
+    assert one["tool_call"] == ""  # no Claude Code tool call ran it
     assert (one["host"], one["port"], one["waiting"]) == ("denied.test", 80, 1)
     assert one["first_line"] == "GET http://denied.test/a"
     text = bottle_env.cli("pending", "two")

@@ -4,6 +4,8 @@ of an opaque `CONNECT tunnel failed`."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.integration.conftest import BottleEnv
@@ -46,3 +48,18 @@ def test_an_ask_timeout_carries_the_hint_inside_tls(bottle_env: BottleEnv) -> No
     )
     result = bottle_env.sh("curl -sS --max-time 20 https://denied.test/held")
     assert "rule ask-timeout" in result.stdout and HINT in result.stdout, result
+
+
+def test_npm_sees_the_refusal_inside_tls(bottle_env: BottleEnv) -> None:
+    if shutil.which("npm", path=bottle_env.env["PATH"]) is None:
+        pytest.skip("npm is not installed")
+    result = bottle_env.sh(
+        "cd /tmp && npm view left-pad version --registry https://denied.test/ "
+        "--fetch-retries 0 --cache /tmp/npm-cache 2>&1; echo rc=$?",
+        timeout=120,
+    )
+    out = result.stdout
+    assert "E403" in out, result
+    assert "403 Forbidden - GET https://denied.test/left-pad - claude-bottle: blocked" in out
+    assert HINT in out
+    assert "CONNECT tunnel failed" not in out

@@ -56,6 +56,7 @@ _WHERE = {
     "anthropic_credential",
     "gateway_ca_file",
     "git_socket",
+    "hook_socket",
     "git_cache",
     "git_remotes",
 }

@@ -108,6 +108,8 @@ def test_argv_is_pinned() -> None:
         "3129=/run/claude-bottle/bundle/gateway.sock",
         "--listen",
         "3130=/run/claude-bottle/bundle/git.sock",
+        "--listen",
+        "3131=/run/claude-bottle/bundle/hook.sock",
         "--exec-socket",
         "/run/claude-bottle/exec/exec.sock",
         "--hold",

@@ -107,7 +107,7 @@ def test_a_copy_an_earlier_version_made_whole_loses_the_hosts_secrets(tmp_path: 
     assert json.loads((bottle / ".claude" / "settings.json").read_text()) == {"model": "m"}
     # A planted directory where the rewrite goes: the whole file goes instead.
     (bottle / ".claude" / "settings.json").write_text(json.dumps(old_copy))
-    (bottle / ".claude" / "settings.json.stripped").mkdir()
-    (bottle / ".claude" / "settings.json.stripped" / "x").write_text("")
+    (bottle / ".claude" / "settings.json.new").mkdir()
+    (bottle / ".claude" / "settings.json.new" / "x").write_text("")
     seed_claude_home(bottle, host, Path("/work/project"))
     assert not (bottle / ".claude" / "settings.json").exists()

@@ -145,6 +145,8 @@ def test_agent_command_is_the_relay_holding_the_bottle_open() -> None:
         "3129=/run/claude-bottle/bundle/gateway.sock",
         "--listen",
         "3130=/run/claude-bottle/bundle/git.sock",
+        "--listen",
+        "3131=/run/claude-bottle/bundle/hook.sock",
         "--exec-socket",
         "/run/claude-bottle/exec/exec.sock",
         "--hold",

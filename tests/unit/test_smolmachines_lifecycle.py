@@ -131,6 +131,7 @@ def test_launch_creates_then_starts_then_tears_down(rig: Rig) -> None:
         assert sockets == [
             f"{runtime}/bundle/proxy.sock:/run/claude-bottle/proxy.sock",
             f"{runtime}/bundle/gateway.sock:/run/claude-bottle/gateway.sock",
+            f"{runtime}/bundle/hook.sock:/run/claude-bottle/hook.sock",
         ]
         assert "--net" not in create
         assert rig.machines()[MACHINE]["state"] == "running"

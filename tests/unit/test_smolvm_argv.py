@@ -163,6 +163,7 @@ def test_machine_create_argv_has_no_network_flag() -> None:
         "--listen", "3128=/run/claude-bottle/proxy.sock",
         "--listen", "3129=/run/claude-bottle/gateway.sock",
         "--listen", "3130=/run/claude-bottle/git.sock",
+        "--listen", "3131=/run/claude-bottle/hook.sock",
         "--ready-file", "/run/claude-bottle/state/ready",
         "--hold",
     ]  # fmt: skip
@@ -200,6 +201,7 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
     assert spec.mount_sockets == (
         (str(tmp_path / "bundle" / "proxy.sock"), "/run/claude-bottle/proxy.sock"),
         (str(tmp_path / "bundle" / "gateway.sock"), "/run/claude-bottle/gateway.sock"),
+        (str(tmp_path / "bundle" / "hook.sock"), "/run/claude-bottle/hook.sock"),
     )
     assert spec.volumes == (
         (str(tmp_path / "lib"), "/opt/claude-bottle", True),

@@ -128,7 +128,7 @@ def test_the_view_caps_held_hosts_per_bottle_and_escapes_them(
 
     monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
     held = [
-        Pending("flood", f"h{n}.\x1b[31m[b]x[/b].test", 80, 1, 0.0, "GET /\x07")
+        Pending("flood", f"h{n}.\x1b[31m[b]x[/b].test", 80, 1, 0.0, "GET /\x07", "")
         for n in range(PENDING_PER_BOTTLE + 5)
     ]
 

@@ -94,3 +94,16 @@ def test_a_client_that_does_not_speak_tls_is_just_closed(
         sock.sendall(b"GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n")  # plain text, not TLS
         assert b"403" not in _read_all(sock)  # closed: nothing to show it in
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_client_asking_for_json_gets_the_refusal_as_its_error_field() -> None:
+    from claude_bottle.bundle.tls_refusal import refusal_response
+
+    body = b"claude-bottle: blocked x.test: not allowed (rule deny:x). To allow it: hint\n"
+    text = refusal_response(403, "deny:x", body, b"*/*")
+    assert b"text/plain" in text and text.endswith(body)
+    answer = refusal_response(403, "deny:x", body, b"application/json; q=0.8, */*")
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(payload) == {"error": body.decode().strip(), "rule": "deny:x"}
+    assert f"content-length: {len(payload)}".encode() in head.lower()

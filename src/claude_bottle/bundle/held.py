@@ -49,13 +49,15 @@ class PendingItem(NamedTuple):
     waiting: int  # requests held
     since: float  # wall-clock time the first of them arrived
     first_line: str  # method and redacted target of the first, "" when not visible
+    tool_call: str  # the tool call running when the first arrived (advisory), "" if none
 
 
 class _Host:
-    def __init__(self, port: int, first_line: str) -> None:
+    def __init__(self, port: int, first_line: str, tool_call: str) -> None:
         self.port = port
         self.since = time.time()
         self.first_line = first_line
+        self.tool_call = tool_call
         self.waiters: list[asyncio.Future[str]] = []
 
 
@@ -73,12 +75,14 @@ class HeldRequests:
         timeout: float = DEFAULT_ASK_TIMEOUT,
         capacity: int = MAX_HELD,
         shared_slots: asyncio.Semaphore | None = None,
+        tool_call: Callable[[], str] = str,
     ) -> None:
         self.bottle = bottle
         self.record = record
         self.timeout = timeout
         self.capacity = capacity
         self._shared_slots = shared_slots
+        self._tool_call = tool_call  # describes the running tool call (`tool_calls`)
         self._hosts: dict[str, _Host] = {}
         self.denied: dict[str, None] = {}
         self.closed = False
@@ -90,7 +94,9 @@ class HeldRequests:
 
     def pending(self) -> list[PendingItem]:
         return [
-            PendingItem(host, entry.port, len(entry.waiters), entry.since, entry.first_line)
+            PendingItem(
+                host, entry.port, len(entry.waiters), entry.since, entry.first_line, entry.tool_call
+            )
             for host, entry in self._hosts.items()
         ]
 
@@ -111,7 +117,7 @@ class HeldRequests:
             )
         entry = self._hosts.get(name)
         if entry is None:
-            entry = self._hosts[name] = _Host(port, _first_line())
+            entry = self._hosts[name] = _Host(port, _first_line(), self._tool_call()[:MAX_LINE])
             self.record(
                 "egress", "pending", rule="ask", host=name, port=port, detail={"hint": hint}
             )

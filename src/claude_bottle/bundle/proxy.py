@@ -45,7 +45,7 @@ from claude_bottle.bundle.gate import Destination, EgressGate
 from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
-from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable, refusal_response
+from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -189,8 +189,8 @@ class ProxyConnection(ClientConnection):
             port=port,
             path="",
         )
-        answer = refusal_response(exc.status, exc.rule, block_body(self.bottle, host, exc))
-        await answer_inside_tls(self.reader, self.writer, self.interception, host, answer)
+        body = block_body(self.bottle, host, exc)
+        await answer_inside_tls(self.reader, self.writer, self.interception, host, exc, body)
 
     # --- CONNECT -------------------------------------------------------------
 

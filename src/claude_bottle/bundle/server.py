@@ -38,6 +38,7 @@ MAX_HANDOFF = 64 * 1024
 PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
 CONTROL_BACKLOG = 100
 GATEWAY_BACKLOG = 128
+HOOK_BACKLOG = 16  # tool-call hooks: one short connection per hook run
 BUNDLE_ADDRESS_SPACE = 2 << 30
 """RLIMIT_AS: a bundle maps ~270 MiB at its peak and holds at most ~100 MiB under
 attack (benchmarks/attack_bundle.py); this is the backstop where it has no cgroup."""
@@ -57,9 +58,10 @@ class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
     control: socket.socket
     gateway: socket.socket | None
     git: socket.socket | None = None  # the git gate, when remotes are configured
+    hook: socket.socket | None = None  # tool-call hooks (advisory attribution)
 
     def close(self) -> None:
-        for sock in (self.proxy, self.control, self.gateway, self.git):
+        for sock in (self.proxy, self.control, self.gateway, self.git, self.hook):
             if sock is not None:
                 sock.close()
         self.audit.close()
@@ -86,11 +88,14 @@ def open_bundle(settings: BundleSettings) -> Opened:
             git = None
             if settings.git_socket:
                 git = _listen(settings.git_socket, CONTROL_BACKLOG, bound)
+            hook = None
+            if settings.hook_socket:
+                hook = _listen(settings.hook_socket, HOOK_BACKLOG, bound)
         finally:
             os.umask(old_umask)
         # The bottle may run as another uid (docker): its sockets must stay connectable.
         os.chmod(settings.proxy_socket, 0o666)
-        for shared in (settings.gateway_socket, settings.git_socket):
+        for shared in (settings.gateway_socket, settings.git_socket, settings.hook_socket):
             if shared:
                 os.chmod(shared, 0o666)
         if settings.git_socket:
@@ -111,7 +116,7 @@ def open_bundle(settings: BundleSettings) -> Opened:
             sock.close()
         audit.close()
         raise
-    return Opened(settings, audit, interception, proxy, control, gateway, git)
+    return Opened(settings, audit, interception, proxy, control, gateway, git, hook)
 
 
 def _publish_gate_config(settings: BundleSettings) -> None:

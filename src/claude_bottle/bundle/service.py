@@ -39,6 +39,7 @@ from claude_bottle.bundle.slots import (
     paused_server,
 )
 from claude_bottle.bundle.supervision import Supervision
+from claude_bottle.bundle.tool_calls import MAX_RECORD, ToolCalls
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from claude_bottle.bundle.scanning import DlpInspector
     from claude_bottle.bundle.server import Opened
     from claude_bottle.bundle.settings import BundleSettings
+    from claude_bottle.policy.dlp import Scanner
 
 CLIENT_END_SECONDS = 2.0  # how long a stopping bundle waits for its cancelled clients
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -83,11 +85,13 @@ class Bundle:
         self.git_slots = Slots(GATEWAY_SLOTS, GATEWAY_WAITING, self._slots_full("git"))
         self.held = HeldBytes()  # request bytes held for scanning, by all connections
         self.events = EventStream(settings.bottle)
+        self.tool_calls = ToolCalls(self.record, self._scanner)
         self.gate.held = HeldRequests(
             settings.bottle,
             self.record,
             timeout=settings.ask_timeout,
             shared_slots=self.proxy_slots.free,  # a held request gives its slot back
+            tool_call=self.tool_calls.describe,
         )
         self.supervision = Supervision(self.gate, self.gate.held, self.events)
         self._clients: set[asyncio.Task[None]] = set()  # ended when the bundle stops
@@ -136,7 +140,17 @@ class Bundle:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
 
+    def _scanner(self) -> Scanner | None:
+        """The DLP scanner once it is built (None before, or with DLP off)."""
+        future = self._inspector
+        if future is None or not future.done() or future.cancelled() or future.exception():
+            return None
+        inspector = future.result()
+        return None if inspector is None else inspector.scanner
+
     def record(self, kind: str, decision: str, **fields: Any) -> None:
+        if self.tool_calls.running:  # advisory: which tool calls ran when this happened
+            fields["detail"] = self.tool_calls.tag(kind, fields.get("detail"))
         try:
             self.audit.submit(kind, decision, **fields)
         except AuditError:
@@ -280,6 +294,8 @@ class Bundle:
                 "max_tokens_total": self.settings.max_tokens_total,
                 "held": self.supervision.held.held,
                 "subscribers_dropped": self.events.dropped,
+                "hooks_accepted": self.tool_calls.accepted,
+                "hooks_dropped": self.tool_calls.dropped,
                 "mode": self.gate.mode,
                 "allow": list(self.gate.allowlist.patterns),
             }
@@ -349,13 +365,18 @@ class Bundle:
                 opened.git,
                 GATEWAY_BACKLOG,
             )
+        hooks = None
+        if opened.hook is not None:
+            hooks = await asyncio.start_unix_server(
+                self._client(self.tool_calls.serve), sock=opened.hook, limit=MAX_RECORD + 1
+            )
         # What only traffic needs is prepared after the bottle's start-up, not before it.
         inspector.add_done_callback(self._inspection_prepared)
         if not self._preparing:
             self._preparation_timer = loop.call_later(PREPARE_DELAY, self._prepare_now)
         async with proxy, control:
             await self._stopping.wait()
-        for server in (gateway, git):
+        for server in (gateway, git, hooks):
             if server is not None:
                 server.close()
         await self.supervision.stop()

@@ -86,6 +86,7 @@ class BundleSettings(NamedTuple):
     audit_rate: int = DEFAULT_AUDIT_RATE
     limits: dict[str, object] | None = None  # the bottle's limits, for its first audit record
     git_socket: str | None = None  # the git gate; None when no [git.remotes] is configured
+    hook_socket: str | None = None  # Claude Code's tool-call hooks (`bundle/tool_calls.py`)
     git_cache: str | None = None  # the gate's mirrors of the remotes (host side)
     git_remotes: tuple[GateRemote, ...] = ()
     egress_rules: tuple[RuleSpec, ...] = ()

@@ -6,7 +6,8 @@ For a host the bundle would intercept, it instead completes the TLS handshake it
 with a leaf from the bottle's own CA (which only the bottle trusts; no byte goes
 upstream, nothing is resolved or dialled), reads the first request head and answers it
 with the 403, the rule and the hint, then closes. curl, pip, npm, git and WebFetch show
-that answer.
+that answer. A client that asks for JSON (npm) gets the same line as `{"error": …}`: npm
+shows a 403's `error` field and nothing else of its body.
 
 Not for hosts that are not intercepted (interception off, or `intercept_exclude`: clients
 that pin certificates) nor for ports other than 443, nor for refusals that are not a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from typing import TYPE_CHECKING
 
@@ -47,11 +49,18 @@ def answerable(interception: Interception | None, host: str, port: int, refusal:
     return parse_ip_literal(name) is None and interception.applies_to(name)
 
 
-def refusal_response(status: int, rule: str, body: bytes) -> bytes:
+def refusal_response(status: int, rule: str, body: bytes, accept: bytes = b"") -> bytes:
+    """The refusal as a whole response: `body` as text, or as JSON's `error` when the
+    client's Accept header asks for JSON."""
+    content_type = b"text/plain; charset=utf-8"
+    if b"json" in accept.lower():
+        content_type = b"application/json"
+        message = body.decode("utf-8", "replace").strip()
+        body = json.dumps({"error": message, "rule": rule}).encode() + b"\n"
     return response(
         status,
         [
-            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"x-claude-bottle-block", rule.encode("ascii", "replace")),
             (b"connection", b"close"),
@@ -65,10 +74,11 @@ async def answer_inside_tls(
     writer: asyncio.StreamWriter,
     interception: Interception,
     host: str,
-    answer: bytes,
+    refusal: Refusal,
+    body: bytes,
 ) -> None:
     """Accept the CONNECT, be the TLS server for `host`, and answer its first request
-    with `answer` (a whole response). The caller has checked `answerable`."""
+    with `refusal` and its `body`. The caller has checked `answerable`."""
     with contextlib.suppress(
         OSError, ssl.SSLError, TimeoutError, ConnectionError, http1.ProtocolError
     ):
@@ -82,7 +92,9 @@ async def answer_inside_tls(
         async with asyncio.timeout(HEADER_TIMEOUT):
             await writer.start_tls(context)
         requests = http1.RequestReader(MAX_HEADER_BYTES)
-        if isinstance(await pull(requests, reader, HEADER_TIMEOUT), http1.RequestHead):
-            writer.write(answer)
+        head = await pull(requests, reader, HEADER_TIMEOUT)
+        if isinstance(head, http1.RequestHead):
+            accept = b",".join(value for name, value in head.headers if name == b"accept")
+            writer.write(refusal_response(refusal.status, refusal.rule, body, accept))
             async with asyncio.timeout(HEADER_TIMEOUT):
                 await writer.drain()

@@ -427,9 +427,12 @@ def cleanup(dry_run: bool, records: bool) -> None:
         raise BottleError("; ".join(problems))
 
 
-def logs(name: str, follow: bool, as_json: bool) -> None:
+def logs(name: str, follow: bool, as_json: bool, tool_use_id: str | None = None) -> None:
     from claude_bottle.bundle.audit import format_record, iter_records
+    from claude_bottle.bundle.tool_calls import concerns, valid_id
 
+    if tool_use_id is not None and not valid_id(tool_use_id):
+        raise ConfigError(f"--tool {tool_use_id!r} is no tool_use_id", "e.g. --tool toolu_01Abc")
     record = _record(name)
     log = paths.state_dir(str(record["name"])) / "audit.jsonl"
     if not log.exists():
@@ -441,6 +444,8 @@ def logs(name: str, follow: bool, as_json: bool) -> None:
 
     try:
         for event in iter_records(log, follow=follow, stop=stopped):
+            if tool_use_id is not None and not concerns(event, tool_use_id):
+                continue
             # ASCII-only JSON: C1 controls and bidi marks the bottle wrote come out as \u escapes.
             click.echo(json.dumps(event, ensure_ascii=True) if as_json else format_record(event))
     except BrokenPipeError:

@@ -128,11 +128,14 @@ def cleanup(dry_run: bool, records: bool) -> None:
 @click.argument("name")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events")
 @click.option("--json", "as_json", is_flag=True, help="raw JSON lines")
-def logs(name: str, follow: bool, as_json: bool) -> None:
+@click.option(
+    "--tool", "tool_use_id", metavar="ID", help="only what one Claude Code tool call did (advisory)"
+)
+def logs(name: str, follow: bool, as_json: bool, tool_use_id: str | None) -> None:
     """The bottle's audit events."""
     from claude_bottle.cli import commands
 
-    commands.logs(name, follow, as_json)
+    commands.logs(name, follow, as_json, tool_use_id)
 
 
 @cli.command()

@@ -31,6 +31,7 @@ class Pending(NamedTuple):
     waiting: int
     since: float
     first_line: str
+    tool_call: str  # the Claude Code tool call running when it was held (advisory)
 
 
 def live_record(name: str) -> dict[str, Any]:
@@ -69,6 +70,7 @@ def pending_of(record: dict[str, Any]) -> list[Pending]:
                 _int(item.get("waiting")),
                 float(item["since"]) if isinstance(item.get("since"), int | float) else 0.0,
                 str(item.get("first_line", ""))[:300],
+                str(item.get("tool_call", ""))[:300],
             )
         )
     return found
@@ -88,7 +90,7 @@ def pending(name: str | None, as_json: bool) -> None:
         click.echo("no held requests")
         return
     now = time.time()
-    rows = [("BOTTLE", "HOST", "WAITING", "FOR", "FIRST REQUEST")]
+    rows = [("BOTTLE", "HOST", "WAITING", "FOR", "FIRST REQUEST", "TOOL CALL (advisory)")]
     for item in items:
         rows.append(
             (
@@ -97,6 +99,7 @@ def pending(name: str | None, as_json: bool) -> None:
                 str(item.waiting),
                 f"{max(0, round(now - item.since))}s",
                 plain(item.first_line, 80) or "-",
+                plain(item.tool_call, 80) or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -45,6 +45,15 @@ def decision_style(event: Event) -> str:
     return ""
 
 
+def held_text(item: Pending, width: int = 70) -> str:
+    """What a held request is, with the tool call that made it when the hooks said so:
+    `Bash: npm install → CONNECT registry.example:443` (the tool call is advisory)."""
+    request = plain(item.first_line, width) or "-"
+    if not item.tool_call:
+        return request
+    return f"{plain(item.tool_call, max(10, width - len(request) - 3))} → {request}"
+
+
 def event_text(event: Event, width: int = 120) -> Text:
     when = time.strftime("%H:%M:%S", time.localtime(event.ts))
     target = cut_host(event.host, 40) if event.host else ""
@@ -162,7 +171,7 @@ class SuperviseApp(App[None]):
         bottles = self.query_one("#bottles", DataTable)
         bottles.add_columns("BOTTLE", "BACKEND", "AGE", "STATE", "TOKENS", "OK/NO/HELD", "OUT")
         self.query_one("#pending", DataTable).add_columns(
-            "BOTTLE", "HOST", "N", "FOR", "FIRST REQUEST"
+            "BOTTLE", "HOST", "N", "FOR", "TOOL CALL (advisory) → FIRST REQUEST"
         )
         self.poll()
         self.set_interval(POLL_SECONDS, self.poll)
@@ -253,7 +262,7 @@ class SuperviseApp(App[None]):
                 Text(cut_host(item.host, 32)),
                 Text(str(item.waiting)),
                 Text(f"{max(0, round(now - item.since))}s"),
-                Text(plain(item.first_line, 60) or "-"),
+                Text(held_text(item)),
             )
         for bottle, more in hidden.items():
             table.add_row(Text(plain(bottle, 30)), Text(f"+{more} more hosts"), "", "", "")

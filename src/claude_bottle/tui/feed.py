@@ -66,7 +66,9 @@ def parse_event(line: bytes) -> Event | None:
     said = ""
     if isinstance(detail, dict):
         said = " ".join(
-            f"{key}={detail[key]}" for key in ("by", "status", "reason") if key in detail
+            f"{key}={detail[key]}"
+            for key in ("by", "status", "reason", "tool", "summary")  # tool: a tool call's
+            if key in detail
         )
     port = raw.get("port")
     return Event(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from claude_bottle.backend.base import BottlePlan
 from claude_bottle.backend.docker.images import BaseImage
-from claude_bottle.bottle_env import GIT_PORT
+from claude_bottle.bottle_env import GIT_PORT, HOOK_PORT
 from claude_bottle.bundle.settings import BUNDLE_FILES
 from claude_bottle.cgroups import BUNDLE_MEMORY, BUNDLE_PIDS, BottleCgroup
 from claude_bottle.plan import PlanSection
@@ -179,6 +179,8 @@ def agent_command(relay_port: int, gateway_port: int) -> list[str]:
         f"{gateway_port}={SOCKETS_DIR}/gateway.sock",
         "--listen",
         f"{GIT_PORT}={SOCKETS_DIR}/git.sock",
+        "--listen",
+        f"{HOOK_PORT}={SOCKETS_DIR}/hook.sock",
         "--exec-socket",
         f"{EXEC_DIR}/exec.sock",
         "--hold",

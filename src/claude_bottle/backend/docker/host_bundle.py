@@ -41,6 +41,7 @@ def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSe
         ca_bundle=str(sockets / "ca-bundle.pem") if plan.egress_intercept else None,
         upstream_ca_file=plan.upstream_ca_file,
         gateway_socket=str(sockets / "gateway.sock"),
+        hook_socket=str(sockets / "hook.sock"),
         anthropic_credential=plan.anthropic_credential,
         gateway_ca_file=plan.gateway_ca_file,
         git_socket=str(sockets / "git.sock") if plan.git_remotes else None,

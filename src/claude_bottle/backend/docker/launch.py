@@ -52,10 +52,10 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
-from claude_bottle.bottle_env import SECRET_NAME
+from claude_bottle.bottle_env import HOOK_PORT, SECRET_NAME
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import seed_claude_home
+from claude_bottle.claude_home import ToolHook, seed_claude_home
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
 
@@ -332,6 +332,7 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
         ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
         upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
         gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
+        hook_socket=f"{SOCKETS_DIR}/hook.sock",
         anthropic_credential=plan.bundle_credential,
         gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
         **_git_gate_settings(plan),
@@ -399,7 +400,9 @@ def start(
     for sub in ("exec", "control"):
         (runtime / sub).mkdir(mode=0o700)
     home = paths.make_private_dir(Path(plan.agent.home_source))
-    seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
+    seed_claude_home(
+        home, Path(plan.agent.home), Path(plan.workspace), ToolHook("python3", HOOK_PORT)
+    )
     workspace_guard.prepare(plan.workspace_guard)
     seed_git_identity(home, plan.git_identity)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")

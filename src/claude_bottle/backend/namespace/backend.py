@@ -43,10 +43,10 @@ from claude_bottle.backend.namespace.toolchain import (
     resolve_binds,
     unreachable,
 )
-from claude_bottle.bottle_env import NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
+from claude_bottle.bottle_env import HOOK_PORT, NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import seed_claude_home
+from claude_bottle.claude_home import ToolHook, seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
 from claude_bottle.workspace_guard import GitMount
@@ -257,7 +257,12 @@ class NamespaceBackend(BottleBackend):
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         for path in readable:
             os.chmod(path, 0o644)
-        seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
+        seed_claude_home(
+            Path(plan.bwrap.home_source),
+            Path(plan.bwrap.home),
+            Path(plan.workspace),
+            ToolHook(plan.bwrap.python, HOOK_PORT),  # the host's interpreter, bound in
+        )
         workspace_guard.prepare(plan.workspace_guard)
         seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity)
 
@@ -274,6 +279,7 @@ class NamespaceBackend(BottleBackend):
             anthropic_credential=plan.anthropic_credential,
             gateway_ca_file=plan.gateway_ca_file,
             git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
+            hook_socket=str(runtime / "bundle" / "hook.sock"),
             **plan.git_gate_settings(),
         )
         settings_file = runtime / "bundle.json"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from claude_bottle.backend.namespace.toolchain import Bind
-from claude_bottle.bottle_env import GATEWAY_PORT, GIT_PORT, SYSTEM_CA_BUNDLE
+from claude_bottle.bottle_env import GATEWAY_PORT, GIT_PORT, HOOK_PORT, SYSTEM_CA_BUNDLE
 from claude_bottle.workspace_guard import GitMount
 
 BOTTLE_RUN = "/run/claude-bottle"  # where the bottle sees its relay, sockets and exec socket
@@ -200,6 +200,8 @@ def relay_argv(python: str, relay_port: int) -> Sequence[str]:
         f"{GATEWAY_PORT}={BOTTLE_RUN}/bundle/gateway.sock",
         "--listen",
         f"{GIT_PORT}={BOTTLE_RUN}/bundle/git.sock",
+        "--listen",
+        f"{HOOK_PORT}={BOTTLE_RUN}/bundle/hook.sock",
         "--exec-socket",
         f"{BOTTLE_RUN}/exec/exec.sock",
         "--hold",

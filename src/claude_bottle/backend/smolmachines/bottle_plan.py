@@ -14,6 +14,7 @@ GUEST_BUNDLE = f"{GUEST_RUN}/bundle"  # host-backed, read-only: the bundle's CA 
 GUEST_PROXY_SOCKET = f"{GUEST_RUN}/proxy.sock"  # --mount-socket of the bundle's proxy.sock
 GUEST_GATEWAY_SOCKET = f"{GUEST_RUN}/gateway.sock"  # --mount-socket of its gateway.sock
 GUEST_GIT_SOCKET = f"{GUEST_RUN}/git.sock"  # --mount-socket of its git.sock ([git.remotes])
+GUEST_HOOK_SOCKET = f"{GUEST_RUN}/hook.sock"  # --mount-socket of its tool-call hook socket
 GUEST_STATE = f"{GUEST_RUN}/state"  # host-backed, read-write: the relay's ready file
 GUEST_READY_FILE = f"{GUEST_STATE}/ready"
 GUEST_LIB = "/opt/claude-bottle"  # host-backed, read-only: relay.py, the seccomp loader

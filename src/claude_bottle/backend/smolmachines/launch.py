@@ -24,6 +24,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_BUNDLE,
     GUEST_GATEWAY_SOCKET,
     GUEST_GIT_SOCKET,
+    GUEST_HOOK_SOCKET,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_STATE,
@@ -31,9 +32,10 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 )
 from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack, write_stage
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
+from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import seed_claude_home
+from claude_bottle.claude_home import ToolHook, seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
 from claude_bottle.git_identity import seed_git_identity
 from claude_bottle.limits import MIB
@@ -53,6 +55,7 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
             (str(stage.proxy_socket), GUEST_PROXY_SOCKET),
             (str(stage.gateway_socket), GUEST_GATEWAY_SOCKET),
             *(((str(stage.git_socket), GUEST_GIT_SOCKET),) if plan.git_remotes else ()),
+            (str(stage.hook_socket), GUEST_HOOK_SOCKET),
         ),
         volumes=(
             (str(stage.lib), GUEST_LIB, True),
@@ -103,7 +106,9 @@ def launch_bottle(
     stack.callback(shutil.rmtree, runtime, True)
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
-    seed_claude_home(Path(plan.home_source), Path.home(), Path(plan.workspace))
+    seed_claude_home(
+        Path(plan.home_source), Path.home(), Path(plan.workspace), ToolHook("python3", HOOK_PORT)
+    )
     workspace_guard.prepare(plan.workspace_guard)
     seed_git_identity(Path(plan.home_source), plan.git_identity)
 
@@ -120,6 +125,7 @@ def launch_bottle(
         ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
         upstream_ca_file=plan.upstream_ca_file,
         gateway_socket=str(stage.gateway_socket),
+        hook_socket=str(stage.hook_socket),
         anthropic_credential=plan.anthropic_credential,
         gateway_ca_file=plan.gateway_ca_file,
         git_socket=str(stage.git_socket) if plan.git_remotes else None,

@@ -26,6 +26,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
     GUEST_GATEWAY_SOCKET,
     GUEST_GIT_SOCKET,
     GUEST_HOME,
+    GUEST_HOOK_SOCKET,
     GUEST_LIB,
     GUEST_PROXY_SOCKET,
     GUEST_READY_FILE,
@@ -38,6 +39,7 @@ from claude_bottle.bottle_env import (
     DEFAULT_PATH,
     GATEWAY_PORT,
     GIT_PORT,
+    HOOK_PORT,
     RELAY_PORT,
     CaFiles,
     build_env,
@@ -70,6 +72,8 @@ def relay_command(python: str = "python3") -> tuple[str, ...]:
         f"{GATEWAY_PORT}={GUEST_GATEWAY_SOCKET}",
         "--listen",
         f"{GIT_PORT}={GUEST_GIT_SOCKET}",
+        "--listen",
+        f"{HOOK_PORT}={GUEST_HOOK_SOCKET}",
         "--ready-file",
         GUEST_READY_FILE,
         "--hold",
@@ -144,6 +148,7 @@ class Stage:
     proxy_socket: Path  # the bundle listens here; mounted into the guest
     gateway_socket: Path  # the bundle's API gateway; mounted into the guest
     git_socket: Path  # the bundle's git gate; mounted into the guest with [git.remotes]
+    hook_socket: Path  # the bundle's tool-call hook channel; mounted into the guest
     control_socket: Path
     settings: Path  # bundle.json
     lib: Path  # mounted read-only at GUEST_LIB (relay.py)
@@ -161,6 +166,7 @@ class Stage:
             proxy_socket=root / "bundle" / "proxy.sock",
             gateway_socket=root / "bundle" / "gateway.sock",
             git_socket=root / "bundle" / "git.sock",
+            hook_socket=root / "bundle" / "hook.sock",
             control_socket=root / "control.sock",
             settings=root / "bundle.json",
             lib=root / "lib",
