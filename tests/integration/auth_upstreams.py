@@ -20,21 +20,20 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import os
 import socket
-import subprocess
 import threading
+from email.message import Message
 from pathlib import Path
 from typing import NamedTuple
 
 from tests.integration.dev_upstreams import (
-    CGI_TIMEOUT,
     MAX_BODY,
     NPM_PACKAGE,
     WHEEL_PROJECT,
     _tls,
     build_npm_tarball,
     build_wheel,
+    git_http_backend,
     make_git_repository,
 )
 
@@ -104,7 +103,9 @@ class AuthUpstreams:
                 if token is not None and _credential(authorization) != token:
                     self._send(401, b"bad credentials\n", {"www-authenticate": 'Basic realm="t"'})
                     return
-                status, payload, headers = outer.answer(host, self.command, self.path, body)
+                status, payload, headers = outer.answer(
+                    host, self.command, self.path, body, self.headers
+                )
                 if host == "api.github.com" and self.path == "/echo-auth":
                     payload = f"you sent: {authorization}\n".encode()
                 self._send(status, payload, headers)
@@ -125,10 +126,10 @@ class AuthUpstreams:
         self.thread.start()
 
     def answer(
-        self, host: str, method: str, path: str, body: bytes
+        self, host: str, method: str, path: str, body: bytes, headers: Message
     ) -> tuple[int, bytes, dict[str, str]]:
         if host == "github.com":
-            return self._git(method, path, body)
+            return self._git(method, path, body, headers)
         if host == "pypi.org" and path == f"/simple/{WHEEL_PROJECT}/":
             import hashlib
 
@@ -155,38 +156,12 @@ class AuthUpstreams:
             return 404, b"{}", {"content-type": "application/json"}
         return 200, b"hello\n", {}
 
-    def _git(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        path_info, _, query = path.partition("?")
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_PROJECT_ROOT": str(self.git_root),
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path_info,
-            "QUERY_STRING": query,
-            "CONTENT_TYPE": "application/x-git-upload-pack-request" if body else "",
-            "CONTENT_LENGTH": str(len(body)),
-            "REMOTE_ADDR": "127.0.0.1",
-            "REMOTE_USER": "x-access-token",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-        }
-        result = subprocess.run(
-            ["git", "http-backend"],
-            input=body,
-            env=env,
-            capture_output=True,
-            timeout=CGI_TIMEOUT,
-            check=False,
-        )
-        head, _, payload = result.stdout.partition(b"\r\n\r\n")
-        status, headers = 200, {}
-        for line in head.decode(errors="replace").splitlines():
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.split()[0])
-            elif name.lower() == "content-type":
-                headers["content-type"] = value.strip()
-        return status, payload, headers
+    def _git(
+        self, method: str, path: str, body: bytes, headers: Message
+    ) -> tuple[int, bytes, dict[str, str]]:
+        answer = git_http_backend(self.git_root, method, path, body, headers, "x-access-token")
+        found = {"content-type": answer.content_type} if answer.content_type else {}
+        return answer.status, answer.body, found
 
     def packument(self, tarball: str) -> dict[str, object]:
         import hashlib

@@ -27,7 +27,9 @@ import subprocess
 import tarfile
 import threading
 import zipfile
+from email.message import Message
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,7 +42,7 @@ WHEEL_VALUE = "installed from the test index"
 NPM_PACKAGE = "cbtest-npm"
 NPM_VALUE = "installed from the test registry"
 CRATE = "cbtest"
-CGI_TIMEOUT = 30
+CGI_TIMEOUT = 60
 MAX_BODY = 16 << 20
 
 
@@ -149,6 +151,58 @@ def make_git_repository(root: Path) -> Path:
     return bare
 
 
+class CgiAnswer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str | None  # None when the CGI named none
+
+
+def git_http_backend(
+    project_root: Path,
+    method: str,
+    target: str,
+    body: bytes,
+    headers: Message,
+    remote_user: str = "",
+) -> CgiAnswer:
+    """One request answered by real `git http-backend` (CGI) over the repositories under
+    `project_root`: `target` is the request's path and query, `headers` its header fields."""
+    path_info, _, query = target.partition("?")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_PROJECT_ROOT": str(project_root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": headers.get("content-type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_CONTENT_ENCODING": headers.get("content-encoding", ""),
+        "GIT_PROTOCOL": headers.get("git-protocol", ""),
+        "REMOTE_ADDR": "127.0.0.1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    if remote_user:
+        env["REMOTE_USER"] = remote_user
+    result = subprocess.run(
+        ["git", "http-backend"],
+        input=body,
+        env=env,
+        capture_output=True,
+        timeout=CGI_TIMEOUT,
+        check=False,
+    )
+    head, _, payload = result.stdout.partition(b"\r\n\r\n")
+    status, content_type = 200, None
+    for line in head.decode(errors="replace").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.split()[0])
+        elif name.lower() == "content-type":
+            content_type = value.strip()
+    return CgiAnswer(status, payload, content_type)
+
+
 class DevUpstreams:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -190,38 +244,10 @@ class DevUpstreams:
                     self._send(200, *found)
 
             def _git(self, body: bytes) -> None:
-                path, _, query = self.path.partition("?")
-                env = {
-                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                    "GIT_PROJECT_ROOT": str(outer.git_root),
-                    "GIT_HTTP_EXPORT_ALL": "1",
-                    "REQUEST_METHOD": self.command,
-                    "PATH_INFO": path,
-                    "QUERY_STRING": query,
-                    "CONTENT_TYPE": self.headers.get("content-type", ""),
-                    "CONTENT_LENGTH": str(len(body)),
-                    "HTTP_CONTENT_ENCODING": self.headers.get("content-encoding", ""),
-                    "GIT_PROTOCOL": self.headers.get("git-protocol", ""),
-                    "REMOTE_ADDR": "127.0.0.1",
-                    "GIT_CONFIG_GLOBAL": os.devnull,
-                }
-                result = subprocess.run(
-                    ["git", "http-backend"],
-                    input=body,
-                    env=env,
-                    capture_output=True,
-                    timeout=CGI_TIMEOUT,
-                    check=False,
+                answer = git_http_backend(
+                    outer.git_root, self.command, self.path, body, self.headers
                 )
-                head, _, payload = result.stdout.partition(b"\r\n\r\n")
-                status, content_type = 200, "text/plain"
-                for line in head.decode(errors="replace").splitlines():
-                    name, _, value = line.partition(":")
-                    if name.lower() == "status":
-                        status = int(value.split()[0])
-                    elif name.lower() == "content-type":
-                        content_type = value.strip()
-                self._send(status, payload, content_type)
+                self._send(answer.status, answer.body, answer.content_type or "text/plain")
 
             do_GET = do_POST = do_HEAD = _handle
 
