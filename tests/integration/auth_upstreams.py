@@ -20,8 +20,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import socket
-import threading
 from email.message import Message
 from pathlib import Path
 from typing import NamedTuple
@@ -30,11 +28,13 @@ from tests.integration.dev_upstreams import (
     MAX_BODY,
     NPM_PACKAGE,
     WHEEL_PROJECT,
+    TlsServer,
     _tls,
     build_npm_tarball,
     build_wheel,
     git_http_backend,
     make_git_repository,
+    packument,
 )
 
 HOSTS = (
@@ -64,7 +64,9 @@ def _credential(authorization: str) -> str:
     return value.strip()
 
 
-class AuthUpstreams:
+class AuthUpstreams(TlsServer):
+    hosts = HOSTS
+
     def __init__(self, directory: Path, github_token: str, npm_token: str) -> None:
         context, self.ca_file = _tls(directory, HOSTS)
         self.tokens = {
@@ -115,15 +117,7 @@ class AuthUpstreams:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(context, Handler)
 
     def answer(
         self, host: str, method: str, path: str, body: bytes, headers: Message
@@ -148,7 +142,8 @@ class AuthUpstreams:
             if method == "PUT":
                 return 201, b'{"ok": true}\n', {"content-type": "application/json"}
             if path.split("?")[0] == f"/{NPM_PACKAGE}":
-                return 200, json.dumps(self.packument(tarball)).encode(), {}
+                url = f"https://registry.npmjs.org/{NPM_PACKAGE}/-/{tarball}"
+                return 200, json.dumps(packument(self.npm_tarball, url)).encode(), {}
             if path == f"/{NPM_PACKAGE}/-/{tarball}":
                 return 200, self.npm_tarball, {"content-type": "application/octet-stream"}
             if method == "POST" and path.startswith("/-/npm/v1/security/"):
@@ -162,36 +157,3 @@ class AuthUpstreams:
         answer = git_http_backend(self.git_root, method, path, body, headers, "x-access-token")
         found = {"content-type": answer.content_type} if answer.content_type else {}
         return answer.status, answer.body, found
-
-    def packument(self, tarball: str) -> dict[str, object]:
-        import hashlib
-
-        sha1 = hashlib.sha1(self.npm_tarball).hexdigest()
-        sha512 = base64.b64encode(hashlib.sha512(self.npm_tarball).digest()).decode()
-        version = {
-            "name": NPM_PACKAGE,
-            "version": "1.0.0",
-            "main": "index.js",
-            "dist": {
-                "tarball": f"https://registry.npmjs.org/{NPM_PACKAGE}/-/{tarball}",
-                "shasum": sha1,
-                "integrity": f"sha512-{sha512}",
-            },
-        }
-        return {
-            "name": NPM_PACKAGE,
-            "dist-tags": {"latest": "1.0.0"},
-            "versions": {"1.0.0": version},
-        }
-
-    def egress_config(self) -> str:
-        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in HOSTS)
-        allow = ", ".join(f'"{host}"' for host in HOSTS)
-        return (
-            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
-            f"[egress.resolve]\n{pins}"
-        )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

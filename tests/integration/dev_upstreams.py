@@ -203,7 +203,56 @@ def git_http_backend(
     return CgiAnswer(status, payload, content_type)
 
 
-class DevUpstreams:
+def packument(tarball: bytes, url: str) -> dict[str, object]:
+    """The npm registry document of NPM_PACKAGE 1.0.0, whose tarball is at `url`."""
+    sha1 = hashlib.sha1(tarball).hexdigest()
+    sha512 = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    version = {
+        "name": NPM_PACKAGE,
+        "version": "1.0.0",
+        "main": "index.js",
+        "dist": {"tarball": url, "shasum": sha1, "integrity": f"sha512-{sha512}"},
+    }
+    return {"name": NPM_PACKAGE, "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET
+    daemon_threads = True
+
+
+class TlsServer:
+    """An HTTPS server on 127.0.0.1 (a free port) answering for `hosts`, in a thread."""
+
+    hosts: tuple[str, ...]
+    ca_file: Path
+
+    def _serve(
+        self, context: ssl.SSLContext, handler: type[http.server.BaseHTTPRequestHandler]
+    ) -> None:
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def egress_config(self) -> str:
+        """The [egress] config that allows and pins every host to this server."""
+        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in self.hosts)
+        allow = ", ".join(f'"{host}"' for host in self.hosts)
+        return (
+            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
+            f"[egress.resolve]\n{pins}"
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class DevUpstreams(TlsServer):
+    hosts = HOSTS
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         context, self.ca_file = _tls(directory)
@@ -254,15 +303,7 @@ class DevUpstreams:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(context, Handler)
 
     def answer(self, host: str, path: str) -> tuple[bytes, str] | None:
         path = path.split("?")[0]
@@ -278,7 +319,8 @@ class DevUpstreams:
         if host == "npm.test":
             tarball = f"{NPM_PACKAGE}-1.0.0.tgz"
             if path == f"/{NPM_PACKAGE}":
-                return json.dumps(self.packument(tarball)).encode(), "application/json"
+                url = f"https://npm.test/{NPM_PACKAGE}/-/{tarball}"
+                return json.dumps(packument(self.npm_tarball, url)).encode(), "application/json"
             if path == f"/{NPM_PACKAGE}/-/{tarball}":
                 return self.npm_tarball, "application/octet-stream"
             return None
@@ -305,35 +347,3 @@ class DevUpstreams:
                 return (json.dumps(entry) + "\n").encode(), "text/plain"
             return None
         return b"hello over tls\n", "text/plain"
-
-    def packument(self, tarball: str) -> dict[str, object]:
-        sha1 = hashlib.sha1(self.npm_tarball).hexdigest()
-        sha512 = base64.b64encode(hashlib.sha512(self.npm_tarball).digest()).decode()
-        version = {
-            "name": NPM_PACKAGE,
-            "version": "1.0.0",
-            "main": "index.js",
-            "dist": {
-                "tarball": f"https://npm.test/{NPM_PACKAGE}/-/{tarball}",
-                "shasum": sha1,
-                "integrity": f"sha512-{sha512}",
-            },
-        }
-        return {
-            "name": NPM_PACKAGE,
-            "dist-tags": {"latest": "1.0.0"},
-            "versions": {"1.0.0": version},
-        }
-
-    def config(self) -> str:
-        """The [egress] config that allows and pins every host to this server."""
-        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in HOSTS)
-        allow = ", ".join(f'"{host}"' for host in HOSTS)
-        return (
-            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
-            f"[egress.resolve]\n{pins}"
-        )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

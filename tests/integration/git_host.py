@@ -9,10 +9,14 @@ import base64
 import http.server
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
-from tests.integration.dev_upstreams import _tls, git_http_backend, make_git_repository
+from tests.integration.dev_upstreams import (
+    TlsServer,
+    _tls,
+    git_http_backend,
+    make_git_repository,
+)
 
 MAX_BODY = 64 << 20
 
@@ -28,7 +32,9 @@ def _ref(bare: Path, name: str) -> str | None:
     return found.stdout.strip() or None
 
 
-class GitHost:
+class GitHost(TlsServer):
+    hosts = ("git.test",)
+
     def __init__(self, directory: Path, token: str) -> None:
         context, self.ca_file = _tls(directory)
         self.root = directory / "git"
@@ -82,23 +88,11 @@ class GitHost:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
+        self._serve(context, Handler)
         self.url = "https://git.test/repo.git"  # pinned to 127.0.0.1:port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def ref(self, name: str) -> str | None:
         return _ref(self.bare, name)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class SshGitHost:
