@@ -1,4 +1,4 @@
-"""Fuzz targets for the config loader (config/load.py).
+"""Fuzz targets for the config loader (config/load.py and the schema, values and merge modules).
 
 A workspace's `.claude-bottle.toml` is written by the agent, so the loader reads hostile
 bytes. Properties: `load_config` (a user config) and `check_project_file` (a workspace
