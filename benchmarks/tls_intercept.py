@@ -487,7 +487,7 @@ def case_mint(count: int) -> dict[str, Any]:
 # A sample is charged to the innermost frame that matches a rule (first matching rule wins).
 CATEGORIES: list[tuple[str, Callable[[str], bool]]] = [
     ("DLP scan", lambda f: "bundle/scanning.py" in f or "policy/dlp.py" in f),
-    ("audit record (JSON, hash chain, write)", lambda f: "bundle/audit.py" in f),
+    ("audit record (JSON, hash chain, write)", lambda f: "bundle/audit" in f),
     ("OpenSSL encrypt/decrypt (SSLObject.read/write)", lambda f: "(ssl.py" in f),
     ("HTTP parse/frame (http1, llhttp)", lambda f: "bundle/http1.py" in f),
     ("asyncio streams", lambda f: "(asyncio/streams.py" in f),

@@ -94,6 +94,32 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` whole or not at all (a temporary file in the same
+    directory, synced, then renamed over it), with `mode` from the start."""
+    import contextlib
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a crash
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def remove_runtime_dir(record: Mapping[str, Any]) -> None:
     """Remove a stopped bottle's runtime dir, if the record names the one its name implies.
 

@@ -1,4 +1,4 @@
-"""Fuzz targets for the audit log verifier (`bundle.audit.verify`).
+"""Fuzz targets for the audit log verifier (`bundle.audit_chain.verify`).
 
 `verify` reads a file anyone with the user's rights may have edited. Properties: it
 returns a VerifyResult for any bytes (AuditError only when the file cannot be read);
@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from claude_bottle.bundle.audit import AuditLog, verify
+from claude_bottle.bundle.audit import AuditLog
+from claude_bottle.bundle.audit_chain import verify
 from tests.fuzz.source import Source
 
 _DIR = Path(tempfile.mkdtemp(prefix="fuzz-audit-"))  # one per process, in the temp dir

@@ -1,4 +1,4 @@
-"""Fuzz targets for the config loader (config/load.py).
+"""Fuzz targets for the config loader (config/load.py and the schema, values and merge modules).
 
 A workspace's `.claude-bottle.toml` is written by the agent, so the loader reads hostile
 bytes. Properties: `load_config` (a user config) and `check_project_file` (a workspace
@@ -17,16 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from claude_bottle.config.load import (
-    SCHEMA,
-    _ListOf,
-    _MapOf,
-    _Scalar,
-    _Spec,
-    _Table,
-    check_project_file,
-    load_config,
-)
+from claude_bottle.config.load import check_project_file, load_config
+from claude_bottle.config.schema import SCHEMA, _ListOf, _MapOf, _Scalar, _Spec, _Table
 from claude_bottle.errors import ConfigError
 from claude_bottle.policy.allowlist import validate_pattern
 from tests.fuzz.source import Source

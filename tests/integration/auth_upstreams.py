@@ -20,22 +20,21 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import os
-import socket
-import subprocess
-import threading
+from email.message import Message
 from pathlib import Path
 from typing import NamedTuple
 
 from tests.integration.dev_upstreams import (
-    CGI_TIMEOUT,
     MAX_BODY,
     NPM_PACKAGE,
     WHEEL_PROJECT,
+    TlsServer,
     _tls,
     build_npm_tarball,
     build_wheel,
+    git_http_backend,
     make_git_repository,
+    packument,
 )
 
 HOSTS = (
@@ -65,7 +64,9 @@ def _credential(authorization: str) -> str:
     return value.strip()
 
 
-class AuthUpstreams:
+class AuthUpstreams(TlsServer):
+    hosts = HOSTS
+
     def __init__(self, directory: Path, github_token: str, npm_token: str) -> None:
         context, self.ca_file = _tls(directory, HOSTS)
         self.tokens = {
@@ -104,7 +105,9 @@ class AuthUpstreams:
                 if token is not None and _credential(authorization) != token:
                     self._send(401, b"bad credentials\n", {"www-authenticate": 'Basic realm="t"'})
                     return
-                status, payload, headers = outer.answer(host, self.command, self.path, body)
+                status, payload, headers = outer.answer(
+                    host, self.command, self.path, body, self.headers
+                )
                 if host == "api.github.com" and self.path == "/echo-auth":
                     payload = f"you sent: {authorization}\n".encode()
                 self._send(status, payload, headers)
@@ -114,21 +117,13 @@ class AuthUpstreams:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(context, Handler)
 
     def answer(
-        self, host: str, method: str, path: str, body: bytes
+        self, host: str, method: str, path: str, body: bytes, headers: Message
     ) -> tuple[int, bytes, dict[str, str]]:
         if host == "github.com":
-            return self._git(method, path, body)
+            return self._git(method, path, body, headers)
         if host == "pypi.org" and path == f"/simple/{WHEEL_PROJECT}/":
             import hashlib
 
@@ -147,7 +142,8 @@ class AuthUpstreams:
             if method == "PUT":
                 return 201, b'{"ok": true}\n', {"content-type": "application/json"}
             if path.split("?")[0] == f"/{NPM_PACKAGE}":
-                return 200, json.dumps(self.packument(tarball)).encode(), {}
+                url = f"https://registry.npmjs.org/{NPM_PACKAGE}/-/{tarball}"
+                return 200, json.dumps(packument(self.npm_tarball, url)).encode(), {}
             if path == f"/{NPM_PACKAGE}/-/{tarball}":
                 return 200, self.npm_tarball, {"content-type": "application/octet-stream"}
             if method == "POST" and path.startswith("/-/npm/v1/security/"):
@@ -155,68 +151,9 @@ class AuthUpstreams:
             return 404, b"{}", {"content-type": "application/json"}
         return 200, b"hello\n", {}
 
-    def _git(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        path_info, _, query = path.partition("?")
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_PROJECT_ROOT": str(self.git_root),
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path_info,
-            "QUERY_STRING": query,
-            "CONTENT_TYPE": "application/x-git-upload-pack-request" if body else "",
-            "CONTENT_LENGTH": str(len(body)),
-            "REMOTE_ADDR": "127.0.0.1",
-            "REMOTE_USER": "x-access-token",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-        }
-        result = subprocess.run(
-            ["git", "http-backend"],
-            input=body,
-            env=env,
-            capture_output=True,
-            timeout=CGI_TIMEOUT,
-            check=False,
-        )
-        head, _, payload = result.stdout.partition(b"\r\n\r\n")
-        status, headers = 200, {}
-        for line in head.decode(errors="replace").splitlines():
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.split()[0])
-            elif name.lower() == "content-type":
-                headers["content-type"] = value.strip()
-        return status, payload, headers
-
-    def packument(self, tarball: str) -> dict[str, object]:
-        import hashlib
-
-        sha1 = hashlib.sha1(self.npm_tarball).hexdigest()
-        sha512 = base64.b64encode(hashlib.sha512(self.npm_tarball).digest()).decode()
-        version = {
-            "name": NPM_PACKAGE,
-            "version": "1.0.0",
-            "main": "index.js",
-            "dist": {
-                "tarball": f"https://registry.npmjs.org/{NPM_PACKAGE}/-/{tarball}",
-                "shasum": sha1,
-                "integrity": f"sha512-{sha512}",
-            },
-        }
-        return {
-            "name": NPM_PACKAGE,
-            "dist-tags": {"latest": "1.0.0"},
-            "versions": {"1.0.0": version},
-        }
-
-    def egress_config(self) -> str:
-        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in HOSTS)
-        allow = ", ".join(f'"{host}"' for host in HOSTS)
-        return (
-            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
-            f"[egress.resolve]\n{pins}"
-        )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _git(
+        self, method: str, path: str, body: bytes, headers: Message
+    ) -> tuple[int, bytes, dict[str, str]]:
+        answer = git_http_backend(self.git_root, method, path, body, headers, "x-access-token")
+        found = {"content-type": answer.content_type} if answer.content_type else {}
+        return answer.status, answer.body, found

@@ -27,7 +27,9 @@ import subprocess
 import tarfile
 import threading
 import zipfile
+from email.message import Message
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,7 +42,7 @@ WHEEL_VALUE = "installed from the test index"
 NPM_PACKAGE = "cbtest-npm"
 NPM_VALUE = "installed from the test registry"
 CRATE = "cbtest"
-CGI_TIMEOUT = 30
+CGI_TIMEOUT = 60
 MAX_BODY = 16 << 20
 
 
@@ -149,7 +151,108 @@ def make_git_repository(root: Path) -> Path:
     return bare
 
 
-class DevUpstreams:
+class CgiAnswer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str | None  # None when the CGI named none
+
+
+def git_http_backend(
+    project_root: Path,
+    method: str,
+    target: str,
+    body: bytes,
+    headers: Message,
+    remote_user: str = "",
+) -> CgiAnswer:
+    """One request answered by real `git http-backend` (CGI) over the repositories under
+    `project_root`: `target` is the request's path and query, `headers` its header fields."""
+    path_info, _, query = target.partition("?")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_PROJECT_ROOT": str(project_root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": headers.get("content-type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_CONTENT_ENCODING": headers.get("content-encoding", ""),
+        "GIT_PROTOCOL": headers.get("git-protocol", ""),
+        "REMOTE_ADDR": "127.0.0.1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    if remote_user:
+        env["REMOTE_USER"] = remote_user
+    result = subprocess.run(
+        ["git", "http-backend"],
+        input=body,
+        env=env,
+        capture_output=True,
+        timeout=CGI_TIMEOUT,
+        check=False,
+    )
+    head, _, payload = result.stdout.partition(b"\r\n\r\n")
+    status, content_type = 200, None
+    for line in head.decode(errors="replace").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.split()[0])
+        elif name.lower() == "content-type":
+            content_type = value.strip()
+    return CgiAnswer(status, payload, content_type)
+
+
+def packument(tarball: bytes, url: str) -> dict[str, object]:
+    """The npm registry document of NPM_PACKAGE 1.0.0, whose tarball is at `url`."""
+    sha1 = hashlib.sha1(tarball).hexdigest()
+    sha512 = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    version = {
+        "name": NPM_PACKAGE,
+        "version": "1.0.0",
+        "main": "index.js",
+        "dist": {"tarball": url, "shasum": sha1, "integrity": f"sha512-{sha512}"},
+    }
+    return {"name": NPM_PACKAGE, "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET
+    daemon_threads = True
+
+
+class TlsServer:
+    """An HTTPS server on 127.0.0.1 (a free port) answering for `hosts`, in a thread."""
+
+    hosts: tuple[str, ...]
+    ca_file: Path
+
+    def _serve(
+        self, context: ssl.SSLContext, handler: type[http.server.BaseHTTPRequestHandler]
+    ) -> None:
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def egress_config(self) -> str:
+        """The [egress] config that allows and pins every host to this server."""
+        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in self.hosts)
+        allow = ", ".join(f'"{host}"' for host in self.hosts)
+        return (
+            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
+            f"[egress.resolve]\n{pins}"
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class DevUpstreams(TlsServer):
+    hosts = HOSTS
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         context, self.ca_file = _tls(directory)
@@ -190,53 +293,17 @@ class DevUpstreams:
                     self._send(200, *found)
 
             def _git(self, body: bytes) -> None:
-                path, _, query = self.path.partition("?")
-                env = {
-                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                    "GIT_PROJECT_ROOT": str(outer.git_root),
-                    "GIT_HTTP_EXPORT_ALL": "1",
-                    "REQUEST_METHOD": self.command,
-                    "PATH_INFO": path,
-                    "QUERY_STRING": query,
-                    "CONTENT_TYPE": self.headers.get("content-type", ""),
-                    "CONTENT_LENGTH": str(len(body)),
-                    "HTTP_CONTENT_ENCODING": self.headers.get("content-encoding", ""),
-                    "GIT_PROTOCOL": self.headers.get("git-protocol", ""),
-                    "REMOTE_ADDR": "127.0.0.1",
-                    "GIT_CONFIG_GLOBAL": os.devnull,
-                }
-                result = subprocess.run(
-                    ["git", "http-backend"],
-                    input=body,
-                    env=env,
-                    capture_output=True,
-                    timeout=CGI_TIMEOUT,
-                    check=False,
+                answer = git_http_backend(
+                    outer.git_root, self.command, self.path, body, self.headers
                 )
-                head, _, payload = result.stdout.partition(b"\r\n\r\n")
-                status, content_type = 200, "text/plain"
-                for line in head.decode(errors="replace").splitlines():
-                    name, _, value = line.partition(":")
-                    if name.lower() == "status":
-                        status = int(value.split()[0])
-                    elif name.lower() == "content-type":
-                        content_type = value.strip()
-                self._send(status, payload, content_type)
+                self._send(answer.status, answer.body, answer.content_type or "text/plain")
 
             do_GET = do_POST = do_HEAD = _handle
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(context, Handler)
 
     def answer(self, host: str, path: str) -> tuple[bytes, str] | None:
         path = path.split("?")[0]
@@ -252,7 +319,8 @@ class DevUpstreams:
         if host == "npm.test":
             tarball = f"{NPM_PACKAGE}-1.0.0.tgz"
             if path == f"/{NPM_PACKAGE}":
-                return json.dumps(self.packument(tarball)).encode(), "application/json"
+                url = f"https://npm.test/{NPM_PACKAGE}/-/{tarball}"
+                return json.dumps(packument(self.npm_tarball, url)).encode(), "application/json"
             if path == f"/{NPM_PACKAGE}/-/{tarball}":
                 return self.npm_tarball, "application/octet-stream"
             return None
@@ -279,35 +347,3 @@ class DevUpstreams:
                 return (json.dumps(entry) + "\n").encode(), "text/plain"
             return None
         return b"hello over tls\n", "text/plain"
-
-    def packument(self, tarball: str) -> dict[str, object]:
-        sha1 = hashlib.sha1(self.npm_tarball).hexdigest()
-        sha512 = base64.b64encode(hashlib.sha512(self.npm_tarball).digest()).decode()
-        version = {
-            "name": NPM_PACKAGE,
-            "version": "1.0.0",
-            "main": "index.js",
-            "dist": {
-                "tarball": f"https://npm.test/{NPM_PACKAGE}/-/{tarball}",
-                "shasum": sha1,
-                "integrity": f"sha512-{sha512}",
-            },
-        }
-        return {
-            "name": NPM_PACKAGE,
-            "dist-tags": {"latest": "1.0.0"},
-            "versions": {"1.0.0": version},
-        }
-
-    def config(self) -> str:
-        """The [egress] config that allows and pins every host to this server."""
-        pins = "".join(f'"{host}" = "127.0.0.1:{self.port}"\n' for host in HOSTS)
-        allow = ", ".join(f'"{host}"' for host in HOSTS)
-        return (
-            f'[egress]\nallow = [{allow}]\nupstream_ca_file = "{self.ca_file}"\n'
-            f"[egress.resolve]\n{pins}"
-        )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

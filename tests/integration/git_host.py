@@ -7,19 +7,34 @@ from __future__ import annotations
 
 import base64
 import http.server
-import os
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
-from tests.integration.dev_upstreams import _tls, make_git_repository
+from tests.integration.dev_upstreams import (
+    TlsServer,
+    _tls,
+    git_http_backend,
+    make_git_repository,
+)
 
-CGI_TIMEOUT = 60
 MAX_BODY = 64 << 20
 
 
-class GitHost:
+def _ref(bare: Path, name: str) -> str | None:
+    """The value of `name` (a full ref) in `bare`, None when it does not exist."""
+    found = subprocess.run(
+        ["git", "-C", str(bare), "rev-parse", "--verify", "-q", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or None
+
+
+class GitHost(TlsServer):
+    hosts = ("git.test",)
+
     def __init__(self, directory: Path, token: str) -> None:
         context, self.ca_file = _tls(directory)
         self.root = directory / "git"
@@ -62,69 +77,22 @@ class GitHost:
                 if not authorised:
                     self._send(401, b"token required\n", {"www-authenticate": 'Basic realm="t"'})
                     return
-                path, _, query = self.path.partition("?")
-                env = {
-                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                    "GIT_PROJECT_ROOT": str(outer.root),
-                    "GIT_HTTP_EXPORT_ALL": "1",
-                    "REMOTE_USER": "tester",
-                    "REQUEST_METHOD": self.command,
-                    "PATH_INFO": path,
-                    "QUERY_STRING": query,
-                    "CONTENT_TYPE": self.headers.get("content-type", ""),
-                    "CONTENT_LENGTH": str(len(body)),
-                    "HTTP_CONTENT_ENCODING": self.headers.get("content-encoding", ""),
-                    "GIT_PROTOCOL": self.headers.get("git-protocol", ""),
-                    "REMOTE_ADDR": "127.0.0.1",
-                    "GIT_CONFIG_GLOBAL": os.devnull,
-                }
-                result = subprocess.run(
-                    ["git", "http-backend"],
-                    input=body,
-                    env=env,
-                    capture_output=True,
-                    timeout=CGI_TIMEOUT,
-                    check=False,
+                answer = git_http_backend(
+                    outer.root, self.command, self.path, body, self.headers, "tester"
                 )
-                head, _, payload = result.stdout.partition(b"\r\n\r\n")
-                status, headers = 200, {}
-                for line in head.decode(errors="replace").splitlines():
-                    name, _, value = line.partition(":")
-                    if name.lower() == "status":
-                        status = int(value.split()[0])
-                    elif name.lower() == "content-type":
-                        headers["content-type"] = value.strip()
-                self._send(status, payload, headers)
+                found = {"content-type": answer.content_type} if answer.content_type else {}
+                self._send(answer.status, answer.body, found)
 
             do_GET = do_POST = _handle
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
+        self._serve(context, Handler)
         self.url = "https://git.test/repo.git"  # pinned to 127.0.0.1:port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def ref(self, name: str) -> str | None:
-        """The upstream's value of `name` (a full ref), None when it does not exist."""
-        found = subprocess.run(
-            ["git", "-C", str(self.bare), "rev-parse", "--verify", "-q", name],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return found.stdout.strip() or None
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return _ref(self.bare, name)
 
 
 class SshGitHost:
@@ -179,13 +147,7 @@ class SshGitHost:
             time.sleep(0.05)
 
     def ref(self, name: str) -> str | None:
-        found = subprocess.run(
-            ["git", "-C", str(self.bare), "rev-parse", "--verify", "-q", name],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return found.stdout.strip() or None
+        return _ref(self.bare, name)
 
     def close(self) -> None:
         self.process.terminate()

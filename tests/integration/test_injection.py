@@ -48,7 +48,7 @@ def auth(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[AuthUpstreams]:
 hosts = ["api.github.com", "github.com", "plain.test"]
 env = "GITHUB_TOKEN"
 also_env = ["GH_TOKEN"]
-secret = "file:{secrets / "github"}"
+secret = "command:sh -c 'echo run >> {secrets / "runs"}; cat {secrets / "github"}'"
 
 [[credentials.inject]]
 hosts = ["registry.npmjs.org"]
@@ -115,7 +115,7 @@ def _obfuscated(token: str) -> str:
 
 
 def test_real_clients_get_real_tokens_to_their_hosts_only(
-    bottle_env: BottleEnv, auth: AuthUpstreams
+    bottle_env: BottleEnv, auth: AuthUpstreams, tmp_path: Path
 ) -> None:
     be = bottle_env
     app = be.workspace / "app"
@@ -171,6 +171,9 @@ echo "== probe"
         ("GITHUB_TOKEN",),
         ("NPM_TOKEN",),
     }
+    # The command the secret comes from ran once: for the plan (the placeholder's shape),
+    # its output then handed to the bundle, not run again there.
+    assert (tmp_path / "secrets" / "runs").read_text() == "run\n"
 
 
 def test_placeholder_elsewhere_writes_and_reflections_are_refused(

@@ -42,7 +42,7 @@ def dev(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[DevUpstreams]:
     directory = tmp_path / "dev"
     directory.mkdir()
     upstreams = DevUpstreams(directory)
-    bottle_env.write_config(upstreams.config())
+    bottle_env.write_config(upstreams.egress_config())
     yield upstreams
     upstreams.close()
 
@@ -218,7 +218,7 @@ def test_git_identity_false_leaves_the_bottle_without_one(
     gitconfig = tmp_path / "host-gitconfig"
     gitconfig.write_text(HOST_GITCONFIG)
     bottle_env.env["GIT_CONFIG_GLOBAL"] = str(gitconfig)
-    bottle_env.write_config(dev.config() + "[bottle]\ngit_identity = false\n")
+    bottle_env.write_config(dev.egress_config() + "[bottle]\ngit_identity = false\n")
     out = bottle_env.sh("git config --global user.name || echo no-identity").stdout
     assert "no-identity" in out and "Grace" not in out
 

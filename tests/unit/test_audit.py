@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.bundle import audit
-from claude_bottle.bundle.audit import (
-    GENESIS,
-    MAX_PATH,
-    AuditError,
-    AuditLog,
-    canonical_json,
-    format_record,
-    iter_records,
-    redact_path,
-    verify,
-)
+from claude_bottle.bundle import audit, audit_chain, audit_text
+from claude_bottle.bundle.audit import AuditError, AuditLog
+from claude_bottle.bundle.audit_chain import GENESIS, canonical_json, iter_records, verify
+from claude_bottle.bundle.audit_text import MAX_PATH, format_record, redact_path
 
 TOKEN = "ghp_0123456789abcdefghijABCDEFGHIJ0123"  # fake, token-shaped
 
@@ -100,7 +92,7 @@ def test_detail_only_when_given_and_round_trips(tmp_path: Path) -> None:
 def test_empty_file_verifies_ok(tmp_path: Path) -> None:
     log_path = tmp_path / "audit.jsonl"
     log_path.write_bytes(b"")
-    assert verify(log_path) == audit.VerifyResult(True, 0, None, "")
+    assert verify(log_path) == audit_chain.VerifyResult(True, 0, None, "")
 
 
 def test_reopen_resumes_chain(tmp_path: Path) -> None:
@@ -146,7 +138,7 @@ def test_recomputed_hash_after_edit_breaks_next_link(tmp_path: Path) -> None:
     lines = lines_of(log_path)
     record = json.loads(lines[2])
     record["decision"] = "deny"
-    record["hash"] = audit._hash_of(record)
+    record["hash"] = audit_chain._hash_of(record)
     lines[2] = json.dumps(record).encode() + b"\n"
     rewrite(log_path, lines)
     result = verify(log_path)
@@ -214,7 +206,7 @@ def test_seq_gap_with_valid_hashes_is_detected(tmp_path: Path) -> None:
         record = json.loads(raw)
         record["seq"] += 1
         record["prev"] = previous
-        record["hash"] = previous = audit._hash_of(record)
+        record["hash"] = previous = audit_chain._hash_of(record)
         out.append(json.dumps(record).encode() + b"\n")
     rewrite(log_path, out)
     result = verify(log_path)
@@ -227,7 +219,7 @@ def test_other_bottle_mid_file_is_detected(tmp_path: Path) -> None:
     lines = lines_of(log_path)
     record = json.loads(lines[2])
     record["bottle"] = "intruder"
-    record["hash"] = audit._hash_of(record)
+    record["hash"] = audit_chain._hash_of(record)
     lines[2] = json.dumps(record).encode() + b"\n"
     rewrite(log_path, lines)
     result = verify(log_path)
@@ -361,9 +353,9 @@ def test_printable_text_holds_nothing_to_escape() -> None:
     """`_escape_unsafe` returns printable text as it is: sound only while every
     character its pattern matches is unprintable."""
     every_character = "".join(map(chr, range(0x110000)))
-    matched = audit._UNSAFE.findall(every_character)
+    matched = audit_text._UNSAFE.findall(every_character)
     assert len(matched) > 200 and not any(c.isprintable() for c in matched)
-    assert audit._escape_unsafe("/a b/\u00e9\u202e") == "/a b/\u00e9\\u202e"
+    assert audit_text._escape_unsafe("/a b/\u00e9\u202e") == "/a b/\u00e9\\u202e"
 
 
 def test_failed_fsync_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.bundle.audit import AuditError, AuditLog, iter_records, verify
+from claude_bottle.bundle.audit import AuditError, AuditLog
+from claude_bottle.bundle.audit_chain import iter_records, verify
 from claude_bottle.bundle.audit_limits import RESERVE, AuditBudget
 
 

@@ -8,10 +8,13 @@ bundle process; the rest check each bound in process, with the timeouts shortene
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import os
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +27,26 @@ from benchmarks.attack_bundle import (
 
 from claude_bottle.bundle import connection, http1
 from claude_bottle.bundle.api_policy import MAX_JSON_VALUES, GatewayPolicy
+from claude_bottle.bundle.audit import AuditLog
 from claude_bottle.bundle.body_budget import HELD_RULE, HeldBytes, Hold
+from claude_bottle.bundle.connection import BODY_RULE
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.scanning import DlpInspector
 from claude_bottle.bundle.server import BUNDLE_ADDRESS_SPACE
-from claude_bottle.bundle.settings import BUNDLE_FILES
+from claude_bottle.bundle.settings import BUNDLE_FILES, Pin
 from claude_bottle.bundle.slots import BUSY, SLOTS_RULE, Slots, paused_server
 from claude_bottle.policy.dlp import Scanner
+from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.integration.upstream import RecordingHTTPServer
+from tests.unit.bundle_settings import bundle_settings
+from tests.unit.test_gateway import (
+    BOTTLE_HEADERS,
+    REAL_KEY,
+    messages_body,
+    raw_request,
+    start_gateway,
+)
+from tests.unit.test_proxy import RunningBundle, _events
 
 
 def test_held_bodies_draw_on_one_budget(tmp_path: Path) -> None:
@@ -114,6 +130,143 @@ def test_a_new_connection_owes_its_first_request_within_the_header_timeout(
             theirs.close()
 
     asyncio.run(attack())
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingHTTPServer]:
+    server = RecordingHTTPServer()
+    yield server
+    server.close()
+
+
+@contextlib.contextmanager
+def running_proxy(tmp_path: Path, upstream: RecordingHTTPServer) -> Iterator[RunningBundle]:
+    """A bundle in this process (so the shortened timeouts apply) with one allowed and
+    one denied host, both pinned to `upstream`."""
+    settings = bundle_settings(
+        tmp_path,
+        allow=("allowed.test",),
+        pins=(
+            Pin("allowed.test", "127.0.0.1", upstream.port),
+            Pin("denied.test", "127.0.0.1", upstream.port),
+        ),
+    )
+    bundle = RunningBundle(settings)
+    try:
+        yield bundle
+    finally:
+        bundle.stop()
+
+
+def _trickle(sock: socket.socket, head: bytes, length: int, step: bytes, every: float) -> bytes:
+    """Send `head`, then its body `step` at a time every `every` seconds (for at most 20 s),
+    until the bundle answers: the head of its answer (b"" if none came before the end)."""
+    sock.settimeout(every)
+    sock.sendall(head)
+    sent = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            return _answer(sock, sock.recv(65536))
+        if sent < length:
+            chunk = step[: length - sent]
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                return _answer(sock)  # answered and closed since the last look
+            sent += len(chunk)
+    return b""
+
+
+def _answer(sock: socket.socket, answer: bytes = b"") -> bytes:
+    """The head of the answer on `sock`, of which `answer` came already."""
+    sock.settimeout(5)
+    while b"\r\n\r\n" not in answer and (more := sock.recv(65536)):
+        answer += more
+    return answer
+
+
+@pytest.fixture
+def paced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body must come at 100 bytes a second after its first half second."""
+    monkeypatch.setattr(connection, "BODY_GRACE", 0.5)
+    monkeypatch.setattr(connection, "BODY_MIN_RATE", 100)
+
+
+def _proxy_post(host: str, length: int) -> bytes:
+    return (
+        f"POST http://{host}/up HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _egress_rules(bundle: RunningBundle) -> list[object]:
+    return [event.get("rule") for event in _events(bundle)]
+
+
+def test_a_trickled_body_is_answered_408_not_waited_for(
+    paced: None, tmp_path: Path, upstream: RecordingHTTPServer
+) -> None:
+    """A byte every 50 ms (each read well within any per-read timeout): before, the proxy
+    waited for the whole body, holding the connection and its slot as long as the
+    trickle went on; now the body must keep a pace, and falling behind it is answered
+    408 with the rule, audited, and the connection closed."""
+    with running_proxy(tmp_path, upstream) as bundle:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(bundle.settings.proxy_socket)
+            answer = _trickle(sock, _proxy_post("allowed.test", 10_000), 10_000, b"a", 0.05)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"x-claude-bottle-block: " + BODY_RULE.encode() in answer
+            sock.settimeout(5)
+            while sock.recv(65536):  # and then closed
+                pass
+        assert BODY_RULE in _egress_rules(bundle)
+
+
+def test_a_body_that_keeps_the_pace_goes_through(
+    paced: None, tmp_path: Path, upstream: RecordingHTTPServer
+) -> None:
+    """The same bound lets a slow but steady body through: 1,000 bytes over about two
+    seconds, at five times the pace, well past the grace."""
+    with running_proxy(tmp_path, upstream) as bundle:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(bundle.settings.proxy_socket)
+            answer = _trickle(sock, _proxy_post("allowed.test", 1000), 1000, b"b" * 50, 0.1)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert upstream.requests[0].body == b"b" * 1000
+        assert BODY_RULE not in _egress_rules(bundle)
+
+
+def test_the_trickled_body_of_a_refused_request_is_not_drained_forever(
+    paced: None, tmp_path: Path, upstream: RecordingHTTPServer
+) -> None:
+    """A refused request's body is read (up to 1 MiB) so the client sees the answer:
+    before, at any speed, each byte renewing the wait; now at the body's pace, then the
+    refusal goes out and the connection closes."""
+    with running_proxy(tmp_path, upstream) as bundle:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(bundle.settings.proxy_socket)
+            answer = _trickle(sock, _proxy_post("denied.test", 10_000), 10_000, b"c", 0.05)
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert not upstream.requests
+
+
+def test_the_gateway_answers_a_trickled_body_408(paced: None, tmp_path: Path) -> None:
+    with FakeAnthropic(api_key=REAL_KEY) as fake:
+        audit = AuditLog(tmp_path / "audit.jsonl", "unit")
+        gateway = start_gateway(fake, audit)
+        try:
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+                body = messages_body()
+                head = raw_request("POST", "/v1/messages", body, BOTTLE_HEADERS)[: -len(body)]
+                # a byte every 0.2 s: over TCP, bytes that come just as the gateway
+                # closes would make it reset the connection, answer and all
+                answer = _trickle(sock, head, len(body), body[:1], 0.2)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            (record,) = gateway.wait_records(1)
+            assert record["rule"] == BODY_RULE
+        finally:
+            gateway.close()
+            audit.close()
 
 
 def test_a_reader_that_stops_reading_does_not_hold_a_write_forever(

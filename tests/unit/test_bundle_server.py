@@ -13,7 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from claude_bottle.bundle.audit import verify
+from claude_bottle.bundle.audit_chain import verify
 from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.settings import BundleSettings
 from tests.unit.bundle_settings import bundle_settings

@@ -83,6 +83,14 @@ def test_secret_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         assert SECRET not in str(caught.value) and SECRET not in caught.value.hint
 
 
+def test_a_command_source_runs_once_per_process(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    printer = f"command:sh -c 'echo run >> {runs}; echo {SECRET}'"
+    assert load_secret(printer, {}) == SECRET
+    assert load_secret(printer, {}, key="credentials.inject[0].secret") == SECRET
+    assert runs.read_text() == "run\n"
+
+
 def applied(headers: list[tuple[bytes, bytes]], host: str = "api.github.com") -> InjectedHead:
     result = injector().apply("GET", host, "/user", headers)
     assert result is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from claude_bottle import state
-from claude_bottle.bundle.audit import format_record
+from claude_bottle.bundle.audit_text import format_record
 from claude_bottle.cli.main import main
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from claude_bottle.bundle.audit import AuditError, verify
+from claude_bottle.bundle.audit import AuditError
+from claude_bottle.bundle.audit_chain import verify
 from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.service import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin

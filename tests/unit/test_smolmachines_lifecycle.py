@@ -63,8 +63,12 @@ class Rig:
         return subprocess.run(["smolvm", *args], capture_output=True, text=True, check=False)
 
     def backend(self, **overrides: Any) -> SmolmachinesBackend:
-        def spawner(settings: Path, log: Path, *, die_with_parent: bool) -> PendingBundle:
-            pending = spawn_bundle(settings, log, die_with_parent=die_with_parent)
+        def spawner(
+            settings: Path, log: Path, *, die_with_parent: bool, injections: Any = ()
+        ) -> PendingBundle:
+            pending = spawn_bundle(
+                settings, log, die_with_parent=die_with_parent, injections=injections
+            )
             self.bundles.append(pending.process)
             return pending
 

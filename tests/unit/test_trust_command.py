@@ -17,7 +17,7 @@ import pytest
 
 from claude_bottle import state
 from claude_bottle.config import TrustStore, load_config
-from claude_bottle.config.load import SCHEMA, _ListOf, _MapOf, _Scalar, _Spec, _Table
+from claude_bottle.config.schema import SCHEMA, _ListOf, _MapOf, _Scalar, _Spec, _Table
 from claude_bottle.config.user_only import USER_ONLY_KEYS, user_only_key_in
 from claude_bottle.errors import ConfigError
 

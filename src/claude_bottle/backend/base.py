@@ -403,13 +403,17 @@ def plan_injections(config: Config, earlier_plan: Path | None = None) -> tuple[I
     this bottle; the secret is read to learn that shape, and is not kept. A bottle that
     ran before (`resume`) keeps the placeholders its files may hold, while they still
     have the secret's shape."""
-    from claude_bottle.bundle.secret_sources import load_secret, placeholder_for, same_shape
+    from claude_bottle.bundle.secret_sources import (
+        injection_key,
+        load_secret,
+        placeholder_for,
+        same_shape,
+    )
 
     earlier = _earlier_placeholders(earlier_plan)
     planned = []
     for index, injection in enumerate(config.credentials.inject):
-        key = f"credentials.inject[{index}].secret ({injection.env})"
-        secret = load_secret(injection.secret, key=key)
+        secret = load_secret(injection.secret, key=injection_key(index, injection))
         placeholder = earlier.get(injection.env, "")
         if not same_shape(placeholder, secret):
             placeholder = placeholder_for(secret)

@@ -1,7 +1,7 @@
 """Connection plumbing the egress proxy and the API gateway share.
 
-Reading events off a socket with a timeout per read (and a deadline for a request's
-head), writes with a deadline, framing limits, hop-by-hop headers,
+Reading events off a socket with a timeout per read (a deadline for a request's head,
+and a pace its body must keep), writes with a deadline, framing limits, hop-by-hop headers,
 discarding the body of a refused request, keep-alive connections to servers, and the
 loop that serves one client connection from the bottle request after request. Nothing
 here decides whether a request may pass: that is `admission`'s job.
@@ -14,6 +14,7 @@ import contextlib
 import http
 
 from claude_bottle.bundle import http1
+from claude_bottle.bundle.refusal import Refusal
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 256 * 1024  # bytes asked of a socket per read
@@ -22,6 +23,9 @@ IDLE_TIMEOUT = 120.0  # keep-alive / tunnel inactivity
 WRITE_TIMEOUT = 60.0  # a write must drain within this: a reader that stalls is let go
 CLIENT_BUFFER = 64 * 1024  # a client connection's read buffer (asyncio pauses at twice it)
 CONNECT_TIMEOUT = 10.0
+BODY_GRACE = 30.0  # seconds any request body may take to arrive, however small
+BODY_MIN_RATE = 1024  # bytes a second a body must average past that (waiting on the client)
+BODY_RULE = "limit:body-rate"
 MAX_DRAIN = 1024 * 1024  # body of a refused request read and discarded before answering
 
 HOP_BY_HOP = frozenset(
@@ -83,17 +87,64 @@ async def pull(
 
 
 async def discard_body(
-    messages: http1.RequestReader, reader: asyncio.StreamReader, timeout: float
+    messages: http1.RequestReader, reader: asyncio.StreamReader, timeout: float, pace: BodyPace
 ) -> bool:
-    """Read and discard the rest of the current request, at most about MAX_DRAIN bytes, so
-    the client sees the answer to it; True if it ended."""
+    """Read and discard the rest of the current request, at most about MAX_DRAIN bytes
+    and at its `pace`, so the client sees the answer to it; True if it ended (False: the
+    connection must close)."""
     budget = MAX_DRAIN
     while budget > 0:
-        event = await pull(messages, reader, timeout)
+        try:
+            event = await pace.pull(messages, reader, timeout)
+        except Refusal:
+            return False  # too slow: answered without the rest, and closed
         if not isinstance(event, bytes):
             return event is http1.END
         budget -= len(event)
     return False
+
+
+class BodyPace:
+    """How long the bundle still waits for the client to send the rest of a request's
+    body: BODY_GRACE, plus a second for each BODY_MIN_RATE bytes that came, less the time
+    spent waiting. A body trickled a byte a minute (each read within any per-read
+    timeout) holds its connection, and the slot it takes, for BODY_GRACE, not forever.
+    Time spent waiting on the upstream is not the client's and does not count."""
+
+    def __init__(self) -> None:
+        self.left = BODY_GRACE
+
+    async def pull(
+        self,
+        messages: http1.RequestReader,
+        reader: asyncio.StreamReader,
+        timeout: float,
+    ) -> http1.Event:
+        """`pull` within what is left; a Refusal (408) when it runs out."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        paced = asyncio.timeout(max(self.left, 0.0))
+        try:
+            async with paced:
+                event = await pull(messages, reader, timeout)
+        except TimeoutError:
+            if paced.expired():
+                raise self.too_slow() from None
+            raise
+        finally:
+            self.left -= loop.time() - started
+        if isinstance(event, bytes):
+            self.left += len(event) / BODY_MIN_RATE
+        return event
+
+    @staticmethod
+    def too_slow() -> Refusal:
+        return Refusal(
+            408,
+            BODY_RULE,
+            f"the request body came slower than {BODY_MIN_RATE} bytes a second "
+            f"(after {BODY_GRACE:g} s); send it at once",
+        )
 
 
 async def pull_head(
@@ -170,6 +221,7 @@ class ClientConnection:
         self.reader = reader
         self.writer = writer
         self.requests = http1.RequestReader(MAX_HEADER_BYTES)
+        self.pace = BodyPace()  # the current request's body's, anew for each request
 
     async def serve(self) -> None:
         wait = HEADER_TIMEOUT  # a new connection owes its first request at once
@@ -183,6 +235,7 @@ class ClientConnection:
                     return
                 if not isinstance(event, http1.RequestHead):
                     return  # the client closed
+                self.pace = BodyPace()
                 if not await self.handle(event):
                     return
         except (
@@ -209,8 +262,14 @@ class ClientConnection:
     def release(self) -> None:
         """Let go of upstream connections as the client connection ends."""
 
-    async def client_event(self, timeout: float) -> http1.Event:
-        return await pull(self.requests, self.reader, timeout)
+    async def body_event(self) -> http1.Event:
+        """The next event of the current request's body: each read within IDLE_TIMEOUT,
+        the whole body at its pace (a Refusal, 408, when it falls behind)."""
+        return await self.pace.pull(self.requests, self.reader, IDLE_TIMEOUT)
+
+    async def discard_body(self, timeout: float) -> bool:
+        """`discard_body` of the current request, at its pace."""
+        return await discard_body(self.requests, self.reader, timeout, self.pace)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from claude_bottle import paths
 from claude_bottle.errors import MissingDependency
 
 if TYPE_CHECKING:
@@ -323,27 +324,7 @@ def write_store(path: Path, cred: Credential) -> None:
     if cred.expires_at is not None:
         oauth["expiresAt"] = int(cred.expires_at * 1000)
     data[STORE_KEY] = oauth
-    payload = json.dumps(data, indent=2).encode()
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=".credentials.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    paths.write_atomically(path, json.dumps(data, indent=2).encode())
 
 
 def http_refresher(

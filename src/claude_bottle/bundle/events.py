@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from claude_bottle.bundle.audit import redact_path
+from claude_bottle.bundle.audit_text import redact_path
 
 QUEUE_LINES = 1024  # events a subscriber may lag behind before it is dropped
 MAX_SUBSCRIBERS = 16

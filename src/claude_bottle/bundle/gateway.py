@@ -45,13 +45,11 @@ from claude_bottle.bundle.api_policy import (
 from claude_bottle.bundle.body_budget import HeldBytes
 from claude_bottle.bundle.connection import (
     CONNECT_TIMEOUT,
-    IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
     READ_SIZE,
     ClientConnection,
     ConnectionEnded,
     KeptAlive,
-    discard_body,
     pull,
     response,
 )
@@ -272,7 +270,7 @@ class AnthropicGateway(ClientConnection):
         """Read and discard the request body (bounded); True if it ended."""
         if request.expects_continue:
             return False  # they wait to send it; answering is enough (we close)
-        return await discard_body(self.requests, self.reader, CONNECT_TIMEOUT)
+        return await self.discard_body(CONNECT_TIMEOUT)
 
     async def _refuse(
         self, request: http1.RequestHead, exc: Refusal, *, drained: bool = False
@@ -455,7 +453,7 @@ class AnthropicGateway(ClientConnection):
     ) -> None:
         scanned = bytearray()
         while True:
-            event = await self.client_event(IDLE_TIMEOUT)
+            event = await self.body_event()
             if isinstance(event, bytes):
                 call.bytes_up += len(event)
                 if len(scanned) < MODEL_SCAN_BYTES:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from claude_bottle.bundle import http1
-from claude_bottle.bundle.connection import IDLE_TIMEOUT, ClientConnection, response
+from claude_bottle.bundle.connection import ClientConnection, response
 from claude_bottle.bundle.git_hook import DLP_VAR, REMOTE_VAR, REPORT_VAR
 from claude_bottle.bundle.git_policy import RECEIVE, UPLOAD, GateRemote, Route, route
 from claude_bottle.bundle.git_upstream import (
@@ -296,7 +296,7 @@ class GitGateConnection(ClientConnection):
                     await self.send(http1.CONTINUE)
                 total = 0
                 while True:
-                    event = await self.client_event(IDLE_TIMEOUT)
+                    event = await self.body_event()
                     if not isinstance(event, bytes):
                         break
                     total += len(event)

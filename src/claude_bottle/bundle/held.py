@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
-from claude_bottle.bundle.audit import printable, redact_path
+from claude_bottle.bundle.audit_text import printable, redact_path
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.policy.allowlist import normalize_host
 

@@ -10,11 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from claude_bottle.bundle import prestart
 from claude_bottle.errors import LaunchError
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.settings import InjectionSpec
 
 READY_TIMEOUT = 15.0
 
@@ -85,7 +89,7 @@ class EarlyBundle:
         process: BundleProcess,
         handoff_fd: int,
         ready_fd: int,
-        early_log: IO[bytes],
+        early_log: IO[bytes] | None,
         die_with_parent: bool,
     ) -> None:
         self.process = process
@@ -94,11 +98,19 @@ class EarlyBundle:
         self.early_log = early_log
         self.die_with_parent = die_with_parent
 
-    def hand_off(self, settings_file: Path, log_file: Path) -> PendingBundle:
+    def hand_off(
+        self, settings_file: Path, log_file: Path, injected: Mapping[str, str]
+    ) -> PendingBundle:
+        """Tell it its settings and log file, and the injections' secrets (through the
+        pipe: they are on no disk and in no process's environment)."""
         assert self.handoff_fd is not None
-        message = json.dumps({"settings": str(settings_file), "log": str(log_file)})
+        message = json.dumps(
+            {"settings": str(settings_file), "log": str(log_file), "injected": dict(injected)}
+        ).encode()
         try:
-            os.write(self.handoff_fd, message.encode() + b"\n")
+            written = 0
+            while written < len(message) + 1:  # a pipe may take a long message in parts
+                written += os.write(self.handoff_fd, (message + b"\n")[written:])
         except OSError:
             pass  # it died early: wait_ready reports it, with what it said
         finally:
@@ -111,7 +123,8 @@ class EarlyBundle:
             os.close(self.handoff_fd)
             self.handoff_fd = None
             os.close(self.ready_fd)
-            self.early_log.close()
+            if self.early_log is not None:
+                self.early_log.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(1)  # it exits on the closed pipe
             if self.process.poll() is None:
@@ -137,9 +150,7 @@ def prestart_bundle(*, die_with_parent: bool) -> None:
     early_log = tempfile.TemporaryFile()  # noqa: SIM115
     process: BundleProcess | None
     try:
-        process = _popen_bundle(
-            ["--handoff-fd", str(handoff_r)], handoff_r, ready_w, early_log, die_with_parent
-        )
+        process = _popen_bundle(handoff_r, ready_w, early_log, die_with_parent)
     except OSError:
         process = None
     os.close(handoff_r)
@@ -175,30 +186,59 @@ def discard_prestarted() -> None:
         early.discard()
 
 
-def spawn_bundle(settings_file: Path, log_file: Path, *, die_with_parent: bool) -> PendingBundle:
-    """Start the bundle process; call `.wait_ready()` before the bottle's command runs."""
+def spawn_bundle(
+    settings_file: Path,
+    log_file: Path,
+    *,
+    die_with_parent: bool,
+    injections: Sequence[InjectionSpec] = (),
+) -> PendingBundle:
+    """Start the bundle process (the prestarted one when there is one) and hand it its
+    settings and the injections' secrets, read here; call `.wait_ready()` before the
+    bottle's command runs."""
     global _early
+    injected: dict[str, str] = {}
+    if injections:
+        from claude_bottle.bundle.secret_sources import injected_secrets
+
+        injected = injected_secrets(injections)
     early, _early = prestarted(), None
-    if early is not None:
-        if early.die_with_parent == die_with_parent and early.process.poll() is None:
-            return early.hand_off(settings_file, log_file)
+    if early is not None and (
+        early.die_with_parent != die_with_parent or early.process.poll() is not None
+    ):
         early.discard()
-    read_fd, write_fd = os.pipe()
-    with log_file.open("ab") as log:
-        process = _popen_bundle([str(settings_file)], None, write_fd, log, die_with_parent)
-    os.close(write_fd)
-    return PendingBundle(process, read_fd, log_file)
+        early = None
+    if early is None:
+        early = _exec_bundle(log_file, die_with_parent)
+    return early.hand_off(settings_file, log_file, injected)
+
+
+def _exec_bundle(log_file: Path, die_with_parent: bool) -> EarlyBundle:
+    """A bundle started now, the ordinary way, waiting for its settings like a
+    prestarted one; it writes to `log_file` from the start."""
+    handoff_r, handoff_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        with log_file.open("ab") as log:
+            process = _popen_bundle(handoff_r, ready_w, log, die_with_parent)
+    except BaseException:
+        os.close(handoff_w)
+        os.close(ready_r)
+        raise
+    finally:
+        os.close(handoff_r)
+        os.close(ready_w)
+    return EarlyBundle(process, handoff_w, ready_r, None, die_with_parent)
 
 
 def _popen_bundle(
-    settings_args: list[str],
-    handoff_fd: int | None,
+    handoff_fd: int,
     ready_fd: int,
     output: IO[bytes],
     die_with_parent: bool,
 ) -> subprocess.Popen[bytes]:
     """The bundle process, told where its settings come from and where to say "ready"."""
-    argv = [sys.executable, "-m", "claude_bottle.bundle.server", *settings_args]
+    argv = [sys.executable, "-m", "claude_bottle.bundle.server", "--handoff-fd", str(handoff_fd)]
     argv += ["--ready-fd", str(ready_fd)]
     if die_with_parent:
         argv += ["--parent-pid", str(os.getpid())]
@@ -207,7 +247,7 @@ def _popen_bundle(
         stdin=subprocess.DEVNULL,
         stdout=output,
         stderr=output,
-        pass_fds=(ready_fd,) if handoff_fd is None else (handoff_fd, ready_fd),
+        pass_fds=(handoff_fd, ready_fd),
         start_new_session=True,
     )
 

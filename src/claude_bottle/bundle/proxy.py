@@ -34,7 +34,6 @@ from claude_bottle.bundle.connection import (
     ClientConnection,
     ConnectionEnded,
     KeptAlive,
-    discard_body,
     drain,
     forwarded_headers,
     pull,
@@ -334,7 +333,7 @@ class ProxyConnection(ClientConnection):
                 where = (self.intercepted.host, self.intercepted.port, target)
             else:
                 where = refused_where(target, 80)
-            await discard_body(self.requests, self.reader, HEADER_TIMEOUT)
+            await self.discard_body(HEADER_TIMEOUT)
             await self._deny(method, *where, exc)
             return False
         try:
@@ -426,7 +425,7 @@ class ProxyConnection(ClientConnection):
         up_bytes = 0
         try:
             while not replay:
-                event = await self.client_event(IDLE_TIMEOUT)
+                event = await self.body_event()
                 if isinstance(event, bytes):
                     up_bytes += len(event)
                     data = event if guard is None else guard.feed(event)

@@ -13,6 +13,9 @@ accept the other: the same prefix word (`ghp_`, `github_pat_`, `npm_`, `glpat-`)
 random characters drawn from the alphabet the rest of the secret uses, to the same length
 (at least MIN_PLACEHOLDER characters). It is chosen anew for every bottle.
 
+A command runs once per process: the plan reads its secret for the placeholder's shape,
+and the launch hands that same value to the bundle (`injected_secrets`).
+
 No message here holds a secret value: errors name where we looked and what to do.
 """
 
@@ -24,10 +27,14 @@ import secrets
 import shlex
 import string
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from claude_bottle.errors import MissingDependency
+
+if TYPE_CHECKING:
+    from claude_bottle.bundle.settings import InjectionSpec
 
 MIN_PLACEHOLDER = 20
 MAX_SECRET = 4096
@@ -36,6 +43,9 @@ _PREFIX = re.compile(r"(?:[a-z]{2,12}[_-]){1,2}")
 # A secret goes into a header: anything but visible ASCII would break the request head.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 _ALPHABETS = (string.ascii_lowercase, string.ascii_uppercase, string.digits)
+# What each `command:` printed, by its command line: a command may be slow, or ask the
+# user (a keychain prompt), or give another token each time it runs.
+_command_output: dict[str, str] = {}
 
 
 def _missing(key: str, problem: str, fix: str) -> MissingDependency:
@@ -60,27 +70,33 @@ def _read_source(spec: str, env: Mapping[str, str], key: str) -> str:
             ) from None
         return data.decode("utf-8", "replace")
     if kind == "command":
-        argv = shlex.split(rest)
-        try:
-            done = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise _missing(
-                key, f"cannot run {argv[0]!r}: {exc}", "install it or change the command"
-            ) from None
-        if done.returncode != 0:  # its output may hold the secret: not shown
-            raise _missing(
-                key,
-                f"{argv[0]!r} exited with status {done.returncode}",
-                "run the command yourself to see why",
-            )
-        return done.stdout[: MAX_SECRET + 1].decode("utf-8", "replace")
+        if rest not in _command_output:
+            _command_output[rest] = _run_command(rest, key)
+        return _command_output[rest]
     raise _missing(key, "expected env:NAME, file:PATH or command:ARGV", "fix the spec")
+
+
+def _run_command(command: str, key: str) -> str:
+    argv = shlex.split(command)
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _missing(
+            key, f"cannot run {argv[0]!r}: {exc}", "install it or change the command"
+        ) from None
+    if done.returncode != 0:  # its output may hold the secret: not shown
+        raise _missing(
+            key,
+            f"{argv[0]!r} exited with status {done.returncode}",
+            "run the command yourself to see why",
+        )
+    return done.stdout[: MAX_SECRET + 1].decode("utf-8", "replace")
 
 
 def load_secret(spec: str, env: Mapping[str, str] | None = None, key: str = "secret") -> str:
@@ -95,6 +111,22 @@ def load_secret(spec: str, env: Mapping[str, str] | None = None, key: str = "sec
             "give a secret as HTTP sends it (a token, or a password)",
         )
     return value
+
+
+def injected_secrets(
+    injections: Iterable[InjectionSpec], env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Each injection's secret by the variable it is injected for: what the launch hands
+    the bundle, so the bundle reads no source again."""
+    return {
+        injection.env: load_secret(injection.secret, env, injection_key(index, injection))
+        for index, injection in enumerate(injections)
+    }
+
+
+def injection_key(index: int, injection: InjectionSpec) -> str:
+    """How a message names an injection's secret: its config key and variable."""
+    return f"credentials.inject[{index}].secret ({injection.env})"
 
 
 def same_shape(placeholder: str, secret: str) -> bool:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from claude_bottle.bundle.tls import Interception
 
-MAX_HANDOFF = 64 * 1024
+MAX_HANDOFF = 1 << 20  # settings and log paths, and every injection's secret
 PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
 CONTROL_BACKLOG = 100
 GATEWAY_BACKLOG = 128
@@ -59,6 +59,8 @@ class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
     gateway: socket.socket | None
     git: socket.socket | None = None  # the git gate, when remotes are configured
     hook: socket.socket | None = None  # tool-call hooks (advisory attribution)
+    # The injections' secrets as the CLI handed them; one not here is read from its source.
+    injected: dict[str, str] | None = None
 
     def close(self) -> None:
         for sock in (self.proxy, self.control, self.gateway, self.git, self.hook):
@@ -67,7 +69,7 @@ class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py
         self.audit.close()
 
 
-def open_bundle(settings: BundleSettings) -> Opened:
+def open_bundle(settings: BundleSettings, injected: dict[str, str] | None = None) -> Opened:
     """Open the audit log, publish the bottle's CA, bind every socket, and record
     `bundle-start`: all the bottle needs before its command runs."""
     audit = AuditLog(
@@ -116,7 +118,7 @@ def open_bundle(settings: BundleSettings) -> Opened:
             sock.close()
         audit.close()
         raise
-    return Opened(settings, audit, interception, proxy, control, gateway, git, hook)
+    return Opened(settings, audit, interception, proxy, control, gateway, git, hook, injected)
 
 
 def _publish_gate_config(settings: BundleSettings) -> None:
@@ -218,7 +220,16 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
-def _await_handoff(fd: int) -> tuple[Path, Path] | None:
+class Handoff(NamedTuple):
+    """What the CLI hands a bundle it started: where its settings and log are, and the
+    injections' secrets by variable (read once, by the CLI)."""
+
+    settings: Path
+    log: Path
+    injected: dict[str, str]
+
+
+def _await_handoff(fd: int) -> Handoff | None:
     """Block until the CLI says where the settings and the log are (one JSON line on
     `fd`); None when it closes the pipe first (the launch was abandoned)."""
     # What getting ready costs most (cryptography, ~60 ms), done while the CLI is still
@@ -236,7 +247,8 @@ def _await_handoff(fd: int) -> tuple[Path, Path] | None:
     if b"\n" not in data:
         return None
     handoff = json.loads(data)
-    return Path(handoff["settings"]), Path(handoff["log"])
+    injected = {str(env): str(secret) for env, secret in handoff.get("injected", {}).items()}
+    return Handoff(Path(handoff["settings"]), Path(handoff["log"]), injected)
 
 
 def _log_to(path: Path) -> None:
@@ -274,14 +286,15 @@ def serve(settings: Path | int, *, ready_fd: int | None, parent_pid: int | None)
         _die_with_parent()
         if os.getppid() != parent_pid:
             sys.exit(1)  # the parent died before we could watch it
+    injected: dict[str, str] = {}
     if isinstance(settings, int):
         handoff = _await_handoff(settings)
         if handoff is None:
             os._exit(0)
-        settings, log_file = handoff
-        _log_to(log_file)
+        settings, injected = handoff.settings, handoff.injected
+        _log_to(handoff.log)
     try:
-        opened = open_bundle(BundleSettings.load(settings))
+        opened = open_bundle(BundleSettings.load(settings), injected)
     except AuditError as exc:
         sys.exit(f"{STOPPED}{exc}")
     _stop_on_signals(opened)

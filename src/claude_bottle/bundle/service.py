@@ -64,6 +64,7 @@ class Bundle:
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.audit = opened.audit
+        self.injected = opened.injected or {}
         self.gate = EgressGate(
             settings.allow,
             settings.deny,
@@ -114,7 +115,7 @@ class Bundle:
 
         if self.interception is not None:
             self.interception.warm()
-        self.injector, secrets = _injector(self.settings)
+        self.injector, secrets = _injector(self.settings, self.injected)
         return _inspector(self.settings, self.record, self.held, secrets)
 
     def _prepare_now(self) -> None:
@@ -478,18 +479,21 @@ def _in_daemon_thread(
     threading.Thread(target=run, name="claude-bottle-build", daemon=True).start()
 
 
-def _injector(settings: BundleSettings) -> tuple[Injector | None, dict[str, str]]:
-    """The injections with their secrets, read here in the bundle from the host; and the
-    values DLP must know: each secret, and each placeholder (a canary elsewhere)."""
+def _injector(
+    settings: BundleSettings, injected: dict[str, str]
+) -> tuple[Injector | None, dict[str, str]]:
+    """The injections with their secrets, as the CLI handed them (else read here, from a
+    source the bundle's host holds: a container bundle's environment); and the values
+    DLP must know: each secret, and each placeholder (a canary elsewhere)."""
     if not settings.injections:
         return None, {}
     from claude_bottle.bundle.injection import Injection, Injector
-    from claude_bottle.bundle.secret_sources import load_secret
+    from claude_bottle.bundle.secret_sources import injection_key, load_secret
 
     injections = []
     known: dict[str, str] = {}
-    for spec in settings.injections:
-        secret = load_secret(spec.secret, key=f"[[credentials.inject]] {spec.env}")
+    for index, spec in enumerate(settings.injections):
+        secret = injected.get(spec.env) or load_secret(spec.secret, key=injection_key(index, spec))
         injections.append(
             Injection(spec.env, frozenset(spec.hosts), spec.placeholder.encode(), secret.encode())
         )

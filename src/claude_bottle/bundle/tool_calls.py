@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from claude_bottle.bundle.audit import printable, redact_path
+from claude_bottle.bundle.audit_text import printable, redact_path
 
 if TYPE_CHECKING:
     from claude_bottle.policy.dlp import Scanner

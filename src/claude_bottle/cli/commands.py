@@ -238,7 +238,7 @@ def _bundle_log_hint(name: str) -> str:
     """Why the bundle stopped, when it said so (its audit log failed or hit its budget:
     the log's last record, or a host bundle's last line), and where a host bundle's log
     is; the docker backend's bundle logs elsewhere."""
-    from claude_bottle.bundle.audit import printable
+    from claude_bottle.bundle.audit_text import printable
     from claude_bottle.bundle.server import STOPPED
 
     state_dir = paths.state_dir(name)
@@ -428,7 +428,8 @@ def cleanup(dry_run: bool, records: bool) -> None:
 
 
 def logs(name: str, follow: bool, as_json: bool, tool_use_id: str | None = None) -> None:
-    from claude_bottle.bundle.audit import format_record, iter_records
+    from claude_bottle.bundle.audit_chain import iter_records
+    from claude_bottle.bundle.audit_text import format_record
     from claude_bottle.bundle.tool_calls import concerns, valid_id
 
     if tool_use_id is not None and not valid_id(tool_use_id):
@@ -453,7 +454,7 @@ def logs(name: str, follow: bool, as_json: bool, tool_use_id: str | None = None)
 
 
 def audit_verify(file: str) -> int:
-    from claude_bottle.bundle.audit import verify
+    from claude_bottle.bundle.audit_chain import verify
 
     result = verify(Path(file))
     if result.ok:

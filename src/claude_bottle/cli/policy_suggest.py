@@ -26,7 +26,7 @@ WENT_THROUGH = frozenset({"allow", "audit-allow", "pending"})  # pending: held i
 def counts(log: Path) -> tuple[Counter[str], int]:
     """Requests per host that went through (or were held), and hosts left out as
     invalid; BottleError when the chain does not verify."""
-    from claude_bottle.bundle.audit import iter_records, verify
+    from claude_bottle.bundle.audit_chain import iter_records, verify
 
     result = verify(log)
     if not result.ok:

@@ -9,13 +9,11 @@ replaced atomically, and checked to still parse before it is.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 import tomllib
 from pathlib import Path
 
+from claude_bottle import paths
 from claude_bottle.config.load import user_config_path
 from claude_bottle.errors import ConfigError
 from claude_bottle.policy.allowlist import validate_pattern
@@ -73,15 +71,4 @@ def append_allow(pattern: str, *, bottle: str, path: Path | None = None) -> Path
 def _replace(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    paths.write_atomically(path, text.encode(), mode)

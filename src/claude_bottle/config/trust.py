@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from claude_bottle import paths
 from claude_bottle.errors import ConfigError
 
 TrustStatus = Literal["trusted", "untrusted", "changed"]
@@ -233,28 +234,8 @@ class TrustStore:
 
     def _write_private(self, path: Path, data: bytes) -> None:
         """Write `path` whole or not at all, readable by the user alone."""
-        directory = path.parent
-        self._ensure_dir(directory)
-        import tempfile  # only when the store changes, not on every run
-
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), 0o600)
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        self._ensure_dir(path.parent)
+        paths.write_atomically(path, data)
 
     @staticmethod
     def _ensure_dir(directory: Path) -> None:

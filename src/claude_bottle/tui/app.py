@@ -119,7 +119,8 @@ class LogScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         from claude_bottle import paths
-        from claude_bottle.bundle.audit import format_record, iter_records
+        from claude_bottle.bundle.audit_chain import iter_records
+        from claude_bottle.bundle.audit_text import format_record
 
         view = self.query_one("#log", RichLog)
         log = paths.state_dir(self.bottle) / "audit.jsonl"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from claude_bottle.bundle.audit import printable
+from claude_bottle.bundle.audit_text import printable
 
 if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList

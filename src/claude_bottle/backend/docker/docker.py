@@ -247,20 +247,34 @@ def build(
         )
 
 
-def image_inspect(ref: str) -> dict[str, Any] | None:
-    """`docker image inspect`: the image's metadata, or None when there is no such image."""
-    result = _run(["image", "inspect", "--format", "{{json .}}", ref], check=False, timeout=30)
+def _inspect(
+    kind: str,
+    ref: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    missing: tuple[str, ...] = ("no such",),
+) -> dict[str, Any] | None:
+    """`docker KIND inspect REF`: the object's metadata, or None when the engine says
+    (in words of `missing`) there is none."""
+    args = [kind, "inspect", "--format", "{{json .}}", ref]
+    result = _run(args, check=False, timeout=timeout)
     if result.returncode != 0:
-        if "no such image" in result.stderr.lower():
+        text = result.stderr.lower()
+        if any(words in text for words in missing):
             return None
         raise DockerError(
-            f"docker image inspect failed: {_engine_message(result.stderr)}",
+            f"docker {kind} inspect failed: {_engine_message(result.stderr)}",
             hint_for(result.stderr),
-            argv=["docker", "image", "inspect", ref],
+            argv=["docker", *args],
             stderr=result.stderr,
         )
     data = json.loads(result.stdout)
     return data if isinstance(data, dict) else None
+
+
+def image_inspect(ref: str) -> dict[str, Any] | None:
+    """`docker image inspect`: the image's metadata, or None when there is no such image."""
+    return _inspect("image", ref, timeout=30)
 
 
 def image_ls(labels: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -317,18 +331,7 @@ def network_create(
 def network_inspect(name: str) -> dict[str, Any] | None:
     """`docker network inspect`: the network (driver, options, labels, containers), or None
     when it does not exist."""
-    result = _run(["network", "inspect", "--format", "{{json .}}", name], check=False)
-    if result.returncode != 0:
-        text = result.stderr.lower()
-        if "no such" in text or "not found" in text:
-            return None
-        raise DockerError(
-            f"docker network inspect failed: {_engine_message(result.stderr)}",
-            hint_for(result.stderr),
-            stderr=result.stderr,
-        )
-    data = json.loads(result.stdout)
-    return data if isinstance(data, dict) else None
+    return _inspect("network", name, missing=("no such", "not found"))
 
 
 def network_rm(names: Iterable[str]) -> None:
@@ -410,18 +413,7 @@ def ps(labels: Mapping[str, str], *, all: bool = True) -> list[dict[str, Any]]:
 
 def inspect(container: str) -> dict[str, Any] | None:
     """`docker container inspect`: the container's state, or None when it does not exist."""
-    result = _run(["container", "inspect", "--format", "{{json .}}", container], check=False)
-    if result.returncode != 0:
-        if "no such" in result.stderr.lower():
-            return None
-        raise DockerError(
-            f"docker inspect failed: {_engine_message(result.stderr)}",
-            hint_for(result.stderr),
-            argv=["docker", "container", "inspect", container],
-            stderr=result.stderr,
-        )
-    data = json.loads(result.stdout)
-    return data if isinstance(data, dict) else None
+    return _inspect("container", container)
 
 
 def inspect_all(containers: Iterable[str]) -> list[dict[str, Any]]:

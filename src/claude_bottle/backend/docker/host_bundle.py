@@ -81,7 +81,9 @@ class HostBundleLaunch:
                     "see `claude-bottle doctor`; cgroup v1 needs root",
                 ) from None
         log = self.state_dir / "bundle.log"
-        pending = spawn_bundle(settings_file, log, die_with_parent=not plan.detach)
+        pending = spawn_bundle(
+            settings_file, log, die_with_parent=not plan.detach, injections=plan.injections
+        )
         self.bundle = pending.process
         if group is not None:
             try:

@@ -370,11 +370,11 @@ def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> d
             env[name] = host_env[name]
     env.update(plan.bundle_env)
     if plan.injections:  # read here, on the host: command: and file: sources work as on it
-        from claude_bottle.bundle.secret_sources import load_secret
+        from claude_bottle.bundle.secret_sources import injected_secrets
 
+        secrets = injected_secrets(plan.injections, host_env)
         for index, injection in enumerate(plan.injections):
-            key = f"credentials.inject[{index}].secret ({injection.env})"
-            env[f"{_INJECTED}{index}"] = load_secret(injection.secret, host_env, key)
+            env[f"{_INJECTED}{index}"] = secrets[injection.env]
     return env
 
 

@@ -288,7 +288,12 @@ class NamespaceBackend(BottleBackend):
         # The bundle's interpreter start-up overlaps with the sandbox's; both must be ready
         # before any command runs.
         bundle_group = _bundle_cgroup(plan, stack)
-        pending = spawn_bundle(settings_file, state_dir / "bundle.log", die_with_parent=not detach)
+        pending = spawn_bundle(
+            settings_file,
+            state_dir / "bundle.log",
+            die_with_parent=not detach,
+            injections=plan.injections,
+        )
         stack.callback(stop_process, pending.process)
         if bundle_group is not None:
             _join(bundle_group, pending.process.pid)

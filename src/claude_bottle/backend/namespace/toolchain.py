@@ -18,7 +18,7 @@ import itertools
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -197,6 +197,31 @@ def _pyvenv_home(prefix: Path) -> Path | None:
     return None
 
 
+def _walk_executables(
+    names: Iterable[str], path_env: str, agent_chosen: Callable[[Path], bool]
+) -> Iterator[tuple[str, Path]]:
+    """Each of `names` found (a name on `path_env`, or a path), then the interpreter its
+    shebang names, and so on, each once: (name, absolute path). The caller handles each
+    before the walk goes on; an `agent_chosen` file's shebang is not followed."""
+    pending = list(names)
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        located = shutil.which(name, path=path_env) if os.sep not in name else name
+        if not located:
+            continue
+        path = Path(os.path.abspath(located))
+        yield name, path
+        if agent_chosen(path):
+            continue
+        interpreter = _interpreter(path.resolve())
+        if interpreter:
+            pending.append(interpreter)
+
+
 class _Binds:
     """Collects read-only binds under the masked roots, refusing any that reveal a secret.
 
@@ -354,23 +379,10 @@ def resolve_binds(
     for path, reason in version_managers.rustup_paths(environ, home, entries):
         binds.add(path, reason)
     binds.workspace_venv_bases(entries, version_managers.interpreter_stores(home, environ))
-    pending = list(executables)
-    seen: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        located = shutil.which(name, path=path_env) if os.sep not in name else name
-        if not located:
-            continue
-        path = Path(os.path.abspath(located))
-        if binds.agent_writable(path):
-            continue  # shown as it is; its shebang is the agent's to choose
-        binds.file(path, f"runs {name}")
-        interpreter = _interpreter(path.resolve())
-        if interpreter:
-            pending.append(interpreter)
+    # A file the agent writes is shown as it is; its shebang is the agent's to choose.
+    for name, path in _walk_executables(executables, path_env, binds.agent_writable):
+        if not binds.agent_writable(path):
+            binds.file(path, f"runs {name}")
     if python_prefix is not None:
         binds.add(python_prefix, "the relay's Python")
     binds.virtualenv_bases()
@@ -406,17 +418,8 @@ def unreachable(
         inside_mask = any(_is_within(path, r) for r in roots)
         return inside_mask and not any(_is_within(path, v) for v in shown)
 
-    pending = [program]
-    seen: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        located = shutil.which(name, path=path_env) if os.sep not in name else name
-        if not located:
-            continue
-        path = Path(os.path.abspath(located))
+    agent_chosen: set[Path] = set()
+    for name, path in _walk_executables([program], path_env, agent_chosen.__contains__):
         needed = [path, path.resolve()]
         if version_managers.is_pyenv_shim(path, environ, entries):
             needed.append(version_managers.pyenv_libexec(path, environ, entries))
@@ -425,8 +428,5 @@ def unreachable(
                 is_command = name == program and item == needed[0]
                 return Unreachable(str(item), exposes_secret(item, home), is_command)
         if workspace is not None and any(_is_within(item, workspace) for item in needed):
-            continue
-        interpreter = _interpreter(path.resolve())
-        if interpreter:
-            pending.append(interpreter)
+            agent_chosen.add(path)
     return None

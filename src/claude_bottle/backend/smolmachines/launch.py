@@ -134,7 +134,10 @@ def launch_bottle(
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
     pending = bundle_spawner(
-        stage.settings, state_dir / "bundle.log", die_with_parent=not plan.detach
+        stage.settings,
+        state_dir / "bundle.log",
+        die_with_parent=not plan.detach,
+        injections=plan.injections,
     )
     stack.callback(stop_process, pending.process)
 
