@@ -33,6 +33,7 @@ TOOL_TIMEOUT = 120.0  # a check or resize of a large image is the slowest step
 MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 MOUNT_OPTIONS = "loop,nosuid,nodev,errors=remount-ro"
 INIT_USER_NS_MAP = ["0", "0", "4294967295"]
+SBIN = "/usr/sbin:/sbin"
 E2FSCK_CORRECTED = 3  # e2fsck's exit status bits for "clean" and "errors corrected"
 
 
@@ -40,12 +41,17 @@ def unavailable() -> str | None:
     """Why this host cannot keep a bottle's home in an image; None when it can."""
     if os.geteuid() != 0 or not _in_initial_user_namespace():
         return "an image-backed home needs loop devices and mount, which need host root"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    missing = [name for name in TOOLS if tool(name) is None]
     if missing:
         return f"{', '.join(missing)} not installed (fix: apt-get install e2fsprogs mount)"
     if not Path("/dev/loop-control").exists():
         return "no /dev/loop-control: this kernel or container offers no loop devices"
     return None
+
+
+def tool(name: str) -> str | None:
+    """An e2fsprogs or util-linux binary: on PATH, or in the sbin dirs a user's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path=SBIN)
 
 
 def _in_initial_user_namespace() -> bool:
@@ -131,7 +137,7 @@ def _create(image: Path, mount_point: Path, size: int) -> None:
     """mkfs.ext4 the image, seeded (-d) from what an earlier, directory-backed home holds;
     that directory is emptied only once the image holding its files is on disk."""
     partial = image.with_name(f".{image.name}.{os.getpid()}")
-    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", "root_owner=0:0"]
+    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", "root_owner=0:0"]  # resolved by _run
     seeded = mount_point.is_dir() and any(mount_point.iterdir())
     if seeded:
         argv += ["-d", str(mount_point)]
@@ -156,8 +162,7 @@ def _create(image: Path, mount_point: Path, size: int) -> None:
 def _fsck(image: Path, *, force: bool) -> None:
     """Preen the image before the kernel mounts it (fast when it is clean): it holds what
     the bottle wrote, so a crash-damaged filesystem is repaired or refused, never mounted."""
-    argv = ["e2fsck", "-p", *(["-f"] if force else []), str(image)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    result = _call(["e2fsck", "-p", *(["-f"] if force else []), str(image)])
     if result.returncode & ~E2FSCK_CORRECTED:
         raise LaunchError(
             f"the bottle's home image {image} has errors e2fsck -p cannot repair "
@@ -171,12 +176,7 @@ def _resize(image: Path, size: int) -> None:
     if size > current:
         with image.open("rb+") as handle:
             handle.truncate(size)
-    result = subprocess.run(
-        ["resize2fs", str(image), f"{size // 1024}K"],
-        capture_output=True,
-        text=True,
-        timeout=TOOL_TIMEOUT,
-    )
+    result = _call(["resize2fs", str(image), f"{size // 1024}K"])
     if result.returncode != 0:
         if size > current:
             with image.open("rb+") as handle:
@@ -195,9 +195,7 @@ def _resize(image: Path, size: int) -> None:
 
 
 def _used_bytes(image: Path) -> int:
-    result = subprocess.run(
-        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, timeout=TOOL_TIMEOUT
-    )
+    result = _call(["dumpe2fs", "-h", str(image)])
     fields = dict(
         (key.strip(), value.strip())
         for key, _, value in (line.partition(":") for line in result.stdout.splitlines())
@@ -209,10 +207,17 @@ def _used_bytes(image: Path) -> int:
         return 0
 
 
-def _run(argv: list[str], what: str, *, size_key: int | None = None) -> None:
-    if shutil.which(argv[0]) is None:
+def _call(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    path = tool(argv[0])
+    if path is None:
         raise MissingDependency(f"{argv[0]} is not installed", "apt-get install e2fsprogs mount")
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    return subprocess.run(
+        [path, *argv[1:]], capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False
+    )
+
+
+def _run(argv: list[str], what: str, *, size_key: int | None = None) -> None:
+    result = _call(argv)
     if result.returncode != 0:
         detail = _last_line(result)
         if size_key is not None:  # too small for ext4, or for the earlier home it holds

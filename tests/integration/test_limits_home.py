@@ -154,7 +154,7 @@ def test_as_a_user_run_says_the_home_is_not_bounded(bottle_env: BottleEnv) -> No
     shown = bottle_env.cli("plan", "--json", "--backend", "namespace", "--", "true")
     limits = json.loads(shown.stdout)["limits"]
     assert "the home: not bounded" in limits["disk_mechanism"]
-    assert any(u[0] == "disk" for u in limits["unapplied"]), limits
+    assert any(u["key"] == "disk" for u in limits["unapplied"]), limits
     result = bottle_env.sh("true")
     assert result.returncode == 0, result.stderr
     assert "disk: the bottle's home is a host directory" in result.stderr

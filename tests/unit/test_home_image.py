@@ -5,7 +5,6 @@ plan and doctor show it. Mounting is tested in tests/integration/test_limits_hom
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from claude_bottle.cli import commands
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.limits import MIB, Limits
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+needs_e2fsprogs = pytest.mark.skipif(
+    home_image.tool("mkfs.ext4") is None or home_image.tool("debugfs") is None,
     reason="e2fsprogs (mkfs.ext4, debugfs) is not installed",
 )
 
@@ -26,7 +25,10 @@ pytestmark = pytest.mark.skipif(
 def _cat(image: Path, path: str) -> str:
     """A file's content read from the image without mounting it."""
     result = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, text=True, check=True
+        [str(home_image.tool("debugfs")), "-R", f"cat {path}", str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout
 
@@ -35,6 +37,7 @@ def _blocks(image: Path) -> int:
     return image.stat().st_blocks * 512
 
 
+@needs_e2fsprogs
 def test_a_new_image_is_sparse_and_holds_the_earlier_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".claude").mkdir(parents=True)
@@ -48,11 +51,15 @@ def test_a_new_image_is_sparse_and_holds_the_earlier_home(tmp_path: Path) -> Non
     assert _cat(image, "/.claude/settings.json") == '{"kept": true}'
     assert list(home.iterdir()) == []  # migrated once: the directory is emptied
     stat = subprocess.run(
-        ["debugfs", "-R", "stat /link", str(image)], capture_output=True, text=True, check=True
+        [str(home_image.tool("debugfs")), "-R", "stat /link", str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert 'Fast link dest: "/etc/shadow"' in stat.stdout
 
 
+@needs_e2fsprogs
 def test_a_home_larger_than_disk_is_refused_naming_the_key_and_kept(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -65,6 +72,7 @@ def test_a_home_larger_than_disk_is_refused_naming_the_key_and_kept(tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir()] == ["home"]  # no partial image left
 
 
+@needs_e2fsprogs
 def test_a_larger_disk_grows_the_image_and_keeps_its_files(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -78,6 +86,7 @@ def test_a_larger_disk_grows_the_image_and_keeps_its_files(tmp_path: Path) -> No
     assert _cat(image, "/keep") == "run 1"
 
 
+@needs_e2fsprogs
 def test_shrinking_below_what_the_home_holds_names_the_key(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -91,6 +100,7 @@ def test_shrinking_below_what_the_home_holds_names_the_key(tmp_path: Path) -> No
     assert len(_cat(image, "/big")) == 20 * MIB
 
 
+@needs_e2fsprogs
 def test_a_damaged_image_is_refused_not_mounted(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
