@@ -16,17 +16,21 @@ Shared code: no backend is named here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
-from claude_bottle.limits import format_size
+from claude_bottle.limits import Unapplied, format_size
 
 IMAGE_NAME = "home.img"
+MECHANISM = "the home: an ext4 image of that size (home.img in the state dir), loop-mounted"
 TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount", "umount")
+RELEASE_WAIT = 15.0  # for a mount of the image an ending sandbox still holds
 TOOL_TIMEOUT = 120.0  # a check or resize of a large image is the slowest step
 # No reserved blocks (the bottle gets all of `disk`); inode tables and the journal are
 # left unwritten (zeroed lazily), so a new image takes ~4 MiB of the host's disk, not 64.
@@ -47,6 +51,39 @@ def unavailable() -> str | None:
     if not Path("/dev/loop-control").exists():
         return "no /dev/loop-control: this kernel or container offers no loop devices"
     return None
+
+
+def disk_mechanism(
+    tmpfs: str, backend_problem: str | None = None
+) -> tuple[str, tuple[Unapplied, ...]]:
+    """How `disk` applies with a backend's sized `tmpfs`, and, when the home cannot be
+    bounded here (or the backend cannot use a host mount: `backend_problem`), why; `run`
+    prints it and `require_limits` refuses to start."""
+    reason = unavailable() or backend_problem
+    if reason is None:
+        return f"{tmpfs}; {MECHANISM}", ()
+    home = f"the bottle's home is a host directory, bounded by the host's disk only ({reason})"
+    return f"{tmpfs}; the home: not bounded", (Unapplied("disk", home),)
+
+
+def doctor_line(backend_problem: str | None = None) -> str:
+    reason = unavailable() or backend_problem
+    if reason is None:
+        return "disk bounds the bottle's home: an ext4 image, loop-mounted (root)"
+    return (
+        f"disk cannot bound the bottle's home (only its tmpfs): {reason}; "
+        "fix: run claude-bottle as root"
+    )
+
+
+def mount_for_start(mount_point: Path, size: int, stack: contextlib.ExitStack) -> None:
+    """The home's image, prepared and mounted at `mount_point` on the host for the start
+    (the seeding writes there, the sandbox takes its own mount of it); the caller detaches
+    it once the sandbox runs, the teardown at the latest."""
+    detach(mount_point)  # left by a start that was killed before it detached
+    image = prepare(mount_point, size)
+    stack.callback(detach, mount_point)
+    mount(image, mount_point)
 
 
 def tool(name: str) -> str | None:
@@ -72,7 +109,7 @@ def prepare(mount_point: Path, size: int) -> Path:
     if not image.exists():
         _create(image, mount_point, size)
         return image
-    if in_use(image):  # another mount of it lives on: neither check nor resize it now
+    if not _released(image):  # an ending sandbox's mount of it may still be going away
         if image.stat().st_size != size:
             raise LaunchError(
                 f"cannot resize the bottle's home to [bottle] disk: {image} is still in use",
@@ -106,6 +143,18 @@ def stale_mounts(homes: list[Path]) -> list[Path]:
     """Those of `homes` that are mounted in this mount namespace."""
     targets = _mount_targets()
     return [home for home in homes if str(home) in targets]
+
+
+def _released(image: Path) -> bool:
+    """Whether no loop device holds `image`, waiting RELEASE_WAIT for one to go: the
+    kernel lets go of it once the last process of the sandbox that mounted it is gone,
+    which for a container the engine has just removed can take a moment."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    while in_use(image):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def in_use(image: Path) -> bool:

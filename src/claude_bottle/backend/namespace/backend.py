@@ -259,7 +259,7 @@ class NamespaceBackend(BottleBackend):
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
         home = Path(plan.bwrap.home_source)
         if plan.home_image is not None:
-            _mount_home(home, plan.limits.disk, stack)
+            home_image.mount_for_start(home, plan.limits.disk, stack)
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         for path in readable:
             os.chmod(path, 0o644)
@@ -430,15 +430,6 @@ class NamespaceBackend(BottleBackend):
                 except BottleError as exc:
                     problems.append(str(exc))
         return problems
-
-
-def _mount_home(home: Path, size: int, stack: contextlib.ExitStack) -> None:
-    """The home's sized image, mounted at `home` on the host for the start (the seeding
-    writes there, the sandbox takes its own mount of it); detached at teardown at the latest."""
-    home_image.detach(home)  # left by a start that was killed before it detached
-    image = home_image.prepare(home, size)
-    stack.callback(home_image.detach, home)
-    home_image.mount(image, home)
 
 
 def _with_guard(spec: BwrapSpec, mounts: tuple[GitMount, ...]) -> BwrapSpec:

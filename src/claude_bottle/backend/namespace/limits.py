@@ -12,7 +12,6 @@ from claude_bottle import cgroups, home_image, paths
 from claude_bottle.limits import Limits, LimitsPlan, Unapplied, format_size, plan_with
 
 TMPFS_DISK = "a sized tmpfs at each of /tmp, /var/tmp, /run and the hidden dirs"
-HOME_IMAGE = "the home: an ext4 image of that size (home.img in the state dir), loop-mounted"
 TMPFS_NOTE = "what the bottle writes to its tmpfs counts toward its memory"
 BUNDLE_NOTE = (
     f"the bundle runs in its own cgroup beside the bottle's (memory "
@@ -49,12 +48,7 @@ def confine(name: str, limits: Limits) -> tuple[LimitsPlan, Confinement]:
 
 
 def _disk() -> tuple[str, tuple[Unapplied, ...]]:
-    """How `disk` is applied here, and, when the home cannot be bounded, why."""
-    reason = home_image.unavailable()
-    if reason is None:
-        return f"{TMPFS_DISK}; {HOME_IMAGE}", ()
-    home = f"the bottle's home is a host directory, bounded by the host's disk only ({reason})"
-    return f"{TMPFS_DISK}; the home: not bounded", (Unapplied("disk", home),)
+    return home_image.disk_mechanism(TMPFS_DISK)
 
 
 def _rlimits(limits: Limits, host: cgroups.CgroupHost) -> tuple[LimitsPlan, Confinement]:
@@ -102,14 +96,7 @@ def doctor_lines() -> list[str]:
     lines += [f"cannot apply {key}: no controller for it" for key in host.missing]
     if host.kind != "v2" and host.kind != "systemd":
         lines.append("cgroup v2 is not usable here; cgroup v1 and rlimits are the fallbacks")
-    reason = home_image.unavailable()
-    if reason is None:
-        lines.append("disk bounds the bottle's home: an ext4 image, loop-mounted (root)")
-    else:
-        lines.append(
-            f"disk cannot bound the bottle's home (only its tmpfs): {reason}; "
-            "fix: run claude-bottle as root"
-        )
+    lines.append(home_image.doctor_line())
     return lines
 
 
