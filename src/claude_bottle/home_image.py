@@ -185,6 +185,8 @@ def _unescape(field: str) -> str:
 def _create(image: Path, mount_point: Path, size: int) -> None:
     """mkfs.ext4 the image, seeded (-d) from what an earlier, directory-backed home holds;
     that directory is emptied only once the image holding its files is on disk."""
+    for stale in image.parent.glob(f".{image.name}.*"):  # of a start killed during mkfs
+        stale.unlink(missing_ok=True)
     partial = image.with_name(f".{image.name}.{os.getpid()}")
     argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", "root_owner=0:0"]  # resolved by _run
     seeded = mount_point.is_dir() and any(mount_point.iterdir())

@@ -65,6 +65,8 @@ def test_a_write_past_disk_into_the_home_fails_inside_not_on_the_host(
     assert image.stat().st_size == DISK
     assert image.stat().st_blocks * 512 <= DISK  # the host's disk holds at most `disk`
     assert list(bottle_env.root.rglob(name)) == []  # only inside the image
+    first = json.loads((bottle_env.state_dir() / "audit.jsonl").read_text().splitlines()[0])
+    assert "ext4 image" in first["detail"]["limits"]["disk_mechanism"]  # the audit says how
     assert _gone(image, bottle_env.state_dir() / "home")
 
 
