@@ -4,6 +4,7 @@ plan and doctor show it. Mounting is tested in tests/integration/test_limits_hom
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -153,3 +154,28 @@ def test_as_root_the_plan_names_the_image(monkeypatch: pytest.MonkeyPatch) -> No
     assert not [u for u in plan.unapplied if u.key == "disk"]
     assert dict(plan.rows())["disk"].startswith("64M (")
     assert any("an ext4 image, loop-mounted" in line for line in ns_limits.doctor_lines())
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_the_namespace_plan_names_the_image_the_start_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounded: bool
+) -> None:
+    from claude_bottle.backend.base import LaunchRequest
+    from claude_bottle.backend.namespace.backend import NamespaceBackend
+    from claude_bottle.config.model import Config
+
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
+    monkeypatch.setattr(home_image, "unavailable", lambda: None if bounded else "needs root")
+    (tmp_path / "ws").mkdir()
+    plan = NamespaceBackend().plan(LaunchRequest("p", tmp_path / "ws", Config(), ("true",)))
+    image = tmp_path / "state" / "bottles" / "p" / "home.img"
+    data = json.loads(plan.to_json())
+    if bounded:
+        assert plan.home_image == data["home_image"] == str(image)
+        assert f"{image}, loop-mounted ([bottle] disk)" in plan.render()
+        assert plan.bwrap.home_source == str(image.with_name("home"))  # the mount point
+    else:
+        assert plan.home_image is None and data["home_image"] is None
+        assert data["limits"]["unapplied"][-1]["key"] == "disk"
+        assert "home image" not in plan.render()
