@@ -115,13 +115,13 @@ def prepare(mount_point: Path, size: int) -> Path:
     if not image.exists():
         _create(image, mount_point, size)
         return image
-    if not _released(image):  # an ending sandbox's mount of it may still be going away
-        if image.stat().st_size != size:
-            raise LaunchError(
-                f"cannot resize the bottle's home to [bottle] disk: {image} is still in use",
-                "stop the bottle that uses it (claude-bottle ls), then run again",
-            )
-        return image
+    if not _released(image):
+        # Never a second mount beside one that lives on: two loop devices over one file
+        # are two filesystems writing the same blocks.
+        raise LaunchError(
+            f"the bottle's home image {image} is still in use by another mount",
+            "stop the bottle that uses it (claude-bottle ls), then run again",
+        )
     if image.stat().st_size != size:
         _fsck(image, force=True)
         _resize(image, size)

@@ -179,3 +179,16 @@ def test_the_namespace_plan_names_the_image_the_start_mounts(
         assert plan.home_image is None and data["home_image"] is None
         assert data["limits"]["unapplied"][-1]["key"] == "disk"
         assert "home image" not in plan.render()
+
+
+@needs_e2fsprogs
+def test_an_image_another_mount_still_holds_is_never_mounted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    home_image.prepare(home, 32 * MIB)
+    monkeypatch.setattr(home_image, "in_use", lambda image: True)
+    monkeypatch.setattr(home_image, "RELEASE_WAIT", 0.2)
+    with pytest.raises(LaunchError, match="still in use"):
+        home_image.prepare(home, 32 * MIB)
