@@ -5,7 +5,8 @@
 set -euo pipefail
 need=()
 # openssh-server: the git gate's tests start sshd on loopback for an ssh remote.
-for pkg in bubblewrap libseccomp2 git iproute2 util-linux ca-certificates curl openssh-server; do
+# e2fsprogs: the home image `[bottle] disk` sizes when claude-bottle runs as root.
+for pkg in bubblewrap libseccomp2 git iproute2 util-linux e2fsprogs ca-certificates curl openssh-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${1:-}" = "--tls-clients" ]; then
