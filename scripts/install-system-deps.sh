@@ -6,7 +6,8 @@ set -euo pipefail
 need=()
 # openssh-server: the git gate's tests start sshd on loopback for an ssh remote; git-lfs:
 # they push LFS objects to check the proxy refuses an LFS upload outside the gate.
-for pkg in bubblewrap libseccomp2 git git-lfs iproute2 util-linux ca-certificates curl \
+# e2fsprogs: the home image `[bottle] disk` sizes when claude-bottle runs as root.
+for pkg in bubblewrap libseccomp2 git git-lfs iproute2 util-linux e2fsprogs ca-certificates curl \
     openssh-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done

@@ -80,6 +80,7 @@ class LimitsPlan(NamedTuple):
             "pids": self.pids,
             "cpus": self.cpus,
             "disk": self.disk,
+            "disk_mechanism": self.disk_mechanism,
             "unapplied": [u.key for u in self.unapplied],
         }
 

@@ -450,3 +450,40 @@ def test_container_placement_does_not_run_a_host_bundle(dirs: Path) -> None:
     plan = DockerBackend().plan(_request(dirs, Config()))
     assert plan.placement == "container" and not plan.runs_host_bundle()
     assert plan.bundle is not None and plan.agent.sockets.kind == "volume"
+
+
+def test_disk_sizes_the_home_as_root_with_the_local_engine(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from claude_bottle import home_image
+    from claude_bottle.backend.docker import backend as docker_backend
+
+    monkeypatch.setattr(home_image, "unavailable", lambda: None)
+    monkeypatch.setattr(docker_backend, "_engine_mounts_problem", lambda: None)
+    plan = DockerBackend().plan(_request(dirs, Config()))
+    assert plan.home_image == str(Path(plan.state_dir) / "home.img")
+    assert "the home: an ext4 image" in plan.limits.disk_mechanism
+    assert not plan.limits.unapplied
+    monkeypatch.setattr(docker_backend, "_engine_mounts_problem", lambda: "remote engine")
+    plan = DockerBackend().plan(_request(dirs, Config()))
+    assert plan.home_image is None and "the home: not bounded" in plan.limits.disk_mechanism
+    assert [u.key for u in plan.limits.unapplied] == ["disk"]
+    assert "remote engine" in plan.limits.unapplied[0].reason
+
+
+def test_only_an_engine_in_our_mount_namespace_gets_the_home_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from claude_bottle.backend.docker import backend as docker_backend
+
+    pid_file = tmp_path / "docker.pid"
+    monkeypatch.setattr(docker_backend, "ENGINE_PID_FILES", (pid_file,))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    pid_file.write_text(str(os.getpid()))  # an engine that shares our mounts
+    assert docker_backend._engine_mounts_problem() is None
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
+    assert "not the local one" in str(docker_backend._engine_mounts_problem())
+    monkeypatch.delenv("DOCKER_HOST")
+    pid_file.write_text("999999999")  # no such process: cannot tell, so not bounded
+    assert "another mount namespace" in str(docker_backend._engine_mounts_problem())

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from claude_bottle import cgroups, paths, state
+from claude_bottle import cgroups, home_image, paths, state
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -61,10 +61,7 @@ from claude_bottle.errors import ConfigError
 from claude_bottle.limits import format_size, plan_with
 
 DISK = "a sized tmpfs at each of /tmp and /var/tmp"
-LIMIT_NOTES = (
-    "what the bottle writes to its tmpfs counts toward its memory",
-    "the bottle's home is a host directory: its size is bounded by the host's disk only",
-)
+LIMIT_NOTES = ("what the bottle writes to its tmpfs counts toward its memory",)
 
 BUNDLE_NOTE = (
     f"the host-process bundle runs in its own cgroup (memory "
@@ -101,6 +98,30 @@ def needs_host_network(config: Config) -> bool:
         or _loopback(upstream)
         or any(_loopback(p.address) for p in config.egress.resolve)
     )
+
+
+LOCAL_ENGINE_SOCKETS = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
+ENGINE_PID_FILES = (Path("/run/docker.pid"), Path("/var/run/docker.pid"))
+
+
+def _engine_mounts_problem() -> str | None:
+    """Why the engine would not see a mount this process makes (the home image is mounted
+    on the host and bound into the agent container): a remote or rootless engine, or one
+    in another mount namespace, would bind the empty directory under it instead."""
+    if os.environ.get("DOCKER_HOST", "") not in LOCAL_ENGINE_SOCKETS or os.environ.get(
+        "DOCKER_CONTEXT"
+    ):
+        return "the docker engine is not the local one (DOCKER_HOST, DOCKER_CONTEXT)"
+    for pid_file in ENGINE_PID_FILES:
+        try:
+            pid = int(pid_file.read_text().strip())
+            theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except (OSError, ValueError):
+            continue
+        if theirs == os.stat("/proc/self/ns/mnt").st_ino:
+            return None
+        break
+    return "the docker engine does not share this process's mounts (another mount namespace)"
 
 
 def _bundle_cgroup(name: str, config: Config) -> cgroups.BottleCgroup | None:
@@ -176,7 +197,8 @@ class DockerBackend(BottleBackend):
 
     def limits_report(self) -> list[str]:
         return [
-            "the engine applies memory, pids and cpus to the agent container; disk sizes its tmpfs"
+            "the engine applies memory, pids and cpus to the agent container; disk sizes its tmpfs",
+            home_image.doctor_line(_engine_mounts_problem()),
         ]
 
     # --- preflight ------------------------------------------------------------
@@ -299,8 +321,13 @@ class DockerBackend(BottleBackend):
         if base is not None and base.path:
             env["PATH"] = base.path  # the toolchain the user's image puts on PATH
         notes = (*LIMIT_NOTES, BUNDLE_NOTE) if host_bundle else LIMIT_NOTES
+        disk, home_unbounded = home_image.disk_mechanism(DISK, _engine_mounts_problem())
         limits = plan_with(
-            config.bottle.limits, "docker (the agent container's cgroup)", DISK, (), notes
+            config.bottle.limits,
+            "docker (the agent container's cgroup)",
+            disk,
+            home_unbounded,
+            notes,
         )
         sockets = (
             Mount("bind", str(runtime_dir / "bundle"), SOCKETS_DIR, readonly=True)
@@ -372,6 +399,7 @@ class DockerBackend(BottleBackend):
             placement=chosen.kind,
             placement_reason=chosen.reason,
             bundle_cgroup=_bundle_cgroup(request.name, config) if host_bundle else None,
+            home_image=None if home_unbounded else str(home_image.image_of(state_dir / "home")),
         )
 
     # --- launch ---------------------------------------------------------------
@@ -410,6 +438,8 @@ class DockerBackend(BottleBackend):
 
         problems = launch.remove_by_labels({LABEL_BOTTLE: name, LABEL_STATE: state_label()})
         _stop_host_bundle(record)
+        with contextlib.suppress(ConfigError):  # a start killed before it detached the home
+            home_image.detach(paths.state_dir(name) / "home")
         paths.remove_runtime_dir(record)
         if problems:
             print(f"claude-bottle: {'; '.join(problems)}", file=sys.stderr)

@@ -267,6 +267,7 @@ class DockerBottlePlan(BottlePlan):
     placement: str  # where the bundle runs: "host" (a process) or "container"
     placement_reason: str
     bundle_cgroup: BottleCgroup | None  # a host-process bundle's own cgroup, if any
+    home_image: str | None = None  # the sized image holding the home ([bottle] disk), if any
 
     def runs_host_bundle(self) -> bool:
         return self.bundle is None

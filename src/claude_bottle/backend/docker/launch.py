@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import paths, state, workspace_guard
+from claude_bottle import home_image, paths, state, workspace_guard
 from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
@@ -400,6 +400,8 @@ def start(
     for sub in ("exec", "control"):
         (runtime / sub).mkdir(mode=0o700)
     home = paths.make_private_dir(Path(plan.agent.home_source))
+    if plan.home_image is not None:
+        home_image.mount_for_start(home, plan.limits.disk, stack)
     seed_claude_home(
         home, Path(plan.agent.home), Path(plan.workspace), ToolHook("python3", HOOK_PORT)
     )
@@ -420,6 +422,8 @@ def start(
         processes = _start_with_host_bundle(plan, stack, runtime, state_dir, preflight)
     else:
         processes = _start_with_bundle_container(plan, runtime, state_dir, created, preflight)
+    if plan.home_image is not None:
+        home_image.detach(home)  # the agent container holds its own mount of it from here on
     containers = {"bottle": plan.agent.container}
     if plan.bundle is not None:
         containers["bundle"] = plan.bundle.container

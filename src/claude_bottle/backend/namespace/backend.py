@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import cgroups, paths, state, workspace_guard
+from claude_bottle import cgroups, home_image, paths, state, workspace_guard
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -47,7 +47,7 @@ from claude_bottle.bottle_env import HOOK_PORT, NAMESPACE_CA, RELAY_PORT, TOOLCH
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook, seed_claude_home
-from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
+from claude_bottle.errors import BottleError, ConfigError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
 from claude_bottle.workspace_guard import GitMount
 
@@ -59,6 +59,7 @@ UNPRIVILEGED_HOST_ID = 2_000_000_000
 EXIT_UNSUPPORTED = 3  # unprivileged_exec.py: the kernel or a filesystem cannot idmap
 RESOLV_CONF = "# claude-bottle: the bottle has no DNS; only the bundle resolves names.\n"
 EXEC_READY_TIMEOUT = 10.0
+HOME_MOUNT = "home mount"  # cleanup: a home image still mounted on the host
 
 
 def compiled_relay() -> Path:
@@ -213,10 +214,12 @@ class NamespaceBackend(BottleBackend):
             relay_port=RELAY_PORT,
             limits=limits,
         )
+        bounded_home = not any(u.key == "disk" for u in limits.unapplied)
         return NamespaceBottlePlan(
             **common,
             bwrap=_with_guard(spec, common["workspace_guard"].mounts),
             confinement=confinement,
+            home_image=str(home_image.image_of(state_dir / "home")) if bounded_home else None,
         )
 
     # --- launch ---------------------------------------------------------------
@@ -254,6 +257,9 @@ class NamespaceBackend(BottleBackend):
             Path(plan.bwrap.ca_bundle).touch()
             readable.append(Path(plan.bwrap.ca_bundle))
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
+        home = Path(plan.bwrap.home_source)
+        if plan.home_image is not None:
+            home_image.mount_for_start(home, plan.limits.disk, stack)
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         for path in readable:
             os.chmod(path, 0o644)
@@ -341,6 +347,8 @@ class NamespaceBackend(BottleBackend):
         relay.append(relay_pid)
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
+        if plan.home_image is not None:
+            home_image.detach(home)  # the sandbox holds its own mount of it from here on
         bundle = pending.wait_ready()
         group = plan.confinement.cgroup or _scope_of(plan, sandbox.pid)
 
@@ -399,6 +407,8 @@ class NamespaceBackend(BottleBackend):
             group = from_record(record.get(key))
             if group is not None:
                 cgroups.remove(group)
+        with contextlib.suppress(ConfigError):  # a start killed before it detached the home
+            home_image.detach(paths.state_dir(str(record.get("name"))) / "home")
         paths.remove_runtime_dir(record)
 
     # --- cleanup --------------------------------------------------------------
@@ -406,7 +416,18 @@ class NamespaceBackend(BottleBackend):
     def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
         found = cleanup.plan(self.name, live_names)
         groups = cgroups.leftovers(cgroups.detect(), live_names, paths.state_root())
-        return dataclasses.replace(found, items=(*found.items, *(("cgroup", g) for g in groups)))
+        bottles = paths.bottles_dir()
+        names = sorted(e.name for e in bottles.iterdir()) if bottles.is_dir() else []
+        homes = [bottles / name / "home" for name in names if name not in live_names]
+        mounts = home_image.stale_mounts(homes)
+        return dataclasses.replace(
+            found,
+            items=(
+                *found.items,
+                *(("cgroup", g) for g in groups),
+                *((HOME_MOUNT, str(m)) for m in mounts),
+            ),
+        )
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
         problems = cleanup.run(plan)  # the recorded processes first: then the cgroups empty
@@ -414,6 +435,11 @@ class NamespaceBackend(BottleBackend):
             if kind == "cgroup" and cgroups.is_bottle_cgroup(what):
                 leftover = cgroups.BottleCgroup(1, (("", what),), 0, 0, None)
                 problems += cgroups.remove(leftover)
+            elif kind == HOME_MOUNT and Path(what).parent.parent == paths.bottles_dir():
+                try:
+                    home_image.detach(Path(what))
+                except BottleError as exc:
+                    problems.append(str(exc))
         return problems
 
 

@@ -15,6 +15,7 @@ from claude_bottle.plan import PlanSection
 class NamespaceBottlePlan(BottlePlan):
     bwrap: BwrapSpec
     confinement: Confinement  # how the sandbox is put under [bottle] limits
+    home_image: str | None = None  # the sized image holding the home ([bottle] disk), if any
 
     def sections(self) -> Sequence[PlanSection]:
         spec = self.bwrap
@@ -32,6 +33,8 @@ class NamespaceBottlePlan(BottlePlan):
             ("sockets", f"{len(spec.hidden_sockets)} other host unix sockets covered"),
             ("home", f"{spec.home} <- {spec.home_source} (bottle's own, writable)"),
         ]
+        if self.home_image is not None:
+            rows.append(("home image", f"{self.home_image}, loop-mounted ([bottle] disk)"))
         rows += [("toolchain", f"{b.path} ({b.reason})") for b in spec.toolchain]
         rows += [("read-only", p) for p in spec.read_only]
         return [*self.common_sections(), PlanSection("sandbox (bubblewrap)", tuple(rows))]

@@ -1,5 +1,6 @@
 """How the namespace backend applies `[bottle]` limits: the bottle's own cgroup (or a
-systemd scope), else per-uid rlimits; `disk` is a size on every tmpfs the bottle can write."""
+systemd scope), else per-uid rlimits; `disk` is a size on every tmpfs the bottle can write
+and, where the host allows (root), the size of the ext4 image that holds its home."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import os
 import shutil
 from typing import NamedTuple
 
-from claude_bottle import cgroups, paths
+from claude_bottle import cgroups, home_image, paths
 from claude_bottle.limits import Limits, LimitsPlan, Unapplied, format_size, plan_with
 
 TMPFS_DISK = "a sized tmpfs at each of /tmp, /var/tmp, /run and the hidden dirs"
-HOME_NOTE = "the bottle's home is a host directory: its size is bounded by the host's disk only"
 TMPFS_NOTE = "what the bottle writes to its tmpfs counts toward its memory"
 BUNDLE_NOTE = (
     f"the bundle runs in its own cgroup beside the bottle's (memory "
@@ -34,23 +34,29 @@ def confine(name: str, limits: Limits) -> tuple[LimitsPlan, Confinement]:
         unapplied = tuple(
             Unapplied(key, f"{host.describe()} has no controller for it") for key in host.missing
         )
-        notes = (TMPFS_NOTE, HOME_NOTE, BUNDLE_NOTE)
-        plan = plan_with(limits, host.describe(), TMPFS_DISK, unapplied, notes)
+        disk, home = _disk()
+        notes = (TMPFS_NOTE, BUNDLE_NOTE)
+        plan = plan_with(limits, host.describe(), disk, (*unapplied, *home), notes)
         return plan, Confinement(group, ())
     if host.kind == "systemd":
         unit = f"claude-bottle-{name}-{os.getpid()}"
         launcher = cgroups.systemd_argv(unit, limits, [])
-        plan = plan_with(limits, host.describe(), TMPFS_DISK, (), (TMPFS_NOTE, HOME_NOTE))
+        disk, home = _disk()
+        plan = plan_with(limits, host.describe(), disk, home, (TMPFS_NOTE,))
         return plan, Confinement(None, tuple(launcher))
     return _rlimits(limits, host)
+
+
+def _disk() -> tuple[str, tuple[Unapplied, ...]]:
+    return home_image.disk_mechanism(TMPFS_DISK)
 
 
 def _rlimits(limits: Limits, host: cgroups.CgroupHost) -> tuple[LimitsPlan, Confinement]:
     """No cgroup: per-process data size and per-uid process count, through prlimit."""
     mechanism = f"rlimits ({host.describe()})"
     unapplied: list[Unapplied] = []
-    plan_limits = plan_with(limits, mechanism, TMPFS_DISK)
-    memory = plan_limits.memory
+    disk, home = _disk()
+    memory = plan_with(limits, mechanism, disk).memory
     unapplied.append(
         Unapplied(
             "memory",
@@ -65,7 +71,6 @@ def _rlimits(limits: Limits, host: cgroups.CgroupHost) -> tuple[LimitsPlan, Conf
     notes = (
         "disk is a sized tmpfs, which counts toward memory (RAM), not the host's disk",
         f"pids counts every process of uid {os.getuid()} on the host (RLIMIT_NPROC)",
-        HOME_NOTE,
     )
     prlimit = shutil.which("prlimit")
     if prlimit is None:
@@ -75,7 +80,7 @@ def _rlimits(limits: Limits, host: cgroups.CgroupHost) -> tuple[LimitsPlan, Conf
         launcher: tuple[str, ...] = ()
     else:
         launcher = (prlimit, f"--nproc={limits.pids}", f"--data={memory}", "--")
-    plan = plan_with(limits, mechanism, TMPFS_DISK, tuple(unapplied), notes)
+    plan = plan_with(limits, mechanism, disk, (*unapplied, *home), notes)
     return plan, Confinement(None, launcher)
 
 
@@ -91,6 +96,7 @@ def doctor_lines() -> list[str]:
     lines += [f"cannot apply {key}: no controller for it" for key in host.missing]
     if host.kind != "v2" and host.kind != "systemd":
         lines.append("cgroup v2 is not usable here; cgroup v1 and rlimits are the fallbacks")
+    lines.append(home_image.doctor_line())
     return lines
 
 

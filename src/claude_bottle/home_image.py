@@ -1,0 +1,300 @@
+"""A bottle's home kept in a sized ext4 image (`[bottle] disk`), so that what the bottle
+writes there fails with ENOSPC inside instead of filling the host's disk.
+
+The image (`home.img`, sparse, `disk` bytes) lives in the bottle's state dir beside the
+mount point (`home`), outside anything the bottle is shown. Host root loop-mounts it at
+the mount point for the start only: the CLI seeds the home there, the sandbox takes its
+own copy of the mount (bind or idmapped clone), and then the host's mount is detached.
+From there on only the bottle's mount namespace holds the filesystem: when its last
+process ends, the kernel unmounts it and the loop device (autoclear) goes with it, a
+kill -9 of the CLI included. A host mount left by a CLI killed during the start is
+removed by `stop` and `cleanup` (`stale_mounts`).
+
+Needs host root (loop devices, mount) and e2fsprogs; `unavailable()` says why not.
+Shared code: no backend is named here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
+from claude_bottle.limits import Unapplied, format_size
+
+IMAGE_NAME = "home.img"
+MECHANISM = "the home: an ext4 image of that size (home.img in the state dir), loop-mounted"
+TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount")
+MNT_DETACH = 2
+RELEASE_WAIT = 15.0  # for a mount of the image an ending sandbox still holds
+TOOL_TIMEOUT = 120.0  # a check or resize of a large image is the slowest step
+# No reserved blocks (the bottle gets all of `disk`); inode tables and the journal are
+# left unwritten (zeroed lazily), so a new image takes ~4 MiB of the host's disk, not 64.
+MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+# The journal is written all through as the bottle works: mkfs's default for a 10G image
+# (64 MiB) would take that much of the host's disk for an empty home. Smaller images get
+# mkfs's own (at most 16 MiB).
+JOURNAL_MIB = 16
+JOURNAL_CAP_FROM = 1 << 30
+MOUNT_OPTIONS = "loop,nosuid,nodev,errors=remount-ro"
+INIT_USER_NS_MAP = ["0", "0", "4294967295"]
+SBIN = "/usr/sbin:/sbin"
+E2FSCK_CORRECTED = 3  # e2fsck's exit status bits for "clean" and "errors corrected"
+
+
+def unavailable() -> str | None:
+    """Why this host cannot keep a bottle's home in an image; None when it can."""
+    if os.geteuid() != 0 or not _in_initial_user_namespace():
+        return "an image-backed home needs loop devices and mount, which need host root"
+    missing = [name for name in TOOLS if tool(name) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (fix: apt-get install e2fsprogs mount)"
+    if not Path("/dev/loop-control").exists():
+        return "no /dev/loop-control: this kernel or container offers no loop devices"
+    return None
+
+
+def disk_mechanism(
+    tmpfs: str, backend_problem: str | None = None
+) -> tuple[str, tuple[Unapplied, ...]]:
+    """How `disk` applies with a backend's sized `tmpfs`, and, when the home cannot be
+    bounded here (or the backend cannot use a host mount: `backend_problem`), why; `run`
+    prints it and `require_limits` refuses to start."""
+    reason = unavailable() or backend_problem
+    if reason is None:
+        return f"{tmpfs}; {MECHANISM}", ()
+    home = f"the bottle's home is a host directory, bounded by the host's disk only ({reason})"
+    return f"{tmpfs}; the home: not bounded", (Unapplied("disk", home),)
+
+
+def doctor_line(backend_problem: str | None = None) -> str:
+    reason = unavailable() or backend_problem
+    if reason is None:
+        return "disk bounds the bottle's home: an ext4 image, loop-mounted (root)"
+    return (
+        f"disk cannot bound the bottle's home (only its tmpfs): {reason}; "
+        "fix: run claude-bottle as root"
+    )
+
+
+def mount_for_start(mount_point: Path, size: int, stack: contextlib.ExitStack) -> None:
+    """The home's image, prepared and mounted at `mount_point` on the host for the start
+    (the seeding writes there, the sandbox takes its own mount of it); the caller detaches
+    it once the sandbox runs, the teardown at the latest."""
+    detach(mount_point)  # left by a start that was killed before it detached
+    image = prepare(mount_point, size)
+    stack.callback(detach, mount_point)
+    mount(image, mount_point)
+
+
+def tool(name: str) -> str | None:
+    """An e2fsprogs or util-linux binary: on PATH, or in the sbin dirs a user's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path=SBIN)
+
+
+def _in_initial_user_namespace() -> bool:
+    try:
+        return Path("/proc/self/uid_map").read_text().split() == INIT_USER_NS_MAP
+    except OSError:
+        return False
+
+
+def image_of(mount_point: Path) -> Path:
+    return mount_point.with_name(IMAGE_NAME)
+
+
+def prepare(mount_point: Path, size: int) -> Path:
+    """The image for `mount_point`, `size` bytes: created (from what the mount point holds,
+    once, then emptied), or resized to `size`, and checked. Returns its path."""
+    image = image_of(mount_point)
+    if not image.exists():
+        _create(image, mount_point, size)
+        return image
+    if not _released(image):
+        # Never a second mount beside one that lives on: two loop devices over one file
+        # are two filesystems writing the same blocks.
+        raise LaunchError(
+            f"the bottle's home image {image} is still in use by another mount",
+            "stop the bottle that uses it (claude-bottle ls), then run again",
+        )
+    if image.stat().st_size != size:
+        _fsck(image, force=True)
+        _resize(image, size)
+    _fsck(image, force=False)
+    return image
+
+
+def mount(image: Path, mount_point: Path) -> None:
+    _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mount_point)], "mount")
+    os.chmod(mount_point, 0o700)
+
+
+def detach(mount_point: Path) -> None:
+    """Detach the host's mount of the home, if it has one (lazily: a sandbox's own copy of
+    the mount keeps the filesystem until the sandbox ends)."""
+    if not is_mounted(mount_point):
+        return
+    import ctypes
+
+    # umount2(MNT_DETACH) itself: the umount binary would add ~30 ms to every start.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        raise LaunchError(f"cannot detach the bottle's home at {mount_point}: {os.strerror(error)}")
+
+
+def is_mounted(mount_point: Path) -> bool:
+    return str(mount_point) in _mount_targets()
+
+
+def stale_mounts(homes: list[Path]) -> list[Path]:
+    """Those of `homes` that are mounted in this mount namespace."""
+    targets = _mount_targets()
+    return [home for home in homes if str(home) in targets]
+
+
+def _released(image: Path) -> bool:
+    """Whether no loop device holds `image`, waiting RELEASE_WAIT for one to go: the
+    kernel lets go of it once the last process of the sandbox that mounted it is gone,
+    which for a container the engine has just removed can take a moment."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    while in_use(image):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def in_use(image: Path) -> bool:
+    """Whether a loop device is attached to `image` (a mount of it lives somewhere)."""
+    wanted = str(image.resolve())
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip().removesuffix(" (deleted)") == wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _mount_targets() -> set[str]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+    return {_unescape(line.split()[4]) for line in lines if len(line.split()) > 4}
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _create(image: Path, mount_point: Path, size: int) -> None:
+    """mkfs.ext4 the image, seeded (-d) from what an earlier, directory-backed home holds;
+    that directory is emptied only once the image holding its files is on disk."""
+    for stale in image.parent.glob(f".{image.name}.*"):  # of a start killed during mkfs
+        stale.unlink(missing_ok=True)
+    partial = image.with_name(f".{image.name}.{os.getpid()}")
+    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", "root_owner=0:0"]  # resolved by _run
+    if size >= JOURNAL_CAP_FROM:
+        argv += ["-J", f"size={JOURNAL_MIB}"]
+    seeded = mount_point.is_dir() and any(mount_point.iterdir())
+    if seeded:
+        argv += ["-d", str(mount_point)]
+    try:
+        with partial.open("wb") as handle:
+            handle.truncate(size)
+        _run([*argv, str(partial), f"{size // 1024}K"], "mkfs.ext4", size_key=size)
+        with partial.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, image)
+    finally:
+        partial.unlink(missing_ok=True)
+    os.chmod(image, 0o600)
+    if seeded:
+        for entry in list(mount_point.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)  # does not follow links (the bottle made them)
+            else:
+                entry.unlink()
+
+
+def _fsck(image: Path, *, force: bool) -> None:
+    """Preen the image before the kernel mounts it (fast when it is clean): it holds what
+    the bottle wrote, so a crash-damaged filesystem is repaired or refused, never mounted."""
+    result = _call(["e2fsck", "-p", *(["-f"] if force else []), str(image)])
+    if result.returncode & ~E2FSCK_CORRECTED:
+        raise LaunchError(
+            f"the bottle's home image {image} has errors e2fsck -p cannot repair "
+            f"({_last_line(result)})",
+            f"check it by hand: e2fsck -f {image}",
+        )
+
+
+def _resize(image: Path, size: int) -> None:
+    current = image.stat().st_size
+    if size > current:
+        with image.open("rb+") as handle:
+            handle.truncate(size)
+    result = _call(["resize2fs", str(image), f"{size // 1024}K"])
+    if result.returncode != 0:
+        if size > current:
+            with image.open("rb+") as handle:
+                handle.truncate(current)
+        used = _used_bytes(image)
+        if size < current:
+            raise ConfigError(
+                f"[bottle] disk = {format_size(size)} is less than the bottle's home already "
+                f"holds (about {format_size(used)} in {image})",
+                "raise bottle.disk, or remove files from the bottle's home first",
+            )
+        raise LaunchError(f"cannot resize {image}: {_last_line(result)}", f"see {image}")
+    if size < current:
+        with image.open("rb+") as handle:
+            handle.truncate(size)
+
+
+def _used_bytes(image: Path) -> int:
+    result = _call(["dumpe2fs", "-h", str(image)])
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in result.stdout.splitlines())
+    )
+    try:
+        blocks, free = int(fields["Block count"]), int(fields["Free blocks"])
+        return (blocks - free) * int(fields["Block size"])
+    except (KeyError, ValueError):
+        return 0
+
+
+def _call(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    path = tool(argv[0])
+    if path is None:
+        raise MissingDependency(f"{argv[0]} is not installed", "apt-get install e2fsprogs mount")
+    return subprocess.run(
+        [path, *argv[1:]], capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False
+    )
+
+
+def _run(argv: list[str], what: str, *, size_key: int | None = None) -> None:
+    result = _call(argv)
+    if result.returncode != 0:
+        detail = _last_line(result)
+        if size_key is not None:  # too small for ext4, or for the earlier home it holds
+            raise ConfigError(
+                f"the bottle's home cannot be made in [bottle] disk = "
+                f"{format_size(size_key)} ({what}: {detail})",
+                "raise bottle.disk",
+            )
+        raise LaunchError(f"{what} of the bottle's home failed: {detail}")
+
+
+def _last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
