@@ -23,7 +23,7 @@ def _gate(tmp_path: Path, records: list[dict[str, Any]]) -> GitGate:
     def record(kind: str, decision: str, **fields: Any) -> None:
         records.append({"kind": kind, "decision": decision, **fields})
 
-    gate = GitGate((REMOTE,), tmp_path / "cache", GitEnv(), record, None)
+    gate = GitGate((REMOTE,), tmp_path / "cache", GitEnv(), record)
     gate.prepare()
     subprocess.run(["git", "init", "-q", "--bare", str(gate.mirror(REMOTE))], check=True)
     return gate

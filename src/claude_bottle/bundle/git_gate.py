@@ -7,12 +7,15 @@ as `remote:` lines, and one audit record):
 
 1. `git_policy.route`: a configured remote and one of git's smart services, nothing else;
 2. DLP of the request head, as the proxy does (`DlpInspector.check_head`);
-3. a refs advertisement first brings the gate's mirror up to date with the upstream,
-   with the host-side credential (`git_upstream.refresh_mirror`);
+3. a fetch's refs advertisement first brings the gate's mirror up to date with the
+   upstream, with the host-side credential (`git_upstream.refresh_mirror`); a push's does
+   so only for an empty mirror (its refs otherwise move with each fetch and push);
 4. the exchange itself is real git, `git http-backend` on the mirror, hardened
    (`git_upstream.hardened_env`), with the request body capped at MAX_REQUEST bytes and
    the whole exchange at EXCHANGE_TIMEOUT; a push additionally runs the gate's
-   pre-receive hook (`git_hook`): policy, DLP of the added content, then the upstream.
+   pre-receive hook, which asks the gate (`GitGate.judge`, over a private socket) for the
+   verdict of `git_hook.decide`: policy, DLP of the added content with the bundle's
+   engine, then the upstream.
 
 Memory stays bounded: bodies stream through pipes, never whole in the bundle.
 """
@@ -24,18 +27,20 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shlex
+import socket
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_bottle.bundle import http1
+from claude_bottle.bundle import git_prereceive, http1
 from claude_bottle.bundle.connection import IDLE_TIMEOUT, ClientConnection, response
-from claude_bottle.bundle.git_hook import DLP_VAR, REMOTE_VAR, REPORT_VAR
+from claude_bottle.bundle.git_hook import Outcome, Verdict, decide
 from claude_bottle.bundle.git_policy import RECEIVE, UPLOAD, GateRemote, Route, route
 from claude_bottle.bundle.git_upstream import (
+    Credential,
     GitEnv,
     hardened_env,
     refresh_mirror,
@@ -46,14 +51,27 @@ from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.scanning import DlpInspector
+    from claude_bottle.policy.dlp import Scanner
 
 MAX_REQUEST = 1 << 30  # bytes of one request body (a push's pack)
 EXCHANGE_TIMEOUT = 900.0  # one http-backend exchange, a push's upstream leg included
 MAX_CGI_HEAD = 16 * 1024
 MAX_EXCHANGES = 8  # git processes the gate runs at once; more requests wait their turn
 READ_SIZE = 256 * 1024
+MAX_HOOK_REQUEST = 2 * git_prereceive.MAX_INPUT + 64 * 1024  # its lines, JSON-escaped
+HOOK_REQUEST_TIMEOUT = 30.0
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:.,_-]{1,256}")
 Recorder = Callable[..., Any]
+
+
+class _Push:
+    """A push whose hook may ask for its verdict, once (by its random id)."""
+
+    def __init__(
+        self, remote: GateRemote, env: dict[str, str], mirror: Path, scanner: Scanner | None
+    ) -> None:
+        self.remote, self.env, self.mirror, self.scanner = remote, env, mirror, scanner
+        self.outcomes: list[Outcome] | None = None  # None: the hook never asked
 
 
 class GitGate:
@@ -65,28 +83,79 @@ class GitGate:
         cache: Path,
         git_env: GitEnv,
         record: Recorder,
-        dlp: dict[str, object] | None,
     ) -> None:
         self.remotes = {remote.name: remote for remote in remotes}
         self.cache = cache
         self.git_env = git_env
         self.record = record
-        self.dlp = dlp
         self._locks = {name: asyncio.Lock() for name in self.remotes}
         # A bottle opening connections by the thousand gets them queued, not a thousand
         # host-side git processes.
         self.exchanges = asyncio.Semaphore(MAX_EXCHANGES)
         self._hooks = cache / "hooks"
+        self._pushes: dict[str, _Push] = {}
+        # Where the hook asks for its verdict: an abstract unix socket (no file to leave
+        # behind, no path length limit), reachable from the bundle's own network namespace
+        # only, and answering only a push id the gate handed to that push's hook.
+        self.judge_address = f"@claude-bottle-git-judge-{secrets.token_hex(16)}"
+        self._judge: asyncio.AbstractServer | None = None
 
     def prepare(self) -> None:
         """The cache dir and the gate's one hook, written by the bundle alone."""
         self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._hooks.mkdir(mode=0o700, exist_ok=True)
         hook = self._hooks / "pre-receive"
-        hook.write_text(
-            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -m claude_bottle.bundle.git_hook\n"
-        )
+        script = shlex.quote(git_prereceive.__file__)
+        hook.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S {script}\n")
         hook.chmod(0o700)
+
+    async def push(
+        self, remote: GateRemote, env: dict[str, str], scanner: Scanner | None
+    ) -> tuple[str, _Push]:
+        """Register a push (its hook's id and record); the judge socket is up after this."""
+        if self._judge is None:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind("\0" + self.judge_address[1:])
+            self._judge = await asyncio.start_unix_server(
+                self._judge_client, sock=listener, limit=MAX_HOOK_REQUEST
+            )
+        push_id = secrets.token_hex(16)
+        self._pushes[push_id] = _Push(remote, env, self.mirror(remote), scanner)
+        return push_id, self._pushes[push_id]
+
+    def forget(self, push_id: str) -> None:
+        self._pushes.pop(push_id, None)
+
+    async def _judge_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One hook's question: its push's verdict, from `git_hook.decide`."""
+        try:
+            verdict = await self._verdict(reader)
+            answer = {"status": verdict.status, "lines": verdict.lines}
+            writer.write(json.dumps(answer).encode())
+            await writer.drain()
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the hook fails closed when it has no answer
+        finally:
+            writer.close()
+
+    async def _verdict(self, reader: asyncio.StreamReader) -> Verdict:
+        async with asyncio.timeout(HOOK_REQUEST_TIMEOUT):
+            request = json.loads(await reader.readuntil(b"\n"))
+        push = (
+            self._pushes.pop(str(request.get("push")), None) if isinstance(request, dict) else None
+        )
+        if push is None:
+            raise ValueError("no such push")
+        updates, quarantine = request.get("updates"), request.get("quarantine")
+        if not isinstance(updates, str) or not isinstance(quarantine, dict):
+            raise ValueError("malformed hook request")
+        verdict = await asyncio.to_thread(
+            decide, push.remote, push.scanner, push.mirror, push.env, updates, quarantine
+        )
+        push.outcomes = verdict.outcomes
+        return verdict
 
     def mirror(self, remote: GateRemote) -> Path:
         return self.cache / f"{remote.name}.git"
@@ -170,9 +239,14 @@ class GitGateConnection(ClientConnection):
         if where.advertise or where.service == RECEIVE:
             credential = await asyncio.to_thread(resolve_credential, remote, os.environ)
         upstream_env = hardened_env(os.environ, remote, gate.git_env, credential=credential)
+        mirror = gate.mirror(remote)
         if where.advertise:
             async with gate.lock(remote):
-                await refresh_mirror(gate.mirror(remote), remote, upstream_env)
+                # A push is judged against the mirror's refs, which moved with every fetch
+                # and push through the gate: only an empty mirror needs the upstream first
+                # (a push based on newer upstream refs meets the upstream's lease check).
+                if where.service == UPLOAD or not (mirror / "HEAD").exists():
+                    await refresh_mirror(mirror, remote, upstream_env)
             if where.service == UPLOAD:
                 host, port = upstream_host(remote.url)
                 gate.record(
@@ -184,42 +258,47 @@ class GitGateConnection(ClientConnection):
                     port=port,
                     detail={"remote": remote.name},
                 )
-        elif not (gate.mirror(remote) / "HEAD").exists():
+        elif not (mirror / "HEAD").exists():
             raise Refusal(
                 400, "git:no-advertisement", "ask for the refs (info/refs) before an exchange"
             )
-        report = None
-        env = upstream_env
         if where.service == RECEIVE and not where.advertise:
-            fd, name = tempfile.mkstemp(prefix="push-", suffix=".json", dir=gate.cache)
-            os.close(fd)
-            report = Path(name)
-            env = hardened_env(
-                os.environ, remote, gate.git_env, hooks=str(gate._hooks), credential=credential
+            await self._push(request, where, upstream_env, credential)
+        else:
+            await self._run_backend(
+                request, {**upstream_env, **_cgi_env(request, where, gate.cache)}, mirror
             )
-            env[REMOTE_VAR] = json.dumps(remote._asdict())
-            env.update(_stripped_secrets(os.environ, env))
-            env[REPORT_VAR] = str(report)
-            if gate.dlp is not None:
-                env[DLP_VAR] = json.dumps(gate.dlp)
+
+    async def _push(
+        self,
+        request: http1.RequestHead,
+        where: Route,
+        upstream_env: dict[str, str],
+        credential: Credential | None,
+    ) -> None:
+        """receive-pack, whose hook asks the gate for the verdict on this push."""
+        gate, remote = self.gate, where.remote
+        scanner = self.inspector.scanner if self.inspector is not None else None
+        push_id, push = await gate.push(remote, upstream_env, scanner)
+        env = hardened_env(
+            os.environ, remote, gate.git_env, hooks=str(gate._hooks), credential=None
+        )
+        env[git_prereceive.JUDGE_VAR] = gate.judge_address
+        env[git_prereceive.PUSH_VAR] = push_id
         env.update(_cgi_env(request, where, gate.cache))
         try:
-            if report is not None:
-                async with gate.lock(remote):  # one push at a time moves the mirror
-                    await self._run_backend(request, env, gate.mirror(remote))
-                self._audit_push(remote, report)
-            else:
+            async with gate.lock(remote):  # one push at a time moves the mirror
                 await self._run_backend(request, env, gate.mirror(remote))
+        except BaseException:
+            if push.outcomes is not None:  # judged (and maybe sent upstream), then broken off
+                self._audit_push(remote, push.outcomes)
+            raise
+        else:
+            self._audit_push(remote, push.outcomes)
         finally:
-            if report is not None:
-                with contextlib.suppress(OSError):
-                    report.unlink()
+            gate.forget(push_id)
 
-    def _audit_push(self, remote: GateRemote, report: Path) -> None:
-        try:
-            outcomes = json.loads(report.read_text() or "[]")
-        except (OSError, ValueError):
-            outcomes = []
+    def _audit_push(self, remote: GateRemote, outcomes: list[Outcome] | None) -> None:
         host, port = upstream_host(remote.url)
         if not outcomes:  # the hook did not run: receive-pack refused the request itself
             self.gate.record(
@@ -230,21 +309,21 @@ class GitGateConnection(ClientConnection):
                 port=port,
                 detail={"remote": remote.name},
             )
-        for outcome in outcomes:
+        for outcome in outcomes or ():
             self.gate.record(
                 "git",
-                outcome["decision"],
-                rule=outcome["rule"],
+                outcome.decision,
+                rule=outcome.rule,
                 method="PUSH",
                 host=host[:253],
                 port=port,
-                path=str(outcome["ref"])[:500],
+                path=outcome.ref[:500],
                 detail={
                     "remote": remote.name,
-                    "ref": outcome["ref"],
-                    "old": outcome["old"],
-                    "new": outcome["new"],
-                    "commits": outcome["commits"],
+                    "ref": outcome.ref,
+                    "old": outcome.old,
+                    "new": outcome.new,
+                    "commits": outcome.commits,
                 },
             )
 
@@ -342,20 +421,6 @@ async def _cgi_head(stdout: asyncio.StreamReader) -> bytes:
             headers.append((name, value))
     headers.append((b"connection", b"close"))
     return response(status, headers)
-
-
-def _stripped_secrets(
-    host: dict[str, str] | os._Environ[str], env: dict[str, str]
-) -> dict[str, str]:
-    """The user's secret values the hardened environment dropped (GIT_TOKEN…), under names
-    the hook's DLP still reads as secrets: a push must not carry them either."""
-    from claude_bottle.bundle.scanning import host_secrets
-
-    return {
-        f"CLAUDE_BOTTLE_SECRET_{name}": value
-        for name, value in host_secrets(host).items()
-        if name not in env
-    }
 
 
 def _cgi_env(request: http1.RequestHead, where: Route, root: Path) -> dict[str, str]:
