@@ -39,6 +39,7 @@ from claude_bottle.bundle import git_prereceive, http1
 from claude_bottle.bundle.connection import IDLE_TIMEOUT, ClientConnection, response
 from claude_bottle.bundle.git_hook import Outcome, Verdict, decide
 from claude_bottle.bundle.git_policy import RECEIVE, UPLOAD, GateRemote, Route, route
+from claude_bottle.bundle.git_stream import relay_fetch, served_upstream
 from claude_bottle.bundle.git_upstream import (
     Credential,
     GitEnv,
@@ -60,6 +61,7 @@ MAX_EXCHANGES = 8  # git processes the gate runs at once; more requests wait the
 READ_SIZE = 256 * 1024
 MAX_HOOK_REQUEST = 2 * git_prereceive.MAX_INPUT + 64 * 1024  # its lines, JSON-escaped
 HOOK_REQUEST_TIMEOUT = 30.0
+WARM_DELAY = 2.0  # seconds after a relayed fetch before the mirror follows the upstream
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:.,_-]{1,256}")
 Recorder = Callable[..., Any]
 
@@ -99,6 +101,8 @@ class GitGate:
         # only, and answering only a push id the gate handed to that push's hook.
         self.judge_address = f"@claude-bottle-git-judge-{secrets.token_hex(16)}"
         self._judge: asyncio.AbstractServer | None = None
+        self._warming: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def prepare(self) -> None:
         """The cache dir and the gate's one hook, written by the bundle alone."""
@@ -122,6 +126,27 @@ class GitGate:
         push_id = secrets.token_hex(16)
         self._pushes[push_id] = _Push(remote, env, self.mirror(remote), scanner)
         return push_id, self._pushes[push_id]
+
+    def warm_later(self, remote: GateRemote, env: dict[str, str]) -> None:
+        """Bring the mirror up to date WARM_DELAY after the last relayed fetch exchange (a
+        clone is two or three of them), so a later push finds the upstream's objects there
+        and sends only its own."""
+        pending = self._warming.pop(remote.name, None)
+        if pending is not None:
+            pending.cancel()
+        loop = asyncio.get_running_loop()
+        self._warming[remote.name] = loop.call_later(
+            WARM_DELAY, lambda: self._background.add(loop.create_task(self._warm(remote, env)))
+        )
+
+    async def _warm(self, remote: GateRemote, env: dict[str, str]) -> None:
+        try:
+            async with self.lock(remote):
+                await refresh_mirror(self.mirror(remote), remote, env)
+        except Refusal:
+            pass  # the next push's advertisement fills an empty mirror, or says why not
+        finally:
+            self._background = {task for task in self._background if not task.done()}
 
     def forget(self, push_id: str) -> None:
         self._pushes.pop(push_id, None)
@@ -235,11 +260,27 @@ class GitGateConnection(ClientConnection):
 
     async def _exchange(self, request: http1.RequestHead, where: Route) -> None:
         gate, remote = self.gate, where.remote
+        relayed = where.service == UPLOAD and served_upstream(remote)
         credential = None
-        if where.advertise or where.service == RECEIVE:
+        if where.advertise or where.service == RECEIVE or relayed:
             credential = await asyncio.to_thread(resolve_credential, remote, os.environ)
         upstream_env = hardened_env(os.environ, remote, gate.git_env, credential=credential)
         mirror = gate.mirror(remote)
+        if relayed:
+            if where.advertise:
+                self._record_fetch(remote)
+            await relay_fetch(
+                request,
+                where,
+                credential,
+                gate.git_env,
+                self.client_event,
+                self.send,
+                MAX_REQUEST,
+            )
+            if not where.advertise:
+                gate.warm_later(remote, upstream_env)
+            return
         if where.advertise:
             async with gate.lock(remote):
                 # A push is judged against the mirror's refs, which moved with every fetch
@@ -248,16 +289,7 @@ class GitGateConnection(ClientConnection):
                 if where.service == UPLOAD or not (mirror / "HEAD").exists():
                     await refresh_mirror(mirror, remote, upstream_env)
             if where.service == UPLOAD:
-                host, port = upstream_host(remote.url)
-                gate.record(
-                    "git",
-                    "allow",
-                    rule="git:fetch",
-                    method="FETCH",
-                    host=host[:253],
-                    port=port,
-                    detail={"remote": remote.name},
-                )
+                self._record_fetch(remote)
         elif not (mirror / "HEAD").exists():
             raise Refusal(
                 400, "git:no-advertisement", "ask for the refs (info/refs) before an exchange"
@@ -268,6 +300,18 @@ class GitGateConnection(ClientConnection):
             await self._run_backend(
                 request, {**upstream_env, **_cgi_env(request, where, gate.cache)}, mirror
             )
+
+    def _record_fetch(self, remote: GateRemote) -> None:
+        host, port = upstream_host(remote.url)
+        self.gate.record(
+            "git",
+            "allow",
+            rule="git:fetch",
+            method="FETCH",
+            host=host[:253],
+            port=port,
+            detail={"remote": remote.name},
+        )
 
     async def _push(
         self,
