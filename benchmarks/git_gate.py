@@ -336,8 +336,11 @@ def gate(port: int, ca_file: Path, work: Path) -> Iterator[tuple[int, int]]:
 
 
 def wait_idle(pid: int, limit: float = 120.0) -> None:
-    """Until the bundle runs no git (a fetch it started in the background has ended), so
-    the next measured step has the machine to itself."""
+    """Until the bundle runs no git (the mirror's refresh it starts WARM_DELAY after a
+    fetch has ended), so the next measured step has the machine to itself."""
+    from claude_bottle.bundle.git_gate import WARM_DELAY
+
+    time.sleep(WARM_DELAY + 0.5)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         tasks = Path(f"/proc/{pid}/task")
@@ -443,6 +446,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
                             f"push/{route.name}",
                             timed(route, ["git", "push", "-q", route.url, branch], checkout),
                         )
+                        wait_idle(bundle_pid)
                     refused = clones / "gate-warm"
                     note(
                         "refused push/gate",

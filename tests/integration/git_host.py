@@ -10,13 +10,24 @@ import http.server
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
+from typing import IO
 
 from tests.integration.dev_upstreams import _tls, make_git_repository
 
-CGI_TIMEOUT = 60
-MAX_BODY = 64 << 20
+CGI_TIMEOUT = 300
+MAX_BODY = 512 << 20
+
+
+def _copy(source: IO[bytes], target: IO[bytes], size: int) -> None:
+    while size > 0:
+        data = source.read(min(size, 1 << 20))
+        if not data:
+            raise ValueError("the body ended early")
+        target.write(data)
+        size -= len(data)
 
 
 class GitHost:
@@ -32,20 +43,28 @@ class GitHost:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def _body(self) -> bytes:
+            def _body(self, body: IO[bytes]) -> int:
+                """The request body into a file (a test pushes hundreds of MiB), at most
+                MAX_BODY bytes; its size."""
                 if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                    data = b""
                     while True:
                         size = int(self.rfile.readline().split(b";")[0], 16)
                         if size == 0:
                             self.rfile.readline()
-                            return data
-                        data += self.rfile.read(size)
+                            break
+                        _copy(self.rfile, body, size)
                         self.rfile.readline()
-                        if len(data) > MAX_BODY:
+                        if body.tell() > MAX_BODY:
                             raise ValueError("body too large")
-                length = min(int(self.headers.get("content-length") or 0), MAX_BODY)
-                return self.rfile.read(length) if length else b""
+                else:
+                    _copy(
+                        self.rfile,
+                        body,
+                        min(int(self.headers.get("content-length") or 0), MAX_BODY),
+                    )
+                size = body.tell()
+                body.seek(0)
+                return size
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -56,7 +75,10 @@ class GitHost:
                 self.wfile.write(body)
 
             def _handle(self) -> None:
-                body = self._body()
+                with tempfile.TemporaryFile() as body:
+                    self._exchange(body, self._body(body))
+
+            def _exchange(self, body: IO[bytes], length: int) -> None:
                 authorised = self.headers.get("authorization") == expected
                 outer.requests.append((self.command, self.path, authorised))
                 if not authorised:
@@ -72,7 +94,7 @@ class GitHost:
                     "PATH_INFO": path,
                     "QUERY_STRING": query,
                     "CONTENT_TYPE": self.headers.get("content-type", ""),
-                    "CONTENT_LENGTH": str(len(body)),
+                    "CONTENT_LENGTH": str(length),
                     "HTTP_CONTENT_ENCODING": self.headers.get("content-encoding", ""),
                     "GIT_PROTOCOL": self.headers.get("git-protocol", ""),
                     "REMOTE_ADDR": "127.0.0.1",
@@ -80,7 +102,7 @@ class GitHost:
                 }
                 result = subprocess.run(
                     ["git", "http-backend"],
-                    input=body,
+                    stdin=body,
                     env=env,
                     capture_output=True,
                     timeout=CGI_TIMEOUT,

@@ -29,6 +29,8 @@ import os
 import re
 import secrets
 import shlex
+import shutil
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -135,9 +137,21 @@ class GitGate:
         if pending is not None:
             pending.cancel()
         loop = asyncio.get_running_loop()
-        self._warming[remote.name] = loop.call_later(
-            WARM_DELAY, lambda: self._background.add(loop.create_task(self._warm(remote, env)))
-        )
+
+        def start() -> None:
+            self._warming.pop(remote.name, None)
+            self._background.add(loop.create_task(self._warm(remote, env)))
+
+        self._warming[remote.name] = loop.call_later(WARM_DELAY, start)
+
+    def warm_due(self, remote: GateRemote) -> bool:
+        """Whether a refresh after a fetch is still waiting for its delay (then it is
+        cancelled: the caller refreshes now)."""
+        pending = self._warming.pop(remote.name, None)
+        if pending is None or pending.cancelled():
+            return False
+        pending.cancel()
+        return True
 
     async def _warm(self, remote: GateRemote, env: dict[str, str]) -> None:
         try:
@@ -286,7 +300,11 @@ class GitGateConnection(ClientConnection):
                 # A push is judged against the mirror's refs, which moved with every fetch
                 # and push through the gate: only an empty mirror needs the upstream first
                 # (a push based on newer upstream refs meets the upstream's lease check).
-                if where.service == UPLOAD or not (mirror / "HEAD").exists():
+                if (
+                    where.service == UPLOAD
+                    or not (mirror / "HEAD").exists()
+                    or gate.warm_due(remote)  # the bottle fetched newer refs: the mirror too
+                ):
                     await refresh_mirror(mirror, remote, upstream_env)
             if where.service == UPLOAD:
                 self._record_fetch(remote)
@@ -332,7 +350,10 @@ class GitGateConnection(ClientConnection):
         env.update(_cgi_env(request, where, gate.cache))
         try:
             async with gate.lock(remote):  # one push at a time moves the mirror
-                await self._run_backend(request, env, gate.mirror(remote))
+                try:
+                    await self._run_backend(request, env, gate.mirror(remote))
+                finally:
+                    _drop_quarantines(gate.mirror(remote))
         except BaseException:
             if push.outcomes is not None:  # judged (and maybe sent upstream), then broken off
                 self._audit_push(remote, push.outcomes)
@@ -397,8 +418,9 @@ class GitGateConnection(ClientConnection):
                     await self.send(chunk)
                 await process.wait()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
+            # TERM first: receive-pack then removes its quarantine (a KILL would leave the
+            # pushed objects behind in the mirror); KILL if it does not end.
+            _signal_group(process.pid, signal.SIGTERM)
             raise
         finally:
             feeding.cancel()
@@ -406,6 +428,8 @@ class GitGateConnection(ClientConnection):
                 await feeding
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(process.wait(), 5)
+            if process.returncode is None:
+                _signal_group(process.pid, signal.SIGKILL)
             with contextlib.suppress(BaseException):
                 stderr = await asyncio.wait_for(errors, 1)
                 if stderr:
@@ -434,6 +458,18 @@ class GitGateConnection(ClientConnection):
         finally:
             with contextlib.suppress(Exception):
                 stdin.close()
+
+
+def _signal_group(pid: int, signal_number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal_number)
+
+
+def _drop_quarantines(mirror: Path) -> None:
+    """What a receive-pack that was killed left of a push (its quarantine): with the
+    remote's lock held no other receive-pack runs on this mirror, so any is stale."""
+    for stale in (mirror / "objects").glob("tmp_objdir-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
