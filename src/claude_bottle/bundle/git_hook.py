@@ -164,7 +164,7 @@ class ContentScan:
 
     def _scan_objects(self, paths: dict[str, str]) -> None:
         process = subprocess.Popen(
-            ["git", "cat-file", "--batch"],
+            ["git", "cat-file", "--batch", "--buffer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=dict(self.repo.env),
