@@ -100,3 +100,44 @@ def test_a_truncated_push_gets_an_error_and_leaves_the_mirror_as_it_was(
     assert refs.stdout == ""
     quarantine = list(gate.mirror(REMOTE).glob("objects/tmp_objdir-*"))
     assert quarantine == []
+
+
+def test_a_relayed_fetch_carries_only_the_gates_host_path_and_credential() -> None:
+    # The bottle's request names another host, a credential and a path of its own, and
+    # smuggles a header through an allowed name: none of it reaches the upstream.
+    from claude_bottle.bundle import http1
+    from claude_bottle.bundle.git_policy import UPLOAD, Route
+    from claude_bottle.bundle.git_stream import _upstream_request
+    from claude_bottle.bundle.git_upstream import Credential
+
+    request = http1.RequestHead(
+        method=b"POST",
+        target=b"/origin.git/git-upload-pack",
+        headers=[
+            (b"host", b"evil.test"),
+            (b"authorization", b"Basic bm9wZTpub3Bl"),
+            (b"content-type", b"text/x-anything"),
+            (b"git-protocol", b"version=2\r\nx-injected: 1"),
+            (b"accept", b"application/x-git-upload-pack-result"),
+            (b"content-encoding", b"br"),
+            (b"cookie", b"session=1"),
+        ],
+        http_version="1.1",
+        keep_alive=True,
+        chunked=True,
+        expects_continue=False,
+    )
+    where = Route(REMOTE, UPLOAD, False, "/origin.git/git-upload-pack")
+    host, port, head = _upstream_request(
+        request, where, Credential("x-access-token", "token-value-for-the-test-1234")
+    )
+    assert (host, port) == ("git.test", 443)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /repo.git/git-upload-pack HTTP/1.1"
+    names = [line.split(":", 1)[0].lower() for line in lines[1:] if line]
+    assert names.count("host") == 1 and "host: git.test" in head.decode().lower()
+    assert names.count("authorization") == 1 and b"bm9wZTpub3Bl" not in head
+    assert b"evil.test" not in head and b"x-injected" not in head and b"cookie" not in head
+    assert b"content-type: application/x-git-upload-pack-request" in head.lower()
+    assert b"content-encoding" not in head.lower()  # only gzip passes
+    assert b"accept: application/x-git-upload-pack-result" in head.lower()

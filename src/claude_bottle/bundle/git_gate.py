@@ -283,15 +283,16 @@ class GitGateConnection(ClientConnection):
         if relayed:
             if where.advertise:
                 self._record_fetch(remote)
-            await relay_fetch(
-                request,
-                where,
-                credential,
-                gate.git_env,
-                self.client_event,
-                self.send,
-                MAX_REQUEST,
-            )
+            async with asyncio.timeout(EXCHANGE_TIMEOUT):
+                await relay_fetch(
+                    request,
+                    where,
+                    credential,
+                    gate.git_env,
+                    self.client_event,
+                    self.send,
+                    MAX_REQUEST,
+                )
             if not where.advertise:
                 gate.warm_later(remote, upstream_env)
             return

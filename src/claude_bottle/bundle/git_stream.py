@@ -123,6 +123,8 @@ async def relay_fetch(
     try:
         writer.write(head)
         if request.method == b"POST":
+            if request.expects_continue:
+                await send(http1.CONTINUE)
             await _send_body(client_event, writer, max_request)
         messages = http1.ResponseReader(request.method, MAX_RESPONSE_HEAD)
         try:
@@ -148,7 +150,11 @@ async def relay_fetch(
             )
         )
         while True:
-            event = await pull(messages, reader, UPSTREAM_READ_TIMEOUT)
+            try:
+                event = await pull(messages, reader, UPSTREAM_READ_TIMEOUT)
+            except (OSError, TimeoutError, http1.ProtocolError) as exc:
+                # the answer is under way: all that is left is to cut it off
+                raise ConnectionError(f"the upstream's answer broke off ({exc!r:.100})") from None
             if isinstance(event, bytes):
                 await send(event)
             elif event is http1.END:
