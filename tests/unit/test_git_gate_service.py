@@ -141,3 +141,41 @@ def test_a_relayed_fetch_carries_only_the_gates_host_path_and_credential() -> No
     assert b"content-type: application/x-git-upload-pack-request" in head.lower()
     assert b"content-encoding" not in head.lower()  # only gzip passes
     assert b"accept: application/x-git-upload-pack-result" in head.lower()
+
+
+def test_the_judge_socket_answers_only_a_registered_push_once(tmp_path: Path) -> None:
+    import json
+
+    gate = _gate(tmp_path, [])
+    judged: list[object] = []
+
+    async def ask(payload: bytes) -> bytes:
+        reader, writer = await asyncio.open_unix_connection("\0" + gate.judge_address[1:])
+        writer.write(payload)
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        return answer
+
+    async def scenario() -> list[bytes]:
+        push_id, push = await gate.push(REMOTE, {}, None)
+        answers = [
+            await ask(b"not json\n"),
+            await ask(
+                json.dumps({"push": "0" * 32, "updates": "", "quarantine": {}}).encode() + b"\n"
+            ),
+            await ask(b"x" * (git_gate.MAX_HOOK_REQUEST + 10) + b"\n"),
+        ]
+        assert push.outcomes is None  # none of those reached the registered push
+        hook = {"push": push_id, "updates": "garbage", "quarantine": {}}
+        answers.append(await ask(json.dumps(hook).encode() + b"\n"))
+        answers.append(await ask(json.dumps(hook).encode() + b"\n"))  # a second ask: no answer
+        judged.append(push.outcomes)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[:3] == [b"", b"", b""]
+    verdict = json.loads(answers[3])
+    assert verdict["status"] == 1 and "git:bad-update" in "\n".join(verdict["lines"])
+    assert answers[4] == b""
+    assert judged == [[]]  # judged once; a malformed update list names no ref

@@ -157,7 +157,7 @@ class GitGate:
         try:
             async with self.lock(remote):
                 await refresh_mirror(self.mirror(remote), remote, env)
-        except Refusal:
+        except (Refusal, OSError):
             pass  # the next push's advertisement fills an empty mirror, or says why not
         finally:
             self._background = {task for task in self._background if not task.done()}
@@ -174,7 +174,13 @@ class GitGate:
             answer = {"status": verdict.status, "lines": verdict.lines}
             writer.write(json.dumps(answer).encode())
             await writer.drain()
-        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
+        except (
+            OSError,
+            ValueError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
             pass  # the hook fails closed when it has no answer
         finally:
             writer.close()
