@@ -329,3 +329,29 @@ def test_an_upstream_that_is_down_is_named_with_the_host_side_fix(
         assert gate.bundle.poll() is None  # the bundle stays up
     finally:
         down.close()
+
+
+def test_a_truncated_fetch_request_is_audited_and_the_gate_keeps_serving(
+    tmp_path: Path, githost: GitHost, gate: Gate
+) -> None:
+    # A fetch is relayed to the upstream as it comes: a body that stops half-way must end
+    # that exchange (audited), not the gate.
+    port = int(gate.url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /origin.git/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-git-upload-pack-request\r\n"
+            b"Content-Length: 100000\r\n\r\n0032want " + b"1" * 40 + b"\n"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert b"200 OK" not in answer
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and '"rule":"git:aborted"' not in gate.audit.read_text():
+        time.sleep(0.1)
+    assert '"rule":"git:aborted"' in gate.audit.read_text()
+    cloned = _git("clone", "-q", gate.url, str(tmp_path / "after"), check=False)
+    assert cloned.returncode == 0, cloned.stderr
+    assert (tmp_path / "after" / "README").read_text() == "seeded\n"
