@@ -29,7 +29,7 @@ import threading
 import zipfile
 from email.message import Message
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,7 +42,7 @@ WHEEL_VALUE = "installed from the test index"
 NPM_PACKAGE = "cbtest-npm"
 NPM_VALUE = "installed from the test registry"
 CRATE = "cbtest"
-CGI_TIMEOUT = 60
+CGI_TIMEOUT = 300  # a test pushes hundreds of MiB through one CGI run
 MAX_BODY = 16 << 20
 
 
@@ -161,12 +161,14 @@ def git_http_backend(
     project_root: Path,
     method: str,
     target: str,
-    body: bytes,
+    body: bytes | IO[bytes],
     headers: Message,
     remote_user: str = "",
+    length: int = 0,
 ) -> CgiAnswer:
     """One request answered by real `git http-backend` (CGI) over the repositories under
-    `project_root`: `target` is the request's path and query, `headers` its header fields."""
+    `project_root`: `target` is the request's path and query, `headers` its header fields;
+    a large `body` comes as a file of `length` bytes rather than in memory."""
     path_info, _, query = target.partition("?")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -176,7 +178,7 @@ def git_http_backend(
         "PATH_INFO": path_info,
         "QUERY_STRING": query,
         "CONTENT_TYPE": headers.get("content-type", ""),
-        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_LENGTH": str(len(body) if isinstance(body, bytes) else length),
         "HTTP_CONTENT_ENCODING": headers.get("content-encoding", ""),
         "GIT_PROTOCOL": headers.get("git-protocol", ""),
         "REMOTE_ADDR": "127.0.0.1",
@@ -184,13 +186,15 @@ def git_http_backend(
     }
     if remote_user:
         env["REMOTE_USER"] = remote_user
-    result = subprocess.run(
-        ["git", "http-backend"],
-        input=body,
-        env=env,
-        capture_output=True,
-        timeout=CGI_TIMEOUT,
-        check=False,
+    argv = ["git", "http-backend"]
+    result = (
+        subprocess.run(
+            argv, input=body, env=env, capture_output=True, timeout=CGI_TIMEOUT, check=False
+        )
+        if isinstance(body, bytes)
+        else subprocess.run(
+            argv, stdin=body, env=env, capture_output=True, timeout=CGI_TIMEOUT, check=False
+        )
     )
     head, _, payload = result.stdout.partition(b"\r\n\r\n")
     status, content_type = 200, None

@@ -9,7 +9,9 @@ import base64
 import http.server
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from tests.integration.dev_upstreams import (
     TlsServer,
@@ -18,7 +20,16 @@ from tests.integration.dev_upstreams import (
     make_git_repository,
 )
 
-MAX_BODY = 64 << 20
+MAX_BODY = 512 << 20
+
+
+def _copy(source: IO[bytes], target: IO[bytes], size: int) -> None:
+    while size > 0:
+        data = source.read(min(size, 1 << 20))
+        if not data:
+            raise ValueError("the body ended early")
+        target.write(data)
+        size -= len(data)
 
 
 def _ref(bare: Path, name: str) -> str | None:
@@ -47,20 +58,28 @@ class GitHost(TlsServer):
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def _body(self) -> bytes:
+            def _body(self, body: IO[bytes]) -> int:
+                """The request body into a file (a test pushes hundreds of MiB), at most
+                MAX_BODY bytes; its size."""
                 if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                    data = b""
                     while True:
                         size = int(self.rfile.readline().split(b";")[0], 16)
                         if size == 0:
                             self.rfile.readline()
-                            return data
-                        data += self.rfile.read(size)
+                            break
+                        _copy(self.rfile, body, size)
                         self.rfile.readline()
-                        if len(data) > MAX_BODY:
+                        if body.tell() > MAX_BODY:
                             raise ValueError("body too large")
-                length = min(int(self.headers.get("content-length") or 0), MAX_BODY)
-                return self.rfile.read(length) if length else b""
+                else:
+                    _copy(
+                        self.rfile,
+                        body,
+                        min(int(self.headers.get("content-length") or 0), MAX_BODY),
+                    )
+                size = body.tell()
+                body.seek(0)
+                return size
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -71,14 +90,17 @@ class GitHost(TlsServer):
                 self.wfile.write(body)
 
             def _handle(self) -> None:
-                body = self._body()
+                with tempfile.TemporaryFile() as body:
+                    self._exchange(body, self._body(body))
+
+            def _exchange(self, body: IO[bytes], length: int) -> None:
                 authorised = self.headers.get("authorization") == expected
                 outer.requests.append((self.command, self.path, authorised))
                 if not authorised:
                     self._send(401, b"token required\n", {"www-authenticate": 'Basic realm="t"'})
                     return
                 answer = git_http_backend(
-                    outer.root, self.command, self.path, body, self.headers, "tester"
+                    outer.root, self.command, self.path, body, self.headers, "tester", length
                 )
                 found = {"content-type": answer.content_type} if answer.content_type else {}
                 self._send(answer.status, answer.body, found)

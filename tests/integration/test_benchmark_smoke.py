@@ -77,6 +77,13 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert json.loads((out / "results-dlp.json").read_text()) == dlp
     assert dlp["engines"] and all(engine["finding_count"] > 0 for engine in dlp["engines"])
 
+    git = res["git_gate"]
+    assert "error" not in git, git
+    assert json.loads((out / "results-git.json").read_text()) == git
+    assert git["failures"] == [] and git["refused_as_expected"], git
+    for case in ("clone/gate (cold cache)", "clone/direct", "push/gate", "refused push/gate"):
+        assert git["cases"][case]["wall_s"]["median"] > 0, git
+
     cases = {row["case"] for row in res["ratios"]}
     assert "bulk vs direct" in cases
     assert ("start-up vs srt" in cases) == ("srt" in startup)
@@ -86,3 +93,4 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert "Command: `bash benchmarks/run.sh --smoke`" in table
     assert "| start-up `run -- true` | " in table
     assert "| bulk 4 MiB via CONNECT (intercept off) | " in table
+    assert "| git push of 20 new commits through the gate | " in table

@@ -23,7 +23,7 @@ def _gate(tmp_path: Path, records: list[dict[str, Any]]) -> GitGate:
     def record(kind: str, decision: str, **fields: Any) -> None:
         records.append({"kind": kind, "decision": decision, **fields})
 
-    gate = GitGate((REMOTE,), tmp_path / "cache", GitEnv(), record, None)
+    gate = GitGate((REMOTE,), tmp_path / "cache", GitEnv(), record)
     gate.prepare()
     subprocess.run(["git", "init", "-q", "--bare", str(gate.mirror(REMOTE))], check=True)
     return gate
@@ -100,3 +100,82 @@ def test_a_truncated_push_gets_an_error_and_leaves_the_mirror_as_it_was(
     assert refs.stdout == ""
     quarantine = list(gate.mirror(REMOTE).glob("objects/tmp_objdir-*"))
     assert quarantine == []
+
+
+def test_a_relayed_fetch_carries_only_the_gates_host_path_and_credential() -> None:
+    # The bottle's request names another host, a credential and a path of its own, and
+    # smuggles a header through an allowed name: none of it reaches the upstream.
+    from claude_bottle.bundle import http1
+    from claude_bottle.bundle.git_policy import UPLOAD, Route
+    from claude_bottle.bundle.git_stream import _upstream_request
+    from claude_bottle.bundle.git_upstream import Credential
+
+    request = http1.RequestHead(
+        method=b"POST",
+        target=b"/origin.git/git-upload-pack",
+        headers=[
+            (b"host", b"evil.test"),
+            (b"authorization", b"Basic bm9wZTpub3Bl"),
+            (b"content-type", b"text/x-anything"),
+            (b"git-protocol", b"version=2\r\nx-injected: 1"),
+            (b"accept", b"application/x-git-upload-pack-result"),
+            (b"content-encoding", b"br"),
+            (b"cookie", b"session=1"),
+        ],
+        http_version="1.1",
+        keep_alive=True,
+        chunked=True,
+        expects_continue=False,
+    )
+    where = Route(REMOTE, UPLOAD, False, "/origin.git/git-upload-pack")
+    host, port, head = _upstream_request(
+        request, where, Credential("x-access-token", "token-value-for-the-test-1234")
+    )
+    assert (host, port) == ("git.test", 443)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /repo.git/git-upload-pack HTTP/1.1"
+    names = [line.split(":", 1)[0].lower() for line in lines[1:] if line]
+    assert names.count("host") == 1 and "host: git.test" in head.decode().lower()
+    assert names.count("authorization") == 1 and b"bm9wZTpub3Bl" not in head
+    assert b"evil.test" not in head and b"x-injected" not in head and b"cookie" not in head
+    assert b"content-type: application/x-git-upload-pack-request" in head.lower()
+    assert b"content-encoding" not in head.lower()  # only gzip passes
+    assert b"accept: application/x-git-upload-pack-result" in head.lower()
+
+
+def test_the_judge_socket_answers_only_a_registered_push_once(tmp_path: Path) -> None:
+    import json
+
+    gate = _gate(tmp_path, [])
+    judged: list[object] = []
+
+    async def ask(payload: bytes) -> bytes:
+        reader, writer = await asyncio.open_unix_connection("\0" + gate.judge_address[1:])
+        writer.write(payload)
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        return answer
+
+    async def scenario() -> list[bytes]:
+        push_id, push = await gate.push(REMOTE, {}, None)
+        answers = [
+            await ask(b"not json\n"),
+            await ask(
+                json.dumps({"push": "0" * 32, "updates": "", "quarantine": {}}).encode() + b"\n"
+            ),
+            await ask(b"x" * (git_gate.MAX_HOOK_REQUEST + 10) + b"\n"),
+        ]
+        assert push.outcomes is None  # none of those reached the registered push
+        hook = {"push": push_id, "updates": "garbage", "quarantine": {}}
+        answers.append(await ask(json.dumps(hook).encode() + b"\n"))
+        answers.append(await ask(json.dumps(hook).encode() + b"\n"))  # a second ask: no answer
+        judged.append(push.outcomes)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[:3] == [b"", b"", b""]
+    verdict = json.loads(answers[3])
+    assert verdict["status"] == 1 and "git:bad-update" in "\n".join(verdict["lines"])
+    assert answers[4] == b""
+    assert judged == [[]]  # judged once; a malformed update list names no ref

@@ -117,10 +117,68 @@ def test_an_unreadable_credential_names_the_remote_never_a_value(source: str) ->
     assert "[git.remotes.origin] credential" in refused.value.hint
 
 
-def test_secrets_the_hardened_env_drops_still_reach_the_push_hooks_dlp() -> None:
-    from claude_bottle.bundle.git_gate import _stripped_secrets
+def _unreferenced_commit(tmp_path: Path, content: str) -> tuple[Path, str]:
+    """A bare mirror holding a commit (adding `content`) that no ref reaches: what a push
+    adds, as `git_hook.decide` sees it."""
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "A",
+        "GIT_AUTHOR_EMAIL": "a@b.test",
+        "GIT_COMMITTER_NAME": "A",
+        "GIT_COMMITTER_EMAIL": "a@b.test",
+    }
+    mirror, work = tmp_path / "mirror.git", tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "--bare", str(mirror)], check=True, env=env)
+    subprocess.run(["git", "init", "-q", str(work)], check=True, env=env)
+    (work / "notes.txt").write_text(content)
+    subprocess.run(["git", "-C", str(work), "add", "."], check=True, env=env)
+    subprocess.run(["git", "-C", str(work), "commit", "-qm", "c"], check=True, env=env)
+    git = ["git", "-C", str(work)]
+    subprocess.run([*git, "push", "-q", str(mirror), "HEAD:refs/tmp/x"], check=True, env=env)
+    subprocess.run(["git", "-C", str(mirror), "update-ref", "-d", "refs/tmp/x"], check=True)
+    sha = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return mirror, sha
 
-    host = {"GIT_TOKEN": SECRET, "GITHUB_TOKEN": "other-secret-value-123", "PATH": "/bin"}
-    env = hardened_env(host, REMOTE, GitEnv())
-    added = _stripped_secrets(host, env)
-    assert added == {"CLAUDE_BOTTLE_SECRET_GIT_TOKEN": SECRET}  # GITHUB_TOKEN was kept as is
+
+def test_a_push_is_scanned_with_the_bundles_engine_which_knows_secrets_git_never_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIT_TOKEN is dropped from the environment of every git the gate runs, but the scan
+    # runs in the bundle, whose engine was built from the user's whole environment.
+    import base64
+
+    from claude_bottle.bundle.git_hook import decide
+    from claude_bottle.bundle.scanning import default_inspector
+
+    monkeypatch.setenv("GIT_TOKEN", SECRET)
+    scanner = default_inspector((), block=True, record=lambda *a, **k: None).scanner
+    encoded = base64.b64encode(SECRET.encode()).decode()
+    mirror, sha = _unreferenced_commit(tmp_path, f"line\nvalue: {encoded}\n")
+    env = hardened_env(os.environ, REMOTE, GitEnv())
+    assert "GIT_TOKEN" not in env
+    verdict = decide(REMOTE, scanner, mirror, env, f"{'0' * 40} {sha} refs/heads/bottle/x\n", {})
+    text = "\n".join(verdict.lines)
+    assert verdict.status == 1, text
+    assert "rule dlp:secret:" in text and "notes.txt" in text and "line 2" in text
+    assert SECRET not in text and encoded not in text
+    assert [o.rule for o in verdict.outcomes] == [verdict.outcomes[0].rule]
+    assert verdict.outcomes[0].rule.startswith("dlp:") and verdict.outcomes[0].decision == "deny"
+
+
+def test_a_quarantine_outside_the_mirror_is_refused(tmp_path: Path) -> None:
+    from claude_bottle.bundle.git_hook import decide
+
+    mirror, sha = _unreferenced_commit(tmp_path, "plain\n")
+    outside = {
+        "GIT_OBJECT_DIRECTORY": str(tmp_path / "elsewhere"),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
+        "GIT_QUARANTINE_PATH": str(tmp_path / "elsewhere"),
+    }
+    env = hardened_env(os.environ, REMOTE, GitEnv())
+    update = f"{'0' * 40} {sha} refs/heads/bottle/x\n"
+    verdict = decide(REMOTE, None, mirror, env, update, outside)
+    assert verdict.status == 1
+    assert "rule git:quarantine" in "\n".join(verdict.lines)

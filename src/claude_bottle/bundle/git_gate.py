@@ -7,12 +7,15 @@ as `remote:` lines, and one audit record):
 
 1. `git_policy.route`: a configured remote and one of git's smart services, nothing else;
 2. DLP of the request head, as the proxy does (`DlpInspector.check_head`);
-3. a refs advertisement first brings the gate's mirror up to date with the upstream,
-   with the host-side credential (`git_upstream.refresh_mirror`);
+3. a fetch's refs advertisement first brings the gate's mirror up to date with the
+   upstream, with the host-side credential (`git_upstream.refresh_mirror`); a push's does
+   so only for an empty mirror (its refs otherwise move with each fetch and push);
 4. the exchange itself is real git, `git http-backend` on the mirror, hardened
    (`git_upstream.hardened_env`), with the request body capped at MAX_REQUEST bytes and
    the whole exchange at EXCHANGE_TIMEOUT; a push additionally runs the gate's
-   pre-receive hook (`git_hook`): policy, DLP of the added content, then the upstream.
+   pre-receive hook, which asks the gate (`GitGate.judge`, over a private socket) for the
+   verdict of `git_hook.decide`: policy, DLP of the added content with the bundle's
+   engine, then the upstream.
 
 Memory stays bounded: bodies stream through pipes, never whole in the bundle.
 """
@@ -24,18 +27,23 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shlex
+import shutil
+import signal
+import socket
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_bottle.bundle import http1
+from claude_bottle.bundle import git_prereceive, http1
 from claude_bottle.bundle.connection import ClientConnection, response
-from claude_bottle.bundle.git_hook import DLP_VAR, REMOTE_VAR, REPORT_VAR
+from claude_bottle.bundle.git_hook import Outcome, Verdict, decide
 from claude_bottle.bundle.git_policy import RECEIVE, UPLOAD, GateRemote, Route, route
+from claude_bottle.bundle.git_stream import relay_fetch, served_upstream
 from claude_bottle.bundle.git_upstream import (
+    Credential,
     GitEnv,
     hardened_env,
     refresh_mirror,
@@ -46,14 +54,28 @@ from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:
     from claude_bottle.bundle.scanning import DlpInspector
+    from claude_bottle.policy.dlp import Scanner
 
 MAX_REQUEST = 1 << 30  # bytes of one request body (a push's pack)
 EXCHANGE_TIMEOUT = 900.0  # one http-backend exchange, a push's upstream leg included
 MAX_CGI_HEAD = 16 * 1024
 MAX_EXCHANGES = 8  # git processes the gate runs at once; more requests wait their turn
 READ_SIZE = 256 * 1024
+MAX_HOOK_REQUEST = 2 * git_prereceive.MAX_INPUT + 64 * 1024  # its lines, JSON-escaped
+HOOK_REQUEST_TIMEOUT = 30.0
+WARM_DELAY = 2.0  # seconds after a relayed fetch before the mirror follows the upstream
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:.,_-]{1,256}")
 Recorder = Callable[..., Any]
+
+
+class _Push:
+    """A push whose hook may ask for its verdict, once (by its random id)."""
+
+    def __init__(
+        self, remote: GateRemote, env: dict[str, str], mirror: Path, scanner: Scanner | None
+    ) -> None:
+        self.remote, self.env, self.mirror, self.scanner = remote, env, mirror, scanner
+        self.outcomes: list[Outcome] | None = None  # None: the hook never asked
 
 
 class GitGate:
@@ -65,28 +87,120 @@ class GitGate:
         cache: Path,
         git_env: GitEnv,
         record: Recorder,
-        dlp: dict[str, object] | None,
     ) -> None:
         self.remotes = {remote.name: remote for remote in remotes}
         self.cache = cache
         self.git_env = git_env
         self.record = record
-        self.dlp = dlp
         self._locks = {name: asyncio.Lock() for name in self.remotes}
         # A bottle opening connections by the thousand gets them queued, not a thousand
         # host-side git processes.
         self.exchanges = asyncio.Semaphore(MAX_EXCHANGES)
         self._hooks = cache / "hooks"
+        self._pushes: dict[str, _Push] = {}
+        # Where the hook asks for its verdict: an abstract unix socket (no file to leave
+        # behind, no path length limit), reachable from the bundle's own network namespace
+        # only, and answering only a push id the gate handed to that push's hook.
+        self.judge_address = f"@claude-bottle-git-judge-{secrets.token_hex(16)}"
+        self._judge: asyncio.AbstractServer | None = None
+        self._warming: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def prepare(self) -> None:
         """The cache dir and the gate's one hook, written by the bundle alone."""
         self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._hooks.mkdir(mode=0o700, exist_ok=True)
         hook = self._hooks / "pre-receive"
-        hook.write_text(
-            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -m claude_bottle.bundle.git_hook\n"
-        )
+        script = shlex.quote(git_prereceive.__file__)
+        hook.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S {script}\n")
         hook.chmod(0o700)
+
+    async def push(
+        self, remote: GateRemote, env: dict[str, str], scanner: Scanner | None
+    ) -> tuple[str, _Push]:
+        """Register a push (its hook's id and record); the judge socket is up after this."""
+        if self._judge is None:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind("\0" + self.judge_address[1:])
+            self._judge = await asyncio.start_unix_server(
+                self._judge_client, sock=listener, limit=MAX_HOOK_REQUEST
+            )
+        push_id = secrets.token_hex(16)
+        self._pushes[push_id] = _Push(remote, env, self.mirror(remote), scanner)
+        return push_id, self._pushes[push_id]
+
+    def warm_later(self, remote: GateRemote, env: dict[str, str]) -> None:
+        """Bring the mirror up to date WARM_DELAY after the last relayed fetch exchange (a
+        clone is two or three of them), so a later push finds the upstream's objects there
+        and sends only its own."""
+        pending = self._warming.pop(remote.name, None)
+        if pending is not None:
+            pending.cancel()
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            self._warming.pop(remote.name, None)
+            self._background.add(loop.create_task(self._warm(remote, env)))
+
+        self._warming[remote.name] = loop.call_later(WARM_DELAY, start)
+
+    def warm_due(self, remote: GateRemote) -> bool:
+        """Whether a refresh after a fetch is still waiting for its delay (then it is
+        cancelled: the caller refreshes now)."""
+        pending = self._warming.pop(remote.name, None)
+        if pending is None or pending.cancelled():
+            return False
+        pending.cancel()
+        return True
+
+    async def _warm(self, remote: GateRemote, env: dict[str, str]) -> None:
+        try:
+            async with self.lock(remote):
+                await refresh_mirror(self.mirror(remote), remote, env)
+        except (Refusal, OSError):
+            pass  # the next push's advertisement fills an empty mirror, or says why not
+        finally:
+            self._background = {task for task in self._background if not task.done()}
+
+    def forget(self, push_id: str) -> None:
+        self._pushes.pop(push_id, None)
+
+    async def _judge_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One hook's question: its push's verdict, from `git_hook.decide`."""
+        try:
+            verdict = await self._verdict(reader)
+            answer = {"status": verdict.status, "lines": verdict.lines}
+            writer.write(json.dumps(answer).encode())
+            await writer.drain()
+        except (
+            OSError,
+            ValueError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            pass  # the hook fails closed when it has no answer
+        finally:
+            writer.close()
+
+    async def _verdict(self, reader: asyncio.StreamReader) -> Verdict:
+        async with asyncio.timeout(HOOK_REQUEST_TIMEOUT):
+            request = json.loads(await reader.readuntil(b"\n"))
+        push = (
+            self._pushes.pop(str(request.get("push")), None) if isinstance(request, dict) else None
+        )
+        if push is None:
+            raise ValueError("no such push")
+        updates, quarantine = request.get("updates"), request.get("quarantine")
+        if not isinstance(updates, str) or not isinstance(quarantine, dict):
+            raise ValueError("malformed hook request")
+        verdict = await asyncio.to_thread(
+            decide, push.remote, push.scanner, push.mirror, push.env, updates, quarantine
+        )
+        push.outcomes = verdict.outcomes
+        return verdict
 
     def mirror(self, remote: GateRemote) -> Path:
         return self.cache / f"{remote.name}.git"
@@ -166,60 +280,97 @@ class GitGateConnection(ClientConnection):
 
     async def _exchange(self, request: http1.RequestHead, where: Route) -> None:
         gate, remote = self.gate, where.remote
+        relayed = where.service == UPLOAD and served_upstream(remote)
         credential = None
-        if where.advertise or where.service == RECEIVE:
+        if where.advertise or where.service == RECEIVE or relayed:
             credential = await asyncio.to_thread(resolve_credential, remote, os.environ)
         upstream_env = hardened_env(os.environ, remote, gate.git_env, credential=credential)
+        mirror = gate.mirror(remote)
+        if relayed:
+            if where.advertise:
+                self._record_fetch(remote)
+            async with asyncio.timeout(EXCHANGE_TIMEOUT):
+                await relay_fetch(
+                    request,
+                    where,
+                    credential,
+                    gate.git_env,
+                    self.body_event,
+                    self.send,
+                    MAX_REQUEST,
+                )
+            if not where.advertise:
+                gate.warm_later(remote, upstream_env)
+            return
         if where.advertise:
             async with gate.lock(remote):
-                await refresh_mirror(gate.mirror(remote), remote, upstream_env)
+                # A push is judged against the mirror's refs, which moved with every fetch
+                # and push through the gate: only an empty mirror needs the upstream first
+                # (a push based on newer upstream refs meets the upstream's lease check).
+                if (
+                    where.service == UPLOAD
+                    or not (mirror / "HEAD").exists()
+                    or gate.warm_due(remote)  # the bottle fetched newer refs: the mirror too
+                ):
+                    await refresh_mirror(mirror, remote, upstream_env)
             if where.service == UPLOAD:
-                host, port = upstream_host(remote.url)
-                gate.record(
-                    "git",
-                    "allow",
-                    rule="git:fetch",
-                    method="FETCH",
-                    host=host[:253],
-                    port=port,
-                    detail={"remote": remote.name},
-                )
-        elif not (gate.mirror(remote) / "HEAD").exists():
+                self._record_fetch(remote)
+        elif not (mirror / "HEAD").exists():
             raise Refusal(
                 400, "git:no-advertisement", "ask for the refs (info/refs) before an exchange"
             )
-        report = None
-        env = upstream_env
         if where.service == RECEIVE and not where.advertise:
-            fd, name = tempfile.mkstemp(prefix="push-", suffix=".json", dir=gate.cache)
-            os.close(fd)
-            report = Path(name)
-            env = hardened_env(
-                os.environ, remote, gate.git_env, hooks=str(gate._hooks), credential=credential
+            await self._push(request, where, upstream_env, credential)
+        else:
+            await self._run_backend(
+                request, {**upstream_env, **_cgi_env(request, where, gate.cache)}, mirror
             )
-            env[REMOTE_VAR] = json.dumps(remote._asdict())
-            env.update(_stripped_secrets(os.environ, env))
-            env[REPORT_VAR] = str(report)
-            if gate.dlp is not None:
-                env[DLP_VAR] = json.dumps(gate.dlp)
+
+    def _record_fetch(self, remote: GateRemote) -> None:
+        host, port = upstream_host(remote.url)
+        self.gate.record(
+            "git",
+            "allow",
+            rule="git:fetch",
+            method="FETCH",
+            host=host[:253],
+            port=port,
+            detail={"remote": remote.name},
+        )
+
+    async def _push(
+        self,
+        request: http1.RequestHead,
+        where: Route,
+        upstream_env: dict[str, str],
+        credential: Credential | None,
+    ) -> None:
+        """receive-pack, whose hook asks the gate for the verdict on this push."""
+        gate, remote = self.gate, where.remote
+        scanner = self.inspector.scanner if self.inspector is not None else None
+        push_id, push = await gate.push(remote, upstream_env, scanner)
+        env = hardened_env(
+            os.environ, remote, gate.git_env, hooks=str(gate._hooks), credential=None
+        )
+        env[git_prereceive.JUDGE_VAR] = gate.judge_address
+        env[git_prereceive.PUSH_VAR] = push_id
         env.update(_cgi_env(request, where, gate.cache))
         try:
-            if report is not None:
-                async with gate.lock(remote):  # one push at a time moves the mirror
+            async with gate.lock(remote):  # one push at a time moves the mirror
+                try:
                     await self._run_backend(request, env, gate.mirror(remote))
-                self._audit_push(remote, report)
-            else:
-                await self._run_backend(request, env, gate.mirror(remote))
+                finally:
+                    _drop_quarantines(gate.mirror(remote))
+        except BaseException:
+            if push.outcomes is not None:  # judged (and maybe sent upstream), then broken off
+                self._audit_push(remote, push.outcomes)
+            raise
+        else:
+            self._audit_push(remote, push.outcomes)
         finally:
-            if report is not None:
-                with contextlib.suppress(OSError):
-                    report.unlink()
+            gate.forget(push_id)
 
-    def _audit_push(self, remote: GateRemote, report: Path) -> None:
-        try:
-            outcomes = json.loads(report.read_text() or "[]")
-        except (OSError, ValueError):
-            outcomes = []
+    def _audit_push(self, remote: GateRemote, outcomes: list[Outcome] | None) -> None:
         host, port = upstream_host(remote.url)
         if not outcomes:  # the hook did not run: receive-pack refused the request itself
             self.gate.record(
@@ -230,21 +381,21 @@ class GitGateConnection(ClientConnection):
                 port=port,
                 detail={"remote": remote.name},
             )
-        for outcome in outcomes:
+        for outcome in outcomes or ():
             self.gate.record(
                 "git",
-                outcome["decision"],
-                rule=outcome["rule"],
+                outcome.decision,
+                rule=outcome.rule,
                 method="PUSH",
                 host=host[:253],
                 port=port,
-                path=str(outcome["ref"])[:500],
+                path=outcome.ref[:500],
                 detail={
                     "remote": remote.name,
-                    "ref": outcome["ref"],
-                    "old": outcome["old"],
-                    "new": outcome["new"],
-                    "commits": outcome["commits"],
+                    "ref": outcome.ref,
+                    "old": outcome.old,
+                    "new": outcome.new,
+                    "commits": outcome.commits,
                 },
             )
 
@@ -274,8 +425,9 @@ class GitGateConnection(ClientConnection):
                     await self.send(chunk)
                 await process.wait()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
+            # TERM first: receive-pack then removes its quarantine (a KILL would leave the
+            # pushed objects behind in the mirror); KILL if it does not end.
+            _signal_group(process.pid, signal.SIGTERM)
             raise
         finally:
             feeding.cancel()
@@ -283,6 +435,8 @@ class GitGateConnection(ClientConnection):
                 await feeding
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(process.wait(), 5)
+            if process.returncode is None:
+                _signal_group(process.pid, signal.SIGKILL)
             with contextlib.suppress(BaseException):
                 stderr = await asyncio.wait_for(errors, 1)
                 if stderr:
@@ -311,6 +465,18 @@ class GitGateConnection(ClientConnection):
         finally:
             with contextlib.suppress(Exception):
                 stdin.close()
+
+
+def _signal_group(pid: int, signal_number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal_number)
+
+
+def _drop_quarantines(mirror: Path) -> None:
+    """What a receive-pack that was killed left of a push (its quarantine): with the
+    remote's lock held no other receive-pack runs on this mirror, so any is stale."""
+    for stale in (mirror / "objects").glob("tmp_objdir-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
@@ -342,20 +508,6 @@ async def _cgi_head(stdout: asyncio.StreamReader) -> bytes:
             headers.append((name, value))
     headers.append((b"connection", b"close"))
     return response(status, headers)
-
-
-def _stripped_secrets(
-    host: dict[str, str] | os._Environ[str], env: dict[str, str]
-) -> dict[str, str]:
-    """The user's secret values the hardened environment dropped (GIT_TOKEN…), under names
-    the hook's DLP still reads as secrets: a push must not carry them either."""
-    from claude_bottle.bundle.scanning import host_secrets
-
-    return {
-        f"CLAUDE_BOTTLE_SECRET_{name}": value
-        for name, value in host_secrets(host).items()
-        if name not in env
-    }
 
 
 def _cgi_env(request: http1.RequestHead, where: Route, root: Path) -> dict[str, str]:

@@ -439,14 +439,8 @@ def _git_gate(settings: BundleSettings, record: Any) -> Any:
 
     assert settings.git_cache is not None
     cache = Path(settings.git_cache)
-    dlp: dict[str, object] | None = None
-    if settings.dlp_enabled:
-        dlp = {
-            "patterns": [list(p) for p in settings.dlp_patterns],
-            "ignore": list(settings.dlp_ignore),
-            "ignore_fingerprints": list(settings.dlp_ignore_fingerprints),
-        }
-    gate = GitGate(settings.git_remotes, cache, GitEnv(settings.pins), record, dlp)
+    # A push is scanned with the bundle's DLP engine (the proxy's), built once.
+    gate = GitGate(settings.git_remotes, cache, GitEnv(settings.pins), record)
     gate.prepare()
     ca_file = combined_ca(settings.upstream_ca_file, cache)
     gate.git_env = GitEnv(settings.pins, ca_file)
