@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import ssl
 import subprocess
 import sys
 import threading
@@ -21,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import BottleEnv
-from tests.integration.tls_upstream import TLSUpstream, _cert
+from tests.integration.dev_upstreams import _tls
+from tests.integration.tls_upstream import TLSUpstream
 from tests.integration.tmux import TmuxScreen
 
 pytestmark = pytest.mark.integration
@@ -216,24 +214,9 @@ class DomainInfo:
 
     def __init__(self, directory: Path) -> None:
         self.asked: list[str] = []
-        ca_key, key = (
-            ec.generate_private_key(ec.SECP256R1()),
-            ec.generate_private_key(ec.SECP256R1()),
-        )
-        ca = _cert("domain-info test CA", ca_key, None, ca_key, ca=True)
-        leaf = _cert(API_HOST, key, ca.subject, ca_key, ca=False, san=API_HOST)
-        self.ca_file = directory / "domain-info-ca.pem"
-        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        (directory / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-        (directory / "leaf.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
+        own = directory / "domain-info"  # its own CA files, beside other upstreams'
+        own.mkdir(exist_ok=True)
+        context, self.ca_file = _tls(own, (API_HOST,))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
