@@ -46,6 +46,8 @@ from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable, refusal_response
+from claude_bottle.bundle.tls_stream import open_connection as open_tls_connection
+from claude_bottle.bundle.tls_stream import start_tls
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -60,6 +62,9 @@ TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry pla
 REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# A response body piece this large is written on its own; smaller ones are gathered (with
+# the head) into one write, so a small response leaves in one TLS record.
+DIRECT_WRITE = 16 * 1024
 
 
 def block_body(bottle: str, host: str, refusal: Refusal) -> bytes:
@@ -267,7 +272,7 @@ class ProxyConnection(ClientConnection):
         reading_transport(self.writer).pause_reading()
         self.writer.write(ESTABLISHED)
         async with asyncio.timeout(HEADER_TIMEOUT):
-            await self.writer.start_tls(context)
+            await start_tls(self.writer, context)
         self.intercepted = dataclasses.replace(dest, tls=True)
         self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self._record_intercepted(dest)
@@ -294,7 +299,7 @@ class ProxyConnection(ClientConnection):
         try:
             if dest.tls:
                 assert self.interception is not None
-                opening = asyncio.open_connection(
+                opening = open_tls_connection(
                     dest.address,
                     dest.connect_port,
                     limit=READ_SIZE,
@@ -501,7 +506,13 @@ class ProxyConnection(ClientConnection):
                 down_bytes += len(event)
                 if reflected is not None:
                     event = self._unreflected(reflected, event, request, dest, origin_target)
-                out += http1.frame(event, chunk_out)
+                framed = http1.frame(event, chunk_out)
+                if len(framed) >= DIRECT_WRITE:  # a bulk piece goes as it is, not copied
+                    await self._write(out)  # what came before it, in order
+                    self.writer.write(framed)
+                    await drain(self.writer)
+                    continue
+                out += framed
                 if len(out) >= READ_SIZE:
                     await self._write(out)
             elif event is http1.END:
