@@ -46,8 +46,7 @@ from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable, refusal_response
-from claude_bottle.bundle.tls_stream import open_connection as open_tls_connection
-from claude_bottle.bundle.tls_stream import start_tls
+from claude_bottle.bundle.tls_stream import open_connection, start_tls
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -299,7 +298,7 @@ class ProxyConnection(ClientConnection):
         try:
             if dest.tls:
                 assert self.interception is not None
-                opening = open_tls_connection(
+                opening = open_connection(
                     dest.address,
                     dest.connect_port,
                     limit=READ_SIZE,
@@ -307,7 +306,7 @@ class ProxyConnection(ClientConnection):
                     server_hostname=dest.host,
                 )
             else:
-                opening = asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE)
+                opening = open_connection(dest.address, dest.connect_port, limit=READ_SIZE)
             return await asyncio.wait_for(opening, CONNECT_TIMEOUT)
         except TimeoutError as exc:
             raise Refusal(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from claude_bottle.bundle.connection import READ_SIZE
+from claude_bottle.bundle.connection import READ_SIZE, StreamReader
 
 _DECRYPTED = bytearray(READ_SIZE)  # shared: emptied into the stream as each read ends
 
@@ -68,13 +68,22 @@ async def start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> No
 
 
 async def open_connection(
-    host: str, port: int, *, limit: int, ssl: ssl.SSLContext, server_hostname: str
+    host: str,
+    port: int,
+    *,
+    limit: int,
+    ssl: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """`asyncio.open_connection(..., ssl=...)` over `_Decrypted`."""
+    """`asyncio.open_connection`, over `_Decrypted` with `ssl`, with `StreamReader`."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    reader = StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(
-        lambda: _Decrypted(protocol), host, port, ssl=ssl, server_hostname=server_hostname
+        (lambda: _Decrypted(protocol)) if ssl else (lambda: protocol),
+        host,
+        port,
+        ssl=ssl,
+        server_hostname=server_hostname,
     )
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
