@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -64,6 +65,7 @@ ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 # A response body piece this large is written on its own; smaller ones are gathered (with
 # the head) into one write, so a small response leaves in one TLS record.
 DIRECT_WRITE = 16 * 1024
+SEND_BUFFER = 1 << 20  # an intercepted connection's send buffer towards the bottle
 
 
 def block_body(bottle: str, host: str, refusal: Refusal) -> bytes:
@@ -79,6 +81,15 @@ def block_body(bottle: str, host: str, refusal: Refusal) -> bytes:
 
 class _StaleUpstream(Exception):
     """A reused upstream connection was closed before it answered a replayable request."""
+
+
+def _larger_send_buffer(writer: asyncio.StreamWriter) -> None:
+    """Let the kernel hold more of what goes to the bottle: a bulk response then leaves in
+    fewer, larger writes (the kernel caps the size at wmem_max)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def _pool_key(dest: Destination) -> PoolKey:
@@ -269,6 +280,7 @@ class ProxyConnection(ClientConnection):
         # text: a byte the stream reader took would never reach the TLS layer, and the
         # handshake would hang. start_tls resumes reading once TLS is in place.
         reading_transport(self.writer).pause_reading()
+        _larger_send_buffer(self.writer)
         self.writer.write(ESTABLISHED)
         async with asyncio.timeout(HEADER_TIMEOUT):
             await start_tls(self.writer, context)
