@@ -45,12 +45,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from run import (
     bundle_process,
+    free_port,
     machine,
     pct,
     read_head,
     read_response,
     server_process,
     stats,
+    wait_port,
 )
 
 # The sibling benchmark's helpers (this script's directory is first on sys.path).
@@ -63,13 +65,15 @@ DOC = ROOT / "docs" / "benchmarks-tls.md"
 MIB = 1 << 20
 HOST = "bench.test"
 WARMUP = 20
-CASES = ("direct", "tunnel", "intercept", "intercept+dlp")
+CASES = ("direct", "tunnel", "intercept", "intercept+dlp", "mitmdump")
 LABELS = {
     "direct": "direct TLS (floor)",
     "tunnel": "CONNECT tunnel (intercept off)",
     "intercept": "intercepted",
     "intercept+dlp": "intercepted + DLP",
+    "mitmdump": "mitmdump intercepting",
 }
+MITMDUMP = HERE / ".cache" / "mitm" / "bin" / "mitmdump"  # benchmarks/install.sh puts it there
 
 
 # ---------------------------------------------------------------- certificates
@@ -204,16 +208,24 @@ class Route:
     proxy_socket: str | None = None  # None: straight to the upstream
     up_port: int = 0
     pid: int = 0  # the bundle's pid (0 for direct)
+    proxy_port: int = 0  # a proxy on TCP (mitmdump): CONNECT to the upstream's address
 
     def open(self, host: str = HOST) -> ssl.SSLSocket:
-        if self.proxy_socket is None:
+        if self.proxy_socket is None and not self.proxy_port:
             sock = socket.create_connection(("127.0.0.1", self.up_port), timeout=30)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(30)
-            sock.connect(self.proxy_socket)
-            sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+            target = f"{host}:443"
+            if self.proxy_port:
+                sock = socket.create_connection(("127.0.0.1", self.proxy_port), timeout=30)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                target = f"127.0.0.1:{self.up_port}"  # it resolves no pinned names
+            else:
+                assert self.proxy_socket is not None
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(30)
+                sock.connect(self.proxy_socket)
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
             head, rest = read_head(sock, bytearray())
             if b" 200" not in head.split(b"\r\n")[0] or rest:
                 raise ConnectionError(f"CONNECT refused: {head[:120]!r}")
@@ -247,6 +259,37 @@ def bundle(
     ) as (settings, pid):
         trusted = Path(settings.ca_cert) if settings.ca_cert else ca_file
         yield Route(name, client_context(trusted), settings.proxy_socket, pid=pid)
+
+
+@contextmanager
+def mitmdump(up_port: int, ca_file: Path) -> Iterator[Route | None]:
+    """mitmdump intercepting TLS (its own CA, the test CA trusted upstream, bodies over
+    1 MiB streamed as they come rather than buffered whole); None if not installed."""
+    if not MITMDUMP.exists():
+        yield None
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="cbbench-mitm-") as tmp:
+        argv = [str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "-p", str(port)]
+        for option in (
+            f"confdir={tmp}",
+            f"ssl_verify_upstream_trusted_ca={ca_file}",
+            "stream_large_bodies=1m",
+        ):
+            argv += ["--set", option]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ca = Path(tmp) / "mitmproxy-ca-cert.pem"
+            ok = wait_port(port, 30) and ca.exists()
+            context = client_context(ca) if ok else None
+            yield (
+                Route("mitmdump", context, up_port=up_port, pid=proc.pid, proxy_port=port)
+                if context
+                else None
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def fs_type(path: str) -> str:
@@ -614,15 +657,23 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"{res['runs']} runs; latency: p50 / p99 ms over {res['count']} requests after {WARMUP} warm-ups.",
         "",
     ]
-    head = "| case | " + " | ".join(LABELS[c] for c in CASES) + " | intercepted ÷ tunnel |"
+    head = (
+        "| case | "
+        + " | ".join(LABELS[c] for c in CASES)
+        + " | intercepted ÷ tunnel (with DLP); ÷ mitmdump |"
+    )
     L += [head, "|---" * (len(CASES) + 2) + "|"]
     for kind, label in (
         ("download", f"bulk download {size} MiB (GET), MiB/s"),
         ("upload", f"bulk upload {size} MiB (POST), MiB/s"),
     ):
         row = res[kind]
-        t, i = row.get("tunnel"), row.get("intercept")
+        t, i, d = row.get("tunnel"), row.get("intercept"), row.get("intercept+dlp")
         ratio = f"{i['median'] / t['median']:.2f}×" if t and i else "n/a"
+        if t and d:
+            ratio += f" ({d['median'] / t['median']:.2f}×)"
+        if i and row.get("mitmdump"):
+            ratio += f"; {i['median'] / row['mitmdump']['median']:.1f}×"
         cells = [fmt(row.get(c)) for c in CASES]
         L.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
         cpu = [
@@ -631,7 +682,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
             else "–"
             for c in CASES
         ]
-        L.append("| … bundle CPU during it, cores | " + " | ".join(cpu) + " | |")
+        L.append("| … proxy CPU during it, cores | " + " | ".join(cpu) + " | |")
     small = res["small"]
     for mode, label in (
         ("keepalive", "1 KiB GET, one kept-alive TLS connection, p50 / p99 ms"),
@@ -760,17 +811,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="32 MiB, 3 runs, 200 requests")
     ap.add_argument(
+        "--smoke", action="store_true", help="every case once at toy sizes (the harness runs)"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write results-tls.json and benchmarks-tls.md here instead of into the repository",
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
         help="also py-spy the intercepted bundle; raw stacks go to DIR",
     )
     args = ap.parse_args()
-    q = args.quick
-    runs = 3 if q else 5
-    size_mib = 32 if q else 256
-    count = 200 if q else 500
-    cold_names = [f"cold-{i}.{HOST}" for i in range(10 if q else 30)]
+    q = args.quick or args.smoke
+    runs = 1 if args.smoke else 3 if q else 5
+    size_mib = 4 if args.smoke else 32 if q else 256
+    count = 30 if args.smoke else 200 if q else 500
+    cold_names = [f"cold-{i}.{HOST}" for i in range(3 if args.smoke else 10 if q else 30)]
+    results, doc = (
+        (RESULTS, DOC) if args.out is None else (args.out / RESULTS.name, args.out / DOC.name)
+    )
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": q,
@@ -799,8 +862,13 @@ def main() -> None:
             routes[name] = stack.enter_context(
                 bundle(up, ca_file, hosts, intercept=intercept, dlp=dlp, name=name)
             )
+        mitm = stack.enter_context(mitmdump(up, ca_file))
+        if mitm is None:
+            print(f"mitmdump: not installed ({MITMDUMP}; benchmarks/install.sh) - skipped")
+        else:
+            routes["mitmdump"] = mitm
         print("leaf mint")
-        res["mint"] = case_mint(20 if q else 50)
+        res["mint"] = case_mint(5 if args.smoke else 20 if q else 50)
         print("cold leaf")
         res["cold"] = case_cold(routes["intercept"], cold_names)
         print("bulk download")
@@ -816,12 +884,13 @@ def main() -> None:
                 for name in ("intercept", "intercept+dlp")
             }
     res["loadavg"].append(round(os.getloadavg()[0], 2))
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
-    command = "python benchmarks/tls_intercept.py" + (" --quick" if q else "")
+    results.write_text(json.dumps(res, indent=2) + "\n")
+    flag = " --smoke" if args.smoke else " --quick" if q else ""
+    command = "python benchmarks/tls_intercept.py" + flag
     if args.profile:
         command += f" --profile {args.profile}"
-    DOC.write_text(markdown(res, command))
-    print(f"wrote {RESULTS}, {DOC}")
+    doc.write_text(markdown(res, command))
+    print(f"wrote {results}, {doc}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ import pytest
 from tests.integration.conftest import backend_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ("benchmarks/results.json", "benchmarks/results-dlp.json", "docs/benchmarks.md")
+COMMITTED = (
+    "benchmarks/results.json",
+    "benchmarks/results-dlp.json",
+    "benchmarks/results-tls.json",
+    "docs/benchmarks.md",
+    "docs/benchmarks-tls.md",
+)
 
 
 def _digests() -> dict[str, str]:
@@ -76,6 +82,13 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert "error" not in dlp, dlp
     assert json.loads((out / "results-dlp.json").read_text()) == dlp
     assert dlp["engines"] and all(engine["finding_count"] > 0 for engine in dlp["engines"])
+
+    assert res["tls"] == {}, res["tls"]  # tls_intercept.py ran
+    tls = json.loads((out / "results-tls.json").read_text())
+    for kind in ("download", "upload"):
+        for case in ("tunnel", "intercept", "intercept+dlp"):
+            assert tls[kind][case]["median"] > 0, tls[kind]
+    assert "TLS interception" in (out / "benchmarks.md").read_text()
 
     cases = {row["case"] for row in res["ratios"]}
     assert "bulk vs direct" in cases
