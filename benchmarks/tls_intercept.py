@@ -789,7 +789,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(L) + NOTES
 
 
-NOTES = """
+NOTES = r"""
 ## Reading the numbers
 
 - DLP scans what leaves the bottle: request heads and request bodies, not responses. A download
@@ -804,6 +804,79 @@ NOTES = """
   bundle parks an upstream connection its client left idle and hands it to the next request for
   the same host (`bundle/pool.py`). Before the pool, this row was 11.30 ms against 6.07 through
   a plain tunnel (11:18 run).
+- mitmdump intercepts with its own CA, trusts the test CA upstream and streams bodies over
+  1 MiB (`stream_large_bodies=1m`); by default it would hold each 256 MiB body whole first.
+  It is reached over TCP (CONNECT to the upstream's address, SNI `bench.test`), the bundles
+  over their unix socket.
+
+## Issue 24 (second round): where the bulk time went, what changed, A/B
+
+Measured first: `perf record` (cpu-clock; this VM has no hardware counters) of the
+intercepting bundle during back-to-back 64 MiB downloads. OpenSSL (decrypting the upstream's
+records, encrypting the bottle's) 32 %, the kernel 33 % (loopback TCP and unix-socket copies,
+waking the peer), libc `memmove` 17.5 %, CPython 8.5 %, uvloop 2 %. So the bundle moved each
+256 KiB piece through about seven user-space copies: uvloop's TLS decrypted each 16 KiB record
+into a new bytes object and joined them, `StreamReader` copied that into its buffer, its
+`read` sliced the buffer into a bytearray and that into bytes, llhttp's body callback copied
+it again, and the response loop gathered it into a bytearray and copied that into bytes.
+Changes (each A/B'd interleaved with `benchmarks/tls_ab.py`, bundles of both trees side by
+side):
+
+1. `bundle/http1.py`: a Content-Length body goes around llhttp once its head is parsed (the
+   reader counts its bytes; a read that is all body is passed on as the object it came in;
+   what follows goes to a fresh parser, as llhttp would continue). Tests: pipelined requests
+   with a request inside a Content-Length body read alike at every cut.
+2. `bundle/proxy.py`: a response piece of 16 KiB or more is written as it is, not gathered
+   (small responses still leave in one write, head and body together).
+3. `bundle/tls_stream.py`: uvloop's TLS decrypts straight into one buffer all connections
+   share (a buffered protocol in front of the stream's), for the bottle's side after the
+   CONNECT and for upstream connections.
+4. `bundle/connection.StreamReader`: `read` copies once (Python 3.11's copies twice).
+5. `bundle/scanning.BodyGuard`: a plain body chunk is copied once on its way out (it was
+   three times); the trailing window that is held back is unchanged, so a secret split
+   across reads is still found before any of it leaves whole (tests in
+   `tests/unit/test_dlp_body_stream.py`).
+6. A 1 MiB send buffer towards the bottle on an intercepted connection (as the splice
+   tunnel has): fewer, larger writes. Against 1-5, 5 × 128 MiB, load 9-10: 170 → 200
+   MiB/s, 1.32 → 1.26 CPU s/GiB.
+
+All of it against the tree before (2026-12-07 05:45, `python benchmarks/tls_ab.py BASE/src
+--runs 5 --newconn 200`, 256 MiB, load average 9.6 → 11.9 on 2 cores shared with other
+work; medians of 5, CPU = the bundle's utime + stime per GiB moved):
+
+| case | before | after | before ÷ tunnel | after ÷ tunnel |
+|---|---|---|---|---|
+| download, intercepted | 155 MiB/s, 1.39 CPU s/GiB | 200 MiB/s, 1.18 CPU s/GiB | 0.62× | 0.80× |
+| download, intercepted + DLP | 156 MiB/s, 1.47 CPU s/GiB | 213 MiB/s, 1.28 CPU s/GiB | 0.63× | 0.85× |
+| upload, intercepted | 135 MiB/s, 1.35 CPU s/GiB | 147 MiB/s, 1.23 CPU s/GiB | 0.79× | 0.85× |
+| upload, intercepted + DLP | 102 MiB/s, 1.71 CPU s/GiB | 114 MiB/s, 1.56 CPU s/GiB | 0.59× | 0.67× |
+| new TLS connection + 1 KiB GET, p50 | 4.31 ms (tunnel 7.22) | 4.14 ms | −2.9 ms | −3.1 ms |
+
+The tunnel moved 250 MiB/s down and 172 MiB/s up at 0.23 / 0.56 CPU s/GiB in that run; mitmdump
+intercepting took 2.23 CPU s/GiB for the same downloads (an A/B at 05:42, 128 MiB, against
+1.25 for the bundle). What is left per GiB is mostly OpenSSL (~0.5 s: two AES-GCM passes)
+and the kernel; the next step would be moving the two OpenSSL passes onto threads (`_ssl`
+releases the GIL), which uvloop's TLS layer does not do. kTLS is not available here.
+On this machine the ratios move with the load: the client, the upstream and the bundle all
+do crypto on 2 cores shared with other work, so a loaded phase costs the intercepted case
+(three crypto passes) more than the tunnel (one).
+
+A new intercepted connection already costs less than a tunnel's here: the bundle's handshake
+with the bottle uses one P-256 leaf key per bundle (made with the CA) and a leaf cached per
+name, and the upstream handshake is skipped through the pool. OpenSSL issues its default two
+TLS 1.3 session tickets per handshake, so a client that resumes skips the certificate
+signature; this benchmark's client does not resume.
+
+DLP, cards and IBANs (the two patterns without a literal): thread CPU time of one Hyperscan
+scan of the 8 MiB corpus, medians of 9 (05:24). All 116 patterns 904 MiB/s; without these
+two 2878 MiB/s; either one alone beside the others ~960; card and IBAN filters alone ~1500.
+Any filter without a literal costs the same, whatever its form: `[^0-9A-Za-z_.][2-6]\d`
+(three bytes) 1104 alone, 780 beside the others; a card filter anchored on the first four
+contiguous digits every valid card has, 971 beside the others; an IBAN filter starting with
+the 88 country codes (literals), 559-770 (worse: two capitals are common in base64). Hyperscan
+runs one automaton over every byte as soon as one pattern lacks a literal, so the two still
+take about two thirds of the scan; they were kept as they are (recall first). The whole scan
+measured 739 MiB/s one-shot with `benchmarks/dlp_throughput.py` in the same session.
 """
 
 
