@@ -704,7 +704,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     ]
     L.insert(
         -1,
-        "| … bundle CPU per kept-alive request (all its threads), ms | " + " | ".join(cpu) + " | |",
+        "| … proxy CPU per kept-alive request (all its threads), ms | " + " | ".join(cpu) + " | |",
     )
     cold = res.get("cold")
     warm = small.get("newconn/intercept")
@@ -716,13 +716,13 @@ def markdown(res: dict[str, Any], command: str) -> str:
         )
         L.append(
             f"| 1 KiB GET, new connection to a name never seen (cold leaf, {cold['n']} names), p50 / p99 ms | – | – | "
-            f"{lat(cold)} (first after start {cold['first_ever_ms']:.1f}) | – | {extra} |"
+            f"{lat(cold)} (first after start {cold['first_ever_ms']:.1f}) | – | – | {extra} |"
         )
     mint = res.get("mint")
     if mint:
         L.append(
             f"| leaf mint alone (`CertificateAuthority.server_context`, in-process), ms | – | – | "
-            f"{mint['median']:.2f} ({mint['min']:.2f}–{mint['max']:.2f}); cached {mint['cached_ms']:.4f} | – | |"
+            f"{mint['median']:.2f} ({mint['min']:.2f}–{mint['max']:.2f}); cached {mint['cached_ms']:.4f} | – | – | |"
         )
     if res.get("git"):
         g = res["git"]
@@ -830,7 +830,9 @@ side):
    (small responses still leave in one write, head and body together).
 3. `bundle/tls_stream.py`: uvloop's TLS decrypts straight into one buffer all connections
    share (a buffered protocol in front of the stream's), for the bottle's side after the
-   CONNECT and for upstream connections.
+   CONNECT and for upstream connections. (The bundle already ran on uvloop, whose TLS layer
+   is its Cython port of asyncio's SSLProtocol over `ssl.MemoryBIO`: with a plain stream
+   protocol it takes the copying path, with a buffered one it does not.)
 4. `bundle/connection.StreamReader`: `read` copies once (Python 3.11's copies twice).
 5. `bundle/scanning.BodyGuard`: a plain body chunk is copied once on its way out (it was
    three times); the trailing window that is held back is unchanged, so a secret split
@@ -840,22 +842,30 @@ side):
    tunnel has): fewer, larger writes. Against 1-5, 5 × 128 MiB, load 9-10: 170 → 200
    MiB/s, 1.32 → 1.26 CPU s/GiB.
 
-All of it against the tree before (2026-12-07 05:45, `python benchmarks/tls_ab.py BASE/src
---runs 5 --newconn 200`, 256 MiB, load average 9.6 → 11.9 on 2 cores shared with other
-work; medians of 5, CPU = the bundle's utime + stime per GiB moved):
+All of it against the tree before: `python benchmarks/tls_ab.py BASE/src` (256 MiB, both
+trees' bundles side by side, interleaved), three runs on 2026-12-07 while the load average
+(1 min) was 9.6-11.9, 12.5-8.9 and 8.9-6.8 on 2 cores shared with other work. Medians of
+5, 5 and 7 transfers; CPU = the bundle's utime + stime per GiB moved; ratio = ÷ the tunnel
+in the same run:
 
-| case | before | after | before ÷ tunnel | after ÷ tunnel |
-|---|---|---|---|---|
-| download, intercepted | 155 MiB/s, 1.39 CPU s/GiB | 200 MiB/s, 1.18 CPU s/GiB | 0.62× | 0.80× |
-| download, intercepted + DLP | 156 MiB/s, 1.47 CPU s/GiB | 213 MiB/s, 1.28 CPU s/GiB | 0.63× | 0.85× |
-| upload, intercepted | 135 MiB/s, 1.35 CPU s/GiB | 147 MiB/s, 1.23 CPU s/GiB | 0.79× | 0.85× |
-| upload, intercepted + DLP | 102 MiB/s, 1.71 CPU s/GiB | 114 MiB/s, 1.56 CPU s/GiB | 0.59× | 0.67× |
-| new TLS connection + 1 KiB GET, p50 | 4.31 ms (tunnel 7.22) | 4.14 ms | −2.9 ms | −3.1 ms |
+| case | before: ratio (CPU s/GiB) | after: ratio (CPU s/GiB) |
+|---|---|---|
+| download, intercepted | 0.62×, 0.51×, 0.55× (1.39, 1.28, 1.16) | 0.80×, 0.72×, 0.73× (1.18, 1.12, 1.04) |
+| download, intercepted + DLP | 0.63×, 0.54×, 0.54× (1.47, 1.24, 1.20) | 0.85×, 0.66×, 0.72× (1.28, 1.16, 1.04) |
+| upload, intercepted | 0.79×, 0.84×, 0.71× (1.35, 1.00, 1.00) | 0.85×, 1.00×, 0.81× (1.23, 1.00, 1.00) |
+| upload, intercepted + DLP | 0.59×, 0.75×, 0.77× (1.71, 1.20, 1.24) | 0.67×, 0.75×, 0.58× (1.56, 1.16, 1.24) |
+| new TLS connection + 1 KiB GET, p50 (tunnel) | 4.31 ms (7.22), 1.67 ms (2.24) | 4.14 ms, 1.61 ms |
 
-The tunnel moved 250 MiB/s down and 172 MiB/s up at 0.23 / 0.56 CPU s/GiB in that run; mitmdump
-intercepting took 2.23 CPU s/GiB for the same downloads (an A/B at 05:42, 128 MiB, against
-1.25 for the bundle). What is left per GiB is mostly OpenSSL (~0.5 s: two AES-GCM passes)
-and the kernel; the next step would be moving the two OpenSSL passes onto threads (`_ssl`
+Downloads gained a third in throughput and about a tenth in CPU. Uploads with DLP did not
+move beyond the noise: what they add over a plain intercepted upload (~0.2 CPU s/GiB) is
+the Hyperscan scan itself. Hyperscan releases the GIL (checked: a Python thread keeps
+running during a scan), so the scan could run beside the loop on another core, but an
+executor hop per 128-256 KiB piece costs about what the scan does on a saturated machine;
+not done.
+
+The tunnel took 0.20-0.23 CPU s/GiB down and ~0.5 up in those runs; mitmdump intercepting
+took 2.23 CPU s/GiB for the same downloads (128 MiB, against 1.25 for the bundle). What is
+left per GiB is mostly OpenSSL (~0.5 s: two AES-GCM passes) and the kernel; the next step would be moving the two OpenSSL passes onto threads (`_ssl`
 releases the GIL), which uvloop's TLS layer does not do. kTLS is not available here.
 On this machine the ratios move with the load: the client, the upstream and the bundle all
 do crypto on 2 cores shared with other work, so a loaded phase costs the intercepted case
