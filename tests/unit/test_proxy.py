@@ -25,10 +25,12 @@ from typing import Any
 import pytest
 import uvloop
 
+from claude_bottle.bundle import proxy
 from claude_bottle.bundle.audit import AuditError, verify
 from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.service import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin
+from tests.integration.tls_upstream import TLSUpstream
 from tests.integration.upstream import RecordingHTTPServer
 from tests.unit.bundle_settings import bundle_settings
 
@@ -342,13 +344,13 @@ def test_client_hello_sent_the_instant_the_tunnel_opens_reaches_tls(
 ) -> None:
     """A client may send its ClientHello as soon as it reads our 200. However late the TLS
     layer takes the connection over, the handshake must see it, not hang."""
-    real_start_tls = asyncio.StreamWriter.start_tls
+    real_start_tls = proxy.start_tls
 
-    async def late_start_tls(self: asyncio.StreamWriter, *args: Any, **kwargs: Any) -> Any:
+    async def late_start_tls(*args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(0.2)  # the ClientHello is in by now
-        return await real_start_tls(self, *args, **kwargs)
+        return await real_start_tls(*args, **kwargs)
 
-    monkeypatch.setattr(asyncio.StreamWriter, "start_tls", late_start_tls)
+    monkeypatch.setattr(proxy, "start_tls", late_start_tls)
     settings = bundle_settings(
         tmp_path,
         intercept=True,
@@ -372,6 +374,54 @@ def test_client_hello_sent_the_instant_the_tunnel_opens_reaches_tls(
                 assert tls.version() is not None  # handshake done, verified against our CA
     finally:
         running.stop()
+
+
+def test_an_intercepted_bulk_upload_arrives_whole_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A body of many reads through interception and DLP (counted past llhttp, decrypted
+    into the shared buffer, held back by a window) reaches the upstream byte for byte, and
+    the next request on the same TLS connection is framed right after it."""
+    upstream = TLSUpstream(tmp_path, "tls.test")
+    settings = bundle_settings(
+        tmp_path,
+        allow=("tls.test",),
+        intercept=True,
+        ca_cert=str(tmp_path / "ca.pem"),
+        upstream_ca_file=str(upstream.ca_file),
+        dlp_enabled=True,
+        pins=(Pin("tls.test", "127.0.0.1", upstream.port),),
+    )
+    running = RunningBundle(settings)
+    body = random.Random(24).randbytes(3 << 20)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(20)
+            sock.connect(settings.proxy_socket)
+            sock.sendall(b"CONNECT tls.test:443 HTTP/1.1\r\nHost: tls.test:443\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            client = ssl.create_default_context(cafile=settings.ca_cert)
+            with client.wrap_socket(sock, server_hostname="tls.test") as tls:
+                tls.sendall(
+                    b"POST /up HTTP/1.1\r\nHost: tls.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+                )
+                for start in range(0, len(body), 100_000):  # many records, many reads
+                    tls.sendall(body[start : start + 100_000])
+                tls.sendall(b"GET /after HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+                replies = b""
+                while replies.count(b"hello from upstream") < 2:
+                    chunk = tls.recv(65536)
+                    assert chunk, replies
+                    replies += chunk
+        assert b"hello from upstream /up" in replies and b"/after" in replies
+        assert [r.path for r in upstream.requests] == ["/up", "/after"]
+        assert upstream.requests[0].body == body
+    finally:
+        running.stop()
+        upstream.close()
 
 
 class ScriptedUpstream:
