@@ -7,7 +7,8 @@ its buffer. `_Decrypted` is that buffer in front of an ordinary `StreamReaderPro
 reads land in one buffer all connections share (the loop has one thread, and each read
 is emptied into its stream at once), so a connection holds no more memory than before.
 `start_tls` (the server side of an intercepted CONNECT) and `open_connection` (to an
-upstream) give the usual `StreamReader` / `StreamWriter` pair over it.
+upstream, over TLS or not) give the usual stream pair, its reader the
+`connection.StreamReader` whose reads copy once.
 """
 
 from __future__ import annotations
