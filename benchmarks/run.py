@@ -743,6 +743,15 @@ def case_git_gate(options: tuple[str, ...], results: Path) -> dict[str, Any]:
     return data
 
 
+def case_tls(flag: str | None, out: Path | None) -> dict[str, Any]:
+    """benchmarks/tls_intercept.py (its own page, benchmarks-tls.md; its headline is
+    summarised here by `tls_summary`), with `flag` (--quick, --smoke) and --out."""
+    argv = [sys.executable, str(HERE / "tls_intercept.py"), *([flag] if flag else [])]
+    argv += ["--out", str(out)] if out is not None else []
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    return {"error": r.stderr.strip()[-300:]} if r.returncode != 0 else {}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -979,7 +988,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
             f"Start-up of the same tree installed alike on {also.removeprefix('claude-bottle on ')}, the interpreter running "
             f"the benchmark: {fmt(st[also], 'ms')}, {st[also]['median'] / srt['median']:.2f}× srt in the same rounds.",
         ]
-    L += tls_summary()
+    L += tls_summary(Path(res.get("tls_results", HERE / "results-tls.json")))
     L += [
         "",
         "![ratios](../benchmarks/ratios.png)",
@@ -1065,9 +1074,8 @@ def git_rows(git: dict[str, Any]) -> list[str]:
     return rows
 
 
-def tls_summary() -> list[str]:
-    """The headline of `benchmarks/tls_intercept.py` (its own run, its own page)."""
-    path = HERE / "results-tls.json"
+def tls_summary(path: Path) -> list[str]:
+    """The headline of `benchmarks/tls_intercept.py` (its own page)."""
     if not path.exists():
         return ["", "TLS interception: not measured (`python benchmarks/tls_intercept.py`)."]
     tls = json.loads(path.read_text())
@@ -1078,15 +1086,23 @@ def tls_summary() -> list[str]:
         + ")",
         "",
     ]
-    lines.append("| case | direct TLS | CONNECT tunnel | intercepted | intercepted ÷ tunnel |")
-    lines.append("|---|---|---|---|---|")
+    lines.append(
+        "| case | direct TLS | CONNECT tunnel | intercepted (with DLP) | mitmdump intercepting "
+        "| intercepted ÷ tunnel (with DLP); ÷ mitmdump |"
+    )
+    lines.append("|---|---|---|---|---|---|")
     for case, unit in (("download", "MiB/s"), ("upload", "MiB/s")):
         d = tls.get(case, {})
-        if all(k in d for k in ("direct", "tunnel", "intercept")):
+        if all(k in d for k in ("direct", "tunnel", "intercept", "intercept+dlp")):
+            tunnel, ours, dlp = (d[k]["median"] for k in ("tunnel", "intercept", "intercept+dlp"))
+            mitm = d.get("mitmdump", {}).get("median")
             lines.append(
                 f"| bulk {case} {tls.get('size_mib', '?')} MiB | {d['direct']['median']:.0f} {unit} | "
-                f"{d['tunnel']['median']:.0f} {unit} | {d['intercept']['median']:.0f} {unit} | "
-                f"{d['intercept']['median'] / d['tunnel']['median']:.2f}× |"
+                f"{tunnel:.0f} {unit} | {ours:.0f} ({dlp:.0f}) {unit} | "
+                + (f"{mitm:.0f} {unit}" if mitm else "not installed")
+                + f" | {ours / tunnel:.2f}× ({dlp / tunnel:.2f}×)"
+                + (f"; {ours / mitm:.1f}×" if mitm else "")
+                + " |"
             )
     small = tls.get("small", {})
     for mode, label in (
@@ -1097,8 +1113,8 @@ def tls_summary() -> list[str]:
         if all(cells):
             direct, tunnel, intercept = (c["p50_ms"] for c in cells if c)
             lines.append(
-                f"| {label}, p50 | {direct:.3f} ms | {tunnel:.3f} ms | {intercept:.3f} ms | "
-                f"+{intercept - tunnel:.3f} ms |"
+                f"| {label}, p50 | {direct:.3f} ms | {tunnel:.3f} ms | {intercept:.3f} ms | – | "
+                f"{intercept - tunnel:+.3f} ms |"
             )
     lines += ["", "Full table, method and profile: [benchmarks-tls.md](benchmarks-tls.md)."]
     return lines
@@ -1228,6 +1244,9 @@ def main() -> None:
     res["dlp"] = case_dlp(sizes.dlp_options, dlp_results)
     print("git gate")
     res["git_gate"] = case_git_gate(sizes.git_options, git_results)
+    print("tls interception")
+    res["tls"] = case_tls("--smoke" if args.smoke else "--quick" if args.quick else None, args.out)
+    res["tls_results"] = str((args.out or HERE) / "results-tls.json")
     res["ratios"] = [
         {"case": label, "ratio": round(r, 3), "goal": g, "higher_is_better": hib}
         for label, r, g, hib in ratios(res)

@@ -45,16 +45,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from run import (
     bundle_process,
+    free_port,
     machine,
     pct,
     read_head,
     read_response,
     server_process,
     stats,
+    wait_port,
 )
 
 # The sibling benchmark's helpers (this script's directory is first on sys.path).
 from run import download as download_bytes
+from tls_report import WARMUP, markdown
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -62,14 +65,7 @@ RESULTS = HERE / "results-tls.json"
 DOC = ROOT / "docs" / "benchmarks-tls.md"
 MIB = 1 << 20
 HOST = "bench.test"
-WARMUP = 20
-CASES = ("direct", "tunnel", "intercept", "intercept+dlp")
-LABELS = {
-    "direct": "direct TLS (floor)",
-    "tunnel": "CONNECT tunnel (intercept off)",
-    "intercept": "intercepted",
-    "intercept+dlp": "intercepted + DLP",
-}
+MITMDUMP = HERE / ".cache" / "mitm" / "bin" / "mitmdump"  # benchmarks/install.sh puts it there
 
 
 # ---------------------------------------------------------------- certificates
@@ -204,16 +200,24 @@ class Route:
     proxy_socket: str | None = None  # None: straight to the upstream
     up_port: int = 0
     pid: int = 0  # the bundle's pid (0 for direct)
+    proxy_port: int = 0  # a proxy on TCP (mitmdump): CONNECT to the upstream's address
 
     def open(self, host: str = HOST) -> ssl.SSLSocket:
-        if self.proxy_socket is None:
+        if self.proxy_socket is None and not self.proxy_port:
             sock = socket.create_connection(("127.0.0.1", self.up_port), timeout=30)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(30)
-            sock.connect(self.proxy_socket)
-            sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+            target = f"{host}:443"
+            if self.proxy_port:
+                sock = socket.create_connection(("127.0.0.1", self.proxy_port), timeout=30)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                target = f"127.0.0.1:{self.up_port}"  # it resolves no pinned names
+            else:
+                assert self.proxy_socket is not None
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(30)
+                sock.connect(self.proxy_socket)
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
             head, rest = read_head(sock, bytearray())
             if b" 200" not in head.split(b"\r\n")[0] or rest:
                 raise ConnectionError(f"CONNECT refused: {head[:120]!r}")
@@ -247,6 +251,37 @@ def bundle(
     ) as (settings, pid):
         trusted = Path(settings.ca_cert) if settings.ca_cert else ca_file
         yield Route(name, client_context(trusted), settings.proxy_socket, pid=pid)
+
+
+@contextmanager
+def mitmdump(up_port: int, ca_file: Path) -> Iterator[Route | None]:
+    """mitmdump intercepting TLS (its own CA, the test CA trusted upstream, bodies over
+    1 MiB streamed as they come rather than buffered whole); None if not installed."""
+    if not MITMDUMP.exists():
+        yield None
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="cbbench-mitm-") as tmp:
+        argv = [str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "-p", str(port)]
+        for option in (
+            f"confdir={tmp}",
+            f"ssl_verify_upstream_trusted_ca={ca_file}",
+            "stream_large_bodies=1m",
+        ):
+            argv += ["--set", option]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ca = Path(tmp) / "mitmproxy-ca-cert.pem"
+            ok = wait_port(port, 30) and ca.exists()
+            context = client_context(ca) if ok else None
+            yield (
+                Route("mitmdump", context, up_port=up_port, pid=proc.pid, proxy_port=port)
+                if context
+                else None
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def fs_type(path: str) -> str:
@@ -581,184 +616,18 @@ def profile(route: Route, out_dir: Path, size: int, seconds: int) -> dict[str, A
     return result
 
 
-# ---------------------------------------------------------------- report
-
-
-def fmt(d: dict[str, Any] | None, unit: str = "MiB/s") -> str:
-    if not d:
-        return "n/a"
-    return f"{d['median']:.0f} {unit} ({d['min']:.0f}–{d['max']:.0f})"
-
-
-def lat(d: dict[str, Any] | None) -> str:
-    if not d:
-        return "n/a"
-    return f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f}"
-
-
-def markdown(res: dict[str, Any], command: str) -> str:
-    m = res["machine"]
-    size = res["size_mib"]
-    L = [
-        "# Benchmarks: TLS interception",
-        "",
-        f"Command: `{command}` (writes `benchmarks/results-tls.json` and this file).",
-        f"Machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, {m['openssl']}; run {res['when']}.",
-        f"Load average (1 min) at start / end: {res['loadavg'][0]:.2f} / {res['loadavg'][1]:.2f} (other work on the machine",
-        "shows here; the cases interleave so it hits them alike, but spreads widen).",
-        "",
-        "What interception costs on top of a plain CONNECT tunnel: the bundle terminates the client's TLS",
-        "with a leaf certificate minted by its per-bottle CA, parses every request and response with llhttp",
-        "(and with DLP on scans every request body), and speaks TLS to the upstream itself. Direct TLS",
-        "from the client to the upstream is the floor. Throughput: median MiB/s (min–max) over",
-        f"{res['runs']} runs; latency: p50 / p99 ms over {res['count']} requests after {WARMUP} warm-ups.",
-        "",
-    ]
-    head = "| case | " + " | ".join(LABELS[c] for c in CASES) + " | intercepted ÷ tunnel |"
-    L += [head, "|---" * (len(CASES) + 2) + "|"]
-    for kind, label in (
-        ("download", f"bulk download {size} MiB (GET), MiB/s"),
-        ("upload", f"bulk upload {size} MiB (POST), MiB/s"),
-    ):
-        row = res[kind]
-        t, i = row.get("tunnel"), row.get("intercept")
-        ratio = f"{i['median'] / t['median']:.2f}×" if t and i else "n/a"
-        cells = [fmt(row.get(c)) for c in CASES]
-        L.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
-        cpu = [
-            f"{row[c]['bundle_cpu_cores']:.2f}"
-            if row.get(c) and "bundle_cpu_cores" in row[c]
-            else "–"
-            for c in CASES
-        ]
-        L.append("| … bundle CPU during it, cores | " + " | ".join(cpu) + " | |")
-    small = res["small"]
-    for mode, label in (
-        ("keepalive", "1 KiB GET, one kept-alive TLS connection, p50 / p99 ms"),
-        ("newconn", "1 KiB GET, new connection + TLS handshake each (warm leaf), p50 / p99 ms"),
-    ):
-        cells = [lat(small.get(f"{mode}/{c}")) for c in CASES]
-        t, i = small.get(f"{mode}/tunnel"), small.get(f"{mode}/intercept")
-        added = (
-            f"{i['p50_ms'] - t['p50_ms']:+.3f} / {i['p99_ms'] - t['p99_ms']:+.3f} ms"
-            if t and i
-            else "n/a"
-        )
-        L.append(f"| {label} | " + " | ".join(cells) + f" | {added} |")
-    cpu = [
-        f"{small[f'keepalive/{c}']['bundle_cpu_ms_per_request']:.3f}"
-        if "bundle_cpu_ms_per_request" in small.get(f"keepalive/{c}", {})
-        else "–"
-        for c in CASES
-    ]
-    L.insert(
-        -1,
-        "| … bundle CPU per kept-alive request (all its threads), ms | " + " | ".join(cpu) + " | |",
-    )
-    cold = res.get("cold")
-    warm = small.get("newconn/intercept")
-    if cold:
-        extra = (
-            f"{cold['p50_ms'] - warm['p50_ms']:+.3f} / {cold['p99_ms'] - warm['p99_ms']:+.3f} ms over warm"
-            if warm
-            else ""
-        )
-        L.append(
-            f"| 1 KiB GET, new connection to a name never seen (cold leaf, {cold['n']} names), p50 / p99 ms | – | – | "
-            f"{lat(cold)} (first after start {cold['first_ever_ms']:.1f}) | – | {extra} |"
-        )
-    mint = res.get("mint")
-    if mint:
-        L.append(
-            f"| leaf mint alone (`CertificateAuthority.server_context`, in-process), ms | – | – | "
-            f"{mint['median']:.2f} ({mint['min']:.2f}–{mint['max']:.2f}); cached {mint['cached_ms']:.4f} | – | |"
-        )
-    if res.get("git"):
-        g = res["git"]
-        dirty = f"; uncommitted changes in {', '.join(g['dirty'])}" if g["dirty"] else ""
-        L.insert(4, f"Code: commit {g['head'].split()[0]}{dirty}.")
-    prof = res.get("profile")
-    if prof:
-        L += ["", "## Where the time goes (intercepted bundle, py-spy)", ""]
-        L += [
-            "py-spy `record --nonblocking --threads --rate 250` on the intercepted bundles while they serve",
-            "back-to-back work; each sample of the event loop's thread is charged to the innermost frame in",
-            "one of these buckets, as a share of its busy samples (py-spy drops most samples of a thread",
-            "waiting in `epoll`; the rest are shown apart). OpenSSL's work shows as the `SSLObject.read` /",
-            "`write` calls; uvloop's transports, its TLS protocol and their socket calls are native code,",
-            "charged to the Python frame that called them; 'asyncio streams' is mostly copying into and",
-            "out of `StreamReader`'s buffer. 'small keep-alive' is the",
-            "1 KiB GET loop of the latency case. Raw stacks: `--profile DIR`.",
-            "",
-        ]
-        for name, p in prof.items():
-            for kind, r in p.items():
-                if not isinstance(r, dict) or "busy_share_by_category" not in r:
-                    L.append(
-                        f"- {name} {kind}: {r.get('error', 'n/a') if isinstance(r, dict) else r}"
-                    )
-                    continue
-                parts = ", ".join(
-                    f"{k} {v * 100:.0f}%"
-                    for k, v in r["busy_share_by_category"].items()
-                    if v >= 0.01
-                )
-                L.append(
-                    f"- **{name}, {kind}**: {parts} (plus {r['epoll_share'] * 100:.0f}% of all"
-                    " samples in `epoll_wait`)."
-                )
-    L += [
-        "",
-        "## Method",
-        "",
-        "- Upstream: its own process, blocking `ssl` sockets, a thread per connection (OpenSSL works with the",
-        "  GIL released), a throwaway EC P-256 CA and a leaf for `bench.test` and `*.bench.test`; TLS 1.3,",
-        "  ALPN http/1.1, 127.0.0.1 only. It serves `/bytes/N`, reads and drops any request body, and answers",
-        "  anything else with 1 KiB.",
-        "- Bundles: real bundle processes (`python -m claude_bottle.bundle.server`), reached over their unix",
-        "  proxy socket as inside a bottle; `bench.test` (and the cold names) pinned to the upstream as with",
-        "  `[egress.resolve]`; `upstream_ca_file` is the test CA. Three run side by side (interception off;",
-        "  on; on with `dlp_enabled`, built-in patterns, hyperscan engine) and are idle when not measured.",
-        "- Client: Python `ssl` with ALPN http/1.1; CONNECT `bench.test:443` on the bundle socket, then TLS",
-        "  verified with the test CA (tunnel: end-to-end with the upstream) or with the CA the bundle",
-        "  publishes (`ca_cert`; intercepted: the bundle terminates it). No TLS session resumption.",
-        "- Bulk: the connection and handshake happen before the clock starts; download = one `GET` read with",
-        "  `recv_into` a 4 MiB buffer; upload = one `POST` with `Content-Length` sent in 1 MiB writes of",
-        "  plain text, until the response arrives. Runs interleave the cases. Bundle CPU = its utime + stime",
-        "  over the transfer ÷ wall time (1.00 = one core saturated; the bundle's proxy is single-threaded).",
-        "- Small: 20 warm-ups dropped. New connection = unix connect + CONNECT + TLS handshake + GET + close,",
-        "  per request; the bundle opens a new upstream TLS connection for each, so intercepted pays two",
-        "  handshakes. Cold leaf: the first connection to each of several names the bundle has never seen",
-        "  (pinned and allowlisted), so each mints a leaf in the bundle's executor.",
-        f"- Audit logs (written per record, `fsync`'d) in the system temp directory, on {m['audit_log_fs']}.",
-        "- Client, bundle and upstream share the machine's cores; with 2 cores the intercepted case has three",
-        "  busy processes doing crypto, so the absolute numbers are lower bounds for a bigger host.",
-        "",
-    ]
-    return "\n".join(L) + NOTES
-
-
-NOTES = """
-## Reading the numbers
-
-- DLP scans what leaves the bottle: request heads and request bodies, not responses. A download
-  with DLP on differs from one without only by the head scan (noise); the upload row carries the
-  streaming body scan.
-- Inside an intercepted tunnel every request is parsed and re-framed twice (client side and
-  upstream side) and is an egress decision with its own audit record; a plain tunnel relays opaque
-  bytes and writes one record when it closes. The bundles' audit logs live in the system temp
-  directory (its filesystem type is in the Method section).
-- A new intercepted connection pays the TLS handshake with the bottle (the minted leaf) and two
-  audit records (the CONNECT and the request). The handshake with the upstream is paid once: the
-  bundle parks an upstream connection its client left idle and hands it to the next request for
-  the same host (`bundle/pool.py`). Before the pool, this row was 11.30 ms against 6.07 through
-  a plain tunnel (11:18 run).
-"""
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="32 MiB, 3 runs, 200 requests")
+    ap.add_argument(
+        "--smoke", action="store_true", help="every case once at toy sizes (the harness runs)"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write results-tls.json and benchmarks-tls.md here instead of into the repository",
+    )
     ap.add_argument(
         "--profile",
         type=Path,
@@ -766,11 +635,16 @@ def main() -> None:
         help="also py-spy the intercepted bundle; raw stacks go to DIR",
     )
     args = ap.parse_args()
-    q = args.quick
-    runs = 3 if q else 5
-    size_mib = 32 if q else 256
-    count = 200 if q else 500
-    cold_names = [f"cold-{i}.{HOST}" for i in range(10 if q else 30)]
+    q = args.quick or args.smoke
+    runs = 1 if args.smoke else 3 if q else 5
+    size_mib = 4 if args.smoke else 32 if q else 256
+    count = 30 if args.smoke else 200 if q else 500
+    cold_names = [f"cold-{i}.{HOST}" for i in range(3 if args.smoke else 10 if q else 30)]
+    results, doc = (
+        (RESULTS, DOC) if args.out is None else (args.out / RESULTS.name, args.out / DOC.name)
+    )
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": q,
@@ -799,8 +673,13 @@ def main() -> None:
             routes[name] = stack.enter_context(
                 bundle(up, ca_file, hosts, intercept=intercept, dlp=dlp, name=name)
             )
+        mitm = stack.enter_context(mitmdump(up, ca_file))
+        if mitm is None:
+            print(f"mitmdump: not installed ({MITMDUMP}; benchmarks/install.sh) - skipped")
+        else:
+            routes["mitmdump"] = mitm
         print("leaf mint")
-        res["mint"] = case_mint(20 if q else 50)
+        res["mint"] = case_mint(5 if args.smoke else 20 if q else 50)
         print("cold leaf")
         res["cold"] = case_cold(routes["intercept"], cold_names)
         print("bulk download")
@@ -816,12 +695,13 @@ def main() -> None:
                 for name in ("intercept", "intercept+dlp")
             }
     res["loadavg"].append(round(os.getloadavg()[0], 2))
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
-    command = "python benchmarks/tls_intercept.py" + (" --quick" if q else "")
+    results.write_text(json.dumps(res, indent=2) + "\n")
+    flag = " --smoke" if args.smoke else " --quick" if q else ""
+    command = "python benchmarks/tls_intercept.py" + flag
     if args.profile:
         command += f" --profile {args.profile}"
-    DOC.write_text(markdown(res, command))
-    print(f"wrote {RESULTS}, {DOC}")
+    doc.write_text(markdown(res, command))
+    print(f"wrote {results}, {doc}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ import pytest
 from tests.integration.conftest import backend_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ("benchmarks/results.json", "benchmarks/results-dlp.json", "docs/benchmarks.md")
+COMMITTED = (
+    "benchmarks/results.json",
+    "benchmarks/results-dlp.json",
+    "benchmarks/results-tls.json",
+    "docs/benchmarks.md",
+    "docs/benchmarks-tls.md",
+)
 
 
 def _digests() -> dict[str, str]:
@@ -83,6 +89,12 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert git["failures"] == [] and git["refused_as_expected"], git
     for case in ("clone/gate (cold cache)", "clone/direct", "push/gate", "refused push/gate"):
         assert git["cases"][case]["wall_s"]["median"] > 0, git
+    assert res["tls"] == {}, res["tls"]  # tls_intercept.py ran
+    tls = json.loads((out / "results-tls.json").read_text())
+    for kind in ("download", "upload"):
+        for case in ("tunnel", "intercept", "intercept+dlp"):
+            assert tls[kind][case]["median"] > 0, tls[kind]
+    assert "TLS interception" in (out / "benchmarks.md").read_text()
 
     cases = {row["case"] for row in res["ratios"]}
     assert "bulk vs direct" in cases

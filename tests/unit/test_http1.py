@@ -406,3 +406,60 @@ def test_mutated_requests_give_only_events_or_protocol_errors_however_they_are_c
         for head in heads:
             assert all(name == name.lower() for name, _ in head.headers)
             assert not any(b"\r" in v or b"\n" in v for _, v in head.headers)
+
+
+# -- Content-Length bodies pass around llhttp ------------------------------------------
+
+SMUGGLED = b"GET /evil HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+PIPELINE = (
+    b"POST /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED)
+    + b"POST /b HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    + b"GET /c HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    + b"POST /d HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nwxyz"
+    + b"GET /after-close HTTP/1.1\r\nHost: a.test\r\n\r\n"
+)
+
+
+def test_length_framed_bodies_read_alike_however_the_bytes_arrive() -> None:
+    """A body counted past llhttp ends where llhttp would end it, at every cut: a request
+    inside a body stays body bytes, the next request is parsed, one after a request that
+    closes the connection is refused."""
+    whole = requests(PIPELINE)
+    assert [e.target for e in whole if isinstance(e, RequestHead)] == [b"/a", b"/b", b"/c", b"/d"]
+    assert SMUGGLED in whole and whole[-1] == ("error", 400)
+    for cut in range(1, len(PIPELINE)):
+        assert requests(PIPELINE, cut) == whole, cut
+    rnd = random.Random(7)
+    for _ in range(300):
+        cuts = sorted(rnd.sample(range(1, len(PIPELINE)), 4))
+        assert requests(PIPELINE, *cuts) == whole, cuts
+
+
+def test_a_read_that_is_all_body_is_passed_on_as_it_came() -> None:
+    reader = ResponseReader(b"GET", MAX_HEAD)
+    reader.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01")
+    piece = b"2345"
+    reader.receive(piece)
+    reader.receive(b"6789")
+    events = [reader.next_event() for _ in range(5)]
+    assert isinstance(events[0], ResponseHead) and events[1] == b"01"
+    assert events[2] is piece  # not a copy made by a parser callback
+    assert events[3:] == [b"6789", END] and reader.reusable
+
+
+def test_a_passed_body_cut_short_or_overrun() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    reader = ResponseReader(b"GET", MAX_HEAD)
+    reader.receive(head)
+    reader.receive(b"012345")
+    reader.receive(b"")  # the server closed 4 bytes short
+    assert drain(reader)[1:] == [b"012345", ("error", 400)]
+    reader = ResponseReader(b"GET", MAX_HEAD)
+    reader.receive(head)
+    reader.receive(b"0123456789HTTP/1.1 200 OK\r\n")  # more than the response
+    assert drain(reader)[1:] == [b"0123456789", END] and not reader.reusable
+    client = RequestReader(MAX_HEAD)
+    client.receive(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n")
+    client.receive(b"0123")
+    client.receive(b"")  # the client went away mid-body
+    assert drain(client)[1:] == [b"0123", ("error", 400)]

@@ -25,11 +25,13 @@ from typing import Any
 import pytest
 import uvloop
 
+from claude_bottle.bundle import proxy
 from claude_bottle.bundle.audit import AuditError
 from claude_bottle.bundle.audit_chain import verify
 from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.service import Bundle
 from claude_bottle.bundle.settings import BundleSettings, Pin
+from tests.integration.tls_upstream import TLSUpstream
 from tests.integration.upstream import RecordingHTTPServer
 from tests.unit.bundle_settings import bundle_settings
 
@@ -343,13 +345,13 @@ def test_client_hello_sent_the_instant_the_tunnel_opens_reaches_tls(
 ) -> None:
     """A client may send its ClientHello as soon as it reads our 200. However late the TLS
     layer takes the connection over, the handshake must see it, not hang."""
-    real_start_tls = asyncio.StreamWriter.start_tls
+    real_start_tls = proxy.start_tls
 
-    async def late_start_tls(self: asyncio.StreamWriter, *args: Any, **kwargs: Any) -> Any:
+    async def late_start_tls(*args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(0.2)  # the ClientHello is in by now
-        return await real_start_tls(self, *args, **kwargs)
+        return await real_start_tls(*args, **kwargs)
 
-    monkeypatch.setattr(asyncio.StreamWriter, "start_tls", late_start_tls)
+    monkeypatch.setattr(proxy, "start_tls", late_start_tls)
     settings = bundle_settings(
         tmp_path,
         intercept=True,
@@ -373,6 +375,121 @@ def test_client_hello_sent_the_instant_the_tunnel_opens_reaches_tls(
                 assert tls.version() is not None  # handshake done, verified against our CA
     finally:
         running.stop()
+
+
+def test_an_intercepted_bulk_upload_arrives_whole_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A body of many reads through interception and DLP (counted past llhttp, decrypted
+    into the shared buffer, held back by a window) reaches the upstream byte for byte, and
+    the next request on the same TLS connection is framed right after it."""
+    upstream = TLSUpstream(tmp_path, "tls.test")
+    settings = bundle_settings(
+        tmp_path,
+        allow=("tls.test",),
+        intercept=True,
+        ca_cert=str(tmp_path / "ca.pem"),
+        upstream_ca_file=str(upstream.ca_file),
+        dlp_enabled=True,
+        pins=(Pin("tls.test", "127.0.0.1", upstream.port),),
+    )
+    running = RunningBundle(settings)
+    body = random.Random(24).randbytes(3 << 20)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(20)
+            sock.connect(settings.proxy_socket)
+            sock.sendall(b"CONNECT tls.test:443 HTTP/1.1\r\nHost: tls.test:443\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            client = ssl.create_default_context(cafile=settings.ca_cert)
+            with client.wrap_socket(sock, server_hostname="tls.test") as tls:
+                tls.sendall(
+                    b"POST /up HTTP/1.1\r\nHost: tls.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+                )
+                for start in range(0, len(body), 100_000):  # many records, many reads
+                    tls.sendall(body[start : start + 100_000])
+                tls.sendall(b"GET /after HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+                replies = b""
+                while replies.count(b"hello from upstream") < 2:
+                    chunk = tls.recv(65536)
+                    assert chunk, replies
+                    replies += chunk
+        assert b"hello from upstream /up" in replies and b"/after" in replies
+        assert [r.path for r in upstream.requests] == ["/up", "/after"]
+        assert upstream.requests[0].body == body
+    finally:
+        running.stop()
+        upstream.close()
+
+
+def test_an_intercepted_bulk_download_arrives_whole_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A response body of many reads (passed around llhttp, written as it came) reaches
+    the client byte for byte, and a second exchange on both connections follows it."""
+    certs = TLSUpstream(tmp_path, "tls.test")  # for its certificate files
+    certs.close()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    body = random.Random(25).randbytes(3 << 20)
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = listener.accept()
+            with server_context.wrap_socket(raw, server_side=True) as conn:
+                data = b""
+                for answer in (body, b"done"):
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    heads.append(head)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer))
+                    for start in range(0, len(answer), 70_000):  # many records
+                        conn.sendall(answer[start : start + 70_000])
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings = bundle_settings(
+        tmp_path,
+        allow=("tls.test",),
+        intercept=True,
+        ca_cert=str(tmp_path / "ca.pem"),
+        upstream_ca_file=str(certs.ca_file),
+        pins=(Pin("tls.test", "127.0.0.1", listener.getsockname()[1]),),
+    )
+    running = RunningBundle(settings)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(20)
+            sock.connect(settings.proxy_socket)
+            sock.sendall(b"CONNECT tls.test:443 HTTP/1.1\r\nHost: tls.test:443\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            client = ssl.create_default_context(cafile=settings.ca_cert)
+            with client.wrap_socket(sock, server_hostname="tls.test") as tls:
+                tls.sendall(b"GET /big HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+                tls.sendall(b"GET /small HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+                replies = b""
+                while not replies.endswith(b"\r\n\r\ndone"):
+                    chunk = tls.recv(1 << 20)
+                    assert chunk, replies[-200:]
+                    replies += chunk
+        first, _, rest = replies.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200 ") and b"content-length: %d" % len(body) in first
+        assert rest[: len(body)] == body
+        assert rest[len(body) :].startswith(b"HTTP/1.1 200 ")
+        assert [h.split(b"\r\n")[0] for h in heads] == [
+            b"GET /big HTTP/1.1",
+            b"GET /small HTTP/1.1",
+        ]
+    finally:
+        running.stop()
+        listener.close()
 
 
 class ScriptedUpstream:

@@ -45,6 +45,29 @@ HOP_BY_HOP = frozenset(
 )
 
 
+class StreamReader(asyncio.StreamReader):
+    """asyncio's stream reader, whose `read` copies what it returns once.
+
+    Python 3.11's slices its buffer into a new bytearray, then copies that into bytes;
+    on a bulk transfer through the proxy that was one needless copy of every byte.
+    """
+
+    async def read(self, n: int = -1) -> bytes:
+        if n <= 0 or self._exception is not None:  # type: ignore[attr-defined]
+            return await super().read(n)
+        buffer: bytearray = self._buffer  # type: ignore[attr-defined]
+        if not buffer and not self._eof:  # type: ignore[attr-defined]
+            await self._wait_for_data("read")  # type: ignore[attr-defined]
+        if len(buffer) <= n:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(memoryview(buffer)[:n])  # the view is gone before the resize
+            del buffer[:n]
+        self._maybe_resume_transport()  # type: ignore[attr-defined]
+        return data
+
+
 class ConnectionEnded(Exception):
     """One side of an exchange went away or broke it: the client connection ends."""
 

@@ -16,6 +16,13 @@ transfer coding other than plain `chunked`, an HTTP version other than 1.0 and
 (checked even while a head is still arriving, so a slow endless header cannot
 grow a buffer). Trailers are dropped in both directions: the DLP scanner never
 sees them, so a request must not carry them past it.
+
+A body framed by Content-Length goes around llhttp once its head is parsed: the
+reader counts the remaining bytes itself and passes each read on as one body piece
+(the very object it was given, when the read is all body), where llhttp would copy
+it into new objects a callback at a time. What follows the body goes to a fresh
+parser (the next pipelined request), or makes a response's connection unusable, as
+llhttp would have it.
 """
 
 from __future__ import annotations
@@ -97,6 +104,8 @@ class _Reader(ABC):
         self._in_body = False
         self._failed = False
         self._eof = False
+        # Bytes of a Content-Length body still to come (None: no such body is arriving).
+        self._body_left: int | None = None
 
     # -- llhttp callbacks ----------------------------------------------------
 
@@ -131,7 +140,15 @@ class _Reader(ABC):
             self._headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_body(self, body: bytes) -> None:
+        if self._body_left is not None:
+            self._body_left -= len(body)
         self._events.append(body)
+
+    def _length_framed(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """The message just headed has a body of its Content-Length (llhttp checked that
+        there is exactly one, all digits): count it from here."""
+        values = _header_values(headers, b"content-length")
+        self._body_left = int(values[0].strip()) if values else None
 
     # -- feeding and pulling -------------------------------------------------
 
@@ -143,6 +160,9 @@ class _Reader(ABC):
             self._eof = True
             self._end_of_stream()
             return
+        if self._body_left:  # the rest of a Content-Length body: llhttp is not needed
+            self._pass_body(data)
+            return
         continuing_head = self._in_head
         self._head_began = False
         self._feed(data)
@@ -152,6 +172,21 @@ class _Reader(ABC):
             self._drip_bytes += len(data)
             if self._drip_bytes > self.max_head:
                 self._fail(ProtocolError(f"message head over {self.max_head} bytes", 431))
+
+    def _pass_body(self, data: bytes) -> None:
+        assert self._body_left
+        take = min(len(data), self._body_left)
+        self._events.append(data if take == len(data) else data[:take])
+        self._body_left -= take
+        if self._body_left:
+            return
+        # llhttp still waits for the bytes it never saw: the message ends here, and
+        # whatever follows is parsed afresh (or refused) by `_body_passed`.
+        self._body_left = None
+        self._in_body = False
+        self._body_passed()
+        if take < len(data):
+            self.receive(data[take:])
 
     def next_event(self) -> Event:
         if not self._events:
@@ -173,6 +208,10 @@ class _Reader(ABC):
 
     @abstractmethod
     def _feed(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _body_passed(self) -> None:
+        """A Content-Length body went around llhttp and has ended: end the message."""
 
     @abstractmethod
     def _end_of_stream(self) -> None: ...
@@ -216,6 +255,8 @@ class RequestReader(_Reader):
         self.trailing = b""
         self._stopped = False
         self._method = b""
+        self._keep_alive = True  # the current request's: False refuses what follows it
+        self._after_close = False  # a passed body ended a request that closes the connection
 
     def on_url(self, url: bytes) -> None:
         self._first_line_piece(url)
@@ -232,6 +273,9 @@ class RequestReader(_Reader):
             # no upgrade, so they would reach the server unframed.
             raise ProtocolError("an Upgrade request cannot carry a body")
         expect = _header_values(headers, b"expect")
+        self._keep_alive = parser.should_keep_alive()
+        if method != b"CONNECT" and not chunked:
+            self._length_framed(headers)
         self._events.append(
             RequestHead(
                 method=method,
@@ -248,11 +292,21 @@ class RequestReader(_Reader):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._body_left = None
         self._events.append(END)
+
+    def _body_passed(self) -> None:
+        self._events.append(END)
+        self._parser = httptools.HttpRequestParser(self)
+        # llhttp refuses a request after one that closes the connection; so do we.
+        self._after_close = not self._keep_alive
 
     def _feed(self, data: bytes) -> None:
         if self._stopped:  # whoever took the tunnel reads its bytes itself
             self._fail(ProtocolError("bytes after a CONNECT are not HTTP"))
+            return
+        if self._after_close:
+            self._fail(ProtocolError("a request after one that closes the connection"))
             return
         try:
             self._parser.feed_data(data)
@@ -291,6 +345,7 @@ class ResponseReader(_Reader):
         self._interim = False
         self._done = False
         self._until_close = False
+        self._keep_alive = False  # the response's, known at its head
         self.reusable = False
 
     def on_message_begin(self) -> None:
@@ -328,6 +383,9 @@ class ResponseReader(_Reader):
             )
         )
         self._in_body = True
+        self._keep_alive = parser.should_keep_alive()
+        if has_body and not chunked and not self._until_close:
+            self._length_framed(headers)
         if self.method == b"HEAD":
             # llhttp would wait for the Content-Length bytes a HEAD response never
             # sends; we end the message here and do not reuse the connection.
@@ -341,8 +399,12 @@ class ResponseReader(_Reader):
         if not self._done:
             self._finish(reusable=self._parser.should_keep_alive() and not self._until_close)
 
+    def _body_passed(self) -> None:
+        self._finish(reusable=self._keep_alive)
+
     def _finish(self, *, reusable: bool) -> None:
         self._in_body = False
+        self._body_left = None
         self._done = True
         self.reusable = reusable
         self._events.append(END)

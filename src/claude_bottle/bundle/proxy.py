@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -45,6 +46,7 @@ from claude_bottle.bundle.held import REQUEST_LINE
 from claude_bottle.bundle.pool import PoolKey, UpstreamPool
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.tls_refusal import answer_inside_tls, answerable
+from claude_bottle.bundle.tls_stream import open_connection, start_tls
 from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
@@ -59,6 +61,10 @@ TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry pla
 REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# A response body piece this large is written on its own; smaller ones are gathered (with
+# the head) into one write, so a small response leaves in one TLS record.
+DIRECT_WRITE = 16 * 1024
+SEND_BUFFER = 1 << 20  # an intercepted connection's send buffer towards the bottle
 
 
 def block_body(bottle: str, host: str, refusal: Refusal) -> bytes:
@@ -74,6 +80,15 @@ def block_body(bottle: str, host: str, refusal: Refusal) -> bytes:
 
 class _StaleUpstream(Exception):
     """A reused upstream connection was closed before it answered a replayable request."""
+
+
+def _larger_send_buffer(writer: asyncio.StreamWriter) -> None:
+    """Let the kernel hold more of what goes to the bottle: a bulk response then leaves in
+    fewer, larger writes (the kernel caps the size at wmem_max)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def _pool_key(dest: Destination) -> PoolKey:
@@ -264,9 +279,10 @@ class ProxyConnection(ClientConnection):
         # text: a byte the stream reader took would never reach the TLS layer, and the
         # handshake would hang. start_tls resumes reading once TLS is in place.
         reading_transport(self.writer).pause_reading()
+        _larger_send_buffer(self.writer)
         self.writer.write(ESTABLISHED)
         async with asyncio.timeout(HEADER_TIMEOUT):
-            await self.writer.start_tls(context)
+            await start_tls(self.writer, context)
         self.intercepted = dataclasses.replace(dest, tls=True)
         self.requests = http1.RequestReader(MAX_HEADER_BYTES)
         self._record_intercepted(dest)
@@ -293,7 +309,7 @@ class ProxyConnection(ClientConnection):
         try:
             if dest.tls:
                 assert self.interception is not None
-                opening = asyncio.open_connection(
+                opening = open_connection(
                     dest.address,
                     dest.connect_port,
                     limit=READ_SIZE,
@@ -301,7 +317,7 @@ class ProxyConnection(ClientConnection):
                     server_hostname=dest.host,
                 )
             else:
-                opening = asyncio.open_connection(dest.address, dest.connect_port, limit=READ_SIZE)
+                opening = open_connection(dest.address, dest.connect_port, limit=READ_SIZE)
             return await asyncio.wait_for(opening, CONNECT_TIMEOUT)
         except TimeoutError as exc:
             raise Refusal(
@@ -500,7 +516,13 @@ class ProxyConnection(ClientConnection):
                 down_bytes += len(event)
                 if reflected is not None:
                     event = self._unreflected(reflected, event, request, dest, origin_target)
-                out += http1.frame(event, chunk_out)
+                framed = http1.frame(event, chunk_out)
+                if len(framed) >= DIRECT_WRITE:  # a bulk piece goes as it is, not copied
+                    await self._write(out)  # what came before it, in order
+                    self.writer.write(framed)
+                    await drain(self.writer)
+                    continue
+                out += framed
                 if len(out) >= READ_SIZE:
                     await self._write(out)
             elif event is http1.END:

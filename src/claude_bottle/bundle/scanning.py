@@ -322,11 +322,18 @@ class BodyGuard:
                 piece = chunk[start : start + DECODE_SLICE]
                 self.watch.feed(self._decode(piece, final=False))
             return b""
-        self.held += chunk
         self.watch.feed(chunk)
-        cut = max(0, len(self.held) - self.window)
-        ready = bytes(self.held[:cut])
-        del self.held[:cut]
+        # Forward all but the last `window` bytes seen, copying the chunk once.
+        held = len(self.held)
+        cut = held + len(chunk) - self.window
+        if cut <= held:
+            ready = bytes(self.held[: max(0, cut)])
+            del self.held[: max(0, cut)]
+            self.held += chunk
+            return ready
+        view = memoryview(chunk)
+        ready = b"".join((self.held, view[: cut - held]))
+        self.held = bytearray(view[cut - held :])
         return ready
 
     def finish(self) -> bytes:

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from claude_bottle.bundle.connection import CLIENT_BUFFER, HEADER_TIMEOUT, response
+from claude_bottle.bundle.connection import CLIENT_BUFFER, HEADER_TIMEOUT, StreamReader, response
 
 PROXY_SLOTS = 1024  # every process of the bottle may hold a connection at once
 PROXY_WAITING = 512
@@ -159,7 +159,7 @@ async def paused_server(
     loop = asyncio.get_running_loop()
 
     def protocol() -> _Gated:
-        reader = asyncio.StreamReader(limit=CLIENT_BUFFER, loop=loop)
+        reader = StreamReader(limit=CLIENT_BUFFER, loop=loop)
         return _Gated(asyncio.StreamReaderProtocol(reader, handler, loop=loop))
 
     return await loop.create_unix_server(protocol, sock=sock, backlog=backlog)  # type: ignore[arg-type]
