@@ -433,7 +433,7 @@ def test_an_intercepted_bulk_download_arrives_whole_and_the_connection_goes_on(
     certs = TLSUpstream(tmp_path, "tls.test")  # for its certificate files
     certs.close()
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    server_context.load_cert_chain(tmp_path / "dev-leaf.pem", tmp_path / "dev-leaf.key")
     body = random.Random(25).randbytes(3 << 20)
     listener = socket.create_server(("127.0.0.1", 0))
     heads: list[bytes] = []
