@@ -36,6 +36,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import scale  # benchmarks/scale.py and soak.py, beside this file
+import soak
+
 if TYPE_CHECKING:
     from claude_bottle.bundle.settings import BundleSettings
 
@@ -949,6 +952,10 @@ def markdown(res: dict[str, Any], command: str) -> str:
         L.append(
             f"| DLP scan | {dlp.get('skipped') or dlp.get('error')} | – | – | ≥ 300 MiB/s | – |"
         )
+    if "scale" in res:
+        L += scale.markdown_rows(res["scale"])
+    if "soak" in res:
+        L += soak.markdown_rows(res["soak"])
     also = res.get("startup_also")
     if also and st.get(also) and srt:
         L += [
@@ -1049,11 +1056,13 @@ class Sizes(NamedTuple):
     tunnels: int
     tunnel_rounds: int
     dlp_options: tuple[str, ...]  # for benchmarks/dlp_throughput.py
+    scale_counts: tuple[int, ...]  # bottles at once (benchmarks/scale.py)
+    soak_seconds: float  # benchmarks/soak.py
 
 
-FULL = Sizes(10, 8, 9, 256, 500, 500, 3, ("--runs", "5"))
-QUICK = Sizes(5, 3, 3, 64, 200, 500, 1, ("--runs", "3"))
-SMOKE = Sizes(1, 1, 1, 4, 50, 50, 1, ("--runs", "1", "--size-mib", "1"))
+FULL = Sizes(10, 8, 9, 256, 500, 500, 3, ("--runs", "5"), (1, 5, 20), 1800)
+QUICK = Sizes(5, 3, 3, 64, 200, 500, 1, ("--runs", "3"), (1, 5), 120)
+SMOKE = Sizes(1, 1, 1, 4, 50, 50, 1, ("--runs", "1", "--size-mib", "1"), (2,), 10)
 
 
 def claude_bottle_beside_this_python() -> str:
@@ -1148,6 +1157,14 @@ def main() -> None:
                     res["small"][f"{mode}/{name}_error"] = "not installed"
     print("dlp")
     res["dlp"] = case_dlp(sizes.dlp_options, dlp_results)
+    print("scale: bottles at once")
+    srt = CACHE / "npm" / "node_modules" / ".bin" / "srt"
+    res["scale"] = scale.run_scale(
+        cb, str(srt) if srt.exists() else None, sizes.scale_counts, 5.0, upstream(MIB)
+    )
+    print(f"soak: {sizes.soak_seconds:.0f} s")
+    with upstream(soak.DOWNLOAD) as port:
+        res["soak"] = soak.run_soak(sizes.soak_seconds, port, bundle_process, unix)
     res["ratios"] = [
         {"case": label, "ratio": round(r, 3), "goal": g, "higher_is_better": hib}
         for label, r, g, hib in ratios(res)

@@ -77,6 +77,17 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert json.loads((out / "results-dlp.json").read_text()) == dlp
     assert dlp["engines"] and all(engine["finding_count"] > 0 for engine in dlp["engines"])
 
+    scale = res["scale"]
+    assert scale["counts"] == [2]
+    two = scale["claude-bottle"]["2"]
+    assert two["failures"] == 0 and two["up_p50_ms"] > 0, two
+    assert 0 < two["pss_by_process_mib"]["claude-bottle"] <= two["pss_per_bottle_mib"], two
+    assert "srt" in scale or "srt_error" in scale
+    soak = res["soak"]
+    assert soak["counts"]["small"] > 0 and soak["counts"]["dlp_refused"] > 0, soak
+    assert soak["counts"]["downloads"] > 0 and soak["counts"]["errors"] == 0, soak
+    assert soak["audit_ok"] and soak["audit_records"] > soak["counts"]["small"], soak
+
     cases = {row["case"] for row in res["ratios"]}
     assert "bulk vs direct" in cases
     assert ("start-up vs srt" in cases) == ("srt" in startup)
@@ -86,3 +97,5 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert "Command: `bash benchmarks/run.sh --smoke`" in table
     assert "| start-up `run -- true` | " in table
     assert "| bulk 4 MiB via CONNECT (intercept off) | " in table
+    assert "| scale: N bottles at once" in table
+    assert "| soak: one bundle, " in table
