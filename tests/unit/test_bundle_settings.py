@@ -56,6 +56,7 @@ _WHERE = {
     "anthropic_credential",
     "gateway_ca_file",
     "git_socket",
+    "ca_pool",  # host bundles only: a bundle container mints its own CA
     "git_cache",
     "git_remotes",
 }
