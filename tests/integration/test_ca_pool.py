@@ -33,7 +33,7 @@ def test_a_bottle_cannot_see_the_pool_and_its_bundle_takes_one_ca(
     bottle_env: BottleEnv, state_outside_tmp: Path
 ) -> None:
     pool = state_outside_tmp / "ca-pool"
-    ca_pool.refill(pool, size=3)
+    ca_pool.refill(pool, size=ca_pool.REFILL_BELOW)  # one claim and it runs low
     before = set(ca_pool.entries(pool))
     # Covered by an empty tmpfs, or (a bottle of another uid) not to be entered.
     done = bottle_env.sh(f"ls -A {pool} 2>&1; cat {pool}/*{ca_pool.SUFFIX} 2>&1; echo ran")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from claude_bottle.bundle.tls import CertificateAuthority
 
 POOL_SIZE = 8  # a burst of bottles beyond it mints in-process, as without a pool
+REFILL_BELOW = 4  # one refiller (an interpreter and cryptography, ~60 ms) per 4+ bottles
 MAX_AGE_S = 24 * 3600  # a pooled CA is valid 30 days from minting; a bottle gets >= 29
 MAX_ENTRY = 16 * 1024
 SUFFIX = ".ca"
@@ -167,11 +168,11 @@ def publish(pooled: PooledCA, cert_file: Path, bundle_file: Path | None) -> None
 
 
 def needs_refill(directory: Path) -> bool:
-    return len(entries(directory)) < POOL_SIZE
+    return len(entries(directory)) < REFILL_BELOW
 
 
 def refill_in_background(directory: Path) -> None:
-    """Start the refiller unless the pool is full; never waits for it."""
+    """Start the refiller when the pool runs low; never waits for it."""
     if not needs_refill(directory):
         return
     import subprocess
