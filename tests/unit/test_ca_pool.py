@@ -34,18 +34,25 @@ def test_refill_keeps_keys_private_and_stops_at_the_size(pool: Path) -> None:
 
 
 def test_each_ca_is_claimed_once_and_leaves_the_disk(pool: Path) -> None:
-    claims: list[ca_pool.PooledCA | None] = []
-    threads = [
-        threading.Thread(target=lambda: claims.append(ca_pool.claim(pool))) for _ in range(8)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    taken = [c for c in claims if c is not None]
-    assert len(taken) == 2
-    assert taken[0].key_pem != taken[1].key_pem
-    assert os.listdir(pool) == [ca_pool.LOCK]  # no key left behind
+    # Claimers racing: no entry may reach two of them (a claimed file once still looked
+    # like an entry to the next claimer, who took it again).
+    for _ in range(5):
+        ca_pool.refill(pool, size=4)
+        start = threading.Barrier(16)
+        claims: list[ca_pool.PooledCA | None] = []
+
+        def claimer(start: threading.Barrier, claims: list[ca_pool.PooledCA | None]) -> None:
+            start.wait()
+            claims.append(ca_pool.claim(pool))
+
+        threads = [threading.Thread(target=claimer, args=(start, claims)) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        taken = [c.key_pem for c in claims if c is not None]
+        assert len(taken) == len(set(taken)) == 4
+        assert os.listdir(pool) == [ca_pool.LOCK]  # no key left behind
 
 
 @pytest.mark.parametrize("attack", ["group-readable", "symlink", "foreign", "old", "garbage"])

@@ -66,7 +66,10 @@ def _private_dir(directory: Path) -> bool:
 
 def entries(directory: Path) -> list[str]:
     try:
-        return sorted(n for n in os.listdir(directory) if n.endswith(SUFFIX))
+        # Not the dot files: one being claimed or minted must not be claimed again.
+        return sorted(
+            n for n in os.listdir(directory) if n.endswith(SUFFIX) and not n.startswith(".")
+        )
     except OSError:
         return []
 
@@ -76,7 +79,7 @@ def claim(directory: Path) -> PooledCA | None:
     if not _private_dir(directory):
         return None
     for name in entries(directory):
-        taken = directory / f".claimed-{os.getpid()}-{name}"
+        taken = directory / f".claimed-{os.getpid()}-{os.urandom(6).hex()}"
         try:
             os.rename(directory / name, taken)
         except OSError:
