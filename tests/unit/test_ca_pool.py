@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -134,3 +136,47 @@ def test_without_a_pooled_ca_the_bundle_mints_its_own(tmp_path: Path) -> None:
         tls.close()
     finally:
         opened.close()
+
+
+def _modules_after(code: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_a_pooled_bundle_is_ready_without_cryptography(pool: Path, tmp_path: Path) -> None:
+    settings = BundleSettings(
+        bottle="light",
+        proxy_socket=str(tmp_path / "proxy.sock"),
+        control_socket=str(tmp_path / "control.sock"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+        allow=(),
+        intercept=True,
+        ca_cert=str(tmp_path / "ca.pem"),
+        ca_pool=str(pool),
+    )
+    settings.dump(tmp_path / "bundle.json")
+    loaded = _modules_after(
+        "from pathlib import Path\n"
+        "from claude_bottle.bundle.server import open_bundle\n"
+        "from claude_bottle.bundle.settings import BundleSettings\n"
+        f"open_bundle(BundleSettings.load(Path({str(tmp_path / 'bundle.json')!r}))).close()"
+    )
+    assert "claude_bottle.bundle.ca_pool" in loaded
+    assert not {name for name in loaded if name.startswith("cryptography")}
+
+
+def test_a_config_without_dlp_ignores_does_not_load_the_patterns(tmp_path: Path) -> None:
+    loaded = _modules_after(
+        "from pathlib import Path\n"
+        "from claude_bottle.config.load import load_config\n"
+        f"load_config(workspace=Path({str(tmp_path)!r}), known_backends=['namespace'],"
+        f" user_config=Path({str(tmp_path / 'none.toml')!r}))"
+    )
+    assert "claude_bottle.config.load" in loaded
+    assert "claude_bottle.policy.dlp_patterns" not in loaded
