@@ -187,8 +187,10 @@ def run_scale(
     counts: tuple[int, ...],
     sleep: float,
     upstream: AbstractContextManager[int],
+    also: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    """Every wave of every contender, interleaved; {contender: {N: figures}}."""
+    """Every wave of every contender, interleaved; {contender: {N: figures}}. `also`
+    names more claude-bottle console scripts to run alike (an A/B of two trees)."""
     out: dict[str, Any] = {"counts": list(counts), "sleep_s": sleep, "load_before": os.getloadavg()}
     with upstream as port, tempfile.TemporaryDirectory(prefix="cbbench-scale-") as tmp:
         ws = Path(tmp) / "ws"
@@ -206,6 +208,10 @@ def run_scale(
         )
         ours = Contender("claude-bottle", [claude_bottle, "run", "--", "sh", "-c"], env, ws)
         contenders = [(ours, script(f"http://{HOST}/small", sleep))]
+        for name, other in also:
+            contenders.append(
+                (ours._replace(name=name, argv=[other, *ours.argv[1:]]), contenders[0][1])
+            )
         if srt is not None:
             settings = Path(tmp) / "srt.json"
             settings.write_text(
@@ -220,6 +226,13 @@ def run_scale(
             contenders.append((theirs, script(f"http://127.0.0.1:{port}/small", sleep)))
         else:
             out["srt_error"] = "srt not installed (npm install failed or not run)"
+        # One bottle of each first, as the start-up case drops its first round: caches,
+        # and claude-bottle's pool of CAs minted ahead, are warm after a user's first bottle.
+        for who, _ in contenders:
+            subprocess.run(
+                [*who.argv, "true"], cwd=ws, env=who.env, capture_output=True, timeout=60
+            )
+        time.sleep(3)  # the pool's refiller runs in the background
         for n in counts:
             for who, command in contenders:
                 figures = wave(who, command, n)
@@ -284,9 +297,11 @@ def main() -> None:
     ap.add_argument("--srt", help="srt, the anchor (benchmarks/install.sh installs it)")
     ap.add_argument("--counts", default="1,5,20")
     ap.add_argument("--sleep", type=float, default=5.0)
+    ap.add_argument("--also", action="append", default=[], help="NAME=SCRIPT, another tree")
     args = ap.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
-    result = run_scale(args.claude_bottle, args.srt, counts, args.sleep, upstream(1 << 20))
+    also = tuple(tuple(a.split("=", 1)) for a in args.also)
+    result = run_scale(args.claude_bottle, args.srt, counts, args.sleep, upstream(1 << 20), also)  # type: ignore[arg-type]
     print(json.dumps(result, indent=2))
 
 

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
     from claude_bottle.bundle.tls import CertificateAuthority
 
-POOL_SIZE = 8  # a burst of bottles beyond it mints in-process, as without a pool
-REFILL_BELOW = 4  # one refiller (an interpreter and cryptography, ~60 ms) per 4+ bottles
+POOL_SIZE = 20  # bottles started at once beyond it mint in-process, as without a pool
+REFILL_BELOW = 10  # one refiller (an interpreter and cryptography, ~80 ms) per 10+ bottles
 MAX_AGE_S = 24 * 3600  # a pooled CA is valid 30 days from minting; a bottle gets >= 29
 MAX_ENTRY = 16 * 1024
 SUFFIX = ".ca"
