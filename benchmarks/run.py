@@ -1310,9 +1310,60 @@ NOTES = """
    198.9 ms and 228.0 → 204.6 ms, paired ratio to srt 0.423 → 0.377 and 0.401 → 0.371.
    The bundle still loads `dataclasses` (and `inspect`) before ready: `cryptography.x509`
    imports them through its SSH key module.
+16. Scale and soak (issue 24), new rows. `benchmarks/scale.py` starts N bottles at once (N = 1,
+   5, 20), each `run -- sh -c 'echo up; curl a 1 KiB page of the loopback upstream; sleep 5'`,
+   beside N × `srt -c` the same way, waves alternating between contenders after one warm-up
+   bottle each; start-up is launch to `up`, and with every bottle asleep it sums the PSS
+   (/proc/PID/smaps_rollup) of each contender's process tree without the command's own
+   processes (CLI, bundle, bubblewrap, relay; for srt node, bubblewrap, socat).
+   `benchmarks/soak.py` drives one real bundle (DLP on) for 30 minutes: blocks of 50 kept-alive
+   1 KiB GETs through it and straight to the upstream, a 10 MiB download every 5 s and a POST
+   carrying a token-shaped secret every second; it samples VmRSS and /proc/PID/fd every 5 s,
+   verifies the audit chain after the stop and compares 5-minute windows. The CI smoke runs
+   N=2 and 10 s. First 30-minute soak (2026-12-07, load average 5-13 from other work on the
+   machine, the first window the busiest): 1.1 M small requests, 353 downloads, 1638 of 1638
+   leaks refused, 0 errors; RSS peak 35.3 → 37.2 MiB (+5.3 %), 20 → 20 descriptors, 1.11 M
+   audit records verify, p99 added 23.7 → 11.0 ms (0.47×; p50 added 0.27 → 0.24 ms).
+17. CAs minted ahead (`bundle/ca_pool.py`). Timestamps and a CPU-clock import profile showed the
+   bundle's `cryptography` import (~45 ms of CPU, ~7 MiB anonymous memory plus ~9 MiB of
+   shared library) as most of its path to ready, and perf put the bundle at ~38 % of a
+   start's CPU (CLI ~42 %, bubblewrap and the relay the rest). Now `run` keeps up to 20 CAs
+   minted ahead per user in `<state dir>/ca-pool` (0700, entries 0600, refilled by a niced
+   background process when fewer than 10 are left: ~80 ms of CPU plus ~3 per CA, so ~11 ms
+   per bottle); a bundle claims one with rename(2), reads and deletes it before it serves,
+   publishes the certificate and a Java trust store made with it, and loads `cryptography`
+   only for its first intercepted connection (`Interception` moved to the
+   cryptography-free `bundle/interception.py`). Security: the key is on disk only before
+   its bottle exists, readable by the user's own host processes and root, which could
+   already read a bundle's memory; a namespace bottle of the caller's uid gets an empty
+   tmpfs over the pool, one of another uid (started by root) cannot enter the 0700
+   directory, docker and microVM bottles see no host paths; an entry that is not a regular
+   0600 file of the user's, older than a day or malformed is deleted unread. A race test
+   found that a file being claimed still looked like an entry to the next claimer (two
+   bundles could share a CA); claimed files are now dot files no claimer lists.
+   `config`: the built-in DLP patterns no longer load on every `run` when `[dlp] ignore`
+   is empty (~7 ms of the CLI's CPU).
+   A/B, this tree's installed venv before (A) and after (B), interleaved with srt, 20
+   rounds, load average 10-13: `run -- true` CPU of the process tree (user+sys, reaped
+   children) 219.5 → 184.0 ms (srt 176.7 ms; + ~11 ms per bottle for the refiller, which
+   `run` does not wait for), wall ratio to srt 0.89 → 0.79 (paired medians; the machine's
+   load makes wall times 2-3× an idle run's). Scale, A and B and srt interleaved in one run
+   (load 5-14): PSS per running bottle N=1 52.5 → 40.4 MiB, N=5 41.6 → 35.5, N=20 38.7 →
+   35.2 (srt 64.3 / 31.9 / 25.6); p50 start-up N=1/5/20 393/605/5637 ms → 558/503/6016 ms
+   (srt 405/718/6764), no failures.
 
 ## What is left
 
+- Start-up goal (≤ 0.25× srt) and scale goal (N=20 ≤ 4× N=1, ≤ 30 MiB PSS) are not met.
+  A start costs about as much CPU as srt's (184 against 177 ms here), so twenty at once
+  queue on two cores like srt's do (N=20 ÷ N=1 ~11-14×, srt ~17×). Per start, CPU-clock
+  import profiles: the CLI's imports ~70-95 ms (click ~15 of them, its own modules and the
+  config most of the rest), the bundle's before ready ~60 ms and after ready (uvloop,
+  asyncio, the proxy) ~100 ms, bubblewrap and the relay ~20 % of the total. PSS at N=20:
+  CLI ~13 MiB anonymous, bundle ~18, relay 3.6. What is left are the levers the issue
+  names but this round did not take: one warm per-user bundle process serving several
+  bottles (with isolation and starvation tests), or a CLI that does not stay resident
+  with its planning modules while the bottle runs.
 - Start-up, on Debian's interpreter: timestamps in every process (median of 20 runs, a
   slow phase, 223 ms in all). The interpreter, site and console script take 32 ms, and
   the bundle is forked at 36. Then, in parallel: the CLI loads click (~35 ms), its own
