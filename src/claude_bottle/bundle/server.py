@@ -222,6 +222,8 @@ def _await_handoff(fd: int) -> tuple[Path, Path] | None:
     `fd`); None when it closes the pipe first (the launch was abandoned)."""
     # What getting ready costs most, done while the CLI is still planning the bottle:
     # the allowlist, and cryptography (~45 ms) unless a CA minted ahead waits in the pool.
+    # (Only namespace bottles take pooled CAs so far: a docker or microVM bottle's host
+    # bundle then loads cryptography after the handoff, while its container or VM boots.)
     import claude_bottle.policy.allowlist
     from claude_bottle.bundle import ca_pool
 
