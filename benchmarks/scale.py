@@ -300,8 +300,8 @@ def main() -> None:
     ap.add_argument("--also", action="append", default=[], help="NAME=SCRIPT, another tree")
     args = ap.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
-    also = tuple(tuple(a.split("=", 1)) for a in args.also)
-    result = run_scale(args.claude_bottle, args.srt, counts, args.sleep, upstream(1 << 20), also)  # type: ignore[arg-type]
+    also = tuple((name, script) for name, _, script in (a.partition("=") for a in args.also))
+    result = run_scale(args.claude_bottle, args.srt, counts, args.sleep, upstream(1 << 20), also)
     print(json.dumps(result, indent=2))
 
 
