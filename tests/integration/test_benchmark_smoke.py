@@ -95,6 +95,16 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
         for case in ("tunnel", "intercept", "intercept+dlp"):
             assert tls[kind][case]["median"] > 0, tls[kind]
     assert "TLS interception" in (out / "benchmarks.md").read_text()
+    scale = res["scale"]
+    assert scale["counts"] == [2]
+    two = scale["claude-bottle"]["2"]
+    assert two["failures"] == 0 and two["up_p50_ms"] > 0, two
+    assert 0 < two["pss_by_process_mib"]["claude-bottle"] <= two["pss_per_bottle_mib"], two
+    assert "srt" in scale or "srt_error" in scale
+    soak = res["soak"]
+    assert soak["counts"]["small"] > 0 and soak["counts"]["dlp_refused"] > 0, soak
+    assert soak["counts"]["downloads"] > 0 and soak["counts"]["errors"] == 0, soak
+    assert soak["audit_ok"] and soak["audit_records"] > soak["counts"]["small"], soak
 
     cases = {row["case"] for row in res["ratios"]}
     assert "bulk vs direct" in cases
@@ -106,3 +116,5 @@ def test_smoke_run_measures_every_case_and_writes_only_into_out(tmp_path: Path) 
     assert "| start-up `run -- true` | " in table
     assert "| bulk 4 MiB via CONNECT (intercept off) | " in table
     assert "| git push of 20 new commits through the gate | " in table
+    assert "| scale: N bottles at once" in table
+    assert "| soak: one bundle, " in table

@@ -57,6 +57,7 @@ _WHERE = {
     "gateway_ca_file",
     "git_socket",
     "hook_socket",
+    "ca_pool",  # host bundles only: a bundle container mints its own CA
     "git_cache",
     "git_remotes",
 }

@@ -51,9 +51,9 @@ from claude_bottle.bundle.tunnel import reading_transport, relay
 
 if TYPE_CHECKING:  # cryptography and the DLP engine are imported only when enabled
     from claude_bottle.bundle.injection import InjectedHead, Injector, ResponseGuard
+    from claude_bottle.bundle.interception import Interception
     from claude_bottle.bundle.l7 import RuleBook
     from claude_bottle.bundle.scanning import DlpInspector
-    from claude_bottle.bundle.tls import Interception
 
 TLS_PORT = 443  # CONNECTs to it are TLS-intercepted; other ports must carry plain HTTP
 # Sent again, on a new connection, when a reused one turns out to have been closed by the

@@ -32,7 +32,8 @@ from claude_bottle.bundle.settings import BUNDLE_FILES, BundleSettings
 if TYPE_CHECKING:
     from types import FrameType
 
-    from claude_bottle.bundle.tls import Interception
+    from claude_bottle.bundle.ca_pool import PooledCA
+    from claude_bottle.bundle.interception import Interception
 
 MAX_HANDOFF = 1 << 20  # settings and log paths, and every injection's secret
 PROXY_BACKLOG = 1024  # every process of the bottle may open connections at once
@@ -149,20 +150,38 @@ def _interception(settings: BundleSettings) -> Interception | None:
         return None
     import functools
 
-    from claude_bottle.bundle.tls import CertificateAuthority, Interception, upstream_context
+    from claude_bottle.bundle.interception import Authority, Interception, upstream_context
     from claude_bottle.policy.allowlist import Allowlist
 
-    authority = CertificateAuthority(settings.bottle)
-    authority.publish(
-        Path(settings.ca_cert),
-        Path(settings.ca_bundle) if settings.ca_bundle else None,
-        tunnelled_hosts=bool(settings.intercept_exclude),
-    )
+    cert_file = Path(settings.ca_cert)
+    bundle_file = Path(settings.ca_bundle) if settings.ca_bundle else None
+    authority: Authority
+    # With tunnelled hosts the Java trust store holds the host's roots too: made here.
+    pooled = _claim_pooled(settings) if not settings.intercept_exclude else None
+    if pooled is not None:
+        from claude_bottle.bundle import ca_pool
+
+        ca_pool.publish(pooled, cert_file, bundle_file)
+        authority = ca_pool.LazyAuthority(settings.bottle, pooled)
+    else:
+        from claude_bottle.bundle.tls import CertificateAuthority
+
+        minted = CertificateAuthority(settings.bottle)
+        minted.publish(cert_file, bundle_file, tunnelled_hosts=bool(settings.intercept_exclude))
+        authority = minted
     return Interception(
         authority,
         functools.partial(upstream_context, settings.upstream_ca_file),
         Allowlist(settings.intercept_exclude),
     )
+
+
+def _claim_pooled(settings: BundleSettings) -> PooledCA | None:
+    if not settings.ca_pool:
+        return None
+    from claude_bottle.bundle import ca_pool
+
+    return ca_pool.claim(Path(settings.ca_pool))
 
 
 def _stop_on_signals(opened: Opened) -> None:
@@ -232,10 +251,15 @@ class Handoff(NamedTuple):
 def _await_handoff(fd: int) -> Handoff | None:
     """Block until the CLI says where the settings and the log are (one JSON line on
     `fd`); None when it closes the pipe first (the launch was abandoned)."""
-    # What getting ready costs most (cryptography, ~60 ms), done while the CLI is still
-    # planning the bottle.
-    import claude_bottle.bundle.tls
-    import claude_bottle.policy.allowlist  # noqa: F401
+    # What getting ready costs most, done while the CLI is still planning the bottle:
+    # the allowlist, and cryptography (~45 ms) unless a CA minted ahead waits in the pool.
+    # (Only namespace bottles take pooled CAs so far: a docker or microVM bottle's host
+    # bundle then loads cryptography after the handoff, while its container or VM boots.)
+    import claude_bottle.policy.allowlist
+    from claude_bottle.bundle import ca_pool
+
+    if not ca_pool.entries(ca_pool.pool_dir()):
+        import claude_bottle.bundle.tls  # noqa: F401
 
     data = b""
     with os.fdopen(fd, "rb") as pipe:

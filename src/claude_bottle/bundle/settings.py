@@ -68,6 +68,7 @@ class BundleSettings(NamedTuple):
     intercept_exclude: tuple[str, ...] = ()
     ca_cert: str | None = None  # where the bundle publishes its CA certificate
     ca_bundle: str | None = None  # host trust store + our CA, written in place
+    ca_pool: str | None = None  # the user's CAs minted ahead (bundle/ca_pool.py), if any
     upstream_ca_file: str | None = None
     dlp_enabled: bool = False
     dlp_block: bool = True

@@ -32,7 +32,7 @@ from claude_bottle.policy.allowlist import HostError, normalize_host
 from claude_bottle.policy.netguard import parse_ip_literal
 
 if TYPE_CHECKING:  # cryptography is imported only when interception is on
-    from claude_bottle.bundle.tls import Interception
+    from claude_bottle.bundle.interception import Interception
 
 TLS_PORT = 443
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"

@@ -44,6 +44,7 @@ from claude_bottle.backend.namespace.toolchain import (
     unreachable,
 )
 from claude_bottle.bottle_env import HOOK_PORT, NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
+from claude_bottle.bundle import ca_pool
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook, seed_claude_home
@@ -159,8 +160,14 @@ class NamespaceBackend(BottleBackend):
         state_dir = paths.state_dir(request.name)
         runtime_dir = paths.runtime_dir(request.name)
         masked_paths = masked_roots(home)
-        masked = tuple(str(p) for p in masked_paths)
         host_id = _unprivileged_host_id()
+        # The user's CA keys minted ahead: no bottle may see them (bundle/ca_pool.py). A
+        # bottle of another uid (started by root) cannot enter the 0700 pool anyway, nor
+        # could its bubblewrap reach the pool to cover it.
+        pool = paths.make_private_dir(ca_pool.pool_dir())
+        if host_id is None and not any(pool.is_relative_to(root) for root in masked_paths):
+            masked_paths = (*masked_paths, pool)
+        masked = tuple(str(p) for p in masked_paths)
         # What the bottle must read or write although root owns it: through idmapped
         # mounts, root's files there are the bottle uid's (the rest of the host is not).
         idmapped = (
@@ -280,6 +287,7 @@ class NamespaceBackend(BottleBackend):
             audit_log=str(state_dir / "audit.jsonl"),
             ca_cert=str(runtime / "bundle" / "ca.pem"),
             ca_bundle=plan.bwrap.ca_bundle,
+            ca_pool=str(ca_pool.pool_dir()),
             upstream_ca_file=plan.upstream_ca_file,
             gateway_socket=str(runtime / "bundle" / "gateway.sock"),
             anthropic_credential=plan.anthropic_credential,
@@ -350,6 +358,8 @@ class NamespaceBackend(BottleBackend):
         if plan.home_image is not None:
             home_image.detach(home)  # the sandbox holds its own mount of it from here on
         bundle = pending.wait_ready()
+        if settings.intercept:  # it took a CA from the pool, or minted one for lack of it
+            ca_pool.refill_in_background(Path(str(settings.ca_pool)))
         group = plan.confinement.cgroup or _scope_of(plan, sandbox.pid)
 
         processes = {
