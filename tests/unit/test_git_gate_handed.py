@@ -82,10 +82,15 @@ def test_the_cli_hands_each_credential_and_it_is_written_nowhere(
     answer = control.call(bundle, "git-credential", remote="origin", username="u", password=7)
     assert answer["ok"] is False
     control.call(bundle, "stop")
+    audit = tmp_path / "audit.jsonl"
+    for _ in range(500):  # bounded, ~10 s: the audit writer may still be flushing
+        if "git:credential-handed" in audit.read_text():
+            break
+        time.sleep(0.02)
+    assert "git:credential-handed" in audit.read_text()
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
-    assert "git:credential-handed" in (tmp_path / "audit.jsonl").read_text()
 
 
 def test_an_unreadable_credential_fails_the_start_naming_the_remote(bundle: Path) -> None:
