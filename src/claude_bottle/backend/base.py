@@ -468,6 +468,8 @@ class Bottle(abc.ABC):
     name: str
     # Killed because the user asked twice (Ctrl-C, SIGTERM): its end is no failure to report.
     stopped_on_request: bool = False
+    # Its command was started with `start_detached`: the bottle outlives its launch.
+    detached: bool = False
 
     @abc.abstractmethod
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
@@ -500,6 +502,11 @@ class Bottle(abc.ABC):
     def limits_hit(self) -> list[str]:
         """One line per resource limit the bottle ran into (memory kills, refused forks)."""
         return []
+
+    def _stop_on_request(self) -> None:
+        """The user asked twice: kill the bottle, and say its end was asked for."""
+        self.stopped_on_request = True
+        self.kill()
 
 
 class BottleBackend(abc.ABC):
