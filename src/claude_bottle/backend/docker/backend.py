@@ -58,6 +58,7 @@ from claude_bottle.backend.docker.network import SHARED_NETWORK
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
+from claude_bottle.host_secrets import grant_read_only
 from claude_bottle.limits import format_size, plan_with
 
 DISK = "a sized tmpfs at each of /tmp and /var/tmp"
@@ -231,8 +232,6 @@ class DockerBackend(BottleBackend):
     # --- plan -----------------------------------------------------------------
 
     def plan(self, request: LaunchRequest) -> DockerBottlePlan:
-        from claude_bottle.backend.namespace.toolchain import grant_read_only
-
         config = request.config
         if not request.command:
             raise ConfigError(
@@ -491,8 +490,6 @@ class DockerBackend(BottleBackend):
 def _stop_host_bundle(record: Mapping[str, Any]) -> None:
     """A host-process bundle (host placement) gets SIGTERM, so it writes its last audit
     record; its cgroup goes once it has stopped."""
-    from claude_bottle.backend.namespace.limits import from_record
-
     bundle = (record.get("processes") or {}).get("bundle")
     if record.get("placement") != placement.HOST or bundle is None:
         return
@@ -501,7 +498,7 @@ def _stop_host_bundle(record: Mapping[str, Any]) -> None:
     while state.process_alive(bundle) and time.monotonic() < deadline:
         time.sleep(0.02)
     state.signal_process(bundle, signal.SIGKILL)
-    group = from_record(record.get("bundle_cgroup"))
+    group = cgroups.from_record(record.get("bundle_cgroup"))
     if group is not None:
         cgroups.remove(group)
 

@@ -32,12 +32,9 @@ from claude_bottle.backend.namespace.filters import seccomp_program_fds
 from claude_bottle.backend.namespace.limits import (
     confine,
     doctor_lines,
-    from_record,
-    record_of,
 )
 from claude_bottle.backend.namespace.toolchain import (
     Unreachable,
-    grant_read_only,
     host_sockets,
     masked_roots,
     resolve_binds,
@@ -49,6 +46,7 @@ from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
+from claude_bottle.host_secrets import grant_read_only
 from claude_bottle.workspace_guard import GitMount
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
@@ -352,9 +350,9 @@ class NamespaceBackend(BottleBackend):
                 "exec_socket": str(exec_socket),
                 "env": plan.env,
                 "command": list(plan.command),
-                "cgroup": record_of(plan.confinement.cgroup),
-                "bundle_cgroup": record_of(bundle_group),
-                "cgroup_counters": record_of(group),
+                "cgroup": cgroups.record_of(plan.confinement.cgroup),
+                "bundle_cgroup": cgroups.record_of(bundle_group),
+                "cgroup_counters": cgroups.record_of(group),
             },
         )
         return NamespaceBottle(
@@ -373,7 +371,7 @@ class NamespaceBackend(BottleBackend):
             env=record["env"],
             workspace=record["workspace"],
             processes=record["processes"],
-            cgroup=from_record(record.get("cgroup_counters")),
+            cgroup=cgroups.from_record(record.get("cgroup_counters")),
         )
 
     def stop(self, record: dict[str, Any]) -> None:
@@ -385,7 +383,7 @@ class NamespaceBackend(BottleBackend):
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
         for key in ("cgroup", "bundle_cgroup"):
-            group = from_record(record.get(key))
+            group = cgroups.from_record(record.get(key))
             if group is not None:
                 cgroups.remove(group)
         paths.remove_runtime_dir(record)
