@@ -509,6 +509,25 @@ class Bottle(abc.ABC):
         self.kill()
 
 
+class AgentImages(abc.ABC):
+    """The container images bottles run, built with the docker client: the agent image a
+    backend runs or packs (a microVM is made from it too). The registry names the one
+    provider, so a backend that needs the image knows no other backend by name."""
+
+    @abc.abstractmethod
+    def agent_tag(self) -> str:
+        """The agent image's content tag now (OSError: its build inputs cannot be read)."""
+
+    @abc.abstractmethod
+    def ensure_agent(self, tag: str) -> None:
+        """Build the agent image if `tag` is its current tag and the engine lacks it."""
+
+    @abc.abstractmethod
+    def build(self, *, rebuild: bool, base_ref: str | None) -> list[str]:
+        """`claude-bottle image build`: make sure every image exists (the agent image on
+        `base_ref`, `[docker] base_image`, when given); their tags."""
+
+
 class BottleBackend(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]

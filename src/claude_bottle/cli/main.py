@@ -225,7 +225,7 @@ def trust(workspace: str | None, revoke: bool, yes: bool) -> None:
 
 @cli.group()
 def image() -> None:
-    """Container images of the docker backend."""
+    """Container images the bottles run."""
 
 
 @image.command(name="build")
@@ -238,11 +238,10 @@ def image_build(rebuild: bool) -> None:
     from pathlib import Path
 
     from claude_bottle.backend import registry
-    from claude_bottle.backend.docker.backend import image_build as build
     from claude_bottle.config import load_config
 
     config = load_config(workspace=Path(os.getcwd()), known_backends=registry.names())
-    for tag in build(rebuild=rebuild, base_image=config.docker.base_image):
+    for tag in registry.images().build(rebuild=rebuild, base_ref=config.docker.base_image):
         click.echo(tag)
 
 

@@ -523,9 +523,6 @@ def _stale_images() -> list[tuple[str, str]]:
 
 
 def image_build(rebuild: bool = False, base_image: str | None = None) -> list[str]:
-    """`claude-bottle image build`: build (or refresh) the agent and bundle images; their tags.
-
-    With `base_image` (`[docker] base_image`) the agent image is built on it."""
-    DockerBackend().require()
-    base = images.base_image(base_image) if base_image else None
-    return images.build_images(rebuild=rebuild, base=base)
+    """Build (or refresh) the agent and bundle images; their tags. For scripts that set up
+    a machine (scripts/test.sh); the CLI reaches the images through the registry."""
+    return images.DockerImages().build(rebuild=rebuild, base_ref=base_image)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from claude_bottle.backend.base import AgentImages
 from claude_bottle.backend.docker import docker
 from claude_bottle.errors import MissingDependency
 
@@ -355,3 +356,26 @@ def build_images(
         if not ensure(spec, rebuild=rebuild, output=stream):
             stream.write(f"claude-bottle: image {spec.tag} is up to date\n")
     return [spec.tag for spec in specs]
+
+
+class DockerImages(AgentImages):
+    """These images, as the registry offers them to the CLI and to other backends."""
+
+    def agent_tag(self) -> str:
+        return agent_image().tag
+
+    def ensure_agent(self, tag: str) -> None:
+        try:
+            spec = agent_image()
+        except OSError:
+            return
+        if spec.tag == tag:
+            ensure(spec)
+
+    def build(self, *, rebuild: bool, base_ref: str | None) -> list[str]:
+        """With `base_ref` (`[docker] base_image`) the agent image is built on it."""
+        from claude_bottle.backend.docker.backend import DockerBackend
+
+        DockerBackend().require()
+        base = base_image(base_ref) if base_ref else None
+        return build_images(rebuild=rebuild, base=base)
