@@ -9,10 +9,11 @@ from typing import Any
 
 import click
 
+from claude_bottle.backend import registry
 from claude_bottle.errors import EXIT_USAGE, BottleError
 
 _RUN_OPTIONS = [
-    click.option("--backend", help="namespace | docker | smolmachines (default from config)"),
+    click.option("--backend", help=f"{' | '.join(registry.names())} (default from config)"),
     click.option(
         "--allow",
         "allow",
@@ -237,7 +238,6 @@ def image_build(rebuild: bool) -> None:
     image on `[docker] base_image` when the configuration here names one."""
     from pathlib import Path
 
-    from claude_bottle.backend import registry
     from claude_bottle.config import load_config
 
     config = load_config(workspace=Path(os.getcwd()), known_backends=registry.names())
