@@ -567,8 +567,9 @@ class BottleBackend(abc.ABC):
         """Stop a bottle from its state record (it may have been launched by another process)."""
 
     @abc.abstractmethod
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
-        """Leftovers of bottles that are not in `live_names`."""
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
+        """Leftovers of bottles that are not in `live_names`; with `images`, also our
+        images built from other inputs than this installation's that nothing uses."""
 
     @abc.abstractmethod
     def cleanup(self, plan: CleanupPlan) -> list[str]:

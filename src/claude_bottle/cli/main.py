@@ -118,11 +118,17 @@ def stop(name: str | None, stop_all: bool) -> None:
 @click.option(
     "--records", is_flag=True, help="also delete the records (plan, audit log) of finished bottles"
 )
-def cleanup(dry_run: bool, records: bool) -> None:
+@click.option(
+    "--images",
+    is_flag=True,
+    help="also delete claude-bottle's container images built from other inputs than this "
+    "installation's (other versions or source trees) that no container uses",
+)
+def cleanup(dry_run: bool, records: bool, images: bool) -> None:
     """Remove leftovers of bottles that are not running."""
     from claude_bottle.cli import commands
 
-    commands.cleanup(dry_run, records)
+    commands.cleanup(dry_run, records, images=images)
 
 
 @cli.command()

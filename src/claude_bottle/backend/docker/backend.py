@@ -411,7 +411,7 @@ class DockerBackend(BottleBackend):
 
     # --- cleanup --------------------------------------------------------------
 
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
         if shutil.which(docker.DOCKER) is None:
             return CleanupPlan(self.name, ())
         labels = {LABEL_STATE: state_label()}
@@ -434,7 +434,8 @@ class DockerBackend(BottleBackend):
             return bottle
 
         items: list[tuple[str, str]] = []
-        items += _stale_images()
+        if images:
+            items += _stale_images()
         for row in containers:
             bottle = orphan(row)
             if bottle is not None:
@@ -504,10 +505,13 @@ def _stop_host_bundle(record: Mapping[str, Any]) -> None:
 
 
 def _stale_images() -> list[tuple[str, str]]:
-    """Our images built from older inputs that no container (anyone's) uses any more."""
+    """Our images (built by claude-bottle: labelled so, in our repositories) whose tag is
+    not this installation's and that no container, anyone's, uses. Another source tree or
+    version of claude-bottle on this engine builds other tags: only `cleanup --images`
+    removes its images (they are a cache: a removed one is built again when next run)."""
     try:
         current = {images.agent_image().tag, images.bundle_image().tag}
-        rows = docker.image_ls({})
+        rows = [row for role in images.ROLES for row in docker.image_ls({images.IMAGE_LABEL: role})]
         used = {str(row.get("Image")) for row in docker.ps({})}
     except (OSError, docker.DockerError):
         return []
@@ -518,7 +522,7 @@ def _stale_images() -> list[tuple[str, str]]:
         if repo not in (images.AGENT_REPO, images.BUNDLE_REPO) or tag == "<none>":
             continue
         if ref not in current and ref not in used:
-            stale.append(("image", f"{ref} ({row.get('Size')}, built from older inputs)"))
+            stale.append(("image", f"{ref} ({row.get('Size')}, built from other inputs)"))
     return stale
 
 

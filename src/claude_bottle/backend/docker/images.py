@@ -34,7 +34,8 @@ RELAY_SCRIPT = PACKAGE_ROOT / "bundle" / "relay.py"
 AGENT_REPO = "claude-bottle-agent"
 BUNDLE_REPO = "claude-bottle-bundle"
 BASE_IMAGE = "debian:bookworm-slim"
-IMAGE_LABEL = "claude-bottle.image"
+IMAGE_LABEL = "claude-bottle.image"  # its value: the image's role
+ROLES = ("agent", "bundle")
 # Debian's place for locally added CAs: a TLS-inspecting proxy's root lives here, and the
 # image needs it both to build (npm) and at run time. Extra PEM file: $CLAUDE_BOTTLE_EXTRA_CA.
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")

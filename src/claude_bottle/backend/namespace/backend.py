@@ -390,7 +390,7 @@ class NamespaceBackend(BottleBackend):
 
     # --- cleanup --------------------------------------------------------------
 
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
         found = cleanup.plan(self.name, live_names)
         groups = cgroups.leftovers(cgroups.detect(), live_names, paths.state_root())
         return dataclasses.replace(found, items=(*found.items, *(("cgroup", g) for g in groups)))

@@ -119,7 +119,7 @@ class SmolmachinesBackend(BottleBackend):
                 "claude-bottle cleanup, or: smolvm machine delete --name " + machine + " --force",
             )
 
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
         found = self._find()
         if found is None:
             return SmolmachinesCleanupPlan(self.name, (), "")
