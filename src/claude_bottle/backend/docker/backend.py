@@ -36,7 +36,7 @@ from claude_bottle.backend.base import (
     LaunchRequest,
     common_plan_fields,
 )
-from claude_bottle.backend.docker import docker, images, network, placement
+from claude_bottle.backend.docker import docker, images, placement
 from claude_bottle.backend.docker.bottle_plan import (
     CA_BUNDLE,
     CA_CERT,
@@ -412,80 +412,14 @@ class DockerBackend(BottleBackend):
     # --- cleanup --------------------------------------------------------------
 
     def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
-        if shutil.which(docker.DOCKER) is None:
-            return CleanupPlan(self.name, ())
-        labels = {LABEL_STATE: state_label()}
-        try:
-            containers = docker.ps(labels)
-            networks = docker.network_ls(labels)
-            volumes = docker.volume_ls(labels)
-        except docker.DockerError:
-            return CleanupPlan(self.name, ())  # no engine: nothing of ours can be running
-        live_instances = {}
-        for name in live_names:
-            record = state.read_record(name) or {}
-            live_instances[name] = (record.get("labels") or {}).get(LABEL_INSTANCE)
+        from claude_bottle.backend.docker import cleanup
 
-        def orphan(row: dict[str, Any]) -> str | None:
-            row_labels = docker.parse_labels(row.get("Labels"))
-            bottle = row_labels.get(LABEL_BOTTLE, "?")
-            if bottle in live_names and row_labels.get(LABEL_INSTANCE) == live_instances[bottle]:
-                return None
-            return bottle
-
-        items: list[tuple[str, str]] = []
-        if images:
-            items += _stale_images()
-        for row in containers:
-            bottle = orphan(row)
-            if bottle is not None:
-                state_text = row.get("State")
-                items.append(("container", f"{row.get('Names')} (bottle {bottle}, {state_text})"))
-        for kind, rows in (("network", networks), ("volume", volumes)):
-            for row in rows:
-                bottle = orphan(row)
-                if bottle is not None:
-                    items.append((kind, f"{row.get('Name')} (bottle {bottle})"))
-        if network.unused():
-            items.append(("network", f"{SHARED_NETWORK} (shared by bundle containers, unused)"))
-        return CleanupPlan(self.name, tuple(items))
+        return cleanup.plan(self.name, live_names, images=images)
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
-        found: dict[str, list[str]] = {
-            "agents": [],
-            "bundles": [],
-            "networks": [],
-            "volumes": [],
-            "images": [],
-        }
-        for kind, what in plan.items:
-            name = what.split()[0]
-            if kind == "container":
-                found["bundles" if name.endswith("-bundle") else "agents"].append(name)
-            elif kind in ("network", "volume", "image"):
-                found[f"{kind}s"].append(name)
-        from claude_bottle.backend.docker import launch
+        from claude_bottle.backend.docker import cleanup
 
-        shared = SHARED_NETWORK in found["networks"]
-        found["networks"] = [n for n in found["networks"] if n != SHARED_NETWORK]
-
-        problems = launch.teardown(
-            agents=found["agents"],
-            bundles=found["bundles"],
-            networks=found["networks"],
-            volumes=found["volumes"],
-        )
-        if shared:  # after the bottles' containers: it may be unused only now
-            problems += network.remove_if_unused()
-        for ref in found["images"]:
-            try:
-                docker.image_rm([ref])
-            except docker.DockerError as exc:
-                # A container started from it since it was listed: in use, so not stale.
-                in_use = "is using its referenced image" in exc.stderr
-                if not exc.missing and not in_use:
-                    problems.append(f"could not remove image {ref}: {exc.message}")
-        return problems
+        return cleanup.run(plan)
 
 
 def _stop_host_bundle(record: Mapping[str, Any]) -> None:
@@ -502,28 +436,6 @@ def _stop_host_bundle(record: Mapping[str, Any]) -> None:
     group = cgroups.from_record(record.get("bundle_cgroup"))
     if group is not None:
         cgroups.remove(group)
-
-
-def _stale_images() -> list[tuple[str, str]]:
-    """Our images (built by claude-bottle: labelled so, in our repositories) whose tag is
-    not this installation's and that no container, anyone's, uses. Another source tree or
-    version of claude-bottle on this engine builds other tags: only `cleanup --images`
-    removes its images (they are a cache: a removed one is built again when next run)."""
-    try:
-        current = {images.agent_image().tag, images.bundle_image().tag}
-        rows = [row for role in images.ROLES for row in docker.image_ls({images.IMAGE_LABEL: role})]
-        used = {str(row.get("Image")) for row in docker.ps({})}
-    except (OSError, docker.DockerError):
-        return []
-    stale = []
-    for row in rows:
-        repo, tag = str(row.get("Repository")), str(row.get("Tag"))
-        ref = f"{repo}:{tag}"
-        if repo not in (images.AGENT_REPO, images.BUNDLE_REPO) or tag == "<none>":
-            continue
-        if ref not in current and ref not in used:
-            stale.append(("image", f"{ref} ({row.get('Size')}, built from other inputs)"))
-    return stale
 
 
 def image_build(rebuild: bool = False, base_image: str | None = None) -> list[str]:
