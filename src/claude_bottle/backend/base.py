@@ -15,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from claude_bottle.bottle_env import injected_env
 from claude_bottle.bundle.git_policy import GateRemote
-from claude_bottle.bundle.settings import InjectionSpec, Pin, RuleSpec
+from claude_bottle.bundle.settings import BundleSettings, InjectionSpec, Pin, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import GateRewrite, GitIdentity, gate_url, host_git_identity
@@ -38,6 +38,22 @@ class LaunchRequest(NamedTuple):
     config: Config
     command: tuple[str, ...]
     detach: bool = False
+
+
+class BundlePlaces(NamedTuple):  # not a dataclass: see bundle/settings.py
+    """Where one launch's bundle finds its sockets, log and files, as the bundle sees them
+    (host paths, or paths in its container): all a launch adds to the plan's policy."""
+
+    proxy_socket: str
+    control_socket: str
+    gateway_socket: str
+    audit_log: str
+    ca_cert: str  # where the bundle publishes its CA certificate
+    ca_bundle: str | None  # the trust store it writes with its CA (TLS interception only)
+    upstream_ca_file: str | None
+    gateway_ca_file: str | None
+    anthropic_credential: str  # the credential's spec, as the bundle reads it
+    git_socket: str | None = None  # the git gate's, where this launch serves it
 
 
 def _binary_size(size: int) -> str:
@@ -178,6 +194,18 @@ class BottlePlan(Printable):
             "egress_rules": self.egress_rules,
             "injections": self.injections,
         }
+
+    def bundle_settings(
+        self, places: BundlePlaces, injections: tuple[InjectionSpec, ...] | None = None
+    ) -> BundleSettings:
+        """This plan's bundle settings: its policy (`bundle_policy`), the launch's places,
+        and the git gate where the launch gives it a socket. `injections`: the secrets'
+        specs as this bundle reads them, when not where the plan says (a container)."""
+        policy = self.bundle_policy()
+        if injections is not None:
+            policy["injections"] = injections
+        gate = self.git_gate_settings() if places.git_socket else {}
+        return BundleSettings(**policy, bottle=self.name, **places._asdict(), **gate)
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"

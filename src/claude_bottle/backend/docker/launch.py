@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from claude_bottle import paths, state, workspace_guard
+from claude_bottle.backend.base import BundlePlaces
 from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
@@ -315,24 +316,23 @@ def _listener_pid(path: Path) -> int:
 
 
 def _settings(plan: DockerBottlePlan) -> BundleSettings:
-    policy = plan.bundle_policy()
-    # The bundle container reads each injected secret from its environment file.
-    policy["injections"] = tuple(
-        injection._replace(secret=f"env:{_INJECTED}{index}")
-        for index, injection in enumerate(plan.injections)
-    )
-    return BundleSettings(
-        **policy,
-        bottle=plan.name,
-        proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
-        control_socket=f"{CONTROL_DIR}/control.sock",
-        audit_log=f"{BUNDLE_STATE}/audit.jsonl",
-        ca_cert=CA_CERT,
-        ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
-        upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
-        gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
-        anthropic_credential=plan.bundle_credential,
-        gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
+    return plan.bundle_settings(
+        BundlePlaces(
+            proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
+            control_socket=f"{CONTROL_DIR}/control.sock",
+            gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
+            audit_log=f"{BUNDLE_STATE}/audit.jsonl",
+            ca_cert=CA_CERT,
+            ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
+            upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
+            gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
+            anthropic_credential=plan.bundle_credential,
+        ),
+        # The bundle container reads each injected secret from its environment file.
+        injections=tuple(
+            injection._replace(secret=f"env:{_INJECTED}{index}")
+            for index, injection in enumerate(plan.injections)
+        ),
     )
 
 

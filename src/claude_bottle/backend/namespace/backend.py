@@ -20,6 +20,7 @@ from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
     BottlePlan,
+    BundlePlaces,
     CleanupPlan,
     LaunchRequest,
     common_plan_fields,
@@ -42,7 +43,6 @@ from claude_bottle.backend.namespace.toolchain import (
 )
 from claude_bottle.bottle_env import NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.git_identity import seed_git_identity
@@ -259,20 +259,19 @@ class NamespaceBackend(BottleBackend):
         workspace_guard.prepare(plan.workspace_guard)
         seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity, plan.git_rewrites)
 
-        settings = BundleSettings(
-            **plan.bundle_policy(),
-            bottle=plan.name,
-            proxy_socket=str(runtime / "bundle" / "proxy.sock"),
-            control_socket=str(runtime / "control.sock"),
-            audit_log=str(state_dir / "audit.jsonl"),
-            ca_cert=str(runtime / "bundle" / "ca.pem"),
-            ca_bundle=plan.bwrap.ca_bundle,
-            upstream_ca_file=plan.upstream_ca_file,
-            gateway_socket=str(runtime / "bundle" / "gateway.sock"),
-            anthropic_credential=plan.anthropic_credential,
-            gateway_ca_file=plan.gateway_ca_file,
-            git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
-            **plan.git_gate_settings(),
+        settings = plan.bundle_settings(
+            BundlePlaces(
+                proxy_socket=str(runtime / "bundle" / "proxy.sock"),
+                control_socket=str(runtime / "control.sock"),
+                gateway_socket=str(runtime / "bundle" / "gateway.sock"),
+                audit_log=str(state_dir / "audit.jsonl"),
+                ca_cert=str(runtime / "bundle" / "ca.pem"),
+                ca_bundle=plan.bwrap.ca_bundle,
+                upstream_ca_file=plan.upstream_ca_file,
+                gateway_ca_file=plan.gateway_ca_file,
+                anthropic_credential=plan.anthropic_credential,
+                git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
+            )
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)

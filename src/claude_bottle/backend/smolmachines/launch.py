@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from claude_bottle import paths, state, workspace_guard
+from claude_bottle.backend.base import BundlePlaces
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
 from claude_bottle.backend.smolmachines.bottle_plan import (
@@ -31,7 +32,6 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack, write_stage
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
 from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
 from claude_bottle.git_identity import seed_git_identity
@@ -108,18 +108,18 @@ def launch_bottle(
     pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 
     bundle_dir = stage.proxy_socket.parent
-    settings = BundleSettings(
-        **plan.bundle_policy(),
-        bottle=plan.name,
-        proxy_socket=str(stage.proxy_socket),
-        control_socket=str(stage.control_socket),
-        audit_log=str(state_dir / "audit.jsonl"),
-        ca_cert=str(bundle_dir / "ca.pem"),
-        ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
-        upstream_ca_file=plan.upstream_ca_file,
-        gateway_socket=str(stage.gateway_socket),
-        anthropic_credential=plan.anthropic_credential,
-        gateway_ca_file=plan.gateway_ca_file,
+    settings = plan.bundle_settings(
+        BundlePlaces(
+            proxy_socket=str(stage.proxy_socket),
+            control_socket=str(stage.control_socket),
+            gateway_socket=str(stage.gateway_socket),
+            audit_log=str(state_dir / "audit.jsonl"),
+            ca_cert=str(bundle_dir / "ca.pem"),
+            ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
+            upstream_ca_file=plan.upstream_ca_file,
+            gateway_ca_file=plan.gateway_ca_file,
+            anthropic_credential=plan.anthropic_credential,
+        )
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
