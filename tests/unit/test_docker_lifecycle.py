@@ -23,6 +23,7 @@ import pytest
 from claude_bottle import state
 from claude_bottle.backend.base import CleanupPlan, LaunchRequest
 from claude_bottle.backend.docker import backend as docker_backend
+from claude_bottle.backend.docker import cleanup as docker_cleanup
 from claude_bottle.backend.docker import docker, images, launch, network
 from claude_bottle.backend.docker.backend import (
     DockerBackend,
@@ -327,6 +328,38 @@ def test_cleanup_plan_lists_orphans_and_stale_launches_of_live_bottles(
     assert ("rm", ("dead-agent", "live-old-agent")) in engine.calls
     assert ("network_rm", ("dead-net",)) in engine.calls
     assert all("other-users-agent" not in names for _, names in engine.calls)
+
+
+def test_cleanup_that_lost_a_race_to_the_watchdog_exits_clean_once_all_is_gone(
+    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after `kill -9`, the killed launch's watchdog removes the same things: a
+    removal that fails because it is removing them too is no failure once they are gone."""
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    engine.volumes = [_row("dead-sockets", "dead", "d1", label=state_label())]
+
+    def in_use(names: list[str]) -> None:
+        engine.calls.append(("volume_rm", tuple(names)))
+        engine.volumes = []  # the watchdog's removal of its container and volume completes
+        raise docker.DockerError(
+            "docker volume failed", stderr="Error: remove dead-sockets: volume is in use - [c1]"
+        )
+
+    monkeypatch.setattr(docker, "volume_rm", in_use)
+    plan = DockerBackend().cleanup_plan(set())
+    assert plan.items == (("volume", "dead-sockets (bottle dead)"),)
+    assert DockerBackend().cleanup(plan) == []
+
+
+def test_cleanup_reports_what_stays(
+    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    monkeypatch.setattr(docker_cleanup, "SETTLE_TIMEOUT", 0.5)
+    engine.volumes = [_row("stuck", "dead", "d1", label=state_label())]
+    engine.broken = {"stuck"}
+    problems = DockerBackend().cleanup(DockerBackend().cleanup_plan(set()))
+    assert problems == ["could not remove volume stuck: docker volume_rm failed: device busy"]
 
 
 SHARED = {

@@ -7,12 +7,14 @@ subpackages implement them and register themselves in `registry`.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
+from claude_bottle import state
 from claude_bottle.bottle_env import injected_env
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.settings import BundleSettings, InjectionSpec, Pin, RuleSpec
@@ -556,6 +558,69 @@ class AgentImages(abc.ABC):
         `base_ref`, `[docker] base_image`, when given); their tags."""
 
 
+class RecordFields(Protocol):
+    """A backend's own fields of its bottles' records: a NamedTuple of its own."""
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
+class BottleRecord(NamedTuple):  # not a dataclass: see bundle/settings.py
+    """What every backend records of a launched bottle (bottle.json, `state`): `ls`,
+    `stop`, `resume` and `cleanup` read these; a backend adds fields of its own."""
+
+    name: str
+    backend: str
+    workspace: str
+    created: float
+    status: str
+    detached: bool
+    processes: dict[str, dict[str, int]]  # role -> process ref (`state.process_ref`)
+    runtime_dir: str
+    control_socket: str
+    env: dict[str, str]
+    command: list[str]
+
+    @classmethod
+    def launched(
+        cls,
+        plan: BottlePlan,
+        *,
+        detached: bool,
+        processes: dict[str, dict[str, int]],
+        runtime_dir: Path,
+        control_socket: str,
+    ) -> BottleRecord:
+        return cls(
+            name=plan.name,
+            backend=plan.backend,
+            workspace=plan.workspace,
+            created=time.time(),
+            status="running",
+            detached=detached,
+            processes=processes,
+            runtime_dir=str(runtime_dir),
+            control_socket=control_socket,
+            env=plan.env,
+            command=list(plan.command),
+        )
+
+    def write(self, own: RecordFields) -> None:
+        """Record the bottle with the backend's own fields beside these."""
+        state.write_record(self.name, {**self._asdict(), **own._asdict()})
+
+
+def _nothing() -> None:
+    return None
+
+
+class Launched(NamedTuple):
+    """What a backend's `start` made: the running bottle, and what to do when the bottle
+    is detached (it outlives the launch, so the launch's undo is dropped)."""
+
+    bottle: Bottle
+    on_detach: Callable[[], None] = _nothing
+
+
 class BottleBackend(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
@@ -582,9 +647,25 @@ class BottleBackend(abc.ABC):
     def plan(self, request: LaunchRequest) -> BottlePlan:
         """Resolve the request into a plan without side effects."""
 
+    @contextlib.contextmanager
+    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+        """Create every resource (all-or-nothing) and yield the running bottle; tear it
+        all down after, unless its command was started detached."""
+        with contextlib.ExitStack() as stack:
+            launched = self.start(plan, stack)
+            try:
+                yield launched.bottle
+            finally:
+                if launched.bottle.detached:
+                    stack.pop_all()  # a detached bottle outlives this process
+                    launched.on_detach()
+                else:
+                    state.update_record(plan.name, processes={})
+
     @abc.abstractmethod
-    def launch(self, plan: BottlePlan) -> AbstractContextManager[Bottle]:
-        """Create every resource (all-or-nothing) and yield the running bottle."""
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
+        """Create the bottle's resources, each registering its undo on `stack` as it is
+        made, and record the bottle (`BottleRecord`); what runs."""
 
     @abc.abstractmethod
     def attach(self, record: dict[str, Any]) -> Bottle:

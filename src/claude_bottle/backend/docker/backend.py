@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from claude_bottle.backend.base import (
     BottleBackend,
     BottlePlan,
     CleanupPlan,
+    Launched,
     LaunchRequest,
     common_plan_fields,
 )
@@ -371,21 +372,12 @@ class DockerBackend(BottleBackend):
 
     # --- launch ---------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
         from claude_bottle.backend.docker import launch
 
         assert isinstance(plan, DockerBottlePlan)
-        with contextlib.ExitStack() as stack:
-            bottle, watchdog = launch.start(plan, stack, preflight=self.preflight)
-            try:
-                yield bottle
-            finally:
-                if bottle.detached:
-                    stack.pop_all()  # a detached bottle outlives this process
-                    watchdog.release("detach")
-                else:
-                    state.update_record(plan.name, processes={})
+        bottle, watchdog = launch.start(plan, stack, preflight=self.preflight)
+        return Launched(bottle, on_detach=lambda: watchdog.release("detach"))
 
     def attach(self, record: dict[str, Any]) -> Bottle:
         from claude_bottle.backend.docker.bottle import DockerBottle

@@ -133,6 +133,8 @@ def _finish_killed_launches(live_names: frozenset[str], problems: list[str]) -> 
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while True:
         left = orphans.find(label, names)
+        if not left and not problems:
+            return []  # the removal went through, and no killed launch may add to it
         if all(o.attached for o in left):
             try:
                 again = _leftovers(label, names)

@@ -30,9 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-from claude_bottle import paths, state, workspace_guard
-from claude_bottle.backend.base import BundlePlaces
+from claude_bottle import cgroups, paths, state, workspace_guard
+from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
@@ -61,6 +62,18 @@ from claude_bottle.git_identity import seed_git_identity
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
+
+
+class DockerRecord(NamedTuple):
+    """A docker bottle's own fields in its record (`BottleRecord`)."""
+
+    placement: str  # where its bundle ran: host or container
+    containers: dict[str, str]  # role -> container name
+    network: str | None
+    volume: str | None
+    labels: dict[str, str]  # the launch's labels: `cleanup` tells its launches apart
+    exec_socket: str
+    bundle_cgroup: dict[str, object] | None  # a host bundle's (`cgroups.record_of`)
 
 
 # --- running things side by side ------------------------------------------------------
@@ -405,28 +418,22 @@ def start(
     if plan.bundle is not None:
         containers["bundle"] = plan.bundle.container
     exec_socket = runtime / "exec" / "exec.sock"
-    state.write_record(
-        plan.name,
-        {
-            "name": plan.name,
-            "backend": plan.backend,
-            "workspace": plan.workspace,
-            "created": time.time(),
-            "status": "running",
-            "detached": plan.detach,
-            "placement": plan.placement,
-            "processes": processes,
-            "containers": containers,
-            "network": plan.network,
-            "volume": plan.volume,
-            "labels": labels,
-            "runtime_dir": str(runtime),
-            "control_socket": str(runtime / "control" / "control.sock"),
-            "exec_socket": str(exec_socket),
-            "env": plan.env,
-            "command": list(plan.command),
-            "bundle_cgroup": None if plan.bundle_cgroup is None else plan.bundle_cgroup._asdict(),
-        },
+    BottleRecord.launched(
+        plan,
+        detached=plan.detach,
+        processes=processes,
+        runtime_dir=runtime,
+        control_socket=str(runtime / "control" / "control.sock"),
+    ).write(
+        DockerRecord(
+            placement=plan.placement,
+            containers=containers,
+            network=plan.network,
+            volume=plan.volume,
+            labels=labels,
+            exec_socket=str(exec_socket),
+            bundle_cgroup=cgroups.record_of(plan.bundle_cgroup),
+        )
     )
     bottle = DockerBottle(
         plan.name,

@@ -11,17 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from claude_bottle import cgroups, paths, state, workspace_guard
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
     BottlePlan,
+    BottleRecord,
     BundlePlaces,
     CleanupPlan,
+    Launched,
     LaunchRequest,
     common_plan_fields,
 )
@@ -95,6 +96,15 @@ def _python() -> tuple[str, Path]:
     """The interpreter running claude-bottle (real file, not a venv shim) and its stdlib prefix."""
     base = getattr(sys, "_base_executable", sys.executable)
     return os.path.realpath(base), Path(sys.base_prefix).resolve()
+
+
+class NamespaceRecord(NamedTuple):
+    """A namespace bottle's own fields in its record (`BottleRecord`)."""
+
+    exec_socket: str
+    cgroup: dict[str, object] | None  # `cgroups.record_of`
+    bundle_cgroup: dict[str, object] | None
+    cgroup_counters: dict[str, object] | None  # where its counters are read (limits hit)
 
 
 class NamespaceBackend(BottleBackend):
@@ -219,23 +229,14 @@ class NamespaceBackend(BottleBackend):
 
     # --- launch ---------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
         assert isinstance(plan, NamespaceBottlePlan)
         # Whether user namespaces work is learnt from the launch itself (a probe would cost
         # a bwrap run on every start); `_start` explains a failure with the probe.
         problems = _installation_problems()
         if problems:
             raise MissingDependency("; ".join(problems))
-        with contextlib.ExitStack() as stack:
-            bottle = self._start(plan, stack)
-            try:
-                yield bottle
-            finally:
-                if bottle.detached:
-                    stack.pop_all()  # a detached bottle outlives this process
-                else:
-                    state.update_record(plan.name, processes={})
+        return Launched(self._start(plan, stack))
 
     def _start(self, plan: NamespaceBottlePlan, stack: contextlib.ExitStack) -> NamespaceBottle:
         state_dir = paths.make_private_dir(Path(plan.state_dir))
@@ -334,25 +335,19 @@ class NamespaceBackend(BottleBackend):
             "bundle": state.process_ref(bundle.pid),
             "bottle": state.process_ref(relay_pid),
         }
-        state.write_record(
-            plan.name,
-            {
-                "name": plan.name,
-                "backend": self.name,
-                "workspace": plan.workspace,
-                "created": time.time(),
-                "status": "running",
-                "detached": detach,
-                "processes": processes,
-                "runtime_dir": str(runtime),
-                "control_socket": settings.control_socket,
-                "exec_socket": str(exec_socket),
-                "env": plan.env,
-                "command": list(plan.command),
-                "cgroup": cgroups.record_of(plan.confinement.cgroup),
-                "bundle_cgroup": cgroups.record_of(bundle_group),
-                "cgroup_counters": cgroups.record_of(group),
-            },
+        BottleRecord.launched(
+            plan,
+            detached=detach,
+            processes=processes,
+            runtime_dir=runtime,
+            control_socket=settings.control_socket,
+        ).write(
+            NamespaceRecord(
+                exec_socket=str(exec_socket),
+                cgroup=cgroups.record_of(plan.confinement.cgroup),
+                bundle_cgroup=cgroups.record_of(bundle_group),
+                cgroup_counters=cgroups.record_of(group),
+            )
         )
         return NamespaceBottle(
             plan.name,

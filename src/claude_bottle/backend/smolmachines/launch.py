@@ -16,9 +16,10 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from claude_bottle import paths, state, workspace_guard
-from claude_bottle.backend.base import BundlePlaces
+from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
 from claude_bottle.backend.smolmachines.bottle_plan import (
@@ -40,6 +41,19 @@ from claude_bottle.limits import MIB
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
 SpawnBundle = Callable[..., PendingBundle]
+
+
+class SmolmachinesRecord(NamedTuple):
+    """A smolmachines bottle's own fields in its record (`BottleRecord`)."""
+
+    machine: str
+    smolvm: str  # the binary that made the machine: `stop` and `cleanup` use the same one
+    smolvm_source: str
+    subnet: str
+    user: str
+    network: str
+
+
 PackImage = Callable[[str, str], Path]
 
 
@@ -72,7 +86,6 @@ def launch_bottle(
     stack: contextlib.ExitStack,
     binary: SmolvmBinary,
     *,
-    backend: str = "smolmachines",
     pack_image: PackImage | None = None,
     bundle_spawner: SpawnBundle = spawn_bundle,
 ) -> SmolmachinesBottle:
@@ -145,27 +158,21 @@ def launch_bottle(
     vmm = next((m for m in smolvm.machine_ls(exe) if m.name == plan.machine), None)
     if vmm is not None and vmm.pid is not None:
         processes["bottle"] = state.process_ref(vmm.pid)
-    state.write_record(
-        plan.name,
-        {
-            "name": plan.name,
-            "backend": backend,
-            "workspace": plan.workspace,
-            "created": time.time(),
-            "status": "running",
-            "detached": plan.detach,
-            "processes": processes,
-            "runtime_dir": str(runtime),
-            "control_socket": str(stage.control_socket),
-            "env": plan.env,
-            "command": list(plan.command),
-            "machine": plan.machine,
-            "smolvm": exe,
-            "smolvm_source": binary.source,
-            "subnet": plan.subnet,
-            "user": plan.user,
-            "network": plan.network,
-        },
+    BottleRecord.launched(
+        plan,
+        detached=plan.detach,
+        processes=processes,
+        runtime_dir=runtime,
+        control_socket=str(stage.control_socket),
+    ).write(
+        SmolmachinesRecord(
+            machine=plan.machine,
+            smolvm=exe,
+            smolvm_source=binary.source,
+            subnet=plan.subnet,
+            user=plan.user,
+            network=plan.network,
+        )
     )
     return SmolmachinesBottle(
         plan.name,
