@@ -20,7 +20,13 @@ from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.settings import BundleSettings, InjectionSpec, Pin, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
-from claude_bottle.git_identity import GateRewrite, GitIdentity, gate_url, host_git_identity
+from claude_bottle.git_identity import (
+    GateRewrite,
+    GitIdentity,
+    gate_url,
+    host_git_identity,
+    seed_git_identity,
+)
 from claude_bottle.limits import LimitsPlan
 from claude_bottle.plan import PlanSection, Printable
 from claude_bottle.workspace_guard import GuardPlan, plan_guard
@@ -196,6 +202,17 @@ class BottlePlan(Printable):
             "egress_rules": self.egress_rules,
             "injections": self.injections,
         }
+
+    def seed_home(self, bottle_home: Path, host_home: Path) -> None:
+        """What every backend writes before the bottle starts: Claude Code's state in the
+        bottle's home (`bottle_home`, a host directory), the workspace guard's own .git,
+        and ~/.gitconfig (identity, the git gate's rewrites where this backend serves it)."""
+        from claude_bottle import workspace_guard
+        from claude_bottle.claude_home import seed_claude_home
+
+        seed_claude_home(bottle_home, host_home, Path(self.workspace))
+        workspace_guard.prepare(self.workspace_guard)
+        seed_git_identity(bottle_home, self.git_identity, self.git_rewrites)
 
     def bundle_settings(
         self, places: BundlePlaces, injections: tuple[InjectionSpec, ...] | None = None

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from claude_bottle import cgroups, paths, state, workspace_guard
+from claude_bottle import cgroups, paths, state
 from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
@@ -56,9 +56,7 @@ from claude_bottle.backend.docker.bottle_plan import (
 from claude_bottle.bottle_env import SECRET_NAME
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
-from claude_bottle.git_identity import seed_git_identity
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
@@ -396,9 +394,7 @@ def start(
     for sub in ("exec", "control"):
         (runtime / sub).mkdir(mode=0o700)
     home = paths.make_private_dir(Path(plan.agent.home_source))
-    seed_claude_home(home, Path(plan.agent.home), Path(plan.workspace))
-    workspace_guard.prepare(plan.workspace_guard)
-    seed_git_identity(home, plan.git_identity)
+    plan.seed_home(home, Path(plan.agent.home))
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     _write_seccomp_profile(Path(plan.agent.seccomp_profile), plan.nested_sandbox)
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from claude_bottle import cgroups, paths, state, workspace_guard
+from claude_bottle import cgroups, paths, state
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -44,9 +44,7 @@ from claude_bottle.backend.namespace.toolchain import (
 )
 from claude_bottle.bottle_env import NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
-from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
-from claude_bottle.git_identity import seed_git_identity
 from claude_bottle.host_secrets import grant_read_only
 from claude_bottle.workspace_guard import GitMount
 
@@ -256,9 +254,7 @@ class NamespaceBackend(BottleBackend):
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         for path in readable:
             os.chmod(path, 0o644)
-        seed_claude_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home), Path(plan.workspace))
-        workspace_guard.prepare(plan.workspace_guard)
-        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity, plan.git_rewrites)
+        plan.seed_home(Path(plan.bwrap.home_source), Path(plan.bwrap.home))
 
         settings = plan.bundle_settings(
             BundlePlaces(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from claude_bottle import paths, state, workspace_guard
+from claude_bottle import paths, state
 from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
@@ -33,9 +33,7 @@ from claude_bottle.backend.smolmachines.bottle_plan import (
 from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack, write_stage
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
 from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
-from claude_bottle.claude_home import seed_claude_home
 from claude_bottle.errors import ConfigError, LaunchError
-from claude_bottle.git_identity import seed_git_identity
 from claude_bottle.limits import MIB
 
 READY_TIMEOUT = 60.0
@@ -114,9 +112,7 @@ def launch_bottle(
     stack.callback(shutil.rmtree, runtime, True)
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
-    seed_claude_home(Path(plan.home_source), Path.home(), Path(plan.workspace))
-    workspace_guard.prepare(plan.workspace_guard)
-    seed_git_identity(Path(plan.home_source), plan.git_identity)
+    plan.seed_home(Path(plan.home_source), Path.home())
 
     pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 
