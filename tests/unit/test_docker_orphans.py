@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +30,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., int]]:
     pids: list[int] = []
     parents: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, orphaned: bool = True) -> int:
-        argv = [sys.executable, "run", *args]
+    def start(*args: str, orphaned: bool = True, prefix: tuple[str, ...] = ()) -> int:
+        argv = [*prefix, sys.executable, "run", *args]
         child = f"import subprocess; p = subprocess.Popen({argv!r}); print(p.pid, flush=True)"
         if not orphaned:
             child += "; p.wait()"
@@ -88,3 +89,35 @@ def test_live_bottles_other_state_roots_and_live_launches_are_not_waited_for(
     assert live_cli_child not in pids  # its CLI runs: a launch in progress
     assert other_root not in pids
     assert len(pids) == 1
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare is missing")
+def test_a_process_in_another_pid_namespace_is_never_waited_for(tmp_path: Path) -> None:
+    """A bottle's processes live in a pid namespace of their own: one that names our
+    labels in its command line cannot make `cleanup` wait for it."""
+    (tmp_path / "run").write_text(SLEEPER)
+    inner = tmp_path / "inner.sh"  # the labels are in the inner process's argv alone
+    inner.write_text(f"exec {sys.executable} run --detach {' '.join(LABELS)}\n")
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    wrapper = subprocess.Popen(
+        ["unshare", *user, "--pid", "--fork", "--kill-child", "/bin/sh", str(inner)],
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        inside = None
+        while inside is None:
+            if wrapper.poll() is not None:
+                pytest.skip("cannot make a pid namespace here")
+            assert time.monotonic() < deadline
+            children = Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text()
+            for pid in children.split():
+                if b"abc123" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    inside = int(pid)
+            time.sleep(0.01)
+        assert os.readlink(f"/proc/{inside}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        assert inside not in {o.pid for o in orphans.find("abc123", set())}
+    finally:
+        wrapper.kill()
+        wrapper.wait(10)

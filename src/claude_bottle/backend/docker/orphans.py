@@ -6,7 +6,9 @@ is removing, or removes a volume before the container that uses it is gone ("vol
 use"), or misses a container created after it listed. So it waits for them first (the
 watchdog's teardown takes seconds), and lists again once they are done.
 
-A process is one of ours when its command line carries this state root's label (the
+A process is one of ours when it runs as us in this host's pid namespace (a bottle's
+processes are in one of their own, so a bottle cannot make `cleanup` wait by naming our
+labels in its command lines) and its command line carries this state root's label (the
 engine clients pass `--label`, the watchdog the launch's labels as JSON); it belongs to a
 killed launch when its bottle is not live and its parent is no longer a claude-bottle
 process (the CLI that started it died: it was handed to init).
@@ -72,11 +74,19 @@ def _launched_by_a_live_cli(pid_dir: Path, proc: Path) -> bool:
 def find(state_label: str, live_names: set[str], proc: Path = Path("/proc")) -> list[Orphan]:
     """This state root's processes of killed launches whose bottles are not live."""
     found = []
+    try:
+        own_namespace = os.readlink(proc / "self" / "ns" / "pid")
+    except OSError:
+        return []
     for entry in os.scandir(proc):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         pid_dir = Path(entry.path)
         try:
+            if pid_dir.stat().st_uid != os.getuid():
+                continue
+            if os.readlink(pid_dir / "ns" / "pid") != own_namespace:
+                continue  # a bottle's process (or a container's): never a launch's client
             with (pid_dir / "cmdline").open("rb") as handle:
                 argv = handle.read(MAX_ARGV).split(b"\0")
         except OSError:
