@@ -214,17 +214,21 @@ class BottlePlan(Printable):
         workspace_guard.prepare(self.workspace_guard)
         seed_git_identity(bottle_home, self.git_identity, self.git_rewrites)
 
-    def bundle_settings(
-        self, places: BundlePlaces, injections: tuple[InjectionSpec, ...] | None = None
-    ) -> BundleSettings:
+    def bundle_settings(self, places: BundlePlaces, **seen_otherwise: Any) -> BundleSettings:
         """This plan's bundle settings: its policy (`bundle_policy`), the launch's places,
-        and the git gate where the launch gives it a socket. `injections`: the secrets'
-        specs as this bundle reads them, when not where the plan says (a container)."""
-        policy = self.bundle_policy()
-        if injections is not None:
-            policy["injections"] = injections
+        and the git gate where the launch gives it a socket. `seen_otherwise`: settings
+        as this bundle sees them where that is not as the host does (a bundle container
+        reads the injected secrets from its environment file, say)."""
         gate = self.git_gate_settings() if places.git_socket else {}
-        return BundleSettings(**policy, bottle=self.name, **places._asdict(), **gate)
+        return BundleSettings(
+            **{
+                **self.bundle_policy(),
+                "bottle": self.name,
+                **places._asdict(),
+                **gate,
+                **seen_otherwise,
+            }
+        )
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
