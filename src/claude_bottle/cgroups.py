@@ -162,6 +162,27 @@ def _root_label(state_root: Path) -> str:
     return f"{zlib.crc32(str(state_root.resolve()).encode()):08x}"
 
 
+def record_of(group: BottleCgroup | None) -> dict[str, object] | None:
+    """The cgroup as the state record keeps it, for `stop`, `resume` and `cleanup`."""
+    return None if group is None else group._asdict()
+
+
+def from_record(raw: object) -> BottleCgroup | None:
+    """The cgroup a state record names; None unless every directory is a bottle cgroup."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        dirs = tuple((str(c), str(d)) for c, d in raw["dirs"])
+        group = BottleCgroup(
+            int(raw["version"]), dirs, int(raw["memory"]), int(raw["pids"]), raw.get("cpus")
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(is_bottle_cgroup(d) for _, d in group.dirs):
+        return None
+    return group
+
+
 def for_bottle(host: CgroupHost, name: str, limits: Limits) -> BottleCgroup | None:
     """The cgroup named `name` (`group_name`) on `host` (None: systemd or no cgroup)."""
     if host.kind not in ("v1", "v2"):

@@ -52,12 +52,19 @@ def _bundle_container_unless_said(bottle_env: BottleEnv) -> None:
     bottle_env.docker_bundle = "container"
 
 
+# This test's state-root label: other suites on this machine run bottles of the same
+# names, so what a test looks for is what carries its own state root's label too.
+_own_state: list[str] = []
+
+
 @pytest.fixture(autouse=True)
 def _remove_what_a_failed_test_left(bottle_env: BottleEnv) -> Iterator[None]:
     """Tests must not leak into each other: after each, remove what carries its state label."""
-    yield
     root = str((bottle_env.root / "state").resolve())
     label = f"claude-bottle.state={hashlib.sha256(root.encode()).hexdigest()[:12]}"
+    _own_state[:] = [label]
+    yield
+    _own_state.clear()
     for ls, rm in (
         (["ps", "--all", "--quiet"], ["rm", "--force"]),
         (["network", "ls", "--quiet"], ["network", "rm"]),
@@ -75,14 +82,16 @@ def _docker(*args: str) -> str:
 
 
 def _labelled(kind: str, name: str) -> list[str]:
-    """Names of every container / network / volume labelled with this bottle's name."""
+    """Names of every container / network / volume labelled with this bottle's name (and
+    this test's state root)."""
     fmt = {"container": "{{.Names}}", "network": "{{.Name}}", "volume": "{{.Name}}"}[kind]
     args = {
         "container": ["ps", "--all"],
         "network": ["network", "ls"],
         "volume": ["volume", "ls"],
     }[kind]
-    out = _docker(*args, "--filter", f"label={LABEL}={name}", "--format", fmt)
+    own = [arg for label in _own_state for arg in ("--filter", f"label={label}")]
+    out = _docker(*args, "--filter", f"label={LABEL}={name}", *own, "--format", fmt)
     return out.split()
 
 

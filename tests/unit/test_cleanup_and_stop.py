@@ -197,3 +197,25 @@ def test_a_runtime_dir_replaced_by_a_link_is_removed_as_a_link(tmp_path: Path) -
     commands.cleanup(dry_run=False, records=False)
     assert not (paths.runtime_root() / "gone").is_symlink()
     assert (precious / "keep").read_text() == "x"
+
+
+@pytest.mark.parametrize(("args", "images"), [([], False), (["--images"], True)])
+def test_cleanup_asks_backends_for_images_only_with_images(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], images: bool
+) -> None:
+    from click.testing import CliRunner
+
+    from claude_bottle.backend.base import CleanupPlan
+    from claude_bottle.cli.main import cli
+
+    asked: list[bool] = []
+
+    class Recording(NamespaceBackend):
+        def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
+            asked.append(images)
+            return CleanupPlan(self.name, ())
+
+    monkeypatch.setattr(registry, "get", lambda name: Recording())
+    result = CliRunner().invoke(cli, ["cleanup", *args])
+    assert result.exit_code == 0, result.output
+    assert asked == [images]

@@ -219,7 +219,6 @@ def test_image_build_builds_on_the_configured_base(
 ) -> None:
     from click.testing import CliRunner
 
-    from claude_bottle.backend.docker import backend
     from claude_bottle.cli.main import cli
 
     config = tmp_path / "config.toml"
@@ -229,11 +228,11 @@ def test_image_build_builds_on_the_configured_base(
     monkeypatch.chdir(tmp_path / "ws")
     asked: list[str | None] = []
 
-    def fake_build(rebuild: bool = False, base_image: str | None = None) -> list[str]:
-        asked.append(base_image)
+    def fake_build(self: images.DockerImages, *, rebuild: bool, base_ref: str | None) -> list[str]:
+        asked.append(base_ref)
         return ["claude-bottle-agent:0123456789abcdef"]
 
-    monkeypatch.setattr(backend, "image_build", fake_build)
+    monkeypatch.setattr(images.DockerImages, "build", fake_build)
     result = CliRunner().invoke(cli, ["image", "build"])
     assert result.exit_code == 0, result.output
     assert asked == ["team:1"] and "claude-bottle-agent:0123456789abcdef" in result.output

@@ -23,6 +23,7 @@ import pytest
 from claude_bottle import state
 from claude_bottle.backend.base import CleanupPlan, LaunchRequest
 from claude_bottle.backend.docker import backend as docker_backend
+from claude_bottle.backend.docker import cleanup as docker_cleanup
 from claude_bottle.backend.docker import docker, images, launch, network
 from claude_bottle.backend.docker.backend import (
     DockerBackend,
@@ -76,7 +77,7 @@ class FakeEngine:
         monkeypatch.setattr(
             docker, "volume_ls", lambda labels: self._matching(self.volumes, labels)
         )
-        monkeypatch.setattr(docker, "image_ls", lambda labels: list(self.images))
+        monkeypatch.setattr(docker, "image_ls", lambda labels: self._matching(self.images, labels))
         monkeypatch.setattr(docker, "network_inspect", lambda name: self.shared.get(name))
         monkeypatch.setattr(docker, "image_rm", lambda refs: self._act("image_rm", list(refs)))
 
@@ -329,6 +330,38 @@ def test_cleanup_plan_lists_orphans_and_stale_launches_of_live_bottles(
     assert all("other-users-agent" not in names for _, names in engine.calls)
 
 
+def test_cleanup_that_lost_a_race_to_the_watchdog_exits_clean_once_all_is_gone(
+    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after `kill -9`, the killed launch's watchdog removes the same things: a
+    removal that fails because it is removing them too is no failure once they are gone."""
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    engine.volumes = [_row("dead-sockets", "dead", "d1", label=state_label())]
+
+    def in_use(names: list[str]) -> None:
+        engine.calls.append(("volume_rm", tuple(names)))
+        engine.volumes = []  # the watchdog's removal of its container and volume completes
+        raise docker.DockerError(
+            "docker volume failed", stderr="Error: remove dead-sockets: volume is in use - [c1]"
+        )
+
+    monkeypatch.setattr(docker, "volume_rm", in_use)
+    plan = DockerBackend().cleanup_plan(set())
+    assert plan.items == (("volume", "dead-sockets (bottle dead)"),)
+    assert DockerBackend().cleanup(plan) == []
+
+
+def test_cleanup_reports_what_stays(
+    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
+    monkeypatch.setattr(docker_cleanup, "SETTLE_TIMEOUT", 0.5)
+    engine.volumes = [_row("stuck", "dead", "d1", label=state_label())]
+    engine.broken = {"stuck"}
+    problems = DockerBackend().cleanup(DockerBackend().cleanup_plan(set()))
+    assert problems == ["could not remove volume stuck: docker volume_rm failed: device busy"]
+
+
 SHARED = {
     "Name": "claude-bottle",
     "Driver": "bridge",
@@ -392,30 +425,50 @@ def test_a_network_of_that_name_we_did_not_make_is_refused(engine: FakeEngine) -
         network.ensure()
 
 
-def test_cleanup_lists_our_images_built_from_older_inputs(
-    engine: FakeEngine, dirs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _image(ref: str, role: str | None) -> dict[str, Any]:
+    """A row of `docker image ls` (its labels are what the engine filters by)."""
+    repo, _, tag = ref.partition(":")
+    labels = f"{images.IMAGE_LABEL}={role}" if role else ""
+    return {"Repository": repo, "Tag": tag, "Size": "1GB", "Labels": labels}
+
+
+@pytest.fixture
+def image_rows(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Our current images, another tree's, a lookalike we did not build, and a base image."""
     monkeypatch.setattr(docker_backend.shutil, "which", lambda name: "/usr/bin/docker")
     agent, bundle = images.agent_image().tag, images.bundle_image().tag
-
-    def image(ref: str) -> dict[str, Any]:
-        repo, _, tag = ref.partition(":")
-        return {"Repository": repo, "Tag": tag, "Size": "1GB"}
-
     engine.images = [
-        image(agent),
-        image(bundle),
-        image("claude-bottle-agent:0000000000000000"),
-        image("claude-bottle-bundle:1111111111111111"),
-        image("claude-bottle-bundle:<none>"),
-        image("debian:bookworm-slim"),
+        _image(agent, "agent"),
+        _image(bundle, "bundle"),
+        _image("claude-bottle-agent:0000000000000000", "agent"),  # another tree's, unused
+        _image("claude-bottle-bundle:1111111111111111", "bundle"),  # another tree's, in use
+        _image("claude-bottle-bundle:<none>", "bundle"),
+        _image("claude-bottle-agent:2222222222222222", None),  # same name, not built by us
+        _image("debian:bookworm-slim", None),
     ]
     engine.containers = [
         {"Names": "someone", "Image": "claude-bottle-bundle:1111111111111111", "Labels": ""}
     ]
+    return [agent, bundle]
+
+
+def test_cleanup_leaves_images_alone_unless_asked(
+    engine: FakeEngine, dirs: Path, image_rows: list[str]
+) -> None:
+    """Another source tree's or version's images on this engine are its cache, not a
+    leftover of ours: a plain `cleanup` lists and removes none."""
     plan = DockerBackend().cleanup_plan(set())
+    assert [kind for kind, _ in plan.items if kind == "image"] == []
+    assert DockerBackend().cleanup(plan) == []
+    assert [call for call in engine.calls if call[0] == "image_rm"] == []
+
+
+def test_cleanup_images_removes_only_our_unused_images_of_other_inputs(
+    engine: FakeEngine, dirs: Path, image_rows: list[str]
+) -> None:
+    plan = DockerBackend().cleanup_plan(set(), images=True)
     assert plan.items == (
-        ("image", "claude-bottle-agent:0000000000000000 (1GB, built from older inputs)"),
+        ("image", "claude-bottle-agent:0000000000000000 (1GB, built from other inputs)"),
     )
     assert DockerBackend().cleanup(plan) == []
     assert engine.calls == [("image_rm", ("claude-bottle-agent:0000000000000000",))]

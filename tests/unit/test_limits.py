@@ -260,10 +260,10 @@ def test_only_bottle_cgroups_may_be_removed_from_a_record() -> None:
     assert not cgroups.is_bottle_cgroup("/sys/fs/cgroup/pids/claude-bottle/../../x")
     assert not cgroups.is_bottle_cgroup("/home/me/claude-bottle/x")
     raw = {"version": 1, "dirs": [["pids", "/etc"]], "memory": 1, "pids": 1, "cpus": None}
-    assert ns_limits.from_record(raw) is None
+    assert cgroups.from_record(raw) is None
     raw["dirs"] = [["pids", "/sys/fs/cgroup/pids/claude-bottle/x"]]
-    assert ns_limits.from_record(raw) is not None
-    assert ns_limits.from_record("junk") is None
+    assert cgroups.from_record(raw) is not None
+    assert cgroups.from_record("junk") is None
 
 
 # -- the namespace backend's other mechanisms -----------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from typing import cast
 
-from claude_bottle.backend.namespace.bottle import _DeferredSignals
+from claude_bottle.backend.relay_exec import _DeferredSignals
 from claude_bottle.execproto import ExecSession
 
 

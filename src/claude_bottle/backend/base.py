@@ -7,15 +7,17 @@ subpackages implement them and register themselves in `registry`.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
+from claude_bottle import state
 from claude_bottle.bottle_env import injected_env
 from claude_bottle.bundle.git_policy import GateRemote
-from claude_bottle.bundle.settings import InjectionSpec, Pin, RuleSpec
+from claude_bottle.bundle.settings import BundleSettings, InjectionSpec, Pin, RuleSpec
 from claude_bottle.config.model import Config, GatewayConfig, GitRemote
 from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import (
@@ -24,10 +26,14 @@ from claude_bottle.git_identity import (
     gate_config_env,
     gate_url,
     host_git_identity,
+    seed_git_identity,
 )
 from claude_bottle.limits import LimitsPlan
 from claude_bottle.plan import PlanSection, Printable
 from claude_bottle.workspace_guard import GuardPlan, plan_guard
+
+if TYPE_CHECKING:
+    from claude_bottle.claude_home import ToolHook
 
 
 class ExecResult(NamedTuple):  # not a dataclass: see bundle/settings.py
@@ -44,6 +50,23 @@ class LaunchRequest(NamedTuple):
     config: Config
     command: tuple[str, ...]
     detach: bool = False
+
+
+class BundlePlaces(NamedTuple):  # not a dataclass: see bundle/settings.py
+    """Where one launch's bundle finds its sockets, log and files, as the bundle sees them
+    (host paths, or paths in its container): all a launch adds to the plan's policy."""
+
+    proxy_socket: str
+    control_socket: str
+    gateway_socket: str
+    audit_log: str
+    ca_cert: str  # where the bundle publishes its CA certificate
+    ca_bundle: str | None  # the trust store it writes with its CA (TLS interception only)
+    upstream_ca_file: str | None
+    gateway_ca_file: str | None
+    anthropic_credential: str  # the credential's spec, as the bundle reads it
+    git_socket: str | None = None  # the git gate's, where this launch serves it
+    hook_socket: str | None = None  # Claude Code's tool-call hooks (advisory attribution)
 
 
 def _binary_size(size: int) -> str:
@@ -171,6 +194,34 @@ class BottlePlan(Printable):
             "egress_rules": self.egress_rules,
             "injections": self.injections,
         }
+
+    def seed_home(self, bottle_home: Path, host_home: Path, tool_hook: ToolHook) -> None:
+        """What every backend writes before the bottle starts: Claude Code's state in the
+        bottle's home (`bottle_home`, a host directory) with its tool-call hook run by
+        `tool_hook`'s interpreter, the workspace guard's own .git, and ~/.gitconfig (the
+        identity; the git gate's rewrites are the system config the bundle publishes)."""
+        from claude_bottle import workspace_guard
+        from claude_bottle.claude_home import seed_claude_home
+
+        seed_claude_home(bottle_home, host_home, Path(self.workspace), tool_hook)
+        workspace_guard.prepare(self.workspace_guard)
+        seed_git_identity(bottle_home, self.git_identity)
+
+    def bundle_settings(self, places: BundlePlaces, **seen_otherwise: Any) -> BundleSettings:
+        """This plan's bundle settings: its policy (`bundle_policy`), the launch's places,
+        and the git gate where the launch gives it a socket. `seen_otherwise`: settings
+        as this bundle sees them where that is not as the host does (a bundle container
+        reads the injected secrets from its environment file, say)."""
+        gate = self.git_gate_settings() if places.git_socket else {}
+        return BundleSettings(
+            **{
+                **self.bundle_policy(),
+                "bottle": self.name,
+                **places._asdict(),
+                **gate,
+                **seen_otherwise,
+            }
+        )
 
     def common_sections(self) -> list[PlanSection]:
         allow = ", ".join(self.egress_allow) or "(nothing)"
@@ -467,6 +518,8 @@ class Bottle(abc.ABC):
     name: str
     # Killed because the user asked twice (Ctrl-C, SIGTERM): its end is no failure to report.
     stopped_on_request: bool = False
+    # Its command was started with `start_detached`: the bottle outlives its launch.
+    detached: bool = False
 
     @abc.abstractmethod
     def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
@@ -500,6 +553,93 @@ class Bottle(abc.ABC):
         """One line per resource limit the bottle ran into (memory kills, refused forks)."""
         return []
 
+    def _stop_on_request(self) -> None:
+        """The user asked twice: kill the bottle, and say its end was asked for."""
+        self.stopped_on_request = True
+        self.kill()
+
+
+class AgentImages(abc.ABC):
+    """The container images bottles run, built with the docker client: the agent image a
+    backend runs or packs (a microVM is made from it too). The registry names the one
+    provider, so a backend that needs the image knows no other backend by name."""
+
+    @abc.abstractmethod
+    def agent_tag(self) -> str:
+        """The agent image's content tag now (OSError: its build inputs cannot be read)."""
+
+    @abc.abstractmethod
+    def ensure_agent(self, tag: str) -> None:
+        """Build the agent image if `tag` is its current tag and the engine lacks it."""
+
+    @abc.abstractmethod
+    def build(self, *, rebuild: bool, base_ref: str | None) -> list[str]:
+        """`claude-bottle image build`: make sure every image exists (the agent image on
+        `base_ref`, `[docker] base_image`, when given); their tags."""
+
+
+class RecordFields(Protocol):
+    """A backend's own fields of its bottles' records: a NamedTuple of its own."""
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
+class BottleRecord(NamedTuple):  # not a dataclass: see bundle/settings.py
+    """What every backend records of a launched bottle (bottle.json, `state`): `ls`,
+    `stop`, `resume` and `cleanup` read these; a backend adds fields of its own."""
+
+    name: str
+    backend: str
+    workspace: str
+    created: float
+    status: str
+    detached: bool
+    processes: dict[str, dict[str, int]]  # role -> process ref (`state.process_ref`)
+    runtime_dir: str
+    control_socket: str
+    env: dict[str, str]
+    command: list[str]
+
+    @classmethod
+    def launched(
+        cls,
+        plan: BottlePlan,
+        *,
+        detached: bool,
+        processes: dict[str, dict[str, int]],
+        runtime_dir: Path,
+        control_socket: str,
+    ) -> BottleRecord:
+        return cls(
+            name=plan.name,
+            backend=plan.backend,
+            workspace=plan.workspace,
+            created=time.time(),
+            status="running",
+            detached=detached,
+            processes=processes,
+            runtime_dir=str(runtime_dir),
+            control_socket=control_socket,
+            env=plan.env,
+            command=list(plan.command),
+        )
+
+    def write(self, own: RecordFields) -> None:
+        """Record the bottle with the backend's own fields beside these."""
+        state.write_record(self.name, {**self._asdict(), **own._asdict()})
+
+
+def _nothing() -> None:
+    return None
+
+
+class Launched(NamedTuple):
+    """What a backend's `start` made: the running bottle, and what to do when the bottle
+    is detached (it outlives the launch, so the launch's undo is dropped)."""
+
+    bottle: Bottle
+    on_detach: Callable[[], None] = _nothing
+
 
 class BottleBackend(abc.ABC):
     name: ClassVar[str]
@@ -527,9 +667,25 @@ class BottleBackend(abc.ABC):
     def plan(self, request: LaunchRequest) -> BottlePlan:
         """Resolve the request into a plan without side effects."""
 
+    @contextlib.contextmanager
+    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+        """Create every resource (all-or-nothing) and yield the running bottle; tear it
+        all down after, unless its command was started detached."""
+        with contextlib.ExitStack() as stack:
+            launched = self.start(plan, stack)
+            try:
+                yield launched.bottle
+            finally:
+                if launched.bottle.detached:
+                    stack.pop_all()  # a detached bottle outlives this process
+                    launched.on_detach()
+                else:
+                    state.update_record(plan.name, processes={})
+
     @abc.abstractmethod
-    def launch(self, plan: BottlePlan) -> AbstractContextManager[Bottle]:
-        """Create every resource (all-or-nothing) and yield the running bottle."""
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
+        """Create the bottle's resources, each registering its undo on `stack` as it is
+        made, and record the bottle (`BottleRecord`); what runs."""
 
     @abc.abstractmethod
     def attach(self, record: dict[str, Any]) -> Bottle:
@@ -540,8 +696,9 @@ class BottleBackend(abc.ABC):
         """Stop a bottle from its state record (it may have been launched by another process)."""
 
     @abc.abstractmethod
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
-        """Leftovers of bottles that are not in `live_names`."""
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
+        """Leftovers of bottles that are not in `live_names`; with `images`, also our
+        images built from other inputs than this installation's that nothing uses."""
 
     @abc.abstractmethod
     def cleanup(self, plan: CleanupPlan) -> list[str]:

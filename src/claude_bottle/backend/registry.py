@@ -11,7 +11,7 @@ from claude_bottle.errors import ConfigError
 # not even `typing`.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from claude_bottle.backend.base import BottleBackend
+    from claude_bottle.backend.base import AgentImages, BottleBackend
 
 # name -> "module:Class"; importing a backend is deferred until it is used.
 _BACKENDS: dict[str, str] = {
@@ -19,6 +19,10 @@ _BACKENDS: dict[str, str] = {
     "docker": "claude_bottle.backend.docker:DockerBackend",
     "smolmachines": "claude_bottle.backend.smolmachines:SmolmachinesBackend",
 }
+
+
+# Who builds the container images (`claude-bottle image build`, the microVM's agent image).
+_IMAGES = "claude_bottle.backend.docker.images:DockerImages"
 
 
 # Backends whose bundle is (or, for docker, usually is) a process on this host, started
@@ -41,6 +45,12 @@ def default_name() -> str:
     return "namespace" if sys.platform.startswith("linux") else "docker"
 
 
+def _load(target: str) -> type:
+    module_name, _, class_name = target.partition(":")
+    cls: type = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
 def get(name: str) -> BottleBackend:
     target = _BACKENDS.get(name)
     if target is None:
@@ -48,7 +58,11 @@ def get(name: str) -> BottleBackend:
             f"unknown backend {name!r}",
             f"choose one of: {', '.join(_BACKENDS)}",
         )
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    backend: BottleBackend = cls()
+    backend: BottleBackend = _load(target)()
     return backend
+
+
+def images() -> AgentImages:
+    """The container images' builder, for the CLI and for backends that run the image."""
+    provider: AgentImages = _load(_IMAGES)()
+    return provider

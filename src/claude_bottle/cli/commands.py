@@ -390,14 +390,14 @@ def list_bottles(as_json: bool) -> None:
         )
 
 
-def cleanup(dry_run: bool, records: bool) -> None:
+def cleanup(dry_run: bool, records: bool, *, images: bool = False) -> None:
     all_records = state.all_records()
     live = {str(r["name"]) for r in all_records if state.is_live(r)}
     problems: list[str] = []
     found = False
     for name in registry.names():
         backend = registry.get(name)
-        plan = backend.cleanup_plan(live)
+        plan = backend.cleanup_plan(live, images=images)
         if plan.items:
             found = True
             plan.print()

@@ -9,10 +9,11 @@ from typing import Any
 
 import click
 
+from claude_bottle.backend import registry
 from claude_bottle.errors import EXIT_USAGE, BottleError
 
 _RUN_OPTIONS = [
-    click.option("--backend", help="namespace | docker | smolmachines (default from config)"),
+    click.option("--backend", help=f"{' | '.join(registry.names())} (default from config)"),
     click.option(
         "--allow",
         "allow",
@@ -117,11 +118,17 @@ def stop(name: str | None, stop_all: bool) -> None:
 @click.option(
     "--records", is_flag=True, help="also delete the records (plan, audit log) of finished bottles"
 )
-def cleanup(dry_run: bool, records: bool) -> None:
+@click.option(
+    "--images",
+    is_flag=True,
+    help="also delete claude-bottle's container images built from other inputs than this "
+    "installation's (other versions or source trees) that no container uses",
+)
+def cleanup(dry_run: bool, records: bool, images: bool) -> None:
     """Remove leftovers of bottles that are not running."""
     from claude_bottle.cli import commands
 
-    commands.cleanup(dry_run, records)
+    commands.cleanup(dry_run, records, images=images)
 
 
 @cli.command()
@@ -228,7 +235,7 @@ def trust(workspace: str | None, revoke: bool, yes: bool) -> None:
 
 @cli.group()
 def image() -> None:
-    """Container images of the docker backend."""
+    """Container images the bottles run."""
 
 
 @image.command(name="build")
@@ -240,12 +247,10 @@ def image_build(rebuild: bool) -> None:
     image on `[docker] base_image` when the configuration here names one."""
     from pathlib import Path
 
-    from claude_bottle.backend import registry
-    from claude_bottle.backend.docker.backend import image_build as build
     from claude_bottle.config import load_config
 
     config = load_config(workspace=Path(os.getcwd()), known_backends=registry.names())
-    for tag in build(rebuild=rebuild, base_image=config.docker.base_image):
+    for tag in registry.images().build(rebuild=rebuild, base_ref=config.docker.base_image):
         click.echo(tag)
 
 

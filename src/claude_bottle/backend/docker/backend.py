@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +33,11 @@ from claude_bottle.backend.base import (
     BottleBackend,
     BottlePlan,
     CleanupPlan,
+    Launched,
     LaunchRequest,
     common_plan_fields,
 )
-from claude_bottle.backend.docker import docker, images, network, placement
+from claude_bottle.backend.docker import docker, images, placement
 from claude_bottle.backend.docker.bottle_plan import (
     CA_BUNDLE,
     CA_CERT,
@@ -58,6 +59,7 @@ from claude_bottle.backend.docker.network import SHARED_NETWORK
 from claude_bottle.bottle_env import DEFAULT_PATH, GATEWAY_PORT, RELAY_PORT, CaFiles, build_env
 from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
+from claude_bottle.host_secrets import grant_read_only
 from claude_bottle.limits import format_size, plan_with
 
 DISK = "a sized tmpfs at each of /tmp and /var/tmp"
@@ -253,8 +255,6 @@ class DockerBackend(BottleBackend):
     # --- plan -----------------------------------------------------------------
 
     def plan(self, request: LaunchRequest) -> DockerBottlePlan:
-        from claude_bottle.backend.namespace.toolchain import grant_read_only
-
         config = request.config
         if not request.command:
             raise ConfigError(
@@ -404,21 +404,12 @@ class DockerBackend(BottleBackend):
 
     # --- launch ---------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
         from claude_bottle.backend.docker import launch
 
         assert isinstance(plan, DockerBottlePlan)
-        with contextlib.ExitStack() as stack:
-            bottle, watchdog = launch.start(plan, stack, preflight=self.preflight)
-            try:
-                yield bottle
-            finally:
-                if bottle.detached:
-                    stack.pop_all()  # a detached bottle outlives this process
-                    watchdog.release("detach")
-                else:
-                    state.update_record(plan.name, processes={})
+        bottle, watchdog = launch.start(plan, stack, preflight=self.preflight)
+        return Launched(bottle, on_detach=lambda: watchdog.release("detach"))
 
     def attach(self, record: dict[str, Any]) -> Bottle:
         from claude_bottle.backend.docker.bottle import DockerBottle
@@ -446,87 +437,20 @@ class DockerBackend(BottleBackend):
 
     # --- cleanup --------------------------------------------------------------
 
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
-        if shutil.which(docker.DOCKER) is None:
-            return CleanupPlan(self.name, ())
-        labels = {LABEL_STATE: state_label()}
-        try:
-            containers = docker.ps(labels)
-            networks = docker.network_ls(labels)
-            volumes = docker.volume_ls(labels)
-        except docker.DockerError:
-            return CleanupPlan(self.name, ())  # no engine: nothing of ours can be running
-        live_instances = {}
-        for name in live_names:
-            record = state.read_record(name) or {}
-            live_instances[name] = (record.get("labels") or {}).get(LABEL_INSTANCE)
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
+        from claude_bottle.backend.docker import cleanup
 
-        def orphan(row: dict[str, Any]) -> str | None:
-            row_labels = docker.parse_labels(row.get("Labels"))
-            bottle = row_labels.get(LABEL_BOTTLE, "?")
-            if bottle in live_names and row_labels.get(LABEL_INSTANCE) == live_instances[bottle]:
-                return None
-            return bottle
-
-        items: list[tuple[str, str]] = []
-        items += _stale_images()
-        for row in containers:
-            bottle = orphan(row)
-            if bottle is not None:
-                state_text = row.get("State")
-                items.append(("container", f"{row.get('Names')} (bottle {bottle}, {state_text})"))
-        for kind, rows in (("network", networks), ("volume", volumes)):
-            for row in rows:
-                bottle = orphan(row)
-                if bottle is not None:
-                    items.append((kind, f"{row.get('Name')} (bottle {bottle})"))
-        if network.unused():
-            items.append(("network", f"{SHARED_NETWORK} (shared by bundle containers, unused)"))
-        return CleanupPlan(self.name, tuple(items))
+        return cleanup.plan(self.name, live_names, images=images)
 
     def cleanup(self, plan: CleanupPlan) -> list[str]:
-        found: dict[str, list[str]] = {
-            "agents": [],
-            "bundles": [],
-            "networks": [],
-            "volumes": [],
-            "images": [],
-        }
-        for kind, what in plan.items:
-            name = what.split()[0]
-            if kind == "container":
-                found["bundles" if name.endswith("-bundle") else "agents"].append(name)
-            elif kind in ("network", "volume", "image"):
-                found[f"{kind}s"].append(name)
-        from claude_bottle.backend.docker import launch
+        from claude_bottle.backend.docker import cleanup
 
-        shared = SHARED_NETWORK in found["networks"]
-        found["networks"] = [n for n in found["networks"] if n != SHARED_NETWORK]
-
-        problems = launch.teardown(
-            agents=found["agents"],
-            bundles=found["bundles"],
-            networks=found["networks"],
-            volumes=found["volumes"],
-        )
-        if shared:  # after the bottles' containers: it may be unused only now
-            problems += network.remove_if_unused()
-        for ref in found["images"]:
-            try:
-                docker.image_rm([ref])
-            except docker.DockerError as exc:
-                # A container started from it since it was listed: in use, so not stale.
-                in_use = "is using its referenced image" in exc.stderr
-                if not exc.missing and not in_use:
-                    problems.append(f"could not remove image {ref}: {exc.message}")
-        return problems
+        return cleanup.run(plan)
 
 
 def _stop_host_bundle(record: Mapping[str, Any]) -> None:
     """A host-process bundle (host placement) gets SIGTERM, so it writes its last audit
     record; its cgroup goes once it has stopped."""
-    from claude_bottle.backend.namespace.limits import from_record
-
     bundle = (record.get("processes") or {}).get("bundle")
     if record.get("placement") != placement.HOST or bundle is None:
         return
@@ -535,34 +459,12 @@ def _stop_host_bundle(record: Mapping[str, Any]) -> None:
     while state.process_alive(bundle) and time.monotonic() < deadline:
         time.sleep(0.02)
     state.signal_process(bundle, signal.SIGKILL)
-    group = from_record(record.get("bundle_cgroup"))
+    group = cgroups.from_record(record.get("bundle_cgroup"))
     if group is not None:
         cgroups.remove(group)
 
 
-def _stale_images() -> list[tuple[str, str]]:
-    """Our images built from older inputs that no container (anyone's) uses any more."""
-    try:
-        current = {images.agent_image().tag, images.bundle_image().tag}
-        rows = docker.image_ls({})
-        used = {str(row.get("Image")) for row in docker.ps({})}
-    except (OSError, docker.DockerError):
-        return []
-    stale = []
-    for row in rows:
-        repo, tag = str(row.get("Repository")), str(row.get("Tag"))
-        ref = f"{repo}:{tag}"
-        if repo not in (images.AGENT_REPO, images.BUNDLE_REPO) or tag == "<none>":
-            continue
-        if ref not in current and ref not in used:
-            stale.append(("image", f"{ref} ({row.get('Size')}, built from older inputs)"))
-    return stale
-
-
 def image_build(rebuild: bool = False, base_image: str | None = None) -> list[str]:
-    """`claude-bottle image build`: build (or refresh) the agent and bundle images; their tags.
-
-    With `base_image` (`[docker] base_image`) the agent image is built on it."""
-    DockerBackend().require()
-    base = images.base_image(base_image) if base_image else None
-    return images.build_images(rebuild=rebuild, base=base)
+    """Build (or refresh) the agent and bundle images; their tags. For scripts that set up
+    a machine (scripts/test.sh); the CLI reaches the images through the registry."""
+    return images.DockerImages().build(rebuild=rebuild, base_ref=base_image)

@@ -4,8 +4,9 @@ Commands enter the bottle through the relay's exec protocol (execproto) on a
 unix socket the agent container creates in a host directory bound into it,
 exactly as in the namespace backend: stdio file descriptors are passed over
 the socket, so TTYs, signals and exit statuses behave the same, and a command
-needs no `docker exec` round trip. That exec-protocol handle is shared with
-the namespace backend; only liveness and the kill switch are docker's own.
+needs no `docker exec` round trip. The exec-protocol handle (`RelayExec`) is
+shared by every backend whose bottle speaks it; liveness and the kill switch are
+docker's own.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from claude_bottle import cgroups
+from claude_bottle.backend.base import Bottle, ExecResult
 from claude_bottle.backend.docker import docker
-from claude_bottle.backend.namespace.bottle import NamespaceBottle
+from claude_bottle.backend.relay_exec import RelayExec
 from claude_bottle.state import process_alive
 
 
-class DockerBottle(NamespaceBottle):
+class DockerBottle(Bottle):
     def __init__(
         self,
         name: str,
@@ -33,10 +35,33 @@ class DockerBottle(NamespaceBottle):
         processes: Mapping[str, dict[str, int]],
         containers: Mapping[str, str],
     ) -> None:
-        super().__init__(
-            name, exec_socket=exec_socket, env=env, workspace=workspace, processes=processes
-        )
+        self.name = name
+        self.processes = dict(processes)
         self.containers = dict(containers)
+        relay = self.processes.get("bottle")
+        self.relay = RelayExec(
+            name,
+            exec_socket=exec_socket,
+            env=env,
+            workspace=workspace,
+            relay_pid=int(relay["pid"]) if relay else None,
+        )
+
+    def exec_claude(self, argv: Sequence[str], tty: bool) -> int:
+        return self.relay.run_attached(argv, tty, on_second_stop=self._stop_on_request)
+
+    def exec(self, script: str, timeout: float | None = None) -> ExecResult:
+        return self.relay.exec(script, timeout=timeout)
+
+    def cp_in(self, src: Path, dest: str) -> None:
+        self.relay.cp_in(src, dest)
+
+    def start_detached(self, argv: Sequence[str], log: Path) -> None:
+        self.relay.start_detached(argv, log)
+        self.detached = True
+
+    def close(self) -> None:
+        """A handle holds no resources; launch's context tears the bottle down."""
 
     def alive(self) -> str | None:
         """Cheap when the engine is local: the containers' process 1 are host processes."""

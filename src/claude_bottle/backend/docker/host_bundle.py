@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from claude_bottle import cgroups, state
+from claude_bottle.backend.base import BundlePlaces
 from claude_bottle.backend.docker import docker
 from claude_bottle.backend.docker.bottle_plan import DockerBottlePlan, agent_command, agent_run_args
 from claude_bottle.bundle.launcher import BundleProcess, spawn_bundle, stop_process
@@ -31,21 +32,20 @@ AGENT_EXIT_TIMEOUT = 20.0
 def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSettings:
     """The bundle's settings with host paths, as the namespace backend writes them."""
     sockets = runtime / "bundle"
-    return BundleSettings(
-        **plan.bundle_policy(),
-        bottle=plan.name,
-        proxy_socket=str(sockets / "proxy.sock"),
-        control_socket=str(runtime / "control" / "control.sock"),
-        audit_log=str(state_dir / "audit.jsonl"),
-        ca_cert=str(sockets / "ca.pem"),
-        ca_bundle=str(sockets / "ca-bundle.pem") if plan.egress_intercept else None,
-        upstream_ca_file=plan.upstream_ca_file,
-        gateway_socket=str(sockets / "gateway.sock"),
-        hook_socket=str(sockets / "hook.sock"),
-        anthropic_credential=plan.anthropic_credential,
-        gateway_ca_file=plan.gateway_ca_file,
-        git_socket=str(sockets / "git.sock") if plan.git_remotes else None,
-        **plan.git_gate_settings(),
+    return plan.bundle_settings(
+        BundlePlaces(
+            proxy_socket=str(sockets / "proxy.sock"),
+            control_socket=str(runtime / "control" / "control.sock"),
+            gateway_socket=str(sockets / "gateway.sock"),
+            audit_log=str(state_dir / "audit.jsonl"),
+            ca_cert=str(sockets / "ca.pem"),
+            ca_bundle=str(sockets / "ca-bundle.pem") if plan.egress_intercept else None,
+            upstream_ca_file=plan.upstream_ca_file,
+            gateway_ca_file=plan.gateway_ca_file,
+            anthropic_credential=plan.anthropic_credential,
+            git_socket=str(sockets / "git.sock") if plan.git_remotes else None,
+            hook_socket=str(sockets / "hook.sock"),
+        )
     )
 
 

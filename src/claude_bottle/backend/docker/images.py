@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from claude_bottle.backend.base import AgentImages
 from claude_bottle.backend.docker import docker
 from claude_bottle.errors import MissingDependency
 
@@ -33,7 +34,8 @@ RELAY_SCRIPT = PACKAGE_ROOT / "bundle" / "relay.py"
 AGENT_REPO = "claude-bottle-agent"
 BUNDLE_REPO = "claude-bottle-bundle"
 BASE_IMAGE = "debian:bookworm-slim"
-IMAGE_LABEL = "claude-bottle.image"
+IMAGE_LABEL = "claude-bottle.image"  # its value: the image's role
+ROLES = ("agent", "bundle")
 # Debian's place for locally added CAs: a TLS-inspecting proxy's root lives here, and the
 # image needs it both to build (npm) and at run time. Extra PEM file: $CLAUDE_BOTTLE_EXTRA_CA.
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -355,3 +357,26 @@ def build_images(
         if not ensure(spec, rebuild=rebuild, output=stream):
             stream.write(f"claude-bottle: image {spec.tag} is up to date\n")
     return [spec.tag for spec in specs]
+
+
+class DockerImages(AgentImages):
+    """These images, as the registry offers them to the CLI and to other backends."""
+
+    def agent_tag(self) -> str:
+        return agent_image().tag
+
+    def ensure_agent(self, tag: str) -> None:
+        try:
+            spec = agent_image()
+        except OSError:
+            return
+        if spec.tag == tag:
+            ensure(spec)
+
+    def build(self, *, rebuild: bool, base_ref: str | None) -> list[str]:
+        """With `base_ref` (`[docker] base_image`) the agent image is built on it."""
+        from claude_bottle.backend.docker.backend import DockerBackend
+
+        DockerBackend().require()
+        base = base_image(base_ref) if base_ref else None
+        return build_images(rebuild=rebuild, base=base)

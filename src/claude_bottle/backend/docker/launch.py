@@ -30,9 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from claude_bottle import home_image, paths, state, workspace_guard
+from claude_bottle import cgroups, home_image, paths, state
+from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.docker import docker, images, network
 from claude_bottle.backend.docker.bottle import DockerBottle
 from claude_bottle.backend.docker.bottle_plan import (
@@ -55,12 +56,23 @@ from claude_bottle.backend.docker.bottle_plan import (
 from claude_bottle.bottle_env import HOOK_PORT, SECRET_NAME
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import ToolHook, seed_claude_home
+from claude_bottle.claude_home import ToolHook
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
-from claude_bottle.git_identity import seed_git_identity
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
+
+
+class DockerRecord(NamedTuple):
+    """A docker bottle's own fields in its record (`BottleRecord`)."""
+
+    placement: str  # where its bundle ran: host or container
+    containers: dict[str, str]  # role -> container name
+    network: str | None
+    volume: str | None
+    labels: dict[str, str]  # the launch's labels: `cleanup` tells its launches apart
+    exec_socket: str
+    bundle_cgroup: dict[str, object] | None  # a host bundle's (`cgroups.record_of`)
 
 
 # --- running things side by side ------------------------------------------------------
@@ -316,38 +328,38 @@ def _listener_pid(path: Path) -> int:
 
 
 def _settings(plan: DockerBottlePlan) -> BundleSettings:
-    policy = plan.bundle_policy()
-    # The bundle container reads each injected secret from its environment file.
-    policy["injections"] = tuple(
-        injection._replace(secret=f"env:{_INJECTED}{index}")
-        for index, injection in enumerate(plan.injections)
-    )
-    return BundleSettings(
-        **policy,
-        bottle=plan.name,
-        proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
-        control_socket=f"{CONTROL_DIR}/control.sock",
-        audit_log=f"{BUNDLE_STATE}/audit.jsonl",
-        ca_cert=CA_CERT,
-        ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
-        upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
-        gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
-        hook_socket=f"{SOCKETS_DIR}/hook.sock",
-        anthropic_credential=plan.bundle_credential,
-        gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
+    return plan.bundle_settings(
+        BundlePlaces(
+            proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
+            control_socket=f"{CONTROL_DIR}/control.sock",
+            gateway_socket=f"{SOCKETS_DIR}/gateway.sock",
+            audit_log=f"{BUNDLE_STATE}/audit.jsonl",
+            ca_cert=CA_CERT,
+            ca_bundle=CA_BUNDLE if plan.egress_intercept else None,
+            upstream_ca_file=UPSTREAM_CA if plan.upstream_ca_file else None,
+            gateway_ca_file=GATEWAY_CA if plan.gateway_ca_file else None,
+            anthropic_credential=plan.bundle_credential,
+            git_socket=f"{SOCKETS_DIR}/git.sock" if plan.git_remotes else None,
+            hook_socket=f"{SOCKETS_DIR}/hook.sock",
+        ),
+        # The bundle container reads each injected secret from its environment file.
+        injections=tuple(
+            injection._replace(secret=f"env:{_INJECTED}{index}")
+            for index, injection in enumerate(plan.injections)
+        ),
         **_git_gate_settings(plan),
     )
 
 
 def _git_gate_settings(plan: DockerBottlePlan) -> dict[str, Any]:
-    """The git gate as the bundle container sees it: its mirrors in the bottle's state dir,
-    each credential handed over the control socket at start (`git_credentials.py`)."""
+    """The git gate as the bundle container sees it, where that differs from the host: its
+    mirrors in the bottle's state dir, each credential handed over the control socket at
+    start (`git_credentials.py`)."""
     if not plan.git_remotes:
         return {}
     from claude_bottle.backend.docker.git_credentials import container_remotes
 
     return {
-        "git_socket": f"{SOCKETS_DIR}/git.sock",
         "git_cache": f"{BUNDLE_STATE}/git",
         "git_remotes": container_remotes(plan.git_gate_settings()["git_remotes"]),
     }
@@ -402,11 +414,7 @@ def start(
     home = paths.make_private_dir(Path(plan.agent.home_source))
     if plan.home_image is not None:
         home_image.mount_for_start(home, plan.limits.disk, stack)
-    seed_claude_home(
-        home, Path(plan.agent.home), Path(plan.workspace), ToolHook("python3", HOOK_PORT)
-    )
-    workspace_guard.prepare(plan.workspace_guard)
-    seed_git_identity(home, plan.git_identity)
+    plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     _write_seccomp_profile(Path(plan.agent.seccomp_profile), plan.nested_sandbox)
 
@@ -428,28 +436,22 @@ def start(
     if plan.bundle is not None:
         containers["bundle"] = plan.bundle.container
     exec_socket = runtime / "exec" / "exec.sock"
-    state.write_record(
-        plan.name,
-        {
-            "name": plan.name,
-            "backend": plan.backend,
-            "workspace": plan.workspace,
-            "created": time.time(),
-            "status": "running",
-            "detached": plan.detach,
-            "placement": plan.placement,
-            "processes": processes,
-            "containers": containers,
-            "network": plan.network,
-            "volume": plan.volume,
-            "labels": labels,
-            "runtime_dir": str(runtime),
-            "control_socket": str(runtime / "control" / "control.sock"),
-            "exec_socket": str(exec_socket),
-            "env": plan.env,
-            "command": list(plan.command),
-            "bundle_cgroup": None if plan.bundle_cgroup is None else plan.bundle_cgroup._asdict(),
-        },
+    BottleRecord.launched(
+        plan,
+        detached=plan.detach,
+        processes=processes,
+        runtime_dir=runtime,
+        control_socket=str(runtime / "control" / "control.sock"),
+    ).write(
+        DockerRecord(
+            placement=plan.placement,
+            containers=containers,
+            network=plan.network,
+            volume=plan.volume,
+            labels=labels,
+            exec_socket=str(exec_socket),
+            bundle_cgroup=cgroups.record_of(plan.bundle_cgroup),
+        )
     )
     bottle = DockerBottle(
         plan.name,

@@ -11,16 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from claude_bottle import cgroups, home_image, paths, state, workspace_guard
+from claude_bottle import cgroups, home_image, paths, state
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
     BottlePlan,
+    BottleRecord,
+    BundlePlaces,
     CleanupPlan,
+    Launched,
     LaunchRequest,
     common_plan_fields,
 )
@@ -32,12 +34,9 @@ from claude_bottle.backend.namespace.filters import seccomp_program_fds
 from claude_bottle.backend.namespace.limits import (
     confine,
     doctor_lines,
-    from_record,
-    record_of,
 )
 from claude_bottle.backend.namespace.toolchain import (
     Unreachable,
-    grant_read_only,
     host_sockets,
     masked_roots,
     resolve_binds,
@@ -46,10 +45,9 @@ from claude_bottle.backend.namespace.toolchain import (
 from claude_bottle.bottle_env import HOOK_PORT, NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle import ca_pool
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import ToolHook, seed_claude_home
+from claude_bottle.claude_home import ToolHook
 from claude_bottle.errors import BottleError, ConfigError, LaunchError, MissingDependency
-from claude_bottle.git_identity import seed_git_identity
+from claude_bottle.host_secrets import grant_read_only
 from claude_bottle.workspace_guard import GitMount
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
@@ -99,6 +97,15 @@ def _python() -> tuple[str, Path]:
     """The interpreter running claude-bottle (real file, not a venv shim) and its stdlib prefix."""
     base = getattr(sys, "_base_executable", sys.executable)
     return os.path.realpath(base), Path(sys.base_prefix).resolve()
+
+
+class NamespaceRecord(NamedTuple):
+    """A namespace bottle's own fields in its record (`BottleRecord`)."""
+
+    exec_socket: str
+    cgroup: dict[str, object] | None  # `cgroups.record_of`
+    bundle_cgroup: dict[str, object] | None
+    cgroup_counters: dict[str, object] | None  # where its counters are read (limits hit)
 
 
 class NamespaceBackend(BottleBackend):
@@ -231,23 +238,14 @@ class NamespaceBackend(BottleBackend):
 
     # --- launch ---------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
         assert isinstance(plan, NamespaceBottlePlan)
         # Whether user namespaces work is learnt from the launch itself (a probe would cost
         # a bwrap run on every start); `_start` explains a failure with the probe.
         problems = _installation_problems()
         if problems:
             raise MissingDependency("; ".join(problems))
-        with contextlib.ExitStack() as stack:
-            bottle = self._start(plan, stack)
-            try:
-                yield bottle
-            finally:
-                if bottle.detached:
-                    stack.pop_all()  # a detached bottle outlives this process
-                else:
-                    state.update_record(plan.name, processes={})
+        return Launched(self._start(plan, stack))
 
     def _start(self, plan: NamespaceBottlePlan, stack: contextlib.ExitStack) -> NamespaceBottle:
         state_dir = paths.make_private_dir(Path(plan.state_dir))
@@ -270,31 +268,27 @@ class NamespaceBackend(BottleBackend):
         _compile_relay(Path(plan.bwrap.relay_bytecode))
         for path in readable:
             os.chmod(path, 0o644)
-        seed_claude_home(
+        plan.seed_home(
             Path(plan.bwrap.home_source),
             Path(plan.bwrap.home),
-            Path(plan.workspace),
             ToolHook(plan.bwrap.python, HOOK_PORT),  # the host's interpreter, bound in
         )
-        workspace_guard.prepare(plan.workspace_guard)
-        seed_git_identity(Path(plan.bwrap.home_source), plan.git_identity)
 
-        settings = BundleSettings(
-            **plan.bundle_policy(),
-            bottle=plan.name,
-            proxy_socket=str(runtime / "bundle" / "proxy.sock"),
-            control_socket=str(runtime / "control.sock"),
-            audit_log=str(state_dir / "audit.jsonl"),
-            ca_cert=str(runtime / "bundle" / "ca.pem"),
-            ca_bundle=plan.bwrap.ca_bundle,
-            ca_pool=str(ca_pool.pool_dir()),
-            upstream_ca_file=plan.upstream_ca_file,
-            gateway_socket=str(runtime / "bundle" / "gateway.sock"),
-            anthropic_credential=plan.anthropic_credential,
-            gateway_ca_file=plan.gateway_ca_file,
-            git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
-            hook_socket=str(runtime / "bundle" / "hook.sock"),
-            **plan.git_gate_settings(),
+        settings = plan.bundle_settings(
+            BundlePlaces(
+                proxy_socket=str(runtime / "bundle" / "proxy.sock"),
+                control_socket=str(runtime / "control.sock"),
+                gateway_socket=str(runtime / "bundle" / "gateway.sock"),
+                audit_log=str(state_dir / "audit.jsonl"),
+                ca_cert=str(runtime / "bundle" / "ca.pem"),
+                ca_bundle=plan.bwrap.ca_bundle,
+                upstream_ca_file=plan.upstream_ca_file,
+                gateway_ca_file=plan.gateway_ca_file,
+                anthropic_credential=plan.anthropic_credential,
+                git_socket=str(runtime / "bundle" / "git.sock") if plan.git_remotes else None,
+                hook_socket=str(runtime / "bundle" / "hook.sock"),
+            ),
+            ca_pool=str(ca_pool.pool_dir()),  # host bundles of namespace bottles only
         )
         settings_file = runtime / "bundle.json"
         settings.dump(settings_file)
@@ -366,25 +360,19 @@ class NamespaceBackend(BottleBackend):
             "bundle": state.process_ref(bundle.pid),
             "bottle": state.process_ref(relay_pid),
         }
-        state.write_record(
-            plan.name,
-            {
-                "name": plan.name,
-                "backend": self.name,
-                "workspace": plan.workspace,
-                "created": time.time(),
-                "status": "running",
-                "detached": detach,
-                "processes": processes,
-                "runtime_dir": str(runtime),
-                "control_socket": settings.control_socket,
-                "exec_socket": str(exec_socket),
-                "env": plan.env,
-                "command": list(plan.command),
-                "cgroup": record_of(plan.confinement.cgroup),
-                "bundle_cgroup": record_of(bundle_group),
-                "cgroup_counters": record_of(group),
-            },
+        BottleRecord.launched(
+            plan,
+            detached=detach,
+            processes=processes,
+            runtime_dir=runtime,
+            control_socket=settings.control_socket,
+        ).write(
+            NamespaceRecord(
+                exec_socket=str(exec_socket),
+                cgroup=cgroups.record_of(plan.confinement.cgroup),
+                bundle_cgroup=cgroups.record_of(bundle_group),
+                cgroup_counters=cgroups.record_of(group),
+            )
         )
         return NamespaceBottle(
             plan.name,
@@ -402,7 +390,7 @@ class NamespaceBackend(BottleBackend):
             env=record["env"],
             workspace=record["workspace"],
             processes=record["processes"],
-            cgroup=from_record(record.get("cgroup_counters")),
+            cgroup=cgroups.from_record(record.get("cgroup_counters")),
         )
 
     def stop(self, record: dict[str, Any]) -> None:
@@ -414,7 +402,7 @@ class NamespaceBackend(BottleBackend):
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
         for key in ("cgroup", "bundle_cgroup"):
-            group = from_record(record.get(key))
+            group = cgroups.from_record(record.get(key))
             if group is not None:
                 cgroups.remove(group)
         with contextlib.suppress(ConfigError):  # a start killed before it detached the home
@@ -423,7 +411,7 @@ class NamespaceBackend(BottleBackend):
 
     # --- cleanup --------------------------------------------------------------
 
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
         found = cleanup.plan(self.name, live_names)
         groups = cgroups.leftovers(cgroups.detect(), live_names, paths.state_root())
         bottles = paths.bottles_dir()

@@ -98,24 +98,3 @@ def doctor_lines() -> list[str]:
         lines.append("cgroup v2 is not usable here; cgroup v1 and rlimits are the fallbacks")
     lines.append(home_image.doctor_line())
     return lines
-
-
-def record_of(group: cgroups.BottleCgroup | None) -> dict[str, object] | None:
-    """The cgroup as the state record keeps it, for `stop`, `resume` and `cleanup`."""
-    return None if group is None else group._asdict()
-
-
-def from_record(raw: object) -> cgroups.BottleCgroup | None:
-    """The cgroup a state record names; None unless every directory is a bottle cgroup."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        dirs = tuple((str(c), str(d)) for c, d in raw["dirs"])
-        group = cgroups.BottleCgroup(
-            int(raw["version"]), dirs, int(raw["memory"]), int(raw["pids"]), raw.get("cpus")
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not all(cgroups.is_bottle_cgroup(d) for _, d in group.dirs):
-        return None
-    return group

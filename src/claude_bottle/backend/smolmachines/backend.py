@@ -4,12 +4,19 @@ is a host process whose socket is mounted into the guest over vsock."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from claude_bottle import paths, state
-from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, CleanupPlan, LaunchRequest
+from claude_bottle import paths
+from claude_bottle.backend.base import (
+    Bottle,
+    BottleBackend,
+    BottlePlan,
+    CleanupPlan,
+    Launched,
+    LaunchRequest,
+)
 from claude_bottle.backend.smolmachines import smolvm, util
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle
 from claude_bottle.backend.smolmachines.bottle_cleanup_plan import (
@@ -66,26 +73,17 @@ class SmolmachinesBackend(BottleBackend):
     def plan(self, request: LaunchRequest) -> SmolmachinesBottlePlan:
         return resolve_plan(self.name, request)
 
-    @contextlib.contextmanager
-    def launch(self, plan: BottlePlan) -> Iterator[Bottle]:
+    def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:
         assert isinstance(plan, SmolmachinesBottlePlan)
         binary = self._require()
-        with contextlib.ExitStack() as stack:
-            bottle = launch_bottle(
-                plan,
-                stack,
-                binary,
-                backend=self.name,
-                pack_image=self._pack_image,
-                bundle_spawner=self._bundle_spawner,
-            )
-            try:
-                yield bottle
-            finally:
-                if bottle.detached:
-                    stack.pop_all()  # a detached bottle outlives this process
-                else:
-                    state.update_record(plan.name, processes={})
+        bottle = launch_bottle(
+            plan,
+            stack,
+            binary,
+            pack_image=self._pack_image,
+            bundle_spawner=self._bundle_spawner,
+        )
+        return Launched(bottle)
 
     def _binary_of(self, record: dict[str, Any]) -> str | None:
         recorded = record.get("smolvm")
@@ -119,7 +117,7 @@ class SmolmachinesBackend(BottleBackend):
                 "claude-bottle cleanup, or: smolvm machine delete --name " + machine + " --force",
             )
 
-    def cleanup_plan(self, live_names: set[str]) -> CleanupPlan:
+    def cleanup_plan(self, live_names: set[str], *, images: bool = False) -> CleanupPlan:
         found = self._find()
         if found is None:
             return SmolmachinesCleanupPlan(self.name, (), "")

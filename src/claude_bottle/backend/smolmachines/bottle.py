@@ -64,7 +64,6 @@ class SmolmachinesBottle(Bottle):
         self.processes = dict(processes)
         self.user = user
         self.filter_stderr = filter_stderr  # the wheel's smol-vmm prints a note on every call
-        self.detached = False
 
     def _exec_argv(self, argv: Sequence[str], *, interactive: bool, tty: bool) -> list[str]:
         """smolvm's argv for an agent command: in the guest, under the bottle's filter."""

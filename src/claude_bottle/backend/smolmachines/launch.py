@@ -16,8 +16,10 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from claude_bottle import paths, state, workspace_guard
+from claude_bottle import paths, state
+from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
 from claude_bottle.backend.smolmachines.bottle_plan import (
@@ -34,15 +36,26 @@ from claude_bottle.backend.smolmachines.prepare import Stage, ensure_agent_pack,
 from claude_bottle.backend.smolmachines.util import LABEL, SmolvmBinary
 from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
-from claude_bottle.bundle.settings import BundleSettings
-from claude_bottle.claude_home import ToolHook, seed_claude_home
+from claude_bottle.claude_home import ToolHook
 from claude_bottle.errors import ConfigError, LaunchError
-from claude_bottle.git_identity import seed_git_identity
 from claude_bottle.limits import MIB
 
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
 SpawnBundle = Callable[..., PendingBundle]
+
+
+class SmolmachinesRecord(NamedTuple):
+    """A smolmachines bottle's own fields in its record (`BottleRecord`)."""
+
+    machine: str
+    smolvm: str  # the binary that made the machine: `stop` and `cleanup` use the same one
+    smolvm_source: str
+    subnet: str
+    user: str
+    network: str
+
+
 PackImage = Callable[[str, str], Path]
 
 
@@ -77,7 +90,6 @@ def launch_bottle(
     stack: contextlib.ExitStack,
     binary: SmolvmBinary,
     *,
-    backend: str = "smolmachines",
     pack_image: PackImage | None = None,
     bundle_spawner: SpawnBundle = spawn_bundle,
 ) -> SmolmachinesBottle:
@@ -106,30 +118,25 @@ def launch_bottle(
     stack.callback(shutil.rmtree, runtime, True)
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
-    seed_claude_home(
-        Path(plan.home_source), Path.home(), Path(plan.workspace), ToolHook("python3", HOOK_PORT)
-    )
-    workspace_guard.prepare(plan.workspace_guard)
-    seed_git_identity(Path(plan.home_source), plan.git_identity)
+    plan.seed_home(Path(plan.home_source), Path.home(), ToolHook("python3", HOOK_PORT))
 
     pack = (pack_image or ensure_agent_pack)(plan.image, exe)
 
     bundle_dir = stage.proxy_socket.parent
-    settings = BundleSettings(
-        **plan.bundle_policy(),
-        bottle=plan.name,
-        proxy_socket=str(stage.proxy_socket),
-        control_socket=str(stage.control_socket),
-        audit_log=str(state_dir / "audit.jsonl"),
-        ca_cert=str(bundle_dir / "ca.pem"),
-        ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
-        upstream_ca_file=plan.upstream_ca_file,
-        gateway_socket=str(stage.gateway_socket),
-        hook_socket=str(stage.hook_socket),
-        anthropic_credential=plan.anthropic_credential,
-        gateway_ca_file=plan.gateway_ca_file,
-        git_socket=str(stage.git_socket) if plan.git_remotes else None,
-        **plan.git_gate_settings(),
+    settings = plan.bundle_settings(
+        BundlePlaces(
+            proxy_socket=str(stage.proxy_socket),
+            control_socket=str(stage.control_socket),
+            gateway_socket=str(stage.gateway_socket),
+            audit_log=str(state_dir / "audit.jsonl"),
+            ca_cert=str(bundle_dir / "ca.pem"),
+            ca_bundle=str(bundle_dir / "ca-bundle.pem") if plan.egress_intercept else None,
+            upstream_ca_file=plan.upstream_ca_file,
+            gateway_ca_file=plan.gateway_ca_file,
+            anthropic_credential=plan.anthropic_credential,
+            git_socket=str(stage.git_socket) if plan.git_remotes else None,
+            hook_socket=str(stage.hook_socket),
+        )
     )
     settings.dump(stage.settings)
     # The bundle starts while smolvm creates the machine; both are needed before `start`.
@@ -158,27 +165,21 @@ def launch_bottle(
     vmm = next((m for m in smolvm.machine_ls(exe) if m.name == plan.machine), None)
     if vmm is not None and vmm.pid is not None:
         processes["bottle"] = state.process_ref(vmm.pid)
-    state.write_record(
-        plan.name,
-        {
-            "name": plan.name,
-            "backend": backend,
-            "workspace": plan.workspace,
-            "created": time.time(),
-            "status": "running",
-            "detached": plan.detach,
-            "processes": processes,
-            "runtime_dir": str(runtime),
-            "control_socket": str(stage.control_socket),
-            "env": plan.env,
-            "command": list(plan.command),
-            "machine": plan.machine,
-            "smolvm": exe,
-            "smolvm_source": binary.source,
-            "subnet": plan.subnet,
-            "user": plan.user,
-            "network": plan.network,
-        },
+    BottleRecord.launched(
+        plan,
+        detached=plan.detach,
+        processes=processes,
+        runtime_dir=runtime,
+        control_socket=str(stage.control_socket),
+    ).write(
+        SmolmachinesRecord(
+            machine=plan.machine,
+            smolvm=exe,
+            smolvm_source=binary.source,
+            subnet=plan.subnet,
+            user=plan.user,
+            network=plan.network,
+        )
     )
     return SmolmachinesBottle(
         plan.name,

@@ -9,16 +9,15 @@ create) and caches it.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from claude_bottle import paths
+from claude_bottle.backend import registry
 from claude_bottle.backend.base import LaunchRequest, common_plan_fields
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle_plan import (
@@ -51,8 +50,7 @@ RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 SECCOMP_EXEC = RELAY_SCRIPT.with_name("seccomp_exec.py")
 IMAGE_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_IMAGE"
 NETWORK_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_NETWORK"
-DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the docker backend's image builder is absent
-DOCKER_IMAGES = "claude_bottle.backend.docker.images"
+DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the image's build inputs cannot be read
 NETWORKS = ("none", "gvproxy")
 PACK_SUFFIX = ".smolmachine"
 
@@ -208,36 +206,17 @@ def write_stage(plan: SmolmachinesBottlePlan, root: Path) -> Stage:
 # --- the agent image as a .smolmachine -------------------------------------------------
 
 
-def _docker_images() -> Any:
-    """The docker backend's image builder, when that backend is installed."""
-    try:
-        return importlib.import_module(DOCKER_IMAGES)
-    except ImportError:
-        return None
-
-
 def agent_image_tag() -> str:
-    """The docker backend's content-tagged agent image (Node, Claude Code, git, python3)."""
-    images = _docker_images()
-    if images is None:
-        return DEFAULT_IMAGE
+    """The content-tagged agent image (Node, Claude Code, git, python3) bottles run."""
     try:
-        return str(images.agent_image().tag)
-    except (OSError, AttributeError):
+        return registry.images().agent_tag()
+    except OSError:
         return DEFAULT_IMAGE
 
 
 def build_agent_image(image: str) -> None:
-    """Build the agent image through the docker backend when `image` is its tag and missing."""
-    images = _docker_images()
-    if images is None:
-        return
-    try:
-        spec = images.agent_image()
-    except (OSError, AttributeError):
-        return
-    if spec.tag == image:
-        images.ensure(spec)
+    """Build the agent image when `image` is its current tag and the engine lacks it."""
+    registry.images().ensure_agent(image)
 
 
 def docker_inspect_argv(docker: str, image: str) -> list[str]:
