@@ -49,7 +49,11 @@ MAX_BODY = 16 << 20
 def _tls(directory: Path, hosts: tuple[str, ...] = HOSTS) -> tuple[ssl.SSLContext, Path]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev upstreams test CA")])
+    # A name of its own: a test trusting two of these CAs at once (one trust file) must not
+    # have OpenSSL pick the other one by subject.
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"test CA {hosts[0]} {os.urandom(4).hex()}")]
+    )
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
