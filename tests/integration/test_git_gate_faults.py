@@ -45,6 +45,17 @@ class Gate(NamedTuple):
     def mirror_refs(self) -> str:
         return _git("-C", str(self.cache / "origin.git"), "for-each-ref").stdout
 
+    def filled_mirror_refs(self) -> str:
+        """The mirror's refs once the gate has filled it: a clone is relayed to the
+        upstream and the mirror follows in the background (bounded wait)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = _git("-C", str(self.cache / "origin.git"), "for-each-ref", check=False).stdout
+            if "refs/heads/main" in found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError("the gate never filled its mirror")
+
 
 def _git(
     *args: str, cwd: Path | None = None, check: bool = True
@@ -232,7 +243,7 @@ def test_an_interrupted_push_leaves_nothing_upstream_nor_in_the_cache(
     _git("clone", "-q", gate.url, str(checkout))
     _git("checkout", "-q", "-b", "bottle/cut", cwd=checkout)
     _big_commit(checkout, "big.bin", 64 * MIB)
-    refs_before = gate.mirror_refs()
+    refs_before = gate.filled_mirror_refs()
     requests_before = len(githost.requests)
     relay_port = int(gate.url.split(":")[2].split("/")[0])
     cutter = CutProxy(relay_port, 8 * MIB)
