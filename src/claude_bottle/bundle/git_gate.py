@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from claude_bottle.bundle import git_prereceive, http1
 from claude_bottle.bundle.connection import ClientConnection, response
 from claude_bottle.bundle.git_hook import Outcome, Verdict, decide
+from claude_bottle.bundle.git_lfs_gate import Exchange, LfsGate, is_lfs, lfs_route
 from claude_bottle.bundle.git_policy import RECEIVE, UPLOAD, GateRemote, Route, route
 from claude_bottle.bundle.git_stream import relay_fetch, served_upstream
 from claude_bottle.bundle.git_upstream import (
@@ -92,6 +93,7 @@ class GitGate:
         self.cache = cache
         self.git_env = git_env
         self.record = record
+        self.lfs = LfsGate(record)  # a gated remote's LFS (git_lfs_gate)
         self._locks = {name: asyncio.Lock() for name in self.remotes}
         # A bottle opening connections by the thousand gets them queued, not a thousand
         # host-side git processes.
@@ -233,6 +235,16 @@ class GitGateConnection(ClientConnection):
         target = request.target.decode("ascii", "replace")
         remote_name = ""
         try:
+            if is_lfs(target):
+                lfs = lfs_route(self.gate.remotes, method, target)
+                remote_name = lfs.remote.name
+                host, port = upstream_host(lfs.remote.url)
+                if self.inspector is not None:
+                    self.inspector.check_head(method, host, port, target, request.headers)
+                async with self.gate.exchanges:
+                    exchange = Exchange(request, self.body_event, self.send, self.gate.git_env)
+                    await self.gate.lfs.serve(exchange, lfs)
+                return False
             where = route(self.gate.remotes, method, target)
             remote_name = where.remote.name
             host, port = upstream_host(where.remote.url)
