@@ -7,6 +7,7 @@ API wants the repository's token, and its actions carry a storage credential of 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tests.integration.git_host import GitHost
 pytestmark = pytest.mark.integration
 
 RUN_TIMEOUT = 180
+AWS_KEY_ID = "AKIA" + "Q3EGRTJ7WXMPLZ5K"  # shaped like a key, assembled so no scanner trips here
 UNKNOWN_BATCH = '{"operation":"download","objects":[{"oid":"' + "b" * 64 + '","size":3}]}'
 TRACE = "GIT_TRACE=1 GIT_CURL_VERBOSE=1 GIT_TRANSFER_TRACE=1 GIT_TRACE_PACKET=1"
 
@@ -90,21 +92,53 @@ def test_a_clone_gets_lfs_content_through_the_gate_with_no_credential_inside(
     assert host.lfs.media_secret not in audit and token not in audit
 
 
-def test_a_batch_upload_is_refused_and_nothing_reaches_the_lfs_server(
+def _push_lfs(bottle_env: BottleEnv, branch: str, source: Path) -> subprocess.CompletedProcess[str]:
+    """Clone, add `source` as an LFS file on `branch`, push it through the gate."""
+    return bottle_env.sh(
+        "git clone -q https://git.test/repo.git app && cd app && "
+        "git lfs install --local >/dev/null && git lfs track '*.bin' >/dev/null && "
+        f"git checkout -q -b {branch} && cp {source} data.bin && "
+        "git add .gitattributes data.bin && "
+        "git -c user.name=A -c user.email=a@b.test commit -q -m lfs && "
+        f"{TRACE} git push origin {branch} 2> ../push.txt; echo push=$?; cat ../push.txt >&2",
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def test_a_pushed_lfs_file_arrives_upstream_object_and_ref(
     bottle_env: BottleEnv, host: GitHost
 ) -> None:
     _lfs(bottle_env)
-    result = bottle_env.sh(
-        "git clone -q https://git.test/repo.git app && cd app && "
-        "git lfs install --local >/dev/null && git lfs track '*.bin' >/dev/null && "
-        "git checkout -q -b bottle/lfs && echo big > a.bin && git add .gitattributes a.bin && "
-        "git -c user.name=A -c user.email=a@b.test commit -q -m lfs && "
-        "git push origin bottle/lfs; echo push=$?",
-        timeout=RUN_TIMEOUT,
-    )
+    content = b"an LFS object from the bottle " + secrets.token_hex(8).encode() + b"\n"
+    (bottle_env.workspace / "src.bin").write_bytes(content)
+    result = _push_lfs(bottle_env, "bottle/lfs", bottle_env.workspace / "src.bin")
+    assert "push=0" in result.stdout, result.stdout + result.stderr
+    oid = hashlib.sha256(content).hexdigest()
+    assert host.lfs.get(oid) == content
+    assert host.ref("refs/heads/bottle/lfs") is not None
+    # The storage credential went from the gate to the LFS server, never to the bottle.
+    assert host.lfs.media_secret not in result.stderr
+    assert bottle_env.env["GATE_TEST_TOKEN"] not in result.stderr
+    audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert '"rule":"git:lfs-upload"' in audit and oid in audit
+
+
+def test_an_lfs_object_with_a_secret_is_refused_and_nothing_reaches_the_lfs_server(
+    bottle_env: BottleEnv, host: GitHost
+) -> None:
+    _lfs(bottle_env)
+    content = f"binary-ish\naws_access_key_id = {AWS_KEY_ID}\n".encode()
+    (bottle_env.workspace / "src.bin").write_bytes(content)
+    result = _push_lfs(bottle_env, "bottle/leak", bottle_env.workspace / "src.bin")
     assert "push=0" not in result.stdout, result.stdout + result.stderr
-    assert host.ref("refs/heads/bottle/lfs") is None
-    assert host.lfs.requests == []
+    oid = hashlib.sha256(content).hexdigest()
+    refused = [line for line in result.stderr.splitlines() if "rule dlp:" in line]
+    assert refused and oid in refused[0], result.stderr
+    assert host.lfs.requests == []  # not even its batch
+    assert host.lfs.get(oid) is None
+    assert host.ref("refs/heads/bottle/leak") is None
+    audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
+    assert '"rule":"dlp:' in audit and AWS_KEY_ID not in audit
 
 
 def test_a_batch_for_an_unknown_object_or_ticket_gets_an_error_not_a_crash(

@@ -16,7 +16,9 @@ from claude_bottle.bundle.git_lfs_batch import (
     LfsObject,
     parse_request,
     rewrite_answer,
+    upload_answer,
     upstream_request,
+    upstream_upload,
 )
 from claude_bottle.bundle.refusal import Refusal
 
@@ -64,7 +66,6 @@ def test_a_download_request_is_rebuilt_from_checked_fields_only() -> None:
         (b"{", 400),
         (b"[]", 400),
         (b"[" * 100_000, 400),  # nesting deep enough to break a recursive parser
-        (_request(operation="upload"), 403),
         (_request(operation="verify"), 403),
         (_request(hash_algo="sha1"), 400),
         (_request(transfers=["ssh"]), 400),
@@ -201,4 +202,69 @@ def test_headers_the_gate_sets_itself_are_dropped() -> None:
 def test_malformed_answers_are_refused(answer: bytes) -> None:
     with pytest.raises(Refusal) as refused:
         rewrite_answer("origin", BATCH, answer, BASE)
+    assert refused.value.status == 502
+
+
+UPLOAD = BatchRequest("upload", (LfsObject(OID, 3), LfsObject(OTHER, 4)))
+
+
+def test_an_upload_batch_is_answered_by_the_gate_alone() -> None:
+    assert parse_request(_request(operation="upload")).operation == "upload"
+    rewritten = upload_answer("origin", UPLOAD, BASE, {})
+    shown = json.loads(rewritten.body)["objects"]
+    assert [entry["oid"] for entry in shown] == [OID, OTHER]
+    tickets = {kept.oid: ticket for ticket, kept in rewritten.actions.items()}
+    for entry in shown:
+        assert (
+            entry["actions"]["upload"]["href"] == f"{BASE}/{entry['oid']}/{tickets[entry['oid']]}"
+        )
+        assert "verify" not in entry["actions"]
+    kept = list(rewritten.actions.values())
+    assert {action.operation for action in kept} == {"upload"}
+    assert len({action.batch for action in kept}) == 1  # one batch: refused together
+
+
+def test_an_already_refused_object_gets_its_error_in_the_batch() -> None:
+    rewritten = upload_answer("origin", UPLOAD, BASE, {OID: "refused, rule dlp:x"})
+    first, second = json.loads(rewritten.body)["objects"]
+    assert first == {
+        "oid": OID,
+        "size": 3,
+        "error": {"code": 422, "message": "refused, rule dlp:x"},
+    }
+    assert "actions" in second
+    assert [action.oid for action in rewritten.actions.values()] == [OTHER]
+
+
+def test_the_upstreams_upload_and_verify_actions_are_kept_with_their_headers() -> None:
+    item = LfsObject(OID, 3)
+    given = {
+        "oid": OID,
+        "size": 3,
+        "actions": {
+            "upload": {"href": "https://s.test/put", "header": {"Authorization": SECRET}},
+            "verify": {"href": "https://git.test/verify"},
+            "other": {"href": "http://ignored"},
+        },
+    }
+    steps = upstream_upload("origin", item, _answer(given))
+    assert set(steps) == {"upload", "verify"}
+    assert steps["upload"].headers == (("Authorization", SECRET),)
+    assert steps["verify"].href == "https://git.test/verify"
+    assert upstream_upload("origin", item, _answer({"oid": OID, "size": 3})) == {}  # stored
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _answer({"oid": OID, "size": 3, "error": {"code": 422, "message": "no"}}),
+        _answer({"oid": OTHER, "size": 3}),
+        _answer({"oid": OID, "size": 3, "actions": {"upload": {"href": "http://s.test/x"}}}),
+        _answer({"oid": OID, "size": 3, "actions": []}),
+        b"nope",
+    ],
+)
+def test_a_bad_upstream_upload_answer_is_refused(answer: bytes) -> None:
+    with pytest.raises(Refusal) as refused:
+        upstream_upload("origin", LfsObject(OID, 3), answer)
     assert refused.value.status == 502

@@ -93,7 +93,7 @@ class GitGate:
         self.cache = cache
         self.git_env = git_env
         self.record = record
-        self.lfs = LfsGate(record)  # a gated remote's LFS (git_lfs_gate)
+        self.lfs = LfsGate(record, cache / "lfs-spool")  # a gated remote's LFS (git_lfs_gate)
         self._locks = {name: asyncio.Lock() for name in self.remotes}
         # A bottle opening connections by the thousand gets them queued, not a thousand
         # host-side git processes.
@@ -242,7 +242,10 @@ class GitGateConnection(ClientConnection):
                 if self.inspector is not None:
                     self.inspector.check_head(method, host, port, target, request.headers)
                 async with self.gate.exchanges:
-                    exchange = Exchange(request, self.body_event, self.send, self.gate.git_env)
+                    scanner = self.inspector.scanner if self.inspector is not None else None
+                    exchange = Exchange(
+                        request, self.body_event, self.send, self.gate.git_env, scanner
+                    )
                     await self.gate.lfs.serve(exchange, lfs)
                 return False
             where = route(self.gate.remotes, method, target)
@@ -262,7 +265,7 @@ class GitGateConnection(ClientConnection):
                 detail={"remote": remote_name, "status": refusal.status, "reason": refusal.message},
             )
             with contextlib.suppress(Exception):
-                await self._answer(refusal)
+                await self._answer(refusal, lfs=is_lfs(target))
         except (http1.ProtocolError, ConnectionError, TimeoutError) as exc:
             # The client broke the exchange off (truncated, malformed or stalled body):
             # git's quarantine keeps the mirror as it was; record it, and end the connection.
@@ -277,13 +280,19 @@ class GitGateConnection(ClientConnection):
             raise
         return False  # one exchange per connection: git's curl reconnects
 
-    async def _answer(self, refusal: Refusal) -> None:
+    async def _answer(self, refusal: Refusal, lfs: bool = False) -> None:
         text = f"claude-bottle git gate: {refusal.message} (rule {refusal.rule})\n"
         if refusal.hint:
             text += f"claude-bottle git gate: to allow it: {refusal.hint}\n"
         body = text.encode()
+        kind = b"text/plain; charset=utf-8"
+        if lfs:  # git-lfs shows an error's `message` when the answer is its JSON
+            body, kind = (
+                json.dumps({"message": text.strip()}).encode(),
+                b"application/vnd.git-lfs+json",
+            )
         headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-type", kind),
             (b"content-length", b"%d" % len(body)),
             (b"x-claude-bottle-block", refusal.rule.encode("ascii", "replace")),
             (b"connection", b"close"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -34,7 +35,7 @@ MAX_HEADER_VALUE = 8192
 MAX_HREF = 8192
 ACTION_TTL = 3600.0  # seconds the gate keeps an action for the bottle to use
 MEDIA_TYPE = "application/vnd.git-lfs+json"
-OPERATIONS = ("download",)
+OPERATIONS = ("download", "upload")
 _OID = re.compile(r"[0-9a-f]{64}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
@@ -55,14 +56,17 @@ class BatchRequest(NamedTuple):
 
 
 class Action(NamedTuple):
-    """What the upstream said to do for one object; kept in the gate, never shown."""
+    """What the upstream said to do for one object; kept in the gate, never shown. An
+    upload's is the gate's own (no href): the object comes to the gate, which asks the
+    upstream where to put it only once it has been scanned."""
 
     remote: str
     operation: str
     oid: str
     size: int
-    href: str  # https://host[:port]/path?query
+    href: str  # https://host[:port]/path?query; "" for an upload to the gate
     headers: tuple[tuple[str, str], ...]  # the upstream's credential may be among them
+    batch: str = ""  # the batch it came from: a refused upload refuses its batch
 
 
 class Rewritten(NamedTuple):
@@ -112,6 +116,60 @@ def parse_request(body: bytes) -> BatchRequest:
             raise _bad(f"object {oid}: size out of range")
         checked[oid] = LfsObject(oid, size)
     return BatchRequest(operation, tuple(checked.values()))
+
+
+def upload_answer(
+    remote: str, batch: BatchRequest, gate_base: str, refused: Mapping[str, str]
+) -> Rewritten:
+    """The gate's own answer to an upload batch, without asking the upstream: every object
+    is to be PUT to the gate (which scans it before anything of it goes upstream), but one
+    already refused (oid -> why), which gets its error: git-lfs retries a failed PUT
+    with a new batch, and gives up on an object the batch answers with an error."""
+    batch_id = secrets.token_hex(8)
+    shown: list[dict[str, Any]] = []
+    actions: dict[str, Action] = {}
+    for item in batch.objects:
+        if item.oid in refused:
+            error = {"code": 422, "message": refused[item.oid]}
+            shown.append({"oid": item.oid, "size": item.size, "error": error})
+            continue
+        ticket = secrets.token_urlsafe(24)
+        actions[ticket] = Action(remote, "upload", item.oid, item.size, "", (), batch_id)
+        href = {"href": f"{gate_base}/{item.oid}/{ticket}", "expires_in": int(ACTION_TTL)}
+        shown.append(
+            {"oid": item.oid, "size": item.size, "authenticated": True, "actions": {"upload": href}}
+        )
+    body = json.dumps({"transfer": "basic", "objects": shown, "hash_algo": "sha256"})
+    return Rewritten(body.encode(), actions)
+
+
+def upstream_upload(remote: str, item: LfsObject, answer: bytes) -> dict[str, Action]:
+    """The upstream's answer to a one-object upload batch: its `upload` and `verify`
+    actions (none: it has the object already); `Refusal` (502) for an error or a
+    malformed answer."""
+    if len(answer) > MAX_ANSWER:
+        raise _upstream_bad(remote, "too large")
+    try:
+        parsed = json.loads(answer)
+    except (ValueError, RecursionError):
+        raise _upstream_bad(remote, "not JSON") from None
+    listed = parsed.get("objects") if isinstance(parsed, dict) else None
+    if not isinstance(listed, list):
+        raise _upstream_bad(remote, "no objects")
+    for given in listed:
+        if not isinstance(given, dict) or given.get("oid") != item.oid:
+            continue
+        if given.get("error") is not None:
+            raise _upstream_bad(remote, f"the upstream refused object {item.oid}")
+        given_actions = given.get("actions", {})
+        if not isinstance(given_actions, dict):
+            raise _upstream_bad(remote, "actions is not an object")
+        return {
+            name: _action(remote, name, item, given_actions[name])
+            for name in ("upload", "verify")
+            if name in given_actions
+        }
+    raise _upstream_bad(remote, f"no answer for object {item.oid}")
 
 
 def upstream_request(batch: BatchRequest) -> bytes:
@@ -206,7 +264,7 @@ def rewrite_answer(remote: str, batch: BatchRequest, answer: bytes, gate_base: s
             kept: dict[str, Any] = {}
             for name, action in given_actions.items():
                 if name != batch.operation:
-                    continue  # verify and others: step by step, only what is served
+                    continue  # only the action of the operation asked for
                 ticket = secrets.token_urlsafe(24)
                 actions[ticket] = _action(remote, batch.operation, item, action)
                 kept[name] = {
