@@ -12,6 +12,7 @@ from claude_bottle.bundle.git_lfs_batch import (
     MAX_ANSWER,
     MAX_BATCH,
     MAX_OBJECTS,
+    MAX_UPLOAD,
     BatchRequest,
     LfsObject,
     parse_request,
@@ -234,6 +235,13 @@ def test_an_already_refused_object_gets_its_error_in_the_batch() -> None:
     }
     assert "actions" in second
     assert [action.oid for action in rewritten.actions.values()] == [OTHER]
+
+
+def test_an_object_too_large_to_spool_is_an_error_in_the_batch() -> None:
+    big = BatchRequest("upload", (LfsObject(OID, MAX_UPLOAD + 1),))
+    rewritten = upload_answer("origin", big, BASE, {})
+    assert json.loads(rewritten.body)["objects"][0]["error"]["code"] == 413
+    assert rewritten.actions == {}
 
 
 def test_the_upstreams_upload_and_verify_actions_are_kept_with_their_headers() -> None:

@@ -30,6 +30,7 @@ MAX_BATCH = 1 << 20  # bytes of the bottle's batch request
 MAX_ANSWER = 16 << 20  # bytes of the upstream's batch answer
 MAX_OBJECTS = 1000  # objects in one batch (git-lfs sends 100 by default)
 MAX_OBJECT_SIZE = 1 << 40
+MAX_UPLOAD = 5 << 30  # bytes of one uploaded object (spooled on the host's disk)
 MAX_HEADERS = 16
 MAX_HEADER_VALUE = 8192
 MAX_HREF = 8192
@@ -129,8 +130,11 @@ def upload_answer(
     shown: list[dict[str, Any]] = []
     actions: dict[str, Action] = {}
     for item in batch.objects:
-        if item.oid in refused:
-            error = {"code": 422, "message": refused[item.oid]}
+        if item.oid in refused or item.size > MAX_UPLOAD:
+            why = refused.get(
+                item.oid, f"the git gate takes LFS objects of {MAX_UPLOAD} bytes at most"
+            )
+            error = {"code": 422 if item.oid in refused else 413, "message": why}
             shown.append({"oid": item.oid, "size": item.size, "error": error})
             continue
         ticket = secrets.token_urlsafe(24)

@@ -317,6 +317,8 @@ class LfsGate:
                 await self._receive(exchange, action, spooled)
             except Refusal as refusal:
                 if refusal.status == 403:
+                    if len(self._refused_batches) >= MAX_REFUSED:
+                        self._refused_batches.clear()  # bounded; their oids stay refused
                     self._refused_batches.add(action.batch)
                     refused = self._refused.setdefault(remote.name, {})
                     if len(refused) >= MAX_REFUSED:
