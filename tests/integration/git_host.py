@@ -19,6 +19,7 @@ from tests.integration.dev_upstreams import (
     git_http_backend,
     make_git_repository,
 )
+from tests.integration.fake_github_lfs import FakeGitHubLfs
 
 MAX_BODY = 512 << 20
 
@@ -52,6 +53,7 @@ class GitHost(TlsServer):
         self.root.mkdir()
         self.bare = make_git_repository(self.root)  # repo.git, branch main
         self.requests: list[tuple[str, str, bool]] = []  # method, path, authorised
+        self.lfs = FakeGitHubLfs(directory, "https://git.test")  # a FAKE of GitHub's LFS
         expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
         outer = self
 
@@ -96,6 +98,12 @@ class GitHost(TlsServer):
             def _exchange(self, body: IO[bytes], length: int) -> None:
                 authorised = self.headers.get("authorization") == expected
                 outer.requests.append((self.command, self.path, authorised))
+                if outer.lfs.serves(self.path):
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    outer.lfs.handle(
+                        self.command, self.path, headers, authorised, body, length, self._send
+                    )
+                    return
                 if not authorised:
                     self._send(401, b"token required\n", {"www-authenticate": 'Basic realm="t"'})
                     return
@@ -105,7 +113,7 @@ class GitHost(TlsServer):
                 found = {"content-type": answer.content_type} if answer.content_type else {}
                 self._send(answer.status, answer.body, found)
 
-            do_GET = do_POST = _handle
+            do_GET = do_POST = do_PUT = _handle
 
             def log_message(self, *args: object) -> None:
                 pass

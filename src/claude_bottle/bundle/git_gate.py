@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from claude_bottle.bundle import git_prereceive, http1
 from claude_bottle.bundle.connection import ClientConnection, response
 from claude_bottle.bundle.git_hook import Outcome, Verdict, decide
+from claude_bottle.bundle.git_lfs_gate import Exchange, LfsGate, is_lfs, lfs_route
 from claude_bottle.bundle.git_policy import RECEIVE, UPLOAD, GateRemote, Route, route
 from claude_bottle.bundle.git_stream import relay_fetch, served_upstream
 from claude_bottle.bundle.git_upstream import (
@@ -92,6 +93,7 @@ class GitGate:
         self.cache = cache
         self.git_env = git_env
         self.record = record
+        self.lfs = LfsGate(record, cache / "lfs-spool")  # a gated remote's LFS (git_lfs_gate)
         self._locks = {name: asyncio.Lock() for name in self.remotes}
         # A bottle opening connections by the thousand gets them queued, not a thousand
         # host-side git processes.
@@ -233,6 +235,19 @@ class GitGateConnection(ClientConnection):
         target = request.target.decode("ascii", "replace")
         remote_name = ""
         try:
+            if is_lfs(target):
+                lfs = lfs_route(self.gate.remotes, method, target)
+                remote_name = lfs.remote.name
+                host, port = upstream_host(lfs.remote.url)
+                if self.inspector is not None:
+                    self.inspector.check_head(method, host, port, target, request.headers)
+                async with self.gate.exchanges:
+                    scanner = self.inspector.scanner if self.inspector is not None else None
+                    exchange = Exchange(
+                        request, self.body_event, self.send, self.gate.git_env, scanner
+                    )
+                    await self.gate.lfs.serve(exchange, lfs)
+                return False
             where = route(self.gate.remotes, method, target)
             remote_name = where.remote.name
             host, port = upstream_host(where.remote.url)
@@ -250,7 +265,7 @@ class GitGateConnection(ClientConnection):
                 detail={"remote": remote_name, "status": refusal.status, "reason": refusal.message},
             )
             with contextlib.suppress(Exception):
-                await self._answer(refusal)
+                await self._answer(refusal, lfs=is_lfs(target))
         except (http1.ProtocolError, ConnectionError, TimeoutError) as exc:
             # The client broke the exchange off (truncated, malformed or stalled body):
             # git's quarantine keeps the mirror as it was; record it, and end the connection.
@@ -265,13 +280,19 @@ class GitGateConnection(ClientConnection):
             raise
         return False  # one exchange per connection: git's curl reconnects
 
-    async def _answer(self, refusal: Refusal) -> None:
+    async def _answer(self, refusal: Refusal, lfs: bool = False) -> None:
         text = f"claude-bottle git gate: {refusal.message} (rule {refusal.rule})\n"
         if refusal.hint:
             text += f"claude-bottle git gate: to allow it: {refusal.hint}\n"
         body = text.encode()
+        kind = b"text/plain; charset=utf-8"
+        if lfs:  # git-lfs shows an error's `message` when the answer is its JSON
+            body, kind = (
+                json.dumps({"message": text.strip()}).encode(),
+                b"application/vnd.git-lfs+json",
+            )
         headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-type", kind),
             (b"content-length", b"%d" % len(body)),
             (b"x-claude-bottle-block", refusal.rule.encode("ascii", "replace")),
             (b"connection", b"close"),

@@ -10,8 +10,8 @@ it cannot read as a download is refused: fail closed. Without the batch's answer
 has no upload URL; a PUT to a storage URL the agent already knows is ordinary egress,
 which the allowlist and DLP govern.
 
-The git gate itself does not serve LFS yet: a clone through it gets the pointer files,
-and `git lfs pull` fetches the objects through the proxy (a download, admitted here).
+A gated remote's LFS calls go to the git gate instead (`git_lfs_gate`), which serves
+its downloads with the host-side credential.
 """
 
 from __future__ import annotations
