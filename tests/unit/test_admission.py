@@ -284,3 +284,18 @@ def test_ssh_refusal_is_audited_with_its_rule() -> None:
         "git-ssh-outside-gate",
         22,
     )
+
+
+def test_allow_at_run_time_takes_a_port_entry() -> None:
+    """`claude-bottle allow NAME host:22` (the user, over the control socket) opens exactly it."""
+    pipeline = ssh_gate(("allowed.test",))
+
+    async def scenario() -> None:
+        assert pipeline.gate.allow("Allowed.test:22", "test") == "allowed.test:22"
+        dest = await pipeline.destination("CONNECT", "allowed.test:22", 443)
+        assert dest.rule == "allow:allowed.test:22"
+        with pytest.raises(Refusal) as caught:
+            await pipeline.destination("CONNECT", "other.test:22", 443)
+        assert caught.value.rule == "git-ssh-outside-gate"
+
+    asyncio.run(scenario())
