@@ -180,3 +180,122 @@ def test_forwarded_headers_drop_hop_by_hop_and_named() -> None:
         (b"accept", b"*/*"),
     ]
     assert forwarded_headers(headers) == [(b"accept", b"*/*"), (b"transfer-encoding", b"chunked")]
+
+
+# -- SSH ports (issue 21: no git push over ssh past the gate) ----------------------------
+
+
+def ssh_gate(allow: tuple[str, ...], *, mode: str = "enforce") -> EgressAdmission:
+    gate = EgressGate(
+        list(allow),
+        mode=mode,
+        resolver=public_resolver,
+        ssh_remotes=[("git.example.com", 2222)],  # [git.remotes.x] url = ssh://git@…:2222/…
+    )
+    return EgressAdmission(gate)
+
+
+def _refused(pipeline: EgressAdmission, method: str, authority: str, port: int) -> Refusal:
+    async def scenario() -> Refusal:
+        with pytest.raises(Refusal) as caught:
+            await pipeline.destination(method, authority, port)
+        return caught.value
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("authority", "default_port"),
+    [
+        ("allowed.test:22", 443),  # CONNECT to an allowed host's ssh port
+        ("ALLOWED.test.:22", 443),
+        ("git.example.com:2222", 443),  # a configured remote's ssh port
+        ("allowed.test:22", 80),  # plain http to it
+        ("nowhere.test:22", 443),  # a host not listed at all
+    ],
+)
+def test_ssh_ports_are_refused_unless_granted_exactly(authority: str, default_port: int) -> None:
+    pipeline = ssh_gate(("allowed.test", "git.example.com", "granted.test:22"))
+    refusal = _refused(pipeline, "CONNECT", authority, default_port)
+    assert (refusal.status, refusal.rule) == (403, "git-ssh-outside-gate")
+    assert "[git.remotes" in refusal.hint
+
+
+def test_ssh_port_refused_in_audit_mode_too() -> None:
+    """audit mode lets unlisted hosts through; never an ssh port."""
+    refusal = _refused(ssh_gate((), mode="audit"), "CONNECT", "any.test:22", 443)
+    assert refusal.rule == "git-ssh-outside-gate"
+
+
+def test_granted_ssh_port_is_admitted_and_named() -> None:
+    pipeline = ssh_gate(("allowed.test", "granted.test:22", "git.example.com:2222"))
+
+    async def scenario() -> None:
+        dest = await pipeline.destination("CONNECT", "granted.test:22", 443)
+        assert (dest.host, dest.port, dest.rule) == ("granted.test", 22, "allow:granted.test:22")
+        dest = await pipeline.destination("CONNECT", "git.example.com:2222", 443)
+        assert dest.rule == "allow:git.example.com:2222"
+        # the grant is that one port: the host's https is not allowed by it
+        with pytest.raises(Refusal) as caught:
+            await pipeline.destination("CONNECT", "granted.test:443", 443)
+        assert caught.value.rule == "deny:not-allowlisted"
+
+    asyncio.run(scenario())
+
+
+def test_other_ports_of_allowed_hosts_keep_todays_behaviour() -> None:
+    """SPEC says nothing of other ports: an allowed host is allowed on any port but 22 and
+    a configured remote's ssh port (which is that remote's host only)."""
+    pipeline = ssh_gate(("allowed.test", "git.example.com"))
+
+    async def scenario() -> None:
+        for authority in ("allowed.test:443", "allowed.test:2222", "git.example.com:443"):
+            dest = await pipeline.destination("CONNECT", authority, 443)
+            assert dest.rule.startswith("allow:")
+
+    asyncio.run(scenario())
+
+
+def test_denylisted_ssh_port_keeps_the_deny_rule() -> None:
+    gate = EgressGate(
+        ["x.example.com:22"], ["*.example.com"], resolver=public_resolver, ssh_remotes=()
+    )
+    refusal = _refused(EgressAdmission(gate), "CONNECT", "x.example.com:22", 443)
+    assert refusal.rule == "deny:denylist:*.example.com"
+
+
+def test_ssh_refusal_is_audited_with_its_rule() -> None:
+    records = Records()
+    refusal = _refused(ssh_gate(("allowed.test",)), "CONNECT", "allowed.test:22", 443)
+    record_refusal(
+        records,
+        "egress",
+        refusal,
+        decision=refusal.decision,
+        method="CONNECT",
+        host="allowed.test",
+        port=22,
+        path="",
+    )
+    kind, decision, fields = records.calls[0]
+    assert (kind, decision, fields["rule"], fields["port"]) == (
+        "egress",
+        "deny",
+        "git-ssh-outside-gate",
+        22,
+    )
+
+
+def test_allow_at_run_time_takes_a_port_entry() -> None:
+    """`claude-bottle allow NAME host:22` (the user, over the control socket) opens exactly it."""
+    pipeline = ssh_gate(("allowed.test",))
+
+    async def scenario() -> None:
+        assert pipeline.gate.allow("Allowed.test:22", "test") == "allowed.test:22"
+        dest = await pipeline.destination("CONNECT", "allowed.test:22", 443)
+        assert dest.rule == "allow:allowed.test:22"
+        with pytest.raises(Refusal) as caught:
+            await pipeline.destination("CONNECT", "other.test:22", 443)
+        assert caught.value.rule == "git-ssh-outside-gate"
+
+    asyncio.run(scenario())

@@ -12,6 +12,7 @@ from claude_bottle.policy.allowlist import (
     HostError,
     PatternError,
     normalize_host,
+    validate_allow_entry,
     validate_pattern,
 )
 
@@ -357,3 +358,70 @@ def test_large_lists_are_fast() -> None:
         assert not rules.check(f"zone{i}.example.net").allowed
     # A linear scan would take ~10^8 comparisons here; set lookups take milliseconds.
     assert time.perf_counter() - start < 5.0
+
+
+# -- HOST:PORT entries (issue 21: an SSH port is reachable only when granted exactly) ---
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("Git.Example.COM:22", "git.example.com:22"),
+        ("git.example.com:2222", "git.example.com:2222"),
+        ("192.0.2.7:22", "192.0.2.7:22"),
+        ("[::1]:22", "[::1]:22"),
+        ("github.com", "github.com"),
+        ("*.example.com", "*.example.com"),
+        ("::1", "::1"),
+    ],
+)
+def test_validate_allow_entry(entry: str, expected: str) -> None:
+    assert validate_allow_entry(entry) == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("*.example.com:22", "one host exactly"),
+        ("10.0.0.0/8:22", "one host exactly"),
+        ("git.example.com:0", "port"),
+        ("git.example.com:65536", "port"),
+        ("git.example.com:", "port"),
+        ("git.example.com:２２", "port"),
+        ("git.example.com:22:22", "invalid host pattern"),
+        ("[::1]22", "invalid host pattern"),
+        ("bad host:22", "invalid host pattern"),
+    ],
+)
+def test_validate_allow_entry_rejects(entry: str, problem: str) -> None:
+    with pytest.raises(PatternError) as caught:
+        validate_allow_entry(entry)
+    assert problem in str(caught.value)
+
+
+def test_a_port_entry_grants_exactly_that_host_and_port() -> None:
+    allowlist = Allowlist(["git.example.com:22", "[::1]:2222", "other.test"])
+    granted = allowlist.check("GIT.example.com", 22)
+    assert granted.allowed and granted.port_grant
+    assert granted.rule == "allow:git.example.com:22"
+    assert allowlist.check("::1", 2222).port_grant
+    # the entry is about one port: the host's other ports, and the name alone, are not allowed
+    assert not allowlist.check("git.example.com", 443).allowed
+    assert not allowlist.check("git.example.com").allowed
+    assert not allowlist.check("sub.git.example.com", 22).allowed
+    # a host allowed by name is not granted a port by that
+    plain = allowlist.check("other.test", 22)
+    assert plain.allowed and not plain.port_grant
+    assert "git.example.com:22" in allowlist.patterns
+
+
+def test_deny_wins_over_a_port_entry() -> None:
+    allowlist = Allowlist(["git.example.com:22"], ["*.example.com"])
+    decision = allowlist.check("git.example.com", 22)
+    assert not decision.allowed and decision.rule == "deny:denylist:*.example.com"
+
+
+def test_add_takes_a_port_entry() -> None:
+    allowlist = Allowlist()
+    assert allowlist.add("Git.Example.com:22") == "git.example.com:22"
+    assert allowlist.check("git.example.com", 22).port_grant

@@ -343,6 +343,8 @@ CASES: list[tuple[str, str, str]] = [
         'expected one of enforce, audit, ask, got "block"',
     ),
     ('[egress]\nallow = ["*"]\n', "egress.allow[0]", "invalid host pattern"),
+    ('[egress]\nallow = ["a.test", "git.test:0"]\n', "egress.allow[1]", "port"),
+    ('[egress]\nallow = ["*.example.com:22"]\n', "egress.allow[0]", "one host exactly"),
     ('[egress]\ndeny = ["ok.example.com", "bad host"]\n', "egress.deny[1]", "invalid host pattern"),
     (
         "[dlp]\npatterns = [{name = 'x', regex = '(unclosed'}]\n",
@@ -619,3 +621,19 @@ def test_a_workspace_file_cannot_move_the_bundle(env: Env) -> None:
     env.write_project('[docker]\nbundle = "container"\n')
     error = _error(env.load)
     assert "docker.bundle" in error.message and "may be set only" in error.message
+
+
+# -- HOST:PORT allow entries (issue 21) ------------------------------------------------
+
+
+def test_a_port_entry_loads_normalised(env: Env) -> None:
+    env.write_user('[egress]\nallow = ["Git.Example.com:22"]\n')
+    assert "git.example.com:22" in env.load().egress.allow
+
+
+def test_a_port_entry_is_refused_from_a_workspace_file(env: Env) -> None:
+    """The agent writes the workspace file: it must not open an ssh port past the gate."""
+    env.write_project('[egress]\nallow = ["github.com", "github.com:22"]\n')
+    err = _error(env.load)
+    assert err.message.startswith(f"{env.project}: egress.allow[1]: "), err.message
+    assert "user config" in err.message

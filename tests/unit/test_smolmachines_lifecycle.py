@@ -491,6 +491,34 @@ def test_plan_is_pure_and_prints_the_microvm(rig: Rig) -> None:
     assert data["relay_command"][-1] == "--hold"
 
 
+def test_plan_shows_the_disk_mechanism_and_the_unbounded_home(rig: Rig) -> None:
+    """Issue 26: `disk` sizes the VM's own disks; the home, a host directory shared in,
+    stays unbounded, which `plan` says, `run` warns of and require_limits refuses."""
+    backend = rig.backend()
+    plan = rig.plan(backend)
+    data = json.loads(plan.to_json())["limits"]
+    assert "--storage" in data["disk_mechanism"] and "--overlay" in data["disk_mechanism"]
+    assert "the home: not bounded" in data["disk_mechanism"]
+    (home,) = [u for u in plan.limits.unapplied if u.key == "disk"]
+    assert "host directory" in home.reason and "host's disk only" in home.reason
+    from claude_bottle.cli import commands
+
+    with pytest.raises(MissingDependency, match="require_limits"):
+        commands._check_limits(dataclasses.replace(plan, limits=plan.limits._replace(require=True)))
+
+
+def test_launch_passes_disk_to_the_vm(rig: Rig) -> None:
+    """Through the recording fake: create gets --storage/--overlay, as smolvm stores them."""
+    backend = rig.backend()
+    plan = rig.plan(backend)
+    gib = -(-plan.limits.disk // (1 << 30))
+    with backend.launch(plan):
+        machine = rig.machines()[MACHINE]
+        assert (machine["storage_gb"], machine["overlay_gb"]) == (gib, gib)
+        listed = json.loads(rig.smolvm("machine", "ls", "--json").stdout)
+        assert (listed[0]["storage_gb"], listed[0]["overlay_gb"]) == (gib, gib)
+
+
 def test_intercepting_plan_points_tls_clients_at_the_bundle_ca(rig: Rig) -> None:
     backend = rig.backend()
     request = LaunchRequest(NAME, rig.workspace, Config(), ("true",))

@@ -9,6 +9,7 @@ with the parser's usage error. A deliberately stale argv shows the check can fai
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -20,7 +21,7 @@ from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.launch import machine_spec
 from claude_bottle.backend.smolmachines.prepare import Stage, relay_command
 from claude_bottle.backend.smolmachines.util import wheel_binary
-from claude_bottle.limits import MIB, Limits, plan_with
+from claude_bottle.limits import GIB, MIB, Limits, plan_with
 from claude_bottle.workspace_guard import GitMount
 
 EXE = "/usr/local/bin/smolvm"
@@ -195,9 +196,8 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
     stage = Stage.at(tmp_path)
     spec = machine_spec(plan, stage, Path("/cache/x.smolmachine"))
     assert (spec.memory_mib, spec.cpus) == (512, 2)  # [bottle] memory and cpus, rounded up
-    assert smolvm.machine_create_argv(EXE, spec)[-len(spec.command) - 5 :][:4] == [
-        "--mem", "512", "--cpus", "2",
-    ]  # fmt: skip
+    own = smolvm.machine_create_argv(EXE, spec)[: -len(spec.command) - 1]
+    assert own[own.index("--mem") :][:4] == ["--mem", "512", "--cpus", "2"]
     assert spec.mount_sockets == (
         (str(tmp_path / "bundle" / "proxy.sock"), "/run/claude-bottle/proxy.sock"),
         (str(tmp_path / "bundle" / "gateway.sock"), "/run/claude-bottle/gateway.sock"),
@@ -213,6 +213,22 @@ def test_launch_spec_mounts_exactly_the_bottle_paths(tmp_path: Path) -> None:
         ("/state/p/home", "/home/bottle", False),
     )
     assert spec.labels == (("claude-bottle", "p"),) and spec.stop_on_exit
+
+
+def test_launch_spec_sizes_the_guest_disks_to_disk(tmp_path: Path) -> None:
+    """[bottle] disk sizes the VM's writable disks (issue 26): smolvm takes whole GiB."""
+    plan = mock.Mock()
+    plan.workspace_guard = mock.Mock(mounts=())
+    plan.git_remotes = ()
+    plan.relay_command = relay_command()
+    for disk, gib in ((20 * GIB, 20), (20 * GIB + 1, 21), (64 * MIB, 1)):
+        plan.limits = plan_with(Limits(memory=GIB, disk=disk), "vm", "vm")
+        spec = machine_spec(plan, Stage.at(tmp_path), Path("/cache/x.smolmachine"))
+        assert spec.disk_gib == gib
+        argv = smolvm.machine_create_argv(EXE, spec)
+        own = argv[: argv.index("--")]
+        assert own[own.index("--storage") + 1] == str(gib)
+        assert own[own.index("--overlay") + 1] == str(gib)
 
 
 def test_machine_start_stop_delete_argv() -> None:
@@ -362,7 +378,9 @@ def _assert_parsed(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def _all_argv(exe: str, tmp: Path) -> dict[str, list[str]]:
-    spec = dataclasses.replace(SPEC, from_path=str(tmp / "missing.smolmachine"))
+    spec = dataclasses.replace(
+        SPEC, from_path=str(tmp / "missing.smolmachine"), memory_mib=512, cpus=2, disk_gib=3
+    )
     return {
         "pack create": smolvm.pack_create_argv(exe, str(tmp / "missing.tar"), str(tmp / "o" / "x")),
         "machine create": smolvm.machine_create_argv(exe, spec),
@@ -430,6 +448,21 @@ def test_real_smolvm_lists_what_it_created(real_smolvm: tuple[str, dict[str, str
     deleted = _parse(smolvm.machine_delete_argv(exe, "cb-probe"), env)
     assert deleted.returncode == 0, deleted.stderr
     assert smolvm.parse_machine_list(_parse(smolvm.machine_ls_argv(exe), env).stdout) == []
+
+
+@needs_real
+def test_real_smolvm_records_the_disk_sizes(real_smolvm: tuple[str, dict[str, str]]) -> None:
+    """The flags `disk` maps to are the ones smolvm stores as the VM's disk sizes."""
+    exe, env = real_smolvm
+    spec = smolvm.MachineSpec(name="cb-disk", from_path="", command=("true",), disk_gib=3)
+    argv = smolvm.machine_create_argv(exe, spec)
+    argv.remove("--from")
+    argv.remove("")
+    created = _parse(argv, env)
+    assert created.returncode == 0, created.stderr
+    (entry,) = json.loads(_parse(smolvm.machine_ls_argv(exe), env).stdout)
+    assert (entry["storage_gb"], entry["overlay_gb"]) == (3, 3)
+    assert _parse(smolvm.machine_delete_argv(exe, "cb-disk"), env).returncode == 0
 
 
 @needs_real

@@ -8,6 +8,11 @@ address that was checked, so a DNS answer that changes between check and
 connect (rebinding) cannot redirect it. A checked answer is reused for
 RESOLVED_TTL seconds. `[egress.resolve]` pins skip DNS and the range check:
 that is how tests build a fake internet on loopback.
+
+Before both, SSH ports: git over ssh through a tunnel would carry a push past the git
+gate, so port 22 of any host, and the ssh port of each configured git remote, is refused
+(`git-ssh-outside-gate`, in every mode) unless an allow entry `HOST:PORT` grants exactly
+that host and port. Other ports of an allowed host are allowed, as its 443 is.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from typing import TYPE_CHECKING
 
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.bundle.settings import Pin
-from claude_bottle.policy.allowlist import Allowlist, Decision, normalize_host
+from claude_bottle.policy.allowlist import (
+    Allowlist,
+    Decision,
+    HostError,
+    normalize_host,
+    port_entry,
+)
 from claude_bottle.policy.netguard import forbidden_range
 
 if TYPE_CHECKING:
@@ -34,6 +45,7 @@ RESOLVED_TTL = 30.0
 request through the proxy would wait for the resolver again."""
 
 RESOLVED_MAX = 512  # names kept; the oldest answer goes first
+SSH_PORT = 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +75,11 @@ class EgressGate:
         pins: Iterable[Pin] = (),
         resolver: Resolver = system_resolver,
         resolved_ttl: float = RESOLVED_TTL,
+        ssh_remotes: Iterable[tuple[str, int]] = (),
     ) -> None:
         self.allowlist = Allowlist(allow, deny)
+        # (host, port) of each [git.remotes] ssh URL: guarded like port 22 of any host
+        self.ssh_remotes = frozenset(_normalised_endpoints(ssh_remotes))
         self.mode = mode
         self.pins = {normalize_host(p.host): p for p in pins}
         self._resolver = resolver
@@ -84,7 +99,9 @@ class EgressGate:
     async def check(self, host: str, port: int) -> Destination:
         if not 0 < port < 65536:
             raise Refusal(400, "deny:bad-port", f"port {port} is not a valid TCP port")
-        decision = self.allowlist.check(host)
+        decision = self.allowlist.check(host, port)
+        if not decision.port_grant and decision.rule != "deny:bad-host":
+            self._refuse_ssh(normalize_host(host), port, decision)
         audited_only = False
         if not decision.allowed:
             decision, audited_only = await self._on_denied(host, port, decision)
@@ -93,6 +110,22 @@ class EgressGate:
         pin = self.pins.get(name)
         connect_port = pin.port if pin is not None and pin.port is not None else port
         return Destination(name, port, address, connect_port, decision.rule, audited_only)
+
+    def _refuse_ssh(self, name: str, port: int, decision: Decision) -> None:
+        """Refuse an SSH port no HOST:PORT entry grants (whatever the mode: audit and ask
+        never let git over ssh past the gate)."""
+        if port != SSH_PORT and (name, port) not in self.ssh_remotes:
+            return
+        if decision.rule.startswith("deny:denylist:"):
+            raise Refusal(403, decision.rule, decision.reason)
+        entry = port_entry(name, port)
+        raise Refusal(
+            403,
+            "git-ssh-outside-gate",
+            f"{entry} is an SSH port; git over ssh goes only through the bottle's git gate",
+            "configure the repository under [git.remotes.NAME] in your user config (or, for "
+            f'ssh that is not git, allow exactly this endpoint: [egress] allow = ["{entry}"])',
+        )
 
     async def _on_denied(self, host: str, port: int, decision: Decision) -> tuple[Decision, bool]:
         not_listed = decision.rule == "deny:not-allowlisted"
@@ -136,6 +169,14 @@ class EgressGate:
                     f"{name} resolves to a {scope} address; internal networks are never reachable",
                 )
         return addresses[0]
+
+
+def _normalised_endpoints(endpoints: Iterable[tuple[str, int]]) -> Iterable[tuple[str, int]]:
+    for host, port in endpoints:
+        try:
+            yield normalize_host(host), port
+        except HostError:
+            continue  # no request's host normalises to a name that does not normalise
 
 
 def parse_authority(authority: str, default_port: int) -> tuple[str, int]:

@@ -67,6 +67,11 @@ def upstream_host(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (22 if parts.scheme == "ssh" else 443)
 
 
+def ssh_endpoints(remotes: Sequence[GateRemote]) -> list[tuple[str, int]]:
+    """(host, port) of each ssh remote: the egress proxy keeps git over ssh to them out."""
+    return [upstream_host(remote.url) for remote in remotes if is_ssh(remote.url)]
+
+
 class GitEnv(NamedTuple):
     """Settings every hardened git of one bundle shares."""
 

@@ -25,6 +25,7 @@ from claude_bottle.bundle.body_budget import HeldBytes
 from claude_bottle.bundle.control import MAX_LINE, Stats
 from claude_bottle.bundle.events import EventStream
 from claude_bottle.bundle.gate import EgressGate
+from claude_bottle.bundle.git_upstream import ssh_endpoints
 from claude_bottle.bundle.held import HeldRequests
 from claude_bottle.bundle.l7 import EgressRule, RuleBook
 from claude_bottle.bundle.pool import UpstreamPool
@@ -70,6 +71,7 @@ class Bundle:
             settings.deny,
             mode=settings.mode,
             pins=settings.pins,
+            ssh_remotes=ssh_endpoints(settings.git_remotes),
         )
         self.interception = opened.interception
         # Compiling the DLP engine takes a while: it happens in a thread once the bundle

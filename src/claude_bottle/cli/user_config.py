@@ -16,7 +16,7 @@ from pathlib import Path
 from claude_bottle import paths
 from claude_bottle.config.load import user_config_path
 from claude_bottle.errors import ConfigError
-from claude_bottle.policy.allowlist import validate_pattern
+from claude_bottle.policy.allowlist import validate_allow_entry
 
 
 def append_allow(pattern: str, *, bottle: str, path: Path | None = None) -> Path:
@@ -25,7 +25,7 @@ def append_allow(pattern: str, *, bottle: str, path: Path | None = None) -> Path
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
 
-    pattern = validate_pattern(pattern)  # never write what the allowlist would refuse
+    pattern = validate_allow_entry(pattern)  # never write what the allowlist would refuse
     path = path or user_config_path()
     try:
         text = path.read_text(encoding="utf-8")

@@ -33,7 +33,7 @@ from claude_bottle.config.merge import _Merged
 from claude_bottle.config.model import Config
 from claude_bottle.config.schema import _Source
 from claude_bottle.config.trust import TrustStore, display_path, read_config_file
-from claude_bottle.config.values import _host_pattern
+from claude_bottle.config.values import _allow_entry
 from claude_bottle.errors import ConfigError
 
 PROJECT_FILE: Final = ".claude-bottle.toml"
@@ -143,7 +143,7 @@ def load_config(
         merged.apply_file(extra, content, _Source(display_path(extra)), workspace_file=in_workspace)
 
     for pattern in allow:
-        merged.allow.setdefault(_host_pattern(pattern, "", _Source("--allow")))
+        merged.allow.setdefault(_allow_entry(pattern, "", _Source("--allow")))
     if backend is not None:
         merged.backend = merged.check_backend(backend, "", _Source("--backend"))
     if docker_bundle is not None:

@@ -42,6 +42,7 @@ from claude_bottle.config.schema import SCHEMA, _check, _key, _quote, _Source
 from claude_bottle.config.trust import digest_of
 from claude_bottle.config.user_only import refuse_user_only
 from claude_bottle.config.values import (
+    _allow_entry,
     _bool,
     _branch_pattern,
     _byte_size,
@@ -66,6 +67,13 @@ from claude_bottle.config.values import (
 from claude_bottle.limits import (
     Limits,
 )
+
+
+def _is_port_entry(entry: str) -> bool:
+    from claude_bottle.policy.allowlist import is_port_entry  # only for workspace files
+
+    return is_port_entry(entry)
+
 
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # policy.dlp.finding_fingerprint
@@ -165,7 +173,7 @@ class _Merged:
             refuse_user_only(data, src.label)
         if "backend" in data:
             self.backend = self.check_backend(_str(data["backend"]), "backend", src)
-        self.apply_egress(_table(data.get("egress")), src)
+        self.apply_egress(_table(data.get("egress")), src, workspace_file=workspace_file)
         self.apply_dlp(_table(data.get("dlp")), src)
         credentials = _table(data.get("credentials"))
         if "anthropic" in credentials:
@@ -216,10 +224,23 @@ class _Merged:
             problem += f"; did you mean {_quote(close[0])}?"
         raise src.error(key, f"{problem} (known: {known})", f"choose one of: {known}")
 
-    def apply_egress(self, egress: Mapping[str, object], src: _Source) -> None:
-        for name, target in (("allow", self.allow), ("deny", self.deny)):
-            for index, pattern in enumerate(_strs(egress.get(name))):
-                target.setdefault(_host_pattern(pattern, f"egress.{name}[{index}]", src))
+    def apply_egress(
+        self, egress: Mapping[str, object], src: _Source, *, workspace_file: bool = False
+    ) -> None:
+        for index, written in enumerate(_strs(egress.get("allow"))):
+            key = f"egress.allow[{index}]"
+            allowed = _allow_entry(written, key, src)
+            if workspace_file and allowed not in self.allow and _is_port_entry(allowed):
+                # a HOST:PORT entry can open an ssh port past the git gate: the user's call
+                raise src.error(
+                    key,
+                    f"{allowed} (a HOST:PORT entry) may be set only in your user config or a "
+                    "--config file outside the workspace: the agent can write this file",
+                    "move it to ~/.config/claude-bottle/config.toml",
+                )
+            self.allow.setdefault(allowed)
+        for index, pattern in enumerate(_strs(egress.get("deny"))):
+            self.deny.setdefault(_host_pattern(pattern, f"egress.deny[{index}]", src))
         if "mode" in egress:
             self.mode = _one_of(
                 egress["mode"],

@@ -91,6 +91,16 @@ def _host_pattern(pattern: str, key: str, src: _Source) -> str:
         raise src.error(key, str(exc), _PATTERN_HINT) from None
 
 
+def _allow_entry(entry: str, key: str, src: _Source) -> str:
+    """An `[egress] allow` entry: a host pattern, or HOST:PORT for exactly one endpoint."""
+    from claude_bottle.policy.allowlist import validate_allow_entry
+
+    try:
+        return validate_allow_entry(entry)
+    except ValueError as exc:
+        raise src.error(key, str(exc), _PATTERN_HINT) from None
+
+
 def _resolve_pin(host: str, target: str, key: str, src: _Source) -> ResolvePin:
     import ipaddress  # only when pins are configured
 

@@ -8,6 +8,11 @@ Patterns (validated by `validate_pattern`):
 * `10.0.0.0/8`, `192.0.2.7`, `::1/128` are IP rules. IP literals in any
   notation are refused unless an IP rule contains the address.
 
+An allow entry may also be `HOST:PORT` (`git.example.com:22`, `[::1]:2222`;
+`validate_allow_entry`): it grants that one host, written exactly (no wildcard, no
+network), on that one port, and nothing else of the host. The egress gate refuses
+SSH ports (22, and a configured git remote's ssh port) unless such an entry grants them.
+
 Deny patterns win over allow patterns. Lookups cost one set probe per label
 of the host, however long the lists are.
 """
@@ -29,6 +34,7 @@ _HEX = frozenset("0123456789abcdef")
 # Letters that IDNA 2003 (stdlib) and IDNA 2008 (browsers) map to different names.
 _IDNA_DEVIATIONS = frozenset("ßς")
 PATTERN_EXAMPLE = "github.com, *.githubusercontent.com or 10.0.0.0/8"
+ENTRY_EXAMPLE = f"{PATTERN_EXAMPLE}, or HOST:PORT such as git.example.com:22"
 
 
 class HostError(ValueError):
@@ -230,10 +236,55 @@ def validate_pattern(pattern: str) -> str:
         raise _pattern_error(pattern, exc.problem) from None
 
 
+def _split_port_entry(entry: str) -> tuple[str, str] | None:
+    """(host, port text) of an entry written HOST:PORT or [IPv6]:PORT; None for a pattern."""
+    if entry.startswith("["):
+        host, bracket, port = entry.partition("]:")
+        return (host + "]", port) if bracket else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, port
+    return None  # no colon, or a bare IPv6 address (an IP rule)
+
+
+def is_port_entry(entry: str) -> bool:
+    """Whether a normalised allow entry is HOST:PORT (not a host pattern)."""
+    return _split_port_entry(entry) is not None
+
+
+def port_entry(host: str, port: int) -> str:
+    """How a HOST:PORT entry is written, IPv6 in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def validate_allow_entry(entry: str) -> str:
+    """Check an allow entry (a pattern, or HOST:PORT) and return its normalised form
+    (PatternError if invalid)."""
+    split = _split_port_entry(entry) if isinstance(entry, str) else None
+    if split is None:
+        return validate_pattern(entry)
+    host, port_text = split
+    if host.startswith("*") or "/" in host:
+        raise PatternError(
+            f"invalid allow entry '{shown(entry)}': a HOST:PORT entry names one host exactly "
+            "(no wildcard, no network)"
+        )
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise PatternError(
+            f"invalid allow entry '{shown(entry)}': the port must be a number from 1 to 65535"
+        )
+    try:
+        name = normalize_host(host)
+    except HostError as exc:
+        raise _pattern_error(entry, exc.problem) from None
+    return port_entry(name, int(port_text))
+
+
 class Decision(NamedTuple):  # not a dataclass: see bundle/settings.py
     allowed: bool
     rule: str  # machine tag: allow:<pattern>, deny:not-allowlisted, deny:ip-literal, ...
     reason: str  # one human sentence
+    port_grant: bool = False  # allowed by a HOST:PORT entry for exactly that host and port
 
 
 class _Rules:
@@ -245,12 +296,17 @@ class _Rules:
         self.suffixes: set[str] = set()
         # IP rules by (version, prefix length) -> network number -> pattern.
         self.networks: dict[tuple[int, int], dict[int, str]] = {}
+        self.ports: set[tuple[str, int]] = set()  # HOST:PORT entries (allow side only)
 
     def add(self, pattern: str) -> None:
-        """Add an already-validated pattern."""
+        """Add an already-validated pattern or HOST:PORT entry."""
         if pattern in self.patterns:
             return
         self.patterns[pattern] = None
+        split = _split_port_entry(pattern)
+        if split is not None:
+            self.ports.add((split[0].strip("[]"), int(split[1])))
+            return
         if pattern.startswith("*."):
             self.suffixes.add(pattern[2:])
             return
@@ -314,13 +370,13 @@ class Allowlist:
         self._allow = _Rules()
         self._deny = _Rules()
         for pattern in allow:
-            self._allow.add(validate_pattern(pattern))
+            self._allow.add(validate_allow_entry(pattern))
         for pattern in deny:
             self._deny.add(validate_pattern(pattern))
 
     def add(self, pattern: str) -> str:
-        """Add an allow pattern; returns its normalised form (PatternError if invalid)."""
-        normalised = validate_pattern(pattern)
+        """Add an allow entry; returns its normalised form (PatternError if invalid)."""
+        normalised = validate_allow_entry(pattern)
         self._allow.add(normalised)
         return normalised
 
@@ -333,27 +389,41 @@ class Allowlist:
     def deny_patterns(self) -> tuple[str, ...]:
         return tuple(self._deny.patterns)
 
-    def check(self, host: str) -> Decision:
+    def check(self, host: str, port: int | None = None) -> Decision:
+        """Decide for `host`; with `port`, a HOST:PORT entry for exactly it allows it too
+        (and says so in `port_grant`)."""
         try:
             name = normalize_host(host)
         except HostError as exc:
             return Decision(False, "deny:bad-host", f"{exc}.")
         ip = parse_ip_literal(name)
         if ip is not None:
-            return self._check_ip(host, name, ip)
+            return self._check_ip(host, name, ip, port)
         hit = self._deny.match_name(name)
         if hit is not None:
             return Decision(False, f"deny:denylist:{hit}", f"{name} matches deny rule {hit}.")
+        granted = self._port_grant(name, port)
+        if granted is not None:
+            return granted
         hit = self._allow.match_name(name)
         if hit is not None:
             return Decision(True, f"allow:{hit}", f"{name} matches allow rule {hit}.")
         return Decision(False, "deny:not-allowlisted", f"{name} is not on the allowlist.")
 
-    def _check_ip(self, host: str, name: str, ip: IPAddress) -> Decision:
+    def _port_grant(self, name: str, port: int | None) -> Decision | None:
+        if port is None or (name, port) not in self._allow.ports:
+            return None
+        entry = port_entry(name, port)
+        return Decision(True, f"allow:{entry}", f"{entry} matches allow entry {entry}.", True)
+
+    def _check_ip(self, host: str, name: str, ip: IPAddress, port: int | None) -> Decision:
         label = shown(name)
         hit = self._deny.match_ip(_ip_forms(ip, embedded=True))
         if hit is not None:
             return Decision(False, f"deny:denylist:{hit}", f"{label} matches deny rule {hit}.")
+        granted = self._port_grant(name, port)
+        if granted is not None:
+            return granted
         hit = self._allow.match_ip(_ip_forms(ip, embedded=False))
         if hit is not None:
             return Decision(True, f"allow:{hit}", f"{label} matches allow rule {hit}.")

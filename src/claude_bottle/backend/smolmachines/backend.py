@@ -33,7 +33,7 @@ from claude_bottle.backend.smolmachines.launch import (
     launch_bottle,
     teardown,
 )
-from claude_bottle.backend.smolmachines.prepare import resolve_plan
+from claude_bottle.backend.smolmachines.prepare import UNBOUNDED_HOME, resolve_plan
 from claude_bottle.bundle.launcher import spawn_bundle
 from claude_bottle.errors import BottleError, MissingDependency
 
@@ -43,7 +43,11 @@ class SmolmachinesBackend(BottleBackend):
     description = "smolvm microVM with no network device (KVM or Hypervisor.framework)"
 
     def limits_report(self) -> list[str]:
-        return ["memory and cpus size the microVM (--mem, --cpus); pids and disk are the guest's"]
+        return [
+            "memory, cpus and disk size the microVM (--mem, --cpus, --storage/--overlay); "
+            "pids are the guest kernel's",
+            f"cannot apply disk to the home: {UNBOUNDED_HOME}",
+        ]
 
     def __init__(
         self,

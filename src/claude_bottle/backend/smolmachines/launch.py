@@ -38,7 +38,7 @@ from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle.launcher import BundleProcess, PendingBundle, spawn_bundle, stop_process
 from claude_bottle.claude_home import ToolHook
 from claude_bottle.errors import ConfigError, LaunchError
-from claude_bottle.limits import MIB
+from claude_bottle.limits import GIB, MIB
 
 READY_TIMEOUT = 60.0
 STATE_POLL = 1.0  # how often to ask smolvm whether the machine still runs while waiting
@@ -82,6 +82,7 @@ def machine_spec(plan: SmolmachinesBottlePlan, stage: Stage, pack: Path) -> smol
         user=plan.user,
         memory_mib=max(1, plan.limits.memory // MIB),
         cpus=None if plan.limits.cpus is None else math.ceil(plan.limits.cpus),
+        disk_gib=max(1, math.ceil(plan.limits.disk / GIB)),
     )
 
 

@@ -44,7 +44,7 @@ from claude_bottle.bottle_env import (
     build_env,
 )
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
-from claude_bottle.limits import plan_with
+from claude_bottle.limits import Unapplied, plan_with
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 SECCOMP_EXEC = RELAY_SCRIPT.with_name("seccomp_exec.py")
@@ -53,6 +53,17 @@ NETWORK_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_NETWORK"
 DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the image's build inputs cannot be read
 NETWORKS = ("none", "gvproxy")
 PACK_SUFFIX = ".smolmachine"
+# [bottle] disk sizes the VM's own writable disks (launch.machine_spec); the home is a host
+# directory shared in with --volume, which no size of smolvm's reaches.
+DISK_MECHANISM = (
+    "the microVM's storage and overlay disks, each that size rounded up to whole GiB "
+    "(smolvm --storage, --overlay; the storage disk also holds the image's layers); "
+    "the home: not bounded"
+)
+UNBOUNDED_HOME = (
+    "the bottle's home is a host directory shared into the VM, bounded by the host's disk "
+    "only (smolvm sizes only the VM's own disks)"
+)
 
 
 def relay_command(python: str = "python3") -> tuple[str, ...]:
@@ -115,12 +126,9 @@ def resolve_plan(
         limits=plan_with(
             config.bottle.limits,
             "the microVM's memory and vCPUs",
-            "the guest's own filesystems",
-            (),
-            (
-                "pids: the guest kernel's own; a fork bomb is bounded by the VM's memory and vCPUs",
-                "home is a host directory shared into the VM: bounded by the host's disk only",
-            ),
+            DISK_MECHANISM,
+            (Unapplied("disk", UNBOUNDED_HOME),),
+            ("pids: the guest kernel's own; a fork bomb is bounded by the VM's memory and vCPUs",),
         ),
     )
     return SmolmachinesBottlePlan(

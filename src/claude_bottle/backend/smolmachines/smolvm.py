@@ -58,6 +58,7 @@ class MachineSpec:
     stop_on_exit: bool = True  # the relay ending stops the machine: fail closed
     memory_mib: int | None = None  # the VM's memory ([bottle] memory)
     cpus: int | None = None  # its vCPUs ([bottle] cpus, rounded up)
+    disk_gib: int | None = None  # its storage and overlay disks ([bottle] disk, rounded up)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,10 @@ def machine_create_argv(smolvm: str, spec: MachineSpec) -> list[str]:
         argv += ["--mem", str(spec.memory_mib)]
     if spec.cpus is not None:
         argv += ["--cpus", str(spec.cpus)]
+    if spec.disk_gib is not None:
+        # The guest's writable disks: --storage holds the container's layers and writes,
+        # --overlay the VM rootfs's changes. smolvm takes whole GiB.
+        argv += ["--storage", str(spec.disk_gib), "--overlay", str(spec.disk_gib)]
     # No --net and none of the flags that imply it: the machine gets no network device.
     return [*argv, "--", *spec.command]
 
