@@ -317,6 +317,7 @@ class DockerBottlePlan(BottlePlan):
                     ("network", network),
                     ("sockets", f"volume {self.volume} (tmpfs) at {SOCKETS_DIR}"),
                     ("audit", f"{bundle.state_dir}/audit.jsonl"),
+                    ("secrets", "read by the CLI, handed over the control socket at start"),
                     *(
                         ("reads", f"{m.source}" + (" (read-only)" if m.readonly else ""))
                         for m in bundle.mounts
