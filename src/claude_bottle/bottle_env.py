@@ -47,6 +47,21 @@ TOOLCHAIN_ENV = (
 SECRET_NAME = re.compile(
     r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH(?!OR)|COOKIE|SESSION|PRIVATE", re.IGNORECASE
 )
+
+
+def host_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """The user's own secret values: host variables whose names say they are secrets.
+
+    Values that are paths or socket addresses (SSH_AUTH_SOCK, DBUS_SESSION_BUS_ADDRESS)
+    are not secrets, and fingerprinting them would block any request mentioning them.
+    """
+    return {
+        name: value
+        for name, value in env.items()
+        if SECRET_NAME.search(name) and value and not value.startswith(("/", "unix:"))
+    }
+
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

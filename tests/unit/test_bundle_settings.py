@@ -60,6 +60,7 @@ _WHERE = {
     "ca_pool",  # host bundles only: a bundle container mints its own CA
     "git_cache",
     "git_remotes",
+    "handed_secrets",  # a bundle container: its secrets come over the control socket
 }
 
 

@@ -26,6 +26,7 @@ from claude_bottle.backend.docker import backend as docker_backend
 from claude_bottle.backend.docker import cleanup as docker_cleanup
 from claude_bottle.backend.docker import docker, images, launch, network
 from claude_bottle.backend.docker.backend import (
+    CredentialAccess,
     DockerBackend,
     credential_access,
     needs_host_network,
@@ -581,21 +582,12 @@ def test_preflight_unusable_engines(
 # --- what the bundle container is given ------------------------------------------------
 
 
-def test_credential_from_env_is_copied_into_the_bundle_environment() -> None:
-    access = credential_access("env:MY_CLAUDE", "/home/alice", {})
-    assert access.spec == "env:MY_CLAUDE" and access.copy == ("MY_CLAUDE",)
-    assert access.mounts == ()
-
-
-def test_credential_file_is_bound_read_only_at_its_absolute_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spec", ["env:MY_CLAUDE", "file:~/keys/anthropic"])
+def test_credential_from_env_or_file_is_handed_not_shown(spec: str, tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
-    key = tmp_path / "keys" / "anthropic"
-    key.write_text("sk-ant-api03-x\n")
-    access = credential_access("file:~/keys/anthropic", str(tmp_path), {})
-    assert access.spec == f"file:{key}"
-    assert access.mounts == (Mount("bind", str(key), str(key), readonly=True),)
-    missing = credential_access("file:/nope/key", str(tmp_path), {})
-    assert missing.spec == "file:/nope/key" and missing.mounts == ()  # the bundle says so
+    (tmp_path / "keys" / "anthropic").write_text("sk-ant-api03-x\n")
+    access = credential_access(spec, str(tmp_path), {})
+    assert access == CredentialAccess("handed", (), ())
 
 
 def test_keychain_binds_claude_code_s_store_writable(tmp_path: Path) -> None:
@@ -610,18 +602,19 @@ def test_keychain_binds_claude_code_s_store_writable(tmp_path: Path) -> None:
     assert chosen.mounts == (Mount("bind", str(other), str(other)),)
 
 
-def test_bundle_environment_holds_secrets_and_the_credential_variable(dirs: Path) -> None:
+def test_the_handover_holds_host_secrets_and_the_credential(dirs: Path) -> None:
+    from claude_bottle.backend.docker.handover import resolve
+
     (dirs / "ws").mkdir()
     config = Config(credentials=CredentialsConfig(anthropic="env:CLAUDE_CREDS"))
     plan = DockerBackend().plan(LaunchRequest("b", dirs / "ws", config, ("true",)))
-    env = launch.bundle_environment(
-        plan,
-        {"MY_API_KEY": "s1", "GITHUB_TOKEN": "s2", "CLAUDE_CREDS": "s3", "EDITOR": "vi"},
-    )
-    assert env["MY_API_KEY"] == "s1" and env["GITHUB_TOKEN"] == "s2"
-    assert env["CLAUDE_CREDS"] == "s3"
-    assert "EDITOR" not in env
-    assert env["HOME"] == plan.agent.home
+    key = "sk-ant-api03-" + "k" * 40
+    host = {"MY_API_KEY": "s1", "GITHUB_TOKEN": "s2", "CLAUDE_CREDS": key, "EDITOR": "vi"}
+    handover = resolve(plan.injections, plan.anthropic_credential, host, Path(plan.agent.home))
+    assert handover.host_secrets == {"MY_API_KEY": "s1", "GITHUB_TOKEN": "s2"}
+    assert handover.anthropic == key and handover.injected == {}
+    assert plan.bundle is not None and dict(plan.bundle.env) == {"HOME": plan.agent.home}
+    assert key not in plan.to_json()
 
 
 @pytest.mark.parametrize(
@@ -639,13 +632,14 @@ def test_host_network_only_for_loopback_destinations(config: Config, host: bool)
     assert needs_host_network(config) is host
 
 
-def test_launch_writes_the_environment_file_private(
+def test_launch_writes_settings_and_no_secret_before_the_engine(
     dirs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Everything before the engine is touched: runtime dir, settings, env file, home."""
+    """Everything before the engine is touched: runtime dir, settings, home; no file in
+    the runtime dir holds a secret (they are handed over the control socket)."""
     (dirs / "ws").mkdir()
     monkeypatch.setenv("HOME", str(dirs / "home"))
-    monkeypatch.setenv("SOME_SECRET", "v")
+    monkeypatch.setenv("SOME_SECRET", "=v")
     plan = DockerBackend().plan(LaunchRequest("e", dirs / "ws", Config(), ("true",)))
 
     class Stop(Exception):
@@ -655,9 +649,8 @@ def test_launch_writes_the_environment_file_private(
 
     def look_then_stop(*_: object, **__: object) -> None:
         runtime = Path(plan.runtime_dir)
-        env_file = runtime / "bundle-env.json"
-        seen["mode"] = stat.S_IMODE(env_file.stat().st_mode)
-        seen["env"] = json.loads(env_file.read_text())
+        seen["files"] = sorted(p.name for p in runtime.rglob("*") if p.is_file())
+        seen["leaks"] = [p for p in runtime.rglob("*") if p.is_file() and b"=v" in p.read_bytes()]
         seen["settings"] = json.loads((runtime / "bundle.json").read_text())
         seen["seeded"] = Path(plan.agent.home_source, ".claude.json").exists()
         raise Stop
@@ -665,8 +658,7 @@ def test_launch_writes_the_environment_file_private(
     monkeypatch.setattr(launch.Watchdog, "spawn", look_then_stop)
     with pytest.raises(Stop), contextlib.ExitStack() as stack:
         launch.start(plan, stack)
-    assert seen["mode"] == 0o600
-    assert seen["env"]["SOME_SECRET"] == "v"
+    assert "bundle-env.json" not in seen["files"] and seen["leaks"] == []
     settings = seen["settings"]
     assert settings["proxy_socket"] == "/run/claude-bottle/bundle/proxy.sock"
     assert settings["gateway_socket"] == "/run/claude-bottle/bundle/gateway.sock"
@@ -708,6 +700,7 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
     monkeypatch.setattr(network, "ensure", ensure_network)
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
+    monkeypatch.setattr(launch, "hand_secrets", lambda *args: events.append("handed"))
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args, **kw: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
     asked: list[str] = []
@@ -717,7 +710,7 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
     assert asked == []  # the engine is asked what is wrong only when something failed
     assert events.index("run bundle") > events.index("volume")
     assert events.index("run agent") > events.index("volume")
-    assert events[-1] == "ready"
+    assert events[-2:] == ["ready", "handed"]  # the secrets once the bundle answers
     assert bottle.processes == {}  # none visible: liveness asks the engine instead
 
 
@@ -847,6 +840,7 @@ def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
     monkeypatch.setattr(docker, "rm", lambda names, force=True: removed.extend(names))
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: {})
+    monkeypatch.setattr(launch, "hand_secrets", lambda *args: None)
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args, **_: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
     with contextlib.ExitStack() as stack:

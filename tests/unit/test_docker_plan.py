@@ -5,14 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 
 from claude_bottle.backend.base import LaunchRequest
-from claude_bottle.backend.docker import bottle_plan
 from claude_bottle.backend.docker.backend import DockerBackend, state_label
 from claude_bottle.backend.docker.bottle_plan import (
     AgentSpec,
@@ -69,7 +66,7 @@ BUNDLE = BundleSpec(
     volume="claude-bottle-proj-abcde-0a1b2c-sockets",
     control_dir="/run/user/1000/claude-bottle/proj-abcde/control",
     settings_file="/run/user/1000/claude-bottle/proj-abcde/bundle.json",
-    env_file="/run/user/1000/claude-bottle/proj-abcde/bundle-env.json",
+    env=(("HOME", "/home/alice"),),
     state_dir="/home/alice/.local/state/claude-bottle/bottles/proj-abcde",
     mounts=(),
     labels=(*LABELS, ("claude-bottle.role", "bundle")),
@@ -196,17 +193,17 @@ def test_bundle_run_args_are_pinned() -> None:
         "type=bind,source=/run/user/1000/claude-bottle/proj-abcde/bundle.json,"
         "target=/run/claude-bottle/bundle.json,readonly",
         "--mount",
-        "type=bind,source=/run/user/1000/claude-bottle/proj-abcde/bundle-env.json,"
-        "target=/run/claude-bottle/bundle-env.json,readonly",
-        "--mount",
         "type=bind,source=/home/alice/.local/state/claude-bottle/bottles/proj-abcde,"
         "target=/var/lib/claude-bottle",
+        "--env",  # plain settings only: every secret is handed over the control socket
+        "HOME=/home/alice",
     ]
 
 
 def test_bundle_extra_mounts_come_last() -> None:
     spec = dataclasses.replace(
         BUNDLE,
+        env=(),
         mounts=(
             Mount("bind", "/home/alice/test-ca.pem", "/run/claude-bottle/upstream-ca.pem", True),
             Mount("bind", "/home/alice/.claude", "/home/alice/.claude"),
@@ -221,33 +218,12 @@ def test_bundle_extra_mounts_come_last() -> None:
     ]
 
 
-def test_bundle_command_loads_its_environment_file_then_serves() -> None:
-    command = bundle_command()
-    assert command[0] == "-c"
-    assert command[2:] == ["/run/claude-bottle/bundle-env.json", "/run/claude-bottle/bundle.json"]
-    assert "runpy.run_module('claude_bottle.bundle.server'" in command[1]
-    compile(command[1], "<boot>", "exec")  # it is valid Python
-
-
-def test_bundle_boot_sets_the_environment_and_arguments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env_file = tmp_path / "env.json"
-    env_file.write_text(json.dumps({"MY_TOKEN": "s3cret"}))
-    seen: dict[str, object] = {}
-
-    def fake_run_module(name: str, run_name: str, alter_sys: bool) -> None:
-        seen.update(name=name, argv=list(sys.argv), token=os.environ.get("MY_TOKEN"))
-
-    monkeypatch.setattr(runpy, "run_module", fake_run_module)
-    monkeypatch.setattr(sys, "argv", ["-c", str(env_file), "/settings.json"])
-    monkeypatch.delenv("MY_TOKEN", raising=False)
-    exec(compile(bottle_plan.BUNDLE_BOOT, "<boot>", "exec"), {})
-    assert seen == {
-        "name": "claude_bottle.bundle.server",
-        "argv": ["claude-bottle-bundle", "/settings.json"],
-        "token": "s3cret",
-    }
+def test_bundle_command_serves_its_settings_and_reads_no_secret_file() -> None:
+    assert bundle_command() == [
+        "-m",
+        "claude_bottle.bundle.server",
+        "/run/claude-bottle/bundle.json",
+    ]
 
 
 def test_mount_fields_with_commas_are_quoted() -> None:
@@ -409,8 +385,9 @@ def test_state_label_names_the_state_root(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(first) == 12
 
 
-def test_injected_secrets_reach_the_bundle_container_by_its_env_file_only(dirs: Path) -> None:
-    from claude_bottle.backend.docker.launch import _settings, bundle_environment
+def test_injected_secrets_reach_the_bundle_container_by_handover_only(dirs: Path) -> None:
+    from claude_bottle.backend.docker.handover import resolve
+    from claude_bottle.backend.docker.launch import _settings
     from claude_bottle.bundle.settings import InjectionSpec
     from claude_bottle.config.model import CredentialsConfig
 
@@ -423,9 +400,12 @@ def test_injected_secrets_reach_the_bundle_container_by_its_env_file_only(dirs: 
     assert placeholder.startswith("ghp_") and placeholder != secret
     settings = _settings(plan)
     (spec,) = settings.injections
-    assert spec.secret == "env:CLAUDE_BOTTLE_INJECTED_0" and spec.placeholder == placeholder
+    assert spec.secret == "handed" and spec.placeholder == placeholder
+    assert settings.handed_secrets
     assert secret not in plan.to_json() and secret not in json.dumps(settings._asdict())
-    assert bundle_environment(plan, {})["CLAUDE_BOTTLE_INJECTED_0"] == secret
+    assert plan.bundle is not None and secret not in " ".join(bundle_run_args(plan.bundle))
+    handover = resolve(plan.injections, plan.anthropic_credential, {}, Path(plan.agent.home))
+    assert handover.injected == {"GITHUB_TOKEN": secret}
 
 
 def test_host_placement_has_no_bundle_container_network_or_volume(dirs: Path) -> None:

@@ -75,6 +75,8 @@ def test_the_cli_hands_each_credential_and_it_is_written_nowhere(
     bundle: Path, tmp_path: Path
 ) -> None:
     hand_credentials((HTTPS,), bundle, {"T_HANDED": SECRET})
+    with pytest.raises(LaunchError, match="already"):  # taken once per remote
+        hand_credentials((HTTPS,), bundle, {"T_HANDED": "another-token-0123456789"})
     # A remote that takes no handed credential (ssh, or one not configured) is refused.
     for name in ("deploy", "nosuch"):
         answer = control.call(bundle, "git-credential", remote=name, username="u", password="p")
@@ -110,3 +112,6 @@ def test_a_handed_credential_is_kept_for_its_remote_only() -> None:
         hand_credential(HTTPS, "u", "p")  # its source is the host's, not handed
     with pytest.raises(ValueError):
         hand_credential(remote, "u", "")
+    with pytest.raises(ValueError, match="already"):  # taken once
+        hand_credential(remote, "attacker", "their-own-token")
+    assert resolve_credential(remote, {}) == Credential("x-access-token", SECRET)

@@ -211,7 +211,7 @@ class BottlePlan(Printable):
         """This plan's bundle settings: its policy (`bundle_policy`), the launch's places,
         and the git gate where the launch gives it a socket. `seen_otherwise`: settings
         as this bundle sees them where that is not as the host does (a bundle container
-        reads the injected secrets from its environment file, say)."""
+        is handed the injected secrets over its control socket, say)."""
         gate = self.git_gate_settings() if places.git_socket else {}
         return BundleSettings(
             **{

@@ -117,6 +117,13 @@ def _kind_of(token: str) -> Literal["api-key", "oauth"]:
     return "oauth" if token.startswith(OAUTH_PREFIX) else "api-key"
 
 
+def handed_credential(token: object) -> Credential:
+    """The credential the CLI resolved on the host and handed to a bundle container."""
+    where = "handed by the CLI"
+    value = check_token(token, where)
+    return Credential(_kind_of(value), value, where)
+
+
 def load_credential(
     spec: str, env: Mapping[str, str], home: Path, *, platform: str = sys.platform
 ) -> Credential:

@@ -202,6 +202,8 @@ def hand_credential(remote: GateRemote, username: str, password: str) -> None:
         raise ValueError(f"remote {remote.name} does not take a handed credential")
     if not username or not password or len(username) + len(password) > MAX_CREDENTIAL:
         raise ValueError(f"remote {remote.name}: not a credential")
+    if remote.name in _handed:  # taken once: nobody swaps in a credential of their own
+        raise ValueError(f"remote {remote.name}: its credential was handed already")
     _handed[remote.name] = Credential(username, password)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from claude_bottle.bottle_env import SECRET_NAME
+from claude_bottle.bottle_env import host_secrets
 from claude_bottle.bundle.body_budget import HeldBytes, Hold
 from claude_bottle.bundle.refusal import Refusal
 from claude_bottle.paths import cache_root
@@ -47,19 +47,6 @@ WRONG_HOST_RULE = "credential-wrong-host"  # as injection.WRONG_HOST_RULE
 PLACEHOLDER_RULE = "secret:placeholder."
 MAX_RULES_RECORDED = 16  # distinct rules counted in one audit record; more are only counted
 MAX_LOCATIONS_RECORDED = 8
-
-
-def host_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """The user's own secret values: host variables whose names say they are secrets.
-
-    Values that are paths or socket addresses (SSH_AUTH_SOCK, DBUS_SESSION_BUS_ADDRESS)
-    are not secrets, and fingerprinting them would block any request mentioning them.
-    """
-    return {
-        name: value
-        for name, value in env.items()
-        if SECRET_NAME.search(name) and value and not value.startswith(("/", "unix:"))
-    }
 
 
 class DlpInspector:

@@ -101,7 +101,11 @@ def _run_command(command: str, key: str) -> str:
 
 def load_secret(spec: str, env: Mapping[str, str] | None = None, key: str = "secret") -> str:
     """The secret `spec` names; MissingDependency (exit 3) when it cannot be had."""
-    value = _read_source(spec, os.environ if env is None else env, key).strip()
+    return check_secret(_read_source(spec, os.environ if env is None else env, key).strip(), key)
+
+
+def check_secret(value: str, key: str) -> str:
+    """`value` if it can go into a request head; MissingDependency naming `key` if not."""
     if not value:
         raise _missing(key, "the secret is empty", "check where it comes from")
     if len(value) > MAX_SECRET or not _HEADER_SAFE.fullmatch(value):

@@ -109,6 +109,15 @@ class Bundle:
             (host for injection in settings.injections for host in injection.hosts),
         )
         self.injector: Injector | None = None  # made with the DLP engine, off the loop
+        # A bundle container's secrets come over the control socket (`bundle/handover.py`):
+        # until then nothing that needs them is prepared or served.
+        self._handover = asyncio.Event()
+        self._handover_taken = False
+        self._prepare_wanted = False
+        self._host_secrets: dict[str, str] = {}
+        self._anthropic: tuple[str | None, str] = (None, "")  # handed: value or problem
+        if not settings.handed_secrets:
+            self._handover.set()
 
     def _prepare_inspection(self) -> DlpInspector | None:
         """The upstream trust store (~30 ms), the DLP engine and the proxy's modules, off
@@ -118,6 +127,7 @@ class Bundle:
         if self.interception is not None:
             self.interception.warm()
         self.injector, secrets = _injector(self.settings, self.injected)
+        secrets = {**self._host_secrets, **secrets}
         return _inspector(self.settings, self.record, self.held, secrets)
 
     def _prepare_now(self) -> None:
@@ -125,6 +135,9 @@ class Bundle:
         PREPARE_DELAY after ready, so it does not take CPU from the bottle's start-up
         (nor from a command that ends sooner, which never needs it)."""
         if self._preparing:
+            return
+        if not self._handover.is_set():
+            self._prepare_wanted = True  # started by the handover
             return
         self._preparing = True
         if self._preparation_timer is not None:
@@ -231,12 +244,12 @@ class Bundle:
         from claude_bottle.bundle.gateway import AnthropicGateway
 
         assert self._inspector is not None
-        if self._gateway is None:
-            self._gateway = _gateway(self.settings, self.record)
-        if self._gateway_policy is None:
-            self._gateway_policy = GatewayPolicy(frozenset(self.settings.gateway_features))
         self._prepare_now()
         inspector = await asyncio.shield(self._inspector)  # prompts are scanned too
+        if self._gateway is None:  # after the inspector: a handed credential is here by then
+            self._gateway = _gateway(self.settings, self.record, self._anthropic)
+        if self._gateway_policy is None:
+            self._gateway_policy = GatewayPolicy(frozenset(self.settings.gateway_features))
         upstream, credentials, budget = self._gateway
         await AnthropicGateway(
             upstream,
@@ -319,6 +332,8 @@ class Bundle:
             return {"ok": True}
         if op == "git-credential":
             return self._hand_git_credential(request)
+        if op == "secrets":
+            return self._take_secrets(request)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _hand_git_credential(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +350,30 @@ class Bundle:
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         self.record("git", "info", rule="git:credential-handed", detail={"remote": remote.name})
+        return {"ok": True}
+
+    def _take_secrets(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The secrets the CLI resolved on the host (`bundle/handover.py`): taken once."""
+        from claude_bottle.bundle.handover import parse
+
+        if not self.settings.handed_secrets:
+            return {"ok": False, "error": "secrets: this bundle takes no handed secrets"}
+        if self._handover_taken:
+            self.record("lifecycle", "deny", rule="control:secrets-refused")
+            return {"ok": False, "error": "secrets: already handed (taken once per bundle)"}
+        self._handover_taken = True
+        try:
+            handed = parse(request, self.settings)
+        except ValueError as exc:
+            self._stopping.set()  # fail closed: it cannot serve without its secrets
+            return {"ok": False, "error": str(exc)[:300]}
+        self.injected, self._host_secrets = handed.injected, handed.host_secrets
+        self._anthropic = (handed.anthropic, handed.anthropic_problem)
+        self._handover.set()
+        detail = {"injected": sorted(handed.injected), "host_secrets": len(handed.host_secrets)}
+        self.record("lifecycle", "info", rule="control:secrets-handed", detail=detail)
+        if self._prepare_wanted:
+            self._prepare_now()
         return {"ok": True}
 
     async def run(self) -> None:
@@ -389,18 +428,23 @@ class Bundle:
         self.audit.close()
 
 
-def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
+def _gateway(
+    settings: BundleSettings, record: Any, handed: tuple[str | None, str]
+) -> tuple[Any, Any, Any]:
     """Upstream, credential provider and token budget of the gateway.
 
-    The credential is read here, in the bundle, from the host: it never passes through
-    a file the bottle can see, nor through the CLI's arguments.
+    The credential is read here, in the bundle, from the host, or handed by the CLI (a
+    bundle container): it never passes through a file the bottle can see, nor through
+    the CLI's arguments.
     """
     from claude_bottle.bundle.credentials import (
         CredentialProvider,
+        handed_credential,
         http_refresher,
         load_credential,
     )
     from claude_bottle.bundle.gateway import GatewayUpstream, TokenBudget
+    from claude_bottle.bundle.handover import HANDED
     from claude_bottle.errors import BottleError
 
     upstream_host = urlsplit(settings.anthropic_upstream).hostname or ""
@@ -411,7 +455,13 @@ def _gateway(settings: BundleSettings, record: Any) -> tuple[Any, Any, Any]:
         connect_to=(pin.address, pin.port or 443) if pin is not None else None,
     )
     try:
-        credential = load_credential(settings.anthropic_credential, os.environ, Path.home())
+        if settings.anthropic_credential == HANDED:
+            token, problem = handed
+            if problem:
+                raise BottleError(problem)
+            credential = handed_credential(token)
+        else:
+            credential = load_credential(settings.anthropic_credential, os.environ, Path.home())
     except BottleError as exc:
         message = exc.message
 

@@ -49,7 +49,7 @@ class InjectionSpec(NamedTuple):
 
     hosts: tuple[str, ...]
     env: str
-    secret: str  # env:VAR | file:PATH | command:ARGV
+    secret: str  # env:VAR | file:PATH | command:ARGV | handed (bundle/handover.py)
     also_env: tuple[str, ...] = ()
     placeholder: str = ""  # chosen per bottle when it is planned
 
@@ -92,6 +92,9 @@ class BundleSettings(NamedTuple):
     git_remotes: tuple[GateRemote, ...] = ()
     egress_rules: tuple[RuleSpec, ...] = ()
     injections: tuple[InjectionSpec, ...] = ()
+    # A bundle container: the CLI hands its secrets over the control socket once it
+    # answers (`bundle/handover.py`); nothing that needs them is served before.
+    handed_secrets: bool = False
 
     def dump(self, path: Path) -> None:
         fields = {

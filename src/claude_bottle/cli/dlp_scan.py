@@ -17,7 +17,7 @@ DLP_SCAN_LIMIT = 64 << 20  # bytes read from FILE or stdin
 
 def dlp_scan(file: str, config_file: str | None) -> int:
     """`claude-bottle dlp scan`: 1 if a finding would be refused, else 0."""
-    from claude_bottle.bundle.scanning import host_secrets  # the user's own secrets too
+    from claude_bottle.bottle_env import host_secrets  # the user's own secrets too
     from claude_bottle.policy.dlp import Scanner
     from claude_bottle.policy.dlp_report import report
 

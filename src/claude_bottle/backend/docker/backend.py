@@ -163,32 +163,27 @@ class CredentialAccess:
     spec: str  # the spec as the bundle sees it
     mounts: tuple[Mount, ...]
     env: tuple[tuple[str, str], ...]  # plain settings for the bundle's environment
-    copy: tuple[str, ...]  # host variables copied into the bundle's environment file
 
 
 def credential_access(spec: str, home: str, host_env: Mapping[str, str]) -> CredentialAccess:
-    """A host-process bundle reads the credential where it is; a container needs it shown.
+    """A host-process bundle reads the credential where it is; a container cannot.
 
-    env:NAME  the variable is copied into the bundle's 0600 environment file;
-    file:PATH the file is bound read-only at its own (absolute) path;
+    env:NAME, file:PATH  read by the CLI at start and handed over the control socket
+              (`docker/handover.py`): the container's spec is `handed`;
     keychain  Claude Code's credential dir is bound read-write (refreshed tokens are
               written back) and named by CLAUDE_CONFIG_DIR.
     """
-    kind, _, rest = spec.partition(":")
-    if kind == "env" and rest:
-        return CredentialAccess(spec, (), (), (rest,))
-    if kind == "file" and rest:
-        path = Path(home) / rest[2:] if rest == "~" or rest.startswith("~/") else Path(rest)
-        path = Path(os.path.abspath(os.path.expanduser(path)))
-        mounts = (Mount("bind", str(path), str(path), readonly=True),) if path.exists() else ()
-        return CredentialAccess(f"file:{path}", mounts, (), ())
+    from claude_bottle.backend.docker.handover import HANDED, handed_source
+
+    if handed_source(spec):
+        return CredentialAccess(HANDED, (), ())
     if spec == "keychain":
         configured = host_env.get("CLAUDE_CONFIG_DIR")
         directory = Path(configured) if configured else Path(home) / ".claude"
         directory = Path(os.path.abspath(os.path.expanduser(directory)))
         mounts = (Mount("bind", str(directory), str(directory)),) if directory.is_dir() else ()
-        return CredentialAccess(spec, mounts, (("CLAUDE_CONFIG_DIR", str(directory)),), ())
-    return CredentialAccess(spec, (), (), ())  # the bundle reports the bad spec itself
+        return CredentialAccess(spec, mounts, (("CLAUDE_CONFIG_DIR", str(directory)),))
+    return CredentialAccess(spec, (), ())  # the bundle reports the bad spec itself
 
 
 class DockerBackend(BottleBackend):
@@ -367,7 +362,7 @@ class DockerBackend(BottleBackend):
                 volume=volume,
                 control_dir=str(runtime_dir / "control"),
                 settings_file=str(runtime_dir / "bundle.json"),
-                env_file=str(runtime_dir / "bundle-env.json"),
+                env=(("HOME", home), *credential.env),
                 state_dir=str(state_dir),
                 mounts=(*ca_mounts, *credential.mounts),
                 labels=(*labels, (LABEL_ROLE, ROLE_BUNDLE)),
@@ -388,8 +383,6 @@ class DockerBackend(BottleBackend):
             detach=request.detach,
             gateway_port=GATEWAY_PORT,
             bundle_credential=credential.spec,
-            bundle_env=(("HOME", home), *credential.env),
-            bundle_env_copy=credential.copy,
             instance=instance,
             state_label=label,
             network=network,

@@ -24,7 +24,6 @@ CONTROL_DIR = f"{BOTTLE_RUN}/control"  # host runtime dir, bound into the bundle
 SETTINGS_FILE = f"{BOTTLE_RUN}/bundle.json"
 UPSTREAM_CA = f"{BOTTLE_RUN}/upstream-ca.pem"
 GATEWAY_CA = f"{BOTTLE_RUN}/gateway-ca.pem"
-ENV_FILE = f"{BOTTLE_RUN}/bundle-env.json"  # the host's secret values, for DLP
 CA_CERT = f"{SOCKETS_DIR}/ca.pem"  # the bottle's interception CA, published by the bundle
 CA_BUNDLE = f"{SOCKETS_DIR}/ca-bundle.pem"  # the image's trust store plus that CA
 BUNDLE_STATE = "/var/lib/claude-bottle"  # the bottle's host state dir, in the bundle
@@ -98,7 +97,7 @@ class BundleSpec:
     volume: str
     control_dir: str  # host dir for the control socket (never shown to the agent)
     settings_file: str  # host path of bundle.json
-    env_file: str  # host path of the bundle's environment (0600)
+    env: tuple[tuple[str, str], ...]  # plain settings, never a secret (`docker/handover.py`)
     state_dir: str  # host state dir: the audit log is written here
     mounts: tuple[Mount, ...]  # CA files and the credential source the bundle reads
     labels: tuple[tuple[str, str], ...]
@@ -223,27 +222,18 @@ def bundle_run_args(spec: BundleSpec) -> list[str]:
         "--mount",
         Mount("bind", spec.settings_file, SETTINGS_FILE, readonly=True).arg(),
         "--mount",
-        Mount("bind", spec.env_file, ENV_FILE, readonly=True).arg(),
-        "--mount",
         Mount("bind", spec.state_dir, BUNDLE_STATE).arg(),
     ]
     for mount in spec.mounts:
         args += ["--mount", mount.arg()]
+    for name, value in spec.env:
+        args += ["--env", f"{name}={value}"]
     return args
 
 
-BUNDLE_BOOT = (
-    "import json, os, runpy, sys\n"
-    "with open(sys.argv[1]) as f:\n"
-    "    os.environ.update(json.load(f))\n"
-    "sys.argv = ['claude-bottle-bundle', sys.argv[2]]\n"
-    "runpy.run_module('claude_bottle.bundle.server', run_name='__main__', alter_sys=True)\n"
-)
-
-
 def bundle_command() -> list[str]:
-    """Load the user's secret values (for DLP) from the env file, then serve."""
-    return ["-c", BUNDLE_BOOT, ENV_FILE, SETTINGS_FILE]
+    """Serve; the secrets come over the control socket once it answers."""
+    return ["-m", "claude_bottle.bundle.server", SETTINGS_FILE]
 
 
 def sockets_volume_options(uid: int, gid: int) -> dict[str, str]:
@@ -256,8 +246,6 @@ class DockerBottlePlan(BottlePlan):
     detach: bool
     gateway_port: int
     bundle_credential: str  # the credential spec as the bundle container sees it
-    bundle_env: tuple[tuple[str, str], ...]  # plain settings for the bundle's environment
-    bundle_env_copy: tuple[str, ...]  # host variables it needs besides the secret-named
     instance: str
     state_label: str
     network: str | None  # bridge network the bundle container joins; None: none or host
@@ -329,6 +317,7 @@ class DockerBottlePlan(BottlePlan):
                     ("network", network),
                     ("sockets", f"volume {self.volume} (tmpfs) at {SOCKETS_DIR}"),
                     ("audit", f"{bundle.state_dir}/audit.jsonl"),
+                    ("secrets", "read by the CLI, handed over the control socket at start"),
                     *(
                         ("reads", f"{m.source}" + (" (read-only)" if m.readonly else ""))
                         for m in bundle.mounts

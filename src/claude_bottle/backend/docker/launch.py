@@ -53,7 +53,8 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
-from claude_bottle.bottle_env import HOOK_PORT, SECRET_NAME
+from claude_bottle.backend.docker.handover import HANDED, Handover, hand_secrets, resolve
+from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook
@@ -342,11 +343,9 @@ def _settings(plan: DockerBottlePlan) -> BundleSettings:
             git_socket=f"{SOCKETS_DIR}/git.sock" if plan.git_remotes else None,
             hook_socket=f"{SOCKETS_DIR}/hook.sock",
         ),
-        # The bundle container reads each injected secret from its environment file.
-        injections=tuple(
-            injection._replace(secret=f"env:{_INJECTED}{index}")
-            for index, injection in enumerate(plan.injections)
-        ),
+        # The CLI hands the bundle container each injected secret (`docker/handover.py`).
+        injections=tuple(injection._replace(secret=HANDED) for injection in plan.injections),
+        handed_secrets=True,
         **_git_gate_settings(plan),
     )
 
@@ -363,31 +362,6 @@ def _git_gate_settings(plan: DockerBottlePlan) -> dict[str, Any]:
         "git_cache": f"{BUNDLE_STATE}/git",
         "git_remotes": container_remotes(plan.git_gate_settings()["git_remotes"]),
     }
-
-
-_INJECTED = "CLAUDE_BOTTLE_INJECTED_"
-
-
-def bundle_environment(plan: DockerBottlePlan, host_env: Mapping[str, str]) -> dict[str, str]:
-    """What the bundle reads from its environment: the user's secret values (for DLP) and
-    the variable holding the Anthropic credential, plus where to find Claude Code's store.
-
-    A host-process bundle inherits them; a container does not, and they must not go into
-    the container's configuration (`docker inspect` shows it). They go into a 0600 file
-    in the runtime dir instead, bound read-only into the bundle container alone.
-    """
-    env = {name: value for name, value in host_env.items() if SECRET_NAME.search(name) and value}
-    for name in plan.bundle_env_copy:
-        if name in host_env:
-            env[name] = host_env[name]
-    env.update(plan.bundle_env)
-    if plan.injections:  # read here, on the host: command: and file: sources work as on it
-        from claude_bottle.bundle.secret_sources import injected_secrets
-
-        secrets = injected_secrets(plan.injections, host_env)
-        for index, injection in enumerate(plan.injections):
-            env[f"{_INJECTED}{index}"] = secrets[injection.env]
-    return env
 
 
 def _write_seccomp_profile(path: Path, nested_sandbox: bool) -> None:
@@ -418,8 +392,12 @@ def start(
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     _write_seccomp_profile(Path(plan.agent.seccomp_profile), plan.nested_sandbox)
 
-    if plan.bundle is not None:
-        _write_bundle_files(plan, runtime)
+    handover = None
+    if plan.bundle is not None:  # every secret read here, before anything runs
+        _settings(plan).dump(runtime / "bundle.json")
+        handover = resolve(
+            plan.injections, plan.anthropic_credential, os.environ, Path(plan.agent.home)
+        )
 
     labels = plan.labels()
     watchdog = Watchdog.spawn(labels, state_dir / "docker.log", runtime_dir=runtime)
@@ -429,7 +407,10 @@ def start(
     if plan.bundle is None:
         processes = _start_with_host_bundle(plan, stack, runtime, state_dir, preflight)
     else:
-        processes = _start_with_bundle_container(plan, runtime, state_dir, created, preflight)
+        assert handover is not None
+        processes = _start_with_bundle_container(
+            plan, runtime, state_dir, created, preflight, handover
+        )
     if plan.home_image is not None:
         home_image.detach(home)  # the agent container holds its own mount of it from here on
     containers = {"bottle": plan.agent.container}
@@ -464,14 +445,6 @@ def start(
     return bottle, watchdog
 
 
-def _write_bundle_files(plan: DockerBottlePlan, runtime: Path) -> None:
-    """The bundle container's settings, and its environment in a file only it reads."""
-    _settings(plan).dump(runtime / "bundle.json")
-    fd = os.open(runtime / "bundle-env.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(bundle_environment(plan, os.environ), handle)
-
-
 def _start_with_host_bundle(
     plan: DockerBottlePlan,
     stack: contextlib.ExitStack,
@@ -502,11 +475,11 @@ def _start_with_bundle_container(
     state_dir: Path,
     created: _Created,
     preflight: Callable[[], list[str]],
+    handover: Handover,
 ) -> dict[str, dict[str, int]]:
     """The bundle in a container beside the agent container (container placement)."""
     assert plan.bundle is not None and plan.volume is not None
     bundle_spec, volume_name = plan.bundle, plan.volume
-    env_file = runtime / "bundle-env.json"
     labels = plan.labels()
 
     # Everything at once: the engine check, the volume, the network, and each container as
@@ -581,7 +554,8 @@ def _start_with_bundle_container(
     processes = _wait_ready(exec_socket, control_socket, containers)
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
-    env_file.unlink()  # read at the bundle's start; its mount keeps it until the container goes
+    # Before the bottle's command runs (the bundle serves nothing that needs them before).
+    hand_secrets(handover, control_socket)
     if plan.git_remotes:  # before the bottle's command runs: its first clone needs them
         from claude_bottle.backend.docker.git_credentials import hand_credentials
 
