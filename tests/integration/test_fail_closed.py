@@ -51,17 +51,20 @@ def test_a_bottle_flooding_its_audit_log_is_stopped_with_a_message(bottle_env: B
 def test_a_full_disk_under_the_audit_log_stops_the_bottle_with_a_message(
     bottle_env: BottleEnv,
 ) -> None:
-    """Issue 18's fault run: the state dir on a 512 KiB tmpfs, filled by the bottle's own
+    """Issue 18's fault run: the state dir on a 1 MiB tmpfs, filled by the bottle's own
     traffic (each denied request is an audit record)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     state = bottle_env.root / "state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(state)], check=True)
+    # The home image ([bottle] disk, as root) lives in the state dir too: a small one
+    # (~0.3 MiB of metadata on a sparse file) leaves the rest to the audit log.
+    bottle_env.config.write_text(bottle_env.config.read_text() + '\n[bottle]\ndisk = "64M"\n')
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
     try:
         long_path = "a/" * 900
         script = (
-            f"i=0; while [ $i -lt 600 ]; do i=$((i+1)); "
+            f"i=0; while [ $i -lt 1200 ]; do i=$((i+1)); "
             f"curl -s -o /dev/null --max-time 5 http://denied.test/{long_path} || true; done; "
             "echo survived"
         )
