@@ -156,7 +156,7 @@ def soak(
 ) -> dict[str, Any]:
     """Drive `bundle` (its settings and pid; `via_bundle(proxy_socket)` connects to it)
     for `seconds`; the figures and whether each goal was met."""
-    from claude_bottle.bundle.audit import verify
+    from claude_bottle.bundle.audit_chain import verify
 
     window = min(WINDOW_S, seconds / 3)
     samples: list[Sample] = []
