@@ -1471,11 +1471,13 @@ NOTES = """
    `mkfs.ext4` and `mount` (16-65 ms) in series with the plan, the seccomp profile and the
    watchdog, and the teardown's waits on the docker client and the watchdog on
    `Popen.wait(timeout)`, which sleeps up to 50 ms between polls. Now the image is made and
-   mounted in a thread meanwhile, and the waits wake on a pidfd. Host placement 1.96× →
-   1.71× (516 → 489 ms; plain run 284 ms), container 3.47× → 3.43× (916 → 897 ms), floor
-   2.39× (637 ms). The engine's own part of ours (the same `docker run` argv with the
-   relay, in a loop without our CLI) is ~1.1× the plain run; the rest is the CLI's serial
-   start-up, shared with the namespace backend (docs/docker.md, "Measured").
+   mounted in a thread meanwhile, the waits wake on a pidfd, and a host bundle's plan skips
+   the bundle image's tag. Tens of milliseconds against a ±10 % spread: host placement
+   1.96× → 1.71×, 1.71× → 1.79×, 1.87× → 1.77×, 2.03× → 1.99× in four A/Bs (plain run
+   259-284 ms); container 3.47× → 3.43× and 3.19× → 3.24×, its `sh` floor 2.21-2.39×. The
+   engine's own part of ours (the same `docker run` argv with the relay, in a loop without
+   our CLI) is ~1.1× the plain run; the rest is the CLI's serial start-up, shared with the
+   namespace backend (docs/docker.md, "Measured").
 
 ## What is left
 
