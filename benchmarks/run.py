@@ -1462,6 +1462,22 @@ NOTES = """
    (load 5-14): PSS per running bottle N=1 52.5 → 40.4 MiB, N=5 41.6 → 35.5, N=20 38.7 →
    35.2 (srt 64.3 / 31.9 / 25.6); p50 start-up N=1/5/20 393/605/5637 ms → 558/503/6016 ms
    (srt 405/718/6764), no failures.
+19. Docker start-up (issue 23), A/B with `python benchmarks/docker_ab.py --rounds 20
+   A=<venv>/bin/claude-bottle B=<venv>/bin/claude-bottle` (each tree installed as
+   scripts/install.sh installs it; rounds interleave the plain `docker run --rm --network
+   none AGENT_IMAGE true`, both trees in both placements and the container topology's `sh`
+   floor; paired ratio = median of each round's ratio to that round's plain run; load
+   average 4-5). Timelines (strace of the CLI and its children) put the home image's
+   `mkfs.ext4` and `mount` (16-65 ms) in series with the plan, the seccomp profile and the
+   watchdog, and the teardown's waits on the docker client and the watchdog on
+   `Popen.wait(timeout)`, which sleeps up to 50 ms between polls. Now the image is made and
+   mounted in a thread meanwhile, the waits wake on a pidfd, and a host bundle's plan skips
+   the bundle image's tag. Tens of milliseconds against a ±10 % spread: host placement
+   1.96× → 1.71×, 1.71× → 1.79×, 1.87× → 1.77×, 2.03× → 1.99× in four A/Bs (plain run
+   259-284 ms); container 3.47× → 3.43× and 3.19× → 3.24×, its `sh` floor 2.21-2.39×. The
+   engine's own part of ours (the same `docker run` argv with the relay, in a loop without
+   our CLI) is ~1.1× the plain run; the rest is the CLI's serial start-up, shared with the
+   namespace backend (docs/docker.md, "Measured").
 
 ## What is left
 

@@ -14,9 +14,12 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_bottle import paths
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 def process_start_time(pid: int) -> int | None:
@@ -93,6 +96,35 @@ def signal_process(ref: Mapping[str, Any] | None, signum: int) -> bool:
         return True
     finally:
         os.close(pidfd)
+
+
+def wait_child(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` seconds for a child to exit; True once it has (reaped).
+
+    Woken by the child's pidfd the moment it exits: `Popen.wait(timeout)` polls with sleeps
+    growing to 50 ms, which a teardown waiting on a docker client paid on every start.
+    """
+    if process.poll() is not None:
+        return True
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd here, or already reaped
+        pidfd = None
+    if pidfd is not None:
+        import select
+
+        try:
+            select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+        return process.poll() is not None
+    import subprocess
+
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def write_record(name: str, record: dict[str, Any]) -> None:

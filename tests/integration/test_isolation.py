@@ -245,6 +245,8 @@ def test_no_host_unix_sockets_visible(bottle_env: BottleEnv) -> None:
     assert sockets <= {
         "/run/claude-bottle/bundle/proxy.sock",
         "/run/claude-bottle/bundle/gateway.sock",
+        "/run/claude-bottle/bundle/git.sock",  # the bundle's own bottle-facing services,
+        "/run/claude-bottle/bundle/hook.sock",  # also reached through the relay's ports
         "/run/claude-bottle/exec/exec.sock",
     }, sockets
 

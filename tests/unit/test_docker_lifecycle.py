@@ -254,6 +254,31 @@ def test_watchdog_tears_down_when_the_cli_vanishes(tmp_path: Path) -> None:
     assert args[4:] == [str(runtime)]
 
 
+def test_wait_child_reaps_a_child_that_ends_and_times_out_on_one_that_does_not() -> None:
+    import subprocess
+
+    ending = subprocess.Popen(["sh", "-c", "exit 3"])
+    assert state.wait_child(ending, 10)
+    assert ending.returncode == 3  # reaped: no zombie left behind
+    assert state.wait_child(ending, 10)  # already reaped: still says it has ended
+    lasting = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not state.wait_child(lasting, 0.05)
+        assert lasting.returncode is None
+    finally:
+        lasting.kill()
+        lasting.wait()
+
+
+def test_watchdog_release_reaps_it(tmp_path: Path) -> None:
+    python, ran = _recorder(tmp_path)
+    dog = launch.Watchdog.spawn({"k": "v"}, tmp_path / "log", python=str(python))
+    process = dog.process
+    dog.release("done")
+    assert process is not None and process.returncode == 0
+    assert not ran.exists()
+
+
 # --- the launch's own teardown ---------------------------------------------------------
 
 
@@ -655,7 +680,8 @@ def test_launch_writes_settings_and_no_secret_before_the_engine(
         seen["seeded"] = Path(plan.agent.home_source, ".claude.json").exists()
         raise Stop
 
-    monkeypatch.setattr(launch.Watchdog, "spawn", look_then_stop)
+    monkeypatch.setattr(launch.Watchdog, "spawn", lambda *_, **__: launch.Watchdog(None))
+    monkeypatch.setattr(launch, "_start_with_bundle_container", look_then_stop)
     with pytest.raises(Stop), contextlib.ExitStack() as stack:
         launch.start(plan, stack)
     assert "bundle-env.json" not in seen["files"] and seen["leaks"] == []
@@ -666,6 +692,53 @@ def test_launch_writes_settings_and_no_secret_before_the_engine(
     assert settings["control_socket"] == "/run/claude-bottle/control/control.sock"
     assert seen["seeded"]
     assert not Path(plan.runtime_dir).exists()  # all-or-nothing: the stack removed it
+
+
+def test_a_launch_failing_while_the_home_mounts_detaches_it_only_once_mounted(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The home image is mounted in a thread beside the launch's other first steps; a
+    launch that fails meanwhile waits for that mount before detaching it, so no mount of
+    a bottle's home is left behind on the host."""
+    from claude_bottle import home_image
+
+    (dirs / "ws").mkdir()
+    monkeypatch.setenv("HOME", str(dirs / "home"))
+    monkeypatch.setattr(home_image, "unavailable", lambda: None)
+    monkeypatch.setattr(docker_backend, "_engine_mounts_problem", lambda: None)
+    plan = DockerBackend().plan(LaunchRequest("m", dirs / "ws", Config(), ("true",)))
+    assert plan.home_image is not None
+    mounted: list[Path] = []
+    events: list[str] = []
+    spawned = threading.Event()
+
+    def prepare(home: Path, size: int) -> Path:
+        assert spawned.wait(5)  # still mounting when the watchdog fails
+        return home.with_name("home.img")
+
+    def mount(image: Path, home: Path) -> None:
+        mounted.append(home)
+        events.append("mount")
+
+    def detach(home: Path) -> None:
+        if home in mounted:
+            mounted.remove(home)
+            events.append("detach")
+
+    class Stop(Exception):
+        pass
+
+    def fail(*_: object, **__: object) -> None:
+        spawned.set()
+        raise Stop
+
+    monkeypatch.setattr(home_image, "prepare", prepare)
+    monkeypatch.setattr(home_image, "mount", mount)
+    monkeypatch.setattr(home_image, "detach", detach)
+    monkeypatch.setattr(launch.Watchdog, "spawn", fail)
+    with pytest.raises(Stop), contextlib.ExitStack() as stack:
+        launch.start(plan, stack)
+    assert events == ["mount", "detach"] and not mounted
 
 
 def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_can(

@@ -426,6 +426,22 @@ def test_host_placement_has_no_bundle_container_network_or_volume(dirs: Path) ->
     assert json.loads(plan.to_json())["placement"] == "host"
 
 
+def test_only_a_bundle_container_hashes_the_bundle_image_inputs(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle image's tag reads ~90 files; a host bundle's start has no use for it."""
+    from claude_bottle.backend.docker import images
+
+    def unreadable() -> object:
+        raise OSError("bundle inputs read")
+
+    monkeypatch.setattr(images, "bundle_image", unreadable)
+    host = DockerBackend().plan(_request(dirs, Config(docker=DockerSection(bundle="host"))))
+    assert host.bundle is None
+    with pytest.raises(ConfigError, match="cannot read the image build inputs"):
+        DockerBackend().plan(_request(dirs, Config()))
+
+
 def test_container_placement_does_not_run_a_host_bundle(dirs: Path) -> None:
     plan = DockerBackend().plan(_request(dirs, Config()))
     assert plan.placement == "container" and not plan.runs_host_bundle()

@@ -136,6 +136,13 @@ def _bundle_cgroup(name: str, config: Config) -> cgroups.BottleCgroup | None:
     return None if bottle is None else cgroups.for_bundle(bottle)
 
 
+def _unreadable_inputs(exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot read the image build inputs: {exc}",
+        "check CLAUDE_BOTTLE_EXTRA_CA (a PEM file) and the installation",
+    )
+
+
 def _api(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split("."))
@@ -266,12 +273,9 @@ class DockerBackend(BottleBackend):
         read_only = grant_read_only(config.bottle.read_only, Path(home))
         base = images.base_image(config.docker.base_image) if config.docker.base_image else None
         try:
-            agent_image, bundle_image = images.agent_image(base=base), images.bundle_image()
+            agent_image = images.agent_image(base=base)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot read the image build inputs: {exc}",
-                "check CLAUDE_BOTTLE_EXTRA_CA (a PEM file) and the installation",
-            ) from exc
+            raise _unreadable_inputs(exc) from exc
         if base is not None and docker.image_inspect(agent_image.tag) is None:
             # Not built on this base yet: say now, not from inside, what the base lacks.
             images.check_base(base.ref)
@@ -351,12 +355,16 @@ class DockerBackend(BottleBackend):
             cpus=limits.cpus,
             tmpfs_size=limits.disk,
         )
+        try:  # its tag hashes ~90 files: only a bundle container needs it
+            bundle_tag = None if volume is None else images.bundle_image().tag
+        except OSError as exc:
+            raise _unreadable_inputs(exc) from exc
         bundle = (
             None
-            if volume is None
+            if volume is None or bundle_tag is None
             else BundleSpec(
                 container=f"{prefix}-bundle",
-                image=bundle_image.tag,
+                image=bundle_tag,
                 user=f"{uid}:{gid}",
                 network=network or "host",
                 volume=volume,

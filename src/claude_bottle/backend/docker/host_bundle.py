@@ -150,13 +150,12 @@ class HostBundleLaunch:
             return
         container = self.plan.agent.container
         if self.relay is not None and state.signal_process(self.relay, signal.SIGKILL):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                agent.wait(AGENT_EXIT_TIMEOUT)  # the engine removes it (--rm), then the client ends
+            # the engine removes it (--rm), then the client ends
+            state.wait_child(agent, AGENT_EXIT_TIMEOUT)
         if agent.poll() is None or self.relay is None:
             with contextlib.suppress(docker.DockerError):
                 docker.rm([container])
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                agent.wait(AGENT_EXIT_TIMEOUT)
+            state.wait_child(agent, AGENT_EXIT_TIMEOUT)
         if agent.poll() is None:
             agent.kill()
             agent.wait()
