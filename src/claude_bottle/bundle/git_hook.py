@@ -216,9 +216,11 @@ class ContentScan:
 
     def _scan_objects(self, stream: IO[bytes]) -> int:
         commits = 0
+        names: set[str] = set()  # a directory's name comes once per version of its tree
         while header := stream.readline():
             sha, kind, size, path = _object_header(header)
-            if path:
+            if path and path not in names:
+                names.add(path)
                 self.check_name(path, "the path")
             if kind == "tree":  # binary; its names are scanned as paths
                 _skip(stream, size + 1)
