@@ -291,21 +291,21 @@ class UpstreamPush:
         for update in updates:
             source = "" if update.new == ZERO_SHA else update.new
             args.append(f"{source}:{update.ref}")
-        self._hooks = Path(tempfile.mkdtemp(prefix="upstream-push-", dir=repo.path.parent))
+        self.hooks = Path(tempfile.mkdtemp(prefix="upstream-push-", dir=repo.path.parent))
         self._verdict = -1
         self.process: subprocess.Popen[bytes] | None = None
         try:
-            fifo = self._hooks / "verdict"
+            fifo = self.hooks / "verdict"
             os.mkfifo(fifo, 0o600)
             # Read-write: opening never blocks, and the hook's read waits for a line
             # instead of an end of file while the gate holds it.
             self._verdict = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
-            hook = self._hooks / "pre-push"
+            hook = self.hooks / "pre-push"
             hook.write_text(PRE_PUSH.format(fifo=shlex.quote(str(fifo))))
             hook.chmod(0o700)
             env = with_config(
                 dict(repo.env),
-                [("core.hooksPath", str(self._hooks)), ("http.postBuffer", str(POST_BUFFER))],
+                [("core.hooksPath", str(self.hooks)), ("http.postBuffer", str(POST_BUFFER))],
             )
             self.process = subprocess.Popen(
                 ["git", *args],
@@ -340,7 +340,7 @@ class UpstreamPush:
             for stream in (self.process.stdout, self.process.stderr):
                 if stream is not None:
                     stream.close()
-        shutil.rmtree(self._hooks, ignore_errors=True)
+        shutil.rmtree(self.hooks, ignore_errors=True)
 
 
 def judge(
