@@ -14,10 +14,11 @@ the bundle's, built once, not rebuilt per push), does here, in order:
 3. the push goes upstream, atomically, each ref leased to the value that was checked, with
    the host-side credential (in the gate's environment, never the bottle's).
 
-The upstream `git push` starts with step 1, so its process start, the credential, the TLS
-connection and the upstream's refs advertisement overlap the judging; its pre-push hook
-then holds it, before git sends a single object or ref command, until the verdict is
-"allow" (anything else, or the gate gone, and it sends nothing: `UpstreamPush`).
+The upstream `git push` (https) starts with step 1, so its process start, the
+credential, the TLS connection and the upstream's refs advertisement overlap the judging;
+its pre-push hook then holds it, before git sends a single object or ref command, until
+the verdict is "allow" (anything else, or the gate gone, and it sends nothing:
+`UpstreamPush`).
 
 Anything but success is a non-zero status: the hook exits with it, receive-pack then
 discards the quarantine and moves no ref, and git prints the verdict's lines on the
@@ -44,7 +45,7 @@ from claude_bottle.bundle.git_policy import (
     check_update,
     parse_updates,
 )
-from claude_bottle.bundle.git_upstream import with_config
+from claude_bottle.bundle.git_upstream import is_ssh, with_config
 from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:
@@ -392,8 +393,12 @@ def decide(
     try:
         repo = quarantined(mirror, env, quarantine)
         updates = parse_updates(hook_input)
-        upstream = UpstreamPush(remote, updates, repo)  # held until the verdict
+        # Over https the hold is between two requests; an ssh session held open through
+        # a long judging could be dropped by the upstream, so it starts after the verdict.
+        if not is_ssh(remote.url):
+            upstream = UpstreamPush(remote, updates, repo)  # held until the verdict
         scanned = judge(remote, scanner, updates, repo)
+        upstream = upstream or UpstreamPush(remote, updates, repo)
         code, answer = upstream.release()
         lines += answer.decode(errors="replace").splitlines()  # the upstream's own words
         if code == 0:
