@@ -1420,7 +1420,11 @@ NOTES = """
    verdict. 5,000 commits / 55 MiB, 1,000 pushed, interleaved: first clone 1.63 → 1.19×
    direct, push 5.46 → 2.30× (CPU 5.67 → 2.66×), refused push 0.87 → 0.69 s. A push is
    still a receive with `fsckObjects`, a scan and a whole push upstream, so about two to
-   three direct pushes.
+   three direct pushes. Then the upstream push was started with the judging, held by a
+   pre-push hook until the verdict (its connection and advertisement overlap the judge),
+   and the scan made one `rev-list | cat-file` stream: four alternating whole runs, push
+   2.35× and 2.63× before, 2.19× and 1.82× after (CPU 2.83×/2.64× → 2.45×/2.43×); see
+   docs/git-gate.md, "Measured".
 17. Scale and soak (issue 24), new rows. `benchmarks/scale.py` starts N bottles at once (N = 1,
    5, 20), each `run -- sh -c 'echo up; curl a 1 KiB page of the loopback upstream; sleep 5'`,
    beside N × `srt -c` the same way, waves alternating between contenders after one warm-up

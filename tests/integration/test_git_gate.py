@@ -68,6 +68,13 @@ def _refused(result: subprocess.CompletedProcess[str], rule: str) -> None:
     assert any(f"rule {rule}" in line for line in lines), result.stderr
 
 
+def _nothing_sent_upstream(host: GitHost) -> None:
+    """The gate's upstream push starts before the verdict (its refs advertisement overlaps
+    the judging) but a refused push never gets to send: no receive-pack exchange upstream."""
+    sent = [path for method, path, _ in host.requests if method == "POST"]
+    assert not [path for path in sent if path.endswith("/git-receive-pack")], sent
+
+
 def test_clone_and_push_an_allowed_branch_arrives_upstream(
     bottle_env: BottleEnv, host: GitHost
 ) -> None:
@@ -97,6 +104,7 @@ def test_push_to_a_branch_outside_the_patterns_is_refused(
     _refused(result, "git:branch")
     assert 'push = [..., "main"]' in result.stderr
     assert host.ref("refs/heads/main") == main
+    _nothing_sent_upstream(host)
 
 
 def test_force_push_is_refused(bottle_env: BottleEnv, host: GitHost) -> None:
@@ -148,6 +156,7 @@ def test_a_secret_in_pushed_content_is_refused(bottle_env: BottleEnv, host: GitH
     assert "leak.txt" in result.stderr and "line 2" in result.stderr
     assert AWS_KEY_ID not in result.stderr
     assert host.ref("refs/heads/bottle/leak") is None
+    _nothing_sent_upstream(host)
 
 
 def test_the_hosts_own_secret_base64_encoded_is_refused(

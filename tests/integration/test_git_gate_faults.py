@@ -366,3 +366,64 @@ def test_a_truncated_fetch_request_is_audited_and_the_gate_keeps_serving(
     cloned = _git("clone", "-q", gate.url, str(tmp_path / "after"), check=False)
     assert cloned.returncode == 0, cloned.stderr
     assert (tmp_path / "after" / "README").read_text() == "seeded\n"
+
+
+def _running(needle: str) -> bool:
+    """Whether a process of this machine has `needle` in its command line."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if needle.encode() in cmdline.read_bytes():
+                return True
+    return False
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_the_upstream_push_waits_for_the_verdict_and_sends_nothing_without_it(
+    tmp_path: Path, githost: GitHost, allowed: bool
+) -> None:
+    # The gate starts its upstream push before the verdict (its advertisement overlaps
+    # the judging): held in its pre-push hook, it must have sent no receive-pack
+    # exchange, and without "allow" it must never send one.
+    from claude_bottle.bundle.git_hook import Repo, UpstreamPush
+    from claude_bottle.bundle.git_policy import ZERO_SHA, RefUpdate
+    from claude_bottle.bundle.git_upstream import (
+        Credential,
+        GitEnv,
+        combined_ca,
+        hardened_env,
+    )
+
+    mirror = tmp_path / "cache" / "origin.git"
+    mirror.parent.mkdir()
+    _git("clone", "-q", "--bare", str(githost.bare), str(mirror))
+    new = _git(
+        "-C", str(mirror), "commit-tree", "main^{tree}", "-p", "main", "-m", "held"
+    ).stdout.strip()
+    remote = GateRemote("origin", githost.url, credential=f"env:{TOKEN_VAR}")
+    git_env = GitEnv(
+        pins=(Pin("git.test", "127.0.0.1", githost.port),),
+        ca_file=combined_ca(str(githost.ca_file), tmp_path),
+    )
+    token = os.environ[TOKEN_VAR]
+    env = hardened_env(os.environ, remote, git_env, credential=Credential("x-access-token", token))
+    repo = Repo(mirror, {**env, "GIT_DIR": str(mirror)})
+    push = UpstreamPush(remote, [RefUpdate(ZERO_SHA, new, "refs/heads/bottle/held")], repo)
+
+    def sent() -> list[str]:
+        return [p for m, p, _ in githost.requests if m == "POST" and "receive-pack" in p]
+
+    hook = str(push.hooks / "pre-push")
+    deadline = time.monotonic() + 60
+    assert push.process is not None
+    while time.monotonic() < deadline and push.process.poll() is None and not _running(hook):
+        time.sleep(0.02)
+    assert _running(hook), "the push ended before its pre-push hook"
+    assert sent() == [] and githost.ref("refs/heads/bottle/held") is None
+    if allowed:
+        status, _ = push.release()
+        assert status == 0 and githost.ref("refs/heads/bottle/held") == new
+    else:
+        push.close()
+        assert push.process.returncode != 0
+        assert sent() == [] and githost.ref("refs/heads/bottle/held") is None
+    assert not push.hooks.exists()  # its hook and pipe are gone

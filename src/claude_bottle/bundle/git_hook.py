@@ -14,6 +14,12 @@ the bundle's, built once, not rebuilt per push), does here, in order:
 3. the push goes upstream, atomically, each ref leased to the value that was checked, with
    the host-side credential (in the gate's environment, never the bottle's).
 
+The upstream `git push` (https) starts with step 1, so its process start, the
+credential, the TLS connection and the upstream's refs advertisement overlap the judging;
+its pre-push hook then holds it, before git sends a single object or ref command, until
+the verdict is "allow" (anything else, or the gate gone, and it sends nothing:
+`UpstreamPush`).
+
 Anything but success is a non-zero status: the hook exits with it, receive-pack then
 discards the quarantine and moves no ref, and git prints the verdict's lines on the
 bottle's terminal as `remote:` lines. Each ref's outcome becomes an audit record.
@@ -22,9 +28,13 @@ bottle's terminal as `remote:` lines. Each ref's outcome becomes an audit record
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
+import shutil
+import signal
 import subprocess
-import threading
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
@@ -35,6 +45,7 @@ from claude_bottle.bundle.git_policy import (
     check_update,
     parse_updates,
 )
+from claude_bottle.bundle.git_upstream import is_ssh, with_config
 from claude_bottle.bundle.refusal import Refusal
 
 if TYPE_CHECKING:
@@ -50,7 +61,22 @@ QUARANTINE_VARS = (
 WHOLE_BLOB = 8 * 1024 * 1024  # blobs up to this are scanned whole, with line numbers
 READ_SIZE = 1024 * 1024
 PUSH_TIMEOUT = 600.0
+# A pushed pack up to this size goes upstream in one request with its length, not chunked
+# after a probe request (git's default buffer is 1 MiB): a round trip, and an upstream
+# receive-pack run, less. It bounds the memory of one push's git-remote-https.
+POST_BUFFER = 4 * 1024 * 1024
 PREFIX = "claude-bottle git gate: "
+# cat-file's header per object; %(rest) is the rest of rev-list's line: the object's path
+LISTED_FORMAT = "%(objectname) %(objecttype) %(objectsize) %(rest)"
+ALLOW = b"allow\n"
+# The upstream push's pre-push hook: git runs it with the upstream's refs advertised and
+# nothing sent yet, and sends nothing unless it exits 0. It reads git's ref lines (so git
+# never blocks writing them), then waits for the gate's verdict on the pipe.
+PRE_PUSH = """#!/bin/sh
+while read -r _; do :; done
+IFS= read -r verdict < {fifo} || exit 1
+test "$verdict" = allow
+"""
 
 
 class Outcome(NamedTuple):
@@ -145,50 +171,66 @@ class ContentScan:
                 )
                 raise DlpHit(finding.pattern, f"{what} {shown!r}", name, shown)
 
-    def scan_push(self, updates: list[RefUpdate]) -> None:
+    def scan_push(self, updates: list[RefUpdate]) -> int:
+        """Scan what the push adds; the number of commits that is."""
         tips = [u.new for u in updates if u.new != ZERO_SHA]
         for update in updates:
             self.check_name(update.ref, "the ref")
         if not tips:
-            return
-        listed = self.repo.git("rev-list", "--objects", *tips, "--not", "--all")
-        if listed.returncode != 0:
-            raise Refusal(500, "git:scan", "could not list the pushed objects")
-        paths: dict[str, str] = {}
-        for line in listed.stdout.decode(errors="replace").splitlines():
-            sha, _, path = line.partition(" ")
-            paths[sha] = path
-            if path:
-                self.check_name(path, "the path")
-        self._scan_objects(paths)
-
-    def _scan_objects(self, paths: dict[str, str]) -> None:
-        process = subprocess.Popen(
-            ["git", "cat-file", "--batch", "--buffer"],
-            stdin=subprocess.PIPE,
+            return 0
+        # One stream: rev-list names the added objects (with their paths) straight into
+        # cat-file, which answers each with its header and content; no round trip through
+        # the bundle per object, and no second walk to list them first.
+        env, cwd = dict(self.repo.env), self.repo.path
+        lister = subprocess.Popen(
+            ["git", "rev-list", "--objects", *tips, "--not", "--all"],
             stdout=subprocess.PIPE,
-            env=dict(self.repo.env),
-            cwd=self.repo.path,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
         )
-        assert process.stdin is not None and process.stdout is not None
-        # The names go in from a thread while the objects are read here: one round trip
-        # per object would cost more than the scan of a small one.
-        feeder = threading.Thread(target=_feed_names, args=(process.stdin, iter(paths)))
-        feeder.start()
+        assert lister.stdout is not None
         try:
-            for sha, path in paths.items():
-                kind, size = _object_header(process.stdout, sha)
-                if kind == "tree":  # binary; its names were scanned as paths
-                    _skip(process.stdout, size + 1)
-                    continue
-                where = f"the file {path!r}" if kind == "blob" else f"{kind} {sha[:12]}"
-                self._scan_stream(process.stdout, size, where)
-                process.stdout.read(1)  # the newline after the content
+            reader = subprocess.Popen(
+                ["git", "cat-file", f"--batch={LISTED_FORMAT}", "--buffer"],
+                stdin=lister.stdout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
+            )
         finally:
-            process.kill()
-            process.stdout.close()
-            feeder.join()
-            process.wait()
+            lister.stdout.close()  # cat-file holds it now
+        assert reader.stdout is not None
+        try:
+            commits = self._scan_objects(reader.stdout)
+            listed = lister.wait(PUSH_TIMEOUT) == 0 and reader.wait(PUSH_TIMEOUT) == 0
+        finally:
+            for process in (lister, reader):
+                _kill_group(process)
+            reader.stdout.close()
+        if not listed:
+            raise Refusal(500, "git:scan", "could not list the pushed objects")
+        return commits
+
+    def _scan_objects(self, stream: IO[bytes]) -> int:
+        commits = 0
+        names: set[str] = set()  # a directory's name comes once per version of its tree
+        while header := stream.readline():
+            sha, kind, size, path = _object_header(header)
+            if path and path not in names:
+                names.add(path)
+                self.check_name(path, "the path")
+            if kind == "tree":  # binary; its names are scanned as paths
+                _skip(stream, size + 1)
+                continue
+            commits += kind == "commit"
+            where = f"the file {path!r}" if kind == "blob" else f"{kind} {sha[:12]}"
+            self._scan_stream(stream, size, where)
+            stream.read(1)  # the newline after the content
+        return commits
 
     def _scan_stream(self, stream: IO[bytes], size: int, where: str) -> None:
         if size <= WHOLE_BLOB:
@@ -209,23 +251,20 @@ class ContentScan:
                 raise DlpHit(finding.pattern, where)
 
 
-def _feed_names(stdin: IO[bytes], names: Iterator[str]) -> None:
-    try:
-        for name in names:
-            stdin.write(name.encode() + b"\n")
-        stdin.flush()
-    except (BrokenPipeError, ValueError):
-        pass  # cat-file was stopped: a hit, or a failure the reader reports
-    finally:
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            stdin.close()
-
-
-def _object_header(stream: IO[bytes], sha: str) -> tuple[str, int]:
-    header = stream.readline().decode(errors="replace").split()
-    if len(header) != 3 or header[0] != sha:
+def _object_header(line: bytes) -> tuple[str, str, int, str]:
+    """cat-file's `sha type size path` (a missing object, or anything else, is refused)."""
+    fields = line.rstrip(b"\n").split(b" ", 3)
+    if len(fields) != 4 or fields[1] not in (b"commit", b"tree", b"blob", b"tag"):
         raise Refusal(500, "git:scan", "could not read a pushed object")
-    return header[1], int(header[2])
+    sha, kind, size, path = (field.decode(errors="replace") for field in fields)
+    return sha, kind, int(size), path
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _skip(stream: IO[bytes], size: int) -> None:
@@ -233,24 +272,83 @@ def _skip(stream: IO[bytes], size: int) -> None:
         size -= len(stream.read(min(READ_SIZE, size)) or b"x" * size)
 
 
-def push_upstream(remote: GateRemote, updates: list[RefUpdate], repo: Repo) -> tuple[int, bytes]:
-    """`git push --atomic` of exactly these updates, each leased to its checked old value."""
-    args = ["push", "--atomic", "--porcelain", "--no-verify"]
-    for update in updates:
-        expected = "" if update.old == ZERO_SHA else update.old
-        args.append(f"--force-with-lease={update.ref}:{expected}")
-    args.append(remote.url)
-    for update in updates:
-        source = "" if update.new == ZERO_SHA else update.new
-        args.append(f"{source}:{update.ref}")
-    found = repo.git(*args)
-    return found.returncode, found.stderr + found.stdout
+class UpstreamPush:
+    """`git push --atomic` of exactly these updates, each leased to its checked old value,
+    started before the verdict and held by its pre-push hook until `release`.
+
+    git runs pre-push after it has the upstream's refs advertisement and before it sends
+    any ref command or object, and sends nothing unless the hook exits 0. The hook (one
+    per push, in a private directory of the gate's cache) waits on a pipe only the gate
+    writes: `release` writes "allow"; `close` without it, or the gate's end, is an empty
+    read (the hook exits 1) and the push is killed besides.
+    """
+
+    def __init__(self, remote: GateRemote, updates: list[RefUpdate], repo: Repo) -> None:
+        args = ["push", "--atomic", "--porcelain"]
+        for update in updates:
+            expected = "" if update.old == ZERO_SHA else update.old
+            args.append(f"--force-with-lease={update.ref}:{expected}")
+        args.append(remote.url)
+        for update in updates:
+            source = "" if update.new == ZERO_SHA else update.new
+            args.append(f"{source}:{update.ref}")
+        self.hooks = Path(tempfile.mkdtemp(prefix="upstream-push-", dir=repo.path.parent))
+        self._verdict = -1
+        self.process: subprocess.Popen[bytes] | None = None
+        try:
+            fifo = self.hooks / "verdict"
+            os.mkfifo(fifo, 0o600)
+            # Read-write: opening never blocks, and the hook's read waits for a line
+            # instead of an end of file while the gate holds it.
+            self._verdict = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+            hook = self.hooks / "pre-push"
+            hook.write_text(PRE_PUSH.format(fifo=shlex.quote(str(fifo))))
+            hook.chmod(0o700)
+            env = with_config(
+                dict(repo.env),
+                [("core.hooksPath", str(self.hooks)), ("http.postBuffer", str(POST_BUFFER))],
+            )
+            self.process = subprocess.Popen(
+                ["git", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=repo.path,
+                start_new_session=True,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def release(self) -> tuple[int, bytes]:
+        """Let the push go on (the judge allowed it); its status and git's words."""
+        assert self.process is not None
+        os.write(self._verdict, ALLOW)
+        try:
+            out, err = self.process.communicate(timeout=PUSH_TIMEOUT)
+        finally:
+            self.close()
+        return self.process.returncode, err + out
+
+    def close(self) -> None:
+        """End it: a push not released sends nothing (its hook reads no verdict)."""
+        if self._verdict >= 0:
+            os.close(self._verdict)
+            self._verdict = -1
+        if self.process is not None:
+            _kill_group(self.process)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
+        shutil.rmtree(self.hooks, ignore_errors=True)
 
 
 def judge(
     remote: GateRemote, scanner: Scanner | None, updates: list[RefUpdate], repo: Repo
-) -> None:
-    """Raise `Refusal` (or `DlpHit`) unless every update may go upstream."""
+) -> int | None:
+    """Raise `Refusal` (or `DlpHit`) unless every update may go upstream; the number of
+    commits the scan found added (None without a scan)."""
     for update in updates:
         fast_forward = (
             update.old == ZERO_SHA
@@ -258,8 +356,22 @@ def judge(
             or repo.is_ancestor(update.old, update.new)
         )
         check_update(remote, update, fast_forward)
-    if scanner is not None:
-        ContentScan(scanner, repo).scan_push(updates)
+    if scanner is None:
+        return None
+    return ContentScan(scanner, repo).scan_push(updates)
+
+
+def commit_counts(updates: list[RefUpdate], repo: Repo | None, scanned: int | None) -> list[int]:
+    """Per ref, the commits it adds (for the audit): a one-ref push's is what the scan
+    counted; otherwise git counts each ref (a refused or many-ref push, rarer)."""
+    if repo is None:
+        return [0] * len(updates)
+    if scanned is not None and len(updates) == 1 and updates[0].new != ZERO_SHA:
+        return [scanned]
+    try:
+        return [0 if u.new == ZERO_SHA else repo.new_commits(u.new) for u in updates]
+    except (OSError, subprocess.SubprocessError):
+        return [0] * len(updates)
 
 
 def decide(
@@ -273,15 +385,21 @@ def decide(
     """The whole push, judged and (when allowed) sent upstream. `hook_input` and the
     quarantine come from the hook: receive-pack's words about the bottle's push."""
     updates: list[RefUpdate] = []
-    counts: list[int] = []
+    repo: Repo | None = None
+    upstream: UpstreamPush | None = None
+    scanned: int | None = None
     decision, rule, status = "deny", "", 1
     lines: list[str] = []
     try:
         repo = quarantined(mirror, env, quarantine)
         updates = parse_updates(hook_input)
-        counts = [0 if u.new == ZERO_SHA else repo.new_commits(u.new) for u in updates]
-        judge(remote, scanner, updates, repo)
-        code, answer = push_upstream(remote, updates, repo)
+        # Over https the hold is between two requests; an ssh session held open through
+        # a long judging could be dropped by the upstream, so it starts after the verdict.
+        if not is_ssh(remote.url):
+            upstream = UpstreamPush(remote, updates, repo)  # held until the verdict
+        scanned = judge(remote, scanner, updates, repo)
+        upstream = upstream or UpstreamPush(remote, updates, repo)
+        code, answer = upstream.release()
         lines += answer.decode(errors="replace").splitlines()  # the upstream's own words
         if code == 0:
             decision, rule, status = "allow", "git:push", 0
@@ -307,8 +425,12 @@ def decide(
     except Exception as exc:  # fail closed, and say so
         decision, rule = "error", "git:gate-error"
         lines.append(PREFIX + f"push refused: the gate failed ({type(exc).__name__})")
+    finally:
+        if upstream is not None:
+            upstream.close()  # a push not released sends nothing
+    counts = commit_counts(updates, repo, scanned)
     outcomes = [
         Outcome(u.ref, u.old, u.new, n, decision, rule)
-        for u, n in zip(updates, counts or [0] * len(updates), strict=True)
+        for u, n in zip(updates, counts, strict=True)
     ]
     return Verdict(status, lines, outcomes)
