@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import http.server
+import secrets
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from tests.integration.dev_upstreams import (
     TlsServer,
@@ -20,6 +22,9 @@ from tests.integration.dev_upstreams import (
     make_git_repository,
 )
 from tests.integration.fake_github_lfs import FakeGitHubLfs
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import BottleEnv
 
 MAX_BODY = 512 << 20
 
@@ -123,6 +128,29 @@ class GitHost(TlsServer):
 
     def ref(self, name: str) -> str | None:
         return _ref(self.bare, name)
+
+
+def gated_remote(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
+    """A GitHost requiring a fresh token, configured as the bottle's remote `origin`
+    (pushes to bottle/*), its credential in the CLI's environment only."""
+    token = secrets.token_hex(20)
+    directory = tmp_path / "githost"
+    directory.mkdir()
+    server = GitHost(directory, token)
+    bottle_env.env["GATE_TEST_TOKEN"] = token
+    bottle_env.write_config(f"""
+        [egress]
+        allow = ["git.test"]
+        upstream_ca_file = "{server.ca_file}"
+        [egress.resolve]
+        "git.test" = "127.0.0.1:{server.port}"
+        [git.remotes.origin]
+        url = "{server.url}"
+        push = ["bottle/*"]
+        credential = "env:GATE_TEST_TOKEN"
+    """)
+    yield server
+    server.close()
 
 
 class SshGitHost:

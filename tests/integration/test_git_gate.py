@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import BottleEnv
-from tests.integration.git_host import GitHost, SshGitHost
+from tests.integration.git_host import GitHost, SshGitHost, gated_remote
 
 pytestmark = pytest.mark.integration
 
@@ -38,24 +38,7 @@ COMMIT = "git -c user.name=Agent -c user.email=agent@bottle.test commit -q"
 
 @pytest.fixture
 def host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
-    token = secrets.token_hex(20)
-    directory = tmp_path / "githost"
-    directory.mkdir()
-    server = GitHost(directory, token)
-    bottle_env.env["GATE_TEST_TOKEN"] = token
-    bottle_env.write_config(f"""
-        [egress]
-        allow = ["git.test"]
-        upstream_ca_file = "{server.ca_file}"
-        [egress.resolve]
-        "git.test" = "127.0.0.1:{server.port}"
-        [git.remotes.origin]
-        url = "{server.url}"
-        push = ["bottle/*"]
-        credential = "env:GATE_TEST_TOKEN"
-    """)
-    yield server
-    server.close()
+    yield from gated_remote(tmp_path, bottle_env)
 
 
 def _sh(bottle_env: BottleEnv, host: GitHost, script: str) -> subprocess.CompletedProcess[str]:

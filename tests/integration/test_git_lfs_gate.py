@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.conftest import BottleEnv
 from tests.integration.fake_github_lfs import commit_lfs_file
-from tests.integration.git_host import GitHost
+from tests.integration.git_host import GitHost, gated_remote
 
 pytestmark = pytest.mark.integration
 
@@ -29,24 +29,7 @@ TRACE = "GIT_TRACE=1 GIT_CURL_VERBOSE=1 GIT_TRANSFER_TRACE=1 GIT_TRACE_PACKET=1"
 
 @pytest.fixture
 def host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
-    token = secrets.token_hex(20)
-    directory = tmp_path / "githost"
-    directory.mkdir()
-    server = GitHost(directory, token)
-    bottle_env.env["GATE_TEST_TOKEN"] = token
-    bottle_env.write_config(f"""
-        [egress]
-        allow = ["git.test"]
-        upstream_ca_file = "{server.ca_file}"
-        [egress.resolve]
-        "git.test" = "127.0.0.1:{server.port}"
-        [git.remotes.origin]
-        url = "{server.url}"
-        push = ["bottle/*"]
-        credential = "env:GATE_TEST_TOKEN"
-    """)
-    yield server
-    server.close()
+    yield from gated_remote(tmp_path, bottle_env)
 
 
 def _lfs(bottle_env: BottleEnv) -> None:
