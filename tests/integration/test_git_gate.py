@@ -272,13 +272,30 @@ def test_an_upstream_that_rejects_the_credential_is_named(
 
 @pytest.fixture
 def ssh_host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[SshGitHost]:
-    if bottle_env.docker_bundle == "container":
-        pytest.skip("ssh remotes are not served by a bundle container yet (docs/git-gate.md)")
     if not Path("/usr/sbin/sshd").exists():
         pytest.skip("no sshd: run scripts/install-system-deps.sh (openssh-server)")
     directory = tmp_path / "sshhost"
     directory.mkdir()
     server = SshGitHost(directory)
+    # The key also in a throwaway ssh-agent, as a user's would be: a bundle container signs
+    # through the agent's socket (its ssh cannot read the `-i` key file of GIT_SSH_COMMAND).
+    agent_dir = Path(tempfile.mkdtemp(prefix="cb-agent-"))  # short: a socket path's limit
+    agent_socket = agent_dir / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(agent_socket)], stdout=subprocess.DEVNULL
+    )
+    for _ in range(200):
+        if agent_socket.exists():
+            break
+        agent.poll()
+        threading.Event().wait(0.05)
+    subprocess.run(
+        ["ssh-add", "-q", str(directory / "keys" / "client")],
+        env={**os.environ, "SSH_AUTH_SOCK": str(agent_socket)},
+        check=True,
+        capture_output=True,
+    )
+    bottle_env.env["SSH_AUTH_SOCK"] = str(agent_socket)
     bottle_env.env["GIT_SSH_COMMAND"] = server.ssh_command
     bottle_env.write_config(f"""
         [git.remotes.origin]
@@ -286,6 +303,9 @@ def ssh_host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[SshGitHost]:
     """)
     yield server
     server.close()
+    agent.terminate()
+    agent.wait(timeout=10)
+    shutil.rmtree(agent_dir, ignore_errors=True)
 
 
 def test_an_ssh_remote_clones_and_pushes_with_the_hosts_ssh(
@@ -303,6 +323,26 @@ def test_an_ssh_remote_clones_and_pushes_with_the_hosts_ssh(
     _refused(result, "git:branch")
     assert ssh_host.ref("refs/heads/main") != ssh_host.ref("refs/heads/bottle/ssh")
     assert result.stdout.rstrip().endswith("0")  # the key's ssh command stays host-side
+
+
+def test_the_bottle_never_sees_the_hosts_ssh_agent(
+    bottle_env: BottleEnv, ssh_host: SshGitHost
+) -> None:
+    """Only the bundle (a host process, or its container) holds the agent's socket: the
+    bottle that can clone over ssh has no SSH_AUTH_SOCK and no socket of the agent's."""
+    agent_socket = bottle_env.env["SSH_AUTH_SOCK"]
+    result = bottle_env.sh(
+        f"git ls-remote -q {ssh_host.url} >/dev/null && echo reached; "
+        'echo "agent=${SSH_AUTH_SOCK:-none}"; '
+        f"for s in /run/claude-bottle/ssh-agent.sock {agent_socket}; do "
+        '[ -e "$s" ] && echo "found $s"; done; '
+        "find / -xdev -type s 2>/dev/null | grep -ci agent",
+        timeout=RUN_TIMEOUT,
+    )
+    assert "reached" in result.stdout, result.stderr  # the gate itself does reach it
+    assert "agent=none" in result.stdout
+    assert "found" not in result.stdout
+    assert result.stdout.rstrip().endswith("0")
 
 
 def test_two_pushes_at_once_both_arrive(bottle_env: BottleEnv, host: GitHost) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend.docker.git_credentials import (
-    check_container_remotes,
     container_remotes,
     hand_credentials,
 )
@@ -22,8 +21,7 @@ from claude_bottle.bundle import control
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import HANDED, Credential, resolve_credential
 from claude_bottle.bundle.refusal import Refusal
-from claude_bottle.config.model import GitRemote
-from claude_bottle.errors import BottleError, ConfigError, LaunchError
+from claude_bottle.errors import BottleError, LaunchError
 from tests.unit.bundle_settings import bundle_settings
 
 SECRET = "handed-token-value-0123456789abcdef"
@@ -35,13 +33,6 @@ def test_the_containers_remotes_name_the_handed_source() -> None:
     assert [r.credential for r in container_remotes((HTTPS,))] == [HANDED]
     with pytest.raises(Refusal, match="not handed over by the CLI"):
         resolve_credential(HTTPS._replace(name="never-handed", credential=HANDED), {})
-
-
-def test_an_ssh_remote_is_refused_for_a_bundle_container_at_plan() -> None:
-    check_container_remotes((GitRemote("origin", "https://git.test/a.git"),))
-    with pytest.raises(ConfigError, match=r"git\.remotes\.deploy.*ssh") as caught:
-        check_container_remotes((GitRemote("deploy", "ssh://git@git.test/a.git"),))
-    assert 'bundle = "host"' in caught.value.hint
 
 
 @pytest.fixture

@@ -90,15 +90,18 @@ def _loopback(address: str) -> bool:
 def needs_host_network(config: Config) -> bool:
     """Whether the bundle must share the host's network: only there is the host's loopback.
 
-    True when an `[egress.resolve]` pin or the gateway's upstream names a loopback
-    address (local test servers, a local model gateway); the agent container is on
-    `--network none` either way.
+    True when an `[egress.resolve]` pin, the gateway's upstream or an ssh remote (which
+    no pin applies to) names a loopback address (local test servers, a local model
+    gateway); the agent container is on `--network none` either way.
     """
     upstream = urlsplit(config.gateway.anthropic_upstream).hostname or ""
-    return (
-        upstream == "localhost"
-        or _loopback(upstream)
-        or any(_loopback(p.address) for p in config.egress.resolve)
+    ssh_hosts: list[str] = []
+    if config.git_remotes:  # its module imports asyncio: only when there is a remote
+        from claude_bottle.bundle.git_upstream import is_ssh, upstream_host
+
+        ssh_hosts = [upstream_host(r.url)[0] for r in config.git_remotes if is_ssh(r.url)]
+    return any(host == "localhost" or _loopback(host) for host in (upstream, *ssh_hosts)) or any(
+        _loopback(p.address) for p in config.egress.resolve
     )
 
 
@@ -294,10 +297,6 @@ class DockerBackend(BottleBackend):
         prefix = f"claude-bottle-{request.name}-{instance}"
         chosen = placement.choose(config.docker.bundle, agent_image.tag, uid, gid)
         host_bundle = chosen.kind == placement.HOST
-        if not host_bundle and config.git_remotes:
-            from claude_bottle.backend.docker.git_credentials import check_container_remotes
-
-            check_container_remotes(config.git_remotes)
         volume = None if host_bundle else f"{prefix}-sockets"
         network = None if host_bundle or needs_host_network(config) else SHARED_NETWORK
         label = state_label()
@@ -308,6 +307,11 @@ class DockerBackend(BottleBackend):
         )
         state_dir = paths.state_dir(request.name)
         runtime_dir = paths.runtime_dir(request.name)
+        ssh = None
+        if not host_bundle and config.git_remotes:
+            from claude_bottle.backend.docker.git_ssh import ssh_access
+
+            ssh = ssh_access(config.git_remotes, os.environ, runtime_dir / "ssh", uid, gid)
         intercept = config.egress.intercept
         env = build_env(
             os.environ,
@@ -370,9 +374,9 @@ class DockerBackend(BottleBackend):
                 volume=volume,
                 control_dir=str(runtime_dir / "control"),
                 settings_file=str(runtime_dir / "bundle.json"),
-                env=(("HOME", home), *credential.env),
+                env=(("HOME", home), *credential.env, *(ssh.env if ssh else ())),
                 state_dir=str(state_dir),
-                mounts=(*ca_mounts, *credential.mounts),
+                mounts=(*ca_mounts, *credential.mounts, *(ssh.mounts if ssh else ())),
                 labels=(*labels, (LABEL_ROLE, ROLE_BUNDLE)),
             )
         )
@@ -401,6 +405,7 @@ class DockerBackend(BottleBackend):
             placement_reason=chosen.reason,
             bundle_cgroup=_bundle_cgroup(request.name, config) if host_bundle else None,
             home_image=None if home_unbounded else str(home_image.image_of(state_dir / "home")),
+            bundle_files=ssh.files if ssh else (),
         )
 
     # --- launch ---------------------------------------------------------------

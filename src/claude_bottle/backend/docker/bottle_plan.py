@@ -256,6 +256,9 @@ class DockerBottlePlan(BottlePlan):
     placement_reason: str
     bundle_cgroup: BottleCgroup | None  # a host-process bundle's own cgroup, if any
     home_image: str | None = None  # the sized image holding the home ([bottle] disk), if any
+    # (host path, text) written at start and bound into the bundle container only: its
+    # passwd, group and known_hosts for ssh remotes (`git_ssh.py`); nothing secret
+    bundle_files: tuple[tuple[str, str], ...] = ()
 
     def runs_host_bundle(self) -> bool:
         return self.bundle is None

@@ -10,31 +10,18 @@ start and hands it to the bundle over its control socket (a host directory only 
 bundle container mounts), where it is kept in memory; the container's settings name the
 source `handed`. A token that expires while the bottle runs needs a new bottle.
 
-An ssh remote cannot be served this way yet (`check_container_remotes`): the container's
-ssh would need the host's ssh-agent socket bound in (the choice made, docs/git-gate.md)
-and a passwd entry for the host user's uid, which the image does not have.
+An ssh remote has no credential to hand: the bundle container's ssh signs with the host's
+ssh-agent, bound in with the host's known_hosts lines (`git_ssh.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import HANDED, is_ssh
-from claude_bottle.config.model import GitRemote
-from claude_bottle.errors import ConfigError, LaunchError
-
-
-def check_container_remotes(remotes: Iterable[GitRemote]) -> None:
-    """Refuse an ssh remote before anything starts (see the module's note)."""
-    for remote in remotes:
-        if is_ssh(remote.url):
-            raise ConfigError(
-                f"[git.remotes.{remote.name}] url is an ssh remote, which the git gate does not "
-                'serve with [docker] bundle = "container" yet',
-                'use [docker] bundle = "host" (or --docker-bundle host), or the https URL',
-            )
+from claude_bottle.errors import LaunchError
 
 
 def container_remotes(remotes: tuple[GateRemote, ...]) -> tuple[GateRemote, ...]:
@@ -56,6 +43,8 @@ def hand_credentials(
     from claude_bottle.bundle.refusal import Refusal
 
     for remote in remotes:
+        if is_ssh(remote.url):
+            continue  # the host's ssh-agent signs for it (`git_ssh.py`)
         try:
             credential = resolve_credential(remote, host_env)
         except Refusal as refusal:

@@ -392,6 +392,9 @@ def start(
     handover = None
     if plan.bundle is not None:  # every secret read here, before anything runs
         _settings(plan).dump(runtime / "bundle.json")
+        for path, text in plan.bundle_files:
+            Path(path).parent.mkdir(mode=0o700, exist_ok=True)
+            Path(path).write_text(text)
         handover = resolve(
             plan.injections, plan.anthropic_credential, os.environ, Path(plan.agent.home)
         )
