@@ -88,7 +88,13 @@ def test_a_host_with_no_known_hosts_entry_is_refused(
 
 @pytest.mark.parametrize(
     "command",
-    ["ssh -o ProxyCommand=nc\\ %h\\ %p", "ssh -oProxyJump=jump", "ssh -W x:1", "sshpass -p x ssh"],
+    [
+        "ssh -o ProxyCommand=nc\\ %h\\ %p",
+        "ssh -oProxyJump=jump",
+        "ssh -W x:1",
+        "sshpass -p x ssh",
+        "ssh -o 'User=x",
+    ],
 )
 def test_a_command_that_is_more_than_ssh_options_is_refused(command: str) -> None:
     with pytest.raises(ConfigError, match="GIT_SSH_COMMAND"):
@@ -98,3 +104,36 @@ def test_a_command_that_is_more_than_ssh_options_is_refused(command: str) -> Non
 def test_the_containers_uid_has_a_passwd_entry_with_a_private_home() -> None:
     assert "bundle:x:1000:1001:claude-bottle bundle:/tmp:" in passwd(1000, 1001)
     assert passwd(0, 0).startswith("root:x:0:0:root:/tmp:")
+
+
+def test_only_the_bundle_container_mounts_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str, known: Path
+) -> None:
+    from claude_bottle.backend.base import LaunchRequest
+    from claude_bottle.backend.docker.backend import DockerBackend
+    from claude_bottle.backend.docker.bottle_plan import agent_run_args, bundle_run_args
+    from claude_bottle.config.model import Config
+
+    monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent)
+    monkeypatch.setenv("GIT_SSH_COMMAND", f"ssh -o UserKnownHostsFile={known}")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "ws").mkdir()
+    config = Config(git_remotes=(REMOTE,))
+    config = config._replace(docker=config.docker._replace(bundle="container"))
+    plan = DockerBackend().plan(
+        LaunchRequest(name="proj-ssh", workspace=tmp_path / "ws", config=config, command=("sh",))
+    )
+    assert plan.bundle is not None
+    bundle_args = " ".join(bundle_run_args(plan.bundle))
+    assert f"source={agent},target={AGENT_SOCKET}" in bundle_args
+    assert "target=/etc/passwd,readonly" in bundle_args
+    assert plan.bundle.network == "host"  # the ssh remote is on the host's loopback
+    agent_args = agent_run_args(plan.agent)
+    leaked = [a for a in agent_args if agent in a or "ssh-agent" in a or "known_hosts" in a]
+    assert not leaked
+    assert "SSH_AUTH_SOCK" not in plan.env
+    written = dict(plan.bundle_files)
+    assert any(text.startswith("[127.0.0.1]:2222 ") for text in written.values())

@@ -308,7 +308,7 @@ def test_loopback_pin_puts_the_bundle_on_the_host_network(dirs: Path) -> None:
     args = agent_run_args(plan.agent)
     assert args[args.index("--network") + 1] == "none"  # the agent never leaves none
     rendered = plan.render()
-    assert "host (a pin or the gateway's upstream is on the host's loopback)" in rendered
+    assert "host (a pin, the gateway or an ssh remote is on the host's loopback)" in rendered
 
 
 def test_non_loopback_pin_keeps_the_bridge(dirs: Path) -> None:

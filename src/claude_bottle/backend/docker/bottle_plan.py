@@ -311,7 +311,7 @@ class DockerBottlePlan(BottlePlan):
             network = (
                 f"{bundle.network} (bridge, outbound access)"
                 if self.network
-                else "host (a pin or the gateway's upstream is on the host's loopback)"
+                else "host (a pin, the gateway or an ssh remote is on the host's loopback)"
             )
             bundle_section = PlanSection(
                 "bundle container (docker)",

@@ -177,7 +177,10 @@ def parse_ssh_command(host_env: Mapping[str, str]) -> SshCommand:
             "GIT_SSH (a program) cannot be run in the bundle container",
             "unset it, use GIT_SSH_COMMAND with ssh options, or " + HOST_CHOICE,
         )
-    words = shlex.split(host_env.get("GIT_SSH_COMMAND", "") or "ssh")
+    try:
+        words = shlex.split(host_env.get("GIT_SSH_COMMAND", "")) or ["ssh"]
+    except ValueError as exc:
+        raise ConfigError(f"GIT_SSH_COMMAND cannot be read: {exc}", "fix its quoting") from None
     if os.path.basename(words[0]) != "ssh":
         raise ConfigError(
             f"GIT_SSH_COMMAND runs {words[0]!r}, not ssh: the bundle container has only ssh",
