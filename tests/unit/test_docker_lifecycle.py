@@ -41,6 +41,7 @@ from claude_bottle.config.model import (
     ResolvePin,
 )
 from claude_bottle.errors import LaunchError
+from tests.unit.bottle_records import stored
 
 
 @dataclass
@@ -519,7 +520,7 @@ def test_stop_removes_every_launch_of_the_bottle_and_its_runtime_dir(
     engine.containers = [_row("s-bundle", "s", "i9", "bundle", label)]
     runtime = dirs / "rt" / "s"
     runtime.mkdir(parents=True)
-    DockerBackend().stop({"name": "s", "runtime_dir": str(runtime)})
+    DockerBackend().stop(stored("docker", "s", runtime_dir=str(runtime)))
     assert engine.calls[:2] == [("stop", ("s-bundle",)), ("rm", ("s-bundle",))]
     assert not runtime.exists()
 

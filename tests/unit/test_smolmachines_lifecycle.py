@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from claude_bottle import state
+from claude_bottle.backend import records
 from claude_bottle.backend.base import LaunchRequest
 from claude_bottle.backend.smolmachines import SmolmachinesBackend, prepare, util
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle
@@ -295,43 +296,44 @@ def test_detached_bottle_outlives_launch_and_stop_removes_it(rig: Rig) -> None:
     assert state.is_live(record)
     bundle = rig.bundles[0]
     assert bundle.poll() is None
-    backend.stop(record)
+    backend.stop(records.read(NAME))
     assert rig.machines() == {}
     assert bundle.wait(5) is not None
     assert not Path(record["runtime_dir"]).exists()
     assert not state.is_live(record)
-    backend.stop(record)  # stopping again is harmless: the machine is simply not there
+    backend.stop(records.read(NAME))  # stopping again is harmless: the machine is simply not there
 
 
 def test_stop_says_when_the_machine_could_not_be_removed(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = rig.backend()
-    record = _launch_detached(rig, backend)
+    _launch_detached(rig, backend)
     monkeypatch.setenv("FAKE_SMOLVM_FAIL", "machine delete")
     with pytest.raises(BottleError, match=f"{MACHINE} may be left") as caught:
-        backend.stop(record)
+        backend.stop(records.read(NAME))
     assert "claude-bottle cleanup" in caught.value.hint
     assert rig.machines()[MACHINE]["state"] == "stopped"  # stopped, then delete failed
     monkeypatch.delenv("FAKE_SMOLVM_FAIL")
-    backend.stop(record)
+    backend.stop(records.read(NAME))
     assert rig.machines() == {}
 
 
 def test_attach_runs_commands_in_a_detached_bottle(rig: Rig) -> None:
     backend = rig.backend()
-    record = _launch_detached(rig, backend)
-    bottle = backend.attach(record)
+    _launch_detached(rig, backend)
+    bottle = backend.attach(records.read(NAME))
     result = bottle.exec("echo attached")
     assert (result.returncode, result.stdout) == (0, "attached\n")
     assert bottle.alive() is None
-    backend.stop(record)
+    backend.stop(records.read(NAME))
 
 
 def test_resume_reuses_name_and_subnet(rig: Rig) -> None:
     backend = rig.backend()
     first = _launch_detached(rig, backend)
-    backend.stop(first)  # what `resume` does for a bottle that is not live, then launch again
+    # what `resume` does for a bottle that is not live, then launch again
+    backend.stop(records.read(NAME))
     second = _launch_detached(rig, backend)
     creates = [argv for argv in rig.calls() if argv[:2] == ["machine", "create"]]
     assert len(creates) == 2
@@ -342,7 +344,7 @@ def test_resume_reuses_name_and_subnet(rig: Rig) -> None:
         creates[0][creates[0].index("--mount-socket") + 1]
         == (creates[1][creates[1].index("--mount-socket") + 1])
     )
-    backend.stop(second)
+    backend.stop(records.read(NAME))
 
 
 def test_dead_bundle_is_reported_and_kill_stops_the_machine(rig: Rig) -> None:

@@ -629,6 +629,14 @@ class BottleRecord(NamedTuple):  # not a dataclass: see bundle/settings.py
         state.write_record(self.name, {**self._asdict(), **own._asdict()})
 
 
+class StoredBottle(NamedTuple):
+    """A bottle's record as read back (`records.read`): the fields every backend records,
+    and the backend's own (the type its `record_fields` names)."""
+
+    bottle: BottleRecord
+    own: RecordFields
+
+
 def _nothing() -> None:
     return None
 
@@ -688,11 +696,15 @@ class BottleBackend(abc.ABC):
         made, and record the bottle (`BottleRecord`); what runs."""
 
     @abc.abstractmethod
-    def attach(self, record: dict[str, Any]) -> Bottle:
+    def record_fields(self) -> type[RecordFields]:
+        """The NamedTuple of this backend's own fields in its bottles' records."""
+
+    @abc.abstractmethod
+    def attach(self, record: StoredBottle) -> Bottle:
         """A handle on a bottle that another process launched (for `resume`)."""
 
     @abc.abstractmethod
-    def stop(self, record: dict[str, Any]) -> None:
+    def stop(self, record: StoredBottle) -> None:
         """Stop a bottle from its state record (it may have been launched by another process)."""
 
     @abc.abstractmethod

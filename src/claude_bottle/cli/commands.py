@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import click
 
 from claude_bottle import paths, state
-from claude_bottle.backend import registry
+from claude_bottle.backend import records, registry
 from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
 from claude_bottle.cli import policy_record
 from claude_bottle.config import Config, load_config
@@ -278,9 +278,10 @@ def resume(name: str, *, replan: bool = False) -> int:
     record = _record(name)
     backend = registry.get(record.get("backend", ""))
     if state.is_live(record):
-        bottle = backend.attach(record)
+        stored = records.read(name)
+        bottle = backend.attach(stored)
         # The bottle outlives this session: it keeps running until `stop`.
-        return _run_watched(bottle, record.get("command") or ["claude"], owns_bottle=False)
+        return _run_watched(bottle, stored.bottle.command or ["claude"], owns_bottle=False)
     recorded = record.get("policy")
     inputs = policy_record.inputs_of(recorded) if isinstance(recorded, dict) else None
     if inputs is None and not replan:
@@ -315,23 +316,33 @@ def resume(name: str, *, replan: bool = False) -> int:
 
 
 def _cleanup_one(record: dict[str, Any]) -> None:
-    backend = registry.get(record.get("backend", ""))
-    backend.stop(record)
-    _finish_workspace(record["name"])
+    stored = records.read(str(record["name"]))
+    registry.get(stored.bottle.backend).stop(stored)
+    _finish_workspace(stored.bottle.name)
 
 
 def stop(name: str | None, stop_all: bool) -> None:
-    records = state.all_records() if stop_all else [_record(name or "")]
-    for record in records:
+    chosen = state.all_records() if stop_all else [_record(name or "")]
+    unreadable: list[str] = []
+    for record in chosen:
         if not state.is_live(record) and not stop_all:
             _say(f"bottle {record['name']} is not running ({state.live_state(record)})")
         if not state.is_live(record):
             continue
+        try:
+            stored = records.read(str(record["name"]))  # before anything is signalled
+        except ConfigError as exc:
+            if not stop_all:
+                raise
+            unreadable.append(exc.message)  # the others are still stopped
+            continue
         state.signal_process(record.get("owner"), signal.SIGTERM)
-        registry.get(record.get("backend", "")).stop(record)
+        registry.get(stored.bottle.backend).stop(stored)
         _finish_workspace(record["name"])
         state.update_record(record["name"], status="stopped", ended=time.time())
         _say(f"stopped {record['name']}")
+    if unreadable:
+        raise ConfigError("; ".join(unreadable), records.FIX)
 
 
 def _tokens(record: dict[str, Any]) -> int | None:
