@@ -13,6 +13,7 @@ import pytest
 
 from claude_bottle import paths, state
 from claude_bottle.backend import records
+from claude_bottle.backend.base import Lifecycle
 from claude_bottle.backend.namespace.backend import NamespaceBackend
 from claude_bottle.cli import commands
 from claude_bottle.errors import ConfigError
@@ -52,7 +53,9 @@ def test_lifecycle_and_unknown_keys_are_ignored_and_kept_on_disk(backend: str) -
     record = stored(backend)
     record.bottle.write(record.own)
     state.update_record("b", status="exited", exit_code=1, owner=None, from_a_newer_version=[1])
-    assert records.read("b") == stored(backend, created=record.bottle.created, status="exited")
+    expected = stored(backend, created=record.bottle.created, status="exited")
+    assert records.read("b") == expected._replace(lifecycle=Lifecycle(exit_code=1))
+    assert records.live_state(records.read("b")) == "exited (1)"
     on_disk = json.loads(_file().read_text())
     assert on_disk["from_a_newer_version"] == [1] and on_disk["exit_code"] == 1
 
@@ -93,6 +96,9 @@ def test_a_record_missing_a_field_is_refused_naming_it(backend: str, field: str)
         ("created", "yesterday"),
         ("exec_socket", None),
         ("cgroup", []),
+        ("owner", {"pid": 1.5, "start": 2}),
+        ("exit_code", "0"),
+        ("policy", []),
     ],
 )
 def test_a_field_of_the_wrong_type_is_refused(field: str, value: object) -> None:
@@ -149,3 +155,55 @@ def test_stop_all_stops_the_others_and_then_names_the_broken_record(
     assert stopped == ["b-fine"]
     assert json.loads(_file("b-fine").read_text())["status"] == "stopped"
     assert json.loads(_file("a-broken").read_text())["status"] == "running"
+
+
+def test_ls_lists_an_unreadable_record_as_unknown_and_says_how_to_fix_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record = stored("namespace", "fine", status="stopped")
+    record.bottle.write(record.own)
+    paths.make_private_dir(paths.state_dir("cut"))
+    _file("cut").write_text('{"name": "cut", "backe')
+    paths.make_private_dir(paths.state_dir("starting"))  # a launch not yet recorded
+    commands.list_bottles(as_json=True)
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert [(r["name"], r["state"], r["backend"]) for r in rows] == [
+        ("cut", "unknown", "?"),
+        ("fine", "stopped", "namespace"),
+        ("starting", "unknown", "?"),
+    ]
+    assert str(_file("cut")) in err and "cleanup --records" in err
+    assert "starting" not in err
+
+
+def test_run_does_not_launch_over_an_unreadable_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It may name a running bottle: the launch would take its name and directories."""
+    launched: list[str] = []
+    monkeypatch.setattr(commands, "_launch_and_run", lambda *a, **k: launched.append("x"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-secret")
+    monkeypatch.setenv("CLAUDE_BOTTLE_CONFIG_DIR", str(tmp_path / "config"))
+    paths.make_private_dir(paths.state_dir("b"))
+    _file().write_text("{")
+    options = {"allow": (), "workspace": str(tmp_path), "config_file": None}
+    with pytest.raises(ConfigError, match="truncated"):
+        commands.run(("true",), detach=False, name="b", backend="namespace", **options)
+    assert launched == []
+    _file().unlink()
+    commands.run(("true",), detach=False, name="b", backend="namespace", **options)
+    assert launched == ["x"]
+
+
+def test_cleanup_signals_no_process_an_unreadable_record_names() -> None:
+    """A record that does not parse is no proof that a process is a bottle's."""
+    from claude_bottle.backend.namespace import cleanup
+
+    me = {"bundle": state.process_ref(os.getpid())}
+    data = written(stored("namespace", "b", processes=me, status="crashed"))
+    state.write_record("b", data)
+    assert cleanup.stray_processes(records.listing(), "namespace") != []
+    del data["command"]
+    state.write_record("b", data)
+    assert cleanup.stray_processes(records.listing(), "namespace") == []

@@ -128,12 +128,11 @@ def test_stop_does_not_signal_an_owner_or_process_whose_start_time_differs(
 
     me = state.process_ref(os.getpid())
     _record("s", processes={"bundle": me, "bottle": me}, owner=recycled(owner))
-    record = state.read_record("s")
-    assert record is not None and state.is_live(record)
-    read = records.read("s")
+    record = records.read("s")
+    assert records.is_live(record)
     processes = {"bundle": recycled(bundle), "bottle": recycled(bottle)}
-    NamespaceBackend().stop(read._replace(bottle=read.bottle._replace(processes=processes)))
-    state.signal_process(record["owner"], signal.SIGTERM)
+    NamespaceBackend().stop(record._replace(bottle=record.bottle._replace(processes=processes)))
+    state.signal_process(record.lifecycle.owner, signal.SIGTERM)
     assert _alive(owner) and _alive(bundle) and _alive(bottle)
 
 

@@ -629,12 +629,23 @@ class BottleRecord(NamedTuple):  # not a dataclass: see bundle/settings.py
         state.write_record(self.name, {**self._asdict(), **own._asdict()})
 
 
+class Lifecycle(NamedTuple):
+    """What the CLI adds to a bottle's record after its launch (`state.update_record`):
+    absent until then, so each has a default."""
+
+    owner: dict[str, int] | None = None  # the CLI process attached to it (`state.process_ref`)
+    policy: dict[str, object] | None = None  # what it ran with (`cli.policy_record`)
+    exit_code: int | None = None
+    ended: float | None = None
+
+
 class StoredBottle(NamedTuple):
     """A bottle's record as read back (`records.read`): the fields every backend records,
-    and the backend's own (the type its `record_fields` names)."""
+    the backend's own (the type its `record_fields` names), and the CLI's."""
 
     bottle: BottleRecord
     own: RecordFields
+    lifecycle: Lifecycle = Lifecycle()
 
 
 def _nothing() -> None:

@@ -6,22 +6,25 @@ So it is checked, field by field, against the NamedTuples the launch wrote it fr
 (`BottleRecord` and the backend's own fields); what does not fit is refused with one
 message naming the file and the fix.
 
-Policy: a field the types name must be there with the JSON type they give; a key they
-do not name is ignored. Such keys are the lifecycle keys the CLI adds later (`owner`,
-`policy`, `exit_code`, `ended`, read by the CLI itself) or a newer version's additions:
-ignoring them keeps a record readable across versions and gives them no meaning here.
+Policy: a field the types name must be there (unless it has a default: the CLI's
+`Lifecycle` keys, written after the launch) with the JSON type they give; a key they do
+not name is ignored. Such a key is a newer (or older) version's: ignoring it keeps a
+record readable across versions and gives it no meaning here. A record that cannot be
+read is `Unreadable`: `ls` lists it, `cleanup --records` removes it, and nothing acts on
+what it says (no process is signalled, no container kept for it).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from claude_bottle import paths
-from claude_bottle.backend.base import BottleRecord, RecordFields, StoredBottle
+from claude_bottle import paths, state
+from claude_bottle.backend.base import BottleRecord, Lifecycle, RecordFields, StoredBottle
 from claude_bottle.errors import ConfigError
 
 MAX_RECORD_BYTES = 1 << 20  # a record is a few KiB; anything near this is not ours
@@ -57,26 +60,33 @@ def _fits(value: object, hint: Any) -> bool:
 def parse_fields(kind: type[T], data: dict[str, Any], source: Path) -> T:
     """The fields of NamedTuple `kind` from `data`, each checked against its type."""
     hints = typing.get_type_hints(kind)
-    missing = [name for name in hints if name not in data]
+    defaults: dict[str, object] = getattr(kind, "_field_defaults", {})
+    missing = [name for name in hints if name not in data and name not in defaults]
     if missing:
         raise ConfigError(
             f"{source} is not a complete bottle record: it lacks {', '.join(missing)} "
             "(written by another version of claude-bottle?)",
             FIX,
         )
-    wrong = [name for name, hint in hints.items() if not _fits(data[name], hint)]
+    present = {name: data[name] for name in hints if name in data}
+    wrong = [name for name, value in present.items() if not _fits(value, hints[name])]
     if wrong:
         raise ConfigError(f"{source} has a malformed bottle record: {', '.join(wrong)}", FIX)
-    return kind(**{name: data[name] for name in hints})
+    return kind(**present)
 
 
-def load(source: Path) -> dict[str, Any]:
-    """The JSON object in a record file, bounded in size."""
+def _source(name: str) -> Path:
+    return paths.state_dir(name) / "bottle.json"
+
+
+def load(name: str) -> dict[str, Any]:
+    """The JSON object in bottle `name`'s record file, bounded in size."""
+    source = _source(name)
     try:
         with source.open("rb") as handle:
             raw = handle.read(MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"no bottle record at {source}", "see `claude-bottle ls`") from None
+        raise ConfigError(f"no bottle named {name}", "see `claude-bottle ls`") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {source}: {exc.strerror}", FIX) from None
     if len(raw) > MAX_RECORD_BYTES:
@@ -93,16 +103,92 @@ def load(source: Path) -> dict[str, Any]:
 def parse(data: dict[str, Any], source: Path, own: type[RecordFields]) -> StoredBottle:
     """A bottle's typed record from the JSON object read from `source`."""
     bottle = parse_fields(BottleRecord, data, source)
-    return StoredBottle(bottle, parse_fields(own, data, source))
+    lifecycle = parse_fields(Lifecycle, data, source)
+    return StoredBottle(bottle, parse_fields(own, data, source), lifecycle)
 
 
 def read(name: str) -> StoredBottle:
-    """Bottle `name`'s typed record, its backend's own fields included."""
+    """Bottle `name`'s typed record, its backend's own fields included (ConfigError,
+    naming the file and the fix, when there is none or it cannot be read)."""
     from claude_bottle.backend import registry
 
-    source = paths.state_dir(name) / "bottle.json"
-    data = load(source)
+    source = _source(name)
+    data = load(name)
     backend = data.get("backend")
     if not isinstance(backend, str) or backend not in registry.names():
         raise ConfigError(f"{source} names no known backend ({backend!r})", FIX)
     return parse(data, source, registry.get(backend).record_fields())
+
+
+class Unreadable(NamedTuple):
+    """A bottle whose record cannot be read: `problem` says why (with the fix); None
+    when it has none (yet: its launch is under way, or failed before it wrote one)."""
+
+    name: str
+    problem: ConfigError | None
+
+
+Entry = StoredBottle | Unreadable
+
+
+def find(name: str) -> Entry | None:
+    """Bottle `name`'s record, why it cannot be read, or None when it has none."""
+    paths.validate_name(name)
+    if not _source(name).exists():
+        return None
+    try:
+        return read(name)
+    except ConfigError as exc:
+        return Unreadable(name, exc)
+
+
+def entry(name: str) -> Entry:
+    """Bottle `name`'s record, or why it cannot be read (ConfigError when there is none)."""
+    found = find(name)
+    if found is None:
+        raise ConfigError(f"no bottle named {name}", "see `claude-bottle ls`")
+    return found
+
+
+def listing() -> list[Entry]:
+    """Every bottle in the state dir, by name."""
+    root = paths.bottles_dir()
+    if not root.is_dir():
+        return []
+    found: list[Entry] = []
+    for directory in sorted(root.iterdir()):
+        try:
+            found.append(find(directory.name) or Unreadable(directory.name, None))
+        except ConfigError as exc:  # not a bottle's name
+            found.append(Unreadable(directory.name, exc))
+    return found
+
+
+def live_state(record: Entry) -> str:
+    """running, exited (N), crashed, stopped, failed or unknown: from the record and the
+    process table (a recorded process counts only while it is still that process)."""
+    if isinstance(record, Unreadable):
+        return "unknown"
+    status = record.bottle.status
+    if status == "running":
+        processes = record.bottle.processes
+        if processes and all(state.process_alive(ref) for ref in processes.values()):
+            return "running"
+        return "crashed"
+    if status == "exited":
+        return f"exited ({record.lifecycle.exit_code})"
+    return status
+
+
+def is_live(record: Entry) -> bool:
+    return live_state(record) == "running"
+
+
+def age(record: Entry) -> str:
+    if isinstance(record, Unreadable):
+        return "?"
+    seconds = max(0, int(time.time() - record.bottle.created))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
