@@ -1,9 +1,9 @@
-"""Bottle records in the state dir: what ran, where, and whether it still runs.
+"""Bottle records in the state dir, and the processes they name.
 
-A record is plain JSON (bottle.json) next to plan.json and audit.jsonl.
-Liveness is never trusted from the record alone: a recorded pid counts only
-if that process still exists with the same start time, so `ls` cannot call
-a crashed bottle running.
+A record is plain JSON (bottle.json) next to plan.json and audit.jsonl; it is read
+back typed by `backend.records`. A recorded process counts only if that process
+still exists with the same start time, so `ls` cannot call a crashed bottle running
+and `stop` cannot signal a recycled pid.
 """
 
 from __future__ import annotations
