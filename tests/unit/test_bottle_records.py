@@ -107,8 +107,19 @@ def test_a_field_of_the_wrong_type_is_refused(field: str, value: object) -> None
     assert field in str(_refused("malformed"))
 
 
-@pytest.mark.parametrize("text", ["[]", "null", '"b"', ""])
+@pytest.mark.parametrize("text", ["[]", "null", '"b"', "", "\xff", "[" * 100_000])
 def test_a_file_holding_no_json_object_is_refused(text: str) -> None:
+    paths.make_private_dir(paths.state_dir("b"))
+    _file().write_text(text)
+    _refused("not a bottle record")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_time_that_is_no_number_is_refused(constant: str) -> None:
+    """`ls` computes the age from it: NaN would crash it."""
+    text = json.dumps(written(stored("namespace"))).replace(
+        '"created": ', f'"created": {constant}, "x": ', 1
+    )
     paths.make_private_dir(paths.state_dir("b"))
     _file().write_text(text)
     _refused("not a bottle record")

@@ -75,6 +75,11 @@ def parse_fields(kind: type[T], data: dict[str, Any], source: Path) -> T:
     return kind(**present)
 
 
+def _no_constant(word: str) -> object:
+    """NaN and Infinity are no JSON, and no time or size we record."""
+    raise ValueError(word)
+
+
 def _source(name: str) -> Path:
     return paths.state_dir(name) / "bottle.json"
 
@@ -92,8 +97,8 @@ def load(name: str) -> dict[str, Any]:
     if len(raw) > MAX_RECORD_BYTES:
         raise ConfigError(f"{source} is larger than any bottle record", FIX)
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than any record
         raise ConfigError(f"{source} is not a bottle record (truncated?)", FIX) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source} is not a bottle record (no JSON object)", FIX)

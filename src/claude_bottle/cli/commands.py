@@ -330,16 +330,16 @@ def stop(name: str | None, stop_all: bool) -> None:
             if record.problem is not None:
                 unreadable.append(record.problem.message)  # the others are still stopped
             continue
-        name = record.bottle.name
+        bottle = record.bottle.name
         if not records.is_live(record) and not stop_all:
-            _say(f"bottle {name} is not running ({records.live_state(record)})")
+            _say(f"bottle {bottle} is not running ({records.live_state(record)})")
         if not records.is_live(record):
             continue
         state.signal_process(record.lifecycle.owner, signal.SIGTERM)
         registry.get(record.bottle.backend).stop(record)
-        _finish_workspace(name)
-        state.update_record(name, status="stopped", ended=time.time())
-        _say(f"stopped {name}")
+        _finish_workspace(bottle)
+        state.update_record(bottle, status="stopped", ended=time.time())
+        _say(f"stopped {bottle}")
     if unreadable:
         raise ConfigError("; ".join(unreadable), records.FIX)
 
