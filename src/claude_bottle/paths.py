@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from claude_bottle.errors import ConfigError, LaunchError
 
@@ -120,7 +118,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.close(dir_fd)
 
 
-def remove_runtime_dir(record: Mapping[str, Any]) -> None:
+def remove_runtime_dir(name: str, recorded: str) -> None:
     """Remove a stopped bottle's runtime dir, if the record names the one its name implies.
 
     The bottle can write inside that dir (its sockets are there), so nothing in it is
@@ -128,8 +126,7 @@ def remove_runtime_dir(record: Mapping[str, Any]) -> None:
     """
     import shutil
 
-    name, recorded = record.get("name"), record.get("runtime_dir")
-    if not isinstance(name, str) or not isinstance(recorded, str) or not _NAME_RE.fullmatch(name):
+    if not _NAME_RE.fullmatch(name):
         return
     path = runtime_root() / name
     if recorded != str(path):

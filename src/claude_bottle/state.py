@@ -1,17 +1,15 @@
-"""Bottle records in the state dir: what ran, where, and whether it still runs.
+"""Bottle records in the state dir, and the processes they name.
 
-A record is plain JSON (bottle.json) next to plan.json and audit.jsonl.
-Liveness is never trusted from the record alone: a recorded pid counts only
-if that process still exists with the same start time, so `ls` cannot call
-a crashed bottle running.
+A record is plain JSON (bottle.json) next to plan.json and audit.jsonl; it is read
+back typed by `backend.records`. A recorded process counts only if that process
+still exists with the same start time, so `ls` cannot call a crashed bottle running
+and `stop` cannot signal a recycled pid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,40 +145,3 @@ def update_record(name: str, **changes: Any) -> dict[str, Any]:
     record.update(changes)
     write_record(name, record)
     return record
-
-
-def all_records() -> list[dict[str, Any]]:
-    root = paths.bottles_dir()
-    records = []
-    if root.is_dir():
-        for entry in sorted(root.iterdir()):
-            record = None
-            with contextlib.suppress(Exception):
-                record = read_record(entry.name)
-            records.append(record or {"name": entry.name, "status": "unknown"})
-    return records
-
-
-def live_state(record: dict[str, Any]) -> str:
-    """running, exited (N), crashed, failed or unknown — from the record and the process table."""
-    status = record.get("status", "unknown")
-    if status == "running":
-        procs = record.get("processes", {})
-        if procs and all(process_alive(ref) for ref in procs.values()):
-            return "running"
-        return "crashed"
-    if status == "exited":
-        return f"exited ({record.get('exit_code')})"
-    return str(status)
-
-
-def is_live(record: dict[str, Any]) -> bool:
-    return live_state(record) == "running"
-
-
-def age(record: dict[str, Any]) -> str:
-    seconds = max(0, int(time.time() - float(record.get("created", time.time()))))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

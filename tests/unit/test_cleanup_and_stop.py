@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from claude_bottle import paths, state
-from claude_bottle.backend import registry
+from claude_bottle.backend import records, registry
 from claude_bottle.backend.namespace.backend import NamespaceBackend
 from claude_bottle.cli import commands
+from tests.unit.bottle_records import stored, written
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2K\r\x9b31m"
 
@@ -63,16 +64,8 @@ def _gone() -> dict[str, int]:
 
 def _record(name: str, **fields: object) -> Path:
     runtime = paths.make_private_dir(paths.runtime_root() / name)
-    state.write_record(
-        name,
-        {
-            "name": name,
-            "backend": "namespace",
-            "status": "running",
-            "runtime_dir": str(runtime),
-            **fields,
-        },
-    )
+    launched = written(stored("namespace", name, runtime_dir=str(runtime), cgroup=None))
+    state.write_record(name, {**launched, "cgroup_counters": None, **fields})
     return runtime
 
 
@@ -135,11 +128,11 @@ def test_stop_does_not_signal_an_owner_or_process_whose_start_time_differs(
 
     me = state.process_ref(os.getpid())
     _record("s", processes={"bundle": me, "bottle": me}, owner=recycled(owner))
-    record = state.read_record("s")
-    assert record is not None and state.is_live(record)
-    record["processes"] = {"bundle": recycled(bundle), "bottle": recycled(bottle)}
-    NamespaceBackend().stop(record)
-    state.signal_process(record["owner"], signal.SIGTERM)
+    record = records.read("s")
+    assert records.is_live(record)
+    processes = {"bundle": recycled(bundle), "bottle": recycled(bottle)}
+    NamespaceBackend().stop(record._replace(bottle=record.bottle._replace(processes=processes)))
+    state.signal_process(record.lifecycle.owner, signal.SIGTERM)
     assert _alive(owner) and _alive(bundle) and _alive(bottle)
 
 
@@ -166,7 +159,7 @@ def test_stop_removes_only_the_runtime_dir_the_name_implies(tmp_path: Path) -> N
     (sibling / "keep").write_text("x")
     root = paths.runtime_root()
     for recorded in (str(elsewhere), str(root / ".."), str(root / "n1" / ".." / "other")):
-        NamespaceBackend().stop({"name": "n1", "runtime_dir": recorded, "processes": {}})
+        NamespaceBackend().stop(stored("namespace", "n1", runtime_dir=recorded, processes={}))
         assert (elsewhere / "keep").exists() and (sibling / "keep").exists()
 
 
@@ -179,9 +172,7 @@ def test_links_planted_in_the_runtime_dir_and_home_are_not_followed(tmp_path: Pa
     (runtime / "exec" / "link").symlink_to(precious)
     home = paths.make_private_dir(paths.state_dir("planted") / "home")
     (home / "link").symlink_to(precious)
-    record = state.read_record("planted")
-    assert record is not None
-    NamespaceBackend().stop(record)
+    NamespaceBackend().stop(records.read("planted"))
     assert not runtime.exists()
     commands.cleanup(dry_run=False, records=True)
     assert not paths.state_dir("planted").exists()

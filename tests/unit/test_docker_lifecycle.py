@@ -41,6 +41,7 @@ from claude_bottle.config.model import (
     ResolvePin,
 )
 from claude_bottle.errors import LaunchError
+from tests.unit.bottle_records import stored, written
 
 
 @dataclass
@@ -343,7 +344,8 @@ def test_cleanup_plan_lists_orphans_and_stale_launches_of_live_bottles(
     ]
     engine.networks = [_row("dead-net", "dead", "d1", label=label)]
     engine.volumes = [_row("live-vol", "live", "l2", label=label)]
-    state.write_record("live", {"name": "live", "labels": {"claude-bottle.instance": "l2"}})
+    live = stored("docker", "live", labels={"claude-bottle.instance": "l2"})
+    state.write_record("live", written(live))
     plan = DockerBackend().cleanup_plan({"live"})
     assert plan.items == (
         ("container", "dead-agent (bottle dead, exited)"),
@@ -519,7 +521,7 @@ def test_stop_removes_every_launch_of_the_bottle_and_its_runtime_dir(
     engine.containers = [_row("s-bundle", "s", "i9", "bundle", label)]
     runtime = dirs / "rt" / "s"
     runtime.mkdir(parents=True)
-    DockerBackend().stop({"name": "s", "runtime_dir": str(runtime)})
+    DockerBackend().stop(stored("docker", "s", runtime_dir=str(runtime)))
     assert engine.calls[:2] == [("stop", ("s-bundle",)), ("rm", ("s-bundle",))]
     assert not runtime.exists()
 

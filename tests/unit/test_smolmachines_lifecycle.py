@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 
 from claude_bottle import state
-from claude_bottle.backend.base import LaunchRequest
+from claude_bottle.backend import records
+from claude_bottle.backend.base import LaunchRequest, StoredBottle
 from claude_bottle.backend.smolmachines import SmolmachinesBackend, prepare, util
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle
 from claude_bottle.backend.smolmachines.bottle_plan import SmolmachinesBottlePlan
+from claude_bottle.backend.smolmachines.launch import SmolmachinesRecord
 from claude_bottle.bundle.launcher import PendingBundle, spawn_bundle
 from claude_bottle.config.model import Config
 from claude_bottle.errors import BottleError, ConfigError, LaunchError, MissingDependency
@@ -146,7 +148,7 @@ def test_launch_creates_then_starts_then_tears_down(rig: Rig) -> None:
         assert record["machine"] == MACHINE and record["backend"] == "smolmachines"
         assert record["subnet"] == util.bottle_subnet(NAME)[0]
         assert set(record["processes"]) == {"bundle", "bottle"}
-        assert state.is_live(record)
+        assert records.is_live(records.read(NAME))
         assert bottle.alive() is None
         bundle = rig.bundles[0]
     assert rig.subcommands()[4:] == ["machine stop", "machine delete"]  # reverse order
@@ -279,27 +281,25 @@ def test_gvproxy_mode_plans_but_does_not_launch(rig: Rig, monkeypatch: pytest.Mo
 # --- detach, stop, resume, attach -------------------------------------------------------------
 
 
-def _launch_detached(rig: Rig, backend: SmolmachinesBackend) -> dict[str, Any]:
+def _launch_detached(rig: Rig, backend: SmolmachinesBackend) -> StoredBottle:
     plan = rig.plan(backend, detach=True)
     with backend.launch(plan) as bottle:
         bottle.start_detached(["sh", "-c", "echo detached-ran"], rig.root / "output.log")
-    record = state.read_record(NAME)
-    assert record is not None
-    return record
+    return records.read(NAME)
 
 
 def test_detached_bottle_outlives_launch_and_stop_removes_it(rig: Rig) -> None:
     backend = rig.backend()
     record = _launch_detached(rig, backend)
     assert rig.machines()[MACHINE]["state"] == "running"
-    assert state.is_live(record)
+    assert records.is_live(record)
     bundle = rig.bundles[0]
     assert bundle.poll() is None
     backend.stop(record)
     assert rig.machines() == {}
     assert bundle.wait(5) is not None
-    assert not Path(record["runtime_dir"]).exists()
-    assert not state.is_live(record)
+    assert not Path(record.bottle.runtime_dir).exists()
+    assert not records.is_live(record)
     backend.stop(record)  # stopping again is harmless: the machine is simply not there
 
 
@@ -307,42 +307,44 @@ def test_stop_says_when_the_machine_could_not_be_removed(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = rig.backend()
-    record = _launch_detached(rig, backend)
+    _launch_detached(rig, backend)
     monkeypatch.setenv("FAKE_SMOLVM_FAIL", "machine delete")
     with pytest.raises(BottleError, match=f"{MACHINE} may be left") as caught:
-        backend.stop(record)
+        backend.stop(records.read(NAME))
     assert "claude-bottle cleanup" in caught.value.hint
     assert rig.machines()[MACHINE]["state"] == "stopped"  # stopped, then delete failed
     monkeypatch.delenv("FAKE_SMOLVM_FAIL")
-    backend.stop(record)
+    backend.stop(records.read(NAME))
     assert rig.machines() == {}
 
 
 def test_attach_runs_commands_in_a_detached_bottle(rig: Rig) -> None:
     backend = rig.backend()
-    record = _launch_detached(rig, backend)
-    bottle = backend.attach(record)
+    _launch_detached(rig, backend)
+    bottle = backend.attach(records.read(NAME))
     result = bottle.exec("echo attached")
     assert (result.returncode, result.stdout) == (0, "attached\n")
     assert bottle.alive() is None
-    backend.stop(record)
+    backend.stop(records.read(NAME))
 
 
 def test_resume_reuses_name_and_subnet(rig: Rig) -> None:
     backend = rig.backend()
     first = _launch_detached(rig, backend)
-    backend.stop(first)  # what `resume` does for a bottle that is not live, then launch again
+    # what `resume` does for a bottle that is not live, then launch again
+    backend.stop(records.read(NAME))
     second = _launch_detached(rig, backend)
     creates = [argv for argv in rig.calls() if argv[:2] == ["machine", "create"]]
     assert len(creates) == 2
     assert [a[a.index("--name") + 1] for a in creates] == [MACHINE, MACHINE]
-    assert second["machine"] == first["machine"] == MACHINE
-    assert second["subnet"] == first["subnet"] == util.bottle_subnet(NAME)[0]
+    assert isinstance(first.own, SmolmachinesRecord) and isinstance(second.own, SmolmachinesRecord)
+    assert second.own.machine == first.own.machine == MACHINE
+    assert second.own.subnet == first.own.subnet == util.bottle_subnet(NAME)[0]
     assert (
         creates[0][creates[0].index("--mount-socket") + 1]
         == (creates[1][creates[1].index("--mount-socket") + 1])
     )
-    backend.stop(second)
+    backend.stop(records.read(NAME))
 
 
 def test_dead_bundle_is_reported_and_kill_stops_the_machine(rig: Rig) -> None:

@@ -20,6 +20,7 @@ from claude_bottle.config import TrustStore, load_config
 from claude_bottle.config.schema import SCHEMA, _ListOf, _MapOf, _Scalar, _Spec, _Table
 from claude_bottle.config.user_only import USER_ONLY_KEYS, user_only_key_in
 from claude_bottle.errors import ConfigError
+from tests.unit.bottle_records import stored, written
 
 BACKENDS = ("namespace", "docker")
 
@@ -228,16 +229,9 @@ def test_trust_refuses_a_symbolic_link(setup: Setup) -> None:
 
 def _live_record(setup: Setup, name: str, workspace: Path) -> None:
     me = state.process_ref(os.getpid())
-    state.write_record(
-        name,
-        {
-            "name": name,
-            "backend": "namespace",
-            "workspace": str(workspace),
-            "status": "running",
-            "processes": {"bundle": me, "bottle": me},
-        },
-    )
+    processes = {"bundle": me, "bottle": me}
+    record = stored("namespace", name, workspace=str(workspace), processes=processes)
+    state.write_record(name, written(record))
 
 
 @pytest.mark.parametrize("where", ["same", "parent"])

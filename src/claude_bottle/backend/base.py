@@ -629,6 +629,25 @@ class BottleRecord(NamedTuple):  # not a dataclass: see bundle/settings.py
         state.write_record(self.name, {**self._asdict(), **own._asdict()})
 
 
+class Lifecycle(NamedTuple):
+    """What the CLI adds to a bottle's record after its launch (`state.update_record`):
+    absent until then, so each has a default."""
+
+    owner: dict[str, int] | None = None  # the CLI process attached to it (`state.process_ref`)
+    policy: dict[str, object] | None = None  # what it ran with (`cli.policy_record`)
+    exit_code: int | None = None
+    ended: float | None = None
+
+
+class StoredBottle(NamedTuple):
+    """A bottle's record as read back (`records.read`): the fields every backend records,
+    the backend's own (the type its `record_fields` names), and the CLI's."""
+
+    bottle: BottleRecord
+    own: RecordFields
+    lifecycle: Lifecycle = Lifecycle()
+
+
 def _nothing() -> None:
     return None
 
@@ -688,11 +707,15 @@ class BottleBackend(abc.ABC):
         made, and record the bottle (`BottleRecord`); what runs."""
 
     @abc.abstractmethod
-    def attach(self, record: dict[str, Any]) -> Bottle:
+    def record_fields(self) -> type[RecordFields]:
+        """The NamedTuple of this backend's own fields in its bottles' records."""
+
+    @abc.abstractmethod
+    def attach(self, record: StoredBottle) -> Bottle:
         """A handle on a bottle that another process launched (for `resume`)."""
 
     @abc.abstractmethod
-    def stop(self, record: dict[str, Any]) -> None:
+    def stop(self, record: StoredBottle) -> None:
         """Stop a bottle from its state record (it may have been launched by another process)."""
 
     @abc.abstractmethod

@@ -17,8 +17,14 @@ from typing import Any, NamedTuple
 import click
 
 from claude_bottle import paths, state
-from claude_bottle.backend import registry
-from claude_bottle.backend.base import Bottle, BottleBackend, BottlePlan, LaunchRequest
+from claude_bottle.backend import records, registry
+from claude_bottle.backend.base import (
+    Bottle,
+    BottleBackend,
+    BottlePlan,
+    LaunchRequest,
+    StoredBottle,
+)
 from claude_bottle.cli import policy_record
 from claude_bottle.config import Config, load_config
 from claude_bottle.errors import EXIT_LAUNCH_FAILED, BottleError, ConfigError, MissingDependency
@@ -127,8 +133,10 @@ def run(command: tuple[str, ...], *, detach: bool, **options: Any) -> int:
         say_where_credentials_go(plan)
         _check_credential(plan)
         _check_limits(plan)
-        existing = state.read_record(plan.name)
-        if existing is not None and state.is_live(existing):
+        existing = records.find(plan.name)
+        if isinstance(existing, records.Unreadable) and existing.problem is not None:
+            raise existing.problem  # it may be running: nothing is launched over it
+        if existing is not None and records.is_live(existing):
             raise ConfigError(
                 f"a bottle named {plan.name} is already running",
                 f"attach to it with `claude-bottle resume {plan.name}` or choose another --name",
@@ -267,22 +275,15 @@ def _tail(path: Path, size: int = 8192) -> str:
         return ""
 
 
-def _record(name: str) -> dict[str, Any]:
-    record = state.read_record(paths.validate_name(name))
-    if record is None:
-        raise ConfigError(f"no bottle named {name}", "see `claude-bottle ls`")
-    return record
-
-
 def resume(name: str, *, replan: bool = False) -> int:
-    record = _record(name)
-    backend = registry.get(record.get("backend", ""))
-    if state.is_live(record):
+    record = records.read(paths.validate_name(name))
+    backend = registry.get(record.bottle.backend)
+    if records.is_live(record):
         bottle = backend.attach(record)
         # The bottle outlives this session: it keeps running until `stop`.
-        return _run_watched(bottle, record.get("command") or ["claude"], owns_bottle=False)
-    recorded = record.get("policy")
-    inputs = policy_record.inputs_of(recorded) if isinstance(recorded, dict) else None
+        return _run_watched(bottle, record.bottle.command or ["claude"], owns_bottle=False)
+    recorded = record.lifecycle.policy
+    inputs = policy_record.inputs_of(recorded) if recorded is not None else None
     if inputs is None and not replan:
         raise ConfigError(
             f"bottle {name} has no record of the policy it ran with",
@@ -291,14 +292,14 @@ def resume(name: str, *, replan: bool = False) -> int:
         )
     _say(f"bottle {name} is not running; starting it again with the same name and resources")
     prepared = _prepare(
-        tuple(record.get("command") or ()),
-        backend=record.get("backend"),
+        tuple(record.bottle.command),
+        backend=record.bottle.backend,
         allow=inputs.allow if inputs else (),
         name=name,
-        workspace=record.get("workspace"),
+        workspace=record.bottle.workspace,
         config_file=inputs.config_file if inputs else None,
     )
-    if isinstance(recorded, dict) and inputs is not None:
+    if recorded is not None and inputs is not None:
         changed = policy_record.changes(recorded, prepared.config)
         if changed and not replan:
             raise ConfigError(
@@ -314,32 +315,43 @@ def resume(name: str, *, replan: bool = False) -> int:
     return _launch_and_run(prepared.backend, prepared.plan, prepared.policy, detach=False)
 
 
-def _cleanup_one(record: dict[str, Any]) -> None:
-    backend = registry.get(record.get("backend", ""))
-    backend.stop(record)
-    _finish_workspace(record["name"])
+def _cleanup_one(record: StoredBottle) -> None:
+    registry.get(record.bottle.backend).stop(record)
+    _finish_workspace(record.bottle.name)
 
 
 def stop(name: str | None, stop_all: bool) -> None:
-    records = state.all_records() if stop_all else [_record(name or "")]
-    for record in records:
-        if not state.is_live(record) and not stop_all:
-            _say(f"bottle {record['name']} is not running ({state.live_state(record)})")
-        if not state.is_live(record):
+    chosen = records.listing() if stop_all else [records.entry(name or "")]
+    unreadable: list[str] = []
+    for record in chosen:
+        if isinstance(record, records.Unreadable):
+            if record.problem is not None and not stop_all:
+                raise record.problem  # the record is all `stop` would act on
+            if record.problem is not None:
+                unreadable.append(record.problem.message)  # the others are still stopped
             continue
-        state.signal_process(record.get("owner"), signal.SIGTERM)
-        registry.get(record.get("backend", "")).stop(record)
-        _finish_workspace(record["name"])
-        state.update_record(record["name"], status="stopped", ended=time.time())
-        _say(f"stopped {record['name']}")
+        bottle = record.bottle.name
+        if not records.is_live(record) and not stop_all:
+            _say(f"bottle {bottle} is not running ({records.live_state(record)})")
+        if not records.is_live(record):
+            continue
+        state.signal_process(record.lifecycle.owner, signal.SIGTERM)
+        registry.get(record.bottle.backend).stop(record)
+        _finish_workspace(bottle)
+        state.update_record(bottle, status="stopped", ended=time.time())
+        _say(f"stopped {bottle}")
+    if unreadable:
+        raise ConfigError("; ".join(unreadable), records.FIX)
 
 
-def _tokens(record: dict[str, Any]) -> int | None:
+def _tokens(record: records.Entry) -> int | None:
     """Tokens the bottle's gateway has counted, if it is running and answers."""
     from claude_bottle.bundle import control
 
-    socket_path = record.get("control_socket")
-    if not socket_path or not state.is_live(record):
+    if isinstance(record, records.Unreadable) or not records.is_live(record):
+        return None
+    socket_path = record.bottle.control_socket
+    if not socket_path:
         return None
     try:
         stats = control.call(Path(socket_path), "stats", timeout=1.0)
@@ -349,17 +361,30 @@ def _tokens(record: dict[str, Any]) -> int | None:
 
 
 def list_bottles(as_json: bool) -> None:
-    rows = []
-    for record in state.all_records():
-        tokens = _tokens(record)
+    rows: list[dict[str, Any]] = []
+    for record in records.listing():
+        if isinstance(record, records.Unreadable):
+            if record.problem is not None:
+                _say(f"{record.problem.message} (fix: {record.problem.hint})")
+            rows.append(
+                {
+                    "name": record.name,
+                    "state": "unknown",
+                    "backend": "?",
+                    "age": "?",
+                    "tokens": None,
+                    "workspace": "",
+                }
+            )
+            continue
         rows.append(
             {
-                "name": record.get("name"),
-                "state": state.live_state(record),
-                "backend": record.get("backend", "?"),
-                "age": state.age(record),
-                "tokens": tokens,
-                "workspace": record.get("workspace", ""),
+                "name": record.bottle.name,
+                "state": records.live_state(record),
+                "backend": record.bottle.backend,
+                "age": records.age(record),
+                "tokens": _tokens(record),
+                "workspace": record.bottle.workspace,
             }
         )
     if as_json:
@@ -391,8 +416,7 @@ def list_bottles(as_json: bool) -> None:
 
 
 def cleanup(dry_run: bool, records: bool, *, images: bool = False) -> None:
-    all_records = state.all_records()
-    live = {str(r["name"]) for r in all_records if state.is_live(r)}
+    listed, live = _listed()  # (`records` is the flag here)
     problems: list[str] = []
     found = False
     for name in registry.names():
@@ -403,11 +427,11 @@ def cleanup(dry_run: bool, records: bool, *, images: bool = False) -> None:
             plan.print()
             if not dry_run:
                 problems += backend.cleanup(plan)
-    for record in all_records:
-        name = str(record["name"])
+    for record in listed:
+        name = record.bottle.name if isinstance(record, StoredBottle) else record.name
         if name in live:
             continue
-        if record.get("status") == "running":
+        if isinstance(record, StoredBottle) and record.bottle.status == "running":
             found = True
             click.echo(f"record {escape(name)}: marked crashed (its processes are gone)")
             if not dry_run:
@@ -427,6 +451,13 @@ def cleanup(dry_run: bool, records: bool, *, images: bool = False) -> None:
         raise BottleError("; ".join(problems))
 
 
+def _listed() -> tuple[list[records.Entry], set[str]]:
+    """Every bottle's record, and the names of those running."""
+    listed = records.listing()
+    live = {r.bottle.name for r in listed if isinstance(r, StoredBottle) and records.is_live(r)}
+    return listed, live
+
+
 def logs(name: str, follow: bool, as_json: bool, tool_use_id: str | None = None) -> None:
     from claude_bottle.bundle.audit_chain import iter_records
     from claude_bottle.bundle.audit_text import format_record
@@ -434,14 +465,16 @@ def logs(name: str, follow: bool, as_json: bool, tool_use_id: str | None = None)
 
     if tool_use_id is not None and not valid_id(tool_use_id):
         raise ConfigError(f"--tool {tool_use_id!r} is no tool_use_id", "e.g. --tool toolu_01Abc")
-    record = _record(name)
-    log = paths.state_dir(str(record["name"])) / "audit.jsonl"
+    records.entry(name)  # the bottle exists; its log is read even if its record is not
+    log = paths.state_dir(name) / "audit.jsonl"
     if not log.exists():
         raise BottleError(f"bottle {name} has no audit log yet ({log})")
 
     def stopped() -> bool:
-        fresh = state.read_record(str(record["name"]))
-        return fresh is None or not state.is_live(fresh)
+        try:
+            return not records.is_live(records.entry(name))
+        except ConfigError:  # its record is gone
+            return True
 
     try:
         for event in iter_records(log, follow=follow, stop=stopped):

@@ -14,7 +14,9 @@ from typing import Any, NamedTuple
 
 import click
 
-from claude_bottle import paths, state
+from claude_bottle import paths
+from claude_bottle.backend import records
+from claude_bottle.backend.base import StoredBottle
 from claude_bottle.errors import BottleError, ConfigError
 from claude_bottle.tui.text import cut_host, plain
 
@@ -34,24 +36,22 @@ class Pending(NamedTuple):
     tool_call: str  # the Claude Code tool call running when it was held (advisory)
 
 
-def live_record(name: str) -> dict[str, Any]:
-    record = state.read_record(paths.validate_name(name))
-    if record is None:
-        raise ConfigError(f"no bottle named {name}", "see `claude-bottle ls`")
-    if not state.is_live(record):
+def live_record(name: str) -> StoredBottle:
+    record = records.read(paths.validate_name(name))
+    if not records.is_live(record):
         raise BottleError(
             f"bottle {name} is not running", "start it, or add the host to your config"
         )
     return record
 
 
-def call(record: dict[str, Any], op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
+def call(record: StoredBottle, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
     from claude_bottle.bundle import control
 
-    return control.call(Path(record["control_socket"]), op, timeout=timeout, **args)
+    return control.call(Path(record.bottle.control_socket), op, timeout=timeout, **args)
 
 
-def pending_of(record: dict[str, Any]) -> list[Pending]:
+def pending_of(record: StoredBottle) -> list[Pending]:
     """The held hosts of one running bottle (empty when its bundle does not answer)."""
     try:
         answer = call(record, "pending", timeout=2.0)
@@ -64,7 +64,7 @@ def pending_of(record: dict[str, Any]) -> list[Pending]:
             continue
         found.append(
             Pending(
-                str(record["name"]),
+                record.bottle.name,
                 str(item.get("host", ""))[:253],
                 _int(item.get("port")),
                 _int(item.get("waiting")),
@@ -76,13 +76,19 @@ def pending_of(record: dict[str, Any]) -> list[Pending]:
     return found
 
 
+def running() -> list[StoredBottle]:
+    """The running bottles (one whose record cannot be read is not taken for one)."""
+    listed = records.listing()
+    return [r for r in listed if isinstance(r, StoredBottle) and records.is_live(r)]
+
+
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def pending(name: str | None, as_json: bool) -> None:
-    records = [live_record(name)] if name else [r for r in state.all_records() if state.is_live(r)]
-    items = [item for record in records for item in pending_of(record)]
+    live = [live_record(name)] if name else running()
+    items = [item for record in live for item in pending_of(record)]
     if as_json:
         click.echo(json.dumps([item._asdict() for item in items], ensure_ascii=True, indent=2))
         return
@@ -118,7 +124,7 @@ def allow(name: str, host: str, *, always: bool, by: str = ALLOW_BY) -> str:
     if always:
         from claude_bottle.cli.user_config import append_allow
 
-        path = append_allow(pattern, bottle=str(record["name"]))
+        path = append_allow(pattern, bottle=record.bottle.name)
         click.echo(f"claude-bottle: added {pattern} to [egress] allow in {path}", err=True)
     return pattern
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from claude_bottle import state
 from claude_bottle.backend import registry
+from claude_bottle.cli.supervise_commands import running
 from claude_bottle.config.load import PROJECT_FILE, check_project_file
 from claude_bottle.config.trust import TrustStore, digest_of, display_path, read_config_file
 from claude_bottle.errors import BottleError, ConfigError
@@ -33,12 +33,10 @@ def _say(message: str) -> None:
 def bottles_writing(workspace: Path) -> list[str]:
     """Running bottles that can write `workspace`'s project file (theirs is it or a parent)."""
     names = []
-    for record in state.all_records():
-        recorded = record.get("workspace")
-        if not isinstance(recorded, str) or not state.is_live(record):
-            continue
+    for record in running():
+        recorded = record.bottle.workspace
         if workspace == Path(recorded) or workspace.is_relative_to(recorded):
-            names.append(str(record.get("name")))
+            names.append(record.bottle.name)
     return names
 
 

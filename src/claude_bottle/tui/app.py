@@ -26,6 +26,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
+from claude_bottle.backend.base import StoredBottle
 from claude_bottle.cli.supervise_commands import Pending
 from claude_bottle.tui.feed import ALLOWED, REFUSED, BottleRow, Event, Feed
 from claude_bottle.tui.text import cut_host, plain
@@ -207,7 +208,7 @@ class SuperviseApp(App[None]):
         self.call_from_thread(self.show, records, stats, pending)
 
     def show(
-        self, records: list[dict[str, Any]], stats: dict[str, dict[str, Any]], held: list[Pending]
+        self, records: list[StoredBottle], stats: dict[str, dict[str, Any]], held: list[Pending]
     ) -> None:
         self.rows = self.feed.rows(records, stats)
         self._show_bottles()

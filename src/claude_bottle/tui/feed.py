@@ -19,8 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from claude_bottle import paths, state
-from claude_bottle.cli.supervise_commands import Pending, pending_of
+from claude_bottle import paths
+from claude_bottle.backend import records as bottle_records
+from claude_bottle.backend.base import StoredBottle
+from claude_bottle.cli.supervise_commands import Pending, pending_of, running
 
 MAX_EVENT_LINE = 16 * 1024
 LOG_TAIL = 64 * 1024  # bytes of a bottle's audit log read once, when the view finds it
@@ -212,21 +214,17 @@ class Feed:
                 continue
             activity.add(event)
 
-    def live_records(self) -> list[dict[str, Any]]:
-        return [
-            record
-            for record in state.all_records()
-            if state.is_live(record) and (not self.names or record.get("name") in self.names)
-        ]
+    def live_records(self) -> list[StoredBottle]:
+        return [r for r in running() if not self.names or r.bottle.name in self.names]
 
-    def poll(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[Pending]]:
+    def poll(self) -> tuple[list[StoredBottle], dict[str, dict[str, Any]], list[Pending]]:
         """Off the UI thread: the running bottles, their stats and held requests; starts
         and ends subscriptions as bottles come and go."""
         from claude_bottle.bundle import control
         from claude_bottle.errors import BottleError
 
         records = self.live_records()
-        live = {str(record["name"]): record for record in records}
+        live = {record.bottle.name: record for record in records}
         for name in list(self.subscriptions):
             subscription = self.subscriptions[name]
             if name not in live or subscription.stopped.is_set():
@@ -235,7 +233,7 @@ class Feed:
         stats: dict[str, dict[str, Any]] = {}
         pending: list[Pending] = []
         for name, record in live.items():
-            socket_path = str(record.get("control_socket", ""))
+            socket_path = record.bottle.control_socket
             if name not in self.subscriptions and socket_path:
                 subscription = Subscription(name, socket_path, self.deliver)
                 self.subscriptions[name] = subscription
@@ -246,11 +244,11 @@ class Feed:
         return records, stats, pending
 
     def rows(
-        self, records: list[dict[str, Any]], stats: dict[str, dict[str, Any]]
+        self, records: list[StoredBottle], stats: dict[str, dict[str, Any]]
     ) -> list[BottleRow]:
         rows = []
         for record in records:
-            name = str(record["name"])
+            name = record.bottle.name
             numbers = stats.get(name, {})
             tokens = None
             if "input_tokens" in numbers:
@@ -260,9 +258,9 @@ class Feed:
             rows.append(
                 BottleRow(
                     name,
-                    str(record.get("backend", "?")),
-                    state.age(record),
-                    state.live_state(record) if numbers else "no answer",
+                    record.bottle.backend,
+                    bottle_records.age(record),
+                    bottle_records.live_state(record) if numbers else "no answer",
                     tokens,
                     budget if isinstance(budget, int) else None,
                     allowed,

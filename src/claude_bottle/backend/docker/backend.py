@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from claude_bottle import cgroups, home_image, paths, state
@@ -35,6 +35,7 @@ from claude_bottle.backend.base import (
     CleanupPlan,
     Launched,
     LaunchRequest,
+    StoredBottle,
     common_plan_fields,
 )
 from claude_bottle.backend.docker import docker, images, placement
@@ -61,6 +62,9 @@ from claude_bottle.config.model import Config
 from claude_bottle.errors import ConfigError
 from claude_bottle.host_secrets import grant_read_only
 from claude_bottle.limits import format_size, plan_with
+
+if TYPE_CHECKING:
+    from claude_bottle.backend.docker.launch import DockerRecord
 
 DISK = "a sized tmpfs at each of /tmp and /var/tmp"
 LIMIT_NOTES = ("what the bottle writes to its tmpfs counts toward its memory",)
@@ -417,27 +421,35 @@ class DockerBackend(BottleBackend):
         bottle, watchdog = launch.start(plan, stack, preflight=self.preflight)
         return Launched(bottle, on_detach=lambda: watchdog.release("detach"))
 
-    def attach(self, record: dict[str, Any]) -> Bottle:
-        from claude_bottle.backend.docker.bottle import DockerBottle
+    def record_fields(self) -> type[DockerRecord]:
+        from claude_bottle.backend.docker.launch import DockerRecord
 
+        return DockerRecord
+
+    def attach(self, record: StoredBottle) -> Bottle:
+        from claude_bottle.backend.docker.bottle import DockerBottle
+        from claude_bottle.backend.docker.launch import DockerRecord
+
+        common, own = record.bottle, record.own
+        assert isinstance(own, DockerRecord)
         return DockerBottle(
-            record["name"],
-            exec_socket=Path(record["exec_socket"]),
-            env=record["env"],
-            workspace=record["workspace"],
-            processes=record.get("processes", {}),
-            containers=record.get("containers", {}),
+            common.name,
+            exec_socket=Path(own.exec_socket),
+            env=common.env,
+            workspace=common.workspace,
+            processes=common.processes,
+            containers=own.containers,
         )
 
-    def stop(self, record: dict[str, Any]) -> None:
-        name = str(record["name"])
+    def stop(self, record: StoredBottle) -> None:
         from claude_bottle.backend.docker import launch
 
+        name = record.bottle.name
         problems = launch.remove_by_labels({LABEL_BOTTLE: name, LABEL_STATE: state_label()})
         _stop_host_bundle(record)
         with contextlib.suppress(ConfigError):  # a start killed before it detached the home
             home_image.detach(paths.state_dir(name) / "home")
-        paths.remove_runtime_dir(record)
+        paths.remove_runtime_dir(name, record.bottle.runtime_dir)
         if problems:
             print(f"claude-bottle: {'; '.join(problems)}", file=sys.stderr)
 
@@ -454,18 +466,22 @@ class DockerBackend(BottleBackend):
         return cleanup.run(plan)
 
 
-def _stop_host_bundle(record: Mapping[str, Any]) -> None:
+def _stop_host_bundle(record: StoredBottle) -> None:
     """A host-process bundle (host placement) gets SIGTERM, so it writes its last audit
     record; its cgroup goes once it has stopped."""
-    bundle = (record.get("processes") or {}).get("bundle")
-    if record.get("placement") != placement.HOST or bundle is None:
+    from claude_bottle.backend.docker.launch import DockerRecord
+
+    own = record.own
+    assert isinstance(own, DockerRecord)
+    bundle = record.bottle.processes.get("bundle")
+    if own.placement != placement.HOST or bundle is None:
         return
     state.signal_process(bundle, signal.SIGTERM)
     deadline = time.monotonic() + 5
     while state.process_alive(bundle) and time.monotonic() < deadline:
         time.sleep(0.02)
     state.signal_process(bundle, signal.SIGKILL)
-    group = cgroups.from_record(record.get("bundle_cgroup"))
+    group = cgroups.from_record(own.bundle_cgroup)
     if group is not None:
         cgroups.remove(group)
 

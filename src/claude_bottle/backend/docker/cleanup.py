@@ -17,12 +17,13 @@ import shutil
 import time
 from typing import Any
 
-from claude_bottle import state
+from claude_bottle.backend import records
 from claude_bottle.backend.base import CleanupPlan
 from claude_bottle.backend.docker import docker, images, launch, network, orphans
 from claude_bottle.backend.docker.backend import state_label
 from claude_bottle.backend.docker.bottle_plan import LABEL_BOTTLE, LABEL_INSTANCE, LABEL_STATE
 from claude_bottle.backend.docker.network import SHARED_NETWORK
+from claude_bottle.errors import ConfigError
 
 SETTLE_TIMEOUT = 30.0  # a killed launch's watchdog stops a bundle container (5 s) and more
 SETTLE_POLL = 0.1
@@ -67,6 +68,16 @@ def run(cleanup_plan: CleanupPlan) -> list[str]:
     return problems
 
 
+def _instance_of(name: str) -> str | None:
+    """Which launch of live bottle `name` runs (None: not a docker bottle, or its record
+    went or cannot be read meanwhile: then every launch of it is a leftover)."""
+    try:
+        own = records.read(name).own
+    except ConfigError:
+        return None
+    return own.labels.get(LABEL_INSTANCE) if isinstance(own, launch.DockerRecord) else None
+
+
 def _leftovers(label: str, live_names: set[str]) -> list[tuple[str, str]]:
     """Containers, networks and volumes of this state root whose bottle is not live, or
     which an older launch of a live bottle left."""
@@ -74,10 +85,9 @@ def _leftovers(label: str, live_names: set[str]) -> list[tuple[str, str]]:
     containers = docker.ps(labels)
     networks = docker.network_ls(labels)
     volumes = docker.volume_ls(labels)
-    live_instances = {}
+    live_instances: dict[str, str | None] = {}
     for name in live_names:
-        record = state.read_record(name) or {}
-        live_instances[name] = (record.get("labels") or {}).get(LABEL_INSTANCE)
+        live_instances[name] = _instance_of(name)
 
     def orphan(row: dict[str, Any]) -> str | None:
         row_labels = docker.parse_labels(row.get("Labels"))

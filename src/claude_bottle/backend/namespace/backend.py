@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from claude_bottle import cgroups, home_image, paths, state
 from claude_bottle.backend.base import (
@@ -24,6 +24,7 @@ from claude_bottle.backend.base import (
     CleanupPlan,
     Launched,
     LaunchRequest,
+    StoredBottle,
     common_plan_fields,
 )
 from claude_bottle.backend.namespace import cleanup
@@ -383,31 +384,38 @@ class NamespaceBackend(BottleBackend):
             cgroup=group,
         )
 
-    def attach(self, record: dict[str, Any]) -> Bottle:
+    def record_fields(self) -> type[NamespaceRecord]:
+        return NamespaceRecord
+
+    def attach(self, record: StoredBottle) -> Bottle:
+        common, own = record.bottle, record.own
+        assert isinstance(own, NamespaceRecord)
         return NamespaceBottle(
-            record["name"],
-            exec_socket=Path(record["exec_socket"]),
-            env=record["env"],
-            workspace=record["workspace"],
-            processes=record["processes"],
-            cgroup=cgroups.from_record(record.get("cgroup_counters")),
+            common.name,
+            exec_socket=Path(own.exec_socket),
+            env=common.env,
+            workspace=common.workspace,
+            processes=common.processes,
+            cgroup=cgroups.from_record(own.cgroup_counters),
         )
 
-    def stop(self, record: dict[str, Any]) -> None:
-        procs = record.get("processes", {})
+    def stop(self, record: StoredBottle) -> None:
+        common, own = record.bottle, record.own
+        assert isinstance(own, NamespaceRecord)
+        procs = common.processes
         # The bottle dies at once; the bundle gets SIGTERM so it can write its final record.
         for role, signum in (("bottle", signal.SIGKILL), ("bundle", signal.SIGTERM)):
             state.signal_process(procs.get(role), signum)
         deadline = time.monotonic() + 5
         while any(state.process_alive(r) for r in procs.values()) and time.monotonic() < deadline:
             time.sleep(0.02)
-        for key in ("cgroup", "bundle_cgroup"):
-            group = cgroups.from_record(record.get(key))
+        for recorded in (own.cgroup, own.bundle_cgroup):
+            group = cgroups.from_record(recorded)
             if group is not None:
                 cgroups.remove(group)
         with contextlib.suppress(ConfigError):  # a start killed before it detached the home
-            home_image.detach(paths.state_dir(str(record.get("name"))) / "home")
-        paths.remove_runtime_dir(record)
+            home_image.detach(paths.state_dir(common.name) / "home")
+        paths.remove_runtime_dir(common.name, common.runtime_dir)
 
     # --- cleanup --------------------------------------------------------------
 

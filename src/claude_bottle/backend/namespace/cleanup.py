@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from claude_bottle import paths, state
-from claude_bottle.backend.base import CleanupPlan
+from claude_bottle.backend import records
+from claude_bottle.backend.base import CleanupPlan, StoredBottle
+from claude_bottle.backend.records import Entry
 
 RUNTIME = "runtime"
 PROCESS = "process"
@@ -40,21 +41,19 @@ def _command_line(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
-def stray_processes(
-    records: Iterable[Mapping[str, Any]], backend: str
-) -> list[tuple[str, str, int, int]]:
+def stray_processes(listed: Iterable[Entry], backend: str) -> list[tuple[str, str, int, int]]:
     """Recorded processes of `backend`'s bottles that are not running as a whole but
-    still have a live process (e.g. a bundle whose bottle crashed)."""
+    still have a live process (e.g. a bundle whose bottle crashed). A record that cannot
+    be read names none: nothing is signalled on its word."""
     found = []
-    for record in records:
-        if record.get("backend") != backend or state.is_live(dict(record)):
+    for record in listed:
+        if not isinstance(record, StoredBottle) or record.bottle.backend != backend:
             continue
-        processes = record.get("processes")
-        if not isinstance(processes, Mapping):
+        if records.is_live(record):
             continue
-        for role, ref in processes.items():
+        for role, ref in record.bottle.processes.items():
             if state.process_alive(ref):
-                found.append((str(record.get("name")), str(role), ref["pid"], ref["start"]))
+                found.append((record.bottle.name, role, ref["pid"], ref["start"]))
     return found
 
 
@@ -65,7 +64,7 @@ def plan(backend: str, live_names: set[str]) -> NamespaceCleanupPlan:
         for directory in sorted(root.iterdir()):
             if directory.name not in live_names:
                 items.append((RUNTIME, str(directory)))
-    processes = stray_processes(state.all_records(), backend)
+    processes = stray_processes(records.listing(), backend)
     for bottle, role, pid, start in processes:
         command = _command_line(pid)[:120]
         items.append((PROCESS, f"{pid} ({role} of bottle {bottle}, started {start}): {command}"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from claude_bottle import paths
 from claude_bottle.backend.base import (
@@ -16,6 +15,7 @@ from claude_bottle.backend.base import (
     CleanupPlan,
     Launched,
     LaunchRequest,
+    StoredBottle,
 )
 from claude_bottle.backend.smolmachines import smolvm, util
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle
@@ -29,6 +29,7 @@ from claude_bottle.backend.smolmachines.bottle_cleanup_plan import (
 from claude_bottle.backend.smolmachines.bottle_plan import SmolmachinesBottlePlan
 from claude_bottle.backend.smolmachines.launch import (
     PackImage,
+    SmolmachinesRecord,
     SpawnBundle,
     launch_bottle,
     teardown,
@@ -89,35 +90,41 @@ class SmolmachinesBackend(BottleBackend):
         )
         return Launched(bottle)
 
-    def _binary_of(self, record: dict[str, Any]) -> str | None:
-        recorded = record.get("smolvm")
-        if isinstance(recorded, str) and Path(recorded).exists():
-            return recorded
+    def _binary_of(self, own: SmolmachinesRecord) -> str | None:
+        if Path(own.smolvm).exists():
+            return own.smolvm
         found = self._find()
         return found.path if found else None
 
-    def attach(self, record: dict[str, Any]) -> Bottle:
-        exe = self._binary_of(record)
+    def record_fields(self) -> type[SmolmachinesRecord]:
+        return SmolmachinesRecord
+
+    def attach(self, record: StoredBottle) -> Bottle:
+        common, own = record.bottle, record.own
+        assert isinstance(own, SmolmachinesRecord)
+        exe = self._binary_of(own)
         if exe is None:
             raise MissingDependency("smolvm is not installed", util.INSTALL_HINT)
         return SmolmachinesBottle(
-            record["name"],
-            machine=record.get("machine") or util.machine_name(record["name"]),
+            common.name,
+            machine=own.machine,
             smolvm_path=exe,
-            env=record.get("env", {}),
-            workspace=record.get("workspace", "/"),
-            processes=record.get("processes", {}),
-            user=record.get("user"),
-            filter_stderr=record.get("smolvm_source", "PATH") != "PATH",
+            env=common.env,
+            workspace=common.workspace,
+            processes=common.processes,
+            user=own.user,
+            filter_stderr=own.smolvm_source != "PATH",
         )
 
-    def stop(self, record: dict[str, Any]) -> None:
-        machine = record.get("machine") or util.machine_name(str(record["name"]))
-        problems = teardown(self._binary_of(record), machine, record.get("processes", {}))
-        paths.remove_runtime_dir(record)
+    def stop(self, record: StoredBottle) -> None:
+        common, own = record.bottle, record.own
+        assert isinstance(own, SmolmachinesRecord)
+        machine = own.machine
+        problems = teardown(self._binary_of(own), machine, common.processes)
+        paths.remove_runtime_dir(common.name, common.runtime_dir)
         if problems:
             raise BottleError(
-                f"bottle {record['name']}: the microVM {machine} may be left: {problems[0]}",
+                f"bottle {common.name}: the microVM {machine} may be left: {problems[0]}",
                 "claude-bottle cleanup, or: smolvm machine delete --name " + machine + " --force",
             )
 
