@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,8 +129,12 @@ def wait_child(process: subprocess.Popen[bytes], timeout: float) -> bool:
 def write_record(name: str, record: dict[str, Any]) -> None:
     directory = paths.make_private_dir(paths.state_dir(name))
     tmp = directory / "bottle.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / "bottle.json")
+    try:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, directory / "bottle.json")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old record whole, no stray half
+        raise
 
 
 def read_record(name: str) -> dict[str, Any] | None:
@@ -145,3 +150,15 @@ def update_record(name: str, **changes: Any) -> dict[str, Any]:
     record.update(changes)
     write_record(name, record)
     return record
+
+
+def note_ending(name: str, **changes: Any) -> None:
+    """`update_record` at a bottle's end, where the disk may be the reason it ended (its
+    state dir full): a record that cannot be written is said on stderr, never raised over
+    the command's status or why the bottle stopped."""
+    try:
+        update_record(name, **changes)
+    except OSError as exc:
+        sys.stderr.write(
+            f"claude-bottle: warning: cannot record how bottle {name} ended: {exc.strerror}\n"
+        )

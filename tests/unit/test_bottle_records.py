@@ -218,3 +218,22 @@ def test_cleanup_signals_no_process_an_unreadable_record_names() -> None:
     del data["command"]
     state.write_record("b", data)
     assert cleanup.stray_processes(records.listing(), "namespace") == []
+
+
+def test_a_full_disk_at_the_end_is_said_not_raised_and_leaves_the_record_whole(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The fault run of test_fail_closed: a bottle stopped because its state dir filled up
+    must still exit with why it stopped, not with an internal error from writing its end
+    into the same full disk. ENOSPC here is real: the record's temporary file is /dev/full."""
+    record = stored("namespace")
+    record.bottle.write(record.own)
+    before = _file().read_bytes()
+    (_file().parent / "bottle.json.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError):
+        state.update_record("b", processes={})
+    (_file().parent / "bottle.json.tmp").symlink_to("/dev/full")
+    state.note_ending("b", status="exited", exit_code=3)
+    assert "cannot record how bottle b ended: No space left on device" in capsys.readouterr().err
+    assert _file().read_bytes() == before
+    assert not (_file().parent / "bottle.json.tmp").exists()

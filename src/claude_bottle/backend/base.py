@@ -699,7 +699,7 @@ class BottleBackend(abc.ABC):
                     stack.pop_all()  # a detached bottle outlives this process
                     launched.on_detach()
                 else:
-                    state.update_record(plan.name, processes={})
+                    state.note_ending(plan.name, processes={})
 
     @abc.abstractmethod
     def start(self, plan: BottlePlan, stack: contextlib.ExitStack) -> Launched:

@@ -215,16 +215,13 @@ def _run_watched(bottle: Bottle, command: Sequence[str], *, owns_bottle: bool = 
         watcher.join()
     if bottle.stopped_on_request:  # the watcher may have seen it die: that was asked for
         if owns_bottle:
-            state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
+            state.note_ending(bottle.name, status="exited", exit_code=status, ended=time.time())
         return status
     # A short command can end before the watcher looks again; it still ran without its way
     # out (or its bottle), so that is reported, not hidden behind the command's own status.
     died_meanwhile = None if failure else bottle.alive()
-    if owns_bottle:
-        try:
-            state.update_record(bottle.name, status="exited", exit_code=status, ended=time.time())
-        except OSError as exc:  # e.g. the disk is full: why the bottle stopped comes first
-            _say(f"warning: cannot record how bottle {bottle.name} ended: {exc.strerror}")
+    if owns_bottle:  # a full disk may be why it stopped: that comes first (note_ending)
+        state.note_ending(bottle.name, status="exited", exit_code=status, ended=time.time())
     for message in bottle.limits_hit():
         _say(message)
     if failure:
