@@ -121,7 +121,7 @@ async def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, bytes, byt
     process = await asyncio.create_subprocess_exec(
         *argv,
         env=dict(env),
-        cwd=env.get("HOME") or "/",  # not the bundle's working directory, the workspace
+        cwd="/",  # not the bundle's working directory (the workspace); ssh needs none
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
