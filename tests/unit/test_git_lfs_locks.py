@@ -58,6 +58,7 @@ def test_reads_are_rebuilt_from_checked_fields_only() -> None:
         ("verify", _body({"limit": 10**9}), ""),
         ("verify", _body({"ref": "refs/heads/x"}), ""),
         ("list", b"", "limit=0"),
+        ("list", b"", "&".join(["path=a"] * 50)),
         ("list", b"", "path=" + "a" * 5000),
         ("lock", _body({"ref": {"name": "refs/heads/bottle/x"}}), ""),  # no path
         ("lock", _body({"path": "a\u0000b", "ref": {"name": "refs/heads/bottle/x"}}), ""),

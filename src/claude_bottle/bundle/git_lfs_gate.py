@@ -58,6 +58,8 @@ from claude_bottle.bundle.git_lfs_batch import (
     upstream_request,
     upstream_upload,
 )
+from claude_bottle.bundle.git_lfs_locks import MAX_REQUEST as MAX_LOCKS_REQUEST
+from claude_bottle.bundle.git_lfs_locks import serve_locks
 from claude_bottle.bundle.git_lfs_ssh import SshAuthCache
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import (
@@ -172,9 +174,8 @@ class LfsGate:
 
     async def serve(self, exchange: Exchange, where: LfsRoute) -> None:
         if where.locks:
-            from claude_bottle.bundle.git_lfs_locks import serve_locks
-
-            await serve_locks(self, exchange, where)
+            body = b"" if where.locks == "list" else await read_body(exchange, MAX_LOCKS_REQUEST)
+            await serve_locks(self, exchange, where, body)
         elif where.batch:
             await self._batch(exchange, where.remote)
         elif where.upload:

@@ -121,7 +121,10 @@ def rebuild(
     what the audit record says of it); `Refusal` for a malformed one or a write the
     policy does not allow."""
     if call == "list":
-        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=len(QUERY_KEYS) * 2)
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=len(QUERY_KEYS) * 2)
+        except ValueError:
+            raise _bad("too many query fields") from None
         kept = {}
         for key, value in pairs:
             if key in QUERY_KEYS:
@@ -191,14 +194,12 @@ def _answer_body(status: int, answer: bytes) -> bytes:
     return json.dumps(parsed).encode()
 
 
-async def serve_locks(gate: LfsGate, exchange: Exchange, where: LfsRoute) -> None:
-    """One call of the locks API, forwarded (or refused) as the module says."""
-    from claude_bottle.bundle.git_lfs_gate import read_body
-
+async def serve_locks(gate: LfsGate, exchange: Exchange, where: LfsRoute, body: bytes) -> None:
+    """One call of the locks API (`body`: the bottle's, at most MAX_REQUEST bytes),
+    forwarded or refused as the module says."""
     remote, call = where.remote, where.locks
     target = exchange.request.target.decode("ascii", "replace")
     method = b"GET" if call == "list" else b"POST"
-    body = b"" if call == "list" else await read_body(exchange, MAX_REQUEST)
     sent, query, detail = rebuild(remote, call, body, urlsplit(target).query)
     _scan(exchange.scanner, call, sent, query)
     # git-lfs asks the upload endpoint for all but the listing (its own choice, and what
