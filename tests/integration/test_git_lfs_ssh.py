@@ -177,6 +177,8 @@ def test_an_lfs_object_pushed_to_an_ssh_remote_arrives(bottle_env: BottleEnv, ho
     assert hosts.lfs.lfs.get(oid) == content
     assert hosts.ssh.ref("refs/heads/bottle/lfs") is not None
     assert any(line.endswith(" upload") for line in _asked(hosts)), _asked(hosts)
+    # git-lfs's locks verification before the push went to the API ssh named, too.
+    assert ("POST", "/repo.git/info/lfs/locks/verify") in hosts.lfs.lfs.requests
     _nowhere_inside(bottle_env, hosts, result.stdout, result.stderr)
     audit = (bottle_env.state_dir() / "audit.jsonl").read_text()
     assert '"rule":"git:lfs-upload"' in audit and oid in audit

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.bundle import git_lfs_ssh, http1
-from claude_bottle.bundle.git_lfs_gate import Exchange, LfsGate, lfs_route
+from claude_bottle.bundle.git_lfs_gate import Endpoint, Exchange, LfsGate, lfs_route
 from claude_bottle.bundle.git_lfs_ssh import SshAuthCache, authenticate_argv, parse_answer
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import GitEnv, hardened_env, ssh_argv, ssh_target
@@ -272,3 +272,20 @@ def test_the_ssh_runs_in_the_hardened_env_of_the_remotes_git(tmp_path: Path) -> 
         'ssh -F /dev/null "$@"',
         "ssh -F /dev/null",
     ]
+
+
+def test_an_ssh_header_the_lfs_api_refuses_is_asked_for_again(tmp_path: Path) -> None:
+    env, log = _fake_ssh(tmp_path, f"print({ANSWER!r})\n")
+    gate = LfsGate(lambda *a, **k: None, tmp_path / "spool")
+
+    async def run() -> Refusal:
+        await gate.ssh_auth.get(REMOTE, env, "upload")
+        endpoint = Endpoint("https://lfs.test/acme/app.git/info/lfs", (), "upload")
+        refusal = gate.refused_auth(REMOTE, endpoint, 401)
+        await gate.ssh_auth.get(REMOTE, env, "upload")
+        return refusal
+
+    refusal = asyncio.run(run())
+    assert len(_calls(log)) == 2
+    assert refusal.status == 502 and "git-lfs-authenticate" in refusal.message
+    assert TOKEN not in refusal.message + refusal.hint
