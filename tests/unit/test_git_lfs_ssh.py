@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.bundle import git_lfs_ssh, http1
-from claude_bottle.bundle.git_lfs_gate import Endpoint, Exchange, LfsGate, lfs_route
+from claude_bottle.bundle.git_lfs_gate import Endpoint, Exchange, LfsGate, api_url, lfs_route
 from claude_bottle.bundle.git_lfs_ssh import SshAuthCache, authenticate_argv, parse_answer
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import GitEnv, hardened_env, ssh_argv, ssh_target
@@ -289,3 +289,12 @@ def test_an_ssh_header_the_lfs_api_refuses_is_asked_for_again(tmp_path: Path) ->
     assert len(_calls(log)) == 2
     assert refusal.status == 502 and "git-lfs-authenticate" in refusal.message
     assert TOKEN not in refusal.message + refusal.hint
+
+
+def test_an_https_remotes_lfs_api_keeps_its_host_port_and_path() -> None:
+    assert api_url("https://git.test/acme/app.git/") == "https://git.test/acme/app.git/info/lfs"
+    assert api_url("https://u@git.test:8443/a.git") == "https://git.test:8443/a.git/info/lfs"
+    assert api_url("https://[::1]:8443/a.git") == "https://[::1]:8443/a.git/info/lfs"
+    endpoint = Endpoint(api_url("https://[::1]:8443/a.git"), ((b"authorization", TOKEN.encode()),))
+    assert endpoint.host == ("::1", 8443) and endpoint.target("/locks") == b"/a.git/info/lfs/locks"
+    assert TOKEN not in repr(endpoint)

@@ -191,10 +191,7 @@ class LfsGate:
             auth = tuple((name.lower().encode(), value.encode()) for name, value in found.headers)
             return Endpoint(found.href, auth, operation)
         credential = await asyncio.to_thread(resolve_credential, remote, os.environ)
-        host, port = upstream_host(remote.url)
-        spelled = host if port == 443 else f"{host}:{port}"
-        path = urlsplit(remote.url).path.rstrip("/")
-        return Endpoint(f"https://{spelled}{path}/info/lfs", tuple(_basic(credential)))
+        return Endpoint(api_url(remote.url), tuple(_basic(credential)))
 
     def refused_auth(self, remote: GateRemote, endpoint: Endpoint, status: int) -> Refusal:
         """The LFS API said no to the gate's authentication (HTTP 401 or 403)."""
@@ -577,6 +574,14 @@ class LfsGate:
                     )
         finally:
             writer.close()
+
+
+def api_url(url: str) -> str:
+    """An https remote's LFS API: `<url>/info/lfs`, without the URL's user info."""
+    host, port = upstream_host(url)
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal, bracketed again
+    spelled = name if port == 443 else f"{name}:{port}"
+    return f"https://{spelled}{urlsplit(url).path.rstrip('/')}/info/lfs"
 
 
 def _refusal(oid: str, findings: list[Finding]) -> Refusal | None:
