@@ -62,7 +62,7 @@ def test_ssh_argv_follows_gits_choice_of_ssh() -> None:
 
 def test_the_remote_command_is_the_configs_path_and_the_gates_operation() -> None:
     assert authenticate_argv(REMOTE, {}, "download")[-1] == (
-        "git-lfs-authenticate acme/app.git download"
+        "git-lfs-authenticate /acme/app.git download"
     )
     assert authenticate_argv(SCP, {}, "upload")[-1] == "git-lfs-authenticate acme/app.git upload"
     odd = GateRemote("odd", "git@h:we ird/$(x).git")
@@ -149,7 +149,7 @@ def test_the_answer_is_kept_until_it_expires_or_is_refused(tmp_path: Path) -> No
         "-p",
         "2222",
         "git@git.test",
-        "git-lfs-authenticate acme/app.git download",
+        "git-lfs-authenticate /acme/app.git download",
     ]
 
 
@@ -250,7 +250,7 @@ def test_a_bottle_request_cannot_change_the_ssh_argv(
         "-p",
         "2222",
         "git@git.test",
-        f"git-lfs-authenticate acme/app.git {operation}",
+        f"git-lfs-authenticate /acme/app.git {operation}",
     ]
 
 

@@ -53,11 +53,12 @@ class SshAuth(NamedTuple):
         return f"SshAuth(href={self.href!r}, headers=<hidden>)"
 
 
-def lfs_path(url: str, target: SshTarget) -> str:
-    """The repository path git-lfs hands git-lfs-authenticate: `ssh://host/acme/app.git`
-    gives `acme/app.git` (the URL's leading slash dropped, as git-lfs does and its docs
-    show), `git@host:acme/app.git` the same."""
-    return target.path.removeprefix("/") if url.startswith("ssh://") else target.path
+def lfs_path(target: SshTarget) -> str:
+    """The repository path git-lfs 3 hands git-lfs-authenticate, which is git's own:
+    `ssh://host/acme/app.git` gives `/acme/app.git` (the URL's path, slash kept), and
+    `git@host:acme/app.git` gives `acme/app.git`. Checked against Debian's git-lfs 3.3.0
+    with a recording GIT_SSH. git-lfs 2 dropped that slash; servers take both."""
+    return target.path
 
 
 def authenticate_argv(remote: GateRemote, env: Mapping[str, str], operation: str) -> list[str]:
@@ -66,7 +67,7 @@ def authenticate_argv(remote: GateRemote, env: Mapping[str, str], operation: str
     if operation not in OPERATIONS:
         raise ValueError(f"not an LFS operation: {operation!r}")
     target = ssh_target(remote.url)
-    command = f"git-lfs-authenticate {shlex.quote(lfs_path(remote.url, target))} {operation}"
+    command = f"git-lfs-authenticate {shlex.quote(lfs_path(target))} {operation}"
     return ssh_argv(env, target, command)
 
 
