@@ -8,9 +8,10 @@ import json
 import pytest
 
 from claude_bottle.bundle.git_lfs_gate import lfs_route
-from claude_bottle.bundle.git_lfs_locks import _answer_body, rebuild
+from claude_bottle.bundle.git_lfs_locks import _answer_body, _scan, rebuild
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.refusal import Refusal
+from claude_bottle.policy.dlp import Scanner
 
 REMOTE = GateRemote("origin", "https://git.test/acme/app.git", push=("bottle/*",))
 
@@ -108,3 +109,21 @@ def test_the_upstreams_answer_passes_as_json_only() -> None:
     assert json.loads(_answer_body(404, b"<html>not found</html>")) == {
         "message": "the upstream's LFS locks API answered HTTP 404"
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "query", "lock_id"),
+    [
+        (b'{"path": "AKIA' + b"Z7Q2LXK4" + b'MBN3VWPR.bin"}', "", ""),
+        (b"", "path=AKIA" + "Z7Q2LXK4" + "MBN3VWPR", ""),
+        (b"{}", "", "AKIA" + "Z7Q2LXK4" + "MBN3VWPR"),  # the unlock URL's id goes up too
+    ],
+)
+def test_a_secret_anywhere_the_locks_call_sends_upstream_is_refused(
+    body: bytes, query: str, lock_id: str
+) -> None:
+    with pytest.raises(Refusal) as refused:
+        _scan(Scanner(), "unlock", body, query, lock_id)
+    assert refused.value.rule.startswith("dlp:") and refused.value.status == 403
+    assert "Z7Q2LXK4" not in str(refused.value)
+    _scan(Scanner(), "unlock", b"{}", "", "lock-1")  # nothing found: nothing said

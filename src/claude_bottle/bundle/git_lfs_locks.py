@@ -166,12 +166,14 @@ def rebuild(
     return json.dumps({"ref": {"name": ref}}).encode(), "", {"ref": ref}
 
 
-def _scan(scanner: Scanner | None, call: str, body: bytes, query: str) -> None:
-    """DLP of what goes upstream from the bottle (a lock's path, a cursor, the query)."""
+def _scan(scanner: Scanner | None, call: str, body: bytes, query: str, lock_id: str) -> None:
+    """DLP of what goes upstream from the bottle (a lock's path, a cursor, the query, the
+    id an unlock names in its URL)."""
     if scanner is None:
         return
     scan = scanner.stream(f"the LFS {call} request")
-    for finding in [*scan.feed(body + b"\n" + query.encode()), *scan.finish()]:
+    sent = b"\n".join((body, query.encode(), lock_id.encode()))
+    for finding in [*scan.feed(sent), *scan.finish()]:
         if not finding.ignored:
             rule = f"dlp:{finding.pattern}"
             raise Refusal(
@@ -201,7 +203,7 @@ async def serve_locks(gate: LfsGate, exchange: Exchange, where: LfsRoute, body: 
     target = exchange.request.target.decode("ascii", "replace")
     method = b"GET" if call == "list" else b"POST"
     sent, query, detail = rebuild(remote, call, body, urlsplit(target).query)
-    _scan(exchange.scanner, call, sent, query)
+    _scan(exchange.scanner, call, sent, query, where.lock_id)
     # git-lfs asks the upload endpoint for all but the listing (its own choice, and what
     # an ssh host's git-lfs-authenticate expects).
     endpoint = await gate.endpoint(exchange, remote, "download" if call == "list" else "upload")
