@@ -5,6 +5,10 @@ repository's token (HTTP Basic), and each action it answers points at a separate
 path (`/lfs-media/<oid>`, GitHub's would be another host) with a credential of its own in
 the action's `header` (`Authorization: RemoteAuth <secret>`) that storage requires. The
 test checks that this secret never reaches the bottle. Objects live in a directory.
+
+It also fakes the locks API (`/repo.git/info/lfs/locks`, `…/locks/verify`,
+`…/locks/<id>/unlock`, the repository's token required, as GitHub's wants), with
+`locks_supported = False` answering 404 to all of it as a host without locking does.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from pathlib import Path
 from typing import IO
 
 BATCH = "/repo.git/info/lfs/objects/batch"
+LOCKS = re.compile(r"/repo\.git/info/lfs/locks(/verify|/([0-9]+)/unlock)?(\?.*)?")
 MEDIA = re.compile(r"/lfs-media/([0-9a-f]{64})")
 MAX_OBJECT = 64 << 20
+LFS_JSON = "application/vnd.git-lfs+json"
 Send = Callable[[int, bytes, dict[str, str]], None]
 
 
@@ -32,9 +38,58 @@ class FakeGitHubLfs:
         self.base_url = base_url  # https://git.test
         self.media_secret = secrets.token_hex(20)
         self.requests: list[tuple[str, str]] = []  # method, path (LFS calls only)
+        self.bodies: list[bytes] = []  # the locks API's request bodies, as received
+        self.locks: dict[str, dict[str, object]] = {}  # id -> lock
+        self.locks_supported = True
 
     def serves(self, path: str) -> bool:
-        return path == BATCH or MEDIA.fullmatch(path) is not None
+        return (
+            path == BATCH or MEDIA.fullmatch(path) is not None or LOCKS.fullmatch(path) is not None
+        )
+
+    def _locks(self, method: str, path: str, authorised: bool, body: bytes, send: Send) -> None:
+        """The FAKE locks API: GitHub's shapes, owner always "tester"."""
+        self.bodies.append(body)
+        found = LOCKS.fullmatch(path)
+        assert found is not None
+        if not self.locks_supported:
+            send(404, b'{"message": "Not Found"}', {"content-type": LFS_JSON})
+            return
+        if not authorised:
+            send(401, b'{"message": "token required"}', {"www-authenticate": 'Basic realm="lfs"'})
+            return
+
+        def answer(status: int, value: object) -> None:
+            send(status, json.dumps(value).encode(), {"content-type": LFS_JSON})
+
+        request = json.loads(body) if body else {}
+        if found.group(1) == "/verify" and method == "POST":
+            ours = list(self.locks.values())
+            answer(200, {"ours": ours, "theirs": [], "next_cursor": ""})
+        elif found.group(2) is not None and method == "POST":
+            lock = self.locks.pop(found.group(2), None)
+            if lock is None:
+                answer(404, {"message": "no such lock"})
+            else:
+                answer(200, {"lock": lock})
+        elif found.group(1) is None and method == "GET":
+            answer(200, {"locks": list(self.locks.values()), "next_cursor": ""})
+        elif found.group(1) is None and method == "POST":
+            taken = [lock for lock in self.locks.values() if lock["path"] == request["path"]]
+            if taken:
+                answer(409, {"lock": taken[0], "message": "already created lock"})
+                return
+            lock_id = str(len(self.locks) + len(self.requests))
+            lock = {
+                "id": lock_id,
+                "path": request["path"],
+                "locked_at": "2026-01-01T00:00:00Z",
+                "owner": {"name": "tester"},
+            }
+            self.locks[lock_id] = lock
+            answer(201, {"lock": lock})
+        else:
+            answer(404, {"message": "not found"})
 
     def add(self, content: bytes) -> str:
         oid = hashlib.sha256(content).hexdigest()
@@ -56,6 +111,9 @@ class FakeGitHubLfs:
         send: Send,
     ) -> None:
         self.requests.append((method, path))
+        if LOCKS.fullmatch(path) is not None:
+            self._locks(method, path, authorised, body.read(length), send)
+            return
         media = MEDIA.fullmatch(path)
         if media is not None:
             if headers.get("authorization") != f"RemoteAuth {self.media_secret}":

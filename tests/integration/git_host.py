@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.server
 import secrets
+import shlex
 import socket
 import subprocess
 import tempfile
@@ -156,7 +157,10 @@ def gated_remote(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
 class SshGitHost:
     """Debian's sshd on a loopback port, with a throwaway host key and one authorized key,
     serving `repo.git` (a fresh copy) to the current user over ssh. `ssh_command` is what
-    the bundle's git uses (`GIT_SSH_COMMAND` in the CLI's environment, never the bottle's)."""
+    the bundle's git uses (`GIT_SSH_COMMAND` in the CLI's environment, never the bottle's).
+
+    The sessions' PATH starts with `bin` (sshd_config `SetEnv`), where `serve_lfs` puts a
+    FAKE `git-lfs-authenticate`; until then the host has none, as a plain sshd would."""
 
     def __init__(self, directory: Path) -> None:
         import getpass
@@ -173,6 +177,9 @@ class SshGitHost:
                 check=True,
             )
         (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+        self.bin = directory / "bin"
+        self.bin.mkdir()
+        self.lfs_log = directory / "lfs-authenticate.log"
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -183,6 +190,7 @@ class SshGitHost:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\n"
             f"PidFile {directory / 'sshd.pid'}\nLogLevel ERROR\n"
+            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin\n"
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         self.process = subprocess.Popen(
@@ -206,6 +214,17 @@ class SshGitHost:
 
     def ref(self, name: str) -> str | None:
         return _ref(self.bare, name)
+
+    def serve_lfs(self, answer: str) -> None:
+        """A FAKE `git-lfs-authenticate` on the sessions' PATH: logs its arguments, prints
+        `answer` (git-lfs-authenticate's JSON: href, header, expiry)."""
+        script = self.bin / "git-lfs-authenticate"
+        (self.bin / "answer.json").write_text(answer)
+        script.write_text(
+            f'#!/bin/sh\necho "$*" >> {shlex.quote(str(self.lfs_log))}\n'
+            f"cat {shlex.quote(str(self.bin / 'answer.json'))}\n"
+        )
+        script.chmod(0o755)
 
     def close(self) -> None:
         self.process.terminate()

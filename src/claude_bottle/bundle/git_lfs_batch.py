@@ -194,10 +194,9 @@ def _upstream_bad(remote: str, why: str) -> Refusal:
     )
 
 
-def _action(remote: str, operation: str, item: LfsObject, given: Any) -> Action:
-    if not isinstance(given, dict):
-        raise _upstream_bad(remote, "an action is not an object")
-    href = given.get("href")
+def checked_href(remote: str, href: Any) -> str:
+    """An href the upstream gave (an action's, or git-lfs-authenticate's LFS API), checked;
+    `Refusal` (502) otherwise."""
     if not isinstance(href, str) or len(href) > MAX_HREF or not _PRINTABLE.fullmatch(href):
         raise _upstream_bad(remote, "an action has no usable href")
     parts = urlsplit(href)
@@ -211,7 +210,12 @@ def _action(remote: str, operation: str, item: LfsObject, given: Any) -> Action:
         raise _upstream_bad(remote, "an href is not https://host/…")
     if re.fullmatch(r"[0-9.]+|.*:.*", parts.hostname):
         raise _upstream_bad(remote, "an href names an address, not a host")
-    header = given.get("header", {})
+    return href
+
+
+def checked_headers(remote: str, header: Any) -> tuple[tuple[str, str], ...]:
+    """The `header` object the upstream gave, checked and without the headers the gate
+    sets itself; `Refusal` (502) otherwise."""
     if not isinstance(header, dict) or len(header) > MAX_HEADERS:
         raise _upstream_bad(remote, "an action's header is not a small object")
     headers = []
@@ -225,7 +229,15 @@ def _action(remote: str, operation: str, item: LfsObject, given: Any) -> Action:
             raise _upstream_bad(remote, "an action's header is malformed")
         if name.lower() not in _OWN_HEADERS:
             headers.append((name, value))
-    return Action(remote, operation, item.oid, item.size, href, tuple(headers))
+    return tuple(headers)
+
+
+def _action(remote: str, operation: str, item: LfsObject, given: Any) -> Action:
+    if not isinstance(given, dict):
+        raise _upstream_bad(remote, "an action is not an object")
+    href = checked_href(remote, given.get("href"))
+    headers = checked_headers(remote, given.get("header", {}))
+    return Action(remote, operation, item.oid, item.size, href, headers)
 
 
 def rewrite_answer(remote: str, batch: BatchRequest, answer: bytes, gate_base: str) -> Rewritten:

@@ -17,7 +17,10 @@ remote's LFS calls reach the gate at `/<remote>.git/info/lfs/…`. The gate serv
 
 So the bottle never sees the upstream's action headers nor the host-side credential, and
 object hosts need not be in the egress allowlist: they are the upstream's choice, not the
-bottle's. https remotes only (an ssh remote's LFS would take git-lfs-authenticate).
+bottle's. An https remote's LFS API is `<url>/info/lfs`, with the host-side credential;
+an ssh remote's is the one its host names when the gate runs `git-lfs-authenticate` over
+the remote's ssh (`git_lfs_ssh`), with the header that answer gives. The locks API is
+`git_lfs_locks`'s.
 LFS uploads precede the git push (git-lfs runs in pre-push): the ref policy still
 applies when the refs move, and an uploaded object nothing references is harmless.
 """
@@ -55,10 +58,15 @@ from claude_bottle.bundle.git_lfs_batch import (
     upstream_request,
     upstream_upload,
 )
+from claude_bottle.bundle.git_lfs_locks import MAX_REQUEST as MAX_LOCKS_REQUEST
+from claude_bottle.bundle.git_lfs_locks import serve_locks
+from claude_bottle.bundle.git_lfs_ssh import SshAuthCache
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import (
     Credential,
     GitEnv,
+    hardened_env,
+    is_ssh,
     resolve_credential,
     upstream_host,
 )
@@ -75,6 +83,7 @@ MAX_ACTIONS = 100_000  # actions the gate keeps for the bottle at once
 MAX_REFUSED = 10_000  # refused oids remembered per remote (so git-lfs stops retrying)
 _LFS_PATH = re.compile(r"/([A-Za-z0-9][A-Za-z0-9._-]{0,62})\.git/info/lfs(/[^?#]*)")
 _OBJECT = re.compile(r"/objects/([0-9a-f]{64})/([A-Za-z0-9_-]{32})")
+_LOCK = re.compile(r"/locks/([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127})/unlock")  # no . or ..
 _GATE_HOST = re.compile(r"(127\.0\.0\.1|localhost|\[::1\]):[0-9]{1,5}")
 NextEvent = Callable[[], Awaitable[http1.Event]]
 Send = Callable[[bytes], Awaitable[None]]
@@ -87,6 +96,8 @@ class LfsRoute(NamedTuple):
     oid: str = ""
     ticket: str = ""
     upload: bool = False  # PUT of an object (else GET)
+    locks: str = ""  # a call of the locks API: list, verify, lock or unlock
+    lock_id: str = ""  # the lock an unlock names
 
 
 def is_lfs(target: str) -> bool:
@@ -99,21 +110,44 @@ def lfs_route(remotes: dict[str, GateRemote], method: str, target: str) -> LfsRo
     remote = remotes.get(found.group(1)) if found else None
     if found is None or remote is None:
         raise Refusal(404, "git:unknown-remote", "no such remote's LFS on the git gate")
-    if not remote.url.startswith("https://"):
-        raise Refusal(
-            404,
-            "git:lfs-unsupported",
-            f"remote {remote.name}: the git gate serves LFS for https remotes only",
-        )
     rest = found.group(2)
     if rest == "/objects/batch" and method == "POST":
         return LfsRoute(remote, True)
     got = _OBJECT.fullmatch(rest)
     if got is not None and method in ("GET", "PUT"):
         return LfsRoute(remote, False, got.group(1), got.group(2), method == "PUT")
+    if rest == "/locks" and method in ("GET", "POST"):
+        return LfsRoute(remote, False, locks="list" if method == "GET" else "lock")
+    if rest == "/locks/verify" and method == "POST":
+        return LfsRoute(remote, False, locks="verify")
+    unlock = _LOCK.fullmatch(rest)
+    if unlock is not None and method == "POST":
+        return LfsRoute(remote, False, locks="unlock", lock_id=unlock.group(1))
     raise Refusal(
-        404, "git:lfs-unsupported", "the git gate serves the LFS batch API and its objects only"
+        404,
+        "git:lfs-unsupported",
+        "the git gate serves the LFS batch API, its objects and the locks API only",
     )
+
+
+class Endpoint(NamedTuple):
+    """A remote's LFS API for one operation, and what authenticates the gate to it: the
+    host-side credential (https remotes) or git-lfs-authenticate's header (ssh)."""
+
+    url: str  # https://host[:port]/path/info/lfs
+    auth: tuple[tuple[bytes, bytes], ...]  # never shown, logged or repr'd
+    operation: str = ""  # the ssh answer it came from ("": an https remote's)
+
+    def __repr__(self) -> str:
+        return f"Endpoint(url={self.url!r}, auth=<hidden>)"
+
+    @property
+    def host(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "", parts.port or 443
+
+    def target(self, suffix: str) -> bytes:
+        return (urlsplit(self.url).path.rstrip("/") + suffix).encode()
 
 
 class Exchange(NamedTuple):
@@ -136,15 +170,49 @@ class LfsGate:
         self._actions: dict[str, tuple[float, Action]] = {}
         self._refused_batches: set[str] = set()
         self._refused: dict[str, dict[str, str]] = {}  # remote -> oid -> why (DLP)
+        self.ssh_auth = SshAuthCache()  # ssh remotes' git-lfs-authenticate answers
 
     async def serve(self, exchange: Exchange, where: LfsRoute) -> None:
-        credential = await asyncio.to_thread(resolve_credential, where.remote, os.environ)
-        if where.batch:
-            await self._batch(exchange, where.remote, credential)
+        if where.locks:
+            body = b"" if where.locks == "list" else await read_body(exchange, MAX_LOCKS_REQUEST)
+            await serve_locks(self, exchange, where, body)
+        elif where.batch:
+            await self._batch(exchange, where.remote)
         elif where.upload:
-            await self._upload(exchange, where, credential)
+            await self._upload(exchange, where)
         else:
-            await self._object(exchange, where, credential)
+            await self._object(exchange, where)
+
+    async def endpoint(self, exchange: Exchange, remote: GateRemote, operation: str) -> Endpoint:
+        """`remote`'s LFS API for `operation` (download or upload), and its authentication."""
+        if is_ssh(remote.url):
+            env = hardened_env(os.environ, remote, exchange.git_env)
+            found = await self.ssh_auth.get(remote, env, operation)
+            auth = tuple((name.lower().encode(), value.encode()) for name, value in found.headers)
+            return Endpoint(found.href, auth, operation)
+        credential = await asyncio.to_thread(resolve_credential, remote, os.environ)
+        return Endpoint(api_url(remote.url), tuple(_basic(credential)))
+
+    def refused_auth(self, remote: GateRemote, endpoint: Endpoint, status: int) -> Refusal:
+        """The LFS API said no to the gate's authentication (HTTP 401 or 403)."""
+        if endpoint.operation:  # git-lfs-authenticate's token: ask ssh anew next time
+            self.ssh_auth.forget(remote, endpoint.operation)
+            return Refusal(
+                502,
+                "git:upstream",
+                f"remote {remote.name}: the upstream's LFS API refused the header its "
+                f"git-lfs-authenticate gave (HTTP {status})",
+                "check on the host that the ssh key of [git.remotes."
+                f"{remote.name}] may use this repository's LFS",
+            )
+        return Refusal(
+            502,
+            "git:upstream",
+            f"remote {remote.name}: the upstream's LFS API refused the host-side "
+            f"credential (HTTP {status})",
+            f"fix [git.remotes.{remote.name}] credential in your user config, or the "
+            "credential it names, on the host",
+        )
 
     def _keep(self, actions: dict[str, Action]) -> None:
         now = time.monotonic()
@@ -154,18 +222,17 @@ class LfsGate:
         for ticket, action in actions.items():
             self._actions[ticket] = (now + ACTION_TTL, action)
 
-    async def _batch(
-        self, exchange: Exchange, remote: GateRemote, credential: Credential | None
-    ) -> None:
+    async def _batch(self, exchange: Exchange, remote: GateRemote) -> None:
         base = _gate_base(exchange.request, remote)
-        body = await _read_body(exchange, MAX_BATCH)
+        body = await read_body(exchange, MAX_BATCH)
         batch = parse_request(body)
         host, port = upstream_host(remote.url)
         if batch.operation == "upload":  # the gate takes the objects; the upstream waits
             refused = self._refused.get(remote.name, {})
             rewritten = upload_answer(remote.name, batch, base, refused)
         else:
-            answer = await self._ask_batch(exchange, remote, credential, batch)
+            endpoint = await self.endpoint(exchange, remote, "download")
+            answer = await self._ask_batch(exchange, remote, endpoint, batch)
             rewritten = rewrite_answer(remote.name, batch, answer, base)
         self._keep(rewritten.actions)
         self.record(
@@ -197,32 +264,23 @@ class LfsGate:
         self,
         exchange: Exchange,
         remote: GateRemote,
-        credential: Credential | None,
+        endpoint: Endpoint,
         batch: BatchRequest,
     ) -> bytes:
-        """The upstream's answer to `batch` (rebuilt, with the host-side credential)."""
-        parts = urlsplit(remote.url)
-        target = (parts.path.rstrip("/") + "/info/lfs/objects/batch").encode()
-        host, port = upstream_host(remote.url)
+        """The upstream's answer to `batch` (rebuilt, with the endpoint's authentication)."""
+        host, port = endpoint.host
         sent = upstream_request(batch)
         headers = [
             (b"accept", MEDIA_TYPE.encode()),
             (b"content-type", MEDIA_TYPE.encode()),
             (b"content-length", b"%d" % len(sent)),
-            *_basic(credential),
+            *endpoint.auth,
         ]
-        status, answer = await self._call_whole(
-            exchange, remote, host, port, b"POST", target, headers, sent
+        status, answer = await self.call_whole(
+            exchange, remote, host, port, b"POST", endpoint.target("/objects/batch"), headers, sent
         )
         if status in (401, 403):
-            raise Refusal(
-                502,
-                "git:upstream",
-                f"remote {remote.name}: the upstream's LFS API refused the host-side "
-                f"credential (HTTP {status})",
-                f"fix [git.remotes.{remote.name}] credential in your user config, or the "
-                "credential it names, on the host",
-            )
+            raise self.refused_auth(remote, endpoint, status)
         if status != 200:
             raise Refusal(
                 502,
@@ -243,14 +301,13 @@ class LfsGate:
             raise Refusal(404, "git:lfs-unknown-object", "no such LFS action (ask the batch API)")
         return action
 
-    async def _object(
-        self, exchange: Exchange, where: LfsRoute, credential: Credential | None
-    ) -> None:
+    async def _object(self, exchange: Exchange, where: LfsRoute) -> None:
         action = self._kept(where, "download")
+        endpoint = await self.endpoint(exchange, where.remote, "download")
         parts = urlsplit(action.href)
         host, port = parts.hostname or "", parts.port or 443
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = _action_headers(action, where.remote, credential)
+        headers = _action_headers(action, endpoint)
         reader, writer = await self._open(exchange.git_env, where.remote, host, port)
         try:
             writer.write(
@@ -297,9 +354,7 @@ class LfsGate:
             detail={"remote": where.remote.name, "oid": action.oid, "size": sent},
         )
 
-    async def _upload(
-        self, exchange: Exchange, where: LfsRoute, credential: Credential | None
-    ) -> None:
+    async def _upload(self, exchange: Exchange, where: LfsRoute) -> None:
         """One object from the bottle: spooled to the host's disk while it is hashed and
         scanned; only a whole, matching, clean object is offered to the upstream (its
         batch API, then the upload and verify actions it answers, with its headers)."""
@@ -326,17 +381,18 @@ class LfsGate:
                     refused[action.oid] = refusal.message
                 raise
             item = LfsObject(action.oid, action.size)
+            endpoint = await self.endpoint(exchange, remote, "upload")
             answer = await self._ask_batch(
-                exchange, remote, credential, BatchRequest("upload", (item,))
+                exchange, remote, endpoint, BatchRequest("upload", (item,))
             )
             steps = upstream_upload(remote.name, item, answer)
             if "upload" in steps:
                 spooled.seek(0)
-                await self._send_upstream(exchange, remote, credential, steps["upload"], spooled)
+                await self._send_upstream(exchange, remote, endpoint, steps["upload"], spooled)
             if "verify" in steps:
                 verify = json.dumps({"oid": item.oid, "size": item.size}).encode()
                 await self._send_upstream(
-                    exchange, remote, credential, steps["verify"], io.BytesIO(verify)
+                    exchange, remote, endpoint, steps["verify"], io.BytesIO(verify)
                 )
         host, port = upstream_host(remote.url)
         self.record(
@@ -397,7 +453,7 @@ class LfsGate:
         self,
         exchange: Exchange,
         remote: GateRemote,
-        credential: Credential | None,
+        endpoint: Endpoint,
         step: Action,
         body: IO[bytes],
     ) -> None:
@@ -411,7 +467,7 @@ class LfsGate:
         verify = step.operation == "verify"
         kind = MEDIA_TYPE if verify else "application/octet-stream"
         headers = [
-            *_action_headers(step, remote, credential),
+            *_action_headers(step, endpoint),
             (b"content-type", kind.encode()),
             (b"content-length", b"%d" % size),
         ]
@@ -475,7 +531,7 @@ class LfsGate:
         assert isinstance(answer, http1.ResponseHead)
         return answer
 
-    async def _call_whole(
+    async def call_whole(
         self,
         exchange: Exchange,
         remote: GateRemote,
@@ -485,8 +541,9 @@ class LfsGate:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
+        limit: int = MAX_ANSWER,
     ) -> tuple[int, bytes]:
-        """One request whose answer is read whole (at most MAX_ANSWER bytes)."""
+        """One request whose answer is read whole (at most `limit` bytes)."""
         reader, writer = await self._open(exchange.git_env, remote, host, port)
         try:
             writer.write(http1.request_head(method, target, _with_host(host, port, headers)))
@@ -505,7 +562,7 @@ class LfsGate:
                     ) from None
                 if isinstance(event, bytes):
                     received += event
-                    if len(received) > MAX_ANSWER:
+                    if len(received) > limit:
                         raise Refusal(
                             502, "git:lfs-upstream", f"remote {remote.name}: LFS answer too large"
                         )
@@ -517,6 +574,14 @@ class LfsGate:
                     )
         finally:
             writer.close()
+
+
+def api_url(url: str) -> str:
+    """An https remote's LFS API: `<url>/info/lfs`, without the URL's user info."""
+    host, port = upstream_host(url)
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal, bracketed again
+    spelled = name if port == 443 else f"{name}:{port}"
+    return f"https://{spelled}{urlsplit(url).path.rstrip('/')}/info/lfs"
 
 
 def _refusal(oid: str, findings: list[Finding]) -> Refusal | None:
@@ -535,16 +600,14 @@ def _refusal(oid: str, findings: list[Finding]) -> Refusal | None:
     return None
 
 
-def _action_headers(
-    action: Action, remote: GateRemote, credential: Credential | None
-) -> list[tuple[bytes, bytes]]:
-    """An action's own headers; the remote's credential only for the remote's own host,
+def _action_headers(action: Action, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
+    """An action's own headers; the LFS API's authentication only for the API's own host,
     and only when the action brings no Authorization of its own."""
     headers = [(n.lower().encode(), v.encode()) for n, v in action.headers]
     parts = urlsplit(action.href)
-    same_host = (parts.hostname, parts.port or 443) == upstream_host(remote.url)
+    same_host = (parts.hostname, parts.port or 443) == endpoint.host
     if same_host and not any(name == b"authorization" for name, _ in headers):
-        headers.extend(_basic(credential))
+        headers.extend(endpoint.auth)
     return headers
 
 
@@ -575,7 +638,7 @@ def _gate_base(request: http1.RequestHead, remote: GateRemote) -> str:
     return f"http://{hosts[0]}/{remote.name}.git/info/lfs/objects"
 
 
-async def _read_body(exchange: Exchange, limit: int) -> bytes:
+async def read_body(exchange: Exchange, limit: int) -> bytes:
     if exchange.request.expects_continue:
         await exchange.send(http1.CONTINUE)
     held = bytearray()

@@ -72,6 +72,57 @@ def ssh_endpoints(remotes: Sequence[GateRemote]) -> list[tuple[str, int]]:
     return [upstream_host(remote.url) for remote in remotes if is_ssh(remote.url)]
 
 
+class SshTarget(NamedTuple):
+    """An ssh URL's parts, as git splits it: `user@host`, the port it names (None: ssh's
+    default, no option given) and the repository path."""
+
+    destination: str
+    port: int | None
+    path: str
+
+
+def ssh_target(url: str) -> SshTarget:
+    """`git@host:path` or `ssh://user@host:port/path`, split the way git splits it."""
+    if "://" not in url:
+        destination, _, path = url.partition(":")
+        return SshTarget(destination, None, path)
+    parts = urlsplit(url)
+    destination = parts.netloc.rpartition(":")[0] if parts.port else parts.netloc
+    return SshTarget(destination, parts.port, parts.path)
+
+
+def ssh_argv(env: Mapping[str, str], target: SshTarget, command: str) -> list[str]:
+    """The ssh git itself runs for `target`, here running `command` on the remote side.
+
+    git's own rules, so the gate's LFS authentication uses exactly the ssh of the remote's
+    git traffic: `GIT_SSH_COMMAND` (through the shell, as git runs it), else `GIT_SSH`,
+    else `ssh`; the port option spelled for its variant (`GIT_SSH_VARIANT`, else the
+    program's name). `env` is `hardened_env`'s: the user's ssh variables, agent and home.
+    """
+    if target.destination.startswith("-") or not target.destination:
+        raise ValueError("an ssh host may not start with '-'")  # git refuses it too
+    shell = env.get("GIT_SSH_COMMAND", "")
+    if shell:
+        words = shlex.split(shell)
+        program = words[0] if words else "ssh"
+        prefix = ["sh", "-c", shell + ' "$@"', shell]
+    else:
+        program = env.get("GIT_SSH", "") or "ssh"
+        prefix = [program]
+    variant = env.get("GIT_SSH_VARIANT", "") or Path(program).name.lower().removesuffix(".exe")
+    options: list[str] = []
+    if target.port is not None:
+        if variant in ("plink", "putty"):
+            options = ["-P", str(target.port)]
+        elif variant == "tortoiseplink":
+            options = ["-batch", "-P", str(target.port)]
+        elif variant == "simple":
+            raise ValueError("GIT_SSH_VARIANT=simple cannot take a port")
+        else:
+            options = ["-p", str(target.port)]
+    return [*prefix, *options, target.destination, command]
+
+
 class GitEnv(NamedTuple):
     """Settings every hardened git of one bundle shares."""
 
