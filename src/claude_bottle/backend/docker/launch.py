@@ -501,6 +501,10 @@ def _start_with_host_bundle(
     stack.callback(launch.remove)
     launch.run_agent()
     bundle_ready = launch.start_bundle()
+    if plan.home_image is not None:
+        # While the engine starts the container (~250 ms): `detach` follows the relay's
+        # start, before the command can run.
+        home_image.preload()
     launch.wait_for_relay(lambda tag: _build(tag, plan.agent.base_image), preflight)
     processes = {"bundle": state.process_ref(bundle_ready().pid)}
     with contextlib.suppress(OSError):
