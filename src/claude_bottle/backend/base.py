@@ -465,6 +465,8 @@ def plan_injections(config: Config, earlier_plan: Path | None = None) -> tuple[I
     this bottle; the secret is read to learn that shape, and is not kept. A bottle that
     ran before (`resume`) keeps the placeholders its files may hold, while they still
     have the secret's shape."""
+    if not config.credentials.inject:
+        return ()  # and secret_sources (secrets, shlex) stays unloaded on a start
     from claude_bottle.bundle.secret_sources import (
         injection_key,
         load_secret,

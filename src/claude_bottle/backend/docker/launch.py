@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from claude_bottle import cgroups, home_image, paths, state
 from claude_bottle.backend.base import BottleRecord, BundlePlaces
@@ -53,12 +53,14 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
-from claude_bottle.backend.docker.handover import HANDED, Handover, hand_secrets, resolve
 from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+
+if TYPE_CHECKING:  # the handover is a bundle container's: imported when one starts
+    from claude_bottle.backend.docker.handover import Handover
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
@@ -328,6 +330,8 @@ def _listener_pid(path: Path) -> int:
 
 
 def _settings(plan: DockerBottlePlan) -> BundleSettings:
+    from claude_bottle.backend.docker.handover import HANDED
+
     return plan.bundle_settings(
         BundlePlaces(
             proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
@@ -391,6 +395,8 @@ def start(
 
     handover = None
     if plan.bundle is not None:  # every secret read here, before anything runs
+        from claude_bottle.backend.docker.handover import resolve
+
         _settings(plan).dump(runtime / "bundle.json")
         for path, text in plan.bundle_files:
             Path(path).parent.mkdir(mode=0o700, exist_ok=True)
@@ -661,6 +667,8 @@ def _start_with_bundle_container(
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
     # Before the bottle's command runs (the bundle serves nothing that needs them before).
+    from claude_bottle.backend.docker.handover import hand_secrets
+
     hand_secrets(handover, control_socket)
     if plan.git_remotes:  # before the bottle's command runs: its first clone needs them
         from claude_bottle.backend.docker.git_credentials import hand_credentials
