@@ -51,65 +51,28 @@ def _clean(value: str) -> str | None:
     return value
 
 
-# `git config` asked for the identity before the CLI has loaded (`start_lookup`), taken
-# by the plan (`host_git_identity`): the git client's ~15 ms then overlap the imports.
-_early: subprocess.Popen[bytes] | None = None
-_LOOKUP = ("git", "config", "--global", "--includes", "-z", "--get-regexp", r"^user\.(name|email)$")
-
-
-def start_lookup() -> None:
-    """Start `git config` for the identity now, for `host_git_identity` to take later
-    (same process, so the same environment and working directory). Costs nothing when
-    no plan asks: the process ends on its own and is reaped by `discard_lookup`."""
-    global _early
-    if _early is not None:
-        return
-    try:
-        _early = subprocess.Popen(
-            _LOOKUP, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-    except OSError:
-        _early = None  # no git: host_git_identity finds out again
-
-
-def discard_lookup() -> GitIdentity | None:
-    """Reap an early lookup the plan does not want (`[bottle] git_identity = false`):
-    None, the identity such a plan holds."""
-    global _early
-    early, _early = _early, None
-    if early is not None:
-        try:
-            early.communicate(timeout=GIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            early.kill()
-            early.communicate()
-    return None
-
-
 def host_git_identity() -> GitIdentity | None:
     """user.name and user.email from the host's global git config; None unless both are set."""
-    global _early
-    early, _early = _early, None
     try:
-        if early is not None:
-            try:
-                stdout = early.communicate(timeout=GIT_TIMEOUT)[0]
-            except subprocess.TimeoutExpired:
-                early.kill()
-                early.communicate()
-                return None
-        else:
-            stdout = subprocess.run(
-                _LOOKUP,
-                capture_output=True,
-                timeout=GIT_TIMEOUT,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            ).stdout
+        found = subprocess.run(
+            [
+                "git",
+                "config",
+                "--global",
+                "--includes",
+                "-z",
+                "--get-regexp",
+                r"^user\.(name|email)$",
+            ],
+            capture_output=True,
+            timeout=GIT_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None  # no git on the host: nothing to carry over
     values: dict[str, str] = {}
-    for record in stdout.decode(errors="replace").split("\0"):
+    for record in found.stdout.decode(errors="replace").split("\0"):
         key, _, value = record.partition("\n")
         cleaned = _clean(value)
         if key in ("user.name", "user.email") and cleaned is not None:

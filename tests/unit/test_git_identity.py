@@ -173,27 +173,3 @@ def test_the_gate_config_keeps_the_systems_own_and_the_env_names_it() -> None:
     assert rendered.index('path = "/etc/gitconfig"') < rendered.index("[url")
     assert gate_config_env(()) == {}
     assert gate_config_env((GateRewrite("o", "u"),)) == {"GIT_CONFIG_SYSTEM": GATE_GIT_CONFIG}
-
-
-def test_an_early_lookup_is_what_the_plan_reads_once(host_home: Path) -> None:
-    from claude_bottle import git_identity
-
-    (host_home / ".gitconfig").write_text(HOST_GITCONFIG)
-    git_identity.start_lookup()
-    early = git_identity._early
-    assert early is not None
-    early.wait()  # it has read the file as it was
-    (host_home / ".gitconfig").write_text("[user]\n    name = Later\n    email = l@x.test\n")
-    assert host_git_identity() == GitIdentity("Ada Lovelace", "ada@example.test")
-    assert git_identity._early is None  # taken: the next plan asks git again
-    assert host_git_identity() == GitIdentity("Later", "l@x.test")
-
-
-def test_an_unwanted_early_lookup_is_reaped(host_home: Path) -> None:
-    from claude_bottle import git_identity
-
-    git_identity.start_lookup()
-    early = git_identity._early
-    assert early is not None
-    assert git_identity.discard_lookup() is None
-    assert early.returncode is not None and git_identity._early is None

@@ -23,7 +23,6 @@ from claude_bottle.errors import MissingDependency
 from claude_bottle.git_identity import (
     GateRewrite,
     GitIdentity,
-    discard_lookup,
     gate_config_env,
     gate_url,
     host_git_identity,
@@ -451,7 +450,7 @@ def common_plan_fields(
         "workspace_guard": plan_guard(
             str(request.workspace.resolve()), state_dir, config.bottle.host_tools
         ),
-        "git_identity": host_git_identity() if config.bottle.git_identity else discard_lookup(),
+        "git_identity": host_git_identity() if config.bottle.git_identity else None,
         "limits": limits,
         "git_remotes": config.git_remotes,
         "egress_rules": config.egress.rules,

@@ -81,11 +81,6 @@ def main() -> None:
     guess = guess_run(sys.argv[1:])
     if guess is not None:
         _prestart_for(guess)
-        # After the fork (the bundle does not wait for it): the plan's `git config` for
-        # the user's identity runs while click, the config and the backends load.
-        from claude_bottle import git_identity
-
-        git_identity.start_lookup()
     from claude_bottle.cli.main import main as cli_main
 
     cli_main()
