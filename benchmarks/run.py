@@ -1483,9 +1483,10 @@ NOTES = """
    our CLI) is ~1.1× the plain run; the rest is the CLI's serial start-up, shared with the
    namespace backend (docs/docker.md, "Measured").
 20. Docker start-up, host placement, third pass (issue 23). A/B as in item 19, host
-   placement only (`--placements host --no-floor`), plus a `docker` shim first on PATH
-   that logs when `docker run` is exec'd (start to exec, and the CPU of the CLI's process
-   tree, user+sys of it and its reaped children). A wrapper timing the CLI's own functions
+   placement only (`--placements host --no-floor`); `--exec-times` (added now) puts a
+   `docker` shim first on the trees' PATH that logs when `docker run` is exec'd (start to
+   exec), and every row now has the CPU of its process tree (user+sys of it and its
+   reaped children). A wrapper timing the CLI's own functions
    put, in a quiet phase, `docker run` ~90 ms after the process started (interpreter and
    console script ~15, imports ~60, config and plan ~7) with the home image's mkfs and
    mount (in a thread since item 19) still held for 15-22 ms before it; from there the
