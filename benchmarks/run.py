@@ -1482,6 +1482,31 @@ NOTES = """
    engine's own part of ours (the same `docker run` argv with the relay, in a loop without
    our CLI) is ~1.1× the plain run; the rest is the CLI's serial start-up, shared with the
    namespace backend (docs/docker.md, "Measured").
+20. Docker start-up, host placement, third pass (issue 23). A/B as in item 19, host
+   placement only (`--placements host --no-floor`); `--exec-times` (added now) puts a
+   `docker` shim first on the trees' PATH that logs when `docker run` is exec'd (start to
+   exec), and every row now has the CPU of its process tree (user+sys of it and its
+   reaped children). A wrapper timing the CLI's own functions
+   put, in a quiet phase, `docker run` ~90 ms after the process started (interpreter and
+   console script ~15, imports ~60, config and plan ~7) with the home image's mkfs and
+   mount (in a thread since item 19) still held for 15-22 ms before it; from there the
+   relay served after ~200 ms, the command took 7-12 ms and the teardown (relay SIGKILL
+   until the attached client ends, the engine having removed the container) 50-55 ms.
+   Changed: the agent container is run before the home image is mounted (only the
+   workspace guard's `.git`, which it binds, is made first); the mount is joined and the
+   home seeded while the engine starts it, and once the relay serves, its mount table
+   must show the image's device at `$HOME` before any command runs (a container quicker
+   than the mount is run again; none was in ~180 starts here); ctypes for the home's detach
+   is loaded meanwhile instead of after the relay's start; no `secret_sources` import
+   without injections, the docker handover imported by container placement only. Tried and
+   dropped: the identity's `git config` spawned by the console script right after the
+   bundle's fork, to overlap the imports: start to `docker run` 126 ms against 106 without
+   it (176 against 159 in a loaded phase, 93 against 90 on top of the rest): on two cores
+   it only competes with the imports and the bundle's start. Result, A = integration3, B =
+   this tree, load average 2.7-3.8: paired ratio 1.79× → 1.71× (30 rounds; medians 404 →
+   381 ms, plain run 211 ms), an earlier run 1.76× → 1.60× (30 rounds, load 3.4-4.0);
+   start to `docker run` 104 → 94 ms, whole run 387 → 375 ms, CPU of the process tree
+   185 → 184 ms (20 rounds). Container placement 3.48× → 3.24× (16 rounds, floor 2.46×).
 
 ## What is left
 
@@ -1513,7 +1538,12 @@ NOTES = """
 - The docker backend with a host bundle runs one container, like the anchor, plus the
   CLI and a host bundle; with a bundle container it pays for two containers and a volume
   per bottle (the bundle network is kept per engine); the floor row is those engine
-  operations scripted in `sh`. See docs/docker.md for the timeline.
+  operations scripted in `sh`. See docs/docker.md for the timeline. Host placement is at
+  1.6-1.8× the plain `docker run` (goal ≤ 1.5×): the engine's part of ours alone is
+  ~1.04× (item 20), the rest is the CLI's ~90 ms before `docker run` (interpreter,
+  click, its modules: ~75 of them before any work) and ~200 ms of CPU of the CLI and the
+  bundle in the same window on two cores, where a plain `docker run` already keeps both
+  busy for much of its time.
 - DLP: the figure moves with the machine's phase more than any other row (313-579 MiB/s
   across the last three full runs; the same script on its own gave 307 to 604 within half
   an hour). Half of the Hyperscan scan is two patterns with no literal to anchor on, payment

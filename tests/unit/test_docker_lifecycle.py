@@ -24,7 +24,7 @@ from claude_bottle import state
 from claude_bottle.backend.base import CleanupPlan, LaunchRequest
 from claude_bottle.backend.docker import backend as docker_backend
 from claude_bottle.backend.docker import cleanup as docker_cleanup
-from claude_bottle.backend.docker import docker, images, launch, network
+from claude_bottle.backend.docker import docker, handover, images, launch, network
 from claude_bottle.backend.docker.backend import (
     CredentialAccess,
     DockerBackend,
@@ -775,7 +775,7 @@ def test_launch_creates_volume_and_network_at_once_and_each_container_when_it_ca
     monkeypatch.setattr(network, "ensure", ensure_network)
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: events.append("ready") or {})
-    monkeypatch.setattr(launch, "hand_secrets", lambda *args: events.append("handed"))
+    monkeypatch.setattr(handover, "hand_secrets", lambda *args: events.append("handed"))
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args, **kw: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
     asked: list[str] = []
@@ -915,7 +915,7 @@ def test_a_bundle_run_that_finds_no_shared_network_makes_it_and_runs_again(
     monkeypatch.setattr(docker, "rm", lambda names, force=True: removed.extend(names))
     monkeypatch.setattr(docker, "run", run)
     monkeypatch.setattr(launch, "_wait_ready", lambda *args: {})
-    monkeypatch.setattr(launch, "hand_secrets", lambda *args: None)
+    monkeypatch.setattr(handover, "hand_secrets", lambda *args: None)
     monkeypatch.setattr(launch.Watchdog, "spawn", lambda *args, **_: launch.Watchdog(None))
     monkeypatch.setattr(launch._Created, "remove", lambda self: None)
     with contextlib.ExitStack() as stack:

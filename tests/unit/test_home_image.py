@@ -192,3 +192,12 @@ def test_an_image_another_mount_still_holds_is_never_mounted_again(
     monkeypatch.setattr(home_image, "RELEASE_WAIT", 0.2)
     with pytest.raises(LaunchError, match="still in use"):
         home_image.prepare(home, 32 * MIB)
+
+
+def test_mounted_in_compares_the_device_a_process_sees_at_a_path(tmp_path: Path) -> None:
+    me = os.getpid()
+    assert home_image.mounted_in(me, "/", Path("/"))  # this process's own root
+    assert not home_image.mounted_in(me, "/no/such/mount/point", Path("/"))
+    # A directory that is no mount point never counts: its device is its parent's.
+    assert not home_image.mounted_in(me, "/", tmp_path)
+    assert not home_image.mounted_in(2**22 + 7, "/", Path("/"))  # no such process

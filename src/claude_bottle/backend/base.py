@@ -200,11 +200,21 @@ class BottlePlan(Printable):
         bottle's home (`bottle_home`, a host directory) with its tool-call hook run by
         `tool_hook`'s interpreter, the workspace guard's own .git, and ~/.gitconfig (the
         identity; the git gate's rewrites are the system config the bundle publishes)."""
+        self.prepare_workspace_guard()
+        self.seed_home_files(bottle_home, host_home, tool_hook)
+
+    def prepare_workspace_guard(self) -> None:
+        """The guard's own .git and its record: before the sandbox starts (its mounts)."""
         from claude_bottle import workspace_guard
+
+        workspace_guard.prepare(self.workspace_guard)
+
+    def seed_home_files(self, bottle_home: Path, host_home: Path, tool_hook: ToolHook) -> None:
+        """The home's part of `seed_home`: only before the bottle's command runs, so a
+        backend may write it while its sandbox starts (the home is the same filesystem)."""
         from claude_bottle.claude_home import seed_claude_home
 
         seed_claude_home(bottle_home, host_home, Path(self.workspace), tool_hook)
-        workspace_guard.prepare(self.workspace_guard)
         seed_git_identity(bottle_home, self.git_identity)
 
     def bundle_settings(self, places: BundlePlaces, **seen_otherwise: Any) -> BundleSettings:
@@ -454,6 +464,8 @@ def plan_injections(config: Config, earlier_plan: Path | None = None) -> tuple[I
     this bottle; the secret is read to learn that shape, and is not kept. A bottle that
     ran before (`resume`) keeps the placeholders its files may hold, while they still
     have the secret's shape."""
+    if not config.credentials.inject:
+        return ()  # and secret_sources (secrets, shlex) stays unloaded on a start
     from claude_bottle.bundle.secret_sources import (
         injection_key,
         load_secret,

@@ -106,6 +106,15 @@ class HostBundleLaunch:
         with self.agent_log.open("ab") as log:
             self.agent = docker.run_process(args, self.plan.agent.image, command, log)
 
+    def rerun_agent(self) -> None:
+        """Remove the agent container (its client ends once the engine has removed it,
+        which frees its name) and run it again."""
+        self._remove_agent()
+        self.relay = None
+        # Killed, the relay left its socket: `wait_for_relay` must wait for the new one.
+        (self.runtime / "exec" / "exec.sock").unlink(missing_ok=True)
+        self.run_agent()
+
     def wait_for_relay(
         self, build: Callable[[str], None], preflight: Callable[[], list[str]]
     ) -> None:

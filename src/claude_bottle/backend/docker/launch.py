@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from claude_bottle import cgroups, home_image, paths, state
 from claude_bottle.backend.base import BottleRecord, BundlePlaces
@@ -53,12 +53,14 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
-from claude_bottle.backend.docker.handover import HANDED, Handover, hand_secrets, resolve
 from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook
 from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+
+if TYPE_CHECKING:  # the handover is a bundle container's: imported when one starts
+    from claude_bottle.backend.docker.handover import Handover
 
 READY_TIMEOUT = 30.0
 BUNDLE_STOP_TIMEOUT = 5
@@ -328,6 +330,8 @@ def _listener_pid(path: Path) -> int:
 
 
 def _settings(plan: DockerBottlePlan) -> BundleSettings:
+    from claude_bottle.backend.docker.handover import HANDED
+
     return plan.bundle_settings(
         BundlePlaces(
             proxy_socket=f"{SOCKETS_DIR}/proxy.sock",
@@ -391,6 +395,8 @@ def start(
 
     handover = None
     if plan.bundle is not None:  # every secret read here, before anything runs
+        from claude_bottle.backend.docker.handover import resolve
+
         _settings(plan).dump(runtime / "bundle.json")
         for path, text in plan.bundle_files:
             Path(path).parent.mkdir(mode=0o700, exist_ok=True)
@@ -404,12 +410,14 @@ def start(
     stack.callback(watchdog.release, "done")  # last out: after the teardown below
     created = _Created()
     stack.callback(created.remove)
-    if mounting is not None:
-        mounting.join()
-    plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
     if plan.bundle is None:
-        processes = _start_with_host_bundle(plan, stack, runtime, state_dir, preflight)
+        processes = _start_with_host_bundle(
+            plan, stack, runtime, state_dir, preflight, _HomeMount(plan, home, mounting)
+        )
     else:
+        if mounting is not None:
+            mounting.join()
+        plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
         assert handover is not None
         processes = _start_with_bundle_container(
             plan, runtime, state_dir, created, preflight, handover
@@ -487,28 +495,90 @@ def _mount_home_meanwhile(
     return mounting
 
 
+class _HomeMount:
+    """The bottle's home as a host bundle's start waits for it: mounted (when it is an
+    image) and seeded, and seen as mounted by the agent container."""
+
+    def __init__(self, plan: DockerBottlePlan, home: Path, mounting: _Background | None) -> None:
+        self.plan = plan
+        self.home = home
+        self.mounting = mounting
+
+    def finish(self) -> None:
+        """Wait for the mount, then seed the home (the container shares its filesystem)."""
+        if self.mounting is not None:
+            self.mounting.join()
+            home_image.preload()  # for the detach that follows the relay's start
+        self.plan.seed_home_files(
+            self.home, Path(self.plan.agent.home), ToolHook("python3", HOOK_PORT)
+        )
+
+    def seen_by(self, relay: dict[str, int] | None) -> bool:
+        """Whether the agent container's home is the image's filesystem. Its `docker run`
+        raced the mount: a container whose mount namespace was made before the mount
+        holds the empty mount point instead (and the bottle's home would be unbounded).
+        Read from the relay's own mount table; False when it cannot be read."""
+        if self.mounting is None:
+            return True  # no image: the directory itself is the home
+        if relay is None:
+            return False
+        return home_image.mounted_in(relay["pid"], self.plan.agent.home, self.home)
+
+
 def _start_with_host_bundle(
     plan: DockerBottlePlan,
     stack: contextlib.ExitStack,
     runtime: Path,
     state_dir: Path,
     preflight: Callable[[], list[str]],
+    home: _HomeMount,
 ) -> dict[str, dict[str, int]]:
-    """The bundle as a host process beside the agent container (host placement)."""
+    """The bundle as a host process beside the agent container (host placement).
+
+    The container is started first, before its home image is mounted (mkfs and mount,
+    15-25 ms) and seeded, which happen while the engine starts it (~200 ms). The workspace
+    guard's .git, which the container binds, is made before. Once the relay serves,
+    its mount table must show the image at the home; a container that was quicker than
+    the mount is removed and run again, now after it: the command runs in neither
+    before that check."""
     from claude_bottle.backend.docker.host_bundle import HostBundleLaunch
 
     launch = HostBundleLaunch(plan, runtime, state_dir)
     stack.callback(launch.remove)
+    plan.prepare_workspace_guard()
     launch.run_agent()
     bundle_ready = launch.start_bundle()
-    launch.wait_for_relay(lambda tag: _build(tag, plan.agent.base_image), preflight)
+    home.finish()
+    build = functools.partial(_build_from, plan)
+    launch.wait_for_relay(build, preflight)
+    exec_socket = runtime / "exec" / "exec.sock"
+    launch.relay = _relay_ref(exec_socket)
+    if not home.seen_by(launch.relay):
+        launch.rerun_agent()
+        launch.wait_for_relay(build, preflight)
+        launch.relay = _relay_ref(exec_socket)
+        if not home.seen_by(launch.relay):
+            raise LaunchError(
+                "the agent container does not show the bottle's home image at its home",
+                "the docker engine must share this host's mounts; see claude-bottle doctor",
+            )
     processes = {"bundle": state.process_ref(bundle_ready().pid)}
-    with contextlib.suppress(OSError):
-        exec_socket = runtime / "exec" / "exec.sock"
-        ref = _host_pid(_listener_pid(exec_socket), PROCESS_MARKERS["bottle"])
-        if ref is not None:
-            processes["bottle"] = launch.relay = ref
+    if launch.relay is not None:
+        processes["bottle"] = launch.relay
     return processes
+
+
+def _build_from(plan: DockerBottlePlan, tag: str) -> None:
+    _build(tag, plan.agent.base_image)
+
+
+def _relay_ref(exec_socket: Path) -> dict[str, int] | None:
+    """The agent container's process 1 (its relay) as a host process ref, from the exec
+    socket it listens on; None when it is not a process of this host."""
+    try:
+        return _host_pid(_listener_pid(exec_socket), PROCESS_MARKERS["bottle"])
+    except OSError:
+        return None
 
 
 def _start_with_bundle_container(
@@ -597,6 +667,8 @@ def _start_with_bundle_container(
     created.control_socket = control_socket
     created.audit_log = state_dir / "audit.jsonl"
     # Before the bottle's command runs (the bundle serves nothing that needs them before).
+    from claude_bottle.backend.docker.handover import hand_secrets
+
     hand_secrets(handover, control_socket)
     if plan.git_remotes:  # before the bottle's command runs: its first clone needs them
         from claude_bottle.backend.docker.git_credentials import hand_credentials
