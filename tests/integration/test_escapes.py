@@ -91,6 +91,29 @@ def test_the_control_socket_is_out_of_reach(bottle_env: BottleEnv) -> None:
     assert "escape.test" not in audit
 
 
+def test_claude_bottles_own_dirs_in_the_workspace_are_hidden(bottle_env: BottleEnv) -> None:
+    """Run from $HOME, the default state and cache dirs are inside the workspace. Before
+    the guard covered them, the bottle read its audit log (and other bottles'), its home
+    image and the CA keys minted ahead, appended to its audit log, and could have left
+    a compiled DLP database for its next bundle to load."""
+    state = bottle_env.workspace / ".local" / "state" / "claude-bottle"
+    cache = bottle_env.workspace / ".cache" / "claude-bottle"
+    bottle_env.env["CLAUDE_BOTTLE_STATE_DIR"] = str(state)
+    bottle_env.env["CLAUDE_BOTTLE_CACHE_DIR"] = str(cache)
+    result = bottle_env.sh(
+        f"(cd {state} && ls -A; cd {cache} && ls -A); cat {state}/bottles/t/audit.jsonl; "
+        f"echo x >> {state}/bottles/t/audit.jsonl; touch {state}/x {cache}/x; echo ran"
+    )
+    assert result.returncode == 0 and "ran" in result.stdout, result.stderr
+    audit = state / "bottles" / "t" / "audit.jsonl"
+    assert "bundle-start" in audit.read_text()  # the host wrote it where the bottle ran
+    assert result.stdout.split() == ["ran"], result.stdout  # nothing listed, nothing read
+    assert not (state / "x").exists() and not (cache / "x").exists()
+    assert not audit.read_text().endswith("x\n")
+    verified = bottle_env.cli("audit", "verify", str(audit))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_no_capability_and_never_host_root(bottle_env: BottleEnv) -> None:
     proc = bottle_env.start("grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; sleep 60")
     try:

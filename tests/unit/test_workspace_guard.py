@@ -68,6 +68,39 @@ def test_plan_mounts_the_shadow_then_the_shared_objects(repo: Path, tmp_path: Pa
     assert not any(m.source.endswith(("/config", "/hooks", "/refs")) for m in plan.mounts)
 
 
+def test_our_own_dirs_inside_the_workspace_are_covered_last_and_read_only(
+    repo: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    own = repo / ".local" / "state" / "claude-bottle"
+    (repo / "cache").mkdir()
+    link = repo / "cache-link"  # a root named through a symlink is covered where it is
+    link.symlink_to(repo / "cache")
+    plan = workspace_guard.plan_guard(
+        str(repo), str(state), "warn", (str(own), str(tmp_path / "elsewhere"), str(link))
+    )
+    assert plan.covered == (str(own), str(repo / "cache"))
+    cover = str(state / workspace_guard.COVER_DIR)
+    assert plan.mounts[-2:] == (
+        workspace_guard.GitMount(cover, str(own), True),
+        workspace_guard.GitMount(cover, str(repo / "cache"), True),
+    )
+    assert ("hidden", f"{own}, {repo / 'cache'} (claude-bottle's own)") in plan.describe()
+    workspace_guard.prepare(plan)
+    assert os.listdir(cover) == [] and stat.S_IMODE(os.stat(cover).st_mode) == 0o700
+    outside = workspace_guard.plan_guard(str(repo), str(state), "warn", (str(tmp_path / "x"),))
+    assert outside.covered == () and not any(m.source == cover for m in outside.mounts)
+
+
+def test_a_workspace_inside_our_own_dirs_is_refused(tmp_path: Path) -> None:
+    ws = tmp_path / "state" / "bottles" / "ws"
+    ws.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="inside claude-bottle's own directory") as refused:
+        workspace_guard.plan_guard(str(ws), str(tmp_path / "s"), "warn", (str(tmp_path / "state"),))
+    assert "CLAUDE_BOTTLE_STATE_DIR" in refused.value.hint
+
+
 def test_a_symlinked_dot_git_is_refused(tmp_path: Path, repo: Path) -> None:
     ws = tmp_path / "other"
     ws.mkdir()

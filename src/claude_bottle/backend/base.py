@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
-from claude_bottle import state
+from claude_bottle import paths, state
 from claude_bottle.bottle_env import injected_env
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.settings import BundleSettings, InjectionSpec, Pin, RuleSpec
@@ -448,7 +448,10 @@ def common_plan_fields(
         "audit_max": config.bottle.audit_max,
         "audit_rate": config.bottle.audit_rate,
         "workspace_guard": plan_guard(
-            str(request.workspace.resolve()), state_dir, config.bottle.host_tools
+            str(request.workspace.resolve()),
+            state_dir,
+            config.bottle.host_tools,
+            tuple(str(p) for p in (paths.state_root(), paths.runtime_root(), paths.cache_root())),
         ),
         "git_identity": host_git_identity() if config.bottle.git_identity else None,
         "limits": limits,

@@ -34,6 +34,7 @@ __all__ = [
 
 STATE_FILE = "workspace-guard.json"
 SHADOW_DIR = "git-shadow"
+COVER_DIR = "cover"  # an empty dir of the state dir, mounted over our own dirs inside
 MAX_FINDINGS = 10_000  # audit records per exit
 CTIME_SLACK_NS = 2_000_000_000  # clock granularity between the marker and other file systems
 
@@ -51,6 +52,7 @@ class GuardPlan(NamedTuple):
     host_tools: str  # "warn" | "revert"
     extra_watched: tuple[str, ...]  # workspace paths the host's git config runs or includes
     mounts: tuple[GitMount, ...]  # what every backend mounts, in this order
+    covered: tuple[str, ...] = ()  # claude-bottle's own dirs inside the workspace, hidden
 
     def describe(self) -> tuple[tuple[str, str], ...]:
         if self.fresh_git:
@@ -65,8 +67,10 @@ class GuardPlan(NamedTuple):
             )
         else:
             git = f"{self.dot_git_file} read-only"
+        hidden = (("hidden", ", ".join(self.covered) + " (claude-bottle's own)"),)
         return (
             ("git", git),
+            *(hidden if self.covered else ()),
             ("host tools", f"{self.host_tools} at exit (.envrc, .vscode/, hooks, …)"),
             ("setuid", "setuid/setgid bits and file capabilities cleared at exit"),
         )
@@ -86,7 +90,15 @@ class Finding(NamedTuple):
         )
 
 
-def plan_guard(workspace: str, state_dir: str, host_tools: str) -> GuardPlan:
+def plan_guard(
+    workspace: str, state_dir: str, host_tools: str, own_dirs: tuple[str, ...] = ()
+) -> GuardPlan:
+    """`own_dirs`: claude-bottle's state, runtime and cache roots. Those inside the
+    workspace (run from $HOME, say) hold the bottle's audit log, the CA keys minted ahead,
+    the bundles' sockets and the compiled DLP databases the bundle loads: the bottle gets
+    an empty, unwritable directory over each (a ConfigError when the workspace is inside
+    one, where there is nothing to cover it with)."""
+    covered = _own_dirs_inside(workspace, own_dirs)
     git_dir, dot_git_file = git_shadow.find_git_dir(workspace)
     repos = tuple(git_shadow.nested_git_dirs(git_dir)) if git_dir else ()
     shadow = os.path.join(state_dir, SHADOW_DIR)
@@ -99,6 +111,8 @@ def plan_guard(workspace: str, state_dir: str, host_tools: str) -> GuardPlan:
     fresh_git = not git_dir and not dot_git_file
     if fresh_git:
         mounts.append(GitMount(shadow, os.path.join(workspace, ".git"), False))
+    cover = os.path.join(state_dir, COVER_DIR)
+    mounts += [GitMount(cover, path, True) for path in covered]  # last: over all else
     return GuardPlan(
         workspace=workspace,
         git_dir=git_dir,
@@ -110,7 +124,26 @@ def plan_guard(workspace: str, state_dir: str, host_tools: str) -> GuardPlan:
         host_tools=host_tools,
         extra_watched=_host_config_paths(workspace, git_dir),
         mounts=tuple(mounts),
+        covered=covered,
     )
+
+
+def _own_dirs_inside(workspace: str, own_dirs: tuple[str, ...]) -> tuple[str, ...]:
+    from claude_bottle.errors import ConfigError
+
+    inside = workspace.rstrip("/") + "/"
+    covered = []
+    for own in own_dirs:
+        real = os.path.realpath(own)
+        if inside.startswith(real.rstrip("/") + "/"):
+            raise ConfigError(
+                f"the workspace {workspace} is inside claude-bottle's own directory {real}",
+                "run from a project directory outside it, or move claude-bottle's state with "
+                "CLAUDE_BOTTLE_STATE_DIR / CLAUDE_BOTTLE_RUNTIME_DIR / CLAUDE_BOTTLE_CACHE_DIR",
+            )
+        if real.startswith(inside) and real not in covered:
+            covered.append(real)
+    return tuple(covered)
 
 
 def _host_config_paths(workspace: str, git_dir: str | None) -> tuple[str, ...]:
@@ -154,6 +187,10 @@ def prepare(plan: GuardPlan) -> None:
     snapshots: list[git_shadow.RepoSnapshot] = []
     if plan.fresh_git:
         Path(plan.shadow).mkdir(mode=0o700)
+    if plan.covered:  # empty, and no bottle's to fill: it is mounted read-only
+        cover = state / COVER_DIR
+        shutil.rmtree(cover, ignore_errors=True)
+        cover.mkdir(mode=0o700)
     if plan.git_dir:
         git_shadow.build_shadow(plan.git_dir, Path(plan.shadow), plan.repos)
         snapshots = [git_shadow.snapshot(plan.git_dir, rel) for rel in plan.repos]
