@@ -90,7 +90,9 @@ def test_git_identity_false_keeps_it_out_of_the_plan(
     from claude_bottle.limits import Limits, plan_with
 
     (host_home / ".gitconfig").write_text(HOST_GITCONFIG)
-    request = LaunchRequest("t", tmp_path, Config(), ("true",))
+    workspace = tmp_path / "project"  # not the dir holding the host's home (refused)
+    workspace.mkdir()
+    request = LaunchRequest("t", workspace, Config(), ("true",))
     limits = plan_with(Limits(), "test", "test")
     fields = common_plan_fields(
         "x", request, state_dir="s", runtime_dir="r", env={}, relay_port=1, limits=limits

@@ -352,3 +352,38 @@ def test_a_tree_too_deep_is_reported_not_silently_skipped(tmp_path: Path) -> Non
         os.close(fd)
     result = sweep(str(tmp_path), 0)
     assert result.incomplete
+
+
+@pytest.mark.parametrize("where", ["home", "above"])
+def test_a_workspace_that_is_or_holds_the_home_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """$HOME is masked in every bottle (SPEC); a workspace that is the home, or holds it,
+    would bind it back read-write, ~/.ssh and the Claude Code login with it."""
+    from claude_bottle.backend.base import LaunchRequest, common_plan_fields
+    from claude_bottle.config.model import BottleSection, Config
+    from claude_bottle.limits import Limits, plan_with
+
+    home = tmp_path / "home" / "user"
+    (home / "project").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    workspace = home if where == "home" else tmp_path
+
+    def fields(ws: Path) -> dict[str, object]:
+        config = Config(bottle=BottleSection(git_identity=False))
+        request = LaunchRequest("t", ws, config, ("true",))
+        limits = plan_with(Limits(), "test", "test")
+        return common_plan_fields(
+            "x",
+            request,
+            state_dir=str(tmp_path / "s"),
+            runtime_dir="r",
+            env={},
+            relay_port=1,
+            limits=limits,
+        )
+
+    with pytest.raises(ConfigError, match="home directory") as refused:
+        fields(workspace)
+    assert refused.value.exit_code == 2 and "--workspace" in refused.value.hint
+    assert fields(home / "project")["workspace"] == str(home / "project")

@@ -410,6 +410,7 @@ def common_plan_fields(
     added in one place.
     """
     config = request.config
+    _refuse_a_workspace_holding_home(request.workspace.resolve())
     injections = plan_injections(config, Path(state_dir) / "plan.json")
     env.update(injected_env(injections))
     rewrites = tuple(GateRewrite(remote.name, remote.url) for remote in config.git_remotes)
@@ -460,6 +461,25 @@ def common_plan_fields(
         "rules_in_force": rules_in_force(config),
         "injections": injections,
     }
+
+
+def _refuse_a_workspace_holding_home(workspace: Path) -> None:
+    """The bottle's $HOME is masked (SPEC: backends) and its own; a workspace that is the
+    user's home, or holds it, would hand the bottle ~/.ssh, ~/.aws, the keychain's files
+    and the user's Claude Code login read-write."""
+    import os
+
+    from claude_bottle.errors import ConfigError
+
+    home = Path(os.path.expanduser("~")).resolve()
+    if not home.is_relative_to(workspace):  # the common case: a project dir, in ~ or not
+        return
+    what = "is your home directory" if home == workspace else f"holds your home directory {home}"
+    raise ConfigError(
+        f"the workspace {workspace} {what}: the bottle would see ~/.ssh, ~/.aws and your "
+        "Claude Code login, which it must not",
+        "run from a project directory (cd into it), or pass --workspace DIR",
+    )
 
 
 def plan_injections(config: Config, earlier_plan: Path | None = None) -> tuple[InjectionSpec, ...]:
