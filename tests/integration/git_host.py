@@ -6,12 +6,16 @@ included. Listens on 127.0.0.1 only; the gate reaches it through an `[egress.res
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
+import os
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -152,6 +156,31 @@ def gated_remote(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[GitHost]:
     """)
     yield server
     server.close()
+
+
+@contextlib.contextmanager
+def throwaway_ssh_agent(key: Path) -> Iterator[Path]:
+    """An ssh-agent holding `key`, as a user's would: a bundle container signs through
+    the agent's socket (its ssh cannot read the `-i` key file of GIT_SSH_COMMAND)."""
+    agent_dir = Path(tempfile.mkdtemp(prefix="cb-agent-"))  # short: a socket path's limit
+    socket_path = agent_dir / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if socket_path.exists() or agent.poll() is not None:
+                break
+            threading.Event().wait(0.05)
+        subprocess.run(
+            ["ssh-add", "-q", str(key)],
+            env={**os.environ, "SSH_AUTH_SOCK": str(socket_path)},
+            check=True,
+            capture_output=True,
+        )
+        yield socket_path
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+        shutil.rmtree(agent_dir, ignore_errors=True)
 
 
 class SshGitHost:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import BottleEnv
-from tests.integration.git_host import GitHost, SshGitHost, gated_remote
+from tests.integration.git_host import GitHost, SshGitHost, gated_remote, throwaway_ssh_agent
 
 pytestmark = pytest.mark.integration
 
@@ -277,35 +277,15 @@ def ssh_host(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[SshGitHost]:
     directory = tmp_path / "sshhost"
     directory.mkdir()
     server = SshGitHost(directory)
-    # The key also in a throwaway ssh-agent, as a user's would be: a bundle container signs
-    # through the agent's socket (its ssh cannot read the `-i` key file of GIT_SSH_COMMAND).
-    agent_dir = Path(tempfile.mkdtemp(prefix="cb-agent-"))  # short: a socket path's limit
-    agent_socket = agent_dir / "agent.sock"
-    agent = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(agent_socket)], stdout=subprocess.DEVNULL
-    )
-    for _ in range(200):
-        if agent_socket.exists():
-            break
-        agent.poll()
-        threading.Event().wait(0.05)
-    subprocess.run(
-        ["ssh-add", "-q", str(directory / "keys" / "client")],
-        env={**os.environ, "SSH_AUTH_SOCK": str(agent_socket)},
-        check=True,
-        capture_output=True,
-    )
-    bottle_env.env["SSH_AUTH_SOCK"] = str(agent_socket)
-    bottle_env.env["GIT_SSH_COMMAND"] = server.ssh_command
-    bottle_env.write_config(f"""
-        [git.remotes.origin]
-        url = "{server.url}"
-    """)
-    yield server
-    server.close()
-    agent.terminate()
-    agent.wait(timeout=10)
-    shutil.rmtree(agent_dir, ignore_errors=True)
+    with throwaway_ssh_agent(directory / "keys" / "client") as agent_socket:
+        bottle_env.env["SSH_AUTH_SOCK"] = str(agent_socket)
+        bottle_env.env["GIT_SSH_COMMAND"] = server.ssh_command
+        bottle_env.write_config(f"""
+            [git.remotes.origin]
+            url = "{server.url}"
+        """)
+        yield server
+        server.close()
 
 
 def test_an_ssh_remote_clones_and_pushes_with_the_hosts_ssh(

@@ -12,12 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
-import shutil
 import subprocess
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +22,7 @@ import pytest
 
 from tests.integration.conftest import BottleEnv
 from tests.integration.fake_github_lfs import commit_lfs_file
-from tests.integration.git_host import GitHost, SshGitHost
+from tests.integration.git_host import GitHost, SshGitHost, throwaway_ssh_agent
 
 pytestmark = pytest.mark.integration
 
@@ -60,40 +56,21 @@ def hosts(tmp_path: Path, bottle_env: BottleEnv) -> Iterator[Hosts]:
     (tmp_path / "lfshost").mkdir()
     ssh = SshGitHost(tmp_path / "sshhost")
     lfs = GitHost(tmp_path / "lfshost", token)
-    # The key in a throwaway ssh-agent too, as test_git_gate's ssh fixture does: a bundle
-    # container signs through the agent (its ssh cannot read GIT_SSH_COMMAND's key file).
-    agent_dir = Path(tempfile.mkdtemp(prefix="cb-agent-"))
-    agent_socket = agent_dir / "agent.sock"
-    agent = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(agent_socket)], stdout=subprocess.DEVNULL
-    )
-    for _ in range(200):
-        if agent_socket.exists():
-            break
-        threading.Event().wait(0.05)
-    subprocess.run(
-        ["ssh-add", "-q", str(tmp_path / "sshhost" / "keys" / "client")],
-        env={**os.environ, "SSH_AUTH_SOCK": str(agent_socket)},
-        check=True,
-        capture_output=True,
-    )
-    bottle_env.env["SSH_AUTH_SOCK"] = str(agent_socket)
-    bottle_env.env["GIT_SSH_COMMAND"] = ssh.ssh_command
-    bottle_env.write_config(f"""
-        [egress]
-        upstream_ca_file = "{lfs.ca_file}"
-        [egress.resolve]
-        "git.test" = "127.0.0.1:{lfs.port}"
-        [git.remotes.origin]
-        url = "{ssh.url}"
-        push = ["bottle/*"]
-    """)
-    yield Hosts(ssh, lfs, token)
-    ssh.close()
-    lfs.close()
-    agent.terminate()
-    agent.wait(timeout=10)
-    shutil.rmtree(agent_dir, ignore_errors=True)
+    with throwaway_ssh_agent(tmp_path / "sshhost" / "keys" / "client") as agent_socket:
+        bottle_env.env["SSH_AUTH_SOCK"] = str(agent_socket)
+        bottle_env.env["GIT_SSH_COMMAND"] = ssh.ssh_command
+        bottle_env.write_config(f"""
+            [egress]
+            upstream_ca_file = "{lfs.ca_file}"
+            [egress.resolve]
+            "git.test" = "127.0.0.1:{lfs.port}"
+            [git.remotes.origin]
+            url = "{ssh.url}"
+            push = ["bottle/*"]
+        """)
+        yield Hosts(ssh, lfs, token)
+        ssh.close()
+        lfs.close()
 
 
 def _lfs(bottle_env: BottleEnv) -> None:
