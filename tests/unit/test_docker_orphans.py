@@ -81,14 +81,13 @@ def test_a_killed_launchs_clients_and_watchdog_are_found(spawn: Callable[..., in
 def test_live_bottles_other_state_roots_and_live_launches_are_not_waited_for(
     spawn: Callable[..., int],
 ) -> None:
-    spawn("--detach", *LABELS)
+    orphan = spawn("--detach", *LABELS)
     live_cli_child = spawn("--detach", *LABELS, orphaned=False)
     other_root = spawn("--detach", "--label", "claude-bottle.state=other", *LABELS[2:])
     assert orphans.find("abc123", {"dead"}) == []  # the bottle is live: a detached one's
     pids = {o.pid for o in orphans.find("abc123", set())}
-    assert live_cli_child not in pids  # its CLI runs: a launch in progress
-    assert other_root not in pids
-    assert len(pids) == 1
+    # Only this test's own: another suite running on the machine spawns the same labels.
+    assert pids & {orphan, live_cli_child, other_root} == {orphan}
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare is missing")
