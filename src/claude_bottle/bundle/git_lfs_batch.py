@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -75,6 +75,19 @@ class Rewritten(NamedTuple):
     actions: dict[str, Action]  # ticket -> action, for the gate to keep
 
 
+def json_object(data: bytes, bad: Callable[[str], Refusal]) -> dict[str, Any]:
+    """`data` (bounded by the caller) as a JSON object; `bad("not JSON")` or
+    `bad("not an object")` raised otherwise. Every LFS body the gate reads, from the
+    bottle or from an upstream, is parsed here."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser
+        raise bad("not JSON") from None
+    if not isinstance(parsed, dict):
+        raise bad("not an object")
+    return parsed
+
+
 def _bad(why: str) -> Refusal:
     return Refusal(400, "git:lfs-bad-request", f"malformed LFS batch request ({why})")
 
@@ -86,12 +99,7 @@ def parse_request(body: bytes) -> BatchRequest:
         raise Refusal(
             413, "git:lfs-too-large", f"an LFS batch request is at most {MAX_BATCH} bytes"
         )
-    try:
-        request = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _bad("not JSON") from None
-    if not isinstance(request, dict):
-        raise _bad("not an object")
+    request = json_object(body, _bad)
     operation = request.get("operation")
     if operation not in OPERATIONS:
         raise Refusal(
@@ -153,11 +161,8 @@ def upstream_upload(remote: str, item: LfsObject, answer: bytes) -> dict[str, Ac
     malformed answer."""
     if len(answer) > MAX_ANSWER:
         raise _upstream_bad(remote, "too large")
-    try:
-        parsed = json.loads(answer)
-    except (ValueError, RecursionError):
-        raise _upstream_bad(remote, "not JSON") from None
-    listed = parsed.get("objects") if isinstance(parsed, dict) else None
+    parsed = json_object(answer, lambda why: _upstream_bad(remote, why))
+    listed = parsed.get("objects")
     if not isinstance(listed, list):
         raise _upstream_bad(remote, "no objects")
     for given in listed:
@@ -247,11 +252,8 @@ def rewrite_answer(remote: str, batch: BatchRequest, answer: bytes, gate_base: s
     `Refusal` (502)."""
     if len(answer) > MAX_ANSWER:
         raise _upstream_bad(remote, "too large")
-    try:
-        parsed = json.loads(answer)
-    except (ValueError, RecursionError):
-        raise _upstream_bad(remote, "not JSON") from None
-    listed = parsed.get("objects") if isinstance(parsed, dict) else None
+    parsed = json_object(answer, lambda why: _upstream_bad(remote, why))
+    listed = parsed.get("objects")
     if not isinstance(listed, list):
         raise _upstream_bad(remote, "no objects")
     if parsed.get("transfer", "basic") != "basic":

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from claude_bottle.bundle.connection import response
-from claude_bottle.bundle.git_lfs_batch import MEDIA_TYPE
+from claude_bottle.bundle.git_lfs_batch import MEDIA_TYPE, json_object
 from claude_bottle.bundle.git_policy import GateRemote, branch_matches
 from claude_bottle.bundle.git_upstream import upstream_host
 from claude_bottle.bundle.refusal import Refusal
@@ -82,13 +82,7 @@ def _json(body: bytes) -> dict[str, Any]:
         raise Refusal(
             413, "git:lfs-too-large", f"an LFS locks request is at most {MAX_REQUEST} bytes"
         )
-    try:
-        parsed = json.loads(body) if body.strip() else {}
-    except (ValueError, RecursionError):
-        raise _bad("not JSON") from None
-    if not isinstance(parsed, dict):
-        raise _bad("not an object")
-    return parsed
+    return json_object(body, _bad) if body.strip() else {}
 
 
 def check_write(remote: GateRemote, call: str, ref: str) -> None:

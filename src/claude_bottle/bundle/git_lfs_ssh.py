@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import time
@@ -27,7 +26,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import NamedTuple
 
-from claude_bottle.bundle.git_lfs_batch import checked_headers, checked_href
+from claude_bottle.bundle.git_lfs_batch import checked_headers, checked_href, json_object
 from claude_bottle.bundle.git_policy import GateRemote
 from claude_bottle.bundle.git_upstream import SshTarget, ssh_argv, ssh_target
 from claude_bottle.bundle.refusal import Refusal
@@ -88,12 +87,7 @@ def parse_answer(remote: GateRemote, answer: bytes, now: float, wall: float) -> 
     `now` is the monotonic clock, `wall` the epoch time (for `expires_at`)."""
     if len(answer) > MAX_AUTH_ANSWER:
         raise _failed(remote, "its answer is too large")
-    try:
-        parsed = json.loads(answer)
-    except (ValueError, RecursionError):
-        raise _failed(remote, "its answer is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise _failed(remote, "its answer is not a JSON object")
+    parsed = json_object(answer, lambda why: _failed(remote, f"its answer is {why}"))
     try:
         href = checked_href(remote.name, parsed.get("href")).rstrip("/")
         headers = checked_headers(remote.name, parsed.get("header", {}))
