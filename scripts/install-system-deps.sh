@@ -6,9 +6,10 @@ set -euo pipefail
 need=()
 # openssh-server: the git gate's tests start sshd on loopback for an ssh remote; git-lfs:
 # they push LFS objects to check the proxy refuses an LFS upload outside the gate.
-# e2fsprogs: the home image `[bottle] disk` sizes when claude-bottle runs as root.
-for pkg in bubblewrap libseccomp2 git git-lfs iproute2 util-linux e2fsprogs ca-certificates curl \
-    openssh-server; do
+# e2fsprogs: the home image `[bottle] disk` sizes; fuse2fs and fuse3 (fusermount) mount it
+# for a user, where loop devices need root.
+for pkg in bubblewrap libseccomp2 git git-lfs iproute2 util-linux e2fsprogs fuse2fs fuse3 \
+    ca-certificates curl openssh-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${1:-}" = "--tls-clients" ]; then

@@ -60,8 +60,18 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
         LANG=C.UTF-8)
     "${as_user[@]}" bash -c "cd '$tree' && /usr/bin/python3 -m venv venv \
         && venv/bin/pip install --quiet --disable-pip-version-check . pytest pytest-timeout h11"
+    # A user's bottle home is bounded through fuse2fs where users may open /dev/fuse, which
+    # Debian's udev makes mode 0666; a machine without udev (a CI container) leaves it 0600.
+    # Given that mode for this suite, and put back after it.
+    fuse_mode=""
+    if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+        fuse_mode="$(stat -c %a /dev/fuse)"
+        echo "== /dev/fuse is mode $fuse_mode (no udev here): mode 0666, Debian's default, for the user suite"
+        chmod 0666 /dev/fuse
+    fi
     echo "== the isolation and escape suites as $test_user (uid $(id -u "$test_user"))"
     "${as_user[@]}" bash -c "cd '$tree' && venv/bin/python -m pytest -ra -p no:cacheprovider \
         ${ISOLATION_SUITES[*]}" || status=$?
+    [ -z "$fuse_mode" ] || chmod "$fuse_mode" /dev/fuse
 fi
 exit "$status"

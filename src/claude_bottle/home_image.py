@@ -2,21 +2,25 @@
 writes there fails with ENOSPC inside instead of filling the host's disk.
 
 The image (`home.img`, sparse, `disk` bytes) lives in the bottle's state dir beside the
-mount point (`home`), outside anything the bottle is shown. Host root loop-mounts it at
-the mount point for the start only: the CLI seeds the home there, the sandbox takes its
-own copy of the mount (bind or idmapped clone), and then the host's mount is detached.
-From there on only the bottle's mount namespace holds the filesystem: when its last
-process ends, the kernel unmounts it and the loop device (autoclear) goes with it, a
-kill -9 of the CLI included. A host mount left by a CLI killed during the start is
-removed by `stop` and `cleanup` (`stale_mounts`).
+mount point (`home`), outside anything the bottle is shown. It is mounted at the mount
+point for the start only: the CLI seeds the home there, the sandbox takes its own copy of
+the mount (bind or idmapped clone), and then the host's mount is detached. From there on
+only the bottle's mount namespace holds the filesystem, and when its last process ends the
+filesystem goes with it, a kill -9 of the CLI included. A host mount left by a CLI killed
+during the start is removed by `stop` and `cleanup` (`stale_mounts`).
 
-Needs host root (loop devices, mount) and e2fsprogs; `unavailable()` says why not.
-Shared code: no backend is named here.
+Two ways to mount it: as host root, a loop mount (the kernel's ext4; the loop device is
+autoclear, so it is freed with the filesystem); as a user, fuse2fs (ext4 in a user-space
+daemon of that user, through FUSE, where /dev/fuse is open to users as Debian's udev
+leaves it). The daemon holds a lock on the image until it has written its last block and
+exited, which it does once no mount of its filesystem is left. `unavailable()` says why
+neither works here. Shared code: no backend is named here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -28,8 +32,14 @@ from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
 from claude_bottle.limits import Unapplied, format_size
 
 IMAGE_NAME = "home.img"
-MECHANISM = "the home: an ext4 image of that size (home.img in the state dir), loop-mounted"
-TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount")
+MECHANISM = "the home: an ext4 image of that size (home.img in the state dir), {how}"
+LOOP_MOUNTED = "loop-mounted"
+FUSE_MOUNTED = "mounted with fuse2fs"
+TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs")
+FUSE_FIX = (
+    "apt-get install fuse2fs fuse3, and let users open /dev/fuse (mode 0666, as Debian's udev "
+    "sets it); or run claude-bottle as root"
+)
 MNT_DETACH = 2
 RELEASE_WAIT = 15.0  # for a mount of the image an ending sandbox still holds
 TOOL_TIMEOUT = 120.0  # a check or resize of a large image is the slowest step
@@ -42,44 +52,60 @@ MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_in
 JOURNAL_MIB = 16
 JOURNAL_CAP_FROM = 1 << 30
 MOUNT_OPTIONS = "loop,nosuid,nodev,errors=remount-ro"
+# fusermount adds nosuid and nodev for a user's mount whatever is asked; asked all the same.
+FUSE_OPTIONS = "nosuid,nodev"
+FUSE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # fuse2fs execs fusermount from PATH
 INIT_USER_NS_MAP = ["0", "0", "4294967295"]
 SBIN = "/usr/sbin:/sbin"
 E2FSCK_CORRECTED = 3  # e2fsck's exit status bits for "clean" and "errors corrected"
 
 
-def unavailable() -> str | None:
-    """Why this host cannot keep a bottle's home in an image; None when it can."""
-    if os.geteuid() != 0 or not _in_initial_user_namespace():
-        return "an image-backed home needs loop devices and mount, which need host root"
+def unavailable(*, fuse: bool = True) -> str | None:
+    """Why this host cannot keep a bottle's home in an image; None when it can. `fuse`:
+    whether a user's FUSE mount will do (a docker engine, being root, cannot open one)."""
     missing = [name for name in TOOLS if tool(name) is None]
     if missing:
-        return f"{', '.join(missing)} not installed (fix: apt-get install e2fsprogs mount)"
-    if not Path("/dev/loop-control").exists():
-        return "no /dev/loop-control: this kernel or container offers no loop devices"
+        return f"{', '.join(missing)} not installed (fix: apt-get install e2fsprogs)"
+    if _loop_mounts():
+        if tool("mount") is None:
+            return "mount is not installed (fix: apt-get install mount)"
+        if not Path("/dev/loop-control").exists():
+            return "no /dev/loop-control: this kernel or container offers no loop devices"
+        return None
+    if not fuse:
+        return "an image-backed home needs loop devices and mount, which need host root"
+    if tool("fuse2fs") is None or _fusermount() is None:
+        return "loop devices need host root, and fuse2fs or fusermount is not installed"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "loop devices need host root, and this user may not open /dev/fuse"
     return None
 
 
+def mounted_how() -> str:
+    return LOOP_MOUNTED if _loop_mounts() else FUSE_MOUNTED
+
+
 def disk_mechanism(
-    tmpfs: str, backend_problem: str | None = None
+    tmpfs: str, backend_problem: str | None = None, *, fuse: bool = True
 ) -> tuple[str, tuple[Unapplied, ...]]:
     """How `disk` applies with a backend's sized `tmpfs`, and, when the home cannot be
     bounded here (or the backend cannot use a host mount: `backend_problem`), why; `run`
     prints it and `require_limits` refuses to start."""
-    reason = unavailable() or backend_problem
+    reason = unavailable(fuse=fuse) or backend_problem
     if reason is None:
-        return f"{tmpfs}; {MECHANISM}", ()
+        return f"{tmpfs}; {MECHANISM.format(how=mounted_how())}", ()
     home = f"the bottle's home is a host directory, bounded by the host's disk only ({reason})"
     return f"{tmpfs}; the home: not bounded", (Unapplied("disk", home),)
 
 
-def doctor_line(backend_problem: str | None = None) -> str:
-    reason = unavailable() or backend_problem
+def doctor_line(backend_problem: str | None = None, *, fuse: bool = True) -> str:
+    reason = unavailable(fuse=fuse) or backend_problem
     if reason is None:
-        return "disk bounds the bottle's home: an ext4 image, loop-mounted (root)"
-    return (
-        f"disk cannot bound the bottle's home (only its tmpfs): {reason}; "
-        "fix: run claude-bottle as root"
-    )
+        if _loop_mounts():
+            return "disk bounds the bottle's home: an ext4 image, loop-mounted (root)"
+        return "disk bounds the bottle's home: an ext4 image, mounted with fuse2fs (this user)"
+    fix = "run claude-bottle as root" if not fuse else FUSE_FIX
+    return f"disk cannot bound the bottle's home (only its tmpfs): {reason}; fix: {fix}"
 
 
 def mount_for_start(mount_point: Path, size: int, stack: contextlib.ExitStack) -> None:
@@ -95,6 +121,17 @@ def mount_for_start(mount_point: Path, size: int, stack: contextlib.ExitStack) -
 def tool(name: str) -> str | None:
     """An e2fsprogs or util-linux binary: on PATH, or in the sbin dirs a user's PATH may lack."""
     return shutil.which(name) or shutil.which(name, path=SBIN)
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3", path=FUSE_ENV["PATH"]) or shutil.which(
+        "fusermount", path=FUSE_ENV["PATH"]
+    )
+
+
+def _loop_mounts() -> bool:
+    """Whether this process mounts the image itself (host root), else through fuse2fs."""
+    return os.geteuid() == 0 and _in_initial_user_namespace()
 
 
 def _in_initial_user_namespace() -> bool:
@@ -116,12 +153,9 @@ def prepare(mount_point: Path, size: int) -> Path:
         _create(image, mount_point, size)
         return image
     if not _released(image):
-        # Never a second mount beside one that lives on: two loop devices over one file
-        # are two filesystems writing the same blocks.
-        raise LaunchError(
-            f"the bottle's home image {image} is still in use by another mount",
-            "stop the bottle that uses it (claude-bottle ls), then run again",
-        )
+        # Never a second mount beside one that lives on: two loop devices (or daemons)
+        # over one file are two filesystems writing the same blocks.
+        raise _still_in_use(image)
     if image.stat().st_size != size:
         _fsck(image, force=True)
         _resize(image, size)
@@ -130,14 +164,67 @@ def prepare(mount_point: Path, size: int) -> Path:
 
 
 def mount(image: Path, mount_point: Path) -> None:
-    _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mount_point)], "mount")
+    if _loop_mounts():
+        _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mount_point)], "mount")
+    else:
+        _mount_with_fuse2fs(image, mount_point)
     os.chmod(mount_point, 0o700)
+
+
+def _mount_with_fuse2fs(image: Path, mount_point: Path) -> None:
+    """fuse2fs the image at `mount_point` as this user. The daemon inherits a descriptor
+    of the image this process has locked (flock), and so holds the lock until it exits:
+    `in_use` reads it, and no second daemon is ever started over the same file."""
+    fuse2fs = tool("fuse2fs")
+    if fuse2fs is None:
+        raise MissingDependency("fuse2fs is not installed", FUSE_FIX)
+    lock = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _still_in_use(image) from None
+        # It daemonizes once mounted (stdio to /dev/null), so this returns then.
+        result = subprocess.run(
+            [fuse2fs, str(image), str(mount_point), "-o", FUSE_OPTIONS],
+            pass_fds=(lock,),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            env=FUSE_ENV,
+            cwd="/",
+            check=False,
+        )
+    finally:
+        os.close(lock)
+    if result.returncode != 0 or not is_mounted(mount_point):
+        raise LaunchError(
+            f"fuse2fs could not mount the bottle's home: {_last_line(result)}", FUSE_FIX
+        )
 
 
 def detach(mount_point: Path) -> None:
     """Detach the host's mount of the home, if it has one (lazily: a sandbox's own copy of
     the mount keeps the filesystem until the sandbox ends)."""
     if not is_mounted(mount_point):
+        return
+    if not _loop_mounts():
+        fusermount = _fusermount()
+        if fusermount is None:
+            raise MissingDependency("fusermount is not installed", FUSE_FIX)
+        result = subprocess.run(
+            [fusermount, "-u", "-z", "--", str(mount_point)],
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            env=FUSE_ENV,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LaunchError(
+                f"cannot detach the bottle's home at {mount_point}: {_last_line(result)}"
+            )
         return
     import ctypes
 
@@ -182,6 +269,13 @@ def stale_mounts(homes: list[Path]) -> list[Path]:
     return [home for home in homes if str(home) in targets]
 
 
+def _still_in_use(image: Path) -> LaunchError:
+    return LaunchError(
+        f"the bottle's home image {image} is still in use by another mount",
+        "stop the bottle that uses it (claude-bottle ls), then run again",
+    )
+
+
 def _released(image: Path) -> bool:
     """Whether no loop device holds `image`, waiting RELEASE_WAIT for one to go: the
     kernel lets go of it once the last process of the sandbox that mounted it is gone,
@@ -195,7 +289,8 @@ def _released(image: Path) -> bool:
 
 
 def in_use(image: Path) -> bool:
-    """Whether a loop device is attached to `image` (a mount of it lives somewhere)."""
+    """Whether a mount of `image` lives somewhere: a loop device is attached to it, or a
+    fuse2fs daemon still holds its lock."""
     wanted = str(image.resolve())
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         try:
@@ -203,6 +298,20 @@ def in_use(image: Path) -> bool:
                 return True
         except OSError:
             continue
+    return _locked(image)
+
+
+def _locked(image: Path) -> bool:
+    try:
+        probe = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as it is closed
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(probe)
     return False
 
 
@@ -225,7 +334,10 @@ def _create(image: Path, mount_point: Path, size: int) -> None:
     for stale in image.parent.glob(f".{image.name}.*"):  # of a start killed during mkfs
         stale.unlink(missing_ok=True)
     partial = image.with_name(f".{image.name}.{os.getpid()}")
-    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", "root_owner=0:0"]  # resolved by _run
+    # Owned by whoever mounts it: root (the idmapped bind shows it as the bottle's uid) or
+    # the user whose fuse2fs serves it.
+    owner = f"root_owner={os.getuid()}:{os.getgid()}"
+    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", owner]  # resolved by _run
     if size >= JOURNAL_CAP_FROM:
         argv += ["-J", f"size={JOURNAL_MIB}"]
     seeded = mount_point.is_dir() and any(mount_point.iterdir())

@@ -706,7 +706,7 @@ def test_a_launch_failing_while_the_home_mounts_detaches_it_only_once_mounted(
 
     (dirs / "ws").mkdir()
     monkeypatch.setenv("HOME", str(dirs / "home"))
-    monkeypatch.setattr(home_image, "unavailable", lambda: None)
+    monkeypatch.setattr(home_image, "unavailable", lambda **_: None)
     monkeypatch.setattr(docker_backend, "_engine_mounts_problem", lambda: None)
     plan = DockerBackend().plan(LaunchRequest("m", dirs / "ws", Config(), ("true",)))
     assert plan.home_image is not None

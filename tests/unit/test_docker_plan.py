@@ -454,7 +454,7 @@ def test_disk_sizes_the_home_as_root_with_the_local_engine(
     from claude_bottle import home_image
     from claude_bottle.backend.docker import backend as docker_backend
 
-    monkeypatch.setattr(home_image, "unavailable", lambda: None)
+    monkeypatch.setattr(home_image, "unavailable", lambda **_: None)
     monkeypatch.setattr(docker_backend, "_engine_mounts_problem", lambda: None)
     plan = DockerBackend().plan(_request(dirs, Config()))
     assert plan.home_image == str(Path(plan.state_dir) / "home.img")

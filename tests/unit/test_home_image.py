@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -122,12 +124,25 @@ def test_mount_points_are_read_with_their_escapes(monkeypatch: pytest.MonkeyPatc
     assert home_image._unescape(line.split()[4]) == "/state/bottles/a b/home"
 
 
-def test_as_a_user_the_home_is_not_bounded_and_run_says_so(
+def _as_a_user(monkeypatch: pytest.MonkeyPatch, *, fuse_device_open: bool) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1001)
+    monkeypatch.setattr(home_image, "tool", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(home_image, "_fusermount", lambda: "/usr/bin/fusermount3")
+    access = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode: fuse_device_open if path == "/dev/fuse" else access(path, mode),
+    )
+
+
+def test_as_a_user_who_may_not_use_fuse_the_home_is_not_bounded_and_run_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(os, "geteuid", lambda: 1001)
+    _as_a_user(monkeypatch, fuse_device_open=False)
     reason = home_image.unavailable()
-    assert reason is not None and "root" in reason
+    assert reason is not None and "root" in reason and "/dev/fuse" in reason
+    assert "mode 0666" in home_image.doctor_line()  # the fix
     plan, _ = ns_limits.confine("t", Limits(disk=64 * MIB))
     assert "the home: not bounded" in plan.disk_mechanism
     disk = [u for u in plan.unapplied if u.key == "disk"]
@@ -147,8 +162,23 @@ def test_as_a_user_the_home_is_not_bounded_and_run_says_so(
         commands._check_limits(Required())  # type: ignore[arg-type]
 
 
+def test_as_a_user_who_may_use_fuse_the_home_is_an_image_fuse2fs_mounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _as_a_user(monkeypatch, fuse_device_open=True)
+    assert home_image.unavailable() is None
+    plan, _ = ns_limits.confine("t", Limits(disk=64 * MIB))
+    assert "ext4 image" in plan.disk_mechanism and "mounted with fuse2fs" in plan.disk_mechanism
+    assert not [u for u in plan.unapplied if u.key == "disk"]
+    assert any("mounted with fuse2fs (this user)" in line for line in ns_limits.doctor_lines())
+    # A root engine cannot open a user's FUSE mount: the docker backend's home stays a dir.
+    mechanism, unapplied = home_image.disk_mechanism("tmpfs", fuse=False)
+    assert "not bounded" in mechanism and "host root" in unapplied[0].reason
+
+
 def test_as_root_the_plan_names_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(home_image, "unavailable", lambda: None)
+    monkeypatch.setattr(home_image, "unavailable", lambda **_: None)
+    monkeypatch.setattr(home_image, "_loop_mounts", lambda: True)
     plan, _ = ns_limits.confine("t", Limits(disk=64 * MIB))
     assert "ext4 image" in plan.disk_mechanism
     assert not [u for u in plan.unapplied if u.key == "disk"]
@@ -166,14 +196,14 @@ def test_the_namespace_plan_names_the_image_the_start_mounts(
 
     monkeypatch.setenv("CLAUDE_BOTTLE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("CLAUDE_BOTTLE_RUNTIME_DIR", str(tmp_path / "rt"))
-    monkeypatch.setattr(home_image, "unavailable", lambda: None if bounded else "needs root")
+    monkeypatch.setattr(home_image, "unavailable", lambda **_: None if bounded else "needs root")
     (tmp_path / "ws").mkdir()
     plan = NamespaceBackend().plan(LaunchRequest("p", tmp_path / "ws", Config(), ("true",)))
     image = tmp_path / "state" / "bottles" / "p" / "home.img"
     data = json.loads(plan.to_json())
     if bounded:
         assert plan.home_image == data["home_image"] == str(image)
-        assert f"{image}, loop-mounted ([bottle] disk)" in plan.render()
+        assert f"{image}, mounted as the home ([bottle] disk)" in plan.render()
         assert plan.bwrap.home_source == str(image.with_name("home"))  # the mount point
     else:
         assert plan.home_image is None and data["home_image"] is None
@@ -201,3 +231,24 @@ def test_mounted_in_compares_the_device_a_process_sees_at_a_path(tmp_path: Path)
     # A directory that is no mount point never counts: its device is its parent's.
     assert not home_image.mounted_in(me, "/", tmp_path)
     assert not home_image.mounted_in(2**22 + 7, "/", Path("/"))  # no such process
+
+
+def test_an_image_whose_lock_a_process_holds_is_in_use_until_it_exits(tmp_path: Path) -> None:
+    """How a fuse2fs daemon's hold on the image is seen (it inherits a locked descriptor)."""
+    image = tmp_path / "home.img"
+    image.write_bytes(b"")
+    assert not home_image.in_use(image)
+    # util-linux's flock(2) around a sleep that inherits the locked descriptor, as the daemon
+    holder = subprocess.Popen(["flock", str(image), "sleep", "30"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not home_image.in_use(image):
+            assert time.monotonic() < deadline, "the lock was never seen"
+            time.sleep(0.02)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while home_image.in_use(image):  # the sleep may outlive flock by a moment
+        assert time.monotonic() < deadline, "the lock outlived its holders"
+        time.sleep(0.02)

@@ -209,7 +209,7 @@ class DockerBackend(BottleBackend):
     def limits_report(self) -> list[str]:
         return [
             "the engine applies memory, pids and cpus to the agent container; disk sizes its tmpfs",
-            home_image.doctor_line(_engine_mounts_problem()),
+            home_image.doctor_line(_engine_mounts_problem(), fuse=False),
         ]
 
     # --- preflight ------------------------------------------------------------
@@ -328,7 +328,7 @@ class DockerBackend(BottleBackend):
         if base is not None and base.path:
             env["PATH"] = base.path  # the toolchain the user's image puts on PATH
         notes = (*LIMIT_NOTES, BUNDLE_NOTE) if host_bundle else LIMIT_NOTES
-        disk, home_unbounded = home_image.disk_mechanism(DISK, _engine_mounts_problem())
+        disk, home_unbounded = home_image.disk_mechanism(DISK, _engine_mounts_problem(), fuse=False)
         limits = plan_with(
             config.bottle.limits,
             "docker (the agent container's cgroup)",

@@ -34,7 +34,7 @@ class NamespaceBottlePlan(BottlePlan):
             ("home", f"{spec.home} <- {spec.home_source} (bottle's own, writable)"),
         ]
         if self.home_image is not None:
-            rows.append(("home image", f"{self.home_image}, loop-mounted ([bottle] disk)"))
+            rows.append(("home image", f"{self.home_image}, mounted as the home ([bottle] disk)"))
         rows += [("toolchain", f"{b.path} ({b.reason})") for b in spec.toolchain]
         rows += [("read-only", p) for p in spec.read_only]
         return [*self.common_sections(), PlanSection("sandbox (bubblewrap)", tuple(rows))]
