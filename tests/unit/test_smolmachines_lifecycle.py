@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from claude_bottle import state
+from claude_bottle import home_image, paths, state
 from claude_bottle.backend import records
 from claude_bottle.backend.base import LaunchRequest, StoredBottle
 from claude_bottle.backend.smolmachines import SmolmachinesBackend, prepare, util
@@ -82,9 +83,14 @@ class Rig:
         options.update(overrides)
         return SmolmachinesBackend(**options)
 
-    def plan(self, backend: SmolmachinesBackend, *, detach: bool = False) -> SmolmachinesBottlePlan:
+    def plan(
+        self, backend: SmolmachinesBackend, *, detach: bool = False, disk: int | None = None
+    ) -> SmolmachinesBottlePlan:
         config = Config()
         config = config._replace(egress=config.egress._replace(intercept=False))
+        if disk is not None:
+            limits = config.bottle.limits._replace(disk=disk)
+            config = config._replace(bottle=config.bottle._replace(limits=limits))
         request = LaunchRequest(NAME, self.workspace, config, ("true",), detach=detach)
         return backend.plan(request)
 
@@ -493,20 +499,70 @@ def test_plan_is_pure_and_prints_the_microvm(rig: Rig) -> None:
     assert data["relay_command"][-1] == "--hold"
 
 
-def test_plan_shows_the_disk_mechanism_and_the_unbounded_home(rig: Rig) -> None:
-    """Issue 26: `disk` sizes the VM's own disks; the home, a host directory shared in,
-    stays unbounded, which `plan` says, `run` warns of and require_limits refuses."""
+def test_plan_shows_the_disk_mechanism_and_the_unbounded_home(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: `disk` sizes the VM's own disks; where the host cannot mount a sized image
+    for the home (a host directory shared in), it stays unbounded, which `plan` says, `run`
+    warns of and require_limits refuses."""
+    monkeypatch.setattr(home_image, "unavailable", lambda **_: "this user may not open /dev/fuse")
     backend = rig.backend()
     plan = rig.plan(backend)
-    data = json.loads(plan.to_json())["limits"]
-    assert "--storage" in data["disk_mechanism"] and "--overlay" in data["disk_mechanism"]
-    assert "the home: not bounded" in data["disk_mechanism"]
+    data = json.loads(plan.to_json())
+    limits = data["limits"]
+    assert "--storage" in limits["disk_mechanism"] and "--overlay" in limits["disk_mechanism"]
+    assert "the home: not bounded" in limits["disk_mechanism"]
+    assert data["home_image"] is None and "home image" not in plan.render()
     (home,) = [u for u in plan.limits.unapplied if u.key == "disk"]
-    assert "host directory" in home.reason and "host's disk only" in home.reason
+    assert "host directory" in home.reason and "/dev/fuse" in home.reason
     from claude_bottle.cli import commands
 
     with pytest.raises(MissingDependency, match="require_limits"):
         commands._check_limits(dataclasses.replace(plan, limits=plan.limits._replace(require=True)))
+
+
+needs_home_image = pytest.mark.skipif(
+    home_image.unavailable() is not None,
+    reason=f"no sized home on this host: {home_image.unavailable()}",
+)
+
+
+@needs_home_image
+def test_the_home_image_backs_the_shared_home_for_the_whole_run(rig: Rig) -> None:
+    """The sized image is mounted on the directory the VM's --volume shares, from before
+    `machine create` until the machine is gone; a write past `disk` there (what the guest's
+    writes through virtiofs become) fails with ENOSPC. The VM is the recording fake: the
+    mount is real (loop as root, fuse2fs as a user)."""
+    backend = rig.backend()
+    plan = rig.plan(backend, disk=64 << 20)
+    home = Path(plan.home_source)
+    image = home_image.image_of(home)
+    assert plan.home_image == str(image) and "ext4 image" in plan.limits.disk_mechanism
+    assert f"{image}, mounted there for the run" in plan.render()
+    with backend.launch(plan):
+        create = rig.calls()[1]
+        volumes = [create[i + 1] for i, arg in enumerate(create) if arg == "--volume"]
+        assert f"{home}:/home/bottle" in volumes
+        assert home_image.is_mounted(home)
+        assert os.statvfs(home).f_blocks * os.statvfs(home).f_frsize <= 64 << 20
+        with pytest.raises(OSError) as full, (home / "filler").open("wb") as handle:
+            for _ in range(100):
+                handle.write(b"\0" * (1 << 20))
+                handle.flush()
+                os.fsync(handle.fileno())
+        assert full.value.errno == errno.ENOSPC
+    assert not home_image.is_mounted(home)  # detached after the machine was deleted
+    assert image.stat().st_blocks * 512 <= 64 << 20
+
+
+@needs_home_image
+def test_a_detached_bottles_home_stays_mounted_until_stop(rig: Rig) -> None:
+    backend = rig.backend()
+    record = _launch_detached(rig, backend)
+    home = paths.state_dir(NAME) / "home"
+    assert home_image.is_mounted(home)
+    backend.stop(record)
+    assert not home_image.is_mounted(home)
 
 
 def test_launch_passes_disk_to_the_vm(rig: Rig) -> None:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from claude_bottle import paths
+from claude_bottle import home_image, paths
 from claude_bottle.backend.base import (
     Bottle,
     BottleBackend,
@@ -34,7 +34,7 @@ from claude_bottle.backend.smolmachines.launch import (
     launch_bottle,
     teardown,
 )
-from claude_bottle.backend.smolmachines.prepare import UNBOUNDED_HOME, resolve_plan
+from claude_bottle.backend.smolmachines.prepare import resolve_plan
 from claude_bottle.bundle.launcher import spawn_bundle
 from claude_bottle.errors import BottleError, MissingDependency
 
@@ -47,7 +47,7 @@ class SmolmachinesBackend(BottleBackend):
         return [
             "memory, cpus and disk size the microVM (--mem, --cpus, --storage/--overlay); "
             "pids are the guest kernel's",
-            f"cannot apply disk to the home: {UNBOUNDED_HOME}",
+            home_image.doctor_line(),
         ]
 
     def __init__(
@@ -121,6 +121,9 @@ class SmolmachinesBackend(BottleBackend):
         assert isinstance(own, SmolmachinesRecord)
         machine = own.machine
         problems = teardown(self._binary_of(own), machine, common.processes)
+        # Lazily: a VMM that outlived its stop keeps what it has open, and nothing more.
+        with contextlib.suppress(BottleError):
+            home_image.detach(paths.state_dir(common.name) / "home")
         paths.remove_runtime_dir(common.name, common.runtime_dir)
         if problems:
             raise BottleError(

@@ -43,6 +43,7 @@ class SmolmachinesBottlePlan(BottlePlan):
     user: str  # uid:gid every guest process runs as (the host user's, so mounts stay theirs)
     detach: bool
     relay_command: tuple[str, ...]
+    home_image: str | None = None  # the sized image mounted at home_source ([bottle] disk)
 
     def sections(self) -> Sequence[PlanSection]:
         if self.network == "none":
@@ -63,6 +64,11 @@ class SmolmachinesBottlePlan(BottlePlan):
             ("relay", " ".join(self.relay_command)),
             ("workspace", f"{self.workspace} (virtiofs, read-write)"),
             ("home", f"{self.home} <- {self.home_source} (bottle's own, writable)"),
+            *(
+                (("home image", f"{self.home_image}, mounted there for the run ([bottle] disk)"),)
+                if self.home_image
+                else ()
+            ),
             ("user", f"{self.user} (the host user's uid:gid)"),
             ("exec", "smolvm machine exec (joins the relay's container)"),
         )

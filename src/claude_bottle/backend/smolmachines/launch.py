@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from claude_bottle import paths, state
+from claude_bottle import home_image, paths, state
 from claude_bottle.backend.base import BottleRecord, BundlePlaces
 from claude_bottle.backend.smolmachines import smolvm
 from claude_bottle.backend.smolmachines.bottle import SmolmachinesBottle, process_alive
@@ -117,6 +117,11 @@ def launch_bottle(
     paths.make_private_dir(runtime.parent)
     paths.make_private_dir(runtime)
     stack.callback(shutil.rmtree, runtime, True)
+    if plan.home_image is not None:
+        # Mounted for the whole run, not only the start: the VMM serves the host path to
+        # the guest (virtiofs). The stack detaches it once the machine is gone (after its
+        # own callbacks, registered later); for a detached bottle, `stop` does.
+        home_image.mount_for_start(Path(plan.home_source), plan.limits.disk, stack)
     stage = write_stage(plan, runtime)
     (state_dir / "plan.json").write_text(plan.to_json() + "\n")
     plan.seed_home(Path(plan.home_source), Path.home(), ToolHook("python3", HOOK_PORT))

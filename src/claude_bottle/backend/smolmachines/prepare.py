@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from claude_bottle import paths
+from claude_bottle import home_image, paths
 from claude_bottle.backend import registry
 from claude_bottle.backend.base import LaunchRequest, common_plan_fields
 from claude_bottle.backend.smolmachines import smolvm
@@ -44,7 +44,7 @@ from claude_bottle.bottle_env import (
     build_env,
 )
 from claude_bottle.errors import ConfigError, LaunchError, MissingDependency
-from claude_bottle.limits import Unapplied, plan_with
+from claude_bottle.limits import plan_with
 
 RELAY_SCRIPT = Path(__file__).resolve().parents[2] / "bundle" / "relay.py"
 SECCOMP_EXEC = RELAY_SCRIPT.with_name("seccomp_exec.py")
@@ -53,16 +53,12 @@ NETWORK_ENV = "CLAUDE_BOTTLE_SMOLMACHINES_NETWORK"
 DEFAULT_IMAGE = "claude-bottle-agent:latest"  # when the image's build inputs cannot be read
 NETWORKS = ("none", "gvproxy")
 PACK_SUFFIX = ".smolmachine"
-# [bottle] disk sizes the VM's own writable disks (launch.machine_spec); the home is a host
-# directory shared in with --volume, which no size of smolvm's reaches.
-DISK_MECHANISM = (
+# [bottle] disk sizes the VM's own writable disks (launch.machine_spec). The home is a host
+# directory shared in with --volume, which no size of smolvm's reaches: the sized home
+# image is mounted on that directory for the run, where this host allows it.
+VM_DISKS = (
     "the microVM's storage and overlay disks, each that size rounded up to whole GiB "
-    "(smolvm --storage, --overlay; the storage disk also holds the image's layers); "
-    "the home: not bounded"
-)
-UNBOUNDED_HOME = (
-    "the bottle's home is a host directory shared into the VM, bounded by the host's disk "
-    "only (smolvm sizes only the VM's own disks)"
+    "(smolvm --storage, --overlay; the storage disk also holds the image's layers)"
 )
 
 
@@ -116,6 +112,7 @@ def resolve_plan(
     )
     env["PATH"] = DEFAULT_PATH  # the host's PATH means nothing inside the VM
     subnet, gateway = bottle_subnet(request.name)
+    disk, home_unbounded = home_image.disk_mechanism(VM_DISKS)
     common = common_plan_fields(
         backend,
         request,
@@ -126,8 +123,8 @@ def resolve_plan(
         limits=plan_with(
             config.bottle.limits,
             "the microVM's memory and vCPUs",
-            DISK_MECHANISM,
-            (Unapplied("disk", UNBOUNDED_HOME),),
+            disk,
+            home_unbounded,
             ("pids: the guest kernel's own; a fork bomb is bounded by the VM's memory and vCPUs",),
         ),
     )
@@ -143,6 +140,7 @@ def resolve_plan(
         user=f"{os.getuid()}:{os.getgid()}",
         detach=request.detach,
         relay_command=relay_command(),
+        home_image=None if home_unbounded else str(home_image.image_of(state_dir / "home")),
     )
 
 
