@@ -13,8 +13,10 @@ Two ways to mount it: as host root, a loop mount (the kernel's ext4; the loop de
 autoclear, so it is freed with the filesystem); as a user, fuse2fs (ext4 in a user-space
 daemon of that user, through FUSE, where /dev/fuse is open to users as Debian's udev
 leaves it). The daemon holds a lock on the image until it has written its last block and
-exited, which it does once no mount of its filesystem is left. `unavailable()` says why
-neither works here. Shared code: no backend is named here.
+exited, which it does once no mount of its filesystem is left. A FUSE mount is open to
+its user only, unless mounted `allow_other`, which a docker engine (root) needs and which
+users may ask for only where /etc/fuse.conf says `user_allow_other`. `unavailable()` says
+why neither way works here. Shared code: no backend is named here.
 """
 
 from __future__ import annotations
@@ -54,57 +56,79 @@ JOURNAL_CAP_FROM = 1 << 30
 MOUNT_OPTIONS = "loop,nosuid,nodev,errors=remount-ro"
 # fusermount adds nosuid and nodev for a user's mount whatever is asked; asked all the same.
 FUSE_OPTIONS = "nosuid,nodev"
+# For a reader of another uid (a docker engine binding it): the kernel then checks the
+# files' modes itself, for the engine and the bottle alike.
+FUSE_OPTIONS_FOR_ROOT = "nosuid,nodev,allow_other,default_permissions"
+FUSE_CONF = Path("/etc/fuse.conf")
+ALLOW_OTHER_FIX = (
+    "add a line user_allow_other to /etc/fuse.conf (the mount stays in your 0700 state dir), "
+    "run claude-bottle as root, or use --backend namespace"
+)
 FUSE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # fuse2fs execs fusermount from PATH
 INIT_USER_NS_MAP = ["0", "0", "4294967295"]
 SBIN = "/usr/sbin:/sbin"
 E2FSCK_CORRECTED = 3  # e2fsck's exit status bits for "clean" and "errors corrected"
 
 
-def unavailable(*, fuse: bool = True) -> str | None:
-    """Why this host cannot keep a bottle's home in an image; None when it can. `fuse`:
-    whether a user's FUSE mount will do (a docker engine, being root, cannot open one)."""
+def unavailable(*, for_root: bool = False) -> str | None:
+    """Why this host cannot keep a bottle's home in an image; None when it can.
+    `for_root`: root (a docker engine) must open the mount too."""
     missing = [name for name in TOOLS if tool(name) is None]
     if missing:
         return f"{', '.join(missing)} not installed (fix: apt-get install e2fsprogs)"
-    if _loop_mounts():
+    if loop_mounted():
         if tool("mount") is None:
             return "mount is not installed (fix: apt-get install mount)"
         if not Path("/dev/loop-control").exists():
             return "no /dev/loop-control: this kernel or container offers no loop devices"
         return None
-    if not fuse:
-        return "an image-backed home needs loop devices and mount, which need host root"
+    if not _in_initial_user_namespace():
+        # fusermount's mount is refused there (the mount namespace is the host's).
+        return "in a user namespace of its own, where neither loop devices nor FUSE mount"
     if tool("fuse2fs") is None or _fusermount() is None:
         return "loop devices need host root, and fuse2fs or fusermount is not installed"
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         return "loop devices need host root, and this user may not open /dev/fuse"
+    if for_root and not _users_may_allow_others():
+        return (
+            "loop devices need host root, and a user's FUSE mount is closed to the docker "
+            "engine (root) unless /etc/fuse.conf has user_allow_other"
+        )
     return None
 
 
+def _users_may_allow_others() -> bool:
+    try:
+        lines = FUSE_CONF.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines)
+
+
 def mounted_how() -> str:
-    return LOOP_MOUNTED if _loop_mounts() else FUSE_MOUNTED
+    return LOOP_MOUNTED if loop_mounted() else FUSE_MOUNTED
 
 
 def disk_mechanism(
-    tmpfs: str, backend_problem: str | None = None, *, fuse: bool = True
+    tmpfs: str, backend_problem: str | None = None, *, for_root: bool = False
 ) -> tuple[str, tuple[Unapplied, ...]]:
     """How `disk` applies with a backend's sized `tmpfs`, and, when the home cannot be
     bounded here (or the backend cannot use a host mount: `backend_problem`), why; `run`
     prints it and `require_limits` refuses to start."""
-    reason = unavailable(fuse=fuse) or backend_problem
+    reason = unavailable(for_root=for_root) or backend_problem
     if reason is None:
         return f"{tmpfs}; {MECHANISM.format(how=mounted_how())}", ()
     home = f"the bottle's home is a host directory, bounded by the host's disk only ({reason})"
     return f"{tmpfs}; the home: not bounded", (Unapplied("disk", home),)
 
 
-def doctor_line(backend_problem: str | None = None, *, fuse: bool = True) -> str:
-    reason = unavailable(fuse=fuse) or backend_problem
+def doctor_line(backend_problem: str | None = None, *, for_root: bool = False) -> str:
+    reason = unavailable(for_root=for_root) or backend_problem
     if reason is None:
-        if _loop_mounts():
+        if loop_mounted():
             return "disk bounds the bottle's home: an ext4 image, loop-mounted (root)"
         return "disk bounds the bottle's home: an ext4 image, mounted with fuse2fs (this user)"
-    fix = "run claude-bottle as root" if not fuse else FUSE_FIX
+    fix = ALLOW_OTHER_FIX if for_root and unavailable() is None else FUSE_FIX
     return f"disk cannot bound the bottle's home (only its tmpfs): {reason}; fix: {fix}"
 
 
@@ -129,8 +153,9 @@ def _fusermount() -> str | None:
     )
 
 
-def _loop_mounts() -> bool:
-    """Whether this process mounts the image itself (host root), else through fuse2fs."""
+def loop_mounted() -> bool:
+    """Whether this process mounts the image itself (host root: a loop device), else
+    through fuse2fs."""
     return os.geteuid() == 0 and _in_initial_user_namespace()
 
 
@@ -163,15 +188,23 @@ def prepare(mount_point: Path, size: int) -> Path:
     return image
 
 
-def mount(image: Path, mount_point: Path) -> None:
-    if _loop_mounts():
+def mount(image: Path, mount_point: Path, *, for_root: bool = False) -> None:
+    """Mount `image` at `mount_point`; `for_root`: open to root too (a docker engine)."""
+    if loop_mounted():
         _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mount_point)], "mount")
     else:
-        _mount_with_fuse2fs(image, mount_point)
-    os.chmod(mount_point, 0o700)
+        _mount_with_fuse2fs(image, mount_point, FUSE_OPTIONS_FOR_ROOT if for_root else FUSE_OPTIONS)
+    try:
+        # The kernel makes a FUSE root owned by uid 0 until its attributes are first read,
+        # and default_permissions checks a chmod against that: read them.
+        os.stat(mount_point)
+        os.chmod(mount_point, 0o700)
+    except OSError:
+        detach(mount_point)  # never a mount left that nobody will detach
+        raise
 
 
-def _mount_with_fuse2fs(image: Path, mount_point: Path) -> None:
+def _mount_with_fuse2fs(image: Path, mount_point: Path, options: str) -> None:
     """fuse2fs the image at `mount_point` as this user. The daemon inherits a descriptor
     of the image this process has locked (flock), and so holds the lock until it exits:
     `in_use` reads it, and no second daemon is ever started over the same file."""
@@ -186,7 +219,7 @@ def _mount_with_fuse2fs(image: Path, mount_point: Path) -> None:
             raise _still_in_use(image) from None
         # It daemonizes once mounted (stdio to /dev/null), so this returns then.
         result = subprocess.run(
-            [fuse2fs, str(image), str(mount_point), "-o", FUSE_OPTIONS],
+            [fuse2fs, str(image), str(mount_point), "-o", options],
             pass_fds=(lock,),
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -209,7 +242,7 @@ def detach(mount_point: Path) -> None:
     the mount keeps the filesystem until the sandbox ends)."""
     if not is_mounted(mount_point):
         return
-    if not _loop_mounts():
+    if not loop_mounted():
         fusermount = _fusermount()
         if fusermount is None:
             raise MissingDependency("fusermount is not installed", FUSE_FIX)

@@ -718,7 +718,7 @@ def test_a_launch_failing_while_the_home_mounts_detaches_it_only_once_mounted(
         assert spawned.wait(5)  # still mounting when the watchdog fails
         return home.with_name("home.img")
 
-    def mount(image: Path, home: Path) -> None:
+    def mount(image: Path, home: Path, **_: object) -> None:
         mounted.append(home)
         events.append("mount")
 

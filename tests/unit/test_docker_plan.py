@@ -483,3 +483,34 @@ def test_only_an_engine_in_our_mount_namespace_gets_the_home_image(
     monkeypatch.delenv("DOCKER_HOST")
     pid_file.write_text("999999999")  # no such process: cannot tell, so not bounded
     assert "another mount namespace" in str(docker_backend._engine_mounts_problem())
+
+
+def test_a_user_who_may_not_read_the_engines_namespace_compares_the_root_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user may not read root's /proc/PID/ns/mnt; the id of the mount at `/` in both
+    mount tables tells the same (each namespace's copy of a mount has its own id)."""
+    from claude_bottle.backend.docker import backend as docker_backend
+
+    stat = os.stat
+
+    def no_namespace_links(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).endswith("/ns/mnt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", no_namespace_links)
+    assert docker_backend._same_mount_namespace(os.getpid())
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "22 27 0:21 / /proc rw - proc proc rw\n"
+        "999998 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "999999 27 8:1 / / rw - ext4 /dev/sda1 rw\n"  # the last mount at / is the one in view
+    )
+    assert docker_backend._root_mount_id(table) == "999999"
+    ours = docker_backend._root_mount_id(Path("/proc/self/mountinfo"))
+    assert ours is not None and ours != "999999"
+    monkeypatch.setattr(
+        docker_backend, "_root_mount_id", lambda path: "999999" if "self" not in str(path) else ours
+    )
+    assert not docker_backend._same_mount_namespace(os.getpid())  # another namespace's copy

@@ -171,14 +171,59 @@ def test_as_a_user_who_may_use_fuse_the_home_is_an_image_fuse2fs_mounts(
     assert "ext4 image" in plan.disk_mechanism and "mounted with fuse2fs" in plan.disk_mechanism
     assert not [u for u in plan.unapplied if u.key == "disk"]
     assert any("mounted with fuse2fs (this user)" in line for line in ns_limits.doctor_lines())
-    # A root engine cannot open a user's FUSE mount: the docker backend's home stays a dir.
-    mechanism, unapplied = home_image.disk_mechanism("tmpfs", fuse=False)
-    assert "not bounded" in mechanism and "host root" in unapplied[0].reason
+
+
+@pytest.mark.parametrize("line", ["#user_allow_other", "", "user_allow_other  # for docker"])
+def test_a_users_mount_for_a_docker_engine_needs_user_allow_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str
+) -> None:
+    """A FUSE mount is its user's only; the engine (root) that binds it into the container
+    can open it only when it is mounted allow_other, which fuse.conf must let users ask."""
+    _as_a_user(monkeypatch, fuse_device_open=True)
+    conf = tmp_path / "fuse.conf"
+    conf.write_text(f"# mount_max = 1000\n{line}\n")
+    monkeypatch.setattr(home_image, "FUSE_CONF", conf)
+    allowed = line.startswith("user_allow_other")
+    mechanism, unapplied = home_image.disk_mechanism("tmpfs", for_root=True)
+    assert home_image.disk_mechanism("tmpfs")[1] == ()  # for the user alone: bounded
+    if allowed:
+        assert unapplied == () and "mounted with fuse2fs" in mechanism
+        return
+    assert "not bounded" in mechanism and "user_allow_other" in unapplied[0].reason
+    assert "add a line user_allow_other" in home_image.doctor_line(for_root=True)
+
+
+def test_a_mount_for_root_asks_fuse2fs_for_allow_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _as_a_user(monkeypatch, fuse_device_open=True)
+    calls: list[list[str]] = []
+
+    def fuse2fs(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(
+            argv,
+            1,
+            "",
+            "fusermount: option allow_other only allowed if 'user_allow_other' is set in "
+            "/etc/fuse.conf",
+        )
+
+    monkeypatch.setattr(subprocess, "run", fuse2fs)
+    image = tmp_path / "home.img"
+    image.write_bytes(b"")
+    for for_root in (False, True):
+        with pytest.raises(LaunchError, match="user_allow_other"):
+            home_image.mount(image, tmp_path, for_root=for_root)
+    assert [argv[-1] for argv in calls] == [
+        home_image.FUSE_OPTIONS,
+        "nosuid,nodev,allow_other,default_permissions",
+    ]
 
 
 def test_as_root_the_plan_names_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(home_image, "unavailable", lambda **_: None)
-    monkeypatch.setattr(home_image, "_loop_mounts", lambda: True)
+    monkeypatch.setattr(home_image, "loop_mounted", lambda: True)
     plan, _ = ns_limits.confine("t", Limits(disk=64 * MIB))
     assert "ext4 image" in plan.disk_mechanism
     assert not [u for u in plan.unapplied if u.key == "disk"]

@@ -560,8 +560,10 @@ def test_a_detached_bottles_home_stays_mounted_until_stop(rig: Rig) -> None:
     backend = rig.backend()
     record = _launch_detached(rig, backend)
     home = paths.state_dir(NAME) / "home"
-    assert home_image.is_mounted(home)
-    backend.stop(record)
+    try:
+        assert home_image.is_mounted(home)
+    finally:
+        backend.stop(record)
     assert not home_image.is_mounted(home)
 
 

@@ -124,13 +124,39 @@ def _engine_mounts_problem() -> str | None:
     for pid_file in ENGINE_PID_FILES:
         try:
             pid = int(pid_file.read_text().strip())
-            theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
         except (OSError, ValueError):
             continue
-        if theirs == os.stat("/proc/self/ns/mnt").st_ino:
+        if _same_mount_namespace(pid):
             return None
         break
     return "the docker engine does not share this process's mounts (another mount namespace)"
+
+
+def _same_mount_namespace(pid: int) -> bool:
+    """Whether process `pid` is in this process's mount namespace. Root compares the
+    namespaces; a user may not read root's, so it compares the id of the mount at `/`
+    in both mount tables (each namespace's copy of a mount has an id of its own)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    except PermissionError:
+        pass
+    except OSError:
+        return False
+    try:
+        theirs, ours = (_root_mount_id(Path(f"/proc/{who}/mountinfo")) for who in (pid, "self"))
+    except OSError:
+        return False
+    return theirs is not None and theirs == ours
+
+
+def _root_mount_id(mountinfo: Path) -> str | None:
+    """The id of the last mount at `/` (the one in view) in a mount table."""
+    found = None
+    for line in mountinfo.read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            found = fields[0]
+    return found
 
 
 def _bundle_cgroup(name: str, config: Config) -> cgroups.BottleCgroup | None:
@@ -209,7 +235,7 @@ class DockerBackend(BottleBackend):
     def limits_report(self) -> list[str]:
         return [
             "the engine applies memory, pids and cpus to the agent container; disk sizes its tmpfs",
-            home_image.doctor_line(_engine_mounts_problem(), fuse=False),
+            home_image.doctor_line(_engine_mounts_problem(), for_root=True),
         ]
 
     # --- preflight ------------------------------------------------------------
@@ -328,7 +354,9 @@ class DockerBackend(BottleBackend):
         if base is not None and base.path:
             env["PATH"] = base.path  # the toolchain the user's image puts on PATH
         notes = (*LIMIT_NOTES, BUNDLE_NOTE) if host_bundle else LIMIT_NOTES
-        disk, home_unbounded = home_image.disk_mechanism(DISK, _engine_mounts_problem(), fuse=False)
+        disk, home_unbounded = home_image.disk_mechanism(
+            DISK, _engine_mounts_problem(), for_root=True
+        )
         limits = plan_with(
             config.bottle.limits,
             "docker (the agent container's cgroup)",

@@ -487,7 +487,8 @@ def _mount_home_meanwhile(
 
     def mount() -> None:
         home_image.detach(home)  # left by a start that was killed before it detached
-        home_image.mount(home_image.prepare(home, size), home)
+        # As a user, through fuse2fs, open to root: the engine binds it into the container.
+        home_image.mount(home_image.prepare(home, size), home, for_root=True)
 
     mounting = _Background(mount)
     # A launch that fails meanwhile must not detach before the thread has mounted.
