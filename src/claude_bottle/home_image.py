@@ -129,7 +129,7 @@ def doctor_line(backend_problem: str | None = None, *, for_root: bool = False) -
             return "disk bounds the bottle's home: an ext4 image, loop-mounted (root)"
         return "disk bounds the bottle's home: an ext4 image, mounted with fuse2fs (this user)"
     fix = ALLOW_OTHER_FIX if for_root and unavailable() is None else FUSE_FIX
-    return f"disk cannot bound the bottle's home (only its tmpfs): {reason}; fix: {fix}"
+    return f"disk cannot bound the bottle's home: {reason}; fix: {fix}"
 
 
 def mount_for_start(mount_point: Path, size: int, stack: contextlib.ExitStack) -> None:
