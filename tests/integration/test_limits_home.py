@@ -11,9 +11,11 @@ the machine either.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import subprocess
 import time
 from pathlib import Path
 
@@ -116,6 +118,25 @@ def test_a_larger_disk_grows_the_home_and_a_smaller_one_than_it_holds_is_refused
     refused = bottle_env.sh("true")
     assert refused.returncode == 2, refused.stderr
     assert "[bottle] disk = 16M is less than" in refused.stderr and "bottle.disk" in refused.stderr
+    # The refusal comes while the agent container starts (docker host placement runs it
+    # before the home is mounted): none may be left running after it.
+    assert _containers_of(bottle_env) == []
+
+
+def _containers_of(bottle_env: BottleEnv) -> list[str]:
+    """The docker containers carrying this test's own state-root label (none elsewhere)."""
+    if bottle_env.backend != "docker":
+        return []
+    root = str(Path(bottle_env.env["CLAUDE_BOTTLE_STATE_DIR"]).resolve())
+    label = f"claude-bottle.state={hashlib.sha256(root.encode()).hexdigest()[:12]}"
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout.split()
 
 
 def test_kill_9_of_the_cli_leaves_no_mount_no_loop_device_and_no_daemon(

@@ -27,6 +27,7 @@ from claude_bottle.errors import LaunchError, MissingDependency
 
 READY_TIMEOUT = 30.0
 AGENT_EXIT_TIMEOUT = 20.0
+RM_RETRY = 1.0  # between removals of an agent container its client may still be creating
 
 
 def settings(plan: DockerBottlePlan, runtime: Path, state_dir: Path) -> BundleSettings:
@@ -162,12 +163,20 @@ class HostBundleLaunch:
             # the engine removes it (--rm), then the client ends
             state.wait_child(agent, AGENT_EXIT_TIMEOUT)
         if agent.poll() is None or self.relay is None:
-            with contextlib.suppress(docker.DockerError):
-                docker.rm([container])
-            state.wait_child(agent, AGENT_EXIT_TIMEOUT)
+            # Its client may still be creating it (a start that failed early): a removal
+            # that comes first finds nothing, and the container starts after it. So again,
+            # every RM_RETRY, until the client has ended (once the engine removed it).
+            deadline = time.monotonic() + AGENT_EXIT_TIMEOUT
+            while True:
+                with contextlib.suppress(docker.DockerError):
+                    docker.rm([container])
+                if state.wait_child(agent, RM_RETRY) or time.monotonic() > deadline:
+                    break
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+            with contextlib.suppress(docker.DockerError):
+                docker.rm([container])  # one the client asked for before it was killed
 
     def _stop_bundle(self) -> None:
         if self.bundle is not None:
