@@ -44,6 +44,12 @@ DOWNLOAD_EVERY_S = 5.0
 DLP_EVERY_S = 1.0
 SAMPLE_EVERY_S = 5.0
 WINDOW_S = 300.0
+# The audit log grows ~1.7 MiB/s here on an idle machine (~4,300 records a second, ~400
+# bytes each), past the defaults of `[bottle] audit_rate` (64 MiB a minute) and, ten
+# minutes in, `audit_max` (1 GiB): the bundle then fails closed and stops, as it must for
+# a bottle. An agent writes well under 1 MiB a minute; the soak's bundle gets room for
+# this load for the whole run.
+AUDIT_BYTES_PER_S = 6 * MIB
 # Shaped like a GitHub token, issued by nobody; built here so no scanner flags this file.
 SECRET = "ghp_" + "S0akT3stT0k3nSh4p3dL1k3Gh1ssu3dByN0" + "b"
 
@@ -311,7 +317,11 @@ def run_soak(
     def via_bundle(path: str) -> socket.socket:
         return unix(path)()
 
-    return soak(seconds, up_port, bundle_process(up_port, (HOST,), dlp=True), via_bundle)
+    audit_max = max(1 << 30, int(seconds * AUDIT_BYTES_PER_S))
+    bundle = bundle_process(
+        up_port, (HOST,), dlp=True, audit_max=audit_max, audit_rate=AUDIT_BYTES_PER_S * 60
+    )
+    return soak(seconds, up_port, bundle, via_bundle)
 
 
 if __name__ == "__main__":
