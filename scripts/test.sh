@@ -26,6 +26,9 @@ bash scripts/install-docker.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
 
+# A full disk shows up as hundreds of unrelated errors: say how much room there is.
+df -h "${TMPDIR:-/tmp}" . | sed 's/^/disk: /'
+
 # pytest exits 5 when it collects nothing: treat that as a failure.
 status=0
 .venv/bin/python -m pytest -ra -p no:cacheprovider "$@" || status=$?
@@ -88,4 +91,5 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
     fi
     [ -z "$fuse_mode" ] || chmod "$fuse_mode" /dev/fuse
 fi
+df -h "${TMPDIR:-/tmp}" | sed 's/^/disk after the suites: /'
 exit "$status"
