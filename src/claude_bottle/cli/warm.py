@@ -174,11 +174,10 @@ def _served(sock: object, code_stamp: str, argv: Sequence[str]) -> int | None:
         return None  # a working directory that is gone: the cold CLI says so
     try:
         request = encode_request(code_stamp, argv)
+        message = len(request).to_bytes(4, "big") + request
         fds = array.array("i", [0, 1, 2, cwd])
-        sock.sendmsg(
-            [len(request).to_bytes(4, "big"), request],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())],
-        )
+        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        sock.sendall(message[sent:])  # the descriptors went with the first bytes
     except OSError:
         return None  # nothing started: cold
     finally:
