@@ -352,6 +352,7 @@ def main() -> None:
             pass
         raise
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # not its caller's: it has none
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leaves no socket behind
     try:
         server.serve()
     finally:
