@@ -60,11 +60,13 @@ NAMESPACES = ("mnt", "net", "pid", "user", "ipc", "uts", "cgroup", "time")
 
 def _preload() -> None:
     """What a `run` imports, so that a child has it: the CLI, the backends, the bundle."""
-    import claude_bottle.backend.docker.backend
-    import claude_bottle.backend.namespace.backend
     import claude_bottle.bundle.server
     import claude_bottle.bundle.service
     import claude_bottle.cli.main  # noqa: F401
+    from claude_bottle.backend import registry
+
+    for name in registry.names():
+        registry.get(name)  # imports the backend's module (a class, no probing yet)
 
 
 def _read(path: str) -> bytes:
