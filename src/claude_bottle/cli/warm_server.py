@@ -34,8 +34,10 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 from claude_bottle.cli import warm
+from claude_bottle.forked import exit_after
 
 IDLE_EXIT = 600.0  # seconds without a run before the warm process leaves
 TICK = 2.0  # how often it checks its socket and its installation
@@ -273,11 +275,10 @@ class Server:
             os.write(go_w, b"g")
         os.close(go_w)
 
-    def _child(self, conn: socket.socket, request: Request, go: int) -> None:
-        code = 1
-        try:
+    def _child(self, conn: socket.socket, request: Request, go: int) -> NoReturn:
+        def become_caller_and_run() -> None:
             if os.read(go, 1) != b"g":
-                os._exit(1)  # its caller did not learn of it (and runs cold)
+                raise SystemExit(1)  # its caller did not learn of it (and runs cold)
             os.close(go)
             self.selector.close()
             self.listener.close()
@@ -289,21 +290,8 @@ class Server:
             from claude_bottle.cli import entry
 
             entry.run_cold()
-            code = 0
-        except SystemExit as exc:
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            import traceback
 
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+        exit_after(become_caller_and_run)
 
     def _caller_event(self, conn: socket.socket) -> None:
         """A caller that closed its end (it died) has its child killed."""
