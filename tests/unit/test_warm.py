@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -22,15 +24,15 @@ def test_a_terminal_on_any_stream_or_detach_or_the_switch_means_cold(
     monkeypatch.delenv(warm.DISABLE_VAR, raising=False)
     terminals: set[int] = set()
     monkeypatch.setattr(warm.os, "isatty", lambda fd: fd in terminals)
-    assert warm.eligible(["run"], detach=False)
-    assert not warm.eligible(["run"], detach=True)
+    assert warm.eligible(detach=False)
+    assert not warm.eligible(detach=True)
     for fd in (0, 1, 2):
         terminals.clear()
         terminals.add(fd)
-        assert not warm.eligible(["run"], detach=False), fd
+        assert not warm.eligible(detach=False), fd
     terminals.clear()
     monkeypatch.setenv(warm.DISABLE_VAR, "0")
-    assert not warm.eligible(["run"], detach=False)
+    assert not warm.eligible(detach=False)
 
 
 def test_a_request_carries_arguments_and_environment_byte_for_byte(
@@ -115,3 +117,30 @@ def test_a_run_on_a_terminal_starts_no_warm_process(tmp_path: Path) -> None:
         os.close(follower)
         os.close(leader)
     assert not (tmp_path / "claude-bottle-warm").exists()
+
+
+def test_a_caller_that_ends_while_it_is_checked_is_refused(tmp_path: Path) -> None:
+    """Its pid could be another process's by then: what /proc said was not the caller's."""
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    connect = f"import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect({path!r}); "
+    alive = subprocess.Popen([sys.executable, "-c", connect + "sys.stdin.read()"], stdin=PIPE)
+    ended = subprocess.Popen([sys.executable, "-c", connect])
+    try:
+        first, _ = listener.accept()
+        second, _ = listener.accept()
+        results = []
+        for conn in (first, second):
+
+            def check() -> str | None:
+                if ended.poll() is None:
+                    ended.wait(30)  # reaped: its pid is free
+                return None
+
+            results.append(warm_server._same_process_checked(conn, check))
+        assert sorted(results, key=str) == sorted([None, "a caller that ended"], key=str)
+    finally:
+        alive.communicate(b"", timeout=30)
+        listener.close()

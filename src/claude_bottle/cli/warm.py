@@ -45,7 +45,7 @@ STARTING = ".starting"  # beside the socket while one caller starts its warm pro
 STARTING_FOR = 30.0  # a marker older than this is from a start that died
 
 
-def eligible(args: Sequence[str], detach: bool) -> bool:
+def eligible(detach: bool) -> bool:
     if detach or os.environ.get(DISABLE_VAR) == "0" or not sys.platform.startswith("linux"):
         return False
     return not any(os.isatty(fd) for fd in (0, 1, 2))
@@ -143,7 +143,7 @@ def encode_request(code_stamp: str, argv: Sequence[str]) -> bytes:
 
 def run(argv: Sequence[str], detach: bool) -> int | None:
     """The run's exit status, served warm; None: run it cold."""
-    if not eligible(argv, detach):
+    if not eligible(detach):
         return None
     directory = socket_dir()
     if directory is None:

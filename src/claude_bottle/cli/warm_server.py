@@ -58,6 +58,7 @@ SAME_STATUS_FIELDS = (
     "Mems_allowed_list",
 )
 NAMESPACES = ("mnt", "net", "pid", "user", "ipc", "uts", "cgroup", "time")
+SO_PEERPIDFD = 77  # Linux 6.5: a pidfd of the process that connected (not in Python 3.11)
 
 
 def _preload() -> None:
@@ -125,6 +126,24 @@ def peer_problem(pid: int, uid: int, gid: int) -> str | None:
     except OSError:
         return "a caller whose /proc cannot be read"
     return None
+
+
+def _same_process_checked(conn: socket.socket, check: Callable[[], str | None]) -> str | None:
+    """`check` (which reads /proc/PID), refused unless the caller still lives after it:
+    a pid is not reused while its process (or its zombie) exists, so what /proc showed
+    was the caller's. A kernel without SO_PEERPIDFD (before 6.5) has only the pid."""
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        return check()
+    try:
+        problem = check()
+        signal.pidfd_send_signal(pidfd, 0)  # ProcessLookupError: gone meanwhile
+        return problem
+    except ProcessLookupError:
+        return "a caller that ended"
+    finally:
+        os.close(pidfd)
 
 
 class Request:
@@ -241,7 +260,7 @@ class Server:
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             pid, uid, gid = (int.from_bytes(creds[i : i + 4], sys.byteorder) for i in (0, 4, 8))
-            problem = peer_problem(pid, uid, gid)
+            problem = _same_process_checked(conn, lambda: peer_problem(pid, uid, gid))
             if problem is not None:  # refused before a byte of its request is read
                 self._answer(conn, f"refused {problem.replace(' ', '-')}")
                 conn.close()
