@@ -61,7 +61,7 @@ def load_time_env(environ: dict[str, str]) -> list[str]:
 
 def stamp() -> str:
     """What makes two processes run the same code the same way: the interpreter, the import
-    path (but its first entry, the script's or working directory), the package's files
+    path (but the script's or working directory in front of it), the package's files
     (a reinstall or an edit changes their sizes or times), the load-time environment."""
     package = os.path.dirname(sys.modules["claude_bottle"].__file__ or "")
     count = size = times = 0
@@ -82,7 +82,7 @@ def stamp() -> str:
         package,
         f"{count}:{size}:{times}",
         f"{os.getuid()}:{os.getgid()}",
-        *sys.path[1:],
+        *(sys.path if sys.flags.safe_path else sys.path[1:]),  # the warm process runs -P
         *load_time_env(dict(os.environ)),
     ]
     return "\n".join(parts)
@@ -261,7 +261,7 @@ def _start_server(path: str) -> None:
 
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-m", "claude_bottle.cli.warm_server", path],
+            [sys.executable, "-P", "-m", "claude_bottle.cli.warm_server", path],
             env=env,
             cwd="/",
             stdin=subprocess.DEVNULL,
