@@ -85,6 +85,7 @@ def main() -> int:
                         argv,
                         cwd=ws,
                         env=shim_env if name in trees else env,
+                        stdin=subprocess.DEVNULL,  # as a script runs it (warm start)
                         stdout=subprocess.DEVNULL,
                         stderr=stderr,
                     )

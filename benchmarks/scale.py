@@ -102,6 +102,24 @@ def sandbox_pss(pid: int) -> dict[str, int]:
     return by_name
 
 
+def warm_processes(bin_dir: str) -> list[int]:
+    """The warm processes (src/claude_bottle/cli/warm.py) of the installation in `bin_dir`:
+    the runs they serve are their children, not their callers'."""
+    found: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, IndexError, ValueError):
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            if (
+                b"claude_bottle.cli.warm_server" in argv
+                and os.path.dirname(os.fsdecode(argv[0])) == bin_dir
+            ):
+                status = Path(f"/proc/{entry.name}/status").read_text()
+                found[int(entry.name)] = int(status.split("\nPPid:")[1].split()[0])
+    return [pid for pid, parent in found.items() if parent not in found]
+
+
 def wave(who: Contender, command: str, n: int) -> dict[str, Any]:
     """N bottles of `who` at once: start-up times, PSS while they all sleep, failures."""
     selector = selectors.DefaultSelector()
@@ -141,8 +159,10 @@ def wave(who: Contender, command: str, n: int) -> dict[str, Any]:
                 lines[pid].append((now, line.decode(errors="replace").strip()))
         if not pss and all(len(got) >= 2 for got in lines.values()):
             # Every bottle has its page and sleeps: the steady state of a running bottle.
-            for proc in procs:
-                for name, kib in sandbox_pss(proc.pid).items():
+            # A warm process and what it serves count too (it serves only these runs).
+            warm = warm_processes(os.path.dirname(who.argv[0]))
+            for root in [proc.pid for proc in procs] + warm:
+                for name, kib in sandbox_pss(root).items():
                     pss[name] = pss.get(name, 0) + kib
     selector.close()
     failures: list[str] = []
@@ -230,9 +250,14 @@ def run_scale(
         # and claude-bottle's pool of CAs minted ahead, are warm after a user's first bottle.
         for who, _ in contenders:
             subprocess.run(
-                [*who.argv, "true"], cwd=ws, env=who.env, capture_output=True, timeout=60
+                [*who.argv, "true"],
+                cwd=ws,
+                env=who.env,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,  # as the waves run it: the warm process starts
+                timeout=60,
             )
-        time.sleep(3)  # the pool's refiller runs in the background
+        time.sleep(3)  # the pool's refiller and the warm process start in the background
         for n in counts:
             for who, command in contenders:
                 figures = wave(who, command, n)

@@ -38,13 +38,13 @@ if [ "$status" -eq 5 ]; then
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-# The isolation and escape suites (and the home limit) again, as an unprivileged user: a bottle must hold
+# The isolation and escape suites (and the home limit, and the warm start) again, as an unprivileged user: a bottle must hold
 # whoever starts it, and one started by root behaves differently (issue 18). The user
 # gets a copy of the tree and its own venv (from Debian's python3: root's interpreter may
 # live under /root, which it cannot read). Skipped when given arguments (a chosen subset)
 # or when not run as root.
 ISOLATION_SUITES=(tests/integration/test_isolation.py tests/integration/test_escapes.py
-    tests/integration/test_limits_home.py)
+    tests/integration/test_limits_home.py tests/integration/test_warm.py)
 test_user=claude-bottle-test
 if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
     id -u "$test_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$test_user"

@@ -47,7 +47,9 @@ RELEASE_WAIT = 15.0  # for a mount of the image an ending sandbox still holds
 TOOL_TIMEOUT = 120.0  # a check or resize of a large image is the slowest step
 # No reserved blocks (the bottle gets all of `disk`); inode tables and the journal are
 # left unwritten (zeroed lazily), so a new image takes ~4 MiB of the host's disk, not 64.
-MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+# mkfs.ext4 keeps only the last -E it is given: every extended option goes in this one.
+MKFS_OPTIONS = ("-q", "-F", "-m", "0")
+MKFS_EXTENDED = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
 # The journal is written all through as the bottle works: mkfs's default for a 10G image
 # (64 MiB) would take that much of the host's disk for an empty home. Smaller images get
 # mkfs's own (at most 16 MiB).
@@ -370,7 +372,7 @@ def _create(image: Path, mount_point: Path, size: int) -> None:
     # Owned by whoever mounts it: root (the idmapped bind shows it as the bottle's uid) or
     # the user whose fuse2fs serves it.
     owner = f"root_owner={os.getuid()}:{os.getgid()}"
-    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", owner]  # resolved by _run
+    argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", f"{MKFS_EXTENDED},{owner}"]  # resolved by _run
     if size >= JOURNAL_CAP_FROM:
         argv += ["-J", f"size={JOURNAL_MIB}"]
     seeded = mount_point.is_dir() and any(mount_point.iterdir())

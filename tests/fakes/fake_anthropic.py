@@ -115,7 +115,9 @@ class FakeAnthropic:
 
         self.server = Server((host, port), Handler)
         if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.host = host
         self.port: int = self.server.server_address[1]
         self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"

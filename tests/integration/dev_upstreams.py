@@ -239,7 +239,9 @@ class TlsServer:
         self, context: ssl.SSLContext, handler: type[http.server.BaseHTTPRequestHandler]
     ) -> None:
         self.server = _Server(("127.0.0.1", 0), handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server.socket = context.wrap_socket(
+            self.server.socket, server_side=True, do_handshake_on_connect=False
+        )
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

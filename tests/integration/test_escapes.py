@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from claude_bottle.state import process_alive
 from tests.integration.conftest import BottleEnv
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 SYSCALL_PROBE = """
 import ctypes, errno, os
@@ -240,3 +243,46 @@ def test_run_stops_on_the_second_sigterm_whatever_the_command_does(bottle_env: B
     while any(process_alive(ref) for ref in record["processes"].values()):
         assert time.monotonic() < deadline, "the bottle outlived run"
         time.sleep(0.1)
+
+
+def _warm_sockets(directory: Path, timeout: float = 30.0) -> list[Path]:
+    """The sockets of the warm processes (src/claude_bottle/cli/warm.py) in `directory`,
+    once the run before has started one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(directory.glob("*.sock"))
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no warm process made a socket in {directory}")
+
+
+def test_the_warm_process_serves_no_bottle(bottle_env: BottleEnv) -> None:
+    """A bottle that reached the warm process could have it start a bottle with any policy.
+    Its directory is in the host's /tmp or runtime dir, which no bottle sees; here it is
+    put where a namespace bottle's read-only view of / shows it, so that a connection can
+    be tried: the caller is in other namespaces, and it is refused."""
+    runtime = Path(tempfile.mkdtemp(prefix=".test-runtime-", dir=ROOT))
+    bottle_env.env["XDG_RUNTIME_DIR"] = str(runtime)
+    try:
+        assert bottle_env.sh("true").returncode == 0  # a warm process exists after this run
+        sockets = [str(path) for path in _warm_sockets(runtime / "claude-bottle-warm")]
+        probe = bottle_env.root / "warm-escape"
+        result = bottle_env.py(f"""
+            import os, socket
+            for path in {sockets!r}:
+                s = socket.socket(socket.AF_UNIX)
+                try:
+                    s.connect(path)
+                    request = b"\\0".join([b"claude-bottle-warm-1", b"", b"18", b"", b"3",
+                        b"claude-bottle", b"run", b"touch {probe}"])
+                    s.sendall(len(request).to_bytes(4, "big") + request)
+                    print("ANSWER", s.recv(4096))
+                except OSError as exc:
+                    print("UNREACHABLE", exc.errno)
+        """)
+        assert result.returncode == 0, result.stderr
+        assert "pid" not in result.stdout, result.stdout
+        assert not probe.exists()
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)  # its warm process leaves with it

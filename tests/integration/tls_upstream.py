@@ -14,4 +14,6 @@ class TLSUpstream(RecordingHTTPServer):
     def __init__(self, directory: Path, hostname: str) -> None:
         super().__init__()
         context, self.ca_file = _tls(directory, (hostname,))
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server.socket = context.wrap_socket(
+            self.server.socket, server_side=True, do_handshake_on_connect=False
+        )

@@ -63,6 +63,15 @@ def test_a_new_image_is_sparse_and_holds_the_earlier_home(tmp_path: Path) -> Non
 
 
 @needs_e2fsprogs
+def test_a_default_sized_image_takes_a_few_mib_of_the_host_disk(tmp_path: Path) -> None:
+    # mkfs.ext4 keeps only the last -E it is given: a second one (root_owner) once dropped
+    # lazy_journal_init, and every bottle's home then held its 16 MiB journal zeroed out.
+    image = home_image.prepare(tmp_path / "home", Limits().disk)
+    assert image.stat().st_size == Limits().disk
+    assert _blocks(image) < 8 * MIB
+
+
+@needs_e2fsprogs
 def test_a_home_larger_than_disk_is_refused_naming_the_key_and_kept(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

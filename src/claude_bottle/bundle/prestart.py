@@ -67,8 +67,12 @@ def take() -> Forked | None:
 
 
 def _serve_in_child(handoff_fd: int, ready_fd: int, log_fd: int, parent: int | None) -> NoReturn:
-    code = 1
     try:
+        from claude_bottle.forked import exit_after
+    except BaseException:
+        os._exit(1)  # never back into the parent's code
+
+    def serve() -> None:
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -81,20 +85,8 @@ def _serve_in_child(handoff_fd: int, ready_fd: int, log_fd: int, parent: int | N
         from claude_bottle.bundle import server
 
         server.serve(handoff_fd, ready_fd=ready_fd, parent_pid=parent)
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
 
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+    exit_after(serve, returned=1)  # the bundle leaves with os._exit: a return is a failure
 
 
 def _close_fds_except(keep: set[int]) -> None:

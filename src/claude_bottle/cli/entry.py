@@ -80,6 +80,20 @@ def main() -> None:
 
     guess = guess_run(sys.argv[1:])
     if guess is not None:
+        from claude_bottle.cli import warm
+
+        status = warm.run(sys.argv, guess.detach)
+        if status is not None:
+            sys.exit(status)
+    run_cold()
+
+
+def run_cold() -> None:
+    """The CLI in this process (a warm process's child comes here with its caller's state)."""
+    import sys
+
+    guess = guess_run(sys.argv[1:])
+    if guess is not None:
         _prestart_for(guess)
     from claude_bottle.cli.main import main as cli_main
 
