@@ -13,7 +13,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,12 +72,7 @@ def _children(pid: int) -> list[int]:
     ]
 
 
-def _start(env: BottleEnv, script: str) -> subprocess.Popen[str]:
-    return env.start(script)
-
-
-def _wait(predicate: object, timeout: float = 20.0) -> bool:
-    assert callable(predicate)
+def _wait(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -104,7 +99,7 @@ def test_a_warm_run_is_the_run_a_cold_cli_would_have_made(
     assert "err" in served.stderr and "err" in cold.stderr
     # Served by the warm process, not by the caller: the caller has no child of its own.
     bottle_env.env["CLAUDE_BOTTLE_WARM"] = "1"
-    caller = _start(bottle_env, "echo started; sleep 30")
+    caller = bottle_env.start("echo started; sleep 30")
     try:
         assert caller.stdout is not None and caller.stdout.readline() == "started\n"
         assert _children(caller.pid) == [] and _children(warm) != []
@@ -117,7 +112,7 @@ def test_a_caller_killed_takes_its_run_with_it(bottle_env: BottleEnv, warm_dir: 
     assert bottle_env.sh("true").returncode == 0
     warm = _warm_pid(_socket(warm_dir))
     marker = f"60.{os.getpid()}{time.monotonic_ns()}"  # a sleep of ~60 s, its own argv
-    caller = _start(bottle_env, f"exec sleep {marker}")
+    caller = bottle_env.start(f"exec sleep {marker}")
 
     def left() -> list[str]:
         found = []
@@ -143,7 +138,7 @@ def test_signals_reach_the_run_and_its_status_comes_back(
     statuses = []
     for setting in ("1", "0"):
         bottle_env.env["CLAUDE_BOTTLE_WARM"] = setting
-        caller = _start(bottle_env, "echo started; sleep 30")
+        caller = bottle_env.start("echo started; sleep 30")
         assert caller.stdout is not None and caller.stdout.readline() == "started\n"
         caller.send_signal(signal.SIGTERM)
         statuses.append(caller.wait(30))

@@ -31,6 +31,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Sequence
 
 DISABLE_VAR = "CLAUDE_BOTTLE_WARM"
@@ -51,12 +52,12 @@ def eligible(detach: bool) -> bool:
     return not any(os.isatty(fd) for fd in (0, 1, 2))
 
 
-def load_time_env(environ: dict[str, str]) -> list[str]:
-    return sorted(
-        f"{k}={v}"
-        for k, v in environ.items()
+def load_time_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
         if k in LOAD_TIME_NAMES or k.startswith(LOAD_TIME_PREFIXES)
-    )
+    }
 
 
 def stamp() -> str:
@@ -83,7 +84,7 @@ def stamp() -> str:
         f"{count}:{size}:{times}",
         f"{os.getuid()}:{os.getgid()}",
         *(sys.path if sys.flags.safe_path else sys.path[1:]),  # the warm process runs -P
-        *load_time_env(dict(os.environ)),
+        *(f"{k}={v}" for k, v in load_time_env().items()),
     ]
     return "\n".join(parts)
 
@@ -163,11 +164,10 @@ def run(argv: Sequence[str], detach: bool) -> int | None:
         return _served(sock, code_stamp, argv)
 
 
-def _served(sock: object, code_stamp: str, argv: Sequence[str]) -> int | None:
+def _served(sock: socket.socket, code_stamp: str, argv: Sequence[str]) -> int | None:
     import array
     import socket
 
-    assert isinstance(sock, socket.socket)
     try:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -255,7 +255,7 @@ def _start_server(path: str) -> None:
         os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     except OSError:
         return  # another caller is starting it
-    env = dict(item.split("=", 1) for item in load_time_env(dict(os.environ)))
+    env = load_time_env()
     env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
     import subprocess
 
