@@ -112,6 +112,7 @@ class NamespaceRecord(NamedTuple):
 class NamespaceBackend(BottleBackend):
     name = "namespace"
     description = "bubblewrap namespaces on this Linux host (no daemon)"
+    launch_modules = ("claude_bottle.policy.seccomp",)  # a filter not compiled before
 
     # --- preflight ------------------------------------------------------------
 
