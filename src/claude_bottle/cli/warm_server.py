@@ -85,6 +85,9 @@ def _preload() -> None:
         modules += registry.get(name).launch_modules  # the class only: nothing is probed
     for module in modules:
         importlib.import_module(module)
+    from claude_bottle.policy.dlp import builtin_rules
+
+    builtin_rules()  # what each bundle's DLP scanner starts from, on its first connection
 
 
 def _read(path: str) -> bytes:
