@@ -53,6 +53,7 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
+from claude_bottle.background import Background
 from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
@@ -456,26 +457,9 @@ def start(
     return bottle, watchdog
 
 
-class _Background:
-    """One call in a thread; `join` waits for it and raises what it raised."""
-
-    def __init__(self, call: Callable[[], object]) -> None:
-        self._errors: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=lambda: self._errors.extend(parallel(call)), daemon=True
-        )
-        self._thread.start()
-
-    def join(self, *, quietly: bool = False) -> None:
-        self._thread.join()
-        if self._errors and not quietly:
-            error, self._errors = self._errors[0], []
-            raise error
-
-
 def _mount_home_meanwhile(
     plan: DockerBottlePlan, home: Path, stack: contextlib.ExitStack
-) -> _Background | None:
+) -> Background | None:
     """The home image made (mkfs, or checked) and mounted in a thread, while this one
     writes the plan and the seccomp profile and spawns the watchdog: the image's tools
     took 30-65 ms of every start. Joined before anything needs the mount (the seeding,
@@ -490,7 +474,7 @@ def _mount_home_meanwhile(
         # As a user, through fuse2fs, open to root: the engine binds it into the container.
         home_image.mount(home_image.prepare(home, size), home, for_root=True)
 
-    mounting = _Background(mount)
+    mounting = Background(mount)
     # A launch that fails meanwhile must not detach before the thread has mounted.
     stack.callback(mounting.join, quietly=True)
     return mounting
@@ -500,7 +484,7 @@ class _HomeMount:
     """The bottle's home as a host bundle's start waits for it: mounted (when it is an
     image) and seeded, and seen as mounted by the agent container."""
 
-    def __init__(self, plan: DockerBottlePlan, home: Path, mounting: _Background | None) -> None:
+    def __init__(self, plan: DockerBottlePlan, home: Path, mounting: Background | None) -> None:
         self.plan = plan
         self.home = home
         self.mounting = mounting

@@ -43,6 +43,7 @@ from claude_bottle.backend.namespace.toolchain import (
     resolve_binds,
     unreachable,
 )
+from claude_bottle.background import Background
 from claude_bottle.bottle_env import HOOK_PORT, NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle import ca_pool
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
@@ -305,8 +306,13 @@ class NamespaceBackend(BottleBackend):
             injections=plan.injections,
         )
         stack.callback(stop_process, pending.process)
+        joining = None
         if bundle_group is not None:
-            _join(bundle_group, pending.process.pid)
+            # A cgroup v1 move waits ~5 ms per controller for the kernel: meanwhile the
+            # sandbox starts. Joined before the bundle serves the bottle anything.
+            pid = pending.process.pid
+            joining = Background(lambda: _join(bundle_group, pid))
+            stack.callback(joining.join, quietly=True)  # before the bundle is stopped
 
         info_r, info_w = os.pipe()
         seccomp_fds = seccomp_program_fds(plan.nested_sandbox)
@@ -353,6 +359,8 @@ class NamespaceBackend(BottleBackend):
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
         if plan.home_image is not None:
             home_image.detach(home)  # the sandbox holds its own mount of it from here on
+        if joining is not None:
+            joining.join()
         bundle = pending.wait_ready()
         if settings.intercept:  # it took a CA from the pool, or minted one for lack of it
             ca_pool.refill_in_background(Path(str(settings.ca_pool)))
