@@ -334,6 +334,10 @@ class NamespaceBackend(BottleBackend):
                 raise MissingDependency(problem) from None
             raise
         launch.relay_pid = relay_pid
+        # The teardown's first steps: the bottle is killed and, while it dies, the bundle
+        # stops (it writes its last record), so that the two waits overlap.
+        stack.callback(stop_process, pending.process)
+        stack.callback(launch.kill_bottle)
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
         if plan.home_image is not None:
@@ -652,6 +656,12 @@ class _SandboxLaunch:
             os.write(self.gate, b"g")
         self._close_gate()
         return self.started
+
+    def kill_bottle(self) -> None:
+        """SIGKILL to the bottle's process 1 (its pid namespace dies with it), no wait."""
+        if self.relay_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.relay_pid, signal.SIGKILL)
 
     def _close_gate(self) -> None:
         if self.gate is not None:
