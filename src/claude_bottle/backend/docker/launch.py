@@ -416,12 +416,15 @@ def start(
             plan, stack, runtime, state_dir, preflight, _HomeMount(plan, home, mounting)
         )
     else:
-        if mounting is not None:
-            mounting.join()
-        plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
+
+        def home_ready() -> None:
+            if mounting is not None:
+                mounting.join()
+            plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
+
         assert handover is not None
         processes = _start_with_bundle_container(
-            plan, runtime, state_dir, created, preflight, handover
+            plan, runtime, state_dir, created, preflight, handover, home_ready
         )
     if plan.home_image is not None:
         home_image.detach(home)  # the agent container holds its own mount of it from here on
@@ -573,8 +576,11 @@ def _start_with_bundle_container(
     created: _Created,
     preflight: Callable[[], list[str]],
     handover: Handover,
+    home_ready: Callable[[], None],
 ) -> dict[str, dict[str, int]]:
-    """The bundle in a container beside the agent container (container placement)."""
+    """The bundle in a container beside the agent container (container placement). The
+    home is made ready (`home_ready`: mounted, seeded) while the engine makes the volume
+    and starts the bundle: only the agent container needs it."""
     assert plan.bundle is not None and plan.volume is not None
     bundle_spec, volume_name = plan.bundle, plan.volume
     labels = plan.labels()
@@ -634,6 +640,7 @@ def _start_with_bundle_container(
             run("bundle")
 
     def agent_chain() -> None:
+        home_ready()
         volume_done.wait()
         if volume_name in created.volumes:
             run("bottle")
