@@ -58,7 +58,7 @@ from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook
-from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+from claude_bottle.errors import BottleError, ConfigError, LaunchError, MissingDependency
 
 if TYPE_CHECKING:  # the handover is a bundle container's: imported when one starts
     from claude_bottle.backend.docker.handover import Handover
@@ -674,7 +674,7 @@ def _raise_first(errors: list[BaseException]) -> None:
     if not errors:
         return
     error = errors[0]
-    if isinstance(error, MissingDependency):
+    if isinstance(error, (MissingDependency, ConfigError)):  # exit 3 and 2, as they are
         raise error
     if isinstance(error, BottleError):
         raise LaunchError(f"the bottle did not start: {error.message}", error.hint) from error
