@@ -1,21 +1,10 @@
-"""Work kept off a start's critical path: one call in a thread while the caller goes on
-(a mount's tools, a cgroup move's kernel wait), or a whole process at the lowest CPU
-priority (the refillers of the CA and home image pools)."""
+"""One call run in a thread while the caller goes on, for waits that would otherwise be in
+series (a mount's tools, a cgroup move's kernel wait)."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
-
-
-def run_at_lowest_priority() -> None:
-    """This process runs only on a core nothing else wants (SCHED_IDLE): a refiller starts
-    beside a bottle's start, and on two cores its CPU would come out of that start."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux: the lowest niceness instead
-        os.nice(19)
 
 
 class Background:

@@ -363,46 +363,30 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mkfs_argv(size: int) -> list[str]:
-    """mkfs.ext4 for a home of `size` bytes (the image and the size are appended)."""
+def _create(image: Path, mount_point: Path, size: int) -> None:
+    """mkfs.ext4 the image, seeded (-d) from what an earlier, directory-backed home holds;
+    that directory is emptied only once the image holding its files is on disk."""
+    for stale in image.parent.glob(f".{image.name}.*"):  # of a start killed during mkfs
+        stale.unlink(missing_ok=True)
+    partial = image.with_name(f".{image.name}.{os.getpid()}")
     # Owned by whoever mounts it: root (the idmapped bind shows it as the bottle's uid) or
     # the user whose fuse2fs serves it.
     owner = f"root_owner={os.getuid()}:{os.getgid()}"
     argv = ["mkfs.ext4", *MKFS_OPTIONS, "-E", f"{MKFS_EXTENDED},{owner}"]  # resolved by _run
     if size >= JOURNAL_CAP_FROM:
         argv += ["-J", f"size={JOURNAL_MIB}"]
-    return argv
-
-
-def make(image: Path, size: int, seed: Path | None = None) -> None:
-    """A new image at `image` (with `seed`'s files, if given), whole on disk or absent."""
-    for stale in image.parent.glob(f".{image.name}.*"):  # of a start killed during mkfs
-        stale.unlink(missing_ok=True)
-    partial = image.with_name(f".{image.name}.{os.getpid()}")
-    argv = mkfs_argv(size) + (["-d", str(seed)] if seed is not None else [])
+    seeded = mount_point.is_dir() and any(mount_point.iterdir())
+    if seeded:
+        argv += ["-d", str(mount_point)]
     try:
         with partial.open("wb") as handle:
             handle.truncate(size)
         _run([*argv, str(partial), f"{size // 1024}K"], "mkfs.ext4", size_key=size)
         with partial.open("rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(partial, 0o600)
         os.replace(partial, image)
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _create(image: Path, mount_point: Path, size: int) -> None:
-    """mkfs.ext4 the image, seeded (-d) from what an earlier, directory-backed home holds;
-    that directory is emptied only once the image holding its files is on disk. A home
-    with nothing to seed takes a blank image made ahead (`home_pool`) when there is one."""
-    from claude_bottle import home_pool
-
-    seeded = mount_point.is_dir() and any(mount_point.iterdir())
-    if seeded:
-        make(image, size, seed=mount_point)
-    elif not home_pool.take(image, size):
-        make(image, size)
     os.chmod(image, 0o600)
     if seeded:
         for entry in list(mount_point.iterdir()):

@@ -15,20 +15,3 @@ def _no_engine_placement_probe(monkeypatch: pytest.MonkeyPatch) -> None:
         return placement.Placement(placement.CONTAINER, "auto: unit test (no engine asked)")
 
     monkeypatch.setattr(placement, "detect", detect)
-
-
-@pytest.fixture(autouse=True)
-def _no_shared_home_pool(
-    request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    """Homes made by unit tests take blank images from a pool of their own, never the
-    user's, and start no refiller (tests/unit/test_home_pool.py tests both)."""
-    if request.module.__name__.endswith("test_home_pool"):
-        return
-    from claude_bottle import home_pool
-
-    directory = tmp_path_factory.mktemp("home-pool")
-    monkeypatch.setattr(home_pool, "pool_dir", lambda size: directory)
-    monkeypatch.setattr(home_pool, "_refill_in_background", lambda size: None)
