@@ -428,12 +428,14 @@ def install_claude_bottle(python: str, venv: Path) -> str | None:
     # venv was made (installing only the tree once left out uvloop, and the measured bundle
     # died as its event loop loaded).
     steps.append([str(pip), "install", "--quiet", "--disable-pip-version-check", str(ROOT)])
+    launcher = venv / "claude-bottle"  # as install.sh writes it on the user's PATH
+    steps.append([str(venv / "bin" / "python"), "-m", "claude_bottle.cli.launcher", str(launcher)])
     for argv in steps:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         if done.returncode:
             print(f"  installing claude-bottle on {python} failed: {done.stderr.strip()[-300:]}")
             return None
-    return str(venv / "bin" / "claude-bottle")
+    return str(launcher)
 
 
 def venv_python(venv: Path) -> str | None:

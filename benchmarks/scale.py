@@ -102,6 +102,17 @@ def sandbox_pss(pid: int) -> dict[str, int]:
     return by_name
 
 
+def interpreter_dir(script: str) -> str:
+    """Where the interpreter running `script` lives: its `#!` line's (the launcher
+    install.sh writes sits outside the venv's bin), else the script's own directory."""
+    with suppress(OSError):
+        with open(script, "rb") as handle:
+            first = handle.readline(4096)
+        if first.startswith(b"#!"):
+            return os.path.dirname(os.fsdecode(first[2:].split()[0]))
+    return os.path.dirname(script)
+
+
 def warm_processes(bin_dir: str) -> list[int]:
     """The warm processes (src/claude_bottle/cli/warm.py) of the installation in `bin_dir`:
     the runs they serve are their children, not their callers'."""
@@ -160,7 +171,7 @@ def wave(who: Contender, command: str, n: int) -> dict[str, Any]:
         if not pss and all(len(got) >= 2 for got in lines.values()):
             # Every bottle has its page and sleeps: the steady state of a running bottle.
             # A warm process and what it serves count too (it serves only these runs).
-            warm = warm_processes(os.path.dirname(who.argv[0]))
+            warm = warm_processes(interpreter_dir(who.argv[0]))
             for root in [proc.pid for proc in procs] + warm:
                 for name, kib in sandbox_pss(root).items():
                     pss[name] = pss.get(name, 0) + kib

@@ -24,10 +24,11 @@ venv="${CLAUDE_BOTTLE_VENV:-$HOME/.local/share/claude-bottle/venv}"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "$repo"
 mkdir -p "$HOME/.local/bin"
-ln -sf "$venv/bin/claude-bottle" "$HOME/.local/bin/claude-bottle"
+# The venv's console script without pip's `import re` (~4 ms of every start).
+"$venv/bin/python" -m claude_bottle.cli.launcher "$HOME/.local/bin/claude-bottle"
 
 if ! command -v claude >/dev/null 2>&1; then
     command -v npm >/dev/null 2>&1 || $sudo_cmd apt-get install -y -qq nodejs npm
     $sudo_cmd npm install -g --silent @anthropic-ai/claude-code
 fi
-echo "installed: $HOME/.local/bin/claude-bottle ($("$venv/bin/claude-bottle" --version))"
+echo "installed: $HOME/.local/bin/claude-bottle ($("$HOME/.local/bin/claude-bottle" --version))"

@@ -187,3 +187,57 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+# Runs the CLI in-process after the warm process's preload, as a warm child would, and
+# records every module imported from then on, in the CLI and in the bundle forked from it.
+_IMPORTS_AFTER_PRELOAD = """
+import os, sys
+record = sys.argv[1]
+from claude_bottle.cli import warm_server
+warm_server._preload()
+def hook(event, args):
+    if event == "import" and args[0] not in sys.builtin_module_names:
+        fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, args[0].encode() + b"\\n")
+        os.close(fd)
+sys.addaudithook(hook)
+sys.argv = ["claude-bottle", *sys.argv[2:]]
+from claude_bottle.cli import entry
+entry.run_cold()
+"""
+
+
+def test_a_warm_run_imports_nothing_its_warm_process_did_not(
+    bottle_env: BottleEnv, tmp_path: Path
+) -> None:
+    """Each module a run imports inside a function is imported ahead by the warm process
+    (warm_server.RUN_MODULES, the backends' launch_modules, the bundle's SERVING_MODULES):
+    a module added to a run's path and not to those lists fails here."""
+    script = tmp_path / "imports_after_preload.py"
+    script.write_text(_IMPORTS_AFTER_PRELOAD)
+    env = {**bottle_env.env, "CLAUDE_BOTTLE_WARM": "0"}
+    for attempt in ("fills the caches", "measured"):
+        record = tmp_path / f"{attempt}.txt"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-P",
+                str(script),
+                str(record),
+                "run",
+                "--backend",
+                bottle_env.backend,
+                "--",
+                "true",
+            ],
+            env=env,
+            cwd=bottle_env.workspace,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+    imported = sorted(set(record.read_text().split())) if record.exists() else []
+    assert imported == [], imported

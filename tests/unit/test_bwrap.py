@@ -239,3 +239,12 @@ def test_the_stage_refuses_a_bwrap_option_it_does_not_know() -> None:
 def test_not_started_by_root_the_argv_is_bwrap_itself() -> None:
     bwrap = bwrap_argv(SPEC)
     assert unprivileged_argv(SPEC, "/usr/bin/python3", "/x/h.py", bwrap) is bwrap
+
+
+def test_a_waiting_helper_is_told_its_fd_and_only_root_has_one() -> None:
+    bwrap = bwrap_argv(ROOT_SPEC)
+    argv = unprivileged_argv(ROOT_SPEC, "/usr/bin/python3", "/x/h.py", bwrap, wait_fd=9)
+    helper = argv[: argv.index("--")]
+    assert helper[helper.index("--wait-fd") + 1] == "9"
+    with pytest.raises(ValueError, match="waits"):
+        unprivileged_argv(SPEC, "/usr/bin/python3", "/x/h.py", bwrap_argv(SPEC), wait_fd=9)

@@ -180,3 +180,16 @@ def test_a_config_without_dlp_ignores_does_not_load_the_patterns(tmp_path: Path)
     )
     assert "claude_bottle.config.load" in loaded
     assert "claude_bottle.policy.dlp_patterns" not in loaded
+
+
+def test_the_refiller_runs_only_on_idle_cores() -> None:
+    """It starts beside a bottle's start, which on two cores it would slow (SCHED_IDLE)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from claude_bottle.bundle import ca_pool; ca_pool._yield_to_everything(); "
+        "print(os.sched_getscheduler(0) == os.SCHED_IDLE)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr

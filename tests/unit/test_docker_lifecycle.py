@@ -662,8 +662,9 @@ def test_host_network_only_for_loopback_destinations(config: Config, host: bool)
 def test_launch_writes_settings_and_no_secret_before_the_engine(
     dirs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Everything before the engine is touched: runtime dir, settings, home; no file in
-    the runtime dir holds a secret (they are handed over the control socket)."""
+    """Everything before the engine is touched: runtime dir, settings, and the home once
+    the agent container's chain asks for it; no file in the runtime dir holds a secret
+    (they are handed over the control socket)."""
     (dirs / "ws").mkdir()
     monkeypatch.setenv("HOME", str(dirs / "home"))
     monkeypatch.setenv("SOME_SECRET", "=v")
@@ -674,7 +675,8 @@ def test_launch_writes_settings_and_no_secret_before_the_engine(
 
     seen: dict[str, Any] = {}
 
-    def look_then_stop(*_: object, **__: object) -> None:
+    def look_then_stop(*args: Any, **__: object) -> None:
+        args[-1]()  # home_ready: what the agent container's chain calls before its run
         runtime = Path(plan.runtime_dir)
         seen["files"] = sorted(p.name for p in runtime.rglob("*") if p.is_file())
         seen["leaks"] = [p for p in runtime.rglob("*") if p.is_file() and b"=v" in p.read_bytes()]

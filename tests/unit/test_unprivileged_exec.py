@@ -67,3 +67,59 @@ def test_a_path_that_cannot_be_staged_is_exit_3_naming_it(tmp_path: Path) -> Non
     )
     assert result.returncode == 3
     assert str(missing) in result.stderr
+
+
+def test_with_wait_fd_it_stages_what_exists_once_told_to_go(tmp_path: Path) -> None:
+    """The CLI starts the helper before the bottle's home exists; what the helper stages
+    is what is there when it reads `g`, not when it started."""
+    home = tmp_path / "home"  # made only after the helper runs
+    marker = "made-while-waiting"
+    fake_bwrap = tmp_path / "fake-bwrap"
+    fake_bwrap.write_text(f"#!/bin/sh\ncat /tmp/0{home}/{marker}\n")
+    fake_bwrap.chmod(0o755)
+    fd = os.open(fake_bwrap, os.O_RDONLY)
+    wait_r, wait_w = os.pipe()
+    try:
+        helper = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                HELPER,
+                *("--host-id", str(HOST_ID), "--wait-fd", str(wait_r)),
+                *("--stage-root", "/tmp", "--stage", f"plain:{home}"),
+                *("--", f"/proc/self/fd/{fd}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=(fd, wait_r),
+        )
+        os.close(wait_r)
+        with pytest.raises(subprocess.TimeoutExpired):
+            helper.wait(0.5)  # it waits: nothing staged yet (the home does not exist)
+        home.mkdir()
+        (home / marker).write_text("seen\n")
+        os.write(wait_w, b"g")
+        out, err = helper.communicate(timeout=30)
+    finally:
+        os.close(fd)
+        os.close(wait_w)
+    assert helper.returncode == 0, err
+    assert out == "seen\n"
+
+
+def test_with_wait_fd_a_launch_given_up_stages_nothing(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    wait_r, wait_w = os.pipe()
+    os.close(wait_w)  # the CLI gave up (or died) before `go`
+    try:
+        result = _helper(
+            *("--host-id", str(HOST_ID), "--wait-fd", str(wait_r), "--stage-root", "/tmp"),
+            *("--stage", f"plain:{tmp_path}", "--", "touch", str(ran)),
+            pass_fds=(wait_r,),
+        )
+    finally:
+        os.close(wait_r)
+    assert result.returncode == 125, result.stderr
+    assert not ran.exists()

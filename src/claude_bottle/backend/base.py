@@ -698,6 +698,9 @@ class Launched(NamedTuple):
 class BottleBackend(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    # Modules a launch imports inside its functions (off a cold start's import path when
+    # the run does not need them); the warm process imports them once, ahead of its runs.
+    launch_modules: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def preflight(self) -> list[str]:

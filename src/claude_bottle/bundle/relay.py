@@ -1101,7 +1101,6 @@ def _watch_lifeline(loop: _Loop, fd: int) -> None:
 
 
 def run(options: Options) -> int:
-    guard_process_one()
     try:
         listen_socks = bind_listeners(options.listeners)
     except OSError as err:
@@ -1133,6 +1132,10 @@ def run(options: Options) -> int:
             _ExecServer(loop, init, options.exec_socket, old_mask, fd_limit)
         except OSError as err:
             _fail(f"relay cannot serve {options.exec_socket}: {err.strerror or err}")
+    # Once the exec socket is there (the host side goes on meanwhile: its ctypes takes a
+    # few ms) and before any process of the bottle exists besides this one: every command
+    # is forked by this process, from the loop below at the earliest.
+    guard_process_one()
     if options.command:
         pid = os.fork()
         if pid == 0:

@@ -45,6 +45,21 @@ BUNDLE_ADDRESS_SPACE = 2 << 30
 attack (benchmarks/attack_bundle.py); this is the backstop where it has no cgroup."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOPPED = "claude-bottle bundle stopped: "
+# What a bundle imports once it serves (inside functions, so that a bundle forked from a
+# cold CLI imports them beside the CLI's work rather than before its fork); the warm
+# process imports them ahead, for every bundle forked from its runs.
+SERVING_MODULES = (
+    "claude_bottle.bundle.ca_pool",
+    "claude_bottle.bundle.interception",
+    "claude_bottle.bundle.tls",
+    "concurrent.futures.thread",  # uvloop's default executor
+    "cryptography.hazmat.backends.openssl",  # loaded by the first key a CA makes
+    "cryptography.hazmat.primitives.serialization.pkcs12",  # the Java trust store
+    "ctypes",
+    "platformdirs",
+    "resource",
+    "uvloop",
+)
 """How the bundle's last line in its log starts when it stopped on an error (the CLI
 shows the rest when it stops the bottle for it)."""
 

@@ -84,7 +84,7 @@ def main() -> None:
 
         status = warm.run(sys.argv, guess.detach)
         if status is not None:
-            sys.exit(status)
+            warm.leave(status)
     run_cold()
 
 

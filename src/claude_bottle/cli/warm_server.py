@@ -59,17 +59,35 @@ SAME_STATUS_FIELDS = (
 )
 NAMESPACES = ("mnt", "net", "pid", "user", "ipc", "uts", "cgroup", "time")
 SO_PEERPIDFD = 77  # Linux 6.5: a pidfd of the process that connected (not in Python 3.11)
+# What every `run` imports inside functions, beyond `cli.main` (`tests/integration/
+# test_warm.py` checks that a run after the preload imports nothing more).
+RUN_MODULES = (
+    "claude_bottle.cli.commands",
+    "claude_bottle.cli.entry",
+    "claude_bottle.cli.policy_record",
+    "ctypes",  # the home image's detach
+    "platformdirs",  # the user's config
+)
 
 
 def _preload() -> None:
-    """What a `run` imports, so that a child has it: the CLI, the backends, the bundle."""
-    import claude_bottle.bundle.server
+    """What a `run` imports, so that a child has it: the CLI, the backends with what their
+    launches import, the bundle with what it imports once serving."""
+    import importlib
+
     import claude_bottle.bundle.service
     import claude_bottle.cli.main  # noqa: F401
     from claude_bottle.backend import registry
+    from claude_bottle.bundle.server import SERVING_MODULES
 
+    modules = [*RUN_MODULES, *SERVING_MODULES]
     for name in registry.names():
-        registry.get(name)  # imports the backend's module (a class, no probing yet)
+        modules += registry.get(name).launch_modules  # the class only: nothing is probed
+    for module in modules:
+        importlib.import_module(module)
+    from claude_bottle.policy.dlp import builtin_rules
+
+    builtin_rules()  # what each bundle's DLP scanner starts from, on its first connection
 
 
 def _read(path: str) -> bytes:

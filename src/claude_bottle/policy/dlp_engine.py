@@ -94,6 +94,19 @@ def _escape_literal(value: bytes) -> bytes:
 _QUANTIFIER = re.compile(rb"(?:\{(\d+)(?:,(\d*))?\}|[?*+])\??")
 
 
+def _class_end(regex: bytes, index: int) -> int:
+    """Where the character class that opens at `index` (a `[`) ends, just past its `]`."""
+    size = len(regex)
+    index += 1
+    if regex[index : index + 1] == b"^":
+        index += 1
+    if regex[index : index + 1] == b"]":  # a `]` first is one of the class's characters
+        index += 1
+    while index < size and regex[index : index + 1] != b"]":
+        index += 2 if regex[index : index + 1] == b"\\" else 1
+    return index + 1
+
+
 def _atoms(regex: bytes) -> list[tuple[bytes, bytes]]:
     """Split a regex into (atom, quantifier) pairs at its top level."""
     atoms: list[tuple[bytes, bytes]] = []
@@ -104,14 +117,7 @@ def _atoms(regex: bytes) -> list[tuple[bytes, bytes]]:
         if char == b"\\":
             index += 4 if regex[index + 1 : index + 2] == b"x" else 2
         elif char == b"[":
-            index += 1
-            if regex[index : index + 1] == b"^":
-                index += 1
-            if regex[index : index + 1] == b"]":
-                index += 1
-            while index < size and regex[index : index + 1] != b"]":
-                index += 2 if regex[index : index + 1] == b"\\" else 1
-            index += 1
+            index = _class_end(regex, index)
         elif char == b"(":
             depth = 0
             while index < size:
@@ -119,9 +125,8 @@ def _atoms(regex: bytes) -> list[tuple[bytes, bytes]]:
                 if token == b"\\":
                     index += 2
                     continue
-                if token == b"[":
-                    inner = _atoms(regex[index:])[0][0]
-                    index += len(inner)
+                if token == b"[":  # a `(` or `)` in a class is no group's
+                    index = _class_end(regex, index)
                     continue
                 depth += {b"(": 1, b")": -1}.get(token, 0)
                 index += 1

@@ -231,6 +231,14 @@ class DockerBackend(BottleBackend):
     description = (
         "Docker containers: agent with --network none; bundle a host process or a container"
     )
+    launch_modules = (
+        "claude_bottle.backend.docker.bottle",
+        "claude_bottle.backend.docker.handover",
+        "claude_bottle.backend.docker.host_bundle",
+        "claude_bottle.backend.docker.launch",
+        "claude_bottle.bundle.credentials",
+        "claude_bottle.policy.seccomp",
+    )
 
     def limits_report(self) -> list[str]:
         return [

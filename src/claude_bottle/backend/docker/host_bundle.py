@@ -21,6 +21,7 @@ from claude_bottle import cgroups, state
 from claude_bottle.backend.base import BundlePlaces
 from claude_bottle.backend.docker import docker
 from claude_bottle.backend.docker.bottle_plan import DockerBottlePlan, agent_command, agent_run_args
+from claude_bottle.background import Background
 from claude_bottle.bundle.launcher import BundleProcess, spawn_bundle, stop_process
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.errors import LaunchError, MissingDependency
@@ -61,6 +62,7 @@ class HostBundleLaunch:
         self.state_dir = state_dir
         self.bundle: BundleProcess | None = None
         self.cgroup_made = False
+        self.joining: Background | None = None  # the bundle's move into its cgroup
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = state_dir / "agent-container.log"
         self.relay: dict[str, int] | None = None  # the agent container's process 1
@@ -86,15 +88,29 @@ class HostBundleLaunch:
             settings_file, log, die_with_parent=not plan.detach, injections=plan.injections
         )
         self.bundle = pending.process
-        if group is not None:
+        if group is None:
+            return pending.wait_ready
+        pid = pending.process.pid
+
+        def move() -> None:
             try:
-                cgroups.move(group, pending.process.pid)
+                cgroups.move(group, pid)
             except OSError as exc:
                 raise LaunchError(
                     f"cannot move the bundle into its cgroup ({exc.strerror}: {exc.filename})",
                     "see `claude-bottle doctor`",
                 ) from None
-        return pending.wait_ready
+
+        # A cgroup v1 move waits ~5 ms per controller for the kernel: meanwhile the agent
+        # container starts. Joined before the bundle serves the bottle anything.
+        self.joining = Background(move)
+        joining = self.joining
+
+        def ready() -> BundleProcess:
+            joining.join()
+            return pending.wait_ready()
+
+        return ready
 
     def run_agent(self) -> None:
         """`docker run --rm` of the agent container, attached, as a plain `docker run` is:
@@ -179,6 +195,8 @@ class HostBundleLaunch:
                 docker.rm([container])  # one the client asked for before it was killed
 
     def _stop_bundle(self) -> None:
+        if self.joining is not None:
+            self.joining.join(quietly=True)  # a move still under way, before the stop
         if self.bundle is not None:
             stop_process(self.bundle)
         if self.cgroup_made and self.plan.bundle_cgroup is not None:

@@ -53,11 +53,12 @@ from claude_bottle.backend.docker.bottle_plan import (
     bundle_run_args,
     sockets_volume_options,
 )
+from claude_bottle.background import Background
 from claude_bottle.bottle_env import HOOK_PORT
 from claude_bottle.bundle import control
 from claude_bottle.bundle.settings import BundleSettings
 from claude_bottle.claude_home import ToolHook
-from claude_bottle.errors import BottleError, LaunchError, MissingDependency
+from claude_bottle.errors import BottleError, ConfigError, LaunchError, MissingDependency
 
 if TYPE_CHECKING:  # the handover is a bundle container's: imported when one starts
     from claude_bottle.backend.docker.handover import Handover
@@ -415,12 +416,15 @@ def start(
             plan, stack, runtime, state_dir, preflight, _HomeMount(plan, home, mounting)
         )
     else:
-        if mounting is not None:
-            mounting.join()
-        plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
+
+        def home_ready() -> None:
+            if mounting is not None:
+                mounting.join()
+            plan.seed_home(home, Path(plan.agent.home), ToolHook("python3", HOOK_PORT))
+
         assert handover is not None
         processes = _start_with_bundle_container(
-            plan, runtime, state_dir, created, preflight, handover
+            plan, runtime, state_dir, created, preflight, handover, home_ready
         )
     if plan.home_image is not None:
         home_image.detach(home)  # the agent container holds its own mount of it from here on
@@ -456,26 +460,9 @@ def start(
     return bottle, watchdog
 
 
-class _Background:
-    """One call in a thread; `join` waits for it and raises what it raised."""
-
-    def __init__(self, call: Callable[[], object]) -> None:
-        self._errors: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=lambda: self._errors.extend(parallel(call)), daemon=True
-        )
-        self._thread.start()
-
-    def join(self, *, quietly: bool = False) -> None:
-        self._thread.join()
-        if self._errors and not quietly:
-            error, self._errors = self._errors[0], []
-            raise error
-
-
 def _mount_home_meanwhile(
     plan: DockerBottlePlan, home: Path, stack: contextlib.ExitStack
-) -> _Background | None:
+) -> Background | None:
     """The home image made (mkfs, or checked) and mounted in a thread, while this one
     writes the plan and the seccomp profile and spawns the watchdog: the image's tools
     took 30-65 ms of every start. Joined before anything needs the mount (the seeding,
@@ -490,7 +477,7 @@ def _mount_home_meanwhile(
         # As a user, through fuse2fs, open to root: the engine binds it into the container.
         home_image.mount(home_image.prepare(home, size), home, for_root=True)
 
-    mounting = _Background(mount)
+    mounting = Background(mount)
     # A launch that fails meanwhile must not detach before the thread has mounted.
     stack.callback(mounting.join, quietly=True)
     return mounting
@@ -500,7 +487,7 @@ class _HomeMount:
     """The bottle's home as a host bundle's start waits for it: mounted (when it is an
     image) and seeded, and seen as mounted by the agent container."""
 
-    def __init__(self, plan: DockerBottlePlan, home: Path, mounting: _Background | None) -> None:
+    def __init__(self, plan: DockerBottlePlan, home: Path, mounting: Background | None) -> None:
         self.plan = plan
         self.home = home
         self.mounting = mounting
@@ -589,8 +576,11 @@ def _start_with_bundle_container(
     created: _Created,
     preflight: Callable[[], list[str]],
     handover: Handover,
+    home_ready: Callable[[], None],
 ) -> dict[str, dict[str, int]]:
-    """The bundle in a container beside the agent container (container placement)."""
+    """The bundle in a container beside the agent container (container placement). The
+    home is made ready (`home_ready`: mounted, seeded) while the engine makes the volume
+    and starts the bundle: only the agent container needs it."""
     assert plan.bundle is not None and plan.volume is not None
     bundle_spec, volume_name = plan.bundle, plan.volume
     labels = plan.labels()
@@ -650,6 +640,7 @@ def _start_with_bundle_container(
             run("bundle")
 
     def agent_chain() -> None:
+        home_ready()
         volume_done.wait()
         if volume_name in created.volumes:
             run("bottle")
@@ -683,7 +674,7 @@ def _raise_first(errors: list[BaseException]) -> None:
     if not errors:
         return
     error = errors[0]
-    if isinstance(error, MissingDependency):
+    if isinstance(error, (MissingDependency, ConfigError)):  # exit 3 and 2, as they are
         raise error
     if isinstance(error, BottleError):
         raise LaunchError(f"the bottle did not start: {error.message}", error.hint) from error

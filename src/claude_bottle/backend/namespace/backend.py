@@ -43,6 +43,7 @@ from claude_bottle.backend.namespace.toolchain import (
     resolve_binds,
     unreachable,
 )
+from claude_bottle.background import Background
 from claude_bottle.bottle_env import HOOK_PORT, NAMESPACE_CA, RELAY_PORT, TOOLCHAIN_ENV, build_env
 from claude_bottle.bundle import ca_pool
 from claude_bottle.bundle.launcher import spawn_bundle, stop_process
@@ -112,6 +113,7 @@ class NamespaceRecord(NamedTuple):
 class NamespaceBackend(BottleBackend):
     name = "namespace"
     description = "bubblewrap namespaces on this Linux host (no daemon)"
+    launch_modules = ("claude_bottle.policy.seccomp",)  # a filter not compiled before
 
     # --- preflight ------------------------------------------------------------
 
@@ -264,17 +266,6 @@ class NamespaceBackend(BottleBackend):
             readable.append(Path(plan.bwrap.ca_bundle))
         (state_dir / "plan.json").write_text(plan.to_json() + "\n")
         home = Path(plan.bwrap.home_source)
-        if plan.home_image is not None:
-            home_image.mount_for_start(home, plan.limits.disk, stack)
-        _compile_relay(Path(plan.bwrap.relay_bytecode))
-        for path in readable:
-            os.chmod(path, 0o644)
-        plan.seed_home(
-            Path(plan.bwrap.home_source),
-            Path(plan.bwrap.home),
-            ToolHook(plan.bwrap.python, HOOK_PORT),  # the host's interpreter, bound in
-        )
-
         settings = plan.bundle_settings(
             BundlePlaces(
                 proxy_socket=str(runtime / "bundle" / "proxy.sock"),
@@ -304,37 +295,32 @@ class NamespaceBackend(BottleBackend):
             injections=plan.injections,
         )
         stack.callback(stop_process, pending.process)
+        joining = None
         if bundle_group is not None:
-            _join(bundle_group, pending.process.pid)
+            # A cgroup v1 move waits for the kernel (~8 ms: an RCU grace period, shared
+            # by the moves that follow at once, as the sandbox's own): meanwhile the rest
+            # starts. Joined before the bundle serves the bottle anything.
+            pid = pending.process.pid
+            joining = Background(lambda: _join(bundle_group, pid))
+            stack.callback(joining.join, quietly=True)  # before the bundle is stopped
 
-        info_r, info_w = os.pipe()
-        seccomp_fds = seccomp_program_fds(plan.nested_sandbox)
-        passed = [info_w, *seccomp_fds]
-        lifeline = None
-        if not detach:  # the bottle lives while this process holds the pipe's write end
-            lifeline, lifeline_w = os.pipe()
-            stack.callback(os.close, lifeline_w)
-            passed.append(lifeline)
-        argv = bwrap_argv(plan.bwrap, seccomp_fds=seccomp_fds, lifeline_fd=lifeline)
-        argv.insert(1, "--info-fd")
-        argv.insert(2, str(info_w))
-        argv = unprivileged_argv(plan.bwrap, _python()[0], str(UNPRIVILEGED_EXEC), argv)
-        argv = _confined(plan, argv, stack)
-        try:
-            with (state_dir / "bottle.log").open("ab") as log:
-                sandbox = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    pass_fds=passed,
-                    start_new_session=True,
-                )
-        finally:
-            for fd in passed:
-                os.close(fd)
-        relay: list[int] = []
-        stack.callback(lambda: _stop_sandbox(sandbox, relay[0] if relay else None))
+        launch = _SandboxLaunch(plan, state_dir, detach, stack)
+        if plan.bwrap.host_id is not None:
+            # Root's staging helper starts now and waits, once its interpreter runs, the
+            # sandbox is in its cgroup and its user namespaces exist, until the home is
+            # made and seeded: only then does it stage the bind sources and run bwrap.
+            launch.spawn(gated=True)
+        if plan.home_image is not None:
+            home_image.mount_for_start(home, plan.limits.disk, stack)
+        _compile_relay(Path(plan.bwrap.relay_bytecode))
+        for path in readable:
+            os.chmod(path, 0o644)
+        plan.seed_home(
+            Path(plan.bwrap.home_source),
+            Path(plan.bwrap.home),
+            ToolHook(plan.bwrap.python, HOOK_PORT),  # the host's interpreter, bound in
+        )
+        sandbox, info_r = launch.go() if launch.gate is not None else launch.spawn(gated=False)
         try:
             relay_pid = _read_child_pid(info_r, sandbox, state_dir / "bottle.log")
         except LaunchError:
@@ -347,11 +333,17 @@ class NamespaceBackend(BottleBackend):
             if problem:
                 raise MissingDependency(problem) from None
             raise
-        relay.append(relay_pid)
+        launch.relay_pid = relay_pid
+        # The teardown's first steps: the bottle is killed and, while it dies, the bundle
+        # stops (it writes its last record), so that the two waits overlap.
+        stack.callback(stop_process, pending.process)
+        stack.callback(launch.kill_bottle)
         exec_socket = runtime / "exec" / "exec.sock"
         _wait_for_socket(exec_socket, sandbox, state_dir / "bottle.log")
         if plan.home_image is not None:
             home_image.detach(home)  # the sandbox holds its own mount of it from here on
+        if joining is not None:
+            joining.join()
         bundle = pending.wait_ready()
         if settings.intercept:  # it took a CA from the pool, or minted one for lack of it
             ca_pool.refill_in_background(Path(str(settings.ca_pool)))
@@ -595,6 +587,86 @@ def _wait_for_socket(path: Path, sandbox: subprocess.Popen[bytes], log: Path) ->
         if time.monotonic() > deadline:
             raise LaunchError("the bottle did not become ready in time", f"see {log}")
         time.sleep(0.001)  # the command waits for this: poll finely, it is a few dozen stats
+
+
+class _SandboxLaunch:
+    """bubblewrap's start, under the bottle's limits, as root through the staging helper;
+    `gated`, the helper waits on a pipe for `go` before it stages anything."""
+
+    def __init__(
+        self,
+        plan: NamespaceBottlePlan,
+        state_dir: Path,
+        detach: bool,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.plan, self.state_dir, self.detach, self.stack = plan, state_dir, detach, stack
+        self.gate: int | None = None  # the write end the helper waits on
+        self.started: tuple[subprocess.Popen[bytes], int] | None = None
+        self.relay_pid: int | None = None  # the bottle's process 1, once it runs
+
+    def spawn(self, *, gated: bool) -> tuple[subprocess.Popen[bytes], int]:
+        """Start it: (the process, the read end of bwrap's --info-fd)."""
+        plan = self.plan
+        info_r, info_w = os.pipe()
+        seccomp_fds = seccomp_program_fds(plan.nested_sandbox)
+        passed = [info_w, *seccomp_fds]
+        lifeline = None
+        if not self.detach:  # the bottle lives while this process holds the write end
+            lifeline, lifeline_w = os.pipe()
+            self.stack.callback(os.close, lifeline_w)
+            passed.append(lifeline)
+        wait_fd = None
+        if gated:
+            wait_fd, self.gate = os.pipe()
+            passed.append(wait_fd)
+        argv = bwrap_argv(plan.bwrap, seccomp_fds=seccomp_fds, lifeline_fd=lifeline)
+        argv.insert(1, "--info-fd")
+        argv.insert(2, str(info_w))
+        argv = unprivileged_argv(
+            plan.bwrap, _python()[0], str(UNPRIVILEGED_EXEC), argv, wait_fd=wait_fd
+        )
+        argv = _confined(plan, argv, self.stack)
+        try:
+            with (self.state_dir / "bottle.log").open("ab") as log:
+                sandbox = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=passed,
+                    start_new_session=True,
+                )
+        except BaseException:
+            self._close_gate()
+            raise
+        finally:
+            for fd in passed:
+                os.close(fd)
+        self.stack.callback(lambda: _stop_sandbox(sandbox, self.relay_pid))
+        # First out: a launch given up before `go` lets the helper leave on its own.
+        self.stack.callback(self._close_gate)
+        self.started = sandbox, info_r
+        return self.started
+
+    def go(self) -> tuple[subprocess.Popen[bytes], int]:
+        """Let a gated helper go on (the home is made and seeded)."""
+        assert self.gate is not None and self.started is not None
+        with contextlib.suppress(BrokenPipeError):  # it died: its exit status says why
+            os.write(self.gate, b"g")
+        self._close_gate()
+        return self.started
+
+    def kill_bottle(self) -> None:
+        """SIGKILL to the bottle's process 1 (its pid namespace dies with it), no wait."""
+        if self.relay_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.relay_pid, signal.SIGKILL)
+
+    def _close_gate(self) -> None:
+        if self.gate is not None:
+            os.close(self.gate)
+            self.gate = None
 
 
 def _stop_sandbox(sandbox: subprocess.Popen[bytes], relay_pid: int | None) -> None:

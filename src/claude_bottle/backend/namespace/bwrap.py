@@ -147,13 +147,20 @@ STAGE = "/tmp"
 _SHARED_SOURCES = ("/", "/dev/null")  # every uid reaches these: bound as they are
 
 
-def unprivileged_argv(spec: BwrapSpec, python: str, helper: str, bwrap: list[str]) -> list[str]:
+def unprivileged_argv(
+    spec: BwrapSpec, python: str, helper: str, bwrap: list[str], *, wait_fd: int | None = None
+) -> list[str]:
     """`bwrap` as root must start it: through unprivileged_exec.py (`helper`), with every
     bind source staged where the bottle's uid reaches it, idmapped where it must write or
-    read root's files. Unchanged when the bottle runs as the caller's uid."""
+    read root's files; with `wait_fd`, the helper stages nothing before it reads `g` there.
+    Unchanged when the bottle runs as the caller's uid."""
     if spec.host_id is None:
+        if wait_fd is not None:
+            raise ValueError("only root's staging helper waits")
         return bwrap
     helper_argv = [python, "-I", "-S", helper, "--host-id", str(spec.host_id)]
+    if wait_fd is not None:
+        helper_argv += ["--wait-fd", str(wait_fd)]
     staged: dict[str, str] = {}
     rewritten = [bwrap[0]]
     index = 1

@@ -2,7 +2,11 @@
 
 Usage (run by root as ``python3 -I -S unprivileged_exec.py``; stdlib only)::
 
-    unprivileged_exec.py --host-id ID [--idmap PATH ...] -- bwrap ARGS...
+    unprivileged_exec.py --host-id ID [--wait-fd FD] [--idmap PATH ...] -- bwrap ARGS...
+
+With ``--wait-fd``, it makes its user namespaces and then waits until it reads ``g``
+from FD (the CLI makes the bottle's home meanwhile); anything else, or the CLI gone,
+and it leaves (status 125) having staged nothing.
 
 Without it, bubblewrap started by root maps the bottle's uid to host uid 0: the agent
 reads /etc/shadow, and with its capabilities in the new user namespace it can unmount
@@ -49,7 +53,11 @@ MS_REC = 0x4000
 AT_RECURSIVE = 0x8000
 MS_PRIVATE = 0x40000
 EXIT_UNSUPPORTED = 3
-USAGE = "unprivileged_exec.py --host-id ID --stage-root DIR [--stage KIND:PATH ...] -- bwrap ..."
+USAGE = (
+    "unprivileged_exec.py --host-id ID [--wait-fd FD] --stage-root DIR "
+    "[--stage KIND:PATH ...] -- bwrap ..."
+)
+EXIT_ABANDONED = 125  # the launch was given up before `go`
 HOST_ROOT = 0  # the on-disk owner that the idmapped mounts show as the bottle's uid
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -147,10 +155,22 @@ def stage(trees: list[tuple[str, int]], root: str) -> None:
         os.close(tree)
 
 
+def _go(fd: int) -> bool:
+    """Whether the CLI says go (`g`) on `fd`; EOF (it gave up, or died) or an error: no."""
+    try:
+        word = os.read(fd, 1)
+    except OSError:
+        word = b""
+    finally:
+        os.close(fd)
+    return word == b"g"
+
+
 def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     options, command = argv[:split], argv[split + 1 :]
     host_id = 0
+    wait_fd = -1
     stage_root = ""
     sources: list[tuple[str, str]] = []
     pairs = iter(options)
@@ -158,6 +178,8 @@ def main(argv: list[str]) -> int:
         value = next(pairs, "")
         if name == "--host-id" and value.isdigit():
             host_id = int(value)
+        elif name == "--wait-fd" and value.isdigit():
+            wait_fd = int(value)
         elif name == "--stage-root":
             stage_root = value
         elif name == "--stage" and value.partition(":")[0] in ("idmap", "plain"):
@@ -172,6 +194,8 @@ def main(argv: list[str]) -> int:
     try:
         bottle_ns = user_namespace(host_id, host_id)
         disk_ns = user_namespace(host_id, HOST_ROOT)
+        if wait_fd >= 0 and not _go(wait_fd):
+            return EXIT_ABANDONED
         trees = [
             (path, cloned_tree(path, disk_ns if kind == "idmap" else None))
             for kind, path in sources

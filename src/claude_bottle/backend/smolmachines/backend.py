@@ -42,6 +42,7 @@ from claude_bottle.errors import BottleError, MissingDependency
 class SmolmachinesBackend(BottleBackend):
     name = "smolmachines"
     description = "smolvm microVM with no network device (KVM or Hypervisor.framework)"
+    launch_modules = ("claude_bottle.policy.seccomp", "platformdirs")
 
     def limits_report(self) -> list[str]:
         return [
