@@ -12,10 +12,16 @@ non-zero: receive-pack then moves no ref (fail closed).
 
 from __future__ import annotations
 
-import json
+# `json` and `socket` would load `re`, `enum` and more (~9 ms of every push, before the
+# judge hears of it): their C parts, which those modules wrap, do what this hook needs.
+import _socket
 import os
-import socket
 import sys
+
+try:
+    import _json
+except ImportError:  # an interpreter without CPython's accelerator: `json`, slower
+    _json = None  # type: ignore[assignment]
 
 JUDGE_VAR = "CLAUDE_BOTTLE_GIT_JUDGE"
 PUSH_VAR = "CLAUDE_BOTTLE_GIT_PUSH"
@@ -30,19 +36,66 @@ ANSWER_TIMEOUT = 900.0  # the gate's verdict includes the push upstream
 PREFIX = "claude-bottle git gate: "
 
 
+class _Decoding:
+    """What CPython's JSON scanner reads from its decoder: `json.loads`' defaults."""
+
+    strict = True
+    object_hook = object_pairs_hook = parse_constant = None  # NaN and the like: refused
+    parse_float, parse_int = float, int
+
+
+def encode(value: dict[str, object]) -> bytes:
+    """`value` (strings and dicts of them) as `json.dumps` writes it, one line."""
+    if _json is None:
+        import json
+
+        return json.dumps(value).encode() + b"\n"
+    quote = _json.encode_basestring_ascii
+
+    def text(item: object) -> str:
+        if isinstance(item, str):
+            return quote(item)
+        if isinstance(item, dict):
+            return "{" + ", ".join(f"{text(k)}: {text(v)}" for k, v in item.items()) + "}"
+        raise TypeError(f"cannot encode {type(item).__name__}")
+
+    return text(value).encode() + b"\n"
+
+
+def decode(answer: bytes) -> object:
+    """The gate's JSON answer, as `json.loads` reads it."""
+    if _json is None:
+        import json
+
+        return json.loads(answer)
+    text = answer.decode("utf-8")
+    start = len(text) - len(text.lstrip())
+    scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # typeshed names no protocol
+    try:
+        found, end = scan(text, start)
+    except StopIteration:  # nothing there that starts a value
+        raise ValueError("no answer") from None
+    if text[end:].strip():
+        raise ValueError("more after the answer")
+    return found
+
+
 def ask(request: bytes) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
         sock.settimeout(ANSWER_TIMEOUT)
         address = os.environ[JUDGE_VAR]  # "@name": the abstract socket "\0name"
         sock.connect("\0" + address[1:] if address.startswith("@") else address)
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        sock.shutdown(_socket.SHUT_WR)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
             if len(answer) > MAX_ANSWER:
                 raise ValueError("answer too long")
-    found = json.loads(answer)
+    finally:
+        sock.close()
+    found = decode(answer)
     if not isinstance(found, dict):
         raise ValueError("not an answer")
     return found
@@ -58,7 +111,7 @@ def main() -> int:
             "updates": text.decode("utf-8"),  # a ref name that is not UTF-8 is refused
             "quarantine": {name: os.environ.get(name, "") for name in QUARANTINE_VARS},
         }
-        answer = ask(json.dumps(request).encode() + b"\n")
+        answer = ask(encode(request))
         lines, status = answer.get("lines"), answer.get("status")
         if not isinstance(lines, list) or not isinstance(status, int):
             raise ValueError("malformed answer")

@@ -101,8 +101,8 @@ class HostBundleLaunch:
                     "see `claude-bottle doctor`",
                 ) from None
 
-        # A cgroup v1 move waits ~5 ms per controller for the kernel: meanwhile the agent
-        # container starts. Joined before the bundle serves the bottle anything.
+        # A cgroup v1 move waits for the kernel (~8 ms: an RCU grace period): meanwhile
+        # the agent container starts. Joined before the bundle serves the bottle anything.
         self.joining = Background(move)
         joining = self.joining
 
