@@ -16,6 +16,7 @@ import pytest
 from claude_bottle.bundle import ca_pool
 from claude_bottle.bundle.server import open_bundle
 from claude_bottle.bundle.settings import BundleSettings
+from tests.unit.loaded_modules import modules_after
 from tests.unit.test_tls import _handshake
 
 
@@ -138,17 +139,6 @@ def test_without_a_pooled_ca_the_bundle_mints_its_own(tmp_path: Path) -> None:
         opened.close()
 
 
-def _modules_after(code: str) -> set[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", f"import sys\n{code}\nprint(' '.join(sys.modules))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return set(done.stdout.split())
-
-
 def test_a_pooled_bundle_is_ready_without_cryptography(pool: Path, tmp_path: Path) -> None:
     settings = BundleSettings(
         bottle="light",
@@ -161,7 +151,7 @@ def test_a_pooled_bundle_is_ready_without_cryptography(pool: Path, tmp_path: Pat
         ca_pool=str(pool),
     )
     settings.dump(tmp_path / "bundle.json")
-    loaded = _modules_after(
+    loaded = modules_after(
         "from pathlib import Path\n"
         "from claude_bottle.bundle.server import open_bundle\n"
         "from claude_bottle.bundle.settings import BundleSettings\n"
@@ -172,7 +162,7 @@ def test_a_pooled_bundle_is_ready_without_cryptography(pool: Path, tmp_path: Pat
 
 
 def test_a_config_without_dlp_ignores_does_not_load_the_patterns(tmp_path: Path) -> None:
-    loaded = _modules_after(
+    loaded = modules_after(
         "from pathlib import Path\n"
         "from claude_bottle.config.load import load_config\n"
         f"load_config(workspace=Path({str(tmp_path)!r}), known_backends=['namespace'],"
@@ -184,8 +174,6 @@ def test_a_config_without_dlp_ignores_does_not_load_the_patterns(tmp_path: Path)
 
 def test_the_refiller_runs_only_on_idle_cores() -> None:
     """It starts beside a bottle's start, which on two cores it would slow (SCHED_IDLE)."""
-    import subprocess
-    import sys
 
     code = (
         "import os; from claude_bottle.bundle import ca_pool; ca_pool._yield_to_everything(); "

@@ -9,19 +9,9 @@ import sys
 from pathlib import Path
 
 from claude_bottle.cli import launcher
+from tests.unit.loaded_modules import modules_after
 
 HEAVY = {"re", "enum", "collections", "contextlib", "functools", "socket", "signal", "typing"}
-
-
-def _modules(code: str) -> set[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return set(result.stdout.split())
 
 
 def test_the_launcher_replaces_a_symlink_and_runs_the_cli(tmp_path: Path) -> None:
@@ -40,6 +30,6 @@ def test_the_launcher_replaces_a_symlink_and_runs_the_cli(tmp_path: Path) -> Non
 def test_a_warm_callers_imports_load_no_heavy_module() -> None:
     """What the launcher and a warm run's caller import (entry, warm) adds none of the
     modules that cost milliseconds to load; the interpreter's own start is the baseline."""
-    baseline = _modules("")
-    loaded = _modules("import claude_bottle.cli.entry, claude_bottle.cli.warm")
+    baseline = modules_after("")
+    loaded = modules_after("import claude_bottle.cli.entry, claude_bottle.cli.warm")
     assert not (loaded - baseline) & HEAVY, sorted((loaded - baseline) & HEAVY)

@@ -52,7 +52,8 @@ def test_an_answer_is_read_as_json_loads_reads_it() -> None:
 @pytest.mark.parametrize(
     "raw", [b"", b"{", b'{"a": 1} {"b": 2}', b"NaN", b'{"a": NaN}', b"\xff", b'{"a": 1,}']
 )
-def test_what_json_would_refuse_is_refused(raw: bytes) -> None:
+def test_what_is_not_a_json_answer_is_refused(raw: bytes) -> None:
+    """What json.loads refuses, and NaN, which it would take but the gate never sends."""
     with pytest.raises((ValueError, TypeError)):
         git_prereceive.decode(raw)
 

@@ -13,15 +13,12 @@ non-zero: receive-pack then moves no ref (fail closed).
 from __future__ import annotations
 
 # `json` and `socket` would load `re`, `enum` and more (~9 ms of every push, before the
-# judge hears of it): their C parts, which those modules wrap, do what this hook needs.
+# judge hears of it): their C parts, which those modules wrap, do what this hook needs
+# (the bundle runs on CPython only: uvloop, httptools).
+import _json
 import _socket
 import os
 import sys
-
-try:
-    import _json
-except ImportError:  # an interpreter without CPython's accelerator: `json`, slower
-    _json = None  # type: ignore[assignment]
 
 JUDGE_VAR = "CLAUDE_BOTTLE_GIT_JUDGE"
 PUSH_VAR = "CLAUDE_BOTTLE_GIT_PUSH"
@@ -46,10 +43,6 @@ class _Decoding:
 
 def encode(value: dict[str, object]) -> bytes:
     """`value` (strings and dicts of them) as `json.dumps` writes it, one line."""
-    if _json is None:
-        import json
-
-        return json.dumps(value).encode() + b"\n"
     quote = _json.encode_basestring_ascii
 
     def text(item: object) -> str:
@@ -63,11 +56,7 @@ def encode(value: dict[str, object]) -> bytes:
 
 
 def decode(answer: bytes) -> object:
-    """The gate's JSON answer, as `json.loads` reads it."""
-    if _json is None:
-        import json
-
-        return json.loads(answer)
+    """The gate's JSON answer, as `json.loads` reads it (but NaN and Infinity: refused)."""
     text = answer.decode("utf-8")
     start = len(text) - len(text.lstrip())
     scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # typeshed names no protocol

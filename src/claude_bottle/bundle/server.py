@@ -45,6 +45,8 @@ BUNDLE_ADDRESS_SPACE = 2 << 30
 attack (benchmarks/attack_bundle.py); this is the backstop where it has no cgroup."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOPPED = "claude-bottle bundle stopped: "
+"""How the bundle's last line in its log starts when it stopped on an error (the CLI
+shows the rest when it stops the bottle for it)."""
 # What a bundle imports once it serves (inside functions, so that a bundle forked from a
 # cold CLI imports them beside the CLI's work rather than before its fork); the warm
 # process imports them ahead, for every bundle forked from its runs.
@@ -60,8 +62,6 @@ SERVING_MODULES = (
     "resource",
     "uvloop",
 )
-"""How the bundle's last line in its log starts when it stopped on an error (the CLI
-shows the rest when it stops the bottle for it)."""
 
 
 class Opened(NamedTuple):  # not a dataclass: see bundle/settings.py

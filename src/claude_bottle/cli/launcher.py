@@ -9,8 +9,8 @@ on every start; a warm start's caller otherwise imports only builtin modules).
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
 TEMPLATE = """#!{python}
 # claude-bottle (written by `python -m claude_bottle.cli.launcher`): pip's console script
@@ -23,11 +23,9 @@ main()
 
 def write(path: str, python: str) -> None:
     """PATH made anew (a symlink there is replaced, never written through)."""
-    staging = f"{path}.tmp-{os.getpid()}"
-    with open(staging, "w") as handle:
-        handle.write(TEMPLATE.format(python=python))
-    os.chmod(staging, 0o755)
-    os.replace(staging, path)
+    from claude_bottle.paths import write_atomically
+
+    write_atomically(Path(path), TEMPLATE.format(python=python).encode(), mode=0o755)
 
 
 def main() -> None:
